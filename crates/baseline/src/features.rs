@@ -1,0 +1,288 @@
+//! Hashed text features: word n-grams and `char_wb` character n-grams.
+//!
+//! Every n-gram is hashed straight from `&str` slices of one lowercased copy
+//! of the text (FNV-1a, extended byte by byte, then a murmur3 finalizer), so
+//! featurizing allocates nothing per n-gram: the buffers live in a
+//! [`Scratch`] that a thread reuses across cases. Placeholders such as
+//! `<ORDER_ID>` are one token for word n-grams and one unit for character
+//! n-grams, so masked values never leak into the features as letter soup.
+
+/// FNV-1a 64-bit offset basis and prime.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Namespaces keep a word "ab" and a character bigram "ab" in different buckets.
+const NS_WORD: u64 = 0x9e37_79b9_7f4a_7c15;
+const NS_CHAR: u64 = 0xc2b2_ae3d_27d4_eb4f;
+
+#[inline]
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+/// murmur3 `fmix64`: FNV's low bits are weak, and buckets take the high bits.
+#[inline]
+fn fmix(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
+/// End (exclusive) of a placeholder `<[a-z0-9_]+>` starting at `i`, if any.
+/// The text is lowercased before this runs.
+#[inline]
+fn placeholder_end(bytes: &[u8], i: usize) -> Option<usize> {
+    if bytes.get(i) != Some(&b'<') {
+        return None;
+    }
+    let mut j = i + 1;
+    while j < bytes.len() && (bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_') {
+        j += 1;
+    }
+    (j > i + 1 && bytes.get(j) == Some(&b'>')).then_some(j + 1)
+}
+
+#[inline]
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// Per-thread buffers, reused across cases.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    lower: String,
+    word_hashes: Vec<u64>,
+    units: Vec<usize>,
+    /// Dense per-bucket counters (u16 keeps the table small enough for L2).
+    counts: Vec<u16>,
+    touched: Vec<u32>,
+    /// Output of [`Featurizer::featurize`]: distinct buckets with raw counts.
+    pub(crate) out: Vec<(u32, u32)>,
+}
+
+/// Stateless hashing featurizer; all settings come from the model params.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Featurizer {
+    pub(crate) bits: u32,
+    pub(crate) word: (usize, usize),
+    pub(crate) chars: (usize, usize),
+}
+
+impl Featurizer {
+    pub(crate) fn n_buckets(&self) -> usize {
+        1usize << self.bits
+    }
+
+    #[inline]
+    fn bucket(&self, h: u64) -> u32 {
+        (fmix(h) >> (64 - self.bits)) as u32
+    }
+
+    /// Hash `text` into `scratch.out`: one `(bucket, count)` per distinct bucket.
+    pub(crate) fn featurize(&self, text: &str, s: &mut Scratch) {
+        let nb = self.n_buckets();
+        if s.counts.len() != nb {
+            s.counts.clear();
+            s.counts.resize(nb, 0);
+        }
+        s.touched.clear();
+        s.out.clear();
+
+        s.lower.clear();
+        for c in text.chars() {
+            if c.is_ascii() {
+                s.lower.push(c.to_ascii_lowercase());
+            } else {
+                s.lower.extend(c.to_lowercase());
+            }
+        }
+        let Scratch {
+            lower,
+            word_hashes,
+            units,
+            counts,
+            touched,
+            out,
+        } = s;
+        let mut emit = |b: u32| {
+            let c = &mut counts[b as usize];
+            if *c == 0 {
+                touched.push(b);
+            }
+            *c = c.saturating_add(1);
+        };
+
+        if self.word.0 > 0 {
+            word_hashes.clear();
+            tokenize_words(lower, |tok| {
+                word_hashes.push(fnv(FNV_OFFSET, tok.as_bytes()))
+            });
+            for n in self.word.0..=self.word.1 {
+                if n > word_hashes.len() {
+                    break;
+                }
+                for win in word_hashes.windows(n) {
+                    let mut g = NS_WORD ^ (n as u64);
+                    for &h in win {
+                        g = (g.rotate_left(23) ^ h).wrapping_mul(FNV_PRIME);
+                    }
+                    emit(self.bucket(g));
+                }
+            }
+        }
+
+        if self.chars.0 > 0 {
+            let (lo, hi) = self.chars;
+            for w in lower.split_whitespace() {
+                // Unit boundaries inside `w`; unit 0 and unit m+1 are the
+                // padding spaces of char_wb.
+                units.clear();
+                let bytes = w.as_bytes();
+                let mut i = 0;
+                while i < bytes.len() {
+                    let end = placeholder_end(bytes, i)
+                        .unwrap_or_else(|| i + w[i..].chars().next().map_or(1, char::len_utf8));
+                    units.push(i);
+                    i = end;
+                }
+                units.push(bytes.len());
+                let m = units.len() - 1;
+                let total = m + 2;
+                let unit = |u: usize| -> &[u8] {
+                    if u == 0 || u == m + 1 {
+                        b" "
+                    } else {
+                        &bytes[units[u - 1]..units[u]]
+                    }
+                };
+                if total < lo {
+                    // Like scikit-learn, a word shorter than the smallest
+                    // n-gram is counted once, whole.
+                    let mut h = FNV_OFFSET ^ NS_CHAR;
+                    for u in 0..total {
+                        h = fnv(h, unit(u));
+                    }
+                    emit(self.bucket(h));
+                    continue;
+                }
+                for start in 0..total {
+                    let mut h = FNV_OFFSET ^ NS_CHAR;
+                    for len in 1..=hi.min(total - start) {
+                        h = fnv(h, unit(start + len - 1));
+                        if len >= lo {
+                            emit(self.bucket(h));
+                        }
+                    }
+                }
+            }
+        }
+
+        out.extend(touched.iter().map(|&b| {
+            let c = std::mem::take(&mut counts[b as usize]);
+            (b, u32::from(c))
+        }));
+    }
+}
+
+/// Word tokens: placeholders `<...>` whole, else runs of alphanumerics and
+/// `_`. Like scikit-learn, one-letter ASCII tokens are dropped; a single
+/// non-ASCII character (often a CJK word) is kept.
+fn tokenize_words(text: &str, mut f: impl FnMut(&str)) {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(end) = placeholder_end(bytes, i) {
+            f(&text[i..end]);
+            i = end;
+            continue;
+        }
+        let Some(c) = text[i..].chars().next() else {
+            break;
+        };
+        if !is_word_char(c) {
+            i += c.len_utf8();
+            continue;
+        }
+        let start = i;
+        let mut n_chars = 0;
+        for c in text[start..].chars() {
+            if !is_word_char(c) {
+                break;
+            }
+            i += c.len_utf8();
+            n_chars += 1;
+        }
+        if n_chars >= 2 || !c.is_ascii() {
+            f(&text[start..i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feats(f: &Featurizer, text: &str) -> Vec<(u32, u32)> {
+        let mut s = Scratch::default();
+        f.featurize(text, &mut s);
+        let mut v = s.out.clone();
+        v.sort_unstable();
+        v
+    }
+
+    const F: Featurizer = Featurizer {
+        bits: 18,
+        word: (1, 2),
+        chars: (2, 5),
+    };
+
+    #[test]
+    fn deterministic_and_discriminative() {
+        let a = feats(&F, "Where is my refund for order <ORDER_ID>?");
+        let mut s = Scratch::default();
+        // Same scratch reused across texts gives the same answer.
+        F.featurize("something else entirely", &mut s);
+        F.featurize("Where is my refund for order <ORDER_ID>?", &mut s);
+        let mut b = s.out.clone();
+        b.sort_unstable();
+        assert_eq!(a, b);
+        assert_eq!(a, feats(&F, "WHERE IS MY REFUND FOR ORDER <order_id>?"));
+        let c = feats(&F, "The parcel arrived damaged, I want a replacement");
+        assert_ne!(a, c);
+        assert!(!a.is_empty() && !c.is_empty());
+    }
+
+    #[test]
+    fn counts_match_ngram_totals() {
+        // "ab cd": words ab, cd, bigram "ab cd" = 3; char_wb 2..5 over " ab "
+        // (4 units): 3 + 2 + 1 = 6 per word = 12. Total 15 n-grams.
+        let total: u32 = feats(&F, "ab cd").iter().map(|x| x.1).sum();
+        assert_eq!(total, 15);
+        // A placeholder is one unit: " <x_y> " has 3 units -> 2 + 1 char n-grams,
+        // plus one word.
+        let total: u32 = feats(&F, "<X_Y>").iter().map(|x| x.1).sum();
+        assert_eq!(total, 4);
+    }
+
+    #[test]
+    fn tokenizer_keeps_placeholders_and_drops_single_letters() {
+        let mut toks = Vec::new();
+        tokenize_words("i need <order_id>, a refund! 退款", |t| {
+            toks.push(t.to_string())
+        });
+        assert_eq!(toks, ["need", "<order_id>", "refund", "退款"]);
+    }
+
+    #[test]
+    fn odd_inputs_do_not_panic() {
+        for t in ["", " ", "<", "<>", "<a", "a>", "\u{0130}stanbul", "😀😀 x"] {
+            let _ = feats(&F, t);
+        }
+        assert!(feats(&F, "").is_empty());
+    }
+}

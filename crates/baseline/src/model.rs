@@ -1,0 +1,814 @@
+//! Fitting, inference and the on-disk format of the baseline model.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use casetag_core::{Classifier, ClassifierError, LabelSpace, LevelScores, Transcript};
+use linfa::traits::Fit;
+use linfa::Dataset;
+use linfa_logistic::MultiLogisticRegression;
+use ndarray::{Array1, Array2};
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+
+use crate::features::{Featurizer, Scratch};
+use crate::{BaselineError, BaselineParams, Result};
+
+/// File names inside a model directory.
+pub const WEIGHTS_FILE: &str = "baseline.safetensors";
+pub const CONFIG_FILE: &str = "baseline.json";
+const FORMAT: &str = "casetag-baseline/1";
+
+/// Logit of a class that had no training rows: its weights are zero and its
+/// probability is zero for every input, while the output keeps its length.
+const ABSENT_LOGIT: f32 = -1.0e4;
+/// Bucket not among the model inputs.
+const NO_COL: u32 = u32::MAX;
+/// Rows featurized per rayon task (each task reuses one scratch).
+const CHUNK: usize = 256;
+/// Cap on the class × bucket table used for chi-squared (f32 entries).
+const MAX_CHI2_CELLS: usize = 64 << 20;
+
+/// A fitted baseline: hashing featurizer + IDF + selected buckets + weights.
+#[derive(Debug, Clone)]
+pub struct BaselineModel {
+    id: String,
+    params: BaselineParams,
+    label_space: LabelSpace,
+    feat: Featurizer,
+    /// IDF per hash bucket (`2^hash_bits`); L2 norms run over all buckets.
+    idf: Vec<f32>,
+    /// Selected buckets, ascending; column `k` of the weights is `buckets[k]`.
+    buckets: Vec<u32>,
+    /// Per bucket: IDF and column (or [`NO_COL`]); derived from `idf` and
+    /// `buckets`. One table means one cache miss per distinct n-gram.
+    meta: Vec<Meta>,
+    /// Row-major `buckets.len() × n_outputs`.
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    idf: f32,
+    col: u32,
+}
+
+fn meta_table(idf: &[f32], buckets: &[u32]) -> Vec<Meta> {
+    let mut meta: Vec<Meta> = idf.iter().map(|&idf| Meta { idf, col: NO_COL }).collect();
+    for (k, &b) in buckets.iter().enumerate() {
+        meta[b as usize].col = k as u32;
+    }
+    meta
+}
+
+/// `baseline.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct ConfigFile {
+    format: String,
+    id: String,
+    params: BaselineParams,
+    label_space: LabelSpace,
+    n_inputs: usize,
+}
+
+fn featurizer(p: &BaselineParams) -> Featurizer {
+    Featurizer {
+        bits: p.hash_bits,
+        word: p.word_ngrams,
+        chars: p.char_ngrams,
+    }
+}
+
+/// Sublinear term frequency; most n-grams occur once, so skip the `ln`.
+#[inline]
+fn tf(count: u32) -> f32 {
+    if count <= 1 {
+        1.0
+    } else {
+        1.0 + (count as f32).ln()
+    }
+}
+
+/// Sublinear TF × IDF, L2-normalized over all buckets of the text.
+fn tfidf(counts: &[(u32, u32)], idf: &[f32], dst: &mut Vec<(u32, f32)>) {
+    dst.clear();
+    let mut norm2 = 0.0f32;
+    for &(b, c) in counts {
+        let v = tf(c) * idf[b as usize];
+        norm2 += v * v;
+        dst.push((b, v));
+    }
+    if norm2 > 0.0 {
+        let inv = norm2.sqrt().recip();
+        for x in dst.iter_mut() {
+            x.1 *= inv;
+        }
+    }
+}
+
+/// A tiny deterministic generator (splitmix64) for the subsample shuffle.
+struct SplitMix(u64);
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Row indices to fit on: all rows, or a per-class proportional sample of
+/// `max_rows` (every present class keeps at least one row), ascending.
+fn stratified_subsample(targets: &[usize], n_out: usize, max_rows: usize, seed: u64) -> Vec<usize> {
+    let n = targets.len();
+    if n <= max_rows {
+        return (0..n).collect();
+    }
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); n_out];
+    for (i, &t) in targets.iter().enumerate() {
+        by_class[t].push(i);
+    }
+    let mut quota: Vec<usize> = by_class
+        .iter()
+        .map(|v| {
+            if v.is_empty() {
+                0
+            } else {
+                (v.len() * max_rows / n).max(1)
+            }
+        })
+        .collect();
+    // Flooring leaves room, the minimum of one may overshoot: fix up on the
+    // largest classes so the total is exactly max_rows where possible.
+    let mut total: usize = quota.iter().sum();
+    let mut order: Vec<usize> = (0..n_out).collect();
+    order.sort_by_key(|&c| std::cmp::Reverse(by_class[c].len()));
+    while total < max_rows {
+        let before = total;
+        for &c in &order {
+            if total < max_rows && quota[c] < by_class[c].len() {
+                quota[c] += 1;
+                total += 1;
+            }
+        }
+        if total == before {
+            break;
+        }
+    }
+    while total > max_rows {
+        let before = total;
+        for &c in &order {
+            if total > max_rows && quota[c] > 1 {
+                quota[c] -= 1;
+                total -= 1;
+            }
+        }
+        if total == before {
+            break;
+        }
+    }
+    let mut rng = SplitMix(seed);
+    let mut rows = Vec::with_capacity(total);
+    for (c, idx) in by_class.iter_mut().enumerate() {
+        // Partial Fisher–Yates: the first quota[c] entries become a uniform sample.
+        for i in 0..quota[c] {
+            let j = i + (rng.next() % (idx.len() - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        rows.extend_from_slice(&idx[..quota[c]]);
+    }
+    rows.sort_unstable();
+    rows
+}
+
+/// Chi-squared score of each bucket against the classes, computed on the
+/// TF-IDF values like scikit-learn's `chi2`. Buckets never seen score 0.
+fn chi2_scores(rows: &[Vec<(u32, f32)>], y: &[usize], n_buckets: usize, n_out: usize) -> Vec<f32> {
+    let mut df = vec![0u32; n_buckets];
+    for r in rows {
+        for &(b, _) in r {
+            df[b as usize] += 1;
+        }
+    }
+    let mut present: Vec<u32> = (0..n_buckets as u32)
+        .filter(|&b| df[b as usize] > 0)
+        .collect();
+    // Bound the table: with a huge label space keep the most frequent buckets.
+    let max_cand = (MAX_CHI2_CELLS / n_out.max(1)).max(1);
+    if present.len() > max_cand {
+        present.sort_by_key(|&b| (std::cmp::Reverse(df[b as usize]), b));
+        present.truncate(max_cand);
+    }
+    let mut cand = vec![NO_COL; n_buckets];
+    for (k, &b) in present.iter().enumerate() {
+        cand[b as usize] = k as u32;
+    }
+    let mut obs = vec![0f32; present.len() * n_out];
+    let mut feat_sum = vec![0f64; present.len()];
+    let mut class_n = vec![0usize; n_out];
+    for (r, &c) in rows.iter().zip(y) {
+        class_n[c] += 1;
+        for &(b, v) in r {
+            let k = cand[b as usize];
+            if k != NO_COL {
+                obs[k as usize * n_out + c] += v;
+                feat_sum[k as usize] += f64::from(v);
+            }
+        }
+    }
+    let n = rows.len().max(1) as f64;
+    let mut scores = vec![0f32; n_buckets];
+    for (k, &b) in present.iter().enumerate() {
+        let mut s = 0f64;
+        for (c, &nc) in class_n.iter().enumerate() {
+            if nc == 0 {
+                continue;
+            }
+            let e = nc as f64 / n * feat_sum[k];
+            if e > 0.0 {
+                let d = f64::from(obs[k * n_out + c]) - e;
+                s += d * d / e;
+            }
+        }
+        scores[b as usize] = s as f32;
+    }
+    scores
+}
+
+/// Fit the baseline. `targets[i]` indexes `label_space` outputs for `texts[i]`.
+pub fn fit(
+    params: &BaselineParams,
+    texts: &[&str],
+    targets: &[usize],
+    label_space: &LabelSpace,
+    id: &str,
+    progress: &dyn Fn(&str),
+) -> Result<BaselineModel> {
+    params.check()?;
+    let n_out = label_space.n_outputs();
+    if n_out == 0 {
+        return Err(BaselineError::Data("label space has no outputs".into()));
+    }
+    if texts.len() != targets.len() {
+        return Err(BaselineError::Data(format!(
+            "{} texts but {} targets",
+            texts.len(),
+            targets.len()
+        )));
+    }
+    if texts.is_empty() {
+        return Err(BaselineError::Data("no training rows".into()));
+    }
+    if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t >= n_out) {
+        return Err(BaselineError::Data(format!(
+            "row {i}: target {t} is outside the label space ({n_out} outputs)"
+        )));
+    }
+    let feat = featurizer(params);
+    let nb = feat.n_buckets();
+
+    // 1. IDF over every training row (only a counter per bucket and thread).
+    progress(&format!("baseline: hashing {} rows", texts.len()));
+    let df = texts
+        .par_chunks(CHUNK)
+        .fold(
+            || (vec![0u32; nb], Scratch::default()),
+            |(mut df, mut s), chunk| {
+                for t in chunk {
+                    feat.featurize(t, &mut s);
+                    for &(b, _) in &s.out {
+                        df[b as usize] += 1;
+                    }
+                }
+                (df, s)
+            },
+        )
+        .map(|(df, _)| df)
+        .reduce(
+            || vec![0u32; nb],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let n_docs = texts.len() as f64;
+    let idf: Vec<f32> = df
+        .iter()
+        .map(|&d| (((1.0 + n_docs) / (1.0 + f64::from(d))).ln() + 1.0) as f32)
+        .collect();
+    drop(df);
+
+    // 2. Sparse TF-IDF rows of the (sub)sample the model is fitted on.
+    let rows = stratified_subsample(targets, n_out, params.max_fit_rows, params.seed);
+    let y: Vec<usize> = rows.iter().map(|&i| targets[i]).collect();
+    progress(&format!("baseline: featurizing {} fit rows", rows.len()));
+    let sparse: Vec<Vec<(u32, f32)>> = rows
+        .par_chunks(CHUNK)
+        .flat_map_iter(|chunk| {
+            let mut s = Scratch::default();
+            chunk
+                .iter()
+                .map(|&i| {
+                    feat.featurize(texts[i], &mut s);
+                    let mut v = Vec::with_capacity(s.out.len());
+                    tfidf(&s.out, &idf, &mut v);
+                    v
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+
+    // 3. Keep the n_features most class-informative buckets.
+    let scores = chi2_scores(&sparse, &y, nb, n_out);
+    let mut ranked: Vec<u32> = (0..nb as u32)
+        .filter(|&b| scores[b as usize] > 0.0)
+        .collect();
+    if ranked.is_empty() {
+        return Err(BaselineError::Data(
+            "no text features in the training rows (are all texts empty?)".into(),
+        ));
+    }
+    ranked.sort_by(|&a, &b| {
+        scores[b as usize]
+            .total_cmp(&scores[a as usize])
+            .then(a.cmp(&b))
+    });
+    ranked.truncate(params.n_features);
+    ranked.sort_unstable();
+    let buckets = ranked;
+    let k = buckets.len();
+    let col = column_map(&buckets, nb);
+
+    // 4. Dense matrix of the selected columns, then linfa.
+    progress(&format!(
+        "baseline: fitting logistic regression on {} rows x {} features, {} classes",
+        rows.len(),
+        k,
+        n_out
+    ));
+    let mut x = Array2::<f32>::zeros((rows.len(), k));
+    for (mut xr, r) in x.rows_mut().into_iter().zip(sparse) {
+        for (b, v) in r {
+            let c = col[b as usize];
+            if c != NO_COL {
+                xr[c as usize] = v;
+            }
+        }
+    }
+    let mut present = vec![false; n_out];
+    y.iter().for_each(|&c| present[c] = true);
+    let mut weights = vec![0f32; k * n_out];
+    let mut bias: Vec<f32> = present
+        .iter()
+        .map(|&p| if p { 0.0 } else { ABSENT_LOGIT })
+        .collect();
+    if present.iter().filter(|&&p| p).count() >= 2 {
+        let ds = Dataset::new(x, Array1::from(y));
+        let fitted = MultiLogisticRegression::<f32>::default()
+            .alpha(params.alpha as f32)
+            .max_iterations(params.max_iterations)
+            .fit(&ds)
+            .map_err(|e| BaselineError::Fit(e.to_string()))?;
+        let (w, b) = (fitted.params(), fitted.intercept());
+        for (j, &class) in fitted.classes().iter().enumerate() {
+            bias[class] = b[j];
+            for r in 0..k {
+                weights[r * n_out + class] = w[[r, j]];
+            }
+        }
+    }
+    if weights.iter().chain(&bias).any(|v| !v.is_finite()) {
+        return Err(BaselineError::Fit(
+            "solver produced non-finite weights".into(),
+        ));
+    }
+    progress("baseline: done");
+    Ok(BaselineModel {
+        id: id.to_string(),
+        params: params.clone(),
+        label_space: label_space.clone(),
+        feat,
+        meta: meta_table(&idf, &buckets),
+        idf,
+        buckets,
+        weights,
+        bias,
+    })
+}
+
+fn column_map(buckets: &[u32], n_buckets: usize) -> Vec<u32> {
+    let mut col = vec![NO_COL; n_buckets];
+    for (k, &b) in buckets.iter().enumerate() {
+        col[b as usize] = k as u32;
+    }
+    col
+}
+
+thread_local! {
+    /// Featurizer buffers of this thread, reused across calls and models.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+impl BaselineModel {
+    pub fn params(&self) -> &BaselineParams {
+        &self.params
+    }
+
+    /// Number of hashed buckets the model reads (≤ `params.n_features`).
+    pub fn n_inputs(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Logits of one text: the same TF-IDF as [`tfidf`] in training, but in
+    /// one pass — the product is linear, so the L2 norm is applied at the end.
+    fn logits_with(&self, text: &str, s: &mut Scratch) -> Vec<f32> {
+        self.feat.featurize(text, s);
+        let n_out = self.bias.len();
+        let mut out = vec![0f32; n_out];
+        let mut norm2 = 0.0f32;
+        for &(b, c) in &s.out {
+            let m = self.meta[b as usize];
+            let v = tf(c) * m.idf;
+            norm2 += v * v;
+            if m.col != NO_COL {
+                let row = &self.weights[m.col as usize * n_out..(m.col as usize + 1) * n_out];
+                for (o, w) in out.iter_mut().zip(row) {
+                    *o += v * w;
+                }
+            }
+        }
+        let inv = if norm2 > 0.0 {
+            norm2.sqrt().recip()
+        } else {
+            0.0
+        };
+        for (o, b) in out.iter_mut().zip(&self.bias) {
+            *o = *o * inv + b;
+        }
+        out
+    }
+
+    fn logits(&self, text: &str) -> Vec<f32> {
+        SCRATCH.with(|cell| self.logits_with(text, &mut cell.borrow_mut()))
+    }
+
+    /// Logits for a batch, in order; rayon chunks for large batches.
+    pub fn predict_logits(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+        if texts.len() <= 64 {
+            return texts.iter().map(|t| self.logits(t)).collect();
+        }
+        texts
+            .par_chunks(64)
+            .flat_map_iter(|chunk| chunk.iter().map(|t| self.logits(t)).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Write `baseline.safetensors` and `baseline.json` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path, e: &dyn std::fmt::Display| BaselineError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let weights = f32_bytes(&self.weights);
+        let bias = f32_bytes(&self.bias);
+        let idf = f32_bytes(&self.idf);
+        let buckets: Vec<u8> = self.buckets.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let (k, c) = (self.buckets.len(), self.bias.len());
+        let path = dir.join(WEIGHTS_FILE);
+        fn view(dt: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>> {
+            TensorView::new(dt, shape, data).map_err(|e| BaselineError::Fit(e.to_string()))
+        }
+        let tensors = vec![
+            ("weights", view(Dtype::F32, vec![k, c], &weights)?),
+            ("bias", view(Dtype::F32, vec![c], &bias)?),
+            ("idf", view(Dtype::F32, vec![self.idf.len()], &idf)?),
+            ("buckets", view(Dtype::U32, vec![k], &buckets)?),
+        ];
+        safetensors::serialize_to_file(tensors, None, &path).map_err(|e| io(&path, &e))?;
+        let cfg = ConfigFile {
+            format: FORMAT.into(),
+            id: self.id.clone(),
+            params: self.params.clone(),
+            label_space: self.label_space.clone(),
+            n_inputs: k,
+        };
+        let path = dir.join(CONFIG_FILE);
+        let json = serde_json::to_string_pretty(&cfg).map_err(|e| io(&path, &e))?;
+        std::fs::write(&path, json).map_err(|e| io(&path, &e))?;
+        Ok(())
+    }
+
+    /// Load a model saved by [`BaselineModel::save`]; `id` names it from now on.
+    pub fn load(dir: &Path, id: &str) -> Result<Self> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let io = |path: &Path, e: &dyn std::fmt::Display| BaselineError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let fmt_err = |path: &Path, m: String| BaselineError::Format {
+            path: path.display().to_string(),
+            message: m,
+        };
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, &e))?;
+        let cfg: ConfigFile =
+            serde_json::from_str(&text).map_err(|e| fmt_err(&cfg_path, e.to_string()))?;
+        if cfg.format != FORMAT {
+            return Err(fmt_err(
+                &cfg_path,
+                format!("format '{}', expected '{FORMAT}'", cfg.format),
+            ));
+        }
+        cfg.params
+            .check()
+            .map_err(|e| fmt_err(&cfg_path, e.to_string()))?;
+        let path = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| io(&path, &e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| fmt_err(&path, e.to_string()))?;
+        let n_out = cfg.label_space.n_outputs();
+        let nb = 1usize << cfg.params.hash_bits;
+        let k = cfg.n_inputs;
+        if k == 0 || k > cfg.params.n_features {
+            return Err(fmt_err(
+                &cfg_path,
+                format!("n_inputs {k} is outside 1..={}", cfg.params.n_features),
+            ));
+        }
+        let get = |name: &str, dtype: Dtype, shape: &[usize]| -> Result<Vec<[u8; 4]>> {
+            let t = st
+                .tensor(name)
+                .map_err(|e| fmt_err(&path, format!("tensor '{name}': {e}")))?;
+            if t.dtype() != dtype || t.shape() != shape {
+                return Err(fmt_err(
+                    &path,
+                    format!(
+                        "tensor '{name}' is {:?} {:?}, expected {dtype:?} {shape:?} \
+                         (label space has {n_out} outputs)",
+                        t.dtype(),
+                        t.shape()
+                    ),
+                ));
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|c| [c[0], c[1], c[2], c[3]])
+                .collect())
+        };
+        let floats = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let v: Vec<f32> = get(name, Dtype::F32, shape)?
+                .into_iter()
+                .map(f32::from_le_bytes)
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(fmt_err(
+                    &path,
+                    format!("tensor '{name}' has non-finite values"),
+                ));
+            }
+            Ok(v)
+        };
+        let weights = floats("weights", &[k, n_out])?;
+        let bias = floats("bias", &[n_out])?;
+        let idf = floats("idf", &[nb])?;
+        let buckets: Vec<u32> = get("buckets", Dtype::U32, &[k])?
+            .into_iter()
+            .map(u32::from_le_bytes)
+            .collect();
+        if buckets.windows(2).any(|w| w[0] >= w[1]) || buckets.iter().any(|&b| b as usize >= nb) {
+            return Err(fmt_err(
+                &path,
+                format!("tensor 'buckets' must be ascending ids below {nb}"),
+            ));
+        }
+        Ok(Self {
+            id: id.to_string(),
+            feat: featurizer(&cfg.params),
+            params: cfg.params,
+            label_space: cfg.label_space,
+            meta: meta_table(&idf, &buckets),
+            idf,
+            buckets,
+            weights,
+            bias,
+        })
+    }
+}
+
+impl Classifier for BaselineModel {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> &str {
+        "baseline"
+    }
+
+    fn label_space(&self) -> &LabelSpace {
+        &self.label_space
+    }
+
+    /// Never fails and never panics: every text, empty included, gets logits.
+    fn predict(
+        &self,
+        cases: &[Transcript],
+    ) -> std::result::Result<Vec<LevelScores>, ClassifierError> {
+        let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+        Ok(self
+            .predict_logits(&texts)
+            .into_iter()
+            .map(|logits| LevelScores { logits })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casetag_core::softmax;
+
+    fn toy() -> (Vec<String>, Vec<usize>) {
+        let stems = [
+            ("where is my parcel, tracking shows no update", 0),
+            ("I want a refund for the broken item", 1),
+            ("please cancel my order before it ships", 2),
+        ];
+        let extras = [
+            "today",
+            "asap",
+            "order <ORDER_ID>",
+            "thanks",
+            "again",
+            "help",
+        ];
+        let mut texts = Vec::new();
+        let mut y = Vec::new();
+        for (s, c) in stems {
+            for e in extras {
+                texts.push(format!("{s} {e}"));
+                y.push(c);
+            }
+        }
+        (texts, y)
+    }
+
+    fn small() -> BaselineParams {
+        BaselineParams {
+            hash_bits: 14,
+            n_features: 256,
+            max_iterations: 50,
+            alpha: 0.01,
+            ..Default::default()
+        }
+    }
+
+    fn fit_toy(space: &LabelSpace) -> (BaselineModel, Vec<String>, Vec<usize>) {
+        let (texts, y) = toy();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let m = fit(&small(), &refs, &y, space, "toy", &|_| {}).unwrap();
+        (m, texts, y)
+    }
+
+    fn argmax(v: &[f32]) -> usize {
+        (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
+    }
+
+    #[test]
+    fn fits_toy_data_perfectly() {
+        let space = LabelSpace {
+            n_paths: 3,
+            oos_class: false,
+        };
+        let (m, texts, y) = fit_toy(&space);
+        let cases: Vec<Transcript> = texts.iter().map(Transcript::new).collect();
+        let scores = m.predict(&cases).unwrap();
+        assert_eq!(scores.len(), cases.len());
+        for (s, &t) in scores.iter().zip(&y) {
+            assert_eq!(s.logits.len(), 3);
+            assert_eq!(argmax(&s.logits), t);
+            let p = softmax(&s.logits, 1.0);
+            assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        assert_eq!(m.kind(), "baseline");
+        assert_eq!(m.id(), "toy");
+        // Unseen and empty texts still get full-length logits.
+        let odd = m
+            .predict(&[Transcript::new(""), Transcript::new("完全不同的文本 😀")])
+            .unwrap();
+        assert!(odd.iter().all(|s| s.logits.len() == 3));
+    }
+
+    #[test]
+    fn absent_classes_keep_their_outputs() {
+        // 6 paths + OOS, only classes 0..3 have rows.
+        let space = LabelSpace {
+            n_paths: 6,
+            oos_class: true,
+        };
+        let (m, texts, y) = fit_toy(&space);
+        let s = m.predict(&[Transcript::new(texts[0].clone())]).unwrap();
+        assert_eq!(s[0].logits.len(), 7);
+        assert_eq!(argmax(&s[0].logits), y[0]);
+        let p = softmax(&s[0].logits, 1.0);
+        assert!(p[3..].iter().all(|&x| x < 1e-6));
+    }
+
+    #[test]
+    fn single_class_training_is_fine() {
+        let space = LabelSpace {
+            n_paths: 2,
+            oos_class: false,
+        };
+        let m = fit(
+            &small(),
+            &["a refund", "refund again"],
+            &[1, 1],
+            &space,
+            "one",
+            &|_| {},
+        )
+        .unwrap();
+        let s = m.predict(&[Transcript::new("refund")]).unwrap();
+        assert_eq!(argmax(&s[0].logits), 1);
+    }
+
+    #[test]
+    fn bad_training_input_is_an_error() {
+        let space = LabelSpace {
+            n_paths: 2,
+            oos_class: false,
+        };
+        let p = small();
+        let e = fit(&p, &["x y"], &[2], &space, "m", &|_| {}).unwrap_err();
+        assert!(e.to_string().contains("outside the label space"), "{e}");
+        assert!(fit(&p, &["x y"], &[0, 1], &space, "m", &|_| {}).is_err());
+        assert!(fit(&p, &[], &[], &space, "m", &|_| {}).is_err());
+        assert!(fit(&p, &["", " "], &[0, 1], &space, "m", &|_| {}).is_err());
+    }
+
+    #[test]
+    fn subsample_is_stratified_and_bounded() {
+        let targets: Vec<usize> = (0..1000)
+            .map(|i| if i % 10 == 0 { 1 } else { 0 })
+            .chain([2])
+            .collect();
+        let rows = stratified_subsample(&targets, 3, 101, 7);
+        assert_eq!(rows.len(), 101);
+        let count = |c| rows.iter().filter(|&&i| targets[i] == c).count();
+        assert_eq!((count(0), count(1), count(2)), (90, 10, 1));
+        assert_eq!(rows, stratified_subsample(&targets, 3, 101, 7));
+        assert!(rows.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn save_load_round_trip_and_corruption() {
+        let space = LabelSpace {
+            n_paths: 4,
+            oos_class: true,
+        };
+        let (m, texts, _) = fit_toy(&space);
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        let back = BaselineModel::load(dir.path(), "again").unwrap();
+        assert_eq!(back.id(), "again");
+        assert_eq!(back.params(), m.params());
+        assert_eq!(back.label_space(), m.label_space());
+        let cases: Vec<Transcript> = texts.iter().map(Transcript::new).collect();
+        assert_eq!(m.predict(&cases).unwrap(), back.predict(&cases).unwrap());
+
+        // Truncated weights.
+        let wpath = dir.path().join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&wpath).unwrap();
+        std::fs::write(&wpath, &bytes[..bytes.len() / 2]).unwrap();
+        let e = BaselineModel::load(dir.path(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(WEIGHTS_FILE) && e.contains("corrupt"), "{e}");
+        assert!(!e.contains('\n'));
+        // Garbage header.
+        std::fs::write(&wpath, b"not a safetensors file at all").unwrap();
+        let e = BaselineModel::load(dir.path(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("corrupt"), "{e}");
+        // Valid weights, but a label space that does not match them.
+        std::fs::write(&wpath, &bytes).unwrap();
+        let cpath = dir.path().join(CONFIG_FILE);
+        let cfg = std::fs::read_to_string(&cpath).unwrap();
+        std::fs::write(&cpath, cfg.replace("\"n_paths\": 4", "\"n_paths\": 9")).unwrap();
+        let e = BaselineModel::load(dir.path(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tensor 'weights'"), "{e}");
+        // Missing files.
+        std::fs::remove_file(&cpath).unwrap();
+        let e = BaselineModel::load(dir.path(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(CONFIG_FILE), "{e}");
+    }
+}

@@ -1,0 +1,312 @@
+//! Quality, speed and memory checks on real or realistic data. All ignored:
+//! they read files outside the repository and take minutes. Run e.g.
+//! `cargo test --release -p casetag-baseline -- --ignored --nocapture banking`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use casetag_baseline::{fit, BaselineParams};
+use casetag_core::{Classifier, LabelSpace, Transcript};
+
+/// Minimal RFC 4180 reader: quoted fields, doubled quotes, newlines in quotes.
+fn read_csv(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut records: Vec<Vec<String>> = Vec::new();
+    let (mut rec, mut field) = (Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => rec.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                rec.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut rec));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if !field.is_empty() || !rec.is_empty() {
+        rec.push(field);
+        records.push(rec);
+    }
+    let header = records.remove(0);
+    records
+        .into_iter()
+        .filter(|r| r.len() == header.len())
+        .map(|r| header.iter().cloned().zip(r).collect())
+        .collect()
+}
+
+fn shared_data() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::env::var("CASETAG_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("../shared/data"))
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn params_from_env() -> BaselineParams {
+    let mut p = BaselineParams::default();
+    let var = |k: &str| std::env::var(k).ok();
+    if let Some(v) = var("BL_K") {
+        p.n_features = v.parse().unwrap();
+    }
+    if let Some(v) = var("BL_ALPHA") {
+        p.alpha = v.parse().unwrap();
+    }
+    if let Some(v) = var("BL_ITERS") {
+        p.max_iterations = v.parse().unwrap();
+    }
+    if let Some(v) = var("BL_BITS") {
+        p.hash_bits = v.parse().unwrap();
+    }
+    p
+}
+
+/// Fit on `train`, report accuracy on `test`. Returns the accuracy.
+fn run(name: &str, train: &[(String, usize)], test: &[(String, usize)], n_classes: usize) -> f64 {
+    let params = params_from_env();
+    let space = LabelSpace {
+        n_paths: n_classes,
+        oos_class: false,
+    };
+    let texts: Vec<&str> = train.iter().map(|r| r.0.as_str()).collect();
+    let y: Vec<usize> = train.iter().map(|r| r.1).collect();
+    let t = Instant::now();
+    let model = fit(&params, &texts, &y, &space, name, &|m| eprintln!("{m}")).unwrap();
+    let fit_s = t.elapsed().as_secs_f64();
+    let cases: Vec<Transcript> = test.iter().map(|r| Transcript::new(r.0.clone())).collect();
+    let t = Instant::now();
+    let scores = model.predict(&cases).unwrap();
+    let pred_s = t.elapsed().as_secs_f64();
+    let correct = scores
+        .iter()
+        .zip(test)
+        .filter(|(s, r)| {
+            let best = (0..s.logits.len())
+                .max_by(|&a, &b| s.logits[a].total_cmp(&s.logits[b]))
+                .unwrap();
+            best == r.1
+        })
+        .count();
+    let acc = correct as f64 / test.len() as f64;
+    println!(
+        "{name}: params {params:?}\n{name}: train {} test {} classes {n_classes} inputs {} -> \
+         accuracy {acc:.4}, fit {fit_s:.1}s, predict {:.0} cases/s, peak RSS {:.0} MiB",
+        train.len(),
+        test.len(),
+        model.n_inputs(),
+        test.len() as f64 / pred_s,
+        peak_rss_mib()
+    );
+    acc
+}
+
+#[test]
+#[ignore = "needs ../shared/data/banking77 and about a minute"]
+fn banking77_accuracy() {
+    let dir = shared_data().join("banking77");
+    let (train, test) = (
+        read_csv(&dir.join("train.csv")),
+        read_csv(&dir.join("test.csv")),
+    );
+    let mut classes: Vec<&str> = train.iter().map(|r| r["category"].as_str()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let index = |r: &BTreeMap<String, String>| {
+        let c = classes.binary_search(&r["category"].as_str()).unwrap();
+        (r["text"].clone(), c)
+    };
+    let train: Vec<_> = train.iter().map(index).collect();
+    let test: Vec<_> = test.iter().map(index).collect();
+    assert_eq!(classes.len(), 77);
+    let acc = run("banking77", &train, &test, classes.len());
+    // scikit-learn reference (word 1-2 + char_wb 2-5 TF-IDF, sublinear,
+    // LogisticRegression C=10) scores 0.9140 on this split.
+    assert!(acc > 0.85, "accuracy {acc}");
+}
+
+#[test]
+#[ignore = "needs data/aftersales/{train,test}.csv"]
+fn aftersales_accuracy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/aftersales");
+    let train = read_csv(&dir.join("train.csv"));
+    let test_path = ["test.csv", "val.csv"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .expect("data/aftersales has no test.csv or val.csv");
+    let test = read_csv(&test_path);
+    let path = |r: &BTreeMap<String, String>| {
+        let g = |k: &str| r.get(k).map(|s| s.trim().to_string()).unwrap_or_default();
+        (g("l1"), g("l2"), g("l3"))
+    };
+    // Leaf paths seen in training (in-scope rows only) are the classes.
+    let mut paths: Vec<_> = train.iter().map(path).filter(|p| !p.0.is_empty()).collect();
+    paths.sort();
+    paths.dedup();
+    let rows = |rs: &[BTreeMap<String, String>]| -> Vec<(String, usize)> {
+        rs.iter()
+            .filter_map(|r| Some((r["text"].clone(), paths.binary_search(&path(r)).ok()?)))
+            .collect()
+    };
+    let (train, test) = (rows(&train), rows(&test));
+    run("aftersales", &train, &test, paths.len());
+}
+
+/// Deterministic aftersales-like transcripts of roughly `len` characters.
+fn synthetic_cases(n: usize, len: usize, n_classes: usize) -> Vec<(String, usize)> {
+    const WORDS: &[&str] = &[
+        "buyer:",
+        "seller:",
+        "agent:",
+        "order",
+        "<ORDER_ID>",
+        "refund",
+        "return",
+        "parcel",
+        "tracking",
+        "courier",
+        "damaged",
+        "missing",
+        "wrong",
+        "size",
+        "color",
+        "cancel",
+        "please",
+        "hello",
+        "thanks",
+        "label",
+        "pickup",
+        "dispute",
+        "appeal",
+        "compensation",
+        "the",
+        "my",
+        "is",
+        "not",
+        "arrived",
+        "yet",
+        "since",
+        "days",
+        "item",
+        "photo",
+        "evidence",
+        "address",
+        "<PHONE>",
+        "review",
+        "rating",
+        "package",
+        "broken",
+        "late",
+        "store",
+        "credit",
+        "voucher",
+        "exchange",
+        "replacement",
+        "warranty",
+        "charged",
+        "twice",
+    ];
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|_| {
+            let c = (next() % n_classes as u64) as usize;
+            let mut s = String::with_capacity(len + 16);
+            while s.len() < len {
+                // Class-dependent vocabulary slice plus shared noise.
+                let w = if next() % 3 == 0 {
+                    WORDS[(c * 7 + (next() % 5) as usize) % WORDS.len()]
+                } else {
+                    WORDS[(next() % WORDS.len() as u64) as usize]
+                };
+                s.push_str(w);
+                s.push(' ');
+            }
+            (s, c)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "speed measurement"]
+fn inference_speed() {
+    let n_classes = 120;
+    let train = synthetic_cases(5_000, 400, n_classes);
+    let space = LabelSpace {
+        n_paths: n_classes,
+        oos_class: true,
+    };
+    let texts: Vec<&str> = train.iter().map(|r| r.0.as_str()).collect();
+    let y: Vec<usize> = train.iter().map(|r| r.1).collect();
+    let params = BaselineParams {
+        max_iterations: 20,
+        ..Default::default()
+    };
+    let model = fit(&params, &texts, &y, &space, "speed", &|_| {}).unwrap();
+    let cases: Vec<Transcript> = synthetic_cases(100_000, 400, n_classes)
+        .into_iter()
+        .map(|r| Transcript::new(r.0))
+        .collect();
+    let _ = model.predict(&cases[..1000]).unwrap();
+    let t = Instant::now();
+    let out = model.predict(&cases).unwrap();
+    let s = t.elapsed().as_secs_f64();
+    assert_eq!(out.len(), cases.len());
+    let avg_len = cases.iter().map(|c| c.text.len()).sum::<usize>() / cases.len();
+    println!(
+        "inference: {} cases of ~{avg_len} chars, {} outputs, {} threads: {:.0} cases/s",
+        cases.len(),
+        space.n_outputs(),
+        rayon::current_num_threads(),
+        cases.len() as f64 / s
+    );
+}
+
+#[test]
+#[ignore = "memory measurement: 200k rows, a few solver iterations"]
+fn memory_200k() {
+    let n_classes = 120;
+    let train = synthetic_cases(200_000, 400, n_classes);
+    let space = LabelSpace {
+        n_paths: n_classes,
+        oos_class: true,
+    };
+    let texts: Vec<&str> = train.iter().map(|r| r.0.as_str()).collect();
+    let y: Vec<usize> = train.iter().map(|r| r.1).collect();
+    let before = peak_rss_mib();
+    let params = BaselineParams {
+        max_iterations: std::env::var("BL_ITERS").map_or(3, |v| v.parse().unwrap()),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let _model = fit(&params, &texts, &y, &space, "mem", &|m| eprintln!("{m}")).unwrap();
+    println!(
+        "memory: 200k rows, {} iterations: fit {:.1}s, peak RSS {:.0} MiB (data alone {before:.0} MiB)",
+        params.max_iterations,
+        t.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
+}

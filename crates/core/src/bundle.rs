@@ -1,0 +1,329 @@
+//! Model bundles: a self-contained directory with `manifest.json` (id, kind,
+//! taxonomy, data hash, hyper-parameters, metrics, calibration, thresholds,
+//! file checksums) beside the weights. Bundles are written to a temporary
+//! sibling directory and renamed into place, so a reader never sees half a
+//! bundle; loading verifies every checksum.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, LabelSpace, Result, Taxonomy};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const TAXONOMY: &str = "taxonomy.yaml";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Temperature scaling fitted on validation data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub temperature: f32,
+    #[serde(default)]
+    pub ece_before: Option<f64>,
+    #[serde(default)]
+    pub ece_after: Option<f64>,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            ece_before: None,
+            ece_after: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    /// `baseline` or `transformer`.
+    pub kind: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub taxonomy: String,
+    /// sha256 of the training table's rows (text and labels).
+    pub training_data_hash: String,
+    pub label_space: LabelSpace,
+    pub hyper_parameters: serde_json::Value,
+    pub validation_metrics: serde_json::Value,
+    pub calibration: Calibration,
+    /// Decision thresholds (owned by the engine; opaque here).
+    pub thresholds: serde_json::Value,
+    /// File name -> sha256 hex, for every file but the manifest.
+    pub files: BTreeMap<String, String>,
+}
+
+/// sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// An incremental hasher for training data fingerprints.
+#[derive(Default)]
+pub struct DataHasher(Sha256);
+
+impl DataHasher {
+    pub fn update(&mut self, s: &str) {
+        self.0.update((s.len() as u64).to_le_bytes());
+        self.0.update(s.as_bytes());
+    }
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
+/// Current UTC time as RFC 3339 (no external time crate needed).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Writes a bundle into a temporary directory, then renames it into place.
+pub struct BundleWriter {
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl BundleWriter {
+    pub fn new(dest: &Path) -> Result<Self> {
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::Bundle(format!("{}: {e}", parent.display())))?;
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Bundle(format!("{}: not a directory name", dest.display())))?
+            .to_string_lossy()
+            .to_string();
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| Error::Bundle(format!("{}: {e}", tmp.display())))?;
+        Ok(Self {
+            tmp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// Where the backend writes its files.
+    pub fn dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Checksum every file, write the manifest and move the bundle into place.
+    /// An existing destination is replaced only when `overwrite` is set.
+    pub fn finish(
+        self,
+        mut manifest: Manifest,
+        taxonomy: &Taxonomy,
+        overwrite: bool,
+    ) -> Result<Manifest> {
+        let io = |p: &Path, e: std::io::Error| Error::Bundle(format!("{}: {e}", p.display()));
+        let tax_path = self.tmp.join(TAXONOMY);
+        std::fs::write(&tax_path, taxonomy.to_yaml()).map_err(|e| io(&tax_path, e))?;
+        manifest.taxonomy = TAXONOMY.into();
+        manifest.format = FORMAT_VERSION;
+        manifest.files.clear();
+        for entry in std::fs::read_dir(&self.tmp).map_err(|e| io(&self.tmp, e))? {
+            let entry = entry.map_err(|e| io(&self.tmp, e))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name == MANIFEST || !entry.path().is_file() {
+                continue;
+            }
+            manifest.files.insert(name, sha256_file(&entry.path())?);
+        }
+        let mp = self.tmp.join(MANIFEST);
+        let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+        std::fs::write(&mp, json).map_err(|e| io(&mp, e))?;
+        if self.dest.exists() {
+            if !overwrite {
+                let _ = std::fs::remove_dir_all(&self.tmp);
+                return Err(Error::Bundle(format!(
+                    "{}: already exists (bundles are immutable; choose a new directory)",
+                    self.dest.display()
+                )));
+            }
+            std::fs::remove_dir_all(&self.dest).map_err(|e| io(&self.dest, e))?;
+        }
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| io(&self.dest, e))?;
+        Ok(manifest)
+    }
+}
+
+impl Drop for BundleWriter {
+    fn drop(&mut self) {
+        // Only still present when `finish` was not reached.
+        if self.tmp.exists() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// A verified bundle on disk.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub taxonomy: Taxonomy,
+}
+
+impl Bundle {
+    /// Read the manifest, verify every file's checksum and load the taxonomy.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let bad = |m: String| Error::Bundle(format!("{}: {m}", dir.display()));
+        if !dir.is_dir() {
+            return Err(bad("not a model bundle directory".into()));
+        }
+        let mp = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&mp)
+            .map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("{MANIFEST} is corrupt: {e}")))?;
+        if manifest.format != FORMAT_VERSION {
+            return Err(bad(format!(
+                "bundle format {} is not supported (expected {FORMAT_VERSION})",
+                manifest.format
+            )));
+        }
+        for (name, want) in &manifest.files {
+            let p = dir.join(name);
+            if !p.is_file() {
+                return Err(bad(format!("file '{name}' listed in the manifest is missing")));
+            }
+            let got = sha256_file(&p)?;
+            if &got != want {
+                return Err(bad(format!(
+                    "checksum mismatch for '{name}' (file is corrupt or was modified)"
+                )));
+            }
+        }
+        if !manifest.files.contains_key(&manifest.taxonomy) {
+            return Err(bad(format!(
+                "taxonomy file '{}' is not covered by a checksum",
+                manifest.taxonomy
+            )));
+        }
+        let taxonomy = Taxonomy::load(&dir.join(&manifest.taxonomy))?;
+        if taxonomy.n_paths() != manifest.label_space.n_paths {
+            return Err(bad(format!(
+                "taxonomy has {} leaf paths but the model was trained on {}",
+                taxonomy.n_paths(),
+                manifest.label_space.n_paths
+            )));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            taxonomy,
+        })
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: 0,
+            id: "m1".into(),
+            kind: "baseline".into(),
+            created: now_rfc3339(),
+            taxonomy: String::new(),
+            training_data_hash: "x".into(),
+            label_space: LabelSpace {
+                n_paths: 2,
+                oos_class: false,
+            },
+            hyper_parameters: serde_json::json!({}),
+            validation_metrics: serde_json::json!({}),
+            calibration: Calibration::default(),
+            thresholds: serde_json::json!({}),
+            files: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn write_verify_and_reject_corruption() {
+        let tax = Taxonomy::from_yaml_str("nodes: [{id: a}, {id: b}]").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("m");
+        let w = BundleWriter::new(&dest).unwrap();
+        std::fs::write(w.dir().join("weights.bin"), b"0123456789").unwrap();
+        w.finish(manifest(), &tax, false).unwrap();
+        let b = Bundle::open(&dest).unwrap();
+        assert_eq!(b.manifest.files.len(), 2);
+        assert_eq!(b.taxonomy.n_paths(), 2);
+        // No temporary directory left behind.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+        // Immutable unless asked.
+        let w = BundleWriter::new(&dest).unwrap();
+        assert!(w.finish(manifest(), &tax, false).is_err());
+        // Truncated weights.
+        std::fs::write(dest.join("weights.bin"), b"01234").unwrap();
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch for 'weights.bin'"), "{e}");
+        // Missing file.
+        std::fs::remove_file(dest.join("weights.bin")).unwrap();
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("'weights.bin' listed in the manifest is missing"), "{e}");
+        // Corrupt manifest.
+        std::fs::write(dest.join(MANIFEST), b"{not json").unwrap();
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("manifest.json is corrupt"), "{e}");
+    }
+
+    #[test]
+    fn rfc3339_shape() {
+        let s = now_rfc3339();
+        assert_eq!(s.len(), 20);
+        assert!(s.starts_with("20") && s.ends_with('Z'));
+    }
+}

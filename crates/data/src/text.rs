@@ -1,0 +1,230 @@
+//! Text normalization and PII masking, applied identically in `prepare`,
+//! `load_cases` and streaming `tag`, so a model sees the same text at training
+//! and inference time.
+
+use std::sync::LazyLock;
+
+use regex::{Captures, Regex};
+use unicode_normalization::UnicodeNormalization;
+
+/// Unicode NFKC (full-width letters and digits become ASCII, ligatures split),
+/// control characters removed except `\n` (`\r\n` and `\r` become `\n`, tabs
+/// and other whitespace become a space), runs of spaces collapsed, each line
+/// trimmed and blank lines dropped.
+pub fn normalize_text(s: &str) -> String {
+    let nfkc: String = s.nfkc().collect();
+    let mut out = String::with_capacity(nfkc.len());
+    let mut line = String::new();
+    let mut chars = nfkc.chars().peekable();
+    let flush = |line: &mut String, out: &mut String| {
+        let t = line.trim_matches(' ');
+        if !t.is_empty() {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(t);
+        }
+        line.clear();
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => flush(&mut line, &mut out),
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                flush(&mut line, &mut out);
+            }
+            // Line and paragraph separators are line breaks too.
+            '\u{2028}' | '\u{2029}' | '\u{0085}' => flush(&mut line, &mut out),
+            c if c.is_whitespace() => {
+                if !line.ends_with(' ') {
+                    line.push(' ');
+                }
+            }
+            // Controls and invisible format characters (zero-width space,
+            // BOM, soft hyphen, bidi marks) carry no meaning for a classifier.
+            c if c.is_control() || is_invisible(c) => {}
+            c => line.push(c),
+        }
+    }
+    flush(&mut line, &mut out);
+    out
+}
+
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' |
+        '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+pub const EMAIL: &str = "<EMAIL>";
+pub const PHONE: &str = "<PHONE>";
+pub const CARD: &str = "<CARD>";
+pub const ORDER_ID: &str = "<ORDER_ID>";
+
+static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b").unwrap()
+});
+
+/// An order keyword (English or Chinese) followed by an id token; the token is
+/// masked only when it holds at least six digits.
+static ORDER_KEYWORD_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?ix)
+        (?P<kw>
+            \b(?:order|ord)
+            (?:\s*(?:no\.?|num(?:ber)?\.?|id))?
+            (?:\s+is)?
+            \s*:?\s*
+          | 订单(?:号|编号)?\s*[:：]?\s*
+        )
+        (?P<id>\#?[a-z0-9][a-z0-9-]*[a-z0-9])",
+    )
+    .unwrap()
+});
+
+/// `#` followed by an id token, e.g. `#MP2026-48213977`.
+static HASH_ID_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\#[a-z0-9][a-z0-9-]*[a-z0-9]\b").unwrap());
+
+/// Mixed letter/digit tokens (`AB-12345678`, `MP2026-48213977`); masked when
+/// they hold a letter and at least six digits.
+static MIXED_ID_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\b[a-z0-9]+(?:-[a-z0-9]+)*\b").unwrap());
+
+/// 13 to 19 digits with optional single spaces or dashes between them.
+static CARD_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").unwrap());
+
+/// Phone numbers: international (`+44 20 7946 0958`), North American
+/// (`(415) 555-0132`, `415-555-0132`, `415.555.0132`) and Chinese mobiles
+/// (`13812345678`). Plain dates and amounts do not match these shapes.
+static PHONE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?x)
+        \+\d{1,3}(?:[\s.-]?\(?\d{1,5}\)?){2,6}
+      | (?:\(\d{3}\)\s?|\b\d{3}[\s.-])\d{3}[\s.-]\d{4}\b
+      | \b1[3-9]\d{9}\b",
+    )
+    .unwrap()
+});
+
+fn digit_count(s: &str) -> usize {
+    s.bytes().filter(u8::is_ascii_digit).count()
+}
+
+/// Replace PII with placeholder tokens: e-mails -> `<EMAIL>`, order ids ->
+/// `<ORDER_ID>`, card-like numbers (13-19 digits, Luhn not checked) ->
+/// `<CARD>`, phone numbers -> `<PHONE>`. Ordinary numbers ("2 items",
+/// "$25.99", "2026-01-15") are left alone.
+pub fn mask_pii(s: &str) -> String {
+    // Cheap exit: every pattern needs a digit or an '@'.
+    if !s.bytes().any(|b| b.is_ascii_digit() || b == b'@') {
+        return s.to_string();
+    }
+    let s = EMAIL_RE.replace_all(s, EMAIL);
+    let s = ORDER_KEYWORD_RE.replace_all(&s, |c: &Captures| {
+        if digit_count(&c["id"]) >= 6 {
+            format!("{}{ORDER_ID}", &c["kw"])
+        } else {
+            c[0].to_string()
+        }
+    });
+    let s = HASH_ID_RE.replace_all(&s, |c: &Captures| {
+        if digit_count(&c[0]) >= 6 {
+            ORDER_ID.to_string()
+        } else {
+            c[0].to_string()
+        }
+    });
+    let s = CARD_RE.replace_all(&s, CARD);
+    // Phones before mixed ids: `+1-415-555-0132` has no letters, so the mixed
+    // id rule would not take it anyway, but `555-0132` shapes must not be split.
+    let s = PHONE_RE.replace_all(&s, |c: &Captures| {
+        let n = digit_count(&c[0]);
+        if (7..=15).contains(&n) {
+            PHONE.to_string()
+        } else {
+            c[0].to_string()
+        }
+    });
+    let s = MIXED_ID_RE.replace_all(&s, |c: &Captures| {
+        let t = &c[0];
+        if digit_count(t) >= 6 && t.bytes().any(|b| b.is_ascii_alphabetic()) {
+            ORDER_ID.to_string()
+        } else {
+            t.to_string()
+        }
+    });
+    s.into_owned()
+}
+
+/// Normalize, then mask when asked: the one text pipeline every command uses.
+pub(crate) fn clean_text(s: &str, mask: bool) -> String {
+    let n = normalize_text(s);
+    if mask {
+        mask_pii(&n)
+    } else {
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(
+            normalize_text("  Ｈｅｌｌｏ\t\t world \r\n\r\n\n  second\u{0007} line  \n \n"),
+            "Hello world\nsecond line"
+        );
+        assert_eq!(normalize_text("a\u{200B}b\u{00A0}\u{00A0}c"), "ab c");
+        assert_eq!(normalize_text("ﬁle №５"), "file No5");
+        assert_eq!(normalize_text(" \n\t "), "");
+    }
+
+    #[test]
+    fn masks_each_kind() {
+        assert_eq!(
+            mask_pii("mail me at jane.doe+x@shop.example.com now"),
+            "mail me at <EMAIL> now"
+        );
+        assert_eq!(mask_pii("call +1 (415) 555-0132"), "call <PHONE>");
+        assert_eq!(mask_pii("call 415-555-0132."), "call <PHONE>.");
+        assert_eq!(mask_pii("手机 13812345678"), "手机 <PHONE>");
+        assert_eq!(mask_pii("uk: +44 20 7946 0958"), "uk: <PHONE>");
+        assert_eq!(
+            mask_pii("card 4111 1111 1111 1111 was charged"),
+            "card <CARD> was charged"
+        );
+        assert_eq!(mask_pii("card 4111-1111-1111-1111"), "card <CARD>");
+        assert_eq!(mask_pii("card 4111111111111111"), "card <CARD>");
+        assert_eq!(mask_pii("about #MP2026-48213977 ok"), "about <ORDER_ID> ok");
+        assert_eq!(mask_pii("order 123456789 late"), "order <ORDER_ID> late");
+        assert_eq!(
+            mask_pii("Order no. AB-12345678 missing"),
+            "Order no. <ORDER_ID> missing"
+        );
+        assert_eq!(
+            mask_pii("order number: 20260115"),
+            "order number: <ORDER_ID>"
+        );
+        assert_eq!(mask_pii("订单号：202601150001"), "订单号：<ORDER_ID>");
+        assert_eq!(mask_pii("tracking SF1234567890"), "tracking <ORDER_ID>");
+    }
+
+    #[test]
+    fn ordinary_numbers_stay() {
+        for s in [
+            "I bought 2 items for $25.99 on 2026-01-15",
+            "order 12 arrived in 3 days, 50% off",
+            "room 1203, size 42, 1,299.00 CNY",
+            "version 2.0.1 at 10:30",
+            "no PII here",
+        ] {
+            assert_eq!(mask_pii(s), s);
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! Integration tests of casetag-data on tiny fixtures written to temp dirs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use casetag_core::TagPath;
+use casetag_data::*;
+use polars::prelude::*;
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn cfg(input: PathBuf, out: PathBuf) -> PrepareConfig {
+    PrepareConfig {
+        input,
+        out,
+        ..Default::default()
+    }
+}
+
+fn strs(df: &DataFrame, name: &str) -> Vec<Option<String>> {
+    df.column(name)
+        .unwrap()
+        .cast(&DataType::String)
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect()
+}
+
+const TAXONOMY: &str = r#"
+nodes:
+  - id: refund
+    children:
+      - id: refund_request
+        children: [{id: refund_not_received}, {id: refund_partial}]
+  - id: logistics
+    children:
+      - id: delivery
+        children: [{id: late}, {id: lost}]
+"#;
+
+#[test]
+fn masking_placeholders_and_negatives() {
+    let s = "Hi, I'm jo@x.io, tel +1 415-555-0132, card 4111 1111 1111 1111, \
+             order #MP2026-48213977 and order no. AB-12345678. I paid $25.99 for 2 items.";
+    let m = mask_pii(s);
+    assert_eq!(
+        m,
+        "Hi, I'm <EMAIL>, tel <PHONE>, card <CARD>, order <ORDER_ID> and order no. <ORDER_ID>. \
+         I paid $25.99 for 2 items."
+    );
+    assert_eq!(
+        mask_pii("2 items, $25.99, 3 days"),
+        "2 items, $25.99, 3 days"
+    );
+}
+
+#[test]
+fn normalization() {
+    assert_eq!(
+        normalize_text("\u{FEFF}  Ｍｙ  parcel\t\tis\u{0000} late \n\n\n  ok  "),
+        "My parcel is late\nok"
+    );
+}
+
+#[test]
+fn turns_are_joined_in_order_with_speakers() {
+    let df = df!(
+        "case_id" => ["c2", "c1", "c1", "c2", "c1"],
+        "turn" => [2i64, 3, 1, 1, 2],
+        "speaker" => ["seller", "buyer", "buyer", "buyer", "seller"],
+        "text" => ["we can refund", "thanks", "where is my parcel", "refund please", "it is on the way"],
+        "l1" => [None, Some("logistics"), None, Some("refund"), None],
+        "region" => ["EU", "US", "US", "EU", "US"]
+    )
+    .unwrap();
+    let out = join_turns(df).unwrap();
+    assert_eq!(
+        out.get_column_names()
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>(),
+        ["id", "text", "l1", "l2", "l3", "region"]
+    );
+    // Cases keep their order of first appearance.
+    assert_eq!(strs(&out, "id"), [Some("c2".into()), Some("c1".into())]);
+    let texts = strs(&out, "text");
+    assert_eq!(
+        texts[1].as_deref(),
+        Some("[buyer] where is my parcel\n[seller] it is on the way\n[buyer] thanks")
+    );
+    assert_eq!(
+        texts[0].as_deref(),
+        Some("[buyer] refund please\n[seller] we can refund")
+    );
+    // First non-empty label in turn order; pass-through first value.
+    assert_eq!(
+        strs(&out, "l1"),
+        [Some("refund".into()), Some("logistics".into())]
+    );
+    assert_eq!(strs(&out, "l2"), [None, None]);
+    assert_eq!(strs(&out, "region"), [Some("EU".into()), Some("US".into())]);
+}
+
+#[test]
+fn turn_level_file_through_load_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "turns.csv",
+        "case_id,turn,speaker,text,l1,l2,l3,channel\n\
+         a,2,agent,Call me at 415-555-0132,,,,app\n\
+         a,1,buyer,\"Parcel for order 123456789\nnever came\",logistics,delivery,lost,app\n\
+         b,1,buyer,hello,,,,web\n",
+    );
+    let (cases, extra) = load_cases(&p, &[]).unwrap();
+    assert_eq!(cases.len(), 2);
+    assert_eq!(cases[0].id, "a");
+    assert_eq!(
+        cases[0].text,
+        "[buyer] Parcel for order <ORDER_ID>\nnever came\n[agent] Call me at <PHONE>"
+    );
+    assert_eq!(
+        cases[0].label,
+        Some(TagPath::new("logistics", Some("delivery"), Some("lost")))
+    );
+    assert_eq!(cases[1].label, None);
+    assert_eq!(cases[1].row, 2);
+    assert_eq!(
+        strs(&extra, "channel"),
+        [Some("app".into()), Some("web".into())]
+    );
+}
+
+#[test]
+fn bad_turn_value_names_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "turns.csv",
+        "case_id,turn,speaker,text\na,1,buyer,hi\na,x,seller,yo\n",
+    );
+    let e = load_cases(&p, &[]).unwrap_err();
+    let m = e.to_string();
+    assert!(e.is_input());
+    assert!(
+        m.contains("turns.csv") && m.contains("row 2") && m.contains("'x'"),
+        "{m}"
+    );
+}
+
+#[test]
+fn label_gap_in_load_cases_names_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "c.csv",
+        "id,text,l1,l2,l3\nx1,hello,a,b,c\nx2,world,a,,c\n",
+    );
+    let m = load_cases(&p, &[]).unwrap_err().to_string();
+    assert!(
+        m.contains("c.csv: row 2") && m.contains("l2 is empty"),
+        "{m}"
+    );
+}
+
+#[test]
+fn stratified_split_is_deterministic_and_covers_classes() {
+    let mut keys = Vec::new();
+    for (k, n) in [("a", 500), ("b", 300), ("c", 3), ("d", 1), ("<oos>", 100)] {
+        keys.extend(std::iter::repeat_n(k.to_string(), n));
+    }
+    let r = [0.8, 0.1, 0.1];
+    let a1 = split_indices(&keys, r, 7);
+    let a2 = split_indices(&keys, r, 7);
+    let a3 = split_indices(&keys, r, 8);
+    assert_eq!(a1, a2);
+    assert_ne!(a1, a3);
+    let mut per: BTreeMap<&str, [usize; 3]> = BTreeMap::new();
+    for (k, s) in keys.iter().zip(&a1) {
+        per.entry(k).or_default()[*s as usize] += 1;
+    }
+    for (k, c) in &per {
+        assert!(c[0] >= 1, "class {k} has no train row");
+    }
+    assert_eq!(per["a"], [400, 50, 50]);
+    assert_eq!(per["b"], [240, 30, 30]);
+    assert_eq!(per["d"], [1, 0, 0]);
+    let total = keys.len() as f64;
+    let train = a1.iter().filter(|&&s| s == 0).count() as f64;
+    assert!((train / total - 0.8).abs() < 0.02);
+}
+
+fn labeled_csv(dir: &Path) -> PathBuf {
+    let mut body = String::from("id,text,l1,l2,l3,region\n");
+    for i in 0..40 {
+        let (l1, l2, l3) = match i % 4 {
+            0 => ("refund", "refund_request", "refund_not_received"),
+            1 => ("refund", "refund_request", "refund_partial"),
+            2 => ("logistics", "delivery", "late"),
+            _ => ("logistics", "delivery", "lost"),
+        };
+        body.push_str(&format!(
+            "c{i},case number {i} about {l3},{l1},{l2},{l3},EU\n"
+        ));
+    }
+    body.push_str("c40,nothing to tag here,,,,EU\n");
+    body.push_str("c41,   ,refund,,,EU\n");
+    body.push_str(
+        "c42,case number 1 about refund_partial,refund,refund_request,refund_partial,EU\n",
+    );
+    body.push_str("c43,mail a@b.com please,refund,refund_request,refund_partial,US\n");
+    write(dir, "cases.csv", &body)
+}
+
+#[test]
+fn prepare_writes_splits_taxonomy_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = labeled_csv(dir.path());
+    let out = dir.path().join("prep");
+    let tax = write(dir.path(), "tax.yaml", TAXONOMY);
+    let mut c = cfg(input, out.clone());
+    c.taxonomy = Some(tax);
+    let stats = prepare(&c).unwrap();
+    assert_eq!(stats.rows_in, 44);
+    assert_eq!(stats.empty_dropped, 1);
+    assert_eq!(stats.duplicates_dropped, 1);
+    assert_eq!(stats.unknown_dropped, 0);
+    assert_eq!(stats.out_of_scope, 1);
+    assert_eq!(stats.rows_out, 42);
+    assert_eq!(stats.per_class["refund/refund_request/refund_partial"], 11);
+    assert_eq!(stats.per_class.len(), 4);
+    assert_eq!(
+        stats.splits.train + stats.splits.val + stats.splits.test,
+        42
+    );
+    assert_eq!(stats.input_kind, "case");
+    let train = read_table(&out.join("train.parquet")).unwrap();
+    assert_eq!(train.height(), stats.splits.train);
+    let names: Vec<String> = train
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names, ["id", "text", "l1", "l2", "l3", "region"]);
+    let all: Vec<String> = ["train", "val", "test"]
+        .iter()
+        .flat_map(|s| {
+            strs(
+                &read_table(&out.join(format!("{s}.parquet"))).unwrap(),
+                "text",
+            )
+        })
+        .flatten()
+        .collect();
+    assert!(all.contains(&"mail <EMAIL> please".to_string()));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("stats.json")).unwrap()).unwrap();
+    for k in [
+        "rows_in",
+        "rows_out",
+        "empty_dropped",
+        "duplicates_dropped",
+        "unknown_dropped",
+        "out_of_scope",
+        "per_class",
+        "text_len_quantiles",
+        "splits",
+        "elapsed_s",
+        "input_kind",
+    ] {
+        assert!(json.get(k).is_some(), "stats.json lacks {k}");
+    }
+    let t = casetag_core::Taxonomy::load(&out.join("taxonomy.yaml")).unwrap();
+    assert_eq!(t.n_paths(), 4);
+    // Same seed, same split.
+    let again = prepare(&c).unwrap();
+    assert_eq!(again.splits, stats.splits);
+    let train2 = read_table(&out.join("train.parquet")).unwrap();
+    assert_eq!(strs(&train, "id"), strs(&train2, "id"));
+}
+
+#[test]
+fn unknown_labels_are_listed_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = String::from("id,text,l1,l2,l3\n");
+    for i in 0..30 {
+        let l3 = if i % 2 == 0 {
+            format!("foo{i}")
+        } else {
+            "late".into()
+        };
+        body.push_str(&format!("c{i},text {i},logistics,delivery,{l3}\n"));
+    }
+    body.push_str("c30,text 30,refund,delivery,late\n");
+    let input = write(dir.path(), "c.csv", &body);
+    let tax = write(dir.path(), "tax.yaml", TAXONOMY);
+    let mut c = cfg(input, dir.path().join("out"));
+    c.taxonomy = Some(tax);
+    let e = prepare(&c).unwrap_err();
+    assert!(e.is_input());
+    let m = e.to_string();
+    assert!(!m.contains('\n'), "{m}");
+    assert!(m.contains("16 row(s)"), "{m}");
+    assert!(m.contains("row 1 (id c0): unknown l3 label 'foo0'"), "{m}");
+    assert!(m.contains("and 6 more"), "{m}");
+    assert!(m.contains("--drop-unknown"), "{m}");
+    c.drop_unknown = true;
+    let s = prepare(&c).unwrap();
+    assert_eq!(s.unknown_dropped, 16);
+    assert_eq!(s.rows_out, 15);
+}
+
+#[test]
+fn taxonomy_is_inferred_without_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = labeled_csv(dir.path());
+    let s = prepare(&cfg(input, dir.path().join("o"))).unwrap();
+    assert!(s.taxonomy_inferred);
+    assert_eq!(s.per_class.len(), 4);
+}
+
+#[test]
+fn malformed_inputs_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_text = write(dir.path(), "no_text.csv", "id,body,l1\n1,hello,a\n");
+    let e = prepare(&cfg(no_text, dir.path().join("o1"))).unwrap_err();
+    let m = e.to_string();
+    assert!(e.is_input());
+    assert!(
+        m.contains("no_text.csv") && m.contains("column 'text'") && m.contains("id, body, l1"),
+        "{m}"
+    );
+    assert!(!m.contains('\n'));
+
+    let quotes = write(
+        dir.path(),
+        "quotes.csv",
+        "id,text,l1\n1,\"unterminated,a\n2,fine,b\n3,\"x\"y\"z,a,extra,fields\n",
+    );
+    match prepare(&cfg(quotes.clone(), dir.path().join("o2"))) {
+        Err(e) => {
+            let m = e.to_string();
+            assert!(e.is_input(), "{m}");
+            assert!(m.contains("quotes.csv"), "{m}");
+            assert!(!m.contains('\n'), "{m}");
+        }
+        Ok(s) => panic!("malformed CSV accepted: {s:?}"),
+    }
+    // The streaming reader reports it too.
+    let mut r = ChunkReader::open(&quotes, 10).unwrap();
+    let m = r.next_chunk().unwrap_err().to_string();
+    assert!(m.contains("quotes.csv") && !m.contains('\n'), "{m}");
+    let open = write(
+        dir.path(),
+        "open.csv",
+        "id,text\n1,ok\n2,\"never closed\n3,x\n",
+    );
+    let mut r = ChunkReader::open(&open, 10).unwrap();
+    let m = r.next_chunk().unwrap_err().to_string();
+    assert!(
+        m.contains("open.csv") && m.contains("unbalanced quote"),
+        "{m}"
+    );
+    let m = prepare(&cfg(open, dir.path().join("o5")))
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("open.csv") && !m.contains('\n'), "{m}");
+
+    let bad_ext = write(dir.path(), "x.txt", "text\nhi\n");
+    let m = prepare(&cfg(bad_ext, dir.path().join("o3")))
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("x.txt") && m.contains("unsupported"), "{m}");
+
+    let mut c = cfg(
+        write(dir.path(), "ok.csv", "text\nhi\n"),
+        dir.path().join("o4"),
+    );
+    c.split = [0.5, 0.2, 0.2];
+    assert!(prepare(&c).unwrap_err().to_string().contains("sum to 1"));
+}
+
+#[test]
+fn label_map_and_banking77() {
+    let path = Path::new("../../../shared/data/banking77/train.csv");
+    let path = if path.exists() {
+        path.to_path_buf()
+    } else {
+        PathBuf::from("/work/shared/data/banking77/train.csv")
+    };
+    if !path.exists() {
+        eprintln!("note: BANKING77 not found at {}; skipping", path.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(path.clone(), dir.path().join("b77"));
+    c.label_columns = vec![("category".into(), "l1".into())];
+    c.seed = 13;
+    let s = prepare(&c).unwrap();
+    assert_eq!(s.rows_in, 10003);
+    assert_eq!(s.per_class.len(), 77);
+    assert_eq!(s.out_of_scope, 0);
+    assert_eq!(s.unknown_dropped, 0);
+    assert_eq!(
+        s.rows_out + s.duplicates_dropped + s.empty_dropped,
+        s.rows_in
+    );
+    assert!(s.per_class.keys().all(|k| !k.contains('/')));
+    let frac = s.splits.train as f64 / s.rows_out as f64;
+    assert!((frac - 0.8).abs() < 0.01, "{frac}");
+    let t = casetag_core::Taxonomy::load(&dir.path().join("b77/taxonomy.yaml")).unwrap();
+    assert_eq!((t.depth(), t.n_paths()), (1, 77));
+    // The same mapping through load_cases.
+    let (cases, _) = load_cases(&path, &c.label_columns).unwrap();
+    assert_eq!(cases.len(), 10003);
+    assert_eq!(cases[0].label.as_ref().unwrap().l1, "card_arrival");
+    // Without the mapping there is nothing to learn: every row is out of scope.
+    let (cases, extra) = load_cases(&path, &[]).unwrap();
+    assert!(cases.iter().all(|c| c.label.is_none()));
+    assert!(extra.column("category").is_ok());
+    // A mapping from a column that does not exist is named.
+    let m = load_cases(&path, &[("intent".into(), "l1".into())])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("column 'intent'") && m.contains("category"),
+        "{m}"
+    );
+}
+
+fn roundtrip(fmt_ext: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1003usize;
+    let mut src = df!(
+        "id" => (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>(),
+        "text" => (0..n).map(|i| if i % 100 == 7 { None } else { Some(format!("line one {i}, \"quoted\"\nline two")) }).collect::<Vec<_>>(),
+        "region" => (0..n).map(|i| ["EU", "US", "APAC"][i % 3]).collect::<Vec<_>>()
+    )
+    .unwrap();
+    let input = dir.path().join(format!("in.{fmt_ext}"));
+    write_table(&mut src, &input).unwrap();
+    let mut r = ChunkReader::open(&input, 100).unwrap();
+    if fmt_ext == "parquet" {
+        assert_eq!(r.total_rows_hint(), Some(n));
+    }
+    let output = dir.path().join(format!("out.{fmt_ext}"));
+    let mut w = ChunkWriter::create(&output, Format::from_path(&output).unwrap()).unwrap();
+    let mut chunks = 0;
+    let mut texts = 0;
+    while let Some(mut chunk) = r.next_chunk().unwrap() {
+        assert!(chunk.height() <= 100);
+        chunks += 1;
+        let t = chunk_texts(&chunk).unwrap();
+        assert_eq!(t.len(), chunk.height());
+        texts += t.iter().flatten().count();
+        w.write(&mut chunk).unwrap();
+    }
+    w.finish().unwrap();
+    assert_eq!(chunks, 11);
+    assert_eq!(texts, n - 10);
+    assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp")));
+    let back = read_table(&output).unwrap();
+    assert_eq!(back.height(), n);
+    let names: Vec<String> = back
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(names, ["id", "text", "region"]);
+    assert_eq!(strs(&back, "id"), strs(&src, "id"));
+    assert_eq!(strs(&back, "text"), strs(&src, "text"));
+    assert_eq!(strs(&back, "region"), strs(&src, "region"));
+}
+
+#[test]
+fn chunk_roundtrip_csv() {
+    roundtrip("csv");
+}
+
+#[test]
+fn chunk_roundtrip_parquet() {
+    roundtrip("parquet");
+}
+
+#[test]
+fn chunk_roundtrip_jsonl() {
+    roundtrip("jsonl");
+}
+
+#[test]
+fn chunk_texts_rejects_turn_level() {
+    let df = df!("case_id" => ["a"], "turn" => [1i64], "speaker" => ["buyer"], "text" => ["hi"])
+        .unwrap();
+    let m = chunk_texts(&df).unwrap_err().to_string();
+    assert!(m.contains("turn-level"), "{m}");
+    let df = df!("body" => ["hi"]).unwrap();
+    assert!(chunk_texts(&df)
+        .unwrap_err()
+        .to_string()
+        .contains("column 'text'"));
+}
+
+#[test]
+fn turn_level_prepare_reports_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "t.jsonl",
+        "{\"case_id\":\"a\",\"turn\":2,\"speaker\":\"seller\",\"text\":\"ok\",\"l1\":null}\n\
+         {\"case_id\":\"a\",\"turn\":1,\"speaker\":\"buyer\",\"text\":\"late\",\"l1\":\"logistics\"}\n\
+         {\"case_id\":\"b\",\"turn\":1,\"speaker\":\"buyer\",\"text\":\"refund\",\"l1\":\"refund\"}\n",
+    );
+    let s = prepare(&cfg(p, dir.path().join("o"))).unwrap();
+    assert_eq!(s.input_kind, "turn");
+    assert_eq!((s.rows_in, s.cases_in, s.rows_out), (3, 2, 2));
+}
+
+#[test]
+fn csv_stream_handles_bom_crlf_and_header_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "w.csv",
+        "\u{FEFF}id,text\r\n1,\"multi\r\nline, \"\"quoted\"\"\"\r\n2,plain\r\n",
+    );
+    let mut r = ChunkReader::open(&p, 1).unwrap();
+    let a = r.next_chunk().unwrap().unwrap();
+    let b = r.next_chunk().unwrap().unwrap();
+    assert!(r.next_chunk().unwrap().is_none());
+    assert_eq!(r.rows_read(), 2);
+    assert_eq!(strs(&a, "id"), [Some("1".into())]);
+    assert_eq!(
+        chunk_texts(&a).unwrap(),
+        [Some("multi\nline, \"quoted\"".to_string())]
+    );
+    assert_eq!(strs(&b, "text"), [Some("plain".into())]);
+    let h = write(dir.path(), "h.csv", "id,text\n");
+    assert!(ChunkReader::open(&h, 10)
+        .unwrap()
+        .next_chunk()
+        .unwrap()
+        .is_none());
+    let e = write(dir.path(), "e.csv", "");
+    assert!(ChunkReader::open(&e, 10).unwrap_err().is_input());
+}

@@ -1,0 +1,212 @@
+//! Fitting what the decision layer needs on validation data: the softmax
+//! temperature (calibration) and the per-level / per-node thresholds that
+//! reach a precision target, plus the out-of-scope cut.
+
+use std::collections::BTreeMap;
+
+use casetag_core::metrics::ece;
+use casetag_core::{softmax, TagPath};
+use serde::{Deserialize, Serialize};
+
+use crate::decide::{Decider, Thresholds};
+
+/// Knobs for deriving thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionParams {
+    /// Precision each level's answers must reach on validation.
+    pub target_precision: f64,
+    /// Minimum top-1/top-2 margin among siblings.
+    pub min_margin: f32,
+    /// Without an OOS class: share of correctly answered validation cases we
+    /// accept to lose to the score-based out-of-scope cut.
+    pub oos_budget: f64,
+    /// Predictions of a node needed on validation for a node-specific threshold.
+    pub min_node_support: usize,
+}
+
+impl Default for DecisionParams {
+    fn default() -> Self {
+        Self {
+            target_precision: 0.95,
+            min_margin: 0.05,
+            oos_budget: 0.02,
+            min_node_support: 30,
+        }
+    }
+}
+
+/// Mean negative log-likelihood of the targets under temperature `t`.
+fn nll(logits: &[Vec<f32>], targets: &[usize], t: f32) -> f64 {
+    let mut s = 0.0f64;
+    for (l, &y) in logits.iter().zip(targets) {
+        let p = softmax(l, t);
+        s -= (p[y].max(1e-12) as f64).ln();
+    }
+    s / logits.len().max(1) as f64
+}
+
+/// Expected calibration error of the top prediction at temperature `t`.
+pub fn ece_at(logits: &[Vec<f32>], targets: &[usize], t: f32) -> f64 {
+    let mut conf = Vec::with_capacity(logits.len());
+    let mut ok = Vec::with_capacity(logits.len());
+    for (l, &y) in logits.iter().zip(targets) {
+        let p = softmax(l, t);
+        let (arg, max) = p
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+        conf.push(max as f64);
+        ok.push(arg == y);
+    }
+    ece(&conf, &ok, 15)
+}
+
+/// Temperature scaling: minimise validation NLL over log-temperature with a
+/// golden-section search (NLL is unimodal in T for fixed logits).
+pub fn fit_temperature(logits: &[Vec<f32>], targets: &[usize]) -> f32 {
+    if logits.is_empty() {
+        return 1.0;
+    }
+    let f = |lt: f64| nll(logits, targets, lt.exp() as f32);
+    let (mut a, mut b) = ((0.05f64).ln(), (20.0f64).ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let mut c = b - g * (b - a);
+    let mut d = a + g * (b - a);
+    let (mut fc, mut fd) = (f(c), f(d));
+    for _ in 0..40 {
+        if fc < fd {
+            b = d;
+            d = c;
+            fd = fc;
+            c = b - g * (b - a);
+            fc = f(c);
+        } else {
+            a = c;
+            c = d;
+            fc = fd;
+            d = a + g * (b - a);
+            fd = f(d);
+        }
+    }
+    (((a + b) / 2.0).exp()) as f32
+}
+
+/// Smallest confidence `t` such that answers with confidence >= t reach the
+/// target precision; 1.01 (never) when no such cut exists.
+pub fn precision_threshold(conf: &[f32], correct: &[bool], target: f64) -> f32 {
+    let mut idx: Vec<usize> = (0..conf.len()).collect();
+    idx.sort_by(|&a, &b| conf[b].total_cmp(&conf[a]));
+    let mut best = 1.01f32;
+    let mut ok = 0usize;
+    for (k, &i) in idx.iter().enumerate() {
+        ok += correct[i] as usize;
+        let tie_follows = k + 1 < idx.len() && conf[idx[k + 1]] == conf[i];
+        if !tie_follows && ok as f64 / (k + 1) as f64 >= target {
+            best = conf[i];
+        }
+    }
+    best
+}
+
+/// Derive thresholds from validation logits and true paths (`None` = out of
+/// scope). `decider` carries the taxonomy, label space and temperature.
+pub fn fit_thresholds(
+    decider: &Decider,
+    logits: &[Vec<f32>],
+    truth: &[Option<TagPath>],
+    params: &DecisionParams,
+) -> Thresholds {
+    let tax = &decider.taxonomy;
+    let depth = tax.depth();
+    // Decode with no thresholds at all to see raw confidences.
+    let raw = Decider::new(
+        tax.clone(),
+        decider.label_space.clone(),
+        decider.temperature,
+        Thresholds {
+            level: vec![0.0; depth],
+            node: BTreeMap::new(),
+            min_margin: 0.0,
+            oos_prob: 2.0,
+            oos_min_l1: -1.0,
+            target_precision: params.target_precision,
+        },
+    );
+    let mut per_level: Vec<(Vec<f32>, Vec<bool>)> = vec![(Vec::new(), Vec::new()); depth];
+    let mut per_node: BTreeMap<String, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
+    let mut l1_correct_conf: Vec<f32> = Vec::new();
+    for (l, t) in logits.iter().zip(truth) {
+        let Some(t) = t else { continue };
+        let d = raw.decide(l, 0);
+        for k in 0..d.top_path.depth().min(t.depth()) {
+            let ok = d.top_path.truncate(k + 1) == t.truncate(k + 1);
+            let conf = d.confidence[k];
+            per_level[k].0.push(conf);
+            per_level[k].1.push(ok);
+            let node = d.top_path.level(k + 1).unwrap_or_default().to_string();
+            let e = per_node.entry(node).or_default();
+            e.0.push(conf);
+            e.1.push(ok);
+        }
+        if d.top_path.l1 == t.l1 {
+            l1_correct_conf.push(d.confidence[0]);
+        }
+    }
+    let level: Vec<f32> = per_level
+        .iter()
+        .map(|(c, ok)| precision_threshold(c, ok, params.target_precision))
+        .collect();
+    let node = per_node
+        .into_iter()
+        .filter(|(_, (c, _))| c.len() >= params.min_node_support)
+        .map(|(id, (c, ok))| {
+            let t = precision_threshold(&c, &ok, params.target_precision);
+            (id, t)
+        })
+        .collect();
+    // Score-based OOS: lose at most `oos_budget` of the correct L1 answers.
+    l1_correct_conf.sort_by(f32::total_cmp);
+    let oos_min_l1 = if decider.label_space.oos_class || l1_correct_conf.is_empty() {
+        0.0
+    } else {
+        let k = ((l1_correct_conf.len() as f64) * params.oos_budget).floor() as usize;
+        l1_correct_conf[k.min(l1_correct_conf.len() - 1)]
+    };
+    Thresholds {
+        target_precision: params.target_precision,
+        level,
+        node,
+        min_margin: params.min_margin,
+        oos_prob: 0.5,
+        oos_min_l1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_recovers_overconfidence() {
+        // Logits that are 3x too sharp for how often they are right.
+        let mut logits = Vec::new();
+        let mut targets = Vec::new();
+        for i in 0..400 {
+            logits.push(vec![3.0 * 2.0, 0.0, 0.0]);
+            // With T=3, p(top) = e^2/(e^2+2) = 0.787: right ~79% of the time.
+            targets.push(if i % 100 < 79 { 0 } else { 1 + i % 2 });
+        }
+        let t = fit_temperature(&logits, &targets);
+        assert!((t - 3.0).abs() < 0.2, "{t}");
+        assert!(ece_at(&logits, &targets, t) < ece_at(&logits, &targets, 1.0));
+    }
+
+    #[test]
+    fn precision_cut() {
+        let conf = [0.99, 0.95, 0.9, 0.8, 0.7, 0.6];
+        let ok = [true, true, true, false, true, false];
+        assert_eq!(precision_threshold(&conf, &ok, 1.0), 0.9);
+        assert_eq!(precision_threshold(&conf, &ok, 0.8), 0.7);
+        assert_eq!(precision_threshold(&conf, &[false; 6], 0.5), 1.01);
+    }
+}

@@ -1,0 +1,424 @@
+//! The decision layer: calibrated scores -> a valid path, per-level
+//! confidence, back-off, out-of-scope, alternatives and actions. It serves
+//! every backend the same way, since backends only return logits over leaf
+//! paths (plus an optional out-of-scope class).
+
+use std::collections::BTreeMap;
+
+use casetag_core::taxonomy::NodeAction;
+use casetag_core::{softmax, ActionMode, LabelSpace, TagPath, Taxonomy};
+use serde::{Deserialize, Serialize};
+
+/// Thresholds stored in the bundle; derived from validation data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// The precision the level thresholds were derived for.
+    pub target_precision: f64,
+    /// Minimum calibrated confidence per level (index 0 = L1).
+    pub level: Vec<f32>,
+    /// Per-node overrides (node id -> minimum confidence), where validation
+    /// had enough predictions of that node to estimate its own threshold.
+    #[serde(default)]
+    pub node: BTreeMap<String, f32>,
+    /// A top-1/top-2 margin among siblings below this is not confident.
+    pub min_margin: f32,
+    /// With an out-of-scope class: declared out of scope when its
+    /// probability is at least this.
+    pub oos_prob: f32,
+    /// From scores: out of scope when the L1 confidence is below this.
+    pub oos_min_l1: f32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            target_precision: 0.95,
+            level: vec![0.5; 3],
+            node: BTreeMap::new(),
+            min_margin: 0.1,
+            oos_prob: 0.5,
+            oos_min_l1: 0.0,
+        }
+    }
+}
+
+/// An action to run or suggest for a decided tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionOut {
+    pub id: String,
+    pub mode: ActionMode,
+}
+
+/// An alternative full path with its probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    pub tag: TagPath,
+    pub probability: f32,
+}
+
+/// The answer for one case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The decided tag (backed off to `depth` levels); `None` when out of
+    /// scope or when not even L1 is confident (abstention).
+    pub tag: Option<TagPath>,
+    /// Levels given: 0 (out of scope / abstain) to the path's depth.
+    pub depth: usize,
+    /// The most likely full path before back-off.
+    pub top_path: TagPath,
+    /// Calibrated confidence of `top_path` per level (marginals).
+    pub confidence: Vec<f32>,
+    pub out_of_scope: bool,
+    /// Probability mass the model puts outside the taxonomy (OOS class) or
+    /// 1 - L1 confidence when the model has no such class.
+    pub oos_score: f32,
+    pub actions: Vec<ActionOut>,
+    pub alternatives: Vec<Alternative>,
+}
+
+impl Decision {
+    /// True when the answer is the full path of a leaf (what automation may act on).
+    pub fn full_depth(&self) -> bool {
+        !self.out_of_scope && self.depth > 0 && self.depth == self.top_path.depth()
+    }
+}
+
+/// Precomputed structure for fast decoding.
+#[derive(Debug, Clone)]
+pub struct Decider {
+    pub taxonomy: Taxonomy,
+    pub label_space: LabelSpace,
+    pub temperature: f32,
+    pub thresholds: Thresholds,
+    /// For each class, its lineage of node indices (root first).
+    lineage: Vec<Vec<usize>>,
+    /// For each node, the classes below it.
+    under: Vec<Vec<usize>>,
+}
+
+impl Decider {
+    pub fn new(
+        taxonomy: Taxonomy,
+        label_space: LabelSpace,
+        temperature: f32,
+        thresholds: Thresholds,
+    ) -> Self {
+        let lineage: Vec<Vec<usize>> = (0..taxonomy.n_paths())
+            .map(|c| taxonomy.lineage(taxonomy.leaf(c)))
+            .collect();
+        let mut under = vec![Vec::new(); taxonomy.nodes().len()];
+        for (c, lin) in lineage.iter().enumerate() {
+            for &n in lin {
+                under[n].push(c);
+            }
+        }
+        Self {
+            taxonomy,
+            label_space,
+            temperature,
+            thresholds,
+            lineage,
+            under,
+        }
+    }
+
+    /// Calibrated probabilities over the label space.
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+        softmax(logits, self.temperature)
+    }
+
+    /// Marginal probability of every node.
+    pub fn node_marginals(&self, probs: &[f32]) -> Vec<f32> {
+        let mut m = vec![0.0f32; self.taxonomy.nodes().len()];
+        for (c, lin) in self.lineage.iter().enumerate() {
+            for &n in lin {
+                m[n] += probs[c];
+            }
+        }
+        m
+    }
+
+    /// Top-down greedy decoding on the marginals: the most likely L1, then
+    /// its most likely child, and so on. Returns the node chain and, per
+    /// level, (confidence, margin to the best sibling).
+    fn decode(&self, marg: &[f32]) -> (Vec<usize>, Vec<(f32, f32)>) {
+        let mut chain = Vec::new();
+        let mut stats = Vec::new();
+        let mut candidates: Vec<usize> = self.taxonomy.level_nodes(1).to_vec();
+        while !candidates.is_empty() {
+            let (mut best, mut second) = (usize::MAX, f32::NEG_INFINITY);
+            for &n in &candidates {
+                if best == usize::MAX || marg[n] > marg[best] {
+                    if best != usize::MAX {
+                        second = second.max(marg[best]);
+                    }
+                    best = n;
+                } else {
+                    second = second.max(marg[n]);
+                }
+            }
+            let second = if second.is_finite() { second } else { 0.0 };
+            chain.push(best);
+            stats.push((marg[best], marg[best] - second));
+            candidates = self.taxonomy.node(best).children.clone();
+        }
+        (chain, stats)
+    }
+
+    fn threshold_for(&self, level: usize, node: usize) -> f32 {
+        let id = &self.taxonomy.node(node).id;
+        self.thresholds
+            .node
+            .get(id)
+            .copied()
+            .unwrap_or_else(|| self.thresholds.level.get(level).copied().unwrap_or(0.5))
+    }
+
+    /// Turn one case's logits into a decision.
+    pub fn decide(&self, logits: &[f32], top_k: usize) -> Decision {
+        let probs = self.probabilities(logits);
+        let n_paths = self.label_space.n_paths;
+        let p_oos = if self.label_space.oos_class {
+            probs[n_paths]
+        } else {
+            0.0
+        };
+        // Level confidences are conditional on the case being in scope, so a
+        // model with an OOS class does not lose confidence twice.
+        let scale = if p_oos < 1.0 { 1.0 / (1.0 - p_oos) } else { 1.0 };
+        let in_scope: Vec<f32> = probs[..n_paths].iter().map(|p| p * scale).collect();
+        let marg = self.node_marginals(&in_scope);
+        let (chain, stats) = self.decode(&marg);
+        let leaf = *chain.last().expect("taxonomy has nodes");
+        let top_path = self.taxonomy.path_of_node(leaf);
+        let confidence: Vec<f32> = stats.iter().map(|s| s.0).collect();
+        let l1 = confidence[0];
+
+        let (out_of_scope, oos_score) = if self.label_space.oos_class {
+            (p_oos >= self.thresholds.oos_prob, p_oos)
+        } else {
+            (l1 < self.thresholds.oos_min_l1, 1.0 - l1)
+        };
+
+        // Back-off: the deepest level such that it and all above are confident.
+        let mut depth = 0;
+        if !out_of_scope {
+            for (k, (&node, &(conf, margin))) in chain.iter().zip(&stats).enumerate() {
+                if conf < self.threshold_for(k, node) || margin < self.thresholds.min_margin {
+                    break;
+                }
+                depth = k + 1;
+            }
+        }
+        let tag = (depth > 0).then(|| top_path.truncate(depth));
+        let actions = if depth > 0 {
+            let node = chain[depth - 1];
+            let full = depth == chain.len();
+            self.resolve_actions(self.taxonomy.actions(node), confidence[depth - 1], full)
+        } else {
+            Vec::new()
+        };
+
+        let alternatives = self.top_k(&in_scope, top_k);
+        Decision {
+            tag,
+            depth,
+            top_path,
+            confidence,
+            out_of_scope,
+            oos_score,
+            actions,
+            alternatives,
+        }
+    }
+
+    /// `auto` only on a full-depth tag whose confidence clears the action's
+    /// gate; otherwise the action is only suggested.
+    fn resolve_actions(&self, actions: &[NodeAction], conf: f32, full: bool) -> Vec<ActionOut> {
+        actions
+            .iter()
+            .map(|a| ActionOut {
+                id: a.id.clone(),
+                mode: if full && a.mode == ActionMode::Auto && conf >= a.min_confidence {
+                    ActionMode::Auto
+                } else {
+                    ActionMode::Suggest
+                },
+            })
+            .collect()
+    }
+
+    /// The `k` most likely full paths.
+    pub fn top_k(&self, in_scope: &[f32], k: usize) -> Vec<Alternative> {
+        let mut idx: Vec<usize> = (0..in_scope.len()).collect();
+        let k = k.min(idx.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        idx.select_nth_unstable_by(k - 1, |&a, &b| in_scope[b].total_cmp(&in_scope[a]));
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| in_scope[b].total_cmp(&in_scope[a]));
+        idx.into_iter()
+            .map(|c| Alternative {
+                tag: self.taxonomy.path_of(c),
+                probability: in_scope[c],
+            })
+            .collect()
+    }
+
+    /// Classes below a node.
+    pub fn classes_under(&self, node: usize) -> &[usize] {
+        &self.under[node]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAX: &str = r#"
+actions:
+  refund: {mode: auto, min_confidence: 0.9}
+  photo: {mode: suggest, min_confidence: 0.5}
+nodes:
+  - id: returns
+    children:
+      - id: refund
+        children:
+          - {id: refund_missing, actions: [refund]}
+          - {id: refund_wrong, actions: [refund, photo]}
+      - id: return_other
+  - id: flat
+"#;
+
+    fn decider(oos_class: bool, th: Thresholds) -> Decider {
+        let t = Taxonomy::from_yaml_str(TAX).unwrap();
+        let ls = LabelSpace {
+            n_paths: t.n_paths(),
+            oos_class,
+        };
+        Decider::new(t, ls, 1.0, th)
+    }
+
+    /// Logits whose softmax is exactly `p` (log-probabilities).
+    fn logits(p: &[f32]) -> Vec<f32> {
+        p.iter().map(|x| x.max(1e-9).ln()).collect()
+    }
+
+    fn th(level: f32, margin: f32) -> Thresholds {
+        Thresholds {
+            level: vec![level; 3],
+            min_margin: margin,
+            ..Thresholds::default()
+        }
+    }
+
+    // Classes in leaf order: refund_missing, refund_wrong, return_other, flat.
+
+    #[test]
+    fn confident_full_path_gets_auto_action() {
+        let d = decider(false, th(0.6, 0.1));
+        let r = d.decide(&logits(&[0.95, 0.03, 0.01, 0.01]), 3);
+        assert_eq!(r.depth, 3);
+        assert!(r.full_depth());
+        assert_eq!(r.tag.as_ref().unwrap().to_string(), "returns/refund/refund_missing");
+        assert!((r.confidence[0] - 0.99).abs() < 1e-4);
+        assert!((r.confidence[2] - 0.95).abs() < 1e-4);
+        assert_eq!(r.actions[0].mode, ActionMode::Auto);
+        assert_eq!(r.alternatives.len(), 3);
+        assert!(r.alternatives[0].probability >= r.alternatives[1].probability);
+    }
+
+    #[test]
+    fn unsure_leaf_backs_off_to_l2_and_only_suggests() {
+        let d = decider(false, th(0.6, 0.1));
+        // refund/* has 0.9 in total but it is split between the siblings.
+        let r = d.decide(&logits(&[0.47, 0.43, 0.05, 0.05]), 3);
+        assert_eq!(r.depth, 2);
+        assert_eq!(r.tag.as_ref().unwrap().to_string(), "returns/refund");
+        assert!(!r.full_depth());
+        assert!(r.actions.iter().all(|a| a.mode == ActionMode::Suggest));
+    }
+
+    #[test]
+    fn small_margin_is_not_confident() {
+        // Confidence 0.7 clears the level gate but the sibling is close.
+        let d = decider(false, th(0.3, 0.5));
+        let r = d.decide(&logits(&[0.55, 0.35, 0.05, 0.05]), 3);
+        assert_eq!(r.depth, 2);
+        let d = decider(false, th(0.3, 0.1));
+        assert_eq!(d.decide(&logits(&[0.55, 0.35, 0.05, 0.05]), 3).depth, 3);
+    }
+
+    #[test]
+    fn gate_keeps_auto_off_below_min_confidence() {
+        let d = decider(false, th(0.5, 0.0));
+        let r = d.decide(&logits(&[0.85, 0.05, 0.05, 0.05]), 1);
+        assert_eq!(r.depth, 3);
+        assert_eq!(r.actions[0].id, "refund");
+        assert_eq!(r.actions[0].mode, ActionMode::Suggest);
+    }
+
+    #[test]
+    fn per_node_threshold_overrides_level() {
+        let mut t = th(0.5, 0.0);
+        t.node.insert("refund_missing".into(), 0.99);
+        let d = decider(false, t);
+        assert_eq!(d.decide(&logits(&[0.9, 0.05, 0.03, 0.02]), 1).depth, 2);
+    }
+
+    #[test]
+    fn uneven_depth_leaves() {
+        let d = decider(false, th(0.6, 0.1));
+        let r = d.decide(&logits(&[0.02, 0.02, 0.02, 0.94]), 2);
+        assert_eq!(r.depth, 1);
+        assert!(r.full_depth());
+        assert_eq!(r.top_path.to_string(), "flat");
+        assert_eq!(r.confidence.len(), 1);
+        let r = d.decide(&logits(&[0.02, 0.02, 0.94, 0.02]), 2);
+        assert_eq!(r.depth, 2);
+        assert!(r.full_depth());
+        assert_eq!(r.tag.as_ref().unwrap().to_string(), "returns/return_other");
+    }
+
+    #[test]
+    fn out_of_scope_from_class_and_from_scores() {
+        let mut t = th(0.6, 0.1);
+        t.oos_prob = 0.5;
+        let d = decider(true, t.clone());
+        let r = d.decide(&logits(&[0.1, 0.1, 0.1, 0.1, 0.6]), 3);
+        assert!(r.out_of_scope);
+        assert_eq!(r.depth, 0);
+        assert!(r.tag.is_none() && r.actions.is_empty());
+        // In-scope confidences are conditional on being in scope.
+        let r = d.decide(&logits(&[0.8, 0.0, 0.0, 0.0, 0.2]), 3);
+        assert!(!r.out_of_scope);
+        assert!((r.confidence[2] - 1.0).abs() < 1e-4);
+
+        t.oos_min_l1 = 0.6;
+        let d = decider(false, t);
+        let r = d.decide(&logits(&[0.2, 0.2, 0.15, 0.45]), 3);
+        assert!(r.out_of_scope);
+        assert!(!d.decide(&logits(&[0.9, 0.0, 0.0, 0.1]), 3).out_of_scope);
+    }
+
+    #[test]
+    fn abstains_when_l1_is_unsure_but_in_scope() {
+        let d = decider(false, th(0.8, 0.0));
+        let r = d.decide(&logits(&[0.3, 0.2, 0.2, 0.3]), 3);
+        assert!(!r.out_of_scope);
+        assert_eq!(r.depth, 0);
+        assert!(r.tag.is_none());
+    }
+
+    #[test]
+    fn probabilities_are_consistent_across_levels() {
+        let d = decider(false, th(0.5, 0.0));
+        let r = d.decide(&[0.3, -1.0, 2.0, 0.1], 4);
+        for w in r.confidence.windows(2) {
+            assert!(w[0] >= w[1] - 1e-6);
+        }
+        let s: f32 = r.alternatives.iter().map(|a| a.probability).sum();
+        assert!((s - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,181 @@
+//! Loading bundles into ready-to-use models and the fallback chain.
+
+use std::path::Path;
+
+use casetag_core::bundle::Bundle;
+use casetag_core::{Classifier, Transcript};
+use serde::Serialize;
+
+use crate::decide::{Decider, Decision, Thresholds};
+use crate::{EngineError, Result};
+
+/// A verified bundle with its classifier and decision layer.
+pub struct LoadedModel {
+    pub bundle: Bundle,
+    pub classifier: Box<dyn Classifier>,
+    pub decider: Decider,
+}
+
+impl LoadedModel {
+    pub fn id(&self) -> &str {
+        &self.bundle.manifest.id
+    }
+    pub fn kind(&self) -> &str {
+        &self.bundle.manifest.kind
+    }
+
+    /// Raw logits for a batch.
+    pub fn logits(&self, cases: &[Transcript]) -> Result<Vec<Vec<f32>>> {
+        let scores = self
+            .classifier
+            .predict(cases)
+            .map_err(|e| EngineError::Internal(format!("model '{}': {e}", self.id())))?;
+        let want = self.decider.label_space.n_outputs();
+        scores
+            .into_iter()
+            .map(|s| {
+                if s.logits.len() != want || s.logits.iter().any(|x| !x.is_finite()) {
+                    Err(EngineError::Internal(format!(
+                        "model '{}' returned {} scores (expected {want}) or non-finite values",
+                        self.id(),
+                        s.logits.len()
+                    )))
+                } else {
+                    Ok(s.logits)
+                }
+            })
+            .collect()
+    }
+
+    /// Decisions for a batch.
+    pub fn decide(&self, cases: &[Transcript], top_k: usize) -> Result<Vec<Decision>> {
+        let logits = self.logits(cases)?;
+        Ok(logits
+            .iter()
+            .map(|l| self.decider.decide(l, top_k))
+            .collect())
+    }
+}
+
+/// Load and verify a bundle, then its backend.
+pub fn load_model(dir: &Path) -> Result<LoadedModel> {
+    let bundle = Bundle::open(dir)?;
+    let m = &bundle.manifest;
+    let classifier: Box<dyn Classifier> = match m.kind.as_str() {
+        "baseline" => Box::new(
+            casetag_baseline::BaselineModel::load(dir, &m.id)
+                .map_err(|e| EngineError::Baseline(format!("{}: {e}", dir.display())))?,
+        ),
+        "transformer" => Box::new(
+            casetag_transformer::TransformerModel::load(dir, &m.id)
+                .map_err(|e| EngineError::Transformer(format!("{}: {e}", dir.display())))?,
+        ),
+        other => {
+            return Err(EngineError::Input(format!(
+                "{}: unknown model kind '{other}'",
+                dir.display()
+            )))
+        }
+    };
+    if classifier.label_space() != &m.label_space {
+        return Err(EngineError::Input(format!(
+            "{}: weights do not match the manifest's label space",
+            dir.display()
+        )));
+    }
+    let thresholds: Thresholds = serde_json::from_value(m.thresholds.clone()).map_err(|e| {
+        EngineError::Input(format!("{}: thresholds in manifest: {e}", dir.display()))
+    })?;
+    let decider = Decider::new(
+        bundle.taxonomy.clone(),
+        m.label_space.clone(),
+        m.calibration.temperature,
+        thresholds,
+    );
+    Ok(LoadedModel {
+        bundle,
+        classifier,
+        decider,
+    })
+}
+
+/// One tagged case and who answered it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tagged {
+    pub decision: Decision,
+    /// `transformer` or `baseline`.
+    pub served_by: String,
+    pub model_id: String,
+}
+
+/// The fallback chain: the primary model first; the fallback when the
+/// primary failed to load or fails on a batch. Every switch is logged.
+pub struct Tagger {
+    pub primary: Option<LoadedModel>,
+    pub fallback: Option<LoadedModel>,
+}
+
+impl Tagger {
+    /// Load the chain. A primary that fails to load is tolerated when a
+    /// fallback is given (and logged); otherwise its error is returned.
+    pub fn load(primary: &Path, fallback: Option<&Path>) -> Result<Self> {
+        let fb = match fallback {
+            Some(p) => Some(load_model(p)?),
+            None => None,
+        };
+        let pr = match load_model(primary) {
+            Ok(m) => Some(m),
+            Err(e) if fb.is_some() => {
+                tracing::warn!(
+                    "primary model failed to load, serving the fallback only: {e}"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            primary: pr,
+            fallback: fb,
+        })
+    }
+
+    /// The model answering by default.
+    pub fn active(&self) -> &LoadedModel {
+        self.primary
+            .as_ref()
+            .or(self.fallback.as_ref())
+            .expect("a tagger always holds a model")
+    }
+
+    /// Tag a batch with the chain.
+    pub fn tag(&self, cases: &[Transcript], top_k: usize) -> Result<Vec<Tagged>> {
+        if let Some(p) = &self.primary {
+            match p.decide(cases, top_k) {
+                Ok(d) => return Ok(wrap(p, d)),
+                Err(e) => match &self.fallback {
+                    Some(_) => tracing::warn!("primary model failed on a batch, falling back: {e}"),
+                    None => return Err(e),
+                },
+            }
+        }
+        let f = self.fallback.as_ref().expect("fallback present");
+        Ok(wrap(f, f.decide(cases, top_k)?))
+    }
+
+    /// Tag with the fallback only (used when the primary cannot meet a deadline).
+    pub fn tag_fallback(&self, cases: &[Transcript], top_k: usize) -> Option<Result<Vec<Tagged>>> {
+        self.fallback
+            .as_ref()
+            .map(|f| f.decide(cases, top_k).map(|d| wrap(f, d)))
+    }
+}
+
+fn wrap(m: &LoadedModel, d: Vec<Decision>) -> Vec<Tagged> {
+    d.into_iter()
+        .map(|decision| Tagged {
+            decision,
+            served_by: m.kind().to_string(),
+            model_id: m.id().to_string(),
+        })
+        .collect()
+}

@@ -1,0 +1,437 @@
+//! Training orchestration: labels -> label space -> backend fit ->
+//! calibration and thresholds on validation -> a verified bundle on disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use casetag_baseline::BaselineParams;
+use casetag_core::bundle::{now_rfc3339, BundleWriter, Calibration, DataHasher, Manifest};
+use casetag_core::{Classifier, LabelSpace, TagPath, Taxonomy, Transcript};
+use casetag_transformer::TransformerParams;
+use serde::{Deserialize, Serialize};
+
+use crate::calibrate::{ece_at, fit_temperature, fit_thresholds, DecisionParams};
+use crate::decide::Decider;
+use crate::eval::{evaluate_logits, EvalRow};
+use crate::{EngineError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Baseline,
+    Transformer,
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "baseline" => Ok(Self::Baseline),
+            "transformer" => Ok(Self::Transformer),
+            o => Err(format!("unknown model kind '{o}' (baseline|transformer)")),
+        }
+    }
+}
+
+/// One labelled case; `row` is its 1-based row in the source file for errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    pub label: Option<TagPath>,
+    pub row: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub kind: ModelKind,
+    /// Bundle id; defaults to `<kind>-<data hash prefix>`.
+    pub id: Option<String>,
+    pub taxonomy: Option<Taxonomy>,
+    pub baseline: BaselineParams,
+    pub transformer: TransformerParams,
+    /// Encoder for the transformer: a local directory or `hf:OWNER/NAME`.
+    pub encoder: Option<String>,
+    pub decision: DecisionParams,
+    /// Share of the training rows held out for validation when no
+    /// validation file is given.
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub overwrite: bool,
+    /// Minimum out-of-scope training rows to learn an explicit OOS class.
+    pub min_oos_rows: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            kind: ModelKind::Baseline,
+            id: None,
+            taxonomy: None,
+            baseline: BaselineParams::default(),
+            transformer: TransformerParams::default(),
+            encoder: None,
+            decision: DecisionParams::default(),
+            val_fraction: 0.1,
+            seed: 42,
+            overwrite: false,
+            min_oos_rows: 10,
+        }
+    }
+}
+
+/// Check every label against the taxonomy; one error lists up to 10 rows.
+pub fn validate_labels(tax: &Taxonomy, rows: &[Example], what: &str) -> Result<()> {
+    let mut bad = Vec::new();
+    let mut total = 0;
+    for r in rows {
+        if let Some(l) = &r.label {
+            if let Err(e) = tax.resolve(l) {
+                total += 1;
+                if bad.len() < 10 {
+                    bad.push(format!("row {}: {e}", r.row));
+                }
+            }
+        }
+    }
+    if total > 0 {
+        return Err(EngineError::Input(format!(
+            "{what}: {total} row(s) with labels not in the taxonomy: {}{}",
+            bad.join("; "),
+            if total > bad.len() { "; ..." } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+/// Deterministic stratified hold-out: `fraction` of each class (at least one
+/// row when a class has three or more) goes to validation.
+fn stratified_holdout(rows: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+    let mut by: BTreeMap<Option<TagPath>, Vec<Example>> = BTreeMap::new();
+    for r in rows {
+        by.entry(r.label.clone()).or_default().push(r);
+    }
+    let (mut tr, mut va) = (Vec::new(), Vec::new());
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for (_, mut group) in by {
+        // Fisher–Yates with an xorshift generator: reproducible for a seed.
+        for i in (1..group.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            group.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let mut k = (group.len() as f64 * fraction).round() as usize;
+        if k == 0 && group.len() >= 3 {
+            k = 1;
+        }
+        let rest = group.split_off(k);
+        va.extend(group);
+        tr.extend(rest);
+    }
+    (tr, va)
+}
+
+/// A trained backend, before it is written.
+pub enum Fitted {
+    Baseline(casetag_baseline::BaselineModel),
+    Transformer(casetag_transformer::TransformerModel),
+}
+
+impl Fitted {
+    pub fn classifier(&self) -> &dyn Classifier {
+        match self {
+            Fitted::Baseline(m) => m,
+            Fitted::Transformer(m) => m,
+        }
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        match self {
+            Fitted::Baseline(m) => m
+                .save(dir)
+                .map_err(|e| EngineError::Baseline(e.to_string())),
+            Fitted::Transformer(m) => m
+                .save(dir)
+                .map_err(|e| EngineError::Transformer(e.to_string())),
+        }
+    }
+}
+
+/// For each level above the deepest, map every output to its level node
+/// (the OOS class, when present, gets its own extra index).
+pub fn level_maps(tax: &Taxonomy, ls: &LabelSpace) -> Vec<Vec<usize>> {
+    let mut maps = Vec::new();
+    for k in 1..tax.depth() {
+        let nodes = tax.level_nodes(k);
+        let pos: BTreeMap<usize, usize> = nodes.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let extra_shallow = nodes.len();
+        let mut m: Vec<usize> = (0..ls.n_paths)
+            .map(|c| {
+                let lin = tax.lineage(tax.leaf(c));
+                // A path shallower than k keeps its own deepest node's bucket
+                // at this level: it gets one shared "not this deep" index.
+                lin.get(k - 1).map(|n| pos[n]).unwrap_or(extra_shallow)
+            })
+            .collect();
+        if ls.oos_class {
+            m.push(extra_shallow + 1);
+        }
+        maps.push(m);
+    }
+    maps
+}
+
+/// Train a model and write its bundle to `out`. Returns the manifest.
+pub fn train(
+    cfg: &TrainConfig,
+    train_rows: Vec<Example>,
+    val_rows: Option<Vec<Example>>,
+    out: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<Manifest> {
+    let started = Instant::now();
+    if train_rows.is_empty() {
+        return Err(EngineError::Input("training data has no rows".into()));
+    }
+    let taxonomy = match &cfg.taxonomy {
+        Some(t) => t.clone(),
+        None => {
+            let labels: Vec<TagPath> = train_rows
+                .iter()
+                .chain(val_rows.iter().flatten())
+                .filter_map(|r| r.label.clone())
+                .collect();
+            if labels.is_empty() {
+                return Err(EngineError::Input(
+                    "training data has no labelled rows (columns l1/l2/l3 are empty)".into(),
+                ));
+            }
+            Taxonomy::infer(&labels)?
+        }
+    };
+    validate_labels(&taxonomy, &train_rows, "training data")?;
+    if let Some(v) = &val_rows {
+        validate_labels(&taxonomy, v, "validation data")?;
+    }
+    let mut hasher = DataHasher::default();
+    for r in &train_rows {
+        hasher.update(&r.text);
+        hasher.update(&r.label.as_ref().map(|l| l.to_string()).unwrap_or_default());
+    }
+    let data_hash = hasher.finish();
+    let (train_rows, val_rows) = match val_rows {
+        Some(v) => (train_rows, v),
+        None => stratified_holdout(train_rows, cfg.val_fraction, cfg.seed),
+    };
+
+    let n_oos = train_rows.iter().filter(|r| r.label.is_none()).count();
+    let label_space = LabelSpace {
+        n_paths: taxonomy.n_paths(),
+        oos_class: n_oos >= cfg.min_oos_rows,
+    };
+    // Rows labelled at an internal node are not a class; they are skipped
+    // for fitting (counted) but still evaluated.
+    let target_of = |r: &Example| -> Option<usize> {
+        match &r.label {
+            Some(l) => taxonomy.class_of(l),
+            None => label_space.target(None),
+        }
+    };
+    let mut texts = Vec::new();
+    let mut targets = Vec::new();
+    let mut skipped_partial = 0;
+    for r in &train_rows {
+        match target_of(r) {
+            Some(t) => {
+                texts.push(r.text.as_str());
+                targets.push(t);
+            }
+            None if r.label.is_some() => skipped_partial += 1,
+            None => {}
+        }
+    }
+    if texts.is_empty() {
+        return Err(EngineError::Input("no training row has a trainable label".into()));
+    }
+    let val_pairs: Vec<(&str, usize)> = val_rows
+        .iter()
+        .filter_map(|r| target_of(r).map(|t| (r.text.as_str(), t)))
+        .collect();
+    progress(&format!(
+        "training {} on {} rows ({} classes{}, {} validation rows{})",
+        match cfg.kind {
+            ModelKind::Baseline => "baseline",
+            ModelKind::Transformer => "transformer",
+        },
+        texts.len(),
+        label_space.n_paths,
+        if label_space.oos_class { " + out-of-scope" } else { "" },
+        val_rows.len(),
+        if skipped_partial > 0 {
+            format!(", {skipped_partial} rows labelled above leaf level skipped")
+        } else {
+            String::new()
+        }
+    ));
+    let kind_name = match cfg.kind {
+        ModelKind::Baseline => "baseline",
+        ModelKind::Transformer => "transformer",
+    };
+    let id = cfg
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{kind_name}-{}", &data_hash[..12]));
+
+    let (fitted, hyper) = match cfg.kind {
+        ModelKind::Baseline => {
+            cfg.baseline
+                .check()
+                .map_err(|e| EngineError::Input(format!("baseline parameters: {e}")))?;
+            let m = casetag_baseline::fit(&cfg.baseline, &texts, &targets, &label_space, &id, progress)
+                .map_err(|e| EngineError::Baseline(e.to_string()))?;
+            (Fitted::Baseline(m), serde_json::to_value(&cfg.baseline).unwrap())
+        }
+        ModelKind::Transformer => {
+            cfg.transformer
+                .check()
+                .map_err(|e| EngineError::Input(format!("transformer parameters: {e}")))?;
+            let enc = cfg.encoder.clone().ok_or_else(|| {
+                EngineError::Input("--encoder is required for --kind transformer".into())
+            })?;
+            let inputs = casetag_transformer::TrainInputs {
+                texts: texts.iter().map(|s| s.to_string()).collect(),
+                targets: targets.clone(),
+                val_texts: val_pairs.iter().map(|p| p.0.to_string()).collect(),
+                val_targets: val_pairs.iter().map(|p| p.1).collect(),
+                level_maps: level_maps(&taxonomy, &label_space),
+            };
+            let m = casetag_transformer::fit(&cfg.transformer, &enc, &inputs, &label_space, &id, progress)
+                .map_err(|e| EngineError::Transformer(e.to_string()))?;
+            let mut h = serde_json::to_value(&cfg.transformer).unwrap();
+            h["encoder"] = serde_json::Value::String(enc);
+            (Fitted::Transformer(m), h)
+        }
+    };
+    let fit_s = started.elapsed().as_secs_f64();
+
+    // Calibration and thresholds on validation.
+    progress("calibrating on validation data");
+    let val_cases: Vec<Transcript> = val_rows.iter().map(|r| Transcript::new(r.text.clone())).collect();
+    let val_logits: Vec<Vec<f32>> = if val_cases.is_empty() {
+        Vec::new()
+    } else {
+        fitted
+            .classifier()
+            .predict(&val_cases)
+            .map_err(|e| EngineError::Internal(format!("validation prediction: {e}")))?
+            .into_iter()
+            .map(|s| s.logits)
+            .collect()
+    };
+    let (cal_logits, cal_targets): (Vec<Vec<f32>>, Vec<usize>) = val_rows
+        .iter()
+        .zip(&val_logits)
+        .filter_map(|(r, l)| target_of(r).map(|t| (l.clone(), t)))
+        .unzip();
+    let temperature = fit_temperature(&cal_logits, &cal_targets);
+    let calibration = Calibration {
+        temperature,
+        ece_before: Some(ece_at(&cal_logits, &cal_targets, 1.0)),
+        ece_after: Some(ece_at(&cal_logits, &cal_targets, temperature)),
+    };
+    let mut decider = Decider::new(
+        taxonomy.clone(),
+        label_space.clone(),
+        temperature,
+        Default::default(),
+    );
+    let truth: Vec<Option<TagPath>> = val_rows.iter().map(|r| r.label.clone()).collect();
+    let thresholds = fit_thresholds(&decider, &val_logits, &truth, &cfg.decision);
+    decider.thresholds = thresholds.clone();
+    let eval_rows: Vec<EvalRow> = val_rows
+        .iter()
+        .map(|r| EvalRow {
+            label: r.label.clone(),
+            slices: Vec::new(),
+        })
+        .collect();
+    let val_report = evaluate_logits(&decider, &id, kind_name, &val_logits, &eval_rows, None);
+    let mut vm = serde_json::to_value(&val_report.summary).unwrap();
+    vm["fit_seconds"] = serde_json::json!(fit_s);
+    vm["train_rows"] = serde_json::json!(texts.len());
+
+    let writer = BundleWriter::new(out)?;
+    fitted.save(writer.dir())?;
+    let manifest = Manifest {
+        format: 0,
+        id,
+        kind: kind_name.into(),
+        created: now_rfc3339(),
+        taxonomy: String::new(),
+        training_data_hash: data_hash,
+        label_space,
+        hyper_parameters: hyper,
+        validation_metrics: vm,
+        calibration,
+        thresholds: serde_json::to_value(&thresholds).unwrap(),
+        files: BTreeMap::new(),
+    };
+    let m = writer.finish(manifest, &taxonomy, cfg.overwrite)?;
+    progress(&format!(
+        "wrote {} in {:.1}s",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdout_is_stratified_and_deterministic() {
+        let rows: Vec<Example> = (0..100)
+            .map(|i| Example {
+                text: format!("t{i}"),
+                label: Some(TagPath::new(if i % 4 == 0 { "a" } else { "b" }, None, None)),
+                row: i + 1,
+            })
+            .collect();
+        let (tr, va) = stratified_holdout(rows.clone(), 0.2, 7);
+        assert_eq!(tr.len() + va.len(), 100);
+        assert_eq!(va.iter().filter(|r| r.label.as_ref().unwrap().l1 == "a").count(), 5);
+        let (_, va2) = stratified_holdout(rows, 0.2, 7);
+        assert_eq!(va, va2);
+    }
+
+    #[test]
+    fn label_errors_list_rows() {
+        let tax = Taxonomy::from_yaml_str("nodes: [{id: a, children: [{id: a1}]}]").unwrap();
+        let rows: Vec<Example> = (0..15)
+            .map(|i| Example {
+                text: "x".into(),
+                label: Some(TagPath::new("a", Some(if i < 3 { "a1" } else { "zz" }), None)),
+                row: i + 2,
+            })
+            .collect();
+        let e = validate_labels(&tax, &rows, "train.csv").unwrap_err().to_string();
+        assert!(e.starts_with("train.csv: 12 row(s)"), "{e}");
+        assert!(e.contains("row 5: unknown l2 label 'zz'"), "{e}");
+        assert!(!e.contains("row 15:"), "only 10 rows listed: {e}");
+    }
+
+    #[test]
+    fn level_maps_cover_uneven_depth() {
+        let tax = Taxonomy::from_yaml_str(
+            "nodes: [{id: a, children: [{id: a1, children: [{id: x}, {id: y}]}, {id: a2}]}, {id: b}]",
+        )
+        .unwrap();
+        let ls = LabelSpace { n_paths: tax.n_paths(), oos_class: true };
+        let m = level_maps(&tax, &ls);
+        assert_eq!(m.len(), 2);
+        // classes: x, y, a2, b, OOS
+        assert_eq!(m[0], vec![0, 0, 0, 1, 3]);
+        assert_eq!(m[1], vec![0, 0, 1, 2, 3]);
+    }
+}

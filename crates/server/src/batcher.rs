@@ -1,0 +1,345 @@
+//! Dynamic batching: one dedicated thread owns inference.
+//!
+//! Model inference is CPU-bound (candle's matmuls and the baseline's rayon
+//! chunks already use every core), so it never runs on tokio workers.
+//! Handlers admit a request through a semaphore counted in *cases* (full:
+//! 429 at once, so the queue is bounded), push it on a channel and await a
+//! oneshot. The thread takes the first waiting request, gathers more until
+//! the batch budget (cases or characters) is reached or `max_wait` has passed
+//! since the first was queued (waiting only while more requests are expected,
+//! see `model_loop`), runs the model once, and answers each request.
+//! Work whose caller has gone (timed out, disconnected) is dropped before it
+//! reaches the model. After text-embeddings-inference `core/src/queue.rs`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use casetag_core::Transcript;
+use casetag_engine::{Tagged, Tagger};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::{FallbackReason, Metrics};
+use crate::models::{panic_message, ModelSlot};
+use crate::Limits;
+
+/// A batch's answer for one request: the tagged cases and the tagger that
+/// produced them (for the response's `model` field).
+pub(crate) struct Answer {
+    pub tagged: Vec<Tagged>,
+    pub tagger: Arc<Tagger>,
+}
+
+pub(crate) type Reply = Result<Answer, ApiError>;
+
+/// One request waiting for the model.
+struct Job {
+    cases: Arc<Vec<Transcript>>,
+    chars: usize,
+    top_k: usize,
+    queued_at: Instant,
+    reply: oneshot::Sender<Reply>,
+    /// Held until the job is answered or dropped: the admission ticket.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Job {
+    fn gone(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    /// Answer the caller. The admission ticket is returned first: a caller
+    /// that gets its answer and at once sends the next request must find
+    /// the capacity free again.
+    fn finish(self, r: Reply) {
+        let Job { reply, _permit, .. } = self;
+        drop(_permit);
+        // The caller may have gone meanwhile; nothing to do then.
+        let _ = reply.send(r);
+    }
+}
+
+/// The handlers' side of the batcher.
+pub(crate) struct Batcher {
+    tx: mpsc::Sender<Job>,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Budget of one batch.
+#[derive(Clone, Copy)]
+struct Budget {
+    cases: usize,
+    chars: usize,
+    wait: Duration,
+    batching: bool,
+}
+
+impl Batcher {
+    /// Start the model thread. It ends when the last `Batcher` handle is
+    /// dropped (the channel closes).
+    pub fn spawn(
+        models: Arc<ModelSlot>,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let budget = Budget {
+            cases: limits.max_batch_cases,
+            chars: limits.max_batch_chars,
+            wait: Duration::from_millis(limits.max_wait_ms),
+            batching: !limits.no_batching,
+        };
+        let q = queued.clone();
+        std::thread::Builder::new()
+            .name("casetag-model".into())
+            .spawn(move || model_loop(rx, models, metrics, q, budget))?;
+        Ok(Self {
+            tx,
+            permits: Arc::new(Semaphore::new(limits.queue_capacity)),
+            capacity: limits.queue_capacity,
+            queued,
+        })
+    }
+
+    /// Queue a request or refuse it at once (429) when the queue is full.
+    pub fn submit(
+        &self,
+        cases: Arc<Vec<Transcript>>,
+        top_k: usize,
+    ) -> Result<oneshot::Receiver<Reply>, ApiError> {
+        let n = u32::try_from(cases.len()).unwrap_or(u32::MAX);
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorKind::Overloaded,
+                    format!(
+                        "the queue is full ({} cases in flight, capacity {}); retry shortly",
+                        self.in_flight(),
+                        self.capacity
+                    ),
+                )
+            })?;
+        let (reply, rx) = oneshot::channel();
+        let chars = cases.iter().map(|c| c.text.chars().count()).sum();
+        let n = cases.len();
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        let job = Job {
+            cases,
+            chars,
+            top_k,
+            queued_at: Instant::now(),
+            reply,
+            _permit: permit,
+        };
+        if self.tx.send(job).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return Err(ApiError::internal("the model thread has stopped"));
+        }
+        Ok(rx)
+    }
+
+    /// Cases waiting for the model.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Cases admitted and not yet answered (queued or in the model).
+    pub fn in_flight(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.permits.available_permits())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+fn model_loop(
+    rx: mpsc::Receiver<Job>,
+    models: Arc<ModelSlot>,
+    metrics: Arc<Metrics>,
+    queued: Arc<AtomicUsize>,
+    budget: Budget,
+) {
+    // A request that did not fit the previous batch starts the next one.
+    let mut carry: Option<Job> = None;
+    // Requests in the previous batch: the concurrency the traffic has shown.
+    let mut last_requests = 1usize;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => {
+                    queued.fetch_sub(j.cases.len(), Ordering::Relaxed);
+                    j
+                }
+                Err(_) => break, // every handle dropped: shut down
+            },
+        };
+        if first.gone() {
+            metrics.dropped_job();
+            continue;
+        }
+        let (mut cases, mut chars) = (first.cases.len(), first.chars);
+        // Waiting for company costs latency, so it is only worth it while
+        // company is expected: the batch waits (at most `wait` after its
+        // first request was queued) until it has as many requests as the
+        // previous one, then only takes what is already queued. A lone client
+        // never waits; N clients in lock-step are gathered as soon as all N
+        // have arrived instead of after the whole `wait`; a request that
+        // already waited behind a busy model adds no latency.
+        let until = first.queued_at + budget.wait;
+        let mut batch = vec![first];
+        while budget.batching && cases < budget.cases && chars < budget.chars {
+            let now = Instant::now();
+            let next = if batch.len() >= last_requests || now >= until {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv_timeout(until - now) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            queued.fetch_sub(next.cases.len(), Ordering::Relaxed);
+            if next.gone() {
+                metrics.dropped_job();
+                continue;
+            }
+            if cases + next.cases.len() > budget.cases || chars + next.chars > budget.chars {
+                carry = Some(next);
+                break;
+            }
+            cases += next.cases.len();
+            chars += next.chars;
+            batch.push(next);
+        }
+        last_requests = batch.len();
+        // Callers may have left while we were gathering.
+        batch.retain(|j| {
+            let keep = !j.gone();
+            if !keep {
+                metrics.dropped_job();
+            }
+            keep
+        });
+        if batch.is_empty() {
+            continue;
+        }
+        match models.get() {
+            Some(tagger) => run_batch(&tagger, batch, &metrics),
+            None => {
+                for j in batch {
+                    j.finish(Err(ApiError::new(
+                        ErrorKind::NotReady,
+                        "no model is loaded yet",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Run the model on `cases`, catching panics so the thread survives.
+fn guarded_tag(
+    tagger: &Tagger,
+    cases: &[Transcript],
+    top_k: usize,
+    metrics: &Metrics,
+) -> Result<Vec<Tagged>, ApiError> {
+    match catch_unwind(AssertUnwindSafe(|| tagger.tag(cases, top_k))) {
+        Ok(Ok(t)) if t.len() == cases.len() => Ok(t),
+        Ok(Ok(t)) => Err(ApiError::internal(format!(
+            "the model returned {} results for {} cases",
+            t.len(),
+            cases.len()
+        ))),
+        Ok(Err(e)) => Err(ApiError::internal(format!("model failure: {e}"))),
+        Err(p) => {
+            metrics.model_panic();
+            let msg = panic_message(&*p);
+            tracing::error!("model panicked on a batch of {} cases: {msg}", cases.len());
+            // The engine's chain only switches on errors; a panicking primary
+            // still has a fallback to answer.
+            match catch_unwind(AssertUnwindSafe(|| tagger.tag_fallback(cases, top_k))) {
+                // Counted as a fallback in `answer` (the model id differs).
+                Ok(Some(Ok(t))) if t.len() == cases.len() => Ok(t),
+                _ => Err(ApiError::internal(format!("the model panicked: {msg}"))),
+            }
+        }
+    }
+}
+
+fn run_batch(tagger: &Arc<Tagger>, batch: Vec<Job>, metrics: &Metrics) {
+    let started = Instant::now();
+    let top_k = batch.iter().map(|j| j.top_k).max().unwrap_or(0);
+    let n_cases: usize = batch.iter().map(|j| j.cases.len()).sum();
+    let result = if batch.len() == 1 {
+        guarded_tag(tagger, &batch[0].cases, top_k, metrics)
+    } else {
+        let all: Vec<Transcript> = batch.iter().flat_map(|j| j.cases.iter().cloned()).collect();
+        guarded_tag(tagger, &all, top_k, metrics)
+    };
+    metrics.observe_batch(n_cases, started.elapsed());
+    match result {
+        Ok(tagged) => {
+            let mut it = tagged.into_iter();
+            for j in batch {
+                let mine: Vec<Tagged> = it.by_ref().take(j.cases.len()).collect();
+                answer(tagger, j, Ok(mine), metrics);
+            }
+        }
+        // One bad request must not fail the others it was batched with:
+        // rerun each alone so the error lands only where it belongs.
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(
+                "a batch of {} requests failed ({e}); retrying them one by one",
+                batch.len()
+            );
+            for j in batch {
+                if j.gone() {
+                    metrics.dropped_job();
+                    continue;
+                }
+                let r = guarded_tag(tagger, &j.cases, j.top_k, metrics);
+                answer(tagger, j, r, metrics);
+            }
+        }
+        Err(e) => {
+            for j in batch {
+                answer(tagger, j, Err(e.clone()), metrics);
+            }
+        }
+    }
+}
+
+fn answer(tagger: &Arc<Tagger>, job: Job, r: Result<Vec<Tagged>, ApiError>, metrics: &Metrics) {
+    let top_k = job.top_k;
+    let r = r.map(|mut tagged| {
+        for t in &mut tagged {
+            t.decision.alternatives.truncate(top_k);
+        }
+        // The engine switched to the fallback because the primary failed.
+        if let (Some(p), Some(first)) = (&tagger.primary, tagged.first()) {
+            if first.model_id != p.id() {
+                metrics.fallback(FallbackReason::PrimaryError);
+            }
+        }
+        Answer {
+            tagged,
+            tagger: tagger.clone(),
+        }
+    });
+    job.finish(r);
+}

@@ -1,0 +1,129 @@
+//! Server configuration: the resolved [`ServerConfig`] the CLI builds, and the
+//! [`Limits`] flags (flattened into `casetag serve --help`).
+
+use std::path::PathBuf;
+
+use crate::ServerError;
+
+/// Request limits, dynamic batching and deadlines. Every field is a
+/// `casetag serve` flag; the doc comments are its `--help` text.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Most cases in one request (more: 422).
+    #[arg(long, default_value_t = 64)]
+    pub max_cases: usize,
+    /// Longest case text in characters. Longer texts keep their head and
+    /// tail (the complaint and the latest turns) and the result says
+    /// `"truncated": true`.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_text_chars: usize,
+    /// Dynamic batching: most cases the model sees in one batch.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch_cases: usize,
+    /// Dynamic batching: most text characters in one batch (a single larger
+    /// request still runs, alone).
+    #[arg(long, default_value_t = 32_768)]
+    pub max_batch_chars: usize,
+    /// Dynamic batching: longest time the first request of a batch waits for
+    /// company, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Cases that may wait for or be in the model at once; beyond it requests
+    /// are refused at once with 429 (the queue never grows without bound).
+    #[arg(long, default_value_t = 256)]
+    pub queue_capacity: usize,
+    /// A request whose primary-model answer is not ready after this many
+    /// milliseconds is answered by the fallback (`served_by: "baseline"`), or
+    /// fails with 503 `deadline_exceeded` without one. 0 waits indefinitely.
+    #[arg(long, default_value_t = 200)]
+    pub deadline_ms: u64,
+    /// Turn dynamic batching off: every request runs through the model alone
+    /// (for load-test comparisons).
+    #[arg(long)]
+    pub no_batching: bool,
+    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to drain, in
+    /// seconds, before the server exits anyway.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_cases: 64,
+            max_text_chars: 20_000,
+            max_batch_cases: 32,
+            max_batch_chars: 32_768,
+            max_wait_ms: 2,
+            queue_capacity: 256,
+            deadline_ms: 200,
+            no_batching: false,
+            drain_timeout_s: 30,
+        }
+    }
+}
+
+impl Limits {
+    /// Reject combinations that could never serve a request.
+    pub fn check(&self) -> Result<(), ServerError> {
+        let bad = |m: String| Err(ServerError::Config(m));
+        if self.max_body_bytes == 0 {
+            return bad("--max-body-bytes must be at least 1".into());
+        }
+        if self.max_cases == 0 {
+            return bad("--max-cases must be at least 1".into());
+        }
+        if self.max_text_chars < 16 {
+            return bad("--max-text-chars must be at least 16".into());
+        }
+        if self.max_batch_cases == 0 || self.max_batch_chars == 0 {
+            return bad("--max-batch-cases and --max-batch-chars must be at least 1".into());
+        }
+        // A request larger than the whole queue could never be admitted and
+        // would get 429 forever, which reads as "retry later" but is not.
+        if self.queue_capacity < self.max_cases {
+            return bad(format!(
+                "--queue-capacity ({}) must be at least --max-cases ({})",
+                self.queue_capacity, self.max_cases
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything `casetag serve` resolved from its flags.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// `HOST:PORT` to listen on.
+    pub addr: String,
+    /// The primary bundle directory, resolved at startup.
+    pub model: PathBuf,
+    /// What the user passed as `--model`: a directory, `NAME/VERSION` or a
+    /// registry `NAME`, re-resolved on every reload (a `NAME` follows its
+    /// champion).
+    pub model_spec: String,
+    /// The fallback bundle (the baseline).
+    pub fallback: Option<PathBuf>,
+    /// Registry root for `NAME`-style specs.
+    pub models_root: PathBuf,
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// A config serving `model` with default limits (tests and embedding).
+    pub fn for_model(model: impl Into<PathBuf>) -> Self {
+        let model = model.into();
+        Self {
+            addr: "127.0.0.1:0".into(),
+            model_spec: model.to_string_lossy().into_owned(),
+            model,
+            fallback: None,
+            models_root: PathBuf::from("models"),
+            limits: Limits::default(),
+        }
+    }
+}

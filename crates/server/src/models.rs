@@ -1,0 +1,215 @@
+//! The live model: resolving `--model` specs, loading bundles off the async
+//! runtime, and the atomically swapped slot every batch reads from.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use casetag_core::bundle::MANIFEST;
+use casetag_engine::{load_model, EngineError, LoadedModel, Tagger};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::ServerError;
+
+/// Holds the current [`Tagger`]. A batch clones the `Arc` once and runs on
+/// it, so a reload never disturbs a batch in flight: the old model is freed
+/// when its last batch ends. The lock is held only to clone or swap a
+/// pointer, never across inference.
+#[derive(Default)]
+pub(crate) struct ModelSlot {
+    current: RwLock<Option<Arc<Tagger>>>,
+    generation: AtomicU64,
+}
+
+impl ModelSlot {
+    pub fn get(&self) -> Option<Arc<Tagger>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Install a new model; returns the one it replaced.
+    pub fn install(&self, t: Arc<Tagger>) -> Option<Arc<Tagger>> {
+        let prev = self
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(t);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        prev
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+}
+
+/// Resolve a `--model` spec the way `casetag serve` does at startup: a bundle
+/// directory, `ROOT/NAME/VERSION`, or `ROOT/NAME` whose `champion` file names
+/// the live version. Re-run on every reload, so a promoted champion is
+/// picked up without a restart.
+pub fn resolve_model(root: &Path, spec: &str) -> Result<PathBuf, ServerError> {
+    let p = Path::new(spec);
+    if p.join(MANIFEST).is_file() {
+        return Ok(p.to_path_buf());
+    }
+    let direct = root.join(spec);
+    if direct.join(MANIFEST).is_file() {
+        return Ok(direct);
+    }
+    let champ = direct.join("champion");
+    if champ.is_file() {
+        let v = std::fs::read_to_string(&champ).map_err(|e| ServerError::Resolve {
+            spec: spec.into(),
+            message: format!("{}: {e}", champ.display()),
+        })?;
+        return Ok(direct.join(v.trim()));
+    }
+    // A directory that lost its manifest is a bad bundle, reported as such
+    // by the loader (with the path), rather than "not found".
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    Err(ServerError::Resolve {
+        spec: spec.into(),
+        message: format!(
+            "not a bundle directory, nor NAME/VERSION or a NAME with a champion under {}",
+            root.display()
+        ),
+    })
+}
+
+/// Run a loader, turning a panic into an error: a corrupt bundle must not
+/// take the server down.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, ServerError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(ServerError::Model),
+        Err(p) => Err(ServerError::Internal(format!(
+            "{what}: loader panicked: {}",
+            panic_message(&*p)
+        ))),
+    }
+}
+
+/// Startup load: the engine's tolerant chain (a primary that fails to load
+/// is tolerated, and logged, when a fallback is given).
+pub fn load_initial(primary: &Path, fallback: Option<&Path>) -> Result<Tagger, ServerError> {
+    guarded("startup load", || Tagger::load(primary, fallback))
+}
+
+/// Reload: strict. A bad primary is refused (the running model stays), not
+/// silently replaced by the fallback alone.
+pub fn load_strict(primary: &Path, fallback: Option<&Path>) -> Result<Tagger, ServerError> {
+    let p = guarded("reload", || load_model(primary))?;
+    let f = match fallback {
+        Some(fb) => Some(guarded("reload", || load_model(fb))?),
+        None => None,
+    };
+    Ok(Tagger {
+        primary: Some(p),
+        fallback: f,
+    })
+}
+
+/// A panic payload as text.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+/// `{"id","kind","created"}` of the model that answered.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelInfo {
+    pub id: String,
+    pub kind: String,
+    pub created: String,
+}
+
+impl ModelInfo {
+    pub fn of(m: &LoadedModel) -> Self {
+        let man = &m.bundle.manifest;
+        Self {
+            id: man.id.clone(),
+            kind: man.kind.clone(),
+            created: man.created.clone(),
+        }
+    }
+}
+
+/// Which loaded model of a tagger has this id (primary first).
+pub(crate) fn model_by_id<'a>(t: &'a Tagger, id: &str) -> Option<&'a LoadedModel> {
+    t.primary
+        .iter()
+        .chain(t.fallback.iter())
+        .find(|m| m.id() == id)
+}
+
+/// The manifest summary `GET /v1/model` shows (everything but checksums).
+pub fn manifest_summary(m: &LoadedModel) -> Value {
+    let man = &m.bundle.manifest;
+    let tax = &m.bundle.taxonomy;
+    json!({
+        "id": man.id,
+        "kind": man.kind,
+        "created": man.created,
+        "dir": m.bundle.dir.display().to_string(),
+        "format": man.format,
+        "training_data_hash": man.training_data_hash,
+        "label_space": man.label_space,
+        "taxonomy": {"name": tax.name, "depth": tax.depth(), "n_paths": tax.n_paths()},
+        "calibration": man.calibration,
+        "thresholds": man.thresholds,
+        "validation_metrics": man.validation_metrics,
+        "hyper_parameters": man.hyper_parameters,
+    })
+}
+
+/// The taxonomy tree as nested JSON nodes.
+pub fn taxonomy_json(m: &LoadedModel) -> Value {
+    let tax = &m.bundle.taxonomy;
+    fn node(tax: &casetag_core::Taxonomy, i: usize) -> Value {
+        let n = tax.node(i);
+        json!({
+            "id": n.id,
+            "name": n.name,
+            "description": n.description,
+            "level": n.level,
+            "actions": n.actions,
+            "children": n.children.iter().map(|&c| node(tax, c)).collect::<Vec<_>>(),
+        })
+    }
+    json!({
+        "name": tax.name,
+        "model": ModelInfo::of(m),
+        "depth": tax.depth(),
+        "n_paths": tax.n_paths(),
+        "actions": tax.action_library(),
+        "nodes": tax.level_nodes(1).iter().map(|&i| node(tax, i)).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_champion_and_reports_unknown_specs() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = root.path().join("tagger").join("v2");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join(MANIFEST), "{}").unwrap();
+        std::fs::write(root.path().join("tagger").join("champion"), "v2\n").unwrap();
+        assert_eq!(resolve_model(root.path(), "tagger").unwrap(), v2);
+        assert_eq!(resolve_model(root.path(), "tagger/v2").unwrap(), v2);
+        let e = resolve_model(root.path(), "nope").unwrap_err();
+        assert!(e.is_input() && e.to_string().contains("nope"), "{e}");
+    }
+}

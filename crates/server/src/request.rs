@@ -1,0 +1,237 @@
+//! The `/v1/tag` wire format: validating requests field by field (so a 422
+//! names the field at fault) and shaping responses.
+
+use casetag_core::{TagPath, Transcript};
+use casetag_engine::decide::{ActionOut, Alternative};
+use casetag_engine::Tagged;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::models::ModelInfo;
+use crate::Limits;
+
+/// Default and largest `top_k` (alternatives per case).
+pub const DEFAULT_TOP_K: usize = 3;
+pub const MAX_TOP_K: usize = 50;
+
+/// A validated tag request.
+#[derive(Debug)]
+pub struct TagRequest {
+    pub ids: Vec<Option<String>>,
+    pub cases: Vec<Transcript>,
+    pub truncated: Vec<bool>,
+    pub top_k: usize,
+}
+
+/// Validate a parsed JSON body against the limits.
+pub fn parse_tag_request(body: &Value, limits: &Limits) -> Result<TagRequest, ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::invalid("body", "must be a JSON object with a `cases` array"))?;
+    let cases = match obj.get("cases") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("cases", "is required")),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::invalid("cases", "must be an array")),
+    };
+    if cases.is_empty() {
+        return Err(ApiError::invalid("cases", "must not be empty"));
+    }
+    if cases.len() > limits.max_cases {
+        return Err(ApiError::invalid(
+            "cases",
+            format!(
+                "{} cases is more than the limit of {} per request; split the request",
+                cases.len(),
+                limits.max_cases
+            ),
+        ));
+    }
+    let top_k = match obj.get("top_k") {
+        None | Some(Value::Null) => DEFAULT_TOP_K,
+        Some(v) => match v.as_u64() {
+            Some(k) if k as usize <= MAX_TOP_K => k as usize,
+            _ => {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    format!("must be an integer from 0 to {MAX_TOP_K}"),
+                ))
+            }
+        },
+    };
+    let mut out = TagRequest {
+        ids: Vec::with_capacity(cases.len()),
+        cases: Vec::with_capacity(cases.len()),
+        truncated: Vec::with_capacity(cases.len()),
+        top_k,
+    };
+    for (i, c) in cases.iter().enumerate() {
+        let c = c
+            .as_object()
+            .ok_or_else(|| ApiError::invalid(&format!("cases[{i}]"), "must be an object"))?;
+        let id = match c.get("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &format!("cases[{i}].id"),
+                    "must be a string",
+                ))
+            }
+        };
+        let text = match c.get("text") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid(
+                    &format!("cases[{i}].text"),
+                    "is required",
+                ))
+            }
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &format!("cases[{i}].text"),
+                    "must be a string",
+                ))
+            }
+        };
+        if text.trim().is_empty() {
+            return Err(ApiError::invalid(
+                &format!("cases[{i}].text"),
+                "must not be empty",
+            ));
+        }
+        let (text, cut) = truncate_head_tail(text, limits.max_text_chars);
+        out.cases.push(Transcript {
+            id: id.clone(),
+            text,
+        });
+        out.ids.push(id);
+        out.truncated.push(cut);
+    }
+    Ok(out)
+}
+
+const ELLIPSIS: &str = " … ";
+
+/// Cut a text to `max` characters keeping its head and tail: the opening
+/// states the problem and the latest turns state where the case stands,
+/// while the middle is usually back-and-forth.
+pub fn truncate_head_tail(text: &str, max: usize) -> (String, bool) {
+    let n = text.chars().count();
+    if n <= max {
+        return (text.to_string(), false);
+    }
+    let keep = max.saturating_sub(ELLIPSIS.chars().count());
+    let head = keep.div_ceil(2);
+    let tail = keep - head;
+    let head_end = text.char_indices().nth(head).map_or(text.len(), |(b, _)| b);
+    let tail_start = text
+        .char_indices()
+        .nth(n - tail)
+        .map_or(text.len(), |(b, _)| b);
+    (
+        format!("{}{ELLIPSIS}{}", &text[..head_end], &text[tail_start..]),
+        true,
+    )
+}
+
+/// Per-level confidence of the most likely path.
+#[derive(Debug, Serialize)]
+pub struct LevelConfidence {
+    pub l1: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l3: Option<f32>,
+}
+
+/// One result of `POST /v1/tag`.
+#[derive(Debug, Serialize)]
+pub struct TagResult {
+    pub id: Option<String>,
+    /// The decided tag, backed off to `depth` levels; `null` when out of
+    /// scope or when not even L1 is confident.
+    pub tag: Option<TagPath>,
+    pub depth: usize,
+    pub confidence: LevelConfidence,
+    pub out_of_scope: bool,
+    pub oos_score: f32,
+    pub actions: Vec<ActionOut>,
+    pub alternatives: Vec<Alternative>,
+    /// `transformer` or `baseline`.
+    pub served_by: String,
+    pub model_id: String,
+    /// The text was cut to `--max-text-chars` (head and tail kept).
+    pub truncated: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TagResponse {
+    pub model: ModelInfo,
+    pub results: Vec<TagResult>,
+}
+
+pub fn to_result(id: Option<String>, t: Tagged, truncated: bool) -> TagResult {
+    let d = t.decision;
+    let c = &d.confidence;
+    TagResult {
+        id,
+        tag: d.tag,
+        depth: d.depth,
+        confidence: LevelConfidence {
+            l1: c.first().copied().unwrap_or(0.0),
+            l2: c.get(1).copied(),
+            l3: c.get(2).copied(),
+        },
+        out_of_scope: d.out_of_scope,
+        oos_score: d.oos_score,
+        actions: d.actions,
+        alternatives: d.alternatives,
+        served_by: t.served_by,
+        model_id: t.model_id,
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn truncation_keeps_head_and_tail() {
+        let text: String = ('a'..='z').cycle().take(100).collect();
+        let (t, cut) = truncate_head_tail(&text, 20);
+        assert!(cut);
+        assert_eq!(t.chars().count(), 20);
+        assert!(t.starts_with("abcdefgh"));
+        assert!(t.ends_with(&text[text.len() - 8..]));
+        let (t, cut) = truncate_head_tail("短い文です", 20);
+        assert!(!cut);
+        assert_eq!(t, "短い文です");
+        // Multi-byte characters are cut on character boundaries.
+        let long = "退货退款".repeat(50);
+        let (t, cut) = truncate_head_tail(&long, 16);
+        assert!(cut && t.chars().count() == 16);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let l = Limits::default();
+        let msg = |v: Value| parse_tag_request(&v, &l).unwrap_err().message;
+        assert!(msg(json!([])).starts_with("body:"));
+        assert!(msg(json!({})).starts_with("cases: is required"));
+        assert!(msg(json!({"cases": []})).starts_with("cases: must not be empty"));
+        assert!(msg(json!({"cases": [{"text": 5}]})).starts_with("cases[0].text: must be a string"));
+        assert!(msg(json!({"cases": [{"text": "ok"}, {"text": "  "}]}))
+            .starts_with("cases[1].text: must not be empty"));
+        assert!(msg(json!({"cases": [{"id": 3, "text": "x"}]})).starts_with("cases[0].id"));
+        assert!(msg(json!({"cases": [{"text": "x"}], "top_k": 51})).starts_with("top_k"));
+        assert!(msg(json!({"cases": [{"text": "x"}], "top_k": -1})).starts_with("top_k"));
+        let many: Vec<Value> = (0..65).map(|_| json!({"text": "x"})).collect();
+        assert!(msg(json!({ "cases": many })).contains("limit of 64"));
+        let ok = parse_tag_request(&json!({"cases": [{"id": "c1", "text": "hi"}]}), &l).unwrap();
+        assert_eq!(ok.top_k, DEFAULT_TOP_K);
+        assert_eq!(ok.ids, vec![Some("c1".to_string())]);
+    }
+}

@@ -1,0 +1,298 @@
+//! The HTTP contract: result fields, read-only endpoints, and every request
+//! error status, against a real server on 127.0.0.1:0.
+
+mod common;
+
+use casetag_server::{AppState, Limits};
+use common::{config, err_type, fixture, TestServer};
+use serde_json::{json, Value};
+
+async fn server_with(limits: Limits) -> TestServer {
+    let mut cfg = config(&fixture().v1);
+    cfg.limits = limits;
+    TestServer::start(AppState::new(&cfg).unwrap()).await
+}
+
+async fn server() -> TestServer {
+    server_with(config(&fixture().v1).limits).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_returns_the_contract_fields() {
+    let s = server().await;
+    let (st, v) = s
+        .post_json(
+            "/v1/tag",
+            &json!({"cases": [
+                {"id": "a", "text": "the screen arrived cracked and broken, I want a refund"},
+                {"id": "b", "text": "where is my order, the delivery is two weeks late"},
+                {"text": "no id on this one: item missing from the box"}
+            ], "top_k": 2}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["model"]["id"], "tagger-v1");
+    assert_eq!(v["model"]["kind"], "baseline");
+    assert!(v["model"]["created"].is_string());
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["id"], "a");
+    assert_eq!(results[1]["id"], "b");
+    assert!(results[2]["id"].is_null());
+    for r in results {
+        let depth = r["depth"].as_u64().unwrap();
+        assert!(depth <= 3);
+        let oos = r["out_of_scope"].as_bool().unwrap();
+        if depth == 0 {
+            assert!(r["tag"].is_null(), "{r}");
+        } else {
+            assert!(!oos);
+            let tag = r["tag"].as_object().unwrap();
+            assert!(tag["l1"].is_string());
+            // Levels past the depth are left out.
+            assert_eq!(tag.len() as u64, depth, "{r}");
+        }
+        let c = r["confidence"].as_object().unwrap();
+        let l1 = c["l1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&l1));
+        assert!(r["actions"].is_array());
+        for a in r["actions"].as_array().unwrap() {
+            assert!(a["id"].is_string());
+            assert!(["auto", "suggest"].contains(&a["mode"].as_str().unwrap()));
+        }
+        let alts = r["alternatives"].as_array().unwrap();
+        assert_eq!(alts.len(), 2, "top_k = 2");
+        assert!(alts[0]["tag"]["l1"].is_string());
+        assert!(
+            alts[0]["probability"].as_f64().unwrap() >= alts[1]["probability"].as_f64().unwrap()
+        );
+        assert_eq!(r["served_by"], "baseline");
+        assert_eq!(r["model_id"], "tagger-v1");
+        assert_eq!(r["truncated"], false);
+    }
+    // The trained model gets the obvious cases right at level 1.
+    assert_eq!(results[0]["alternatives"][0]["tag"]["l1"], "returns");
+    assert_eq!(results[1]["alternatives"][0]["tag"]["l1"], "logistics");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_endpoints() {
+    let s = server().await;
+    let (st, v) = s.get("/healthz").await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("ok")));
+    let (st, v) = s.get("/readyz").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["model"]["id"], "tagger-v1");
+
+    let (st, v) = s.get("/v1/model").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["active"]["id"], "tagger-v1");
+    assert_eq!(v["active"]["kind"], "baseline");
+    assert!(v["active"]["calibration"]["temperature"].is_number());
+    assert!(v["active"]["training_data_hash"].is_string());
+    assert!(v["fallback"].is_null());
+
+    let (st, v) = s.get("/v1/taxonomy").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["depth"], 3);
+    assert_eq!(v["n_paths"], 3);
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    let returns = &nodes[0];
+    assert_eq!(returns["id"], "returns");
+    assert_eq!(returns["name"], "Returns and refunds");
+    assert_eq!(returns["level"], 1);
+    let leaf = &returns["children"][0]["children"][0];
+    assert_eq!(leaf["id"], "refund_missing");
+    assert_eq!(leaf["level"], 3);
+    assert_eq!(leaf["actions"][0]["id"], "refund");
+    assert!(v["actions"]["refund"].is_object());
+
+    let (st, v) = s.get("/openapi.json").await;
+    assert_eq!(st, 200);
+    assert!(v["openapi"].as_str().unwrap().starts_with("3."));
+    for p in [
+        "/v1/tag",
+        "/v1/model",
+        "/v1/taxonomy",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/admin/reload",
+    ] {
+        assert!(v["paths"][p].is_object(), "openapi lacks {p}");
+    }
+    assert!(v["components"]["schemas"]["Error"].is_object());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_batches_and_statuses() {
+    let s = server().await;
+    assert_eq!(s.tag(&["item missing"]).await.0, 200);
+    assert_eq!(s.post_raw("/v1/tag", b"{".to_vec()).await.0, 400);
+    let (st, text) = s.get_text("/metrics").await;
+    assert_eq!(st, 200);
+    for needle in [
+        "casetag_http_requests_total{endpoint=\"/v1/tag\",status=\"200\"} 1\n",
+        "casetag_http_requests_total{endpoint=\"/v1/tag\",status=\"400\"} 1\n",
+        "casetag_http_request_duration_seconds_bucket{endpoint=\"/v1/tag\",le=\"+Inf\"} 2\n",
+        "casetag_batch_size_cases_count 1\n",
+        "casetag_queue_depth_cases 0\n",
+        "casetag_fallback_total{reason=\"deadline\"} 0\n",
+        "casetag_reloads_total{result=\"ok\"} 0\n",
+        "casetag_ready 1\n",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_400() {
+    let s = server().await;
+    let (st, v) = s.post_raw("/v1/tag", b"{\"cases\": [".to_vec()).await;
+    assert_eq!(st, 400);
+    assert_eq!(err_type(&v), "malformed_json");
+    assert!(v["error"]["message"].as_str().unwrap().contains("JSON"));
+    let (st, _) = s.post_raw("/v1/tag", b"not json at all".to_vec()).await;
+    assert_eq!(st, 400);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_is_413() {
+    let s = server_with(Limits {
+        max_body_bytes: 1024,
+        deadline_ms: 0,
+        ..Limits::default()
+    })
+    .await;
+    let big = "x".repeat(4096);
+    let (st, v) = s.tag(&[&big]).await;
+    assert_eq!(st, 413, "{v}");
+    assert_eq!(err_type(&v), "payload_too_large");
+    // The server is still fine afterwards.
+    assert_eq!(s.tag(&["item missing"]).await.0, 200);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_fields_are_422_naming_the_field() {
+    let s = server_with(Limits {
+        max_cases: 4,
+        queue_capacity: 8,
+        deadline_ms: 0,
+        ..Limits::default()
+    })
+    .await;
+    let five: Vec<Value> = (0..5).map(|_| json!({"text": "x"})).collect();
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({}), "cases"),
+        (json!({"cases": []}), "cases"),
+        (json!({"cases": "text"}), "cases"),
+        (json!({ "cases": five }), "cases"),
+        (json!({"cases": [{"text": 42}]}), "cases[0].text"),
+        (json!({"cases": [{"id": "a"}]}), "cases[0].text"),
+        (
+            json!({"cases": [{"text": "ok"}, {"text": "   "}]}),
+            "cases[1].text",
+        ),
+        (json!({"cases": [{"id": 7, "text": "ok"}]}), "cases[0].id"),
+        (json!({"cases": ["just a string"]}), "cases[0]"),
+        (json!({"cases": [{"text": "ok"}], "top_k": 51}), "top_k"),
+        (json!({"cases": [{"text": "ok"}], "top_k": -1}), "top_k"),
+        (json!({"cases": [{"text": "ok"}], "top_k": "3"}), "top_k"),
+        (json!([1, 2]), "body"),
+    ];
+    for (body, field) in cases {
+        let (st, v) = s.post_json("/v1/tag", &body).await;
+        assert_eq!(st, 422, "{body} -> {v}");
+        assert_eq!(err_type(&v), "invalid_field", "{body}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with(&format!("{field}:")), "{body} -> {msg}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_texts_are_truncated_and_marked() {
+    let s = server_with(Limits {
+        max_text_chars: 100,
+        deadline_ms: 0,
+        ..Limits::default()
+    })
+    .await;
+    let long = format!("item missing from the box {}", "blah ".repeat(200));
+    let (st, v) = s.tag(&[&long, "item missing"]).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["results"][0]["truncated"], true);
+    assert_eq!(v["results"][1]["truncated"], false);
+    let (_, m) = s.get_text("/metrics").await;
+    assert!(m.contains("casetag_texts_truncated_total 1\n"));
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods_answer_json() {
+    let s = server().await;
+    let (st, v) = s.get("/v1/nope").await;
+    assert_eq!(st, 404);
+    assert_eq!(err_type(&v), "not_found");
+    let (st, v) = s.get("/v1/tag").await;
+    assert_eq!(st, 405);
+    assert_eq!(err_type(&v), "method_not_allowed");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_model_it_is_alive_but_not_ready() {
+    let s = TestServer::start(AppState::unloaded(&config(&fixture().v1)).unwrap()).await;
+    assert_eq!(s.get("/healthz").await.0, 200);
+    let (st, v) = s.get("/readyz").await;
+    assert_eq!(st, 503);
+    assert_eq!(err_type(&v), "not_ready");
+    let (st, v) = s.tag(&["item missing"]).await;
+    assert_eq!(st, 503);
+    assert_eq!(err_type(&v), "not_ready");
+    assert_eq!(s.get("/v1/model").await.0, 503);
+    assert_eq!(s.get("/v1/taxonomy").await.0, 503);
+    // Installing a model makes it ready.
+    s.state
+        .install(casetag_engine::Tagger::load(&fixture().v1, None).unwrap());
+    assert_eq!(s.get("/readyz").await.0, 200);
+    assert_eq!(s.tag(&["item missing"]).await.0, 200);
+    s.shutdown().await;
+}
+
+#[test]
+fn bad_address_and_bad_bundle_are_input_errors() {
+    let mut cfg = config(&fixture().v1);
+    cfg.addr = "not-an-address".into();
+    let e = casetag_server::serve_blocking(cfg).unwrap_err();
+    assert!(e.is_input(), "{e}");
+    assert!(e.to_string().contains("not-an-address"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let Err(e) = AppState::new(&config(dir.path())) else {
+        panic!("an empty directory is not a bundle")
+    };
+    assert!(e.is_input(), "{e}");
+
+    let bad = Limits {
+        max_cases: 100,
+        queue_capacity: 10,
+        ..Limits::default()
+    };
+    let mut cfg = config(&fixture().v1);
+    cfg.limits = bad;
+    let Err(e) = AppState::new(&cfg) else {
+        panic!("a queue smaller than a request is refused")
+    };
+    assert!(
+        e.is_input() && e.to_string().contains("--queue-capacity"),
+        "{e}"
+    );
+}

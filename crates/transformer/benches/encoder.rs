@@ -1,0 +1,193 @@
+//! Encoder benches on the real all-MiniLM-L6-v2 (models/encoders/, fetched by
+//! scripts/fetch_encoder.sh; skipped with a note when absent):
+//! tokenization, the encoder forward pass at batch 1/8/32 x 16/64/128 tokens
+//! (ours and candle-transformers' `BertModel` for comparison), and the head
+//! plus decoding. Run: `cargo bench --release -p casetag-transformer`.
+//! Filter: `cargo bench -p casetag-transformer -- forward/lean`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+use casetag_core::{Classifier, LabelSpace, Transcript};
+use casetag_transformer::{fit, Encoder, TrainInputs, TransformerParams, Truncation};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn encoder_dir() -> Option<PathBuf> {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/encoders/all-MiniLM-L6-v2");
+    if dir.join("model.safetensors").is_file() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "note: {} is absent; run scripts/fetch_encoder.sh to bench the encoder (skipped)",
+            dir.display()
+        );
+        None
+    }
+}
+
+const SHAPES: [(usize, usize); 9] = [
+    (1, 16),
+    (1, 64),
+    (1, 128),
+    (8, 16),
+    (8, 64),
+    (8, 128),
+    (32, 16),
+    (32, 64),
+    (32, 128),
+];
+
+/// `b` sequences of exactly `s` tokens: [CLS] random word pieces [SEP].
+fn synthetic(b: usize, s: usize) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(1);
+    (0..b)
+        .map(|_| {
+            let mut v = vec![101u32];
+            v.extend((0..s - 2).map(|_| rng.random_range(1000..29000u32)));
+            v.push(102);
+            v
+        })
+        .collect()
+}
+
+fn transcripts(n: usize) -> Vec<String> {
+    let lines = [
+        "[buyer] hi, my order arrived yesterday but the screen is cracked",
+        "[agent] sorry to hear that, could you send a photo of the damage?",
+        "[buyer] sure, attached. i want a refund or a replacement",
+        "[seller] we can offer a partial refund of 20 dollars",
+        "[buyer] no, i want to return it",
+        "[system] return label generated",
+    ];
+    (0..n)
+        .map(|i| lines[..1 + i % lines.len()].join("\n"))
+        .collect()
+}
+
+fn bench_tokenize(c: &mut Criterion) {
+    let Some(dir) = encoder_dir() else { return };
+    let e = Encoder::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
+    let texts = transcripts(32);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut g = c.benchmark_group("tokenize");
+    g.throughput(Throughput::Elements(refs.len() as u64));
+    for t in [Truncation::Head, Truncation::HeadTail, Truncation::BuyerFirst] {
+        g.bench_function(format!("{t:?}/32_transcripts"), |b| {
+            b.iter(|| black_box(e.tokenize(&refs, 128, t).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+fn bench_forward(c: &mut Criterion) {
+    use candle_transformers::models::bert::{BertModel, Config};
+    let Some(dir) = encoder_dir() else { return };
+    let dev = Device::Cpu;
+    let e = Encoder::load(dir.to_str().unwrap(), &dev).unwrap();
+    let cfg: Config =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    // Safety: the file is not modified while mapped.
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            candle_core::DType::F32,
+            &dev,
+        )
+        .unwrap()
+    };
+    let stock = BertModel::load(vb, &cfg).unwrap();
+    let mut g = c.benchmark_group("forward");
+    for (bsz, s) in SHAPES {
+        let seqs = synthetic(bsz, s);
+        g.throughput(Throughput::Elements(bsz as u64));
+        let id = format!("{bsz}x{s}");
+        g.bench_with_input(BenchmarkId::new("lean", &id), &seqs, |b, seqs| {
+            b.iter(|| black_box(e.embed_ids(seqs, 32).unwrap()))
+        });
+        let flat: Vec<u32> = seqs.concat();
+        let ids = Tensor::from_vec(flat, (bsz, s), &dev).unwrap();
+        let types = ids.zeros_like().unwrap();
+        let mask = ids.ones_like().unwrap();
+        g.bench_with_input(BenchmarkId::new("stock", &id), &ids, |b, ids| {
+            b.iter(|| {
+                // Same work as ours: forward plus mean pooling.
+                let h = stock.forward(ids, &types, Some(&mask)).unwrap();
+                black_box(h.mean(1).unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_head(c: &mut Criterion) {
+    let Some(dir) = encoder_dir() else { return };
+    // A 77-class head (BANKING77-sized) trained for one epoch on dummy data.
+    let n_paths = 77;
+    let texts = transcripts(n_paths);
+    let inputs = TrainInputs {
+        texts: texts.clone(),
+        targets: (0..n_paths).collect(),
+        ..Default::default()
+    };
+    let params = TransformerParams {
+        epochs: 1,
+        ..Default::default()
+    };
+    let space = LabelSpace {
+        n_paths,
+        oos_class: false,
+    };
+    let m = fit(
+        &params,
+        dir.to_str().unwrap(),
+        &inputs,
+        &space,
+        "bench",
+        &|_| {},
+    )
+    .unwrap();
+    let cases: Vec<Transcript> = texts[..32].iter().map(Transcript::new).collect();
+    let logits: Vec<Vec<f32>> = m
+        .predict(&cases)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.logits)
+        .collect();
+    let mut g = c.benchmark_group("head");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("softmax_decode_32x77", |b| {
+        b.iter(|| {
+            let best: Vec<usize> = logits
+                .iter()
+                .map(|l| {
+                    let p = casetag_core::softmax(l, 1.0);
+                    p.iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|x| x.0)
+                        .unwrap()
+                })
+                .collect();
+            black_box(best)
+        })
+    });
+    g.bench_function("predict_end_to_end_32_transcripts", |b| {
+        b.iter(|| black_box(m.predict(&cases).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    targets = bench_tokenize, bench_forward, bench_head
+}
+criterion_main!(benches);

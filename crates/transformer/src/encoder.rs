@@ -1,0 +1,389 @@
+//! The pretrained encoder: where it comes from (a local Hugging Face directory
+//! or `hf:OWNER/NAME` in the Hugging Face cache), tokenization, and batched
+//! mean-pooled embeddings with dynamic padding.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::bert::{Bert, BertConfig, TrainCtx};
+use crate::error::{Result, TransformerError};
+use crate::text::{TextEncoder, Truncation};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// The three files an encoder is made of.
+#[derive(Debug, Clone)]
+pub struct EncoderFiles {
+    pub config: PathBuf,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl EncoderFiles {
+    /// Resolve an encoder spec: a local directory with `config.json`,
+    /// `model.safetensors` and `tokenizer.json`, or `hf:OWNER/NAME[@REV]`
+    /// looked up in the Hugging Face cache (offline; download it once with
+    /// any Hugging Face client).
+    pub fn resolve(spec: &str) -> Result<Self> {
+        let dir = match spec.strip_prefix("hf:") {
+            Some(repo) => resolve_hf_cache(repo)?,
+            None => {
+                let dir = PathBuf::from(spec);
+                if !dir.is_dir() {
+                    return Err(TransformerError::Encoder(format!(
+                        "{spec}: not a directory (expected a Hugging Face model directory or \
+                         hf:OWNER/NAME; for all-MiniLM-L6-v2 run scripts/fetch_encoder.sh)"
+                    )));
+                }
+                dir
+            }
+        };
+        let files = Self::in_dir(&dir);
+        for (p, what) in [
+            (&files.config, CONFIG_FILE),
+            (&files.weights, WEIGHTS_FILE),
+            (&files.tokenizer, TOKENIZER_FILE),
+        ] {
+            if !p.is_file() {
+                let hint = if what == WEIGHTS_FILE && dir.join("pytorch_model.bin").is_file() {
+                    " (only safetensors weights are supported; convert pytorch_model.bin)"
+                } else {
+                    ""
+                };
+                return Err(TransformerError::Encoder(format!(
+                    "{}: missing {what}{hint} (an encoder directory needs {CONFIG_FILE}, \
+                     {WEIGHTS_FILE} and {TOKENIZER_FILE})",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(files)
+    }
+
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            config: dir.join(CONFIG_FILE),
+            weights: dir.join(WEIGHTS_FILE),
+            tokenizer: dir.join(TOKENIZER_FILE),
+        }
+    }
+}
+
+/// The Hugging Face hub cache directory, resolved like the Python and Rust
+/// clients do: `HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`, `HF_HOME/hub`,
+/// `XDG_CACHE_HOME/huggingface/hub`, `~/.cache/huggingface/hub`.
+///
+/// Why by hand: hf-hub 1.x is an async HTTP client (reqwest, tokio, xet);
+/// all we need offline is the cache layout, which is stable and documented.
+pub fn hf_cache_dir() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(p) = env("HF_HUB_CACHE").or_else(|| env("HUGGINGFACE_HUB_CACHE")) {
+        return p;
+    }
+    if let Some(p) = env("HF_HOME") {
+        return p.join("hub");
+    }
+    if let Some(p) = env("XDG_CACHE_HOME") {
+        return p.join("huggingface").join("hub");
+    }
+    env("HOME")
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join(".cache/huggingface/hub")
+}
+
+/// `OWNER/NAME[@REV]` -> `<cache>/models--OWNER--NAME/snapshots/<commit>`.
+fn resolve_hf_cache(repo: &str) -> Result<PathBuf> {
+    let (name, rev) = match repo.split_once('@') {
+        Some((n, r)) => (n, r),
+        None => (repo, "main"),
+    };
+    if name.split('/').count() != 2 || name.split('/').any(str::is_empty) {
+        return Err(TransformerError::Encoder(format!(
+            "hf:{repo}: expected hf:OWNER/NAME (e.g. hf:sentence-transformers/all-MiniLM-L6-v2)"
+        )));
+    }
+    let cache = hf_cache_dir();
+    let root = cache.join(format!("models--{}", name.replace('/', "--")));
+    let missing = || {
+        TransformerError::Encoder(format!(
+            "hf:{name}: not in the Hugging Face cache {} (download it once, e.g. \
+             `huggingface-cli download {name}`, or pass a local model directory)",
+            cache.display()
+        ))
+    };
+    if !root.is_dir() {
+        return Err(missing());
+    }
+    let is_commit = rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit());
+    let commit = if is_commit {
+        rev.to_string()
+    } else {
+        let r = root.join("refs").join(rev);
+        std::fs::read_to_string(&r)
+            .map_err(|_| missing())?
+            .trim()
+            .to_string()
+    };
+    let snap = root.join("snapshots").join(commit);
+    if !snap.is_dir() {
+        return Err(missing());
+    }
+    Ok(snap)
+}
+
+/// A loaded encoder: BERT weights and the tokenizer.
+#[derive(Clone)]
+pub struct Encoder {
+    pub(crate) bert: Bert,
+    pub(crate) text: TextEncoder,
+    pub(crate) files: EncoderFiles,
+    /// The spec this encoder was loaded from (directory or `hf:` name).
+    pub(crate) source: String,
+}
+
+/// A batch padded to its longest sequence.
+pub(crate) struct Padded {
+    pub ids: Tensor,
+    /// (b, s) f32, 1 for real tokens.
+    pub mask: Option<Tensor>,
+    /// (b, 1, 1, s) additive attention bias, `None` when nothing is padded.
+    pub bias: Option<Tensor>,
+    pub b: usize,
+    pub s: usize,
+}
+
+impl Padded {
+    pub fn new(seqs: &[&[u32]], device: &Device) -> Result<Self> {
+        let b = seqs.len();
+        let s = seqs.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0u32; b * s];
+        let mut mask = vec![0f32; b * s];
+        let mut padded = false;
+        for (i, seq) in seqs.iter().enumerate() {
+            ids[i * s..i * s + seq.len()].copy_from_slice(seq);
+            mask[i * s..i * s + seq.len()].fill(1.0);
+            padded |= seq.len() < s;
+        }
+        let ids = Tensor::from_vec(ids, (b, s), device)?;
+        if !padded {
+            return Ok(Self {
+                ids,
+                mask: None,
+                bias: None,
+                b,
+                s,
+            });
+        }
+        // exp(-1e30 - max) is exactly 0: padding gets no attention at all.
+        let bias: Vec<f32> = mask
+            .iter()
+            .map(|&m| if m > 0.0 { 0.0 } else { -1e30 })
+            .collect();
+        Ok(Self {
+            ids,
+            mask: Some(Tensor::from_vec(mask, (b, s), device)?),
+            bias: Some(Tensor::from_vec(bias, (b, 1, 1, s), device)?),
+            b,
+            s,
+        })
+    }
+
+    /// Mean over real tokens of (b * s, h) hidden states -> (b, h).
+    pub fn mean_pool(&self, hidden: &Tensor) -> Result<Tensor> {
+        let h = hidden.dim(D::Minus1)?;
+        let x = hidden.reshape((self.b, self.s, h))?;
+        Ok(match &self.mask {
+            None => x.mean(1)?,
+            Some(m) => {
+                let sum = x.broadcast_mul(&m.unsqueeze(2)?)?.sum(1)?;
+                sum.broadcast_div(&m.sum_keepdim(1)?)?
+            }
+        })
+    }
+}
+
+/// Rows divided by their L2 norm.
+pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.affine(1.0, 1e-12)?;
+    Ok(x.broadcast_div(&n)?)
+}
+
+impl Encoder {
+    /// Load from a spec (see [`EncoderFiles::resolve`]).
+    pub fn load(spec: &str, device: &Device) -> Result<Self> {
+        let files = EncoderFiles::resolve(spec)?;
+        let mut e = Self::from_files(&files, device)?;
+        e.source = spec.to_string();
+        Ok(e)
+    }
+
+    pub fn from_files(files: &EncoderFiles, device: &Device) -> Result<Self> {
+        let cfg = BertConfig::from_file(&files.config)?;
+        let text = TextEncoder::from_file(&files.tokenizer)?;
+        let vocab = text.tokenizer().get_vocab_size(true);
+        if vocab > cfg.vocab_size {
+            return Err(TransformerError::Encoder(format!(
+                "{}: tokenizer has {vocab} tokens but config.json says vocab_size {}",
+                files.tokenizer.display(),
+                cfg.vocab_size
+            )));
+        }
+        let bert = Bert::load(&cfg, &files.weights, device)?;
+        Ok(Self {
+            bert,
+            text,
+            files: files.clone(),
+            source: files
+                .config
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.bert.cfg
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.bert.cfg.hidden_size
+    }
+
+    pub fn files(&self) -> &EncoderFiles {
+        &self.files
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The largest usable `max_tokens`.
+    pub fn max_positions(&self) -> usize {
+        self.bert.cfg.max_position_embeddings
+    }
+
+    /// Token ids per text, special tokens included, at most `max_tokens`.
+    pub fn tokenize(
+        &self,
+        texts: &[&str],
+        max_tokens: usize,
+        truncation: Truncation,
+    ) -> Result<Vec<Vec<u32>>> {
+        let max_tokens = max_tokens.min(self.max_positions());
+        self.text.encode_batch(texts, max_tokens, truncation)
+    }
+
+    /// Mean-pooled embeddings (n, hidden) of tokenized sequences, in input
+    /// order. Sequences are sorted by length and cut into sub-batches of
+    /// `batch_size` padded only to their own longest member, so short texts
+    /// never pay for long ones. Sub-batches run one after the other: each
+    /// matmul already uses every core (candle's gemm runs on rayon).
+    pub fn embed_ids(&self, seqs: &[Vec<u32>], batch_size: usize) -> Result<Tensor> {
+        let device = self.bert.device();
+        let h = self.hidden_size();
+        if seqs.is_empty() {
+            return Ok(Tensor::zeros((0, h), DType::F32, device)?);
+        }
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| seqs[i].len());
+        if device.is_cpu() {
+            // Packed hot path: no padding at all (see `fast`).
+            let fast = self.bert.fast()?;
+            let mut out = vec![0f32; seqs.len() * h];
+            for chunk in order.chunks(batch_size.max(1)) {
+                let batch: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
+                let pooled = fast.pooled(&batch);
+                for (j, &i) in chunk.iter().enumerate() {
+                    out[i * h..(i + 1) * h].copy_from_slice(&pooled[j * h..(j + 1) * h]);
+                }
+            }
+            return Ok(Tensor::from_vec(out, (seqs.len(), h), device)?);
+        }
+        let mut parts = Vec::with_capacity(seqs.len().div_ceil(batch_size.max(1)));
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
+            let pooled = self.forward_pooled(&batch, None)?;
+            // Detach: during fine-tuning the weights are variables and the
+            // graph would keep every intermediate tensor alive.
+            parts.push(pooled.detach());
+        }
+        let sorted = Tensor::cat(&parts, 0)?;
+        // Row j of `sorted` is input order[j]; invert the permutation.
+        let mut inv = vec![0u32; seqs.len()];
+        for (j, &i) in order.iter().enumerate() {
+            inv[i] = j as u32;
+        }
+        let inv = Tensor::from_vec(inv, seqs.len(), device)?;
+        Ok(sorted.index_select(&inv, 0)?)
+    }
+
+    /// Last hidden states (b, s, hidden) of one batch padded to its longest
+    /// sequence (for checks against other implementations).
+    pub fn hidden_states(&self, batch: &[&[u32]]) -> Result<Tensor> {
+        let p = Padded::new(batch, self.bert.device())?;
+        let h = self.bert.forward(&p.ids, p.bias.as_ref(), None)?;
+        Ok(h.reshape((p.b, p.s, self.hidden_size()))?)
+    }
+
+    /// Mean-pooled embeddings through the candle-op forward with padding
+    /// (the path training uses), for checking the packed hot path.
+    pub fn embed_ids_padded(&self, seqs: &[Vec<u32>]) -> Result<Tensor> {
+        let batch: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        self.forward_pooled(&batch, None)
+    }
+
+    /// Forward one padded batch and mean-pool it: (b, hidden).
+    pub(crate) fn forward_pooled(
+        &self,
+        batch: &[&[u32]],
+        train: Option<&mut TrainCtx<'_>>,
+    ) -> Result<Tensor> {
+        let p = Padded::new(batch, self.bert.device())?;
+        let hidden = self.bert.forward(&p.ids, p.bias.as_ref(), train)?;
+        p.mean_pool(&hidden)
+    }
+
+    /// Convenience: tokenize, embed, optionally L2-normalize, as rows.
+    pub fn embed(
+        &self,
+        texts: &[&str],
+        max_tokens: usize,
+        truncation: Truncation,
+        batch_size: usize,
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>> {
+        let ids = self.tokenize(texts, max_tokens, truncation)?;
+        let mut x = self.embed_ids(&ids, batch_size)?;
+        if normalize {
+            x = l2_normalize(&x)?;
+        }
+        Ok(x.to_vec2()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_hot_path_matches_the_padded_candle_forward() {
+        let d = tempfile::tempdir().unwrap();
+        crate::fixtures::write_tiny_bert(d.path(), 5).unwrap();
+        let e = Encoder::load(d.path().to_str().unwrap(), &Device::Cpu).unwrap();
+        let texts = [
+            "[buyer] where is my parcel, it is late",
+            "refund",
+            "",
+            "the item arrived broken and the seller does not answer",
+        ];
+        let ids = e.tokenize(&texts, 64, Truncation::Head).unwrap();
+        let fast = e.embed_ids(&ids, 3).unwrap().to_vec2::<f32>().unwrap();
+        let slow = e.embed_ids_padded(&ids).unwrap().to_vec2::<f32>().unwrap();
+        for (a, b) in fast.concat().iter().zip(slow.concat()) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! casetag-transformer: the transformer backend of the tagging pipeline.
+//!
+//! Place in the pipeline: `core` <- **transformer** <- `engine`. Given texts
+//! (whole transcripts) it returns raw logits over the label space (leaf paths
+//! of the taxonomy, then an optional out-of-scope class) through the
+//! [`casetag_core::Classifier`] trait; calibration, decoding into a path,
+//! back-off and actions happen once, in the engine.
+//!
+//! * [`Encoder`]: a BERT-family encoder (all-MiniLM-L6-v2 by default) from a
+//!   local Hugging Face directory or `hf:OWNER/NAME` in the Hugging Face cache,
+//!   run by our own lean forward pass ([`bert`]) with mean pooling.
+//! * [`fit`]: trains a hierarchical head (leaf-path cross-entropy plus
+//!   cross-entropy of the L1/L2 marginals), either on frozen, cached embeddings
+//!   ([`Mode::Frozen`], fast) or while fine-tuning all or the top N encoder
+//!   layers ([`Mode::FineTune`]).
+//! * [`TransformerModel`]: the fitted model; `save`/`load` write and read a
+//!   self-contained directory (the engine adds the manifest).
+//!
+//! Threads: candle's CPU matmul already spreads over all cores (gemm on
+//! rayon), and the tokenizer's batch encoder runs on rayon too, one phase
+//! after the other. Sub-batches are therefore processed sequentially: do not
+//! call `predict` from inside a rayon parallel loop; send larger batches.
+
+pub mod bert;
+mod encoder;
+mod error;
+mod fast;
+pub mod fixtures;
+mod head;
+mod model;
+mod text;
+mod train;
+
+use serde::{Deserialize, Serialize};
+
+pub use encoder::{hf_cache_dir, Encoder, EncoderFiles};
+pub use error::{Result, TransformerError};
+pub use model::{ModelInfo, TrainSummary, TransformerModel};
+pub use text::{buyer_first, TextEncoder, Truncation};
+pub use train::fit;
+
+/// What trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The encoder is frozen: embeddings are computed once (and optionally
+    /// cached on disk), only the head trains. Minutes on a CPU.
+    Frozen,
+    /// The encoder trains with the head: all layers (`top_layers: None`,
+    /// embeddings included) or only the top N transformer layers.
+    FineTune { top_layers: Option<usize> },
+}
+
+/// Hyper-parameters of [`fit`]. `Default` suits frozen mode; see
+/// [`TransformerParams::fine_tune`] for fine-tuning defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransformerParams {
+    pub mode: Mode,
+    /// Maximum number of epochs (early stopping may end sooner).
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Learning rate of the encoder (fine-tuning only).
+    pub lr: f64,
+    /// Learning rate of the head.
+    pub head_lr: f64,
+    /// AdamW decoupled weight decay (not applied to biases and LayerNorm).
+    pub weight_decay: f64,
+    /// Share of all steps with a linear warm-up; then linear decay to 0.
+    pub warmup_ratio: f64,
+    /// Epochs without a better validation accuracy before stopping.
+    pub patience: usize,
+    /// Token budget per case, special tokens included (at most the
+    /// encoder's `max_position_embeddings`, 512 for BERT).
+    pub max_tokens: usize,
+    pub truncation: Truncation,
+    /// Optional hidden layer (GELU) in the head.
+    pub hidden: Option<usize>,
+    /// Dropout in the head (and, when fine-tuning, in the trained encoder
+    /// layers' residual branches).
+    pub dropout: f32,
+    /// λ in loss = CE(leaf path) + λ · Σ_levels CE(marginal of the level).
+    pub level_loss_weight: f32,
+    pub seed: u64,
+    /// L2-normalize pooled embeddings (as the sentence-transformers pipeline
+    /// of all-MiniLM-L6-v2 does) before the head.
+    pub normalize: bool,
+    /// Sequences per forward pass at inference (and when embedding for the
+    /// frozen mode).
+    pub infer_batch_size: usize,
+    /// Frozen mode: a directory where embeddings are cached on disk, keyed by
+    /// the encoder weights, truncation and text hash. Not saved with models.
+    #[serde(skip)]
+    pub embedding_cache: Option<std::path::PathBuf>,
+}
+
+impl Default for TransformerParams {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Frozen,
+            // Frozen epochs take well under a second on 10k cached
+            // embeddings; early stopping ends most runs near epoch 25-50.
+            epochs: 100,
+            batch_size: 32,
+            lr: 5e-5,
+            // Chosen on BANKING77's validation split (see BENCH_NOTES.md).
+            head_lr: 1e-2,
+            weight_decay: 0.01,
+            warmup_ratio: 0.05,
+            patience: 20,
+            max_tokens: 128,
+            truncation: Truncation::Head,
+            hidden: None,
+            dropout: 0.1,
+            level_loss_weight: 0.5,
+            seed: 42,
+            normalize: true,
+            infer_batch_size: 32,
+            embedding_cache: None,
+        }
+    }
+}
+
+impl TransformerParams {
+    /// Defaults for fine-tuning the whole encoder.
+    pub fn fine_tune() -> Self {
+        Self {
+            mode: Mode::FineTune { top_layers: None },
+            epochs: 5,
+            batch_size: 32,
+            lr: 1e-4,
+            head_lr: 2e-3,
+            warmup_ratio: 0.1,
+            patience: 2,
+            ..Self::default()
+        }
+    }
+
+    /// Reject parameters that cannot work, with a message naming the field.
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(TransformerError::Params(m));
+        if self.epochs == 0 {
+            return bad("epochs must be >= 1".into());
+        }
+        if self.batch_size == 0 || self.infer_batch_size == 0 {
+            return bad("batch_size and infer_batch_size must be >= 1".into());
+        }
+        for (name, v) in [("lr", self.lr), ("head_lr", self.head_lr)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} must be a positive number, got {v}"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && (0.0..1.0).contains(&self.weight_decay)) {
+            return bad(format!(
+                "weight_decay must be in [0, 1), got {}",
+                self.weight_decay
+            ));
+        }
+        if !(self.warmup_ratio.is_finite() && (0.0..1.0).contains(&self.warmup_ratio)) {
+            return bad(format!(
+                "warmup_ratio must be in [0, 1), got {}",
+                self.warmup_ratio
+            ));
+        }
+        if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !(self.level_loss_weight.is_finite() && self.level_loss_weight >= 0.0) {
+            return bad(format!(
+                "level_loss_weight must be >= 0, got {}",
+                self.level_loss_weight
+            ));
+        }
+        if !(3..=8192).contains(&self.max_tokens) {
+            return bad(format!(
+                "max_tokens must be in 3..=8192 (special tokens included), got {}",
+                self.max_tokens
+            ));
+        }
+        if self.hidden == Some(0) {
+            return bad("hidden must be >= 1 when set".into());
+        }
+        if let Mode::FineTune {
+            top_layers: Some(0),
+        } = self.mode
+        {
+            return bad("top_layers must be >= 1 (use mode frozen to train only the head)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Training data for [`fit`], already mapped onto the label space.
+#[derive(Clone, Debug, Default)]
+pub struct TrainInputs {
+    pub texts: Vec<String>,
+    /// Output index per text (`< label_space.n_outputs()`).
+    pub targets: Vec<usize>,
+    pub val_texts: Vec<String>,
+    pub val_targets: Vec<usize>,
+    /// For each level above the deepest: output index -> node index at that
+    /// level (the out-of-scope class maps to its own extra index). Empty for
+    /// a flat label space.
+    pub level_maps: Vec<Vec<usize>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_check_names_the_field() {
+        assert!(TransformerParams::default().check().is_ok());
+        assert!(TransformerParams::fine_tune().check().is_ok());
+        let p = TransformerParams {
+            dropout: 1.0,
+            ..Default::default()
+        };
+        assert!(p.check().unwrap_err().to_string().contains("dropout"));
+        let p = TransformerParams {
+            mode: Mode::FineTune {
+                top_layers: Some(0),
+            },
+            ..Default::default()
+        };
+        assert!(p.check().unwrap_err().to_string().contains("top_layers"));
+    }
+
+    #[test]
+    fn params_serde_round_trip_and_defaults() {
+        let p = TransformerParams::fine_tune();
+        let j = serde_json::to_string(&p).unwrap();
+        assert!(j.contains("\"fine_tune\":{\"top_layers\":null}"), "{j}");
+        let q: TransformerParams = serde_json::from_str(&j).unwrap();
+        assert_eq!(p, q);
+        // Missing fields take defaults.
+        let r: TransformerParams = serde_json::from_str(r#"{"epochs": 3}"#).unwrap();
+        assert_eq!(r.epochs, 3);
+        assert_eq!(r.mode, Mode::Frozen);
+    }
+}

@@ -1,0 +1,272 @@
+//! The fitted model: inference, save and load.
+//!
+//! A saved directory is self-contained. The encoder weights are ALWAYS
+//! copied into it (`encoder.safetensors`, ~90 MB for MiniLM), fine-tuned or
+//! not: a model must keep working after the encoder directory it was trained
+//! from is moved or changed, and the engine checksums every file. The source
+//! spec and the sha256 of the source weights are recorded in
+//! `transformer.json` for provenance.
+//!
+//! Files: `transformer.json` (params, label space, id, pooling, provenance,
+//! training summary), `head.safetensors`, `encoder.safetensors` (Hugging Face
+//! BERT names), `encoder_config.json` (the encoder's `config.json`),
+//! `tokenizer.json`. The engine writes the manifest beside them.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use casetag_core::{Classifier, ClassifierError, LabelSpace, LevelScores, Transcript};
+use serde::{Deserialize, Serialize};
+
+use crate::encoder::{l2_normalize, Encoder, EncoderFiles};
+use crate::error::{Result, TransformerError};
+use crate::head::Head;
+use crate::TransformerParams;
+
+pub const INFO_FILE: &str = "transformer.json";
+pub const HEAD_FILE: &str = "head.safetensors";
+pub const ENCODER_FILE: &str = "encoder.safetensors";
+pub const ENCODER_CONFIG_FILE: &str = "encoder_config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+const FORMAT: u32 = 1;
+
+/// What happened during training (for the manifest's validation metrics).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub epochs_run: usize,
+    /// 1-based epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// Leaf-path accuracy on the validation texts at the best epoch.
+    pub val_accuracy: Option<f64>,
+    pub val_loss: Option<f64>,
+    /// Mean training loss of the last epoch run.
+    pub train_loss: f64,
+    pub n_train: usize,
+    pub n_val: usize,
+    pub seconds: f64,
+}
+
+/// Contents of `transformer.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub format: u32,
+    pub id: String,
+    pub kind: String,
+    pub params: TransformerParams,
+    pub label_space: LabelSpace,
+    /// Always `mean` (over the attention mask), as all-MiniLM-L6-v2 uses.
+    pub pooling: String,
+    pub normalize: bool,
+    /// The encoder spec the model was trained from and the sha256 of its
+    /// weights file at that time (provenance; the bundle has its own copy).
+    pub encoder_source: String,
+    pub encoder_sha256: String,
+    /// Whether `encoder.safetensors` differs from the source encoder.
+    pub fine_tuned: bool,
+    pub hidden_size: usize,
+    pub train: TrainSummary,
+}
+
+/// A fitted transformer classifier.
+pub struct TransformerModel {
+    pub(crate) info: ModelInfo,
+    pub(crate) encoder: Encoder,
+    pub(crate) head: Head,
+}
+
+fn file_in(dir: &Path, name: &str) -> Result<PathBuf> {
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(TransformerError::Model(format!(
+            "{}: missing {name} (not a complete transformer model directory)",
+            dir.display()
+        )))
+    }
+}
+
+/// Copy unless source and destination are the same file (saving a model
+/// into the directory it was loaded from must not truncate it).
+fn copy_file(src: &Path, dst: &Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (src.canonicalize(), dst.canonicalize()) {
+        if a == b {
+            return Ok(());
+        }
+    }
+    std::fs::copy(src, dst).map_err(|e| TransformerError::io(dst, e))?;
+    Ok(())
+}
+
+impl TransformerModel {
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn params(&self) -> &TransformerParams {
+        &self.info.params
+    }
+
+    pub fn training_summary(&self) -> &TrainSummary {
+        &self.info.train
+    }
+
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Sequences per forward pass at inference.
+    pub fn set_infer_batch_size(&mut self, n: usize) {
+        self.info.params.infer_batch_size = n.max(1);
+    }
+
+    /// Write the model files into `dir` (created if needed).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| TransformerError::io(dir, e))?;
+        self.head.save(&dir.join(HEAD_FILE))?;
+        let files = self.encoder.files();
+        if self.info.fine_tuned {
+            self.encoder.bert.save(&dir.join(ENCODER_FILE))?;
+        } else {
+            copy_file(&files.weights, &dir.join(ENCODER_FILE))?;
+        }
+        copy_file(&files.config, &dir.join(ENCODER_CONFIG_FILE))?;
+        copy_file(&files.tokenizer, &dir.join(TOKENIZER_FILE))?;
+        let p = dir.join(INFO_FILE);
+        let json = serde_json::to_string_pretty(&self.info)
+            .map_err(|e| TransformerError::Model(format!("{}: {e}", p.display())))?;
+        std::fs::write(&p, json).map_err(|e| TransformerError::io(&p, e))
+    }
+
+    /// Load a model written by [`save`](Self::save). `id` is the model id the
+    /// caller knows it by (the manifest's); it replaces the saved one.
+    pub fn load(dir: &Path, id: &str) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(TransformerError::Model(format!(
+                "{}: not a directory",
+                dir.display()
+            )));
+        }
+        let info_path = file_in(dir, INFO_FILE)?;
+        let text =
+            std::fs::read_to_string(&info_path).map_err(|e| TransformerError::io(&info_path, e))?;
+        let mut info: ModelInfo = serde_json::from_str(&text).map_err(|e| {
+            TransformerError::Model(format!("{}: corrupt: {e}", info_path.display()))
+        })?;
+        if info.format != FORMAT {
+            return Err(TransformerError::Model(format!(
+                "{}: format {} is not supported (expected {FORMAT})",
+                info_path.display(),
+                info.format
+            )));
+        }
+        info.id = id.to_string();
+        let files = EncoderFiles {
+            config: file_in(dir, ENCODER_CONFIG_FILE)?,
+            weights: file_in(dir, ENCODER_FILE)?,
+            tokenizer: file_in(dir, TOKENIZER_FILE)?,
+        };
+        let device = Device::Cpu;
+        let mut encoder = Encoder::from_files(&files, &device)?;
+        encoder.source = info.encoder_source.clone();
+        let head = Head::load(&file_in(dir, HEAD_FILE)?, info.params.dropout, &device)?;
+        if head.input_dim() != encoder.hidden_size() {
+            return Err(TransformerError::Model(format!(
+                "{}: head expects {}-d embeddings but the encoder gives {}",
+                dir.display(),
+                head.input_dim(),
+                encoder.hidden_size()
+            )));
+        }
+        if head.n_outputs() != info.label_space.n_outputs() {
+            return Err(TransformerError::Model(format!(
+                "{}: head has {} outputs but the label space has {}",
+                dir.display(),
+                head.n_outputs(),
+                info.label_space.n_outputs()
+            )));
+        }
+        Ok(Self {
+            info,
+            encoder,
+            head,
+        })
+    }
+
+    /// Pooled embeddings (normalized when the model normalizes), one row per
+    /// text. Useful for benches and similarity checks.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed_tensor(texts)?.to_vec2()?)
+    }
+
+    fn embed_tensor(&self, texts: &[&str]) -> Result<Tensor> {
+        let p = &self.info.params;
+        let ids = self.encoder.tokenize(texts, p.max_tokens, p.truncation)?;
+        let x = self.encoder.embed_ids(&ids, p.infer_batch_size)?;
+        if self.info.normalize {
+            l2_normalize(&x)
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// Logits from embeddings as returned by [`embed`](Self::embed): the head
+    /// alone (benches, sweeps over cached embeddings).
+    pub fn head_logits(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if embeddings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self.encoder.hidden_size();
+        if let Some(r) = embeddings.iter().find(|r| r.len() != d) {
+            return Err(TransformerError::Input(format!(
+                "embedding of length {} where the encoder gives {d}",
+                r.len()
+            )));
+        }
+        let x = Tensor::from_vec(embeddings.concat(), (embeddings.len(), d), &Device::Cpu)?;
+        Ok(self.head.forward(&x, None)?.to_vec2()?)
+    }
+
+    /// Raw logits over the label space, one row per text.
+    pub fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = self.embed_tensor(texts)?;
+        Ok(self.head.forward(&x, None)?.to_vec2()?)
+    }
+}
+
+impl Classifier for TransformerModel {
+    fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    fn kind(&self) -> &str {
+        "transformer"
+    }
+
+    fn label_space(&self) -> &LabelSpace {
+        &self.info.label_space
+    }
+
+    /// Never panics: errors and (defensively) panics inside candle or the
+    /// tokenizer come back as `ClassifierError::Backend`.
+    fn predict(
+        &self,
+        cases: &[Transcript],
+    ) -> std::result::Result<Vec<LevelScores>, ClassifierError> {
+        let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.logits(&texts)));
+        match run {
+            Ok(Ok(rows)) => Ok(rows
+                .into_iter()
+                .map(|logits| LevelScores { logits })
+                .collect()),
+            Ok(Err(e)) => Err(ClassifierError::Backend(e.to_string())),
+            Err(_) => Err(ClassifierError::Backend(
+                "transformer inference panicked".into(),
+            )),
+        }
+    }
+}

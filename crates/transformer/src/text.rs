@@ -1,0 +1,204 @@
+//! Tokenization with the truncation strategies that suit transcripts.
+//!
+//! The tokenizer's own truncation and padding (all-MiniLM-L6-v2 ships with
+//! fixed padding to 128) are switched off: texts are encoded without special
+//! tokens, cut to the budget by the chosen strategy, then wrapped in the
+//! special tokens the tokenizer's post-processor would add ([CLS] .. [SEP]).
+//! Padding happens later, per sub-batch, to that sub-batch's longest sequence.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::error::{Result, TransformerError};
+
+/// Which tokens to keep when a transcript is longer than `max_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// The first tokens: the opening usually states the problem.
+    #[default]
+    Head,
+    /// About a third of the budget from the start and two thirds from the
+    /// end, where the resolution of a long conversation sits.
+    HeadTail,
+    /// Buyer lines first (in order), then all other lines, then the head.
+    BuyerFirst,
+}
+
+/// A tokenizer plus the special tokens that frame a single sequence.
+#[derive(Clone)]
+pub struct TextEncoder {
+    tok: Tokenizer,
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+}
+
+/// Reorder a transcript so that buyer lines come first. Lines look like
+/// `[speaker] utterance`; text without any buyer line is returned unchanged.
+pub fn buyer_first(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_buyer = |l: &str| {
+        let l = l.trim_start();
+        l.len() >= 7 && l.as_bytes()[..7].eq_ignore_ascii_case(b"[buyer]")
+    };
+    if !text.lines().any(is_buyer) {
+        return text.into();
+    }
+    let (buyer, other): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| is_buyer(l));
+    let mut out = buyer.join("\n");
+    for l in other {
+        out.push('\n');
+        out.push_str(l);
+    }
+    out.into()
+}
+
+impl TextEncoder {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let tok = Tokenizer::from_file(path).map_err(|e| {
+            TransformerError::Tokenizer(format!(
+                "{}: cannot load: {}",
+                path.display(),
+                crate::error::one_line(&e.to_string())
+            ))
+        })?;
+        Self::new(tok).map_err(|e| match e {
+            TransformerError::Tokenizer(m) => {
+                TransformerError::Tokenizer(format!("{}: {m}", path.display()))
+            }
+            e => e,
+        })
+    }
+
+    pub fn new(mut tok: Tokenizer) -> Result<Self> {
+        tok.with_padding(None);
+        tok.with_truncation(None)
+            .map_err(|e| TransformerError::Tokenizer(e.to_string()))?;
+        // Learn the framing from the post-processor: encode one word with
+        // special tokens and split the special ones off both ends.
+        let enc = tok
+            .encode("a", true)
+            .map_err(|e| TransformerError::Tokenizer(e.to_string()))?;
+        let (ids, special) = (enc.get_ids(), enc.get_special_tokens_mask());
+        let lead = special.iter().take_while(|&&m| m == 1).count();
+        let trail = special.iter().rev().take_while(|&&m| m == 1).count();
+        let (mut prefix, mut suffix) = if lead + trail < ids.len() {
+            (ids[..lead].to_vec(), ids[ids.len() - trail..].to_vec())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        if prefix.is_empty() && suffix.is_empty() {
+            // No post-processor: fall back to BERT's tokens when present.
+            prefix.extend(tok.token_to_id("[CLS]"));
+            suffix.extend(tok.token_to_id("[SEP]"));
+        }
+        Ok(Self {
+            tok,
+            prefix,
+            suffix,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tok
+    }
+
+    /// Number of special tokens around each sequence.
+    pub fn n_special(&self) -> usize {
+        self.prefix.len() + self.suffix.len()
+    }
+
+    /// Token ids (special tokens included) of each text, at most
+    /// `max_tokens` long. Uses the tokenizer's batch encoder (parallel).
+    pub fn encode_batch(
+        &self,
+        texts: &[&str],
+        max_tokens: usize,
+        truncation: Truncation,
+    ) -> Result<Vec<Vec<u32>>> {
+        let budget = max_tokens.saturating_sub(self.n_special()).max(1);
+        let inputs: Vec<String> = texts
+            .iter()
+            .map(|t| match truncation {
+                Truncation::BuyerFirst => buyer_first(t).into_owned(),
+                _ => (*t).to_string(),
+            })
+            .map(|t| cap_chars(t, budget, truncation))
+            .collect();
+        let encs = self
+            .tok
+            .encode_batch(inputs, false)
+            .map_err(|e| TransformerError::Tokenizer(crate::error::one_line(&e.to_string())))?;
+        Ok(encs
+            .iter()
+            .map(|e| self.frame(e.get_ids(), budget, truncation))
+            .collect())
+    }
+
+    fn frame(&self, ids: &[u32], budget: usize, truncation: Truncation) -> Vec<u32> {
+        let mut out = Vec::with_capacity(budget.min(ids.len()) + self.n_special());
+        out.extend_from_slice(&self.prefix);
+        if ids.len() <= budget {
+            out.extend_from_slice(ids);
+        } else {
+            match truncation {
+                Truncation::Head | Truncation::BuyerFirst => out.extend_from_slice(&ids[..budget]),
+                Truncation::HeadTail => {
+                    let head = budget / 3;
+                    let tail = budget - head;
+                    out.extend_from_slice(&ids[..head]);
+                    out.extend_from_slice(&ids[ids.len() - tail..]);
+                }
+            }
+        }
+        out.extend_from_slice(&self.suffix);
+        out
+    }
+}
+
+/// Very long transcripts are cut (in characters) before tokenizing: a
+/// WordPiece token is never shorter than one character, so keeping
+/// `budget * 16` characters from the relevant end(s) is far more than
+/// enough and saves tokenizing megabytes that would be thrown away.
+fn cap_chars(text: String, budget: usize, truncation: Truncation) -> String {
+    let cap = budget.saturating_mul(16).max(256);
+    if text.len() <= cap {
+        return text;
+    }
+    let floor = |i: usize| (0..=i).rev().find(|&j| text.is_char_boundary(j)).unwrap_or(0);
+    let ceil = |i: usize| (i..=text.len()).find(|&j| text.is_char_boundary(j)).unwrap_or(text.len());
+    match truncation {
+        Truncation::Head | Truncation::BuyerFirst => text[..floor(cap)].to_string(),
+        Truncation::HeadTail => {
+            // Both ends, separated by a line break so no word is glued.
+            let head = floor(cap / 2);
+            let tail = ceil(text.len() - cap / 2);
+            format!("{}\n{}", &text[..head], &text[tail..])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buyer_lines_move_first() {
+        let t = "[agent] hello\n[buyer] my parcel is late\n[system] note\n[BUYER] still late";
+        assert_eq!(
+            buyer_first(t),
+            "[buyer] my parcel is late\n[BUYER] still late\n[agent] hello\n[system] note"
+        );
+        assert_eq!(buyer_first("no markers here"), "no markers here");
+    }
+
+    #[test]
+    fn char_cap_keeps_both_ends() {
+        let t = format!("{}{}", "a".repeat(5000), "é".repeat(5000));
+        let h = cap_chars(t.clone(), 10, Truncation::Head);
+        assert!(h.len() <= 256 && h.chars().all(|c| c == 'a'));
+        let ht = cap_chars(t, 10, Truncation::HeadTail);
+        assert!(ht.starts_with('a') && ht.ends_with('é'));
+    }
+}

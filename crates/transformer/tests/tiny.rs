@@ -1,0 +1,438 @@
+//! Integration tests on a tiny random BERT built in code (no download).
+
+use std::path::Path;
+
+use casetag_core::{Classifier, LabelSpace, Transcript};
+use casetag_transformer::fixtures::{write_tiny_bert, TINY_HIDDEN};
+use casetag_transformer::{
+    fit, Encoder, Mode, TrainInputs, TransformerModel, TransformerParams, Truncation,
+};
+
+fn tiny_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    write_tiny_bert(d.path(), 7).unwrap();
+    d
+}
+
+/// Three classes with distinctive words; 2 levels: classes 0 and 1 share an
+/// L1 parent, class 2 has its own.
+fn data() -> TrainInputs {
+    let make = |texts: &[&str], t: usize| -> Vec<(String, usize)> {
+        texts.iter().map(|s| (s.to_string(), t)).collect()
+    };
+    let mut rows = make(
+        &[
+            "[buyer] i want a refund",
+            "[buyer] refund my money please",
+            "[buyer] money back refund",
+            "[buyer] please refund the order",
+            "[agent] hello\n[buyer] i want my money back",
+            "[buyer] refund refund",
+        ],
+        0,
+    );
+    rows.extend(make(
+        &[
+            "[buyer] the item arrived broken",
+            "[buyer] broken package",
+            "[buyer] damaged item broken",
+            "[buyer] my parcel was damaged",
+            "[agent] hello\n[buyer] the item is broken",
+            "[buyer] damaged damaged",
+        ],
+        1,
+    ));
+    rows.extend(make(
+        &[
+            "[buyer] where is my parcel",
+            "[buyer] delivery is late",
+            "[buyer] still waiting for delivery",
+            "[buyer] tracking says lost",
+            "[agent] hello\n[buyer] where is my package",
+            "[buyer] late late delivery",
+        ],
+        2,
+    ));
+    let val = vec![
+        ("[buyer] refund please".to_string(), 0),
+        ("[buyer] it arrived damaged".to_string(), 1),
+        ("[buyer] where is the delivery".to_string(), 2),
+    ];
+    TrainInputs {
+        texts: rows.iter().map(|r| r.0.clone()).collect(),
+        targets: rows.iter().map(|r| r.1).collect(),
+        val_texts: val.iter().map(|r| r.0.clone()).collect(),
+        val_targets: val.iter().map(|r| r.1).collect(),
+        level_maps: vec![vec![0, 0, 1]],
+    }
+}
+
+fn space() -> LabelSpace {
+    LabelSpace {
+        n_paths: 3,
+        oos_class: false,
+    }
+}
+
+fn frozen_params() -> TransformerParams {
+    TransformerParams {
+        epochs: 80,
+        batch_size: 4,
+        head_lr: 3e-2,
+        patience: 0,
+        hidden: Some(32),
+        dropout: 0.0,
+        seed: 11,
+        ..Default::default()
+    }
+}
+
+fn train(dir: &Path, p: &TransformerParams) -> TransformerModel {
+    fit(p, dir.to_str().unwrap(), &data(), &space(), "m1", &|_| {}).unwrap()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn frozen_fit_learns_training_data_with_right_shapes() {
+    let d = tiny_dir();
+    let lines = std::cell::RefCell::new(Vec::<String>::new());
+    // No validation set: the last epoch is kept (with one, the best
+    // validation epoch would be, which may not fit the training set yet).
+    let no_val = TrainInputs {
+        val_texts: vec![],
+        val_targets: vec![],
+        ..data()
+    };
+    let m = fit(
+        &frozen_params(),
+        d.path().to_str().unwrap(),
+        &no_val,
+        &space(),
+        "m1",
+        &|s| lines.borrow_mut().push(s.to_string()),
+    )
+    .unwrap();
+    let lines = lines.into_inner();
+    assert!(
+        lines.iter().any(|l| l.starts_with("epoch 1/80: loss")),
+        "{lines:?}"
+    );
+    let inputs = data();
+    let texts: Vec<&str> = inputs.texts.iter().map(String::as_str).collect();
+    let logits = m.logits(&texts).unwrap();
+    assert_eq!(logits.len(), texts.len());
+    assert!(logits.iter().all(|r| r.len() == 3));
+    let correct = logits
+        .iter()
+        .zip(&inputs.targets)
+        .filter(|(l, &t)| argmax(l) == t)
+        .count();
+    assert_eq!(correct, texts.len(), "train accuracy {correct}/{}", texts.len());
+    let emb = m.embed(&texts[..2]).unwrap();
+    assert_eq!(emb[0].len(), TINY_HIDDEN);
+    // Normalized by default.
+    let n: f32 = emb[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((n - 1.0).abs() < 1e-4);
+    // Trait surface.
+    assert_eq!(m.kind(), "transformer");
+    assert_eq!(m.id(), "m1");
+    assert!(m.predict(&[]).unwrap().is_empty());
+    let out = m
+        .predict(&[Transcript::new(""), Transcript::new("refund")])
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].logits.len(), 3);
+    let s = m.training_summary();
+    assert_eq!((s.epochs_run, s.best_epoch), (80, 80));
+    assert!(s.val_accuracy.is_none());
+}
+
+#[test]
+fn same_input_same_logits_and_same_seed_same_model() {
+    let d = tiny_dir();
+    let p = TransformerParams {
+        epochs: 5,
+        ..frozen_params()
+    };
+    let a = train(d.path(), &p);
+    let b = train(d.path(), &p);
+    let texts = ["[buyer] refund please", "where is my parcel", "x"];
+    let la = a.logits(&texts).unwrap();
+    assert_eq!(la, a.logits(&texts).unwrap(), "inference is deterministic");
+    assert_eq!(la, b.logits(&texts).unwrap(), "training is repeatable");
+    let c = train(d.path(), &TransformerParams { seed: 12, ..p });
+    assert_ne!(la, c.logits(&texts).unwrap(), "the seed matters");
+}
+
+#[test]
+fn batch_order_and_padding_do_not_change_results() {
+    let d = tiny_dir();
+    let m = train(
+        d.path(),
+        &TransformerParams {
+            epochs: 2,
+            infer_batch_size: 2,
+            ..frozen_params()
+        },
+    );
+    let texts = [
+        "a much longer text about a refund for a broken item that arrived late",
+        "refund",
+        "where is my parcel",
+        "hello",
+        "damaged",
+    ];
+    let all = m.logits(&texts).unwrap();
+    for (i, t) in texts.iter().enumerate() {
+        let one = m.logits(&[t]).unwrap();
+        for (x, y) in one[0].iter().zip(&all[i]) {
+            assert!((x - y).abs() < 1e-4, "row {i}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn save_load_round_trip_gives_identical_logits() {
+    let d = tiny_dir();
+    let m = train(
+        d.path(),
+        &TransformerParams {
+            epochs: 3,
+            ..frozen_params()
+        },
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("model");
+    m.save(&dir).unwrap();
+    for f in [
+        "head.safetensors",
+        "encoder.safetensors",
+        "tokenizer.json",
+        "encoder_config.json",
+        "transformer.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    // Self-contained: the source encoder can go away.
+    drop(d);
+    let l = TransformerModel::load(&dir, "renamed").unwrap();
+    assert_eq!(l.id(), "renamed");
+    let texts = ["[buyer] i want a refund", "late delivery", ""];
+    assert_eq!(m.logits(&texts).unwrap(), l.logits(&texts).unwrap());
+    assert_eq!(l.info().label_space, space());
+    // Saving again into the same directory keeps it intact.
+    l.save(&dir).unwrap();
+    let l2 = TransformerModel::load(&dir, "again").unwrap();
+    assert_eq!(l2.logits(&texts).unwrap(), l.logits(&texts).unwrap());
+
+    // Errors are one line and name the file.
+    std::fs::remove_file(dir.join("head.safetensors")).unwrap();
+    let e = TransformerModel::load(&dir, "x").err().unwrap().to_string();
+    assert!(e.contains("missing head.safetensors"), "{e}");
+    assert_eq!(e.lines().count(), 1);
+    std::fs::write(dir.join("transformer.json"), "{").unwrap();
+    let e = TransformerModel::load(&dir, "x").err().unwrap().to_string();
+    assert!(e.contains("transformer.json: corrupt"), "{e}");
+}
+
+#[test]
+fn fine_tune_top_layer_learns_and_leaves_lower_layers_alone() {
+    let d = tiny_dir();
+    let p = TransformerParams {
+        mode: Mode::FineTune {
+            top_layers: Some(1),
+        },
+        epochs: 30,
+        lr: 3e-3,
+        head_lr: 3e-2,
+        batch_size: 6,
+        patience: 0,
+        dropout: 0.0,
+        ..frozen_params()
+    };
+    let m = train(d.path(), &p);
+    assert!(m.info().fine_tuned);
+    let inputs = data();
+    let texts: Vec<&str> = inputs.texts.iter().map(String::as_str).collect();
+    let logits = m.logits(&texts).unwrap();
+    let correct = logits
+        .iter()
+        .zip(&inputs.targets)
+        .filter(|(l, &t)| argmax(l) == t)
+        .count();
+    assert_eq!(correct, texts.len());
+
+    let out = tempfile::tempdir().unwrap();
+    m.save(out.path()).unwrap();
+    let orig = candle_core::safetensors::load(
+        d.path().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tuned = candle_core::safetensors::load(
+        out.path().join("encoder.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let diff = |name: &str| {
+        let a = orig[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = tuned[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert_eq!(diff("encoder.layer.0.attention.self.query.weight"), 0.0);
+    assert_eq!(diff("embeddings.position_embeddings.weight"), 0.0);
+    assert!(diff("encoder.layer.1.attention.self.query.weight") > 0.0);
+    assert!(diff("encoder.layer.1.output.dense.weight") > 0.0);
+    // And the fine-tuned bundle loads back with the same outputs.
+    let l = TransformerModel::load(out.path(), "m1").unwrap();
+    let a = m.logits(&texts[..3]).unwrap();
+    let b = l.logits(&texts[..3]).unwrap();
+    for (x, y) in a.concat().iter().zip(b.concat()) {
+        assert!((x - y).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn fine_tune_all_layers_runs_and_is_repeatable() {
+    let d = tiny_dir();
+    let p = TransformerParams {
+        mode: Mode::FineTune { top_layers: None },
+        epochs: 2,
+        lr: 1e-3,
+        batch_size: 5,
+        dropout: 0.1,
+        ..frozen_params()
+    };
+    let a = train(d.path(), &p);
+    let b = train(d.path(), &p);
+    let t = ["refund please", "broken"];
+    assert_eq!(a.logits(&t).unwrap(), b.logits(&t).unwrap());
+}
+
+#[test]
+fn truncation_strategies() {
+    let d = tiny_dir();
+    let e = Encoder::load(d.path().to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
+    let tok = |t: &str| -> Vec<u32> {
+        e.tokenize(&[t], 64, Truncation::Head).unwrap()[0][1..]
+            .split_last()
+            .unwrap()
+            .1
+            .to_vec()
+    };
+    let long = "refund ".repeat(20) + &"late ".repeat(20);
+    let (refund, late) = (tok("refund")[0], tok("late")[0]);
+    let cls_sep = |v: &[u32]| (v[0], v[v.len() - 1]);
+    let head = &e.tokenize(&[&long], 8, Truncation::Head).unwrap()[0];
+    assert_eq!(head.len(), 8);
+    assert_eq!(cls_sep(head), cls_sep(&e.tokenize(&["x"], 8, Truncation::Head).unwrap()[0]));
+    assert!(head[1..7].iter().all(|&t| t == refund));
+    let ht = &e.tokenize(&[&long], 8, Truncation::HeadTail).unwrap()[0];
+    assert_eq!(ht.len(), 8);
+    // Budget 6: 2 from the head, 4 from the tail.
+    assert_eq!(&ht[1..7], &[refund, refund, late, late, late, late]);
+    let chat = "[agent] late late late late\n[buyer] refund";
+    let bf = &e.tokenize(&[chat], 6, Truncation::BuyerFirst).unwrap()[0];
+    assert!(bf.contains(&refund));
+    let h = &e.tokenize(&[chat], 6, Truncation::Head).unwrap()[0];
+    assert!(!h.contains(&refund));
+    // max_tokens is capped at the encoder's positions (64 in the fixture).
+    let huge = "refund ".repeat(500);
+    assert_eq!(e.tokenize(&[&huge], 4096, Truncation::Head).unwrap()[0].len(), 64);
+}
+
+#[test]
+fn bad_inputs_and_encoders_give_one_line_errors() {
+    let d = tiny_dir();
+    let spec = d.path().to_str().unwrap();
+    let mut bad = data();
+    bad.targets[0] = 9;
+    let e = fit(&frozen_params(), spec, &bad, &space(), "m", &|_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("outside the label space"), "{e}");
+    let mut bad = data();
+    bad.level_maps = vec![vec![0, 1]];
+    let e = fit(&frozen_params(), spec, &bad, &space(), "m", &|_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("level_maps[0]"), "{e}");
+    let p = TransformerParams {
+        mode: Mode::FineTune {
+            top_layers: Some(5),
+        },
+        ..frozen_params()
+    };
+    let e = fit(&p, spec, &data(), &space(), "m", &|_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("top_layers 5 exceeds"), "{e}");
+
+    let dev = candle_core::Device::Cpu;
+    let e = Encoder::load("/nonexistent/enc", &dev).err().unwrap().to_string();
+    assert!(e.contains("fetch_encoder.sh"), "{e}");
+    std::fs::remove_file(d.path().join("tokenizer.json")).unwrap();
+    let e = Encoder::load(spec, &dev).err().unwrap().to_string();
+    assert!(e.contains("missing tokenizer.json"), "{e}");
+    write_tiny_bert(d.path(), 7).unwrap();
+    let cfg = d.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"bert\"", "\"xlm-roberta\"")).unwrap();
+    let e = Encoder::load(spec, &dev).err().unwrap().to_string();
+    assert!(e.contains("model_type 'xlm-roberta' is not supported"), "{e}");
+    std::fs::write(&cfg, text.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"))
+        .unwrap();
+    let e = Encoder::load(spec, &dev).err().unwrap().to_string();
+    assert!(e.contains("missing tensor 'encoder.layer.2"), "{e}");
+    std::fs::write(&cfg, "{}").unwrap();
+    let e = Encoder::load(spec, &dev).err().unwrap().to_string();
+    assert!(e.contains("not a BERT config"), "{e}");
+    for e in [&e] {
+        assert_eq!(e.lines().count(), 1);
+    }
+}
+
+#[test]
+fn embedding_cache_gives_the_same_model() {
+    let d = tiny_dir();
+    let cache = tempfile::tempdir().unwrap();
+    let p = TransformerParams {
+        epochs: 3,
+        embedding_cache: Some(cache.path().to_path_buf()),
+        ..frozen_params()
+    };
+    let plain = train(
+        d.path(),
+        &TransformerParams {
+            embedding_cache: None,
+            ..p.clone()
+        },
+    );
+    let lines = std::cell::RefCell::new(Vec::<String>::new());
+    let first = train(d.path(), &p);
+    let second = fit(&p, d.path().to_str().unwrap(), &data(), &space(), "m1", &|s| {
+        lines.borrow_mut().push(s.to_string())
+    })
+    .unwrap();
+    assert!(
+        lines.borrow().iter().any(|l| l.contains("18 from the cache")),
+        "{:?}",
+        lines.borrow()
+    );
+    let t = ["refund", "where is my parcel"];
+    assert_eq!(plain.logits(&t).unwrap(), first.logits(&t).unwrap());
+    assert_eq!(first.logits(&t).unwrap(), second.logits(&t).unwrap());
+}

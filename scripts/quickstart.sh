@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The main job on the bundled default: train the linfa baseline and the
+# transformer (frozen MiniLM encoder) on the bundled aftersales corpus,
+# evaluate both side by side, and tag the test split in batch.
+# Outputs go to out/quickstart/ (git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=out/quickstart
+mkdir -p "$OUT"
+bash scripts/fetch_encoder.sh
+cargo build --release --bin casetag
+CT=target/release/casetag
+DATA=data/aftersales
+echo "== prepare (clean, mask, validate, split) =="
+$CT prepare --input "$DATA/train.csv" --taxonomy data/taxonomy.yaml --out "$OUT/prepared" --split 0.9,0.1,0 >/dev/null
+echo "== train baseline =="
+$CT train --kind baseline --train "$OUT/prepared/train.parquet" --val "$OUT/prepared/val.parquet" \
+  --taxonomy data/taxonomy.yaml --out "$OUT/models/baseline" --force >/dev/null
+echo "== train transformer (frozen encoder + hierarchical head) =="
+$CT train --kind transformer --encoder models/encoders/all-MiniLM-L6-v2 \
+  --train "$OUT/prepared/train.parquet" --val "$OUT/prepared/val.parquet" \
+  --taxonomy data/taxonomy.yaml --out "$OUT/models/transformer" --force >/dev/null
+echo "== eval both on the test split =="
+$CT eval --model "$OUT/models/baseline" --model "$OUT/models/transformer" \
+  --data "$DATA/test.csv" --slice region --slice channel --out "$OUT/report" \
+  | python3 -c 'import json,sys; r=json.load(sys.stdin)
+for m in r["models"]:
+    lv=m["levels"]; print(f"{m[\"id\"]:<28} L1 {lv[\"l1\"][\"accuracy\"]:.3f}  L2 {lv[\"l2\"][\"accuracy\"]:.3f}  L3 {lv[\"l3\"][\"accuracy\"]:.3f}  in-scope {m[\"in_scope_accuracy\"]:.3f}  coverage {m[\"coverage\"]:.3f}  oos-recall {m.get(\"oos_recall\",float(\"nan\")):.3f}")'
+echo "== tag the test split in batch (transformer, baseline fallback) =="
+$CT tag --model "$OUT/models/transformer" --fallback "$OUT/models/baseline" \
+  --input "$DATA/test.csv" --output "$OUT/tagged.csv"
+echo "report: $OUT/report/report.html   tagged: $OUT/tagged.csv"

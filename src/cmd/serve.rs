@@ -1,0 +1,48 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::{CmdResult, Failure};
+
+/// Serve real-time tag lookups over HTTP (POST /v1/tag and friends; see the
+/// README for the API, limits and error statuses).
+#[derive(Parser)]
+pub struct Args {
+    /// Model bundle directory (or NAME / NAME/VERSION in the registry).
+    #[arg(long)]
+    model: String,
+    /// Fallback bundle (the baseline), used on load failure, errors and missed deadlines.
+    #[arg(long)]
+    fallback: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Registry root for NAME-style models.
+    #[arg(long, env = "CASETAG_MODELS", default_value = "models")]
+    models_root: PathBuf,
+    #[command(flatten)]
+    limits: casetag_server::Limits,
+}
+
+pub fn run(a: Args) -> CmdResult {
+    let model = super::models::resolve(&a.models_root, &a.model)?;
+    let fallback = match &a.fallback {
+        Some(f) => Some(super::models::resolve(&a.models_root, f)?),
+        None => None,
+    };
+    let cfg = casetag_server::ServerConfig {
+        addr: a.addr,
+        model,
+        model_spec: a.model,
+        fallback,
+        models_root: a.models_root,
+        limits: a.limits,
+    };
+    casetag_server::serve_blocking(cfg).map_err(|e| {
+        if e.is_input() {
+            Failure::input(e)
+        } else {
+            Failure::internal(e)
+        }
+    })
+}

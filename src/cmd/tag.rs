@@ -1,0 +1,193 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use casetag_core::Transcript;
+use casetag_data::{chunk_texts, ChunkReader, ChunkWriter, Format};
+use casetag_engine::{Tagged, Tagger};
+use clap::Parser;
+use polars::prelude::{Column, DataFrame};
+
+use crate::{progress, CmdResult, Failure};
+
+/// Tag a case-level table in batch. The input is streamed in chunks (never
+/// whole in memory); each chunk is tagged in parallel; the output has the
+/// input's format and columns plus l1, l2, l3, depth, conf_l1..conf_l3,
+/// out_of_scope, actions, served_by, model_id and error. Rows in = rows out:
+/// a row that cannot be tagged keeps its place with `error` set.
+#[derive(Parser)]
+pub struct Args {
+    /// Model bundle directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Fallback bundle (the baseline) used when the model fails to load or errors.
+    #[arg(long)]
+    fallback: Option<PathBuf>,
+    /// Input table (.csv, .parquet, .jsonl/.ndjson) with a `text` column.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output table; its extension picks the format.
+    #[arg(long)]
+    output: PathBuf,
+    /// Rows per chunk.
+    #[arg(long, default_value_t = 50_000)]
+    chunk_rows: usize,
+}
+
+/// Output columns for one chunk.
+#[derive(Default)]
+struct Cols {
+    l: [Vec<Option<String>>; 3],
+    conf: [Vec<Option<f32>>; 3],
+    depth: Vec<Option<u32>>,
+    oos: Vec<Option<bool>>,
+    actions: Vec<Option<String>>,
+    served_by: Vec<Option<String>>,
+    model_id: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+}
+
+impl Cols {
+    fn push(&mut self, t: Option<&Tagged>, error: Option<String>) {
+        match t {
+            Some(t) => {
+                let d = &t.decision;
+                for k in 0..3 {
+                    self.l[k].push(d.tag.as_ref().and_then(|p| p.level(k + 1)).map(str::to_string));
+                    self.conf[k].push(d.confidence.get(k).copied());
+                }
+                self.depth.push(Some(d.depth as u32));
+                self.oos.push(Some(d.out_of_scope));
+                let acts: Vec<String> = d
+                    .actions
+                    .iter()
+                    .map(|a| format!("{}:{}", a.id, if a.mode == casetag_core::ActionMode::Auto { "auto" } else { "suggest" }))
+                    .collect();
+                self.actions.push(Some(acts.join(";")));
+                self.served_by.push(Some(t.served_by.clone()));
+                self.model_id.push(Some(t.model_id.clone()));
+            }
+            None => {
+                for k in 0..3 {
+                    self.l[k].push(None);
+                    self.conf[k].push(None);
+                }
+                self.depth.push(None);
+                self.oos.push(None);
+                self.actions.push(None);
+                self.served_by.push(None);
+                self.model_id.push(None);
+            }
+        }
+        self.error.push(error);
+    }
+
+    fn attach(self, df: &mut DataFrame) -> Result<(), Failure> {
+        let Cols { l, conf, depth, oos, actions, served_by, model_id, error } = self;
+        let [l1, l2, l3] = l;
+        let [c1, c2, c3] = conf;
+        // Input label columns, if any, are kept under their own names: the
+        // predictions replace nothing the user gave.
+        let name = |df: &DataFrame, n: &str| {
+            if df.column(n).is_ok() {
+                format!("pred_{n}")
+            } else {
+                n.to_string()
+            }
+        };
+        let cols = vec![
+            Column::new(name(df, "l1").into(), l1),
+            Column::new(name(df, "l2").into(), l2),
+            Column::new(name(df, "l3").into(), l3),
+            Column::new(name(df, "depth").into(), depth),
+            Column::new(name(df, "conf_l1").into(), c1),
+            Column::new(name(df, "conf_l2").into(), c2),
+            Column::new(name(df, "conf_l3").into(), c3),
+            Column::new(name(df, "out_of_scope").into(), oos),
+            Column::new(name(df, "actions").into(), actions),
+            Column::new(name(df, "served_by").into(), served_by),
+            Column::new(name(df, "model_id").into(), model_id),
+            Column::new(name(df, "error").into(), error),
+        ];
+        for c in cols {
+            df.with_column(c).map_err(Failure::internal)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(a: Args) -> CmdResult {
+    if a.chunk_rows == 0 {
+        return Err(Failure::input("--chunk-rows must be at least 1"));
+    }
+    Format::from_path(&a.output)?;
+    let tagger = Tagger::load(&a.model, a.fallback.as_deref())?;
+    let mut reader = ChunkReader::open(&a.input, a.chunk_rows)?;
+    let total = reader.total_rows_hint();
+    let mut writer = ChunkWriter::create(&a.output, Format::from_path(&a.output)?)?;
+    let pb = progress::bar(total.map(|t| t as u64), "tagging");
+    let t0 = Instant::now();
+
+    // Read the next chunk on another thread while this one is tagged.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<DataFrame, Failure>>(1);
+    let input = a.input.clone();
+    let reader_thread = std::thread::spawn(move || loop {
+        match reader.next_chunk() {
+            Ok(Some(df)) => {
+                if tx.send(Ok(df)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(Failure::from(e)));
+                return;
+            }
+        }
+    });
+
+    let (mut rows, mut bad, mut fallbacks) = (0usize, 0usize, 0usize);
+    for chunk in rx {
+        let mut df = chunk?;
+        let texts = chunk_texts(&df)?;
+        let idx: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
+        let cases: Vec<Transcript> = idx
+            .iter()
+            .map(|&i| Transcript::new(texts[i].clone().unwrap_or_default()))
+            .collect();
+        let tagged = tagger.tag(&cases, 0)?;
+        fallbacks += tagged.iter().filter(|t| t.served_by == "baseline" && tagger.active().kind() != "baseline").count();
+        let mut cols = Cols::default();
+        let mut j = 0;
+        for (i, t) in texts.iter().enumerate() {
+            if t.is_some() {
+                cols.push(Some(&tagged[j]), None);
+                j += 1;
+            } else {
+                bad += 1;
+                if bad <= 10 {
+                    eprintln!("warning: {}: row {}: empty or missing text; kept untagged", input.display(), rows + i + 1);
+                }
+                cols.push(None, Some("empty or missing text".into()));
+            }
+        }
+        rows += texts.len();
+        cols.attach(&mut df)?;
+        writer.write(&mut df)?;
+        pb.set_position(rows as u64);
+    }
+    let _ = reader_thread.join();
+    writer.finish()?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "rows": rows,
+        "untagged_rows": bad,
+        "fallback_rows": fallbacks,
+        "model": tagger.active().id(),
+        "seconds": secs,
+        "cases_per_s": rows as f64 / secs.max(1e-9),
+        "output": a.output,
+    });
+    eprintln!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    Ok(())
+}

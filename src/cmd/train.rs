@@ -1,0 +1,152 @@
+use std::path::PathBuf;
+
+use casetag_core::Taxonomy;
+use casetag_engine::{train, ModelKind, TrainConfig};
+use clap::Parser;
+
+use crate::{progress, CmdResult, Failure};
+
+/// Train a model and write a self-contained bundle (manifest with checksums,
+/// taxonomy, hyper-parameters, validation metrics, calibration, thresholds).
+#[derive(Parser)]
+pub struct Args {
+    /// baseline (linfa, fast, the fallback) or transformer (candle encoder + hierarchical head).
+    #[arg(long)]
+    kind: ModelKind,
+    /// Training table (any supported format; case- or turn-level).
+    #[arg(long)]
+    train: PathBuf,
+    /// Validation table; when omitted, 10% of train is held out (stratified).
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Taxonomy YAML; inferred from the training labels when omitted.
+    #[arg(long)]
+    taxonomy: Option<PathBuf>,
+    /// Encoder for --kind transformer: a local Hugging Face directory or hf:OWNER/NAME.
+    #[arg(long, env = "CASETAG_ENCODER")]
+    encoder: Option<String>,
+    /// Bundle directory to write (must not exist unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Bundle id (default: <kind>-<training data hash>).
+    #[arg(long)]
+    id: Option<String>,
+    /// Replace an existing bundle directory.
+    #[arg(long)]
+    force: bool,
+    /// Seed for splits, initialisation and shuffling.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Precision each level's confident answers must reach on validation.
+    #[arg(long, default_value_t = 0.95)]
+    target_precision: f64,
+    /// Minimum top-1/top-2 margin among siblings to count as confident.
+    #[arg(long, default_value_t = 0.05)]
+    min_margin: f32,
+    /// Without out-of-scope training rows: share of correct validation
+    /// answers the score-based out-of-scope cut may reject.
+    #[arg(long, default_value_t = 0.02)]
+    oos_budget: f64,
+    /// Rename a source column to a label column, e.g. `category=l1` (repeatable).
+    #[arg(long = "label-column", value_name = "SRC=l1|l2|l3")]
+    label_columns: Vec<String>,
+    /// Transformer: frozen (cached embeddings, head only) or finetune.
+    #[arg(long, default_value = "frozen")]
+    mode: String,
+    /// Transformer fine-tuning: train only the top N encoder layers.
+    #[arg(long)]
+    top_layers: Option<usize>,
+    /// Transformer: maximum epochs (early stopping on validation).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Transformer: maximum tokens per case.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Transformer: truncation of long transcripts: head, head-tail or buyer-first.
+    #[arg(long)]
+    truncation: Option<String>,
+    /// Transformer: learning rate (encoder when fine-tuning).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Transformer: batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Baseline: number of selected hashed features.
+    #[arg(long)]
+    features: Option<usize>,
+}
+
+pub fn run(a: Args) -> CmdResult {
+    let labels = super::parse_label_columns(&a.label_columns)?;
+    let taxonomy = match &a.taxonomy {
+        Some(p) => Some(Taxonomy::load(p).map_err(Failure::input)?),
+        None => None,
+    };
+    let (train_rows, _, _) = super::load_examples(&a.train, &labels)?;
+    let val_rows = match &a.val {
+        Some(p) => Some(super::load_examples(p, &labels)?.0),
+        None => None,
+    };
+    let mut cfg = TrainConfig {
+        kind: a.kind,
+        id: a.id,
+        taxonomy,
+        encoder: a.encoder,
+        seed: a.seed,
+        overwrite: a.force,
+        ..TrainConfig::default()
+    };
+    cfg.decision.target_precision = a.target_precision;
+    cfg.decision.min_margin = a.min_margin;
+    cfg.decision.oos_budget = a.oos_budget;
+    cfg.baseline.seed = a.seed;
+    if let Some(k) = a.features {
+        cfg.baseline.n_features = k;
+    }
+    let t = &mut cfg.transformer;
+    t.seed = a.seed;
+    t.mode = match a.mode.as_str() {
+        "frozen" => casetag_transformer::Mode::Frozen,
+        "finetune" | "fine-tune" => casetag_transformer::Mode::FineTune {
+            top_layers: a.top_layers,
+        },
+        o => return Err(Failure::input(format!("--mode '{o}': expected frozen or finetune"))),
+    };
+    if let Some(v) = a.epochs {
+        t.epochs = v;
+    }
+    if let Some(v) = a.max_tokens {
+        t.max_tokens = v;
+    }
+    if let Some(v) = a.lr {
+        t.lr = v;
+    }
+    if let Some(v) = a.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = &a.truncation {
+        t.truncation = match v.as_str() {
+            "head" => casetag_transformer::Truncation::Head,
+            "head-tail" => casetag_transformer::Truncation::HeadTail,
+            "buyer-first" => casetag_transformer::Truncation::BuyerFirst,
+            o => {
+                return Err(Failure::input(format!(
+                    "--truncation '{o}': expected head, head-tail or buyer-first"
+                )))
+            }
+        };
+    }
+    let m = train(&cfg, train_rows, val_rows, &a.out, &|s: &str| progress::note(s))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "id": m.id,
+            "kind": m.kind,
+            "out": a.out,
+            "validation_metrics": m.validation_metrics,
+            "calibration": m.calibration,
+        }))
+        .unwrap_or_default()
+    );
+    Ok(())
+}

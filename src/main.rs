@@ -1,0 +1,108 @@
+//! `casetag`: the command line. Thin glue: parse flags into a config, call
+//! the libraries, map errors to exit codes (2 bad input/usage, 1 internal
+//! failure, 3 release gate failed).
+
+mod cmd;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tag e-commerce aftersales customer-service cases with a three-level tag
+/// (L1/L2/L3) and the automated actions the tag implies.
+#[derive(Parser)]
+#[command(name = "casetag", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (also RUST_LOG), e.g. `info` or `casetag_engine=debug`.
+    #[arg(long, global = true, env = "CASETAG_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Clean, mask, validate and split a case table into Parquet splits.
+    Prepare(cmd::prepare::Args),
+    /// Train a baseline or transformer model and write a self-contained bundle.
+    Train(cmd::train::Args),
+    /// Evaluate one or more models on a labelled table; write report.json and report.html.
+    Eval(cmd::eval::Args),
+    /// Tag a case table in batch (streams the input, keeps every row).
+    Tag(cmd::tag::Args),
+    /// Serve real-time tag lookups over HTTP.
+    Serve(cmd::serve::Args),
+    /// Manage the model registry under models/ (list, show, promote).
+    Models(cmd::models::Args),
+}
+
+/// An error with its exit code.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn input(m: impl std::fmt::Display) -> Self {
+        Self {
+            code: 2,
+            message: m.to_string(),
+        }
+    }
+    pub fn internal(m: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1,
+            message: m.to_string(),
+        }
+    }
+}
+
+impl From<casetag_engine::EngineError> for Failure {
+    fn from(e: casetag_engine::EngineError) -> Self {
+        if e.is_input() {
+            Failure::input(e)
+        } else {
+            Failure::internal(e)
+        }
+    }
+}
+
+impl From<casetag_data::DataError> for Failure {
+    fn from(e: casetag_data::DataError) -> Self {
+        if e.is_input() {
+            Failure::input(e)
+        } else {
+            Failure::internal(e)
+        }
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let r = match cli.command {
+        Command::Prepare(a) => cmd::prepare::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Tag(a) => cmd::tag::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Models(a) => cmd::models::run(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // One line, whatever the error carried.
+            let msg = f.message.replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(f.code)
+        }
+    }
+}

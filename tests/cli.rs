@@ -1,0 +1,319 @@
+//! End-to-end tests that drive the real `casetag` binary on the bundled data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_casetag"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = bin().args(args).output().expect("run casetag");
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// One baseline bundle trained on the bundled corpus, shared by the tests.
+fn baseline() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("casetag-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("baseline");
+        let r = root();
+        let o = run(&[
+            "train",
+            "--kind",
+            "baseline",
+            "--train",
+            r.join("data/aftersales/train.csv").to_str().unwrap(),
+            "--val",
+            r.join("data/aftersales/val.csv").to_str().unwrap(),
+            "--taxonomy",
+            r.join("data/taxonomy.yaml").to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--force",
+        ]);
+        assert!(o.status.success(), "train failed: {}", stderr(&o));
+        model
+    })
+}
+
+#[test]
+fn help_for_every_subcommand() {
+    for c in ["prepare", "train", "eval", "tag", "serve", "models"] {
+        let o = run(&[c, "--help"]);
+        assert!(o.status.success(), "{c} --help");
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(s.contains("Usage: casetag"), "{c}: {s}");
+        assert!(s.len() > 200, "{c} help is too thin: {s}");
+    }
+}
+
+#[test]
+fn train_tag_eval_on_bundled_data() {
+    let model = baseline();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["kind"], "baseline");
+    assert!(manifest["calibration"]["temperature"].as_f64().unwrap() > 0.0);
+    assert!(manifest["files"].as_object().unwrap().len() >= 2);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let test = root().join("data/aftersales/test.csv");
+    let report = tmp.path().join("report");
+    let o = run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+        "--slice",
+        "region",
+    ]);
+    assert!(o.status.success(), "eval: {}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    let m = &r["models"][0];
+    for k in [
+        "path_accuracy",
+        "hierarchical_f1",
+        "ece",
+        "in_scope_accuracy",
+        "coverage",
+        "selective_accuracy",
+        "oos_recall",
+        "oos_precision",
+    ] {
+        assert!(m[k].is_number(), "missing {k}: {m}");
+    }
+    for l in ["l1", "l2", "l3"] {
+        let acc = m["levels"][l]["accuracy"].as_f64().unwrap();
+        assert!(acc > 0.5, "{l} accuracy {acc} is implausibly low");
+        assert!(m["levels"][l]["macro_f1"].is_number());
+    }
+    // Levels are nested: L1 is at least as easy as L3.
+    assert!(
+        m["levels"]["l1"]["accuracy"].as_f64() >= m["levels"]["l3"]["accuracy"].as_f64()
+    );
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Reliability"));
+
+    // Tag the same file: rows in = rows out, prediction columns present.
+    let out = tmp.path().join("tagged.csv");
+    let o = run(&[
+        "tag",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        test.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--chunk-rows",
+        "500",
+    ]);
+    assert!(o.status.success(), "tag: {}", stderr(&o));
+    let n_in = count_csv_rows(&test);
+    let n_out = count_csv_rows(&out);
+    assert_eq!(n_in, n_out);
+    let header = std::fs::read_to_string(&out).unwrap();
+    let header = header.lines().next().unwrap();
+    for c in ["pred_l1", "pred_l3", "depth", "conf_l1", "out_of_scope", "actions", "model_id"] {
+        assert!(header.contains(c), "{c} missing from {header}");
+    }
+}
+
+fn count_csv_rows(p: &Path) -> usize {
+    // Texts are multi-line and quoted: count records, not lines.
+    let text = std::fs::read_to_string(p).unwrap();
+    let mut n = 0;
+    let mut quoted = false;
+    for ch in text.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            '\n' if !quoted => n += 1,
+            _ => {}
+        }
+    }
+    n - 1
+}
+
+#[test]
+fn bad_rows_are_kept_and_reported() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\":\"a\",\"text\":\"my refund never arrived for order 12345678\"}\n\
+         {\"id\":\"b\",\"text\":\"\"}\n\
+         {\"id\":\"c\",\"text\":null}\n\
+         {\"id\":\"d\",\"text\":\"the parcel is lost, tracking has not moved in 10 days\"}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let o = run(&[
+        "tag",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[1]["id"], "b");
+    assert!(rows[1]["error"].as_str().unwrap().contains("empty"));
+    assert!(rows[0]["error"].is_null());
+    assert!(rows[0]["depth"].as_i64().unwrap() >= 0);
+    assert!(stderr(&o).contains("row 2"), "{}", stderr(&o));
+}
+
+#[test]
+fn formats_round_trip() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("in.csv");
+    std::fs::write(
+        &csv,
+        "id,text,region\nx1,\"I want to return the shoes, wrong size\",EU\nx2,\"where is my parcel\",US\n",
+    )
+    .unwrap();
+    let mut prev = csv.clone();
+    for ext in ["parquet", "jsonl", "csv"] {
+        let out = tmp.path().join(format!("out.{ext}"));
+        let o = run(&[
+            "tag",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            csv.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{ext}: {}", stderr(&o));
+        // Re-tag the output: the pass-through columns and the row count survive.
+        let again = tmp.path().join(format!("again.{ext}"));
+        let o = run(&[
+            "tag",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            out.to_str().unwrap(),
+            "--output",
+            again.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{ext} again: {}", stderr(&o));
+        prev = again;
+    }
+    let text = std::fs::read_to_string(&prev).unwrap();
+    assert!(text.contains("x1") && text.contains("EU") && text.contains("x2"));
+}
+
+#[test]
+fn corrupt_bundle_is_rejected() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("m");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(model).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    // Flip bytes in the largest weights file.
+    let mut files: Vec<_> = std::fs::read_dir(&copy)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("manifest.json"))
+        .collect();
+    files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "text\nhello\n").unwrap();
+    let o = run(&[
+        "tag",
+        "--model",
+        copy.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        tmp.path().join("o.csv").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("checksum mismatch"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    // Truncated manifest.
+    std::fs::write(copy.join("manifest.json"), "{\"id\": ").unwrap();
+    let o = run(&["models", "show", copy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("manifest.json is corrupt"), "{}", stderr(&o));
+}
+
+#[test]
+fn prepare_rejects_malformed_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(&bad, "id,body\n1,hello\n2,world\n").unwrap();
+    let o = run(&[
+        "prepare",
+        "--input",
+        bad.to_str().unwrap(),
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("text"), "names the missing column: {e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(!e.contains("panicked"));
+}
+
+#[test]
+fn eval_gate_fails_with_exit_3() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = tmp.path().join("gate.yaml");
+    std::fs::write(&gate, "min:\n  levels.l1.accuracy: 0.999999\n  path_accuracy: 0.0\n").unwrap();
+    let test = root().join("data/aftersales/test.csv");
+    let args = |g: &Path| {
+        run(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            test.to_str().unwrap(),
+            "--out",
+            tmp.path().join("r").to_str().unwrap(),
+            "--gate",
+            g.to_str().unwrap(),
+        ])
+    };
+    let o = args(&gate);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("levels.l1.accuracy"), "{}", stderr(&o));
+    std::fs::write(&gate, "min:\n  levels.l1.accuracy: 0.1\n").unwrap();
+    assert_eq!(args(&gate).status.code(), Some(0));
+}
