@@ -13,8 +13,7 @@ fn root() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    let out = bin().args(args).output().expect("run casetag");
-    out
+    bin().args(args).output().expect("run casetag")
 }
 
 fn stderr(o: &Output) -> String {
@@ -22,12 +21,31 @@ fn stderr(o: &Output) -> String {
 }
 
 /// One baseline bundle trained on the bundled corpus, shared by the tests.
+/// nextest runs every test in its own process, so the bundle is shared
+/// through the target directory: trained once into a private directory and
+/// renamed into place (the first process to finish wins).
 fn baseline() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("casetag-cli-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let model = dir.join("baseline");
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let model = base.join("cli-baseline-fixture");
+        let fresh = |m: &Path| {
+            // Reuse only a bundle built from the current corpus and binary.
+            let Ok(meta) = std::fs::metadata(m.join("manifest.json")) else {
+                return false;
+            };
+            let built = meta.modified().unwrap();
+            [
+                PathBuf::from(env!("CARGO_BIN_EXE_casetag")),
+                root().join("data/aftersales/train.csv"),
+            ]
+            .iter()
+            .all(|p| std::fs::metadata(p).map(|m| m.modified().unwrap() <= built).unwrap_or(false))
+        };
+        if fresh(&model) {
+            return model;
+        }
+        let mine = base.join(format!("cli-baseline-{}", std::process::id()));
         let r = root();
         let o = run(&[
             "train",
@@ -39,11 +57,20 @@ fn baseline() -> &'static Path {
             r.join("data/aftersales/val.csv").to_str().unwrap(),
             "--taxonomy",
             r.join("data/taxonomy.yaml").to_str().unwrap(),
+            // A smaller feature space keeps the fixture quick to fit.
+            "--features",
+            "2048",
             "--out",
-            model.to_str().unwrap(),
+            mine.to_str().unwrap(),
             "--force",
         ]);
         assert!(o.status.success(), "train failed: {}", stderr(&o));
+        if !fresh(&model) {
+            let _ = std::fs::remove_dir_all(&model);
+        }
+        if std::fs::rename(&mine, &model).is_err() {
+            let _ = std::fs::remove_dir_all(&mine);
+        }
         model
     })
 }

@@ -224,6 +224,12 @@ fn synthetic_cases(n: usize, len: usize, n_classes: usize) -> Vec<(String, usize
         "charged",
         "twice",
     ];
+    // Syllables make a large open vocabulary (names, typos, product words),
+    // so the number of distinct n-grams is realistic, not 50 words' worth.
+    const SYL: &[&str] = &[
+        "ka", "lo", "mi", "sen", "tra", "vo", "pel", "dux", "ri", "an", "zo", "qui", "ber", "nu",
+        "sta", "fo", "gli", "mar", "tes", "wy",
+    ];
     let mut state = 0x1234_5678_9abc_def0u64;
     let mut next = move || {
         state ^= state << 13;
@@ -237,12 +243,15 @@ fn synthetic_cases(n: usize, len: usize, n_classes: usize) -> Vec<(String, usize
             let mut s = String::with_capacity(len + 16);
             while s.len() < len {
                 // Class-dependent vocabulary slice plus shared noise.
-                let w = if next() % 3 == 0 {
-                    WORDS[(c * 7 + (next() % 5) as usize) % WORDS.len()]
-                } else {
-                    WORDS[(next() % WORDS.len() as u64) as usize]
-                };
-                s.push_str(w);
+                match next() % 4 {
+                    0 => s.push_str(WORDS[(c * 7 + (next() % 5) as usize) % WORDS.len()]),
+                    1 => {
+                        for _ in 0..3 {
+                            s.push_str(SYL[(next() % SYL.len() as u64) as usize]);
+                        }
+                    }
+                    _ => s.push_str(WORDS[(next() % WORDS.len() as u64) as usize]),
+                }
                 s.push(' ');
             }
             (s, c)

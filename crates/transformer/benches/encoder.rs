@@ -76,7 +76,11 @@ fn bench_tokenize(c: &mut Criterion) {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut g = c.benchmark_group("tokenize");
     g.throughput(Throughput::Elements(refs.len() as u64));
-    for t in [Truncation::Head, Truncation::HeadTail, Truncation::BuyerFirst] {
+    for t in [
+        Truncation::Head,
+        Truncation::HeadTail,
+        Truncation::BuyerFirst,
+    ] {
         g.bench_function(format!("{t:?}/32_transcripts"), |b| {
             b.iter(|| black_box(e.tokenize(&refs, 128, t).unwrap()))
         });

@@ -20,8 +20,12 @@ use casetag_transformer::{fit, Mode, TrainInputs, TransformerParams};
 /// Minimal RFC 4180 reader: returns rows of fields (quotes, doubled quotes,
 /// commas and newlines inside quotes).
 fn read_csv(path: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (BANKING77 lives in ../shared/data)", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (BANKING77 lives in ../shared/data)",
+            path.display()
+        )
+    });
     let mut rows = Vec::new();
     let (mut row, mut field, mut quoted) = (Vec::new(), String::new(), false);
     let mut chars = text.chars().peekable();
@@ -208,7 +212,10 @@ fn main() {
         std::fs::create_dir_all(&dir).unwrap();
         let t2 = Instant::now();
         let all_train: Vec<&str> = train.iter().map(|r| r.0.as_str()).collect();
-        write_npy(&dir.join("train_emb.npy"), &model.embed(&all_train).unwrap());
+        write_npy(
+            &dir.join("train_emb.npy"),
+            &model.embed(&all_train).unwrap(),
+        );
         write_npy(&dir.join("test_emb.npy"), &model.embed(&texts).unwrap());
         println!(
             "dumped normalized embeddings to {} ({:.1}s)",

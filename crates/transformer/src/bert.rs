@@ -103,8 +103,12 @@ impl BertConfig {
             }
         }
         if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
-            return Err("hidden_size, num_attention_heads and num_hidden_layers must be > 0".into());
+            return Err(
+                "hidden_size, num_attention_heads and num_hidden_layers must be > 0".into(),
+            );
         }
+        // `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.85.
+        #[allow(clippy::manual_is_multiple_of)]
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -123,7 +127,9 @@ impl BertConfig {
             "gelu" => Ok(Act::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Act::GeluTanh),
             "relu" => Ok(Act::Relu),
-            a => Err(format!("hidden_act '{a}' is not supported (gelu, gelu_new, relu)")),
+            a => Err(format!(
+                "hidden_act '{a}' is not supported (gelu, gelu_new, relu)"
+            )),
         }
     }
 
@@ -338,8 +344,8 @@ impl Bert {
                     .iter()
                     .map(|l| {
                         [
-                            &l.qkv_w, &l.qkv_b, &l.o_w, &l.o_b, &l.ln1_w, &l.ln1_b, &l.i_w,
-                            &l.i_b, &l.f_w, &l.f_b, &l.ln2_w, &l.ln2_b,
+                            &l.qkv_w, &l.qkv_b, &l.o_w, &l.o_b, &l.ln1_w, &l.ln1_b, &l.i_w, &l.i_b,
+                            &l.f_w, &l.f_b, &l.ln2_w, &l.ln2_b,
                         ]
                     })
                     .collect(),
@@ -362,9 +368,18 @@ impl Bert {
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let h = self.cfg.hidden_size;
         let mut out = vec![
-            ("embeddings.word_embeddings.weight".to_string(), self.word.clone()),
-            ("embeddings.position_embeddings.weight".into(), self.pos.clone()),
-            ("embeddings.token_type_embeddings.weight".into(), self.typ.clone()),
+            (
+                "embeddings.word_embeddings.weight".to_string(),
+                self.word.clone(),
+            ),
+            (
+                "embeddings.position_embeddings.weight".into(),
+                self.pos.clone(),
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".into(),
+                self.typ.clone(),
+            ),
             ("embeddings.LayerNorm.weight".into(), self.ln_w.clone()),
             ("embeddings.LayerNorm.bias".into(), self.ln_b.clone()),
         ];
@@ -541,7 +556,10 @@ impl Bert {
         // Token types are all 0 (single-segment input).
         let pos = self.pos.narrow(0, 0, s)?.broadcast_add(&self.typ.get(0)?)?;
         let x = self.word.index_select(&ids.flatten_all()?, 0)?;
-        let x = x.reshape((b, s, h))?.broadcast_add(&pos)?.reshape((b * s, h))?;
+        let x = x
+            .reshape((b, s, h))?
+            .broadcast_add(&pos)?
+            .reshape((b * s, h))?;
         let mut x = self.layer_norm(&x, &self.ln_w, &self.ln_b, grad_from == 0)?;
         if grad_from == 0 {
             if let Some(t) = train.as_deref_mut() {
@@ -600,7 +618,7 @@ impl Bert {
         let x = self.layer_norm(&(a + x)?, &l.ln1_w, &l.ln1_b, tracked)?;
         let inter = self.activation(&linear(&x, &l.i_w, &l.i_b)?)?;
         let mut f = linear(&inter, &l.f_w, &l.f_b)?;
-        if let Some(t) = train.as_deref_mut() {
+        if let Some(t) = train {
             f = dropout(&f, t.dropout, t.rng)?;
         }
         self.layer_norm(&(f + &x)?, &l.ln2_w, &l.ln2_b, tracked)

@@ -79,7 +79,11 @@ impl EncoderFiles {
 /// Why by hand: hf-hub 1.x is an async HTTP client (reqwest, tokio, xet);
 /// all we need offline is the cache layout, which is stable and documented.
 pub fn hf_cache_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(p) = env("HF_HUB_CACHE").or_else(|| env("HUGGINGFACE_HUB_CACHE")) {
         return p;
     }
@@ -207,7 +211,11 @@ impl Padded {
 
 /// Rows divided by their L2 norm.
 pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.affine(1.0, 1e-12)?;
+    let n = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .affine(1.0, 1e-12)?;
     Ok(x.broadcast_div(&n)?)
 }
 

@@ -68,6 +68,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// A method (not the field) so closures capture the whole `Send` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 fn threads() -> Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
@@ -137,26 +144,27 @@ fn layer_norm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
 }
 
 fn activation(x: &mut [f32], act: Act, width: usize) {
-    x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|block| match act {
-        Act::GeluErf => {
-            for v in block {
-                let e = candle_core::cpu::erf::erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2);
-                *v = (e + 1.0) * 0.5 * *v;
+    x.par_chunks_mut(width * ROWS_PER_TASK)
+        .for_each(|block| match act {
+            Act::GeluErf => {
+                for v in block {
+                    let e = candle_core::cpu::erf::erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2);
+                    *v *= (e + 1.0) * 0.5;
+                }
             }
-        }
-        Act::GeluTanh => {
-            for v in block {
-                let x = *v;
-                let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
-                *v = 0.5 * x * (1.0 + inner.tanh());
+            Act::GeluTanh => {
+                for v in block {
+                    let x = *v;
+                    let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                    *v = 0.5 * x * (1.0 + inner.tanh());
+                }
             }
-        }
-        Act::Relu => {
-            for v in block {
-                *v = v.max(0.0);
+            Act::Relu => {
+                for v in block {
+                    *v = v.max(0.0);
+                }
             }
-        }
-    });
+        });
 }
 
 impl FastBert {
@@ -203,7 +211,10 @@ impl FastBert {
     pub fn hidden(&self, seqs: &[&[u32]]) -> Vec<f32> {
         let h = self.h;
         // The tokenizer never exceeds the positions; cut defensively anyway.
-        let seqs: Vec<&[u32]> = seqs.iter().map(|s| &s[..s.len().min(self.max_pos)]).collect();
+        let seqs: Vec<&[u32]> = seqs
+            .iter()
+            .map(|s| &s[..s.len().min(self.max_pos)])
+            .collect();
         let n: usize = seqs.iter().map(|s| s.len()).sum();
         let mut starts = Vec::with_capacity(seqs.len());
         let mut x = vec![0f32; n * h];
@@ -214,7 +225,11 @@ impl FastBert {
             for (p, &id) in s.iter().enumerate() {
                 // Ids beyond the vocabulary cannot come from our tokenizer; map
                 // them to 0 ([PAD]) rather than read out of bounds.
-                let id = if (id as usize) < vocab { id as usize } else { 0 };
+                let id = if (id as usize) < vocab {
+                    id as usize
+                } else {
+                    0
+                };
                 let dst = &mut x[(row + p) * h..(row + p + 1) * h];
                 let w = &self.word[id * h..(id + 1) * h];
                 let pt = &self.pos_type[p * h..(p + 1) * h];
@@ -282,78 +297,79 @@ impl FastBert {
         let tasks: Vec<(usize, usize)> = (0..lens.len())
             .flat_map(|s| (0..nh).map(move |hd| (s, hd)))
             .collect();
-        tasks.par_iter().for_each_init(Vec::new, |scores, &(si, hd)| {
-            let out = out;
-            let (start, len) = (starts[si], lens[si]);
-            if len == 0 {
-                return;
-            }
-            scores.clear();
-            scores.resize(len * len, 0.0);
-            let base = qkv[start * 3 * h..].as_ptr();
-            // Safety: all pointers stay inside `qkv`/`ctx` for `len` rows
-            // of this sequence; each (sequence, head) task writes a disjoint
-            // block of `ctx` (its rows, its head's columns).
-            unsafe {
-                let q = base.add(hd * dh);
-                let k = base.add(h + hd * dh);
-                let v = base.add(2 * h + hd * dh);
-                // scores (len, len) = scale * Q K^T
-                gemm::gemm(
-                    len,
-                    len,
-                    dh,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    q,
-                    1,
-                    3 * h as isize,
-                    k,
-                    3 * h as isize,
-                    1,
-                    0.0f32,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-                for r in scores.chunks_exact_mut(len) {
-                    let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for v in r.iter_mut() {
-                        *v = (*v - m).exp();
-                        sum += *v;
-                    }
-                    let inv = 1.0 / sum;
-                    r.iter_mut().for_each(|v| *v *= inv);
+        tasks
+            .par_iter()
+            .for_each_init(Vec::new, |scores, &(si, hd)| {
+                let (start, len) = (starts[si], lens[si]);
+                if len == 0 {
+                    return;
                 }
-                // ctx rows of this sequence, this head's columns = P V
-                let dst = out.0.add(start * h + hd * dh);
-                gemm::gemm(
-                    len,
-                    dh,
-                    len,
-                    dst,
-                    1,
-                    h as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    v,
-                    1,
-                    3 * h as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-        });
+                scores.clear();
+                scores.resize(len * len, 0.0);
+                let base = qkv[start * 3 * h..].as_ptr();
+                // Safety: all pointers stay inside `qkv`/`ctx` for `len` rows
+                // of this sequence; each (sequence, head) task writes a disjoint
+                // block of `ctx` (its rows, its head's columns).
+                unsafe {
+                    let q = base.add(hd * dh);
+                    let k = base.add(h + hd * dh);
+                    let v = base.add(2 * h + hd * dh);
+                    // scores (len, len) = scale * Q K^T
+                    gemm::gemm(
+                        len,
+                        len,
+                        dh,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        q,
+                        1,
+                        3 * h as isize,
+                        k,
+                        3 * h as isize,
+                        1,
+                        0.0f32,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    for r in scores.chunks_exact_mut(len) {
+                        let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0.0;
+                        for v in r.iter_mut() {
+                            *v = (*v - m).exp();
+                            sum += *v;
+                        }
+                        let inv = 1.0 / sum;
+                        r.iter_mut().for_each(|v| *v *= inv);
+                    }
+                    // ctx rows of this sequence, this head's columns = P V
+                    let dst = out.get().add(start * h + hd * dh);
+                    gemm::gemm(
+                        len,
+                        dh,
+                        len,
+                        dst,
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        v,
+                        1,
+                        3 * h as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            });
     }
 }

@@ -30,11 +30,7 @@ pub fn tiny_vocab() -> Vec<String> {
         .map(|s| s.to_string())
         .collect();
     v.extend(WORDS.iter().map(|s| s.to_string()));
-    v.extend(
-        "[].,?!'-:0123456789"
-            .chars()
-            .map(|c| c.to_string()),
-    );
+    v.extend("[].,?!'-:0123456789".chars().map(|c| c.to_string()));
     for c in 'a'..='z' {
         v.push(c.to_string());
         v.push(format!("##{c}"));
@@ -148,9 +144,21 @@ pub fn write_tiny_bert(dir: &Path, seed: u64) -> std::io::Result<()> {
         let t = Tensor::from_vec(data, shape, &dev).expect("fixture tensor");
         ts.insert(name, t);
     };
-    add("embeddings.word_embeddings.weight".into(), &[vocab.len(), h], b'w');
-    add("embeddings.position_embeddings.weight".into(), &[max_pos, h], b'w');
-    add("embeddings.token_type_embeddings.weight".into(), &[2, h], b'w');
+    add(
+        "embeddings.word_embeddings.weight".into(),
+        &[vocab.len(), h],
+        b'w',
+    );
+    add(
+        "embeddings.position_embeddings.weight".into(),
+        &[max_pos, h],
+        b'w',
+    );
+    add(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[2, h],
+        b'w',
+    );
     add("embeddings.LayerNorm.weight".into(), &[h], b'g');
     add("embeddings.LayerNorm.bias".into(), &[h], b'b');
     for i in 0..layers {

@@ -82,7 +82,7 @@ impl Head {
         }
         if let Some((w, b)) = &self.hidden {
             x = x.matmul(&w.t()?)?.broadcast_add(b)?.gelu_erf()?;
-            if let Some(r) = rng.as_deref_mut() {
+            if let Some(r) = rng {
                 x = dropout(&x, self.dropout, r)?;
             }
         }

@@ -166,8 +166,17 @@ fn cap_chars(text: String, budget: usize, truncation: Truncation) -> String {
     if text.len() <= cap {
         return text;
     }
-    let floor = |i: usize| (0..=i).rev().find(|&j| text.is_char_boundary(j)).unwrap_or(0);
-    let ceil = |i: usize| (i..=text.len()).find(|&j| text.is_char_boundary(j)).unwrap_or(text.len());
+    let floor = |i: usize| {
+        (0..=i)
+            .rev()
+            .find(|&j| text.is_char_boundary(j))
+            .unwrap_or(0)
+    };
+    let ceil = |i: usize| {
+        (i..=text.len())
+            .find(|&j| text.is_char_boundary(j))
+            .unwrap_or(text.len())
+    };
     match truncation {
         Truncation::Head | Truncation::BuyerFirst => text[..floor(cap)].to_string(),
         Truncation::HeadTail => {

@@ -199,7 +199,9 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| TransformerError::io(path, e))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| TransformerError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -301,7 +303,9 @@ fn embed_all(
         let mut done = 0;
         for g in order.chunks(group) {
             let part: Vec<Vec<u32>> = g.iter().map(|&i| seqs[i].clone()).collect();
-            let rows = encoder.embed_ids(&part, p.infer_batch_size)?.to_vec2::<f32>()?;
+            let rows = encoder
+                .embed_ids(&part, p.infer_batch_size)?
+                .to_vec2::<f32>()?;
             let mut new = Vec::with_capacity(g.len());
             for (&i, row) in g.iter().zip(rows) {
                 if cache.is_some() {
@@ -323,12 +327,10 @@ fn embed_all(
     }
     let cached = texts.len() - todo.len();
     if cached > 0 {
-        progress(&format!(
-            "embedding {what} texts: {cached} from the cache"
-        ));
+        progress(&format!("embedding {what} texts: {cached} from the cache"));
     }
     let mut flat = Vec::with_capacity(texts.len() * h);
-    for i in 0..texts.len() {
+    for (i, _) in texts.iter().enumerate() {
         match fresh.get(&i) {
             Some(v) => flat.extend_from_slice(v),
             None => {
@@ -487,7 +489,9 @@ pub fn fit(
         for (bi, idx) in batches.iter().enumerate() {
             let factor = lr_factor(step, warm, total);
             let x = match (&frozen, grad_from) {
-                (Some((xt, _)), _) => xt.index_select(&u32_tensor(idx.iter().copied(), &dev)?, 0)?,
+                (Some((xt, _)), _) => {
+                    xt.index_select(&u32_tensor(idx.iter().copied(), &dev)?, 0)?
+                }
                 (None, g) => {
                     let seqs: Vec<&[u32]> = idx.iter().map(|&i| train_ids[i].as_slice()).collect();
                     let mut ctx = TrainCtx {
@@ -527,10 +531,7 @@ pub fn fit(
         summary.epochs_run = epoch;
         summary.train_loss = train_loss;
 
-        let mut line = format!(
-            "epoch {epoch}/{}: loss {train_loss:.4}",
-            params.epochs
-        );
+        let mut line = format!("epoch {epoch}/{}: loss {train_loss:.4}", params.epochs);
         let mut improved = !has_val;
         if has_val {
             let xv = match &frozen {

@@ -21,9 +21,15 @@ fn hf_spec_resolves_from_the_cache_layout() {
     let pinned = Encoder::load(&format!("hf:acme/tiny-bert@{commit}"), &dev).unwrap();
     assert_eq!(pinned.hidden_size(), 32);
 
-    let err = Encoder::load("hf:acme/absent", &dev).err().unwrap().to_string();
+    let err = Encoder::load("hf:acme/absent", &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("not in the Hugging Face cache"), "{err}");
-    let err = Encoder::load("hf:acme/tiny-bert@dev", &dev).err().unwrap().to_string();
+    let err = Encoder::load("hf:acme/tiny-bert@dev", &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("not in the Hugging Face cache"), "{err}");
     let err = Encoder::load("hf:noslash", &dev).err().unwrap().to_string();
     assert!(err.contains("expected hf:OWNER/NAME"), "{err}");

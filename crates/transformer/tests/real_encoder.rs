@@ -8,12 +8,16 @@ use candle_core::{Device, Tensor};
 use casetag_transformer::{Encoder, Truncation};
 
 fn encoder_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/encoders/all-MiniLM-L6-v2");
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/encoders/all-MiniLM-L6-v2");
     if dir.join("model.safetensors").is_file() {
         return Some(dir);
     }
     if std::env::var("CASETAG_SKIP_REAL_ENCODER").as_deref() == Ok("1") {
-        eprintln!("skipping: {} is absent and CASETAG_SKIP_REAL_ENCODER=1", dir.display());
+        eprintln!(
+            "skipping: {} is absent and CASETAG_SKIP_REAL_ENCODER=1",
+            dir.display()
+        );
         return None;
     }
     panic!(
@@ -45,7 +49,12 @@ fn paraphrases_are_closer_than_unrelated_texts() {
     assert!(v.iter().all(|r| r.len() == 384));
     let n: f32 = v[0].iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((n - 1.0).abs() < 1e-4);
-    assert!(cos(&v[0], &v[1]) > cos(&v[0], &v[2]) + 0.2, "{} vs {}", cos(&v[0], &v[1]), cos(&v[0], &v[2]));
+    assert!(
+        cos(&v[0], &v[1]) > cos(&v[0], &v[2]) + 0.2,
+        "{} vs {}",
+        cos(&v[0], &v[1]),
+        cos(&v[0], &v[2])
+    );
     assert!(cos(&v[3], &v[4]) > cos(&v[3], &v[2]) + 0.2);
     assert!(cos(&v[3], &v[4]) > cos(&v[3], &v[0]));
 }
@@ -133,7 +142,11 @@ fn lean_forward_matches_candle_transformers_bert() {
 fn padding_does_not_change_pooled_embeddings() {
     let Some(dir) = encoder_dir() else { return };
     let e = Encoder::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
-    let texts = ["a", "a much longer sentence about a broken phone that arrived late", "refund"];
+    let texts = [
+        "a",
+        "a much longer sentence about a broken phone that arrived late",
+        "refund",
+    ];
     let together = e.embed(&texts, 128, Truncation::Head, 32, false).unwrap();
     for (i, t) in texts.iter().enumerate() {
         let alone = e.embed(&[t], 128, Truncation::Head, 32, false).unwrap();

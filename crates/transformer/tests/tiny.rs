@@ -53,7 +53,7 @@ fn data() -> TrainInputs {
         ],
         2,
     ));
-    let val = vec![
+    let val = [
         ("[buyer] refund please".to_string(), 0),
         ("[buyer] it arrived damaged".to_string(), 1),
         ("[buyer] where is the delivery".to_string(), 2),
@@ -134,7 +134,12 @@ fn frozen_fit_learns_training_data_with_right_shapes() {
         .zip(&inputs.targets)
         .filter(|(l, &t)| argmax(l) == t)
         .count();
-    assert_eq!(correct, texts.len(), "train accuracy {correct}/{}", texts.len());
+    assert_eq!(
+        correct,
+        texts.len(),
+        "train accuracy {correct}/{}",
+        texts.len()
+    );
     let emb = m.embed(&texts[..2]).unwrap();
     assert_eq!(emb[0].len(), TINY_HIDDEN);
     // Normalized by default.
@@ -335,7 +340,10 @@ fn truncation_strategies() {
     let cls_sep = |v: &[u32]| (v[0], v[v.len() - 1]);
     let head = &e.tokenize(&[&long], 8, Truncation::Head).unwrap()[0];
     assert_eq!(head.len(), 8);
-    assert_eq!(cls_sep(head), cls_sep(&e.tokenize(&["x"], 8, Truncation::Head).unwrap()[0]));
+    assert_eq!(
+        cls_sep(head),
+        cls_sep(&e.tokenize(&["x"], 8, Truncation::Head).unwrap()[0])
+    );
     assert!(head[1..7].iter().all(|&t| t == refund));
     let ht = &e.tokenize(&[&long], 8, Truncation::HeadTail).unwrap()[0];
     assert_eq!(ht.len(), 8);
@@ -348,7 +356,10 @@ fn truncation_strategies() {
     assert!(!h.contains(&refund));
     // max_tokens is capped at the encoder's positions (64 in the fixture).
     let huge = "refund ".repeat(500);
-    assert_eq!(e.tokenize(&[&huge], 4096, Truncation::Head).unwrap()[0].len(), 64);
+    assert_eq!(
+        e.tokenize(&[&huge], 4096, Truncation::Head).unwrap()[0].len(),
+        64
+    );
 }
 
 #[test]
@@ -382,7 +393,10 @@ fn bad_inputs_and_encoders_give_one_line_errors() {
     assert!(e.contains("top_layers 5 exceeds"), "{e}");
 
     let dev = candle_core::Device::Cpu;
-    let e = Encoder::load("/nonexistent/enc", &dev).err().unwrap().to_string();
+    let e = Encoder::load("/nonexistent/enc", &dev)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("fetch_encoder.sh"), "{e}");
     std::fs::remove_file(d.path().join("tokenizer.json")).unwrap();
     let e = Encoder::load(spec, &dev).err().unwrap().to_string();
@@ -392,17 +406,21 @@ fn bad_inputs_and_encoders_give_one_line_errors() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("\"bert\"", "\"xlm-roberta\"")).unwrap();
     let e = Encoder::load(spec, &dev).err().unwrap().to_string();
-    assert!(e.contains("model_type 'xlm-roberta' is not supported"), "{e}");
-    std::fs::write(&cfg, text.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"))
-        .unwrap();
+    assert!(
+        e.contains("model_type 'xlm-roberta' is not supported"),
+        "{e}"
+    );
+    std::fs::write(
+        &cfg,
+        text.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
     let e = Encoder::load(spec, &dev).err().unwrap().to_string();
     assert!(e.contains("missing tensor 'encoder.layer.2"), "{e}");
     std::fs::write(&cfg, "{}").unwrap();
     let e = Encoder::load(spec, &dev).err().unwrap().to_string();
     assert!(e.contains("not a BERT config"), "{e}");
-    for e in [&e] {
-        assert_eq!(e.lines().count(), 1);
-    }
+    assert_eq!(e.lines().count(), 1);
 }
 
 #[test]
@@ -423,12 +441,20 @@ fn embedding_cache_gives_the_same_model() {
     );
     let lines = std::cell::RefCell::new(Vec::<String>::new());
     let first = train(d.path(), &p);
-    let second = fit(&p, d.path().to_str().unwrap(), &data(), &space(), "m1", &|s| {
-        lines.borrow_mut().push(s.to_string())
-    })
+    let second = fit(
+        &p,
+        d.path().to_str().unwrap(),
+        &data(),
+        &space(),
+        "m1",
+        &|s| lines.borrow_mut().push(s.to_string()),
+    )
     .unwrap();
     assert!(
-        lines.borrow().iter().any(|l| l.contains("18 from the cache")),
+        lines
+            .borrow()
+            .iter()
+            .any(|l| l.contains("18 from the cache")),
         "{:?}",
         lines.borrow()
     );
