@@ -23,9 +23,7 @@ $CT train --kind transformer --encoder models/encoders/all-MiniLM-L6-v2 \
 echo "== eval both on the test split =="
 $CT eval --model "$OUT/models/baseline" --model "$OUT/models/transformer" \
   --data "$DATA/test.csv" --slice region --slice channel --out "$OUT/report" \
-  | python3 -c 'import json,sys; r=json.load(sys.stdin)
-for m in r["models"]:
-    lv=m["levels"]; print(f"{m[\"id\"]:<28} L1 {lv[\"l1\"][\"accuracy\"]:.3f}  L2 {lv[\"l2\"][\"accuracy\"]:.3f}  L3 {lv[\"l3\"][\"accuracy\"]:.3f}  in-scope {m[\"in_scope_accuracy\"]:.3f}  coverage {m[\"coverage\"]:.3f}  oos-recall {m.get(\"oos_recall\",float(\"nan\")):.3f}")'
+  | python3 scripts/summarize_report.py
 echo "== tag the test split in batch (transformer, baseline fallback) =="
 $CT tag --model "$OUT/models/transformer" --fallback "$OUT/models/baseline" \
   --input "$DATA/test.csv" --output "$OUT/tagged.csv"
