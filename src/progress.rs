@@ -19,8 +19,10 @@ pub fn bar(total: Option<u64>, what: &str) -> ProgressBar {
             .expect("template"),
         ),
         None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{prefix} [{elapsed_precise}] {spinner} {pos} ({per_sec})")
-                .expect("template"),
+            ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}] {spinner} {pos} ({per_sec})",
+            )
+            .expect("template"),
         ),
     };
     pb.set_prefix(what.to_string());

@@ -40,7 +40,11 @@ fn baseline() -> &'static Path {
                 root().join("data/aftersales/train.csv"),
             ]
             .iter()
-            .all(|p| std::fs::metadata(p).map(|m| m.modified().unwrap() <= built).unwrap_or(false))
+            .all(|p| {
+                std::fs::metadata(p)
+                    .map(|m| m.modified().unwrap() <= built)
+                    .unwrap_or(false)
+            })
         };
         if fresh(&model) {
             return model;
@@ -133,9 +137,7 @@ fn train_tag_eval_on_bundled_data() {
         assert!(m["levels"][l]["macro_f1"].is_number());
     }
     // Levels are nested: L1 is at least as easy as L3.
-    assert!(
-        m["levels"]["l1"]["accuracy"].as_f64() >= m["levels"]["l3"]["accuracy"].as_f64()
-    );
+    assert!(m["levels"]["l1"]["accuracy"].as_f64() >= m["levels"]["l3"]["accuracy"].as_f64());
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("Reliability"));
 
@@ -158,7 +160,15 @@ fn train_tag_eval_on_bundled_data() {
     assert_eq!(n_in, n_out);
     let header = std::fs::read_to_string(&out).unwrap();
     let header = header.lines().next().unwrap();
-    for c in ["pred_l1", "pred_l3", "depth", "conf_l1", "out_of_scope", "actions", "model_id"] {
+    for c in [
+        "pred_l1",
+        "pred_l3",
+        "depth",
+        "conf_l1",
+        "out_of_scope",
+        "actions",
+        "model_id",
+    ] {
         assert!(header.contains(c), "{c} missing from {header}");
     }
 }
@@ -296,7 +306,11 @@ fn corrupt_bundle_is_rejected() {
     std::fs::write(copy.join("manifest.json"), "{\"id\": ").unwrap();
     let o = run(&["models", "show", copy.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("manifest.json is corrupt"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("manifest.json is corrupt"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -323,7 +337,11 @@ fn eval_gate_fails_with_exit_3() {
     let model = baseline();
     let tmp = tempfile::tempdir().unwrap();
     let gate = tmp.path().join("gate.yaml");
-    std::fs::write(&gate, "min:\n  levels.l1.accuracy: 0.999999\n  path_accuracy: 0.0\n").unwrap();
+    std::fs::write(
+        &gate,
+        "min:\n  levels.l1.accuracy: 0.999999\n  path_accuracy: 0.0\n",
+    )
+    .unwrap();
     let test = root().join("data/aftersales/test.csv");
     let args = |g: &Path| {
         run(&[

@@ -64,8 +64,16 @@ fn lookup(v: &serde_json::Value, path: &str) -> Option<f64> {
 /// the gate. Returns the failed checks as readable lines.
 pub fn check_gate(gate: &Gate, models: &[ModelEval]) -> Vec<String> {
     let mut failed = Vec::new();
-    let reference = if models.len() > 1 { Some(&models[0]) } else { None };
-    let candidates = if models.len() > 1 { &models[1..] } else { models };
+    let reference = if models.len() > 1 {
+        Some(&models[0])
+    } else {
+        None
+    };
+    let candidates = if models.len() > 1 {
+        &models[1..]
+    } else {
+        models
+    };
     for m in candidates {
         let s = serde_json::to_value(&m.summary).unwrap_or_default();
         let id = &m.summary.id;
@@ -88,7 +96,11 @@ pub fn check_gate(gate: &Gate, models: &[ModelEval]) -> Vec<String> {
         for (level, max) in &gate.max_regression {
             if level == "slice" {
                 for cs in &m.slices {
-                    if let Some(rs) = r.slices.iter().find(|x| x.column == cs.column && x.value == cs.value) {
+                    if let Some(rs) = r
+                        .slices
+                        .iter()
+                        .find(|x| x.column == cs.column && x.value == cs.value)
+                    {
                         let drop = rs.in_scope_accuracy - cs.in_scope_accuracy;
                         if drop > *max {
                             failed.push(format!(
@@ -119,7 +131,11 @@ pub fn check_gate(gate: &Gate, models: &[ModelEval]) -> Vec<String> {
     failed
 }
 
-fn slice_values(df: &polars::prelude::DataFrame, cols: &[String], kept: &[usize]) -> Result<Vec<Vec<(String, String)>>, Failure> {
+fn slice_values(
+    df: &polars::prelude::DataFrame,
+    cols: &[String],
+    kept: &[usize],
+) -> Result<Vec<Vec<(String, String)>>, Failure> {
     use polars::prelude::DataType;
     let mut out = vec![Vec::new(); kept.len()];
     for c in cols {
@@ -128,7 +144,11 @@ fn slice_values(df: &polars::prelude::DataFrame, cols: &[String], kept: &[usize]
             .map_err(|_| Failure::input(format!("--slice '{c}': no such column in the data")))?
             .cast(&DataType::String)
             .map_err(Failure::internal)?;
-        let s = col.as_materialized_series().str().map_err(Failure::internal)?.clone();
+        let s = col
+            .as_materialized_series()
+            .str()
+            .map_err(Failure::internal)?
+            .clone();
         for (j, &i) in kept.iter().enumerate() {
             let v = s.get(i).unwrap_or("").to_string();
             out[j].push((c.clone(), v));
@@ -149,7 +169,10 @@ pub fn run(a: Args) -> CmdResult {
     };
     let (examples, extra, kept) = super::load_examples(&a.data, &labels)?;
     if examples.is_empty() {
-        return Err(Failure::input(format!("{}: no rows to evaluate", a.data.display())));
+        return Err(Failure::input(format!(
+            "{}: no rows to evaluate",
+            a.data.display()
+        )));
     }
     let slices = slice_values(&extra, &a.slices, &kept)?;
     let rows: Vec<EvalRow> = examples
@@ -160,7 +183,10 @@ pub fn run(a: Args) -> CmdResult {
             slices: s,
         })
         .collect();
-    let cases: Vec<Transcript> = examples.iter().map(|e| Transcript::new(e.text.clone())).collect();
+    let cases: Vec<Transcript> = examples
+        .iter()
+        .map(|e| Transcript::new(e.text.clone()))
+        .collect();
     let mut evals = Vec::new();
     for mp in &a.models {
         let m = load_model(mp)?;
@@ -177,11 +203,22 @@ pub fn run(a: Args) -> CmdResult {
         for r in &rows {
             if let Some(l) = &r.label {
                 m.decider.taxonomy.resolve(l).map_err(|e| {
-                    Failure::input(format!("{}: label {l} does not fit model '{}': {e}", a.data.display(), m.id()))
+                    Failure::input(format!(
+                        "{}: label {l} does not fit model '{}': {e}",
+                        a.data.display(),
+                        m.id()
+                    ))
                 })?;
             }
         }
-        evals.push(evaluate_logits(&m.decider, m.id(), m.kind(), &logits, &rows, Some(tput)));
+        evals.push(evaluate_logits(
+            &m.decider,
+            m.id(),
+            m.kind(),
+            &logits,
+            &rows,
+            Some(tput),
+        ));
     }
     let comparisons = compare(&evals, a.resamples, 42);
     write_reports(&a.out, &evals, &comparisons, &a.data)?;
@@ -190,8 +227,10 @@ pub fn run(a: Args) -> CmdResult {
     let _ = writeln!(
         std::io::stdout(),
         "{}",
-        serde_json::to_string_pretty(&serde_json::json!({"models": report["models"], "comparisons": report["comparisons"]}))
-            .unwrap_or_default()
+        serde_json::to_string_pretty(
+            &serde_json::json!({"models": report["models"], "comparisons": report["comparisons"]})
+        )
+        .unwrap_or_default()
     );
     if let Some(g) = gate {
         let failed = check_gate(&g, &evals);
@@ -202,7 +241,10 @@ pub fn run(a: Args) -> CmdResult {
             }
             return Err(Failure {
                 code: 3,
-                message: format!("release gate failed: {} check(s) did not pass", failed.len()),
+                message: format!(
+                    "release gate failed: {} check(s) did not pass",
+                    failed.len()
+                ),
             });
         }
         progress::note("release gate passed");
@@ -214,15 +256,27 @@ fn parse_gate(t: &str) -> Result<Gate, String> {
     serde_yaml::from_str(t).map_err(|e| e.to_string())
 }
 
-fn write_reports(out: &Path, evals: &[ModelEval], comparisons: &[casetag_engine::eval::Comparison], data: &Path) -> CmdResult {
+fn write_reports(
+    out: &Path,
+    evals: &[ModelEval],
+    comparisons: &[casetag_engine::eval::Comparison],
+    data: &Path,
+) -> CmdResult {
     std::fs::create_dir_all(out).map_err(|e| Failure::input(format!("{}: {e}", out.display())))?;
     let json = report_json(evals, comparisons);
     let p = out.join("report.json");
     std::fs::write(&p, serde_json::to_string_pretty(&json).unwrap_or_default())
         .map_err(|e| Failure::internal(format!("{}: {e}", p.display())))?;
-    let html = casetag_engine::report_html::render(evals, comparisons, &format!("casetag evaluation: {}", data.display()));
+    let html = casetag_engine::report_html::render(
+        evals,
+        comparisons,
+        &format!("casetag evaluation: {}", data.display()),
+    );
     let p = out.join("report.html");
     std::fs::write(&p, html).map_err(|e| Failure::internal(format!("{}: {e}", p.display())))?;
-    progress::note(&format!("wrote {}/report.json and report.html", out.display()));
+    progress::note(&format!(
+        "wrote {}/report.json and report.html",
+        out.display()
+    ));
     Ok(())
 }

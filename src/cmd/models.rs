@@ -69,8 +69,12 @@ pub fn run(a: Args) -> CmdResult {
                 let champ = champion(&a.root, &name);
                 for v in std::fs::read_dir(n.path()).into_iter().flatten().flatten() {
                     let mp = v.path().join(casetag_core::bundle::MANIFEST);
-                    let Ok(text) = std::fs::read_to_string(&mp) else { continue };
-                    let Ok(m) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+                    let Ok(text) = std::fs::read_to_string(&mp) else {
+                        continue;
+                    };
+                    let Ok(m) = serde_json::from_str::<serde_json::Value>(&text) else {
+                        continue;
+                    };
                     let version = v.file_name().to_string_lossy().to_string();
                     rows.push(format!(
                         "{}/{}\t{}\t{}\t{}{}",
@@ -79,7 +83,11 @@ pub fn run(a: Args) -> CmdResult {
                         m["kind"].as_str().unwrap_or("?"),
                         m["created"].as_str().unwrap_or("?"),
                         m["id"].as_str().unwrap_or("?"),
-                        if champ.as_deref() == Some(version.as_str()) { "\tchampion" } else { "" }
+                        if champ.as_deref() == Some(version.as_str()) {
+                            "\tchampion"
+                        } else {
+                            ""
+                        }
                     ));
                 }
             }
@@ -93,7 +101,10 @@ pub fn run(a: Args) -> CmdResult {
         Action::Show { model } => {
             let dir = resolve(&a.root, &model)?;
             let b = Bundle::open(&dir).map_err(Failure::input)?;
-            println!("{}", serde_json::to_string_pretty(&b.manifest).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&b.manifest).unwrap_or_default()
+            );
             Ok(())
         }
         Action::Promote { model } => {
@@ -103,7 +114,10 @@ pub fn run(a: Args) -> CmdResult {
             let dir = a.root.join(name).join(version);
             Bundle::open(&dir).map_err(Failure::input)?;
             // Write then rename: readers see the old or the new champion, never half.
-            let tmp = a.root.join(name).join(format!(".champion.tmp-{}", std::process::id()));
+            let tmp = a
+                .root
+                .join(name)
+                .join(format!(".champion.tmp-{}", std::process::id()));
             std::fs::write(&tmp, format!("{version}\n"))
                 .map_err(|e| Failure::internal(format!("{}: {e}", tmp.display())))?;
             std::fs::rename(&tmp, a.root.join(name).join("champion"))

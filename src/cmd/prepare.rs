@@ -41,8 +41,16 @@ pub fn run(a: Args) -> CmdResult {
         .split(',')
         .map(|s| s.trim().parse::<f64>())
         .collect::<Result<_, _>>()
-        .map_err(|_| Failure::input(format!("--split '{}': expected three numbers like 0.8,0.1,0.1", a.split)))?;
-    if parts.len() != 3 || parts.iter().any(|x| *x < 0.0) || (parts.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
+        .map_err(|_| {
+            Failure::input(format!(
+                "--split '{}': expected three numbers like 0.8,0.1,0.1",
+                a.split
+            ))
+        })?;
+    if parts.len() != 3
+        || parts.iter().any(|x| *x < 0.0)
+        || (parts.iter().sum::<f64>() - 1.0).abs() > 1e-6
+    {
         return Err(Failure::input(format!(
             "--split '{}': expected three non-negative shares summing to 1",
             a.split
@@ -68,6 +76,9 @@ pub fn run(a: Args) -> CmdResult {
         stats.unknown_dropped,
         a.out.display()
     ));
-    println!("{}", serde_json::to_string_pretty(&stats).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&stats).unwrap_or_default()
+    );
     Ok(())
 }

@@ -52,7 +52,12 @@ impl Cols {
             Some(t) => {
                 let d = &t.decision;
                 for k in 0..3 {
-                    self.l[k].push(d.tag.as_ref().and_then(|p| p.level(k + 1)).map(str::to_string));
+                    self.l[k].push(
+                        d.tag
+                            .as_ref()
+                            .and_then(|p| p.level(k + 1))
+                            .map(str::to_string),
+                    );
                     self.conf[k].push(d.confidence.get(k).copied());
                 }
                 self.depth.push(Some(d.depth as u32));
@@ -60,7 +65,17 @@ impl Cols {
                 let acts: Vec<String> = d
                     .actions
                     .iter()
-                    .map(|a| format!("{}:{}", a.id, if a.mode == casetag_core::ActionMode::Auto { "auto" } else { "suggest" }))
+                    .map(|a| {
+                        format!(
+                            "{}:{}",
+                            a.id,
+                            if a.mode == casetag_core::ActionMode::Auto {
+                                "auto"
+                            } else {
+                                "suggest"
+                            }
+                        )
+                    })
                     .collect();
                 self.actions.push(Some(acts.join(";")));
                 self.served_by.push(Some(t.served_by.clone()));
@@ -82,7 +97,16 @@ impl Cols {
     }
 
     fn attach(self, df: &mut DataFrame) -> Result<(), Failure> {
-        let Cols { l, conf, depth, oos, actions, served_by, model_id, error } = self;
+        let Cols {
+            l,
+            conf,
+            depth,
+            oos,
+            actions,
+            served_by,
+            model_id,
+            error,
+        } = self;
         let [l1, l2, l3] = l;
         let [c1, c2, c3] = conf;
         // Input label columns, if any, are kept under their own names: the
@@ -155,7 +179,10 @@ pub fn run(a: Args) -> CmdResult {
             .map(|&i| Transcript::new(texts[i].clone().unwrap_or_default()))
             .collect();
         let tagged = tagger.tag(&cases, 0)?;
-        fallbacks += tagged.iter().filter(|t| t.served_by == "baseline" && tagger.active().kind() != "baseline").count();
+        fallbacks += tagged
+            .iter()
+            .filter(|t| t.served_by == "baseline" && tagger.active().kind() != "baseline")
+            .count();
         let mut cols = Cols::default();
         let mut j = 0;
         for (i, t) in texts.iter().enumerate() {
@@ -165,7 +192,11 @@ pub fn run(a: Args) -> CmdResult {
             } else {
                 bad += 1;
                 if bad <= 10 {
-                    eprintln!("warning: {}: row {}: empty or missing text; kept untagged", input.display(), rows + i + 1);
+                    eprintln!(
+                        "warning: {}: row {}: empty or missing text; kept untagged",
+                        input.display(),
+                        rows + i + 1
+                    );
                 }
                 cols.push(None, Some("empty or missing text".into()));
             }

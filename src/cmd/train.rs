@@ -110,7 +110,11 @@ pub fn run(a: Args) -> CmdResult {
         "finetune" | "fine-tune" => casetag_transformer::Mode::FineTune {
             top_layers: a.top_layers,
         },
-        o => return Err(Failure::input(format!("--mode '{o}': expected frozen or finetune"))),
+        o => {
+            return Err(Failure::input(format!(
+                "--mode '{o}': expected frozen or finetune"
+            )))
+        }
     };
     if let Some(v) = a.epochs {
         t.epochs = v;
@@ -136,7 +140,9 @@ pub fn run(a: Args) -> CmdResult {
             }
         };
     }
-    let m = train(&cfg, train_rows, val_rows, &a.out, &|s: &str| progress::note(s))?;
+    let m = train(&cfg, train_rows, val_rows, &a.out, &|s: &str| {
+        progress::note(s)
+    })?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({

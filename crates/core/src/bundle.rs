@@ -60,8 +60,8 @@ pub struct Manifest {
 
 /// sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -220,8 +220,8 @@ impl Bundle {
         let mp = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&mp)
             .map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| bad(format!("{MANIFEST} is corrupt: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is corrupt: {e}")))?;
         if manifest.format != FORMAT_VERSION {
             return Err(bad(format!(
                 "bundle format {} is not supported (expected {FORMAT_VERSION})",
@@ -231,7 +231,9 @@ impl Bundle {
         for (name, want) in &manifest.files {
             let p = dir.join(name);
             if !p.is_file() {
-                return Err(bad(format!("file '{name}' listed in the manifest is missing")));
+                return Err(bad(format!(
+                    "file '{name}' listed in the manifest is missing"
+                )));
             }
             let got = sha256_file(&p)?;
             if &got != want {
@@ -313,7 +315,10 @@ mod tests {
         // Missing file.
         std::fs::remove_file(dest.join("weights.bin")).unwrap();
         let e = Bundle::open(&dest).unwrap_err().to_string();
-        assert!(e.contains("'weights.bin' listed in the manifest is missing"), "{e}");
+        assert!(
+            e.contains("'weights.bin' listed in the manifest is missing"),
+            "{e}"
+        );
         // Corrupt manifest.
         std::fs::write(dest.join(MANIFEST), b"{not json").unwrap();
         let e = Bundle::open(&dest).unwrap_err().to_string();

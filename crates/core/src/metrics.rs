@@ -97,8 +97,16 @@ pub fn hierarchical_f1(truth: &[Vec<String>], pred: &[Vec<String>]) -> f64 {
         np += ps.len();
         nt += ts.len();
     }
-    let hp = if np > 0 { inter as f64 / np as f64 } else { 0.0 };
-    let hr = if nt > 0 { inter as f64 / nt as f64 } else { 0.0 };
+    let hp = if np > 0 {
+        inter as f64 / np as f64
+    } else {
+        0.0
+    };
+    let hr = if nt > 0 {
+        inter as f64 / nt as f64
+    } else {
+        0.0
+    };
     if hp + hr == 0.0 {
         0.0
     } else {
@@ -284,7 +292,12 @@ mod tests {
     fn mcnemar_matches_statsmodels() {
         let mut a = Vec::new();
         let mut b = Vec::new();
-        for (x, y, n) in [(true, true, 10), (true, false, 9), (false, true, 1), (false, false, 5)] {
+        for (x, y, n) in [
+            (true, true, 10),
+            (true, false, 9),
+            (false, true, 1),
+            (false, false, 5),
+        ] {
             for _ in 0..n {
                 a.push(x);
                 b.push(y);

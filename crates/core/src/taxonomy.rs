@@ -350,7 +350,9 @@ impl Taxonomy {
                     "l{} label '{}' is not a child of '{}'",
                     k + 1,
                     id,
-                    parent.map(|j| self.nodes[j].id.as_str()).unwrap_or("<root>")
+                    parent
+                        .map(|j| self.nodes[j].id.as_str())
+                        .unwrap_or("<root>")
                 ));
             }
             parent = Some(i);

@@ -185,7 +185,11 @@ impl Decider {
         };
         // Level confidences are conditional on the case being in scope, so a
         // model with an OOS class does not lose confidence twice.
-        let scale = if p_oos < 1.0 { 1.0 / (1.0 - p_oos) } else { 1.0 };
+        let scale = if p_oos < 1.0 {
+            1.0 / (1.0 - p_oos)
+        } else {
+            1.0
+        };
         let in_scope: Vec<f32> = probs[..n_paths].iter().map(|p| p * scale).collect();
         let marg = self.node_marginals(&in_scope);
         let (chain, stats) = self.decode(&marg);
@@ -321,7 +325,10 @@ nodes:
         let r = d.decide(&logits(&[0.95, 0.03, 0.01, 0.01]), 3);
         assert_eq!(r.depth, 3);
         assert!(r.full_depth());
-        assert_eq!(r.tag.as_ref().unwrap().to_string(), "returns/refund/refund_missing");
+        assert_eq!(
+            r.tag.as_ref().unwrap().to_string(),
+            "returns/refund/refund_missing"
+        );
         assert!((r.confidence[0] - 0.99).abs() < 1e-4);
         assert!((r.confidence[2] - 0.95).abs() < 1e-4);
         assert_eq!(r.actions[0].mode, ActionMode::Auto);

@@ -128,7 +128,15 @@ pub fn evaluate_logits(
         .iter()
         .map(|l| *uncal.decide(l, 0).confidence.last().unwrap() as f64)
         .collect();
-    evaluate_decisions(decider, id, kind, decisions, Some(&raw_conf), rows, throughput)
+    evaluate_decisions(
+        decider,
+        id,
+        kind,
+        decisions,
+        Some(&raw_conf),
+        rows,
+        throughput,
+    )
 }
 
 /// Evaluate already-made decisions.
@@ -142,8 +150,12 @@ pub fn evaluate_decisions(
     throughput: Option<f64>,
 ) -> ModelEval {
     let depth = decider.taxonomy.depth();
-    let in_scope: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].label.is_some()).collect();
-    let oos_rows: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].label.is_none()).collect();
+    let in_scope: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].label.is_some())
+        .collect();
+    let oos_rows: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].label.is_none())
+        .collect();
 
     let mut levels = BTreeMap::new();
     let mut confusions = BTreeMap::new();
@@ -211,7 +223,13 @@ pub fn evaluate_decisions(
         let path_ok = &d.top_path == truth;
         truth_paths.push(truth.to_string());
         pred_paths.push(d.top_path.to_string());
-        h_truth.push(truth.ids().iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        h_truth.push(
+            truth
+                .ids()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        );
         h_pred.push(
             d.tag
                 .as_ref()
@@ -242,7 +260,10 @@ pub fn evaluate_decisions(
     let (oos_recall, oos_precision) = if oos_rows.is_empty() {
         (None, None)
     } else {
-        let hit = oos_rows.iter().filter(|&&i| decisions[i].out_of_scope).count();
+        let hit = oos_rows
+            .iter()
+            .filter(|&&i| decisions[i].out_of_scope)
+            .count();
         let declared = decisions.iter().filter(|d| d.out_of_scope).count();
         (
             Some(hit as f64 / oos_rows.len() as f64),
@@ -294,12 +315,19 @@ pub fn evaluate_decisions(
     let slices = groups
         .into_iter()
         .map(|((column, value), idx)| {
-            let ins: Vec<usize> = idx.iter().copied().filter(|&i| rows[i].label.is_some()).collect();
+            let ins: Vec<usize> = idx
+                .iter()
+                .copied()
+                .filter(|&i| rows[i].label.is_some())
+                .collect();
             let mut lv = BTreeMap::new();
             for (k, corr) in &correct {
                 let v: Vec<bool> = ins.iter().filter_map(|&i| corr[i]).collect();
                 if !v.is_empty() {
-                    lv.insert(k.clone(), v.iter().filter(|b| **b).count() as f64 / v.len() as f64);
+                    lv.insert(
+                        k.clone(),
+                        v.iter().filter(|b| **b).count() as f64 / v.len() as f64,
+                    );
                 }
             }
             let m = ins.len().max(1) as f64;
@@ -315,9 +343,7 @@ pub fn evaluate_decisions(
                     / m,
                 in_scope_accuracy: ins
                     .iter()
-                    .filter(|&&i| {
-                        !decisions[i].out_of_scope && decisions[i].tag == rows[i].label
-                    })
+                    .filter(|&&i| !decisions[i].out_of_scope && decisions[i].tag == rows[i].label)
                     .count() as f64
                     / m,
             }
@@ -343,7 +369,9 @@ pub fn compare(models: &[ModelEval], resamples: usize, seed: u64) -> Vec<Compari
         for j in (i + 1)..models.len() {
             let (a, b) = (&models[i], &models[j]);
             for (level, ca) in &a.correct {
-                let Some(cb) = b.correct.get(level) else { continue };
+                let Some(cb) = b.correct.get(level) else {
+                    continue;
+                };
                 let (va, vb): (Vec<bool>, Vec<bool>) = ca
                     .iter()
                     .zip(cb)
@@ -424,18 +452,33 @@ mod tests {
         let y = TagPath::new("a", Some("a1"), Some("y"));
         let b = TagPath::new("b", None, None);
         let rows = vec![
-            EvalRow { label: Some(x.clone()), slices: vec![("region".into(), "EU".into())] },
-            EvalRow { label: Some(x.clone()), slices: vec![("region".into(), "US".into())] },
-            EvalRow { label: Some(y.clone()), slices: vec![("region".into(), "EU".into())] },
-            EvalRow { label: Some(b.clone()), slices: vec![] },
-            EvalRow { label: None, slices: vec![] },
+            EvalRow {
+                label: Some(x.clone()),
+                slices: vec![("region".into(), "EU".into())],
+            },
+            EvalRow {
+                label: Some(x.clone()),
+                slices: vec![("region".into(), "US".into())],
+            },
+            EvalRow {
+                label: Some(y.clone()),
+                slices: vec![("region".into(), "EU".into())],
+            },
+            EvalRow {
+                label: Some(b.clone()),
+                slices: vec![],
+            },
+            EvalRow {
+                label: None,
+                slices: vec![],
+            },
         ];
         let logits = vec![
-            lg([0.9, 0.05, 0.05]),  // x, confident, full depth
-            lg([0.5, 0.45, 0.05]),  // x raw, backs off to a/a1
-            lg([0.8, 0.15, 0.05]),  // predicts x, truth y: wrong at l3
-            lg([0.05, 0.05, 0.9]),  // b, full depth (depth 1)
-            lg([0.3, 0.25, 0.45]),  // OOS row: l1 conf 0.55 -> not declared OOS? 0.55>=0.5
+            lg([0.9, 0.05, 0.05]), // x, confident, full depth
+            lg([0.5, 0.45, 0.05]), // x raw, backs off to a/a1
+            lg([0.8, 0.15, 0.05]), // predicts x, truth y: wrong at l3
+            lg([0.05, 0.05, 0.9]), // b, full depth (depth 1)
+            lg([0.3, 0.25, 0.45]), // OOS row: l1 conf 0.55 -> not declared OOS? 0.55>=0.5
         ];
         let e = evaluate_logits(&d, "m", "baseline", &logits, &rows, None);
         let s = &e.summary;
@@ -470,11 +513,20 @@ mod tests {
         let d = decider();
         let x = TagPath::new("a", Some("a1"), Some("x"));
         let rows: Vec<EvalRow> = (0..40)
-            .map(|_| EvalRow { label: Some(x.clone()), slices: vec![] })
+            .map(|_| EvalRow {
+                label: Some(x.clone()),
+                slices: vec![],
+            })
             .collect();
         let good: Vec<Vec<f32>> = (0..40).map(|_| lg([0.9, 0.05, 0.05])).collect();
         let bad: Vec<Vec<f32>> = (0..40)
-            .map(|i| if i < 20 { lg([0.05, 0.9, 0.05]) } else { lg([0.9, 0.05, 0.05]) })
+            .map(|i| {
+                if i < 20 {
+                    lg([0.05, 0.9, 0.05])
+                } else {
+                    lg([0.9, 0.05, 0.05])
+                }
+            })
             .collect();
         let a = evaluate_logits(&d, "a", "baseline", &bad, &rows, None);
         let b = evaluate_logits(&d, "b", "baseline", &good, &rows, None);

@@ -187,11 +187,22 @@ th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.plots{{
     h.push_str("<th>path acc</th><th>hier. F1</th><th>ECE (raw → cal.)</th><th>in-scope acc</th><th>coverage</th><th>selective acc</th><th>OOS recall</th><th>OOS precision</th><th>cases/s</th></tr>");
     for m in models {
         let s = &m.summary;
-        let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td>", esc(&s.id), esc(&s.kind), s.n);
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td>",
+            esc(&s.id),
+            esc(&s.kind),
+            s.n
+        );
         for l in &levels {
             match s.levels.get(l) {
                 Some(v) => {
-                    let _ = write!(h, "<td>{}</td><td>{}</td>", pct(v.accuracy), pct(v.macro_f1));
+                    let _ = write!(
+                        h,
+                        "<td>{}</td><td>{}</td>",
+                        pct(v.accuracy),
+                        pct(v.macro_f1)
+                    );
                 }
                 None => h.push_str("<td>-</td><td>-</td>"),
             }
@@ -248,7 +259,11 @@ th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.plots{{
     h.push_str("</div>");
 
     for m in models {
-        let _ = write!(h, "<h2>Model {}</h2><div class=\"plots\">", esc(&m.summary.id));
+        let _ = write!(
+            h,
+            "<h2>Model {}</h2><div class=\"plots\">",
+            esc(&m.summary.id)
+        );
         for (level, conf) in &m.confusions {
             h.push_str(&confusion_svg(level, conf));
         }

@@ -126,9 +126,7 @@ impl Tagger {
         let pr = match load_model(primary) {
             Ok(m) => Some(m),
             Err(e) if fb.is_some() => {
-                tracing::warn!(
-                    "primary model failed to load, serving the fallback only: {e}"
-                );
+                tracing::warn!("primary model failed to load, serving the fallback only: {e}");
                 None
             }
             Err(e) => return Err(e),

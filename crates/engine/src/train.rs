@@ -106,7 +106,11 @@ pub fn validate_labels(tax: &Taxonomy, rows: &[Example], what: &str) -> Result<(
 
 /// Deterministic stratified hold-out: `fraction` of each class (at least one
 /// row when a class has three or more) goes to validation.
-fn stratified_holdout(rows: Vec<Example>, fraction: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+fn stratified_holdout(
+    rows: Vec<Example>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>) {
     let mut by: BTreeMap<Option<TagPath>, Vec<Example>> = BTreeMap::new();
     for r in rows {
         by.entry(r.label.clone()).or_default().push(r);
@@ -251,7 +255,9 @@ pub fn train(
         }
     }
     if texts.is_empty() {
-        return Err(EngineError::Input("no training row has a trainable label".into()));
+        return Err(EngineError::Input(
+            "no training row has a trainable label".into(),
+        ));
     }
     let val_pairs: Vec<(&str, usize)> = val_rows
         .iter()
@@ -265,7 +271,11 @@ pub fn train(
         },
         texts.len(),
         label_space.n_paths,
-        if label_space.oos_class { " + out-of-scope" } else { "" },
+        if label_space.oos_class {
+            " + out-of-scope"
+        } else {
+            ""
+        },
         val_rows.len(),
         if skipped_partial > 0 {
             format!(", {skipped_partial} rows labelled above leaf level skipped")
@@ -287,9 +297,13 @@ pub fn train(
             cfg.baseline
                 .check()
                 .map_err(|e| EngineError::Input(format!("baseline parameters: {e}")))?;
-            let m = casetag_baseline::fit(&cfg.baseline, &texts, &targets, &label_space, &id, progress)
-                .map_err(|e| EngineError::Baseline(e.to_string()))?;
-            (Fitted::Baseline(m), serde_json::to_value(&cfg.baseline).unwrap())
+            let m =
+                casetag_baseline::fit(&cfg.baseline, &texts, &targets, &label_space, &id, progress)
+                    .map_err(|e| EngineError::Baseline(e.to_string()))?;
+            (
+                Fitted::Baseline(m),
+                serde_json::to_value(&cfg.baseline).unwrap(),
+            )
         }
         ModelKind::Transformer => {
             cfg.transformer
@@ -305,8 +319,15 @@ pub fn train(
                 val_targets: val_pairs.iter().map(|p| p.1).collect(),
                 level_maps: level_maps(&taxonomy, &label_space),
             };
-            let m = casetag_transformer::fit(&cfg.transformer, &enc, &inputs, &label_space, &id, progress)
-                .map_err(|e| EngineError::Transformer(e.to_string()))?;
+            let m = casetag_transformer::fit(
+                &cfg.transformer,
+                &enc,
+                &inputs,
+                &label_space,
+                &id,
+                progress,
+            )
+            .map_err(|e| EngineError::Transformer(e.to_string()))?;
             let mut h = serde_json::to_value(&cfg.transformer).unwrap();
             h["encoder"] = serde_json::Value::String(enc);
             (Fitted::Transformer(m), h)
@@ -316,7 +337,10 @@ pub fn train(
 
     // Calibration and thresholds on validation.
     progress("calibrating on validation data");
-    let val_cases: Vec<Transcript> = val_rows.iter().map(|r| Transcript::new(r.text.clone())).collect();
+    let val_cases: Vec<Transcript> = val_rows
+        .iter()
+        .map(|r| Transcript::new(r.text.clone()))
+        .collect();
     let val_logits: Vec<Vec<f32>> = if val_cases.is_empty() {
         Vec::new()
     } else {
@@ -400,7 +424,12 @@ mod tests {
             .collect();
         let (tr, va) = stratified_holdout(rows.clone(), 0.2, 7);
         assert_eq!(tr.len() + va.len(), 100);
-        assert_eq!(va.iter().filter(|r| r.label.as_ref().unwrap().l1 == "a").count(), 5);
+        assert_eq!(
+            va.iter()
+                .filter(|r| r.label.as_ref().unwrap().l1 == "a")
+                .count(),
+            5
+        );
         let (_, va2) = stratified_holdout(rows, 0.2, 7);
         assert_eq!(va, va2);
     }
@@ -411,11 +440,17 @@ mod tests {
         let rows: Vec<Example> = (0..15)
             .map(|i| Example {
                 text: "x".into(),
-                label: Some(TagPath::new("a", Some(if i < 3 { "a1" } else { "zz" }), None)),
+                label: Some(TagPath::new(
+                    "a",
+                    Some(if i < 3 { "a1" } else { "zz" }),
+                    None,
+                )),
                 row: i + 2,
             })
             .collect();
-        let e = validate_labels(&tax, &rows, "train.csv").unwrap_err().to_string();
+        let e = validate_labels(&tax, &rows, "train.csv")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("train.csv: 12 row(s)"), "{e}");
         assert!(e.contains("row 5: unknown l2 label 'zz'"), "{e}");
         assert!(!e.contains("row 15:"), "only 10 rows listed: {e}");
@@ -427,7 +462,10 @@ mod tests {
             "nodes: [{id: a, children: [{id: a1, children: [{id: x}, {id: y}]}, {id: a2}]}, {id: b}]",
         )
         .unwrap();
-        let ls = LabelSpace { n_paths: tax.n_paths(), oos_class: true };
+        let ls = LabelSpace {
+            n_paths: tax.n_paths(),
+            oos_class: true,
+        };
         let m = level_maps(&tax, &ls);
         assert_eq!(m.len(), 2);
         // classes: x, y, a2, b, OOS
