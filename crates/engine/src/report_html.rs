@@ -68,7 +68,11 @@ fn sy(v: f64) -> f64 {
 }
 
 fn reliability_svg(m: &ModelEval) -> String {
-    let mut s = axes("Reliability (full path)", "confidence", "accuracy");
+    let mut s = axes(
+        &format!("Reliability: {}", m.summary.id),
+        "confidence (full path)",
+        "accuracy",
+    );
     let _ = write!(
         s,
         r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 3"/>"##,
