@@ -138,11 +138,12 @@ pub fn fit_thresholds(
     for (l, t) in logits.iter().zip(truth) {
         let Some(t) = t else { continue };
         let d = raw.decide(l, 0);
-        for k in 0..d.top_path.depth().min(t.depth()) {
+        let shared = d.top_path.depth().min(t.depth());
+        for (k, level) in per_level.iter_mut().enumerate().take(shared) {
             let ok = d.top_path.truncate(k + 1) == t.truncate(k + 1);
             let conf = d.confidence[k];
-            per_level[k].0.push(conf);
-            per_level[k].1.push(ok);
+            level.0.push(conf);
+            level.1.push(ok);
             let node = d.top_path.level(k + 1).unwrap_or_default().to_string();
             let e = per_node.entry(node).or_default();
             e.0.push(conf);

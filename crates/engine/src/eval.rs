@@ -499,7 +499,7 @@ mod tests {
         // Slices: EU has rows 0 and 2 -> l3 accuracy 0.5.
         let eu = e.slices.iter().find(|x| x.value == "EU").unwrap();
         assert!((eu.levels["l3"] - 0.5).abs() < 1e-12);
-        let json = report_json(&[e.clone()], &[]);
+        let json = report_json(std::slice::from_ref(&e), &[]);
         assert!(json["models"][0]["levels"]["l2"]["macro_f1"].is_number());
 
         // Without OOS rows the OOS keys are omitted.

@@ -138,15 +138,16 @@ fn stratified_holdout(
 
 /// A trained backend, before it is written.
 pub enum Fitted {
-    Baseline(casetag_baseline::BaselineModel),
-    Transformer(casetag_transformer::TransformerModel),
+    // Both boxed: the two models differ a lot in inline size.
+    Baseline(Box<casetag_baseline::BaselineModel>),
+    Transformer(Box<casetag_transformer::TransformerModel>),
 }
 
 impl Fitted {
     pub fn classifier(&self) -> &dyn Classifier {
         match self {
-            Fitted::Baseline(m) => m,
-            Fitted::Transformer(m) => m,
+            Fitted::Baseline(m) => m.as_ref(),
+            Fitted::Transformer(m) => m.as_ref(),
         }
     }
     fn save(&self, dir: &Path) -> Result<()> {
@@ -301,7 +302,7 @@ pub fn train(
                 casetag_baseline::fit(&cfg.baseline, &texts, &targets, &label_space, &id, progress)
                     .map_err(|e| EngineError::Baseline(e.to_string()))?;
             (
-                Fitted::Baseline(m),
+                Fitted::Baseline(Box::new(m)),
                 serde_json::to_value(&cfg.baseline).unwrap(),
             )
         }
@@ -330,7 +331,7 @@ pub fn train(
             .map_err(|e| EngineError::Transformer(e.to_string()))?;
             let mut h = serde_json::to_value(&cfg.transformer).unwrap();
             h["encoder"] = serde_json::Value::String(enc);
-            (Fitted::Transformer(m), h)
+            (Fitted::Transformer(Box::new(m)), h)
         }
     };
     let fit_s = started.elapsed().as_secs_f64();
