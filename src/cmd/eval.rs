@@ -6,6 +6,7 @@ use std::time::Instant;
 use casetag_core::Transcript;
 use casetag_engine::eval::{compare, evaluate_logits, report_json, EvalRow, ModelEval};
 use casetag_engine::load_model;
+use casetag_engine::train::validate_labels;
 use clap::Parser;
 use serde::Deserialize;
 
@@ -190,6 +191,13 @@ pub fn run(a: Args) -> CmdResult {
     let mut evals = Vec::new();
     for mp in &a.models {
         let m = load_model(mp)?;
+        // Reject labels the model's taxonomy does not know before spending
+        // time on inference.
+        validate_labels(
+            &m.decider.taxonomy,
+            &examples,
+            &format!("{} (model '{}')", a.data.display(), m.id()),
+        )?;
         progress::note(&format!("evaluating {} on {} rows", m.id(), cases.len()));
         let pb = crate::progress::bar(Some(cases.len() as u64), m.id());
         let t0 = Instant::now();
@@ -200,17 +208,6 @@ pub fn run(a: Args) -> CmdResult {
         }
         pb.finish_and_clear();
         let tput = cases.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        for r in &rows {
-            if let Some(l) = &r.label {
-                m.decider.taxonomy.resolve(l).map_err(|e| {
-                    Failure::input(format!(
-                        "{}: label {l} does not fit model '{}': {e}",
-                        a.data.display(),
-                        m.id()
-                    ))
-                })?;
-            }
-        }
         evals.push(evaluate_logits(
             &m.decider,
             m.id(),

@@ -143,11 +143,11 @@ pub fn run(a: Args) -> CmdResult {
     if a.chunk_rows == 0 {
         return Err(Failure::input("--chunk-rows must be at least 1"));
     }
-    Format::from_path(&a.output)?;
+    let out_format = Format::from_path(&a.output)?;
     let tagger = Tagger::load(&a.model, a.fallback.as_deref())?;
     let mut reader = ChunkReader::open(&a.input, a.chunk_rows)?;
     let total = reader.total_rows_hint();
-    let mut writer = ChunkWriter::create(&a.output, Format::from_path(&a.output)?)?;
+    let mut writer = ChunkWriter::create(&a.output, out_format)?;
     let pb = progress::bar(total.map(|t| t as u64), "tagging");
     let t0 = Instant::now();
 
