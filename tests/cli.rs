@@ -20,6 +20,33 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// `casetag train --kind baseline` on the bundled corpus with `features`
+/// selected hashed features.
+fn train_baseline(out: &Path, features: usize, id: Option<&str>) -> Output {
+    let r = root();
+    let path = |p: &str| r.join(p).to_str().unwrap().to_string();
+    let mut args = vec![
+        "train".to_string(),
+        "--kind".into(),
+        "baseline".into(),
+        "--train".into(),
+        path("data/aftersales/train.csv"),
+        "--val".into(),
+        path("data/aftersales/val.csv"),
+        "--taxonomy".into(),
+        path("data/taxonomy.yaml"),
+        "--features".into(),
+        features.to_string(),
+        "--out".into(),
+        out.to_str().unwrap().to_string(),
+        "--force".into(),
+    ];
+    if let Some(id) = id {
+        args.extend(["--id".to_string(), id.to_string()]);
+    }
+    bin().args(&args).output().expect("run casetag")
+}
+
 /// One baseline bundle trained on the bundled corpus, shared by the tests.
 /// nextest runs every test in its own process, so the bundle is shared
 /// through the target directory: trained once into a private directory and
@@ -50,24 +77,8 @@ fn baseline() -> &'static Path {
             return model;
         }
         let mine = base.join(format!("cli-baseline-{}", std::process::id()));
-        let r = root();
-        let o = run(&[
-            "train",
-            "--kind",
-            "baseline",
-            "--train",
-            r.join("data/aftersales/train.csv").to_str().unwrap(),
-            "--val",
-            r.join("data/aftersales/val.csv").to_str().unwrap(),
-            "--taxonomy",
-            r.join("data/taxonomy.yaml").to_str().unwrap(),
-            // A smaller feature space keeps the fixture quick to fit.
-            "--features",
-            "2048",
-            "--out",
-            mine.to_str().unwrap(),
-            "--force",
-        ]);
+        // A smaller feature space keeps the fixture quick to fit.
+        let o = train_baseline(&mine, 2048, None);
         assert!(o.status.success(), "train failed: {}", stderr(&o));
         if !fresh(&model) {
             let _ = std::fs::remove_dir_all(&model);
@@ -361,4 +372,158 @@ fn eval_gate_fails_with_exit_3() {
     assert!(stderr(&o).contains("levels.l1.accuracy"), "{}", stderr(&o));
     std::fs::write(&gate, "min:\n  levels.l1.accuracy: 0.1\n").unwrap();
     assert_eq!(args(&gate).status.code(), Some(0));
+}
+
+fn copy_bundle(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn registry_list_show_promote() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path().join("models");
+    copy_bundle(model, &reg.join("tagger/v1"));
+    copy_bundle(model, &reg.join("tagger/v2"));
+    let root = reg.to_str().unwrap();
+    let models = |args: &[&str]| {
+        let mut all = vec!["models", "--root", root];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+
+    let o = models(&["list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(
+        s.contains("tagger/v1\tbaseline") && s.contains("tagger/v2\tbaseline"),
+        "{s}"
+    );
+    assert!(
+        !s.contains("champion\n") && !s.contains("\tchampion"),
+        "{s}"
+    );
+    // No champion yet: the bare name does not resolve.
+    assert_eq!(models(&["show", "tagger"]).status.code(), Some(2));
+
+    let o = models(&["promote", "tagger/v1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(reg.join("tagger/champion"))
+            .unwrap()
+            .trim(),
+        "v1"
+    );
+    let s = stdout(&models(&["list"]));
+    let champ: Vec<&str> = s.lines().filter(|l| l.ends_with("\tchampion")).collect();
+    assert_eq!(champ.len(), 1, "{s}");
+    assert!(champ[0].starts_with("tagger/v1\t"), "{s}");
+
+    // `show NAME` follows the champion and prints the verified manifest.
+    let o = models(&["show", "tagger"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(m["kind"], "baseline");
+
+    // Promotion moves the alias; an unknown version is refused.
+    assert!(models(&["promote", "tagger/v2"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(reg.join("tagger/champion"))
+            .unwrap()
+            .trim(),
+        "v2"
+    );
+    let o = models(&["promote", "tagger/v9"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    assert!(models(&["promote", "tagger"]).status.code() == Some(2));
+
+    // A bundle whose files changed after writing fails its checksums: show
+    // and promote refuse it, and the champion stays where it was.
+    let w = reg.join("tagger/v1").join("baseline.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&w, &bytes).unwrap();
+    let o = models(&["show", "tagger/v1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+    let o = models(&["promote", "tagger/v1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read_to_string(reg.join("tagger/champion"))
+            .unwrap()
+            .trim(),
+        "v2"
+    );
+    // No temporary champion files are left behind.
+    let left: Vec<_> = std::fs::read_dir(reg.join("tagger"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A deliberately weak candidate (16 features) against the fixture as the
+/// reference: max_regression per level and per slice, and min_coverage.
+#[test]
+fn eval_gate_regression_and_coverage_checks() {
+    let reference = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = root();
+    let weak = tmp.path().join("weak");
+    let o = train_baseline(&weak, 16, Some("weak"));
+    assert!(o.status.success(), "train weak: {}", stderr(&o));
+    let gate = tmp.path().join("gate.yaml");
+    let test = r.join("data/aftersales/test.csv");
+    let eval = |candidate: &Path, yaml: &str| {
+        std::fs::write(&gate, yaml).unwrap();
+        run(&[
+            "eval",
+            "--model",
+            reference.to_str().unwrap(),
+            "--model",
+            candidate.to_str().unwrap(),
+            "--data",
+            test.to_str().unwrap(),
+            "--out",
+            tmp.path().join("report").to_str().unwrap(),
+            "--slice",
+            "region",
+            "--gate",
+            gate.to_str().unwrap(),
+            "--resamples",
+            "200",
+        ])
+    };
+    // The weak model loses many points at L3 and in every region.
+    let o = eval(&weak, "max_regression:\n  l3: 0.02\n  slice: 0.02\n");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("weak: l3 accuracy drops"), "{e}");
+    assert!(e.contains("slice region="), "{e}");
+    // Coverage: an unreachable minimum fails, a trivial one passes.
+    let o = eval(&weak, "min_coverage: 1.01\n");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("coverage ="), "{}", stderr(&o));
+    // The reference against a copy of itself: no regression, gate passes.
+    let same = tmp.path().join("same");
+    copy_bundle(reference, &same);
+    let o = eval(
+        &same,
+        "max_regression:\n  l1: 0.0\n  l2: 0.0\n  l3: 0.0\n  slice: 0.0\nmin_coverage: 0.0\n",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A malformed gate is an input error, not a pass.
+    let o = eval(&same, "max_regresion:\n  l3: 0.0\n");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

@@ -277,6 +277,38 @@ mod tests {
         assert!((hierarchical_f1(&t, &p) - 0.6).abs() < 1e-12);
     }
 
+    // scikit-learn: Kiritchenko hF is micro-F1 over ancestor-augmented label
+    // sets, so with every path expanded to its prefixes ("a", "a/b", ...):
+    //   m = MultiLabelBinarizer().fit(T + P)
+    //   f1_score(m.transform(T), m.transform(P), average="micro") -> 0.6875
+    // (depth-1 and depth-3 leaves side by side, a back-off, an abstention and
+    // an out-of-scope answer among the predictions).
+    #[test]
+    fn hierarchical_f1_matches_sklearn_on_uneven_depth() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let truth = vec![
+            s(&["returns", "refund", "refund_missing"]),
+            s(&["flat"]),
+            s(&["returns", "refund", "refund_wrong"]),
+            s(&["delivery", "late"]),
+            s(&["returns", "return_other"]),
+            s(&["delivery", "lost", "lost_courier"]),
+            s(&["flat"]),
+            s(&["delivery", "late"]),
+        ];
+        let pred = vec![
+            s(&["returns", "refund"]),
+            s(&["flat"]),
+            s(&["returns", "refund", "refund_missing"]),
+            vec![],
+            s(&["returns", "return_other"]),
+            s(&["delivery", "lost", "lost_courier"]),
+            s(&["returns"]),
+            s(&["delivery", "lost", "lost_seller"]),
+        ];
+        assert!((hierarchical_f1(&truth, &pred) - 0.6875).abs() < 1e-12);
+    }
+
     #[test]
     fn ece_and_curve() {
         let conf = [0.9, 0.9, 0.6, 0.6];
