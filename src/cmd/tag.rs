@@ -169,45 +169,68 @@ pub fn run(a: Args) -> CmdResult {
         }
     });
 
-    let (mut rows, mut bad, mut fallbacks) = (0usize, 0usize, 0usize);
-    for chunk in rx {
-        let mut df = chunk?;
-        let texts = chunk_texts(&df)?;
-        let idx: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].is_some()).collect();
-        let cases: Vec<Transcript> = idx
-            .iter()
-            .map(|&i| Transcript::new(texts[i].clone().unwrap_or_default()))
-            .collect();
-        let tagged = tagger.tag(&cases, 0)?;
-        fallbacks += tagged
-            .iter()
-            .filter(|t| t.served_by == "baseline" && tagger.active().kind() != "baseline")
-            .count();
-        let mut cols = Cols::default();
-        let mut j = 0;
-        for (i, t) in texts.iter().enumerate() {
-            if t.is_some() {
-                cols.push(Some(&tagged[j]), None);
-                j += 1;
-            } else {
-                bad += 1;
-                if bad <= 10 {
-                    eprintln!(
-                        "warning: {}: row {}: empty or missing text; kept untagged",
-                        input.display(),
-                        rows + i + 1
-                    );
-                }
-                cols.push(None, Some("empty or missing text".into()));
-            }
+    // Write finished chunks on a third thread: reading, tagging and writing
+    // overlap, and at most two chunks wait in each hand-off.
+    let (wtx, wrx) = std::sync::mpsc::sync_channel::<DataFrame>(1);
+    let writer_thread = std::thread::spawn(move || -> Result<ChunkWriter, Failure> {
+        for mut df in wrx {
+            writer.write(&mut df)?;
         }
-        rows += texts.len();
-        cols.attach(&mut df)?;
-        writer.write(&mut df)?;
-        pb.set_position(rows as u64);
-    }
+        Ok(writer)
+    });
+
+    let (mut rows, mut bad, mut fallbacks) = (0usize, 0usize, 0usize);
+    let tagged_all = (|| -> Result<(), Failure> {
+        for chunk in rx {
+            let mut df = chunk?;
+            let texts = chunk_texts(&df)?;
+            let cases: Vec<Transcript> = texts
+                .iter()
+                .flatten()
+                .map(|t| Transcript::new(t.as_str()))
+                .collect();
+            let tagged = tagger.tag(&cases, 0)?;
+            drop(cases);
+            fallbacks += tagged
+                .iter()
+                .filter(|t| t.served_by == "baseline" && tagger.active().kind() != "baseline")
+                .count();
+            let mut cols = Cols::default();
+            let mut j = 0;
+            for (i, t) in texts.iter().enumerate() {
+                if t.is_some() {
+                    cols.push(Some(&tagged[j]), None);
+                    j += 1;
+                } else {
+                    bad += 1;
+                    if bad <= 10 {
+                        eprintln!(
+                            "warning: {}: row {}: empty or missing text; kept untagged",
+                            input.display(),
+                            rows + i + 1
+                        );
+                    }
+                    cols.push(None, Some("empty or missing text".into()));
+                }
+            }
+            rows += texts.len();
+            cols.attach(&mut df)?;
+            if wtx.send(df).is_err() {
+                // The writer stopped on an error; it is reported below.
+                break;
+            }
+            pb.set_position(rows as u64);
+        }
+        Ok(())
+    })();
+    drop(wtx);
+    let written = writer_thread
+        .join()
+        .map_err(|_| Failure::internal("writer thread panicked"))?;
     let _ = reader_thread.join();
-    writer.finish()?;
+    tagged_all?;
+    // Only a complete run is moved into place; a failed one leaves nothing.
+    written?.finish()?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let summary = serde_json::json!({

@@ -94,11 +94,16 @@ impl Featurizer {
         s.out.clear();
 
         s.lower.clear();
-        for c in text.chars() {
-            if c.is_ascii() {
-                s.lower.push(c.to_ascii_lowercase());
-            } else {
-                s.lower.extend(c.to_lowercase());
+        if text.is_ascii() {
+            s.lower.push_str(text);
+            s.lower.make_ascii_lowercase();
+        } else {
+            for c in text.chars() {
+                if c.is_ascii() {
+                    s.lower.push(c.to_ascii_lowercase());
+                } else {
+                    s.lower.extend(c.to_lowercase());
+                }
             }
         }
         let Scratch {
@@ -137,48 +142,8 @@ impl Featurizer {
         }
 
         if self.chars.0 > 0 {
-            let (lo, hi) = self.chars;
             for w in lower.split_whitespace() {
-                // Unit boundaries inside `w`; unit 0 and unit m+1 are the
-                // padding spaces of char_wb.
-                units.clear();
-                let bytes = w.as_bytes();
-                let mut i = 0;
-                while i < bytes.len() {
-                    let end = placeholder_end(bytes, i)
-                        .unwrap_or_else(|| i + w[i..].chars().next().map_or(1, char::len_utf8));
-                    units.push(i);
-                    i = end;
-                }
-                units.push(bytes.len());
-                let m = units.len() - 1;
-                let total = m + 2;
-                let unit = |u: usize| -> &[u8] {
-                    if u == 0 || u == m + 1 {
-                        b" "
-                    } else {
-                        &bytes[units[u - 1]..units[u]]
-                    }
-                };
-                if total < lo {
-                    // Like scikit-learn, a word shorter than the smallest
-                    // n-gram is counted once, whole.
-                    let mut h = FNV_OFFSET ^ NS_CHAR;
-                    for u in 0..total {
-                        h = fnv(h, unit(u));
-                    }
-                    emit(self.bucket(h));
-                    continue;
-                }
-                for start in 0..total {
-                    let mut h = FNV_OFFSET ^ NS_CHAR;
-                    for len in 1..=hi.min(total - start) {
-                        h = fnv(h, unit(start + len - 1));
-                        if len >= lo {
-                            emit(self.bucket(h));
-                        }
-                    }
-                }
+                self.char_ngrams(w, units, true, &mut emit);
             }
         }
 
@@ -186,6 +151,84 @@ impl Featurizer {
             let c = std::mem::take(&mut counts[b as usize]);
             (b, u32::from(c))
         }));
+    }
+
+    /// `char_wb` n-gram buckets of one whitespace-free word, in order.
+    /// `fast` allows the byte path for plain ASCII words; both paths hash the
+    /// same units the same way (FNV over each unit's bytes).
+    #[inline]
+    fn char_ngrams(&self, w: &str, units: &mut Vec<usize>, fast: bool, emit: &mut impl FnMut(u32)) {
+        let (lo, hi) = self.chars;
+        let bytes = w.as_bytes();
+        if fast && w.is_ascii() && !bytes.contains(&b'<') {
+            // Every unit is one byte; unit 0 and m+1 are the padding spaces.
+            let m = bytes.len();
+            let total = m + 2;
+            let at = |u: usize| -> u64 {
+                if u == 0 || u == m + 1 {
+                    u64::from(b' ')
+                } else {
+                    u64::from(bytes[u - 1])
+                }
+            };
+            if total < lo {
+                let mut h = FNV_OFFSET ^ NS_CHAR;
+                for u in 0..total {
+                    h = (h ^ at(u)).wrapping_mul(FNV_PRIME);
+                }
+                emit(self.bucket(h));
+                return;
+            }
+            for start in 0..total {
+                let mut h = FNV_OFFSET ^ NS_CHAR;
+                for len in 1..=hi.min(total - start) {
+                    h = (h ^ at(start + len - 1)).wrapping_mul(FNV_PRIME);
+                    if len >= lo {
+                        emit(self.bucket(h));
+                    }
+                }
+            }
+            return;
+        }
+        // Unit boundaries inside `w`; unit 0 and unit m+1 are the padding
+        // spaces of char_wb.
+        units.clear();
+        let mut i = 0;
+        while i < bytes.len() {
+            let end = placeholder_end(bytes, i)
+                .unwrap_or_else(|| i + w[i..].chars().next().map_or(1, char::len_utf8));
+            units.push(i);
+            i = end;
+        }
+        units.push(bytes.len());
+        let m = units.len() - 1;
+        let total = m + 2;
+        let unit = |u: usize| -> &[u8] {
+            if u == 0 || u == m + 1 {
+                b" "
+            } else {
+                &bytes[units[u - 1]..units[u]]
+            }
+        };
+        if total < lo {
+            // Like scikit-learn, a word shorter than the smallest n-gram is
+            // counted once, whole.
+            let mut h = FNV_OFFSET ^ NS_CHAR;
+            for u in 0..total {
+                h = fnv(h, unit(u));
+            }
+            emit(self.bucket(h));
+            return;
+        }
+        for start in 0..total {
+            let mut h = FNV_OFFSET ^ NS_CHAR;
+            for len in 1..=hi.min(total - start) {
+                h = fnv(h, unit(start + len - 1));
+                if len >= lo {
+                    emit(self.bucket(h));
+                }
+            }
+        }
     }
 }
 
@@ -276,6 +319,25 @@ mod tests {
             toks.push(t.to_string())
         });
         assert_eq!(toks, ["need", "<order_id>", "refund", "退款"]);
+    }
+
+    #[test]
+    fn ascii_fast_path_matches_the_general_path() {
+        let mut units = Vec::new();
+        for w in [
+            "a",
+            "ab",
+            "refund",
+            "parcel-123",
+            "x_y",
+            "supercalifragilistic",
+        ] {
+            let (mut fast, mut general) = (Vec::new(), Vec::new());
+            F.char_ngrams(w, &mut units, true, &mut |b| fast.push(b));
+            F.char_ngrams(w, &mut units, false, &mut |b| general.push(b));
+            assert_eq!(fast, general, "{w}");
+            assert!(!fast.is_empty());
+        }
     }
 
     #[test]

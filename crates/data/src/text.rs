@@ -4,15 +4,24 @@
 
 use std::sync::LazyLock;
 
+use std::borrow::Cow;
+
 use regex::{Captures, Regex};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{IsNormalized, UnicodeNormalization};
 
 /// Unicode NFKC (full-width letters and digits become ASCII, ligatures split),
 /// control characters removed except `\n` (`\r\n` and `\r` become `\n`, tabs
 /// and other whitespace become a space), runs of spaces collapsed, each line
 /// trimmed and blank lines dropped.
 pub fn normalize_text(s: &str) -> String {
-    let nfkc: String = s.nfkc().collect();
+    // ASCII, and text the quick check proves NFKC already, is left as is:
+    // most real transcripts skip the decomposition/composition round trip.
+    let nfkc: Cow<str> =
+        if s.is_ascii() || unicode_normalization::is_nfkc_quick(s.chars()) == IsNormalized::Yes {
+            Cow::Borrowed(s)
+        } else {
+            Cow::Owned(s.nfkc().collect())
+        };
     let mut out = String::with_capacity(nfkc.len());
     let mut line = String::new();
     let mut chars = nfkc.chars().peekable();
@@ -119,11 +128,27 @@ fn digit_count(s: &str) -> usize {
 /// `<CARD>`, phone numbers -> `<PHONE>`. Ordinary numbers ("2 items",
 /// "$25.99", "2026-01-15") are left alone.
 pub fn mask_pii(s: &str) -> String {
-    // Cheap exit: every pattern needs a digit or an '@'.
-    if !s.bytes().any(|b| b.is_ascii_digit() || b == b'@') {
+    // Cheap exits. Replacements only remove digits, '@' and '#' (the
+    // placeholders have none), so counts on the input bound every later
+    // step: a rule that needs six digits cannot fire on a text with five.
+    let (mut digits, mut at, mut hash) = (0usize, false, false);
+    for b in s.bytes() {
+        digits += b.is_ascii_digit() as usize;
+        at |= b == b'@';
+        hash |= b == b'#';
+    }
+    if digits == 0 && !at {
         return s.to_string();
     }
-    let s = EMAIL_RE.replace_all(s, EMAIL);
+    let s = if at {
+        EMAIL_RE.replace_all(s, EMAIL)
+    } else {
+        Cow::Borrowed(s)
+    };
+    if digits < 6 {
+        // Order ids, cards, phones (7+ digits) and mixed ids all need six.
+        return s.into_owned();
+    }
     let s = ORDER_KEYWORD_RE.replace_all(&s, |c: &Captures| {
         if digit_count(&c["id"]) >= 6 {
             format!("{}{ORDER_ID}", &c["kw"])
@@ -131,24 +156,44 @@ pub fn mask_pii(s: &str) -> String {
             c[0].to_string()
         }
     });
-    let s = HASH_ID_RE.replace_all(&s, |c: &Captures| {
-        if digit_count(&c[0]) >= 6 {
-            ORDER_ID.to_string()
-        } else {
-            c[0].to_string()
-        }
-    });
-    let s = CARD_RE.replace_all(&s, CARD);
+    let s = if hash {
+        Cow::Owned(
+            HASH_ID_RE
+                .replace_all(&s, |c: &Captures| {
+                    if digit_count(&c[0]) >= 6 {
+                        ORDER_ID.to_string()
+                    } else {
+                        c[0].to_string()
+                    }
+                })
+                .into_owned(),
+        )
+    } else {
+        s
+    };
+    let s = if digits >= 13 {
+        Cow::Owned(CARD_RE.replace_all(&s, CARD).into_owned())
+    } else {
+        s
+    };
     // Phones before mixed ids: `+1-415-555-0132` has no letters, so the mixed
     // id rule would not take it anyway, but `555-0132` shapes must not be split.
-    let s = PHONE_RE.replace_all(&s, |c: &Captures| {
-        let n = digit_count(&c[0]);
-        if (7..=15).contains(&n) {
-            PHONE.to_string()
-        } else {
-            c[0].to_string()
-        }
-    });
+    let s = if digits >= 7 {
+        Cow::Owned(
+            PHONE_RE
+                .replace_all(&s, |c: &Captures| {
+                    let n = digit_count(&c[0]);
+                    if (7..=15).contains(&n) {
+                        PHONE.to_string()
+                    } else {
+                        c[0].to_string()
+                    }
+                })
+                .into_owned(),
+        )
+    } else {
+        s
+    };
     let s = MIXED_ID_RE.replace_all(&s, |c: &Captures| {
         let t = &c[0];
         if digit_count(t) >= 6 && t.bytes().any(|b| b.is_ascii_alphabetic()) {

@@ -50,6 +50,16 @@ impl LoadedModel {
     /// Decisions for a batch.
     pub fn decide(&self, cases: &[Transcript], top_k: usize) -> Result<Vec<Decision>> {
         let logits = self.logits(cases)?;
+        // Decoding is a few microseconds per case; large batch-job chunks
+        // spread it over the pool, small server batches stay on this thread.
+        if logits.len() >= 1024 {
+            use rayon::prelude::*;
+            return Ok(logits
+                .par_iter()
+                .with_min_len(256)
+                .map(|l| self.decider.decide(l, top_k))
+                .collect());
+        }
         Ok(logits
             .iter()
             .map(|l| self.decider.decide(l, top_k))
