@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -220,14 +219,11 @@ pub fn run(a: Args) -> CmdResult {
     let comparisons = compare(&evals, a.resamples, 42);
     write_reports(&a.out, &evals, &comparisons, &a.data)?;
     let report = report_json(&evals, &comparisons);
-    // A closed pipe (`| head`) is not an error worth a panic.
-    let _ = writeln!(
-        std::io::stdout(),
-        "{}",
+    super::say(
         serde_json::to_string_pretty(
-            &serde_json::json!({"models": report["models"], "comparisons": report["comparisons"]})
+            &serde_json::json!({"models": report["models"], "comparisons": report["comparisons"]}),
         )
-        .unwrap_or_default()
+        .unwrap_or_default(),
     );
     if let Some(g) = gate {
         let failed = check_gate(&g, &evals);

@@ -65,3 +65,10 @@ pub fn load_examples(
     }
     Ok((out, extra, kept))
 }
+
+/// Print a line on stdout. A closed pipe (`casetag models list | head -1`)
+/// ends the output quietly instead of panicking like `println!`.
+pub fn say(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}

@@ -92,19 +92,16 @@ pub fn run(a: Args) -> CmdResult {
                 }
             }
             rows.sort();
-            println!("MODEL\tKIND\tCREATED\tID");
+            super::say("MODEL\tKIND\tCREATED\tID");
             for r in rows {
-                println!("{r}");
+                super::say(r);
             }
             Ok(())
         }
         Action::Show { model } => {
             let dir = resolve(&a.root, &model)?;
             let b = Bundle::open(&dir).map_err(Failure::input)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&b.manifest).unwrap_or_default()
-            );
+            super::say(serde_json::to_string_pretty(&b.manifest).unwrap_or_default());
             Ok(())
         }
         Action::Promote { model } => {
@@ -122,7 +119,7 @@ pub fn run(a: Args) -> CmdResult {
                 .map_err(|e| Failure::internal(format!("{}: {e}", tmp.display())))?;
             std::fs::rename(&tmp, a.root.join(name).join("champion"))
                 .map_err(|e| Failure::internal(format!("{}: {e}", dir.display())))?;
-            println!("{name}: champion is now {version}");
+            super::say(format!("{name}: champion is now {version}"));
             Ok(())
         }
     }

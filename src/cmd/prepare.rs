@@ -76,9 +76,6 @@ pub fn run(a: Args) -> CmdResult {
         stats.unknown_dropped,
         a.out.display()
     ));
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&stats).unwrap_or_default()
-    );
+    super::say(serde_json::to_string_pretty(&stats).unwrap_or_default());
     Ok(())
 }

@@ -104,18 +104,25 @@ pub fn run(a: Args) -> CmdResult {
         cfg.baseline.n_features = k;
     }
     let t = &mut cfg.transformer;
-    t.seed = a.seed;
-    t.mode = match a.mode.as_str() {
-        "frozen" => casetag_transformer::Mode::Frozen,
-        "finetune" | "fine-tune" => casetag_transformer::Mode::FineTune {
-            top_layers: a.top_layers,
-        },
+    match a.mode.as_str() {
+        "frozen" => t.mode = casetag_transformer::Mode::Frozen,
+        "finetune" | "fine-tune" => {
+            // Fine-tuning has its own defaults (epochs, learning rates,
+            // linear probe first); the flags below override them.
+            *t = casetag_transformer::TransformerParams {
+                mode: casetag_transformer::Mode::FineTune {
+                    top_layers: a.top_layers,
+                },
+                ..casetag_transformer::TransformerParams::fine_tune()
+            };
+        }
         o => {
             return Err(Failure::input(format!(
                 "--mode '{o}': expected frozen or finetune"
             )))
         }
-    };
+    }
+    t.seed = a.seed;
     if let Some(v) = a.epochs {
         t.epochs = v;
     }
@@ -143,8 +150,7 @@ pub fn run(a: Args) -> CmdResult {
     let m = train(&cfg, train_rows, val_rows, &a.out, &|s: &str| {
         progress::note(s)
     })?;
-    println!(
-        "{}",
+    super::say(
         serde_json::to_string_pretty(&serde_json::json!({
             "id": m.id,
             "kind": m.kind,
@@ -152,7 +158,7 @@ pub fn run(a: Args) -> CmdResult {
             "validation_metrics": m.validation_metrics,
             "calibration": m.calibration,
         }))
-        .unwrap_or_default()
+        .unwrap_or_default(),
     );
     Ok(())
 }
