@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p casetag-transformer --example banking77 -- \
 //!     [--mode frozen|finetune] [--top-layers N] [--epochs N] [--lr X] [--head-lr X]
-//!     [--batch N] [--train-limit N] [--cache DIR] [--dump DIR] [--encoder DIR]
+//!     [--batch N] [--train-limit N] [--cache DIR] [--dump DIR] [--encoder DIR] [--no-probe]
 //! ```
 //!
 //! Validation is every 10th training row (rows 9, 19, ...): train.csv is
@@ -130,6 +130,9 @@ fn main() {
     }
     if let Some(v) = arg("--max-tokens") {
         p.max_tokens = v.parse().unwrap();
+    }
+    if std::env::args().any(|a| a == "--no-probe") {
+        p.linear_probe = false;
     }
     p.embedding_cache = arg("--cache").map(PathBuf::from);
 

@@ -88,6 +88,12 @@ pub struct TransformerParams {
     /// Sequences per forward pass at inference (and when embedding for the
     /// frozen mode).
     pub infer_batch_size: usize,
+    /// Fine-tuning: fit the head on frozen embeddings first (a linear probe
+    /// with the frozen-mode defaults), then fine-tune encoder and head from
+    /// there ("LP-FT", Kumar et al., 2022): the encoder is not pulled around
+    /// by a random head in the first steps, and few epochs suffice.
+    #[serde(default)]
+    pub linear_probe: bool,
     /// Frozen mode: a directory where embeddings are cached on disk, keyed by
     /// the encoder weights, truncation and text hash. Not saved with models.
     #[serde(skip)]
@@ -116,6 +122,7 @@ impl Default for TransformerParams {
             seed: 42,
             normalize: true,
             infer_batch_size: 32,
+            linear_probe: false,
             embedding_cache: None,
         }
     }
@@ -132,6 +139,7 @@ impl TransformerParams {
             head_lr: 2e-3,
             warmup_ratio: 0.1,
             patience: 2,
+            linear_probe: true,
             ..Self::default()
         }
     }

@@ -445,6 +445,31 @@ pub fn fit(
         }
     };
 
+    // LP-FT: the head starts from a linear probe on frozen embeddings.
+    let probe = match (grad_from, params.linear_probe) {
+        (Some(_), true) => {
+            progress("linear probe: fitting the head on frozen embeddings first");
+            let p = TransformerParams {
+                mode: Mode::Frozen,
+                linear_probe: false,
+                max_tokens: params.max_tokens,
+                truncation: params.truncation,
+                hidden: params.hidden,
+                dropout: params.dropout,
+                level_loss_weight: params.level_loss_weight,
+                seed: params.seed,
+                normalize: params.normalize,
+                infer_batch_size: params.infer_batch_size,
+                embedding_cache: params.embedding_cache.clone(),
+                ..TransformerParams::default()
+            };
+            let mut m = fit(&p, encoder_spec, inputs, label_space, id, &|m: &str| {
+                progress(&format!("probe: {m}"))
+            })?;
+            Some(m.head.snapshot()?)
+        }
+        _ => None,
+    };
     let mut head = Head::init(
         encoder.hidden_size(),
         params.hidden,
@@ -453,6 +478,9 @@ pub fn fit(
         params.seed,
         &dev,
     )?;
+    if let Some(s) = &probe {
+        head.restore(s);
+    }
     let enc_vars = match grad_from {
         Some(g) => encoder.bert.make_trainable(g)?,
         None => Vec::new(),

@@ -307,6 +307,52 @@ fn fine_tune_top_layer_learns_and_leaves_lower_layers_alone() {
     }
 }
 
+/// LP-FT: with learning rates too small to move anything during the
+/// fine-tuning epoch, what the model knows comes from the linear probe.
+#[test]
+fn linear_probe_initializes_the_fine_tuned_head() {
+    let d = tiny_dir();
+    let base = TransformerParams {
+        mode: Mode::FineTune {
+            top_layers: Some(1),
+        },
+        epochs: 1,
+        lr: 1e-12,
+        head_lr: 1e-12,
+        batch_size: 6,
+        dropout: 0.0,
+        ..frozen_params()
+    };
+    let accuracy = |m: &TransformerModel| {
+        let inputs = data();
+        let texts: Vec<&str> = inputs.texts.iter().map(String::as_str).collect();
+        let logits = m.logits(&texts).unwrap();
+        logits
+            .iter()
+            .zip(&inputs.targets)
+            .filter(|(l, &t)| argmax(l) == t)
+            .count() as f64
+            / texts.len() as f64
+    };
+    let probed = train(
+        d.path(),
+        &TransformerParams {
+            linear_probe: true,
+            ..base.clone()
+        },
+    );
+    let cold = train(
+        d.path(),
+        &TransformerParams {
+            linear_probe: false,
+            ..base
+        },
+    );
+    let (a, b) = (accuracy(&probed), accuracy(&cold));
+    assert!(a >= 0.9, "probed head fits the training data: {a}");
+    assert!(a > b, "probe {a} vs random head {b}");
+}
+
 #[test]
 fn fine_tune_all_layers_runs_and_is_repeatable() {
     let d = tiny_dir();
