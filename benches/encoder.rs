@@ -2,8 +2,8 @@
 //! scripts/fetch_encoder.sh; skipped with a note when absent):
 //! tokenization, the encoder forward pass at batch 1/8/32 x 16/64/128 tokens
 //! (ours and candle-transformers' `BertModel` for comparison), and the head
-//! plus decoding. Run: `cargo bench --release -p casetag-transformer`.
-//! Filter: `cargo bench -p casetag-transformer -- forward/lean`.
+//! plus decoding. Run: `cargo bench --bench encoder`.
+//! Filter: `cargo bench --bench encoder -- forward/lean`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -17,8 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn encoder_dir() -> Option<PathBuf> {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/encoders/all-MiniLM-L6-v2");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/encoders/all-MiniLM-L6-v2");
     if dir.join("model.safetensors").is_file() {
         Some(dir)
     } else {

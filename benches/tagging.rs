@@ -1,0 +1,100 @@
+//! End-to-end tagging of 1,000 cases from `data/aftersales/test.csv`: text
+//! cleaning (NFKC, PII masking), the model, and the decision layer (back-off,
+//! out of scope, actions), exactly what `casetag tag` does per chunk.
+//!
+//! Models: the quickstart bundles (`bash scripts/quickstart.sh` writes
+//! `out/quickstart/models/{baseline,transformer}`), or the directory in
+//! `CASETAG_BENCH_MODELS`; a missing bundle is skipped with a note.
+//! Run: `cargo bench --bench tagging`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use casetag_core::Transcript;
+use casetag_data::{chunk_texts, ChunkReader};
+use casetag_engine::tagger::load_model;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const N: usize = 1000;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("CASETAG_BENCH_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("out/quickstart/models"))
+}
+
+/// The first 1,000 cases of the bundled test split, as read by `tag`.
+fn chunk() -> polars::prelude::DataFrame {
+    let path = root().join("data/aftersales/test.csv");
+    let mut r = ChunkReader::open(&path, N).expect("open test split");
+    let df = r.next_chunk().expect("read").expect("rows");
+    assert_eq!(df.height(), N, "the test split has at least {N} rows");
+    df
+}
+
+fn bench_tagging(c: &mut Criterion) {
+    let df = chunk();
+    let mut g = c.benchmark_group("tag_1000");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("clean_texts", |b| {
+        b.iter(|| black_box(chunk_texts(&df).unwrap()))
+    });
+    for kind in ["baseline", "transformer"] {
+        let dir = models_dir().join(kind);
+        if !dir.join("manifest.json").is_file() {
+            eprintln!(
+                "note: {} is absent; run scripts/quickstart.sh (or set CASETAG_BENCH_MODELS) \
+                 to bench {kind} tagging (skipped)",
+                dir.display()
+            );
+            continue;
+        }
+        let m = load_model(&dir).expect("load bundle");
+        if kind == "transformer" {
+            // One iteration is tens of seconds on two cores: the minimum sample.
+            g.sample_size(10);
+            g.measurement_time(Duration::from_secs(30));
+        }
+        g.bench_function(format!("{kind}/end_to_end"), |b| {
+            b.iter(|| {
+                let texts = chunk_texts(&df).unwrap();
+                let cases: Vec<Transcript> = texts
+                    .iter()
+                    .flatten()
+                    .map(|t| Transcript::new(t.as_str()))
+                    .collect();
+                black_box(m.decide(&cases, 3).unwrap())
+            })
+        });
+        // The decision layer alone, on precomputed logits.
+        let texts = chunk_texts(&df).unwrap();
+        let cases: Vec<Transcript> = texts.iter().flatten().map(Transcript::new).collect();
+        let logits = m.logits(&cases).unwrap();
+        g.bench_function(format!("{kind}/decide_only"), |b| {
+            b.iter(|| {
+                black_box(
+                    logits
+                        .iter()
+                        .map(|l| m.decider.decide(l, 3))
+                        .collect::<Vec<_>>(),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    targets = bench_tagging
+}
+criterion_main!(benches);
