@@ -30,6 +30,7 @@ mod head;
 mod model;
 mod text;
 mod train;
+mod vmath;
 
 use serde::{Deserialize, Serialize};
 
