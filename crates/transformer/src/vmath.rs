@@ -16,7 +16,7 @@ const ROUND: f32 = 12_582_912.0;
 /// outside: e^-87 ≈ 1.6e-38 stands in for 0).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor to degree 7 on |r| ≤ ln2/2: truncation error < 2e-8 relative.
