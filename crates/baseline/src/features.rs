@@ -158,36 +158,22 @@ impl Featurizer {
     /// same units the same way (FNV over each unit's bytes).
     #[inline]
     fn char_ngrams(&self, w: &str, units: &mut Vec<usize>, fast: bool, emit: &mut impl FnMut(u32)) {
-        let (lo, hi) = self.chars;
         let bytes = w.as_bytes();
         if fast && w.is_ascii() && !bytes.contains(&b'<') {
             // Every unit is one byte; unit 0 and m+1 are the padding spaces.
             let m = bytes.len();
-            let total = m + 2;
-            let at = |u: usize| -> u64 {
+            let unit = |u: usize| {
                 if u == 0 || u == m + 1 {
-                    u64::from(b' ')
+                    b' '
                 } else {
-                    u64::from(bytes[u - 1])
+                    bytes[u - 1]
                 }
             };
-            if total < lo {
-                let mut h = FNV_OFFSET ^ NS_CHAR;
-                for u in 0..total {
-                    h = (h ^ at(u)).wrapping_mul(FNV_PRIME);
-                }
-                emit(self.bucket(h));
-                return;
-            }
-            for start in 0..total {
-                let mut h = FNV_OFFSET ^ NS_CHAR;
-                for len in 1..=hi.min(total - start) {
-                    h = (h ^ at(start + len - 1)).wrapping_mul(FNV_PRIME);
-                    if len >= lo {
-                        emit(self.bucket(h));
-                    }
-                }
-            }
+            self.unit_ngrams(
+                m + 2,
+                |h, u| (h ^ u64::from(unit(u))).wrapping_mul(FNV_PRIME),
+                emit,
+            );
             return;
         }
         // Unit boundaries inside `w`; unit 0 and unit m+1 are the padding
@@ -202,7 +188,6 @@ impl Featurizer {
         }
         units.push(bytes.len());
         let m = units.len() - 1;
-        let total = m + 2;
         let unit = |u: usize| -> &[u8] {
             if u == 0 || u == m + 1 {
                 b" "
@@ -210,20 +195,30 @@ impl Featurizer {
                 &bytes[units[u - 1]..units[u]]
             }
         };
+        self.unit_ngrams(m + 2, |h, u| fnv(h, unit(u)), emit);
+    }
+
+    /// The n-grams (`chars.0..=chars.1` units long) of a `total`-unit word,
+    /// hashed by `step(hash, unit index)`, in order of start then length.
+    /// Like scikit-learn, a word shorter than the smallest n-gram is counted
+    /// once, whole.
+    #[inline(always)]
+    fn unit_ngrams(
+        &self,
+        total: usize,
+        step: impl Fn(u64, usize) -> u64,
+        emit: &mut impl FnMut(u32),
+    ) {
+        let (lo, hi) = self.chars;
         if total < lo {
-            // Like scikit-learn, a word shorter than the smallest n-gram is
-            // counted once, whole.
-            let mut h = FNV_OFFSET ^ NS_CHAR;
-            for u in 0..total {
-                h = fnv(h, unit(u));
-            }
+            let h = (0..total).fold(FNV_OFFSET ^ NS_CHAR, &step);
             emit(self.bucket(h));
             return;
         }
         for start in 0..total {
             let mut h = FNV_OFFSET ^ NS_CHAR;
             for len in 1..=hi.min(total - start) {
-                h = fnv(h, unit(start + len - 1));
+                h = step(h, start + len - 1);
                 if len >= lo {
                     emit(self.bucket(h));
                 }
