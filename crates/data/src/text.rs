@@ -2,9 +2,8 @@
 //! `load_cases` and streaming `tag`, so a model sees the same text at training
 //! and inference time.
 
-use std::sync::LazyLock;
-
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use regex::{Captures, Regex};
 use unicode_normalization::{IsNormalized, UnicodeNormalization};
@@ -137,64 +136,46 @@ pub fn mask_pii(s: &str) -> String {
         at |= b == b'@';
         hash |= b == b'#';
     }
-    if digits == 0 && !at {
-        return s.to_string();
+    let mut s = s.to_string();
+    if at {
+        replace_in(&mut s, &EMAIL_RE, EMAIL);
     }
-    let s = if at {
-        EMAIL_RE.replace_all(s, EMAIL)
-    } else {
-        Cow::Borrowed(s)
-    };
+    // Order ids, cards, phones (7+ digits) and mixed ids all need six.
     if digits < 6 {
-        // Order ids, cards, phones (7+ digits) and mixed ids all need six.
-        return s.into_owned();
+        return s;
     }
-    let s = ORDER_KEYWORD_RE.replace_all(&s, |c: &Captures| {
+    replace_in(&mut s, &ORDER_KEYWORD_RE, |c: &Captures| {
         if digit_count(&c["id"]) >= 6 {
             format!("{}{ORDER_ID}", &c["kw"])
         } else {
             c[0].to_string()
         }
     });
-    let s = if hash {
-        Cow::Owned(
-            HASH_ID_RE
-                .replace_all(&s, |c: &Captures| {
-                    if digit_count(&c[0]) >= 6 {
-                        ORDER_ID.to_string()
-                    } else {
-                        c[0].to_string()
-                    }
-                })
-                .into_owned(),
-        )
-    } else {
-        s
-    };
-    let s = if digits >= 13 {
-        Cow::Owned(CARD_RE.replace_all(&s, CARD).into_owned())
-    } else {
-        s
-    };
+    if hash {
+        replace_in(&mut s, &HASH_ID_RE, |c: &Captures| {
+            if digit_count(&c[0]) >= 6 {
+                ORDER_ID.to_string()
+            } else {
+                c[0].to_string()
+            }
+        });
+    }
+    if digits >= 13 {
+        replace_in(&mut s, &CARD_RE, CARD);
+    }
     // Phones before mixed ids: `+1-415-555-0132` has no letters, so the mixed
     // id rule would not take it anyway, but `555-0132` shapes must not be split.
-    let s = if digits >= 7 {
-        Cow::Owned(
-            PHONE_RE
-                .replace_all(&s, |c: &Captures| {
-                    let n = digit_count(&c[0]);
-                    if (7..=15).contains(&n) {
-                        PHONE.to_string()
-                    } else {
-                        c[0].to_string()
-                    }
-                })
-                .into_owned(),
-        )
-    } else {
-        s
-    };
-    let s = MIXED_ID_RE.replace_all(&s, |c: &Captures| {
+    if digits >= 7 {
+        replace_in(&mut s, &PHONE_RE, |c: &Captures| {
+            let n = digit_count(&c[0]);
+            if (7..=15).contains(&n) {
+                PHONE.to_string()
+            } else {
+                c[0].to_string()
+            }
+        });
+    }
+    replace_in(&mut s, &MIXED_ID_RE, |c: &Captures| {
         let t = &c[0];
         if digit_count(t) >= 6 && t.bytes().any(|b| b.is_ascii_alphabetic()) {
             ORDER_ID.to_string()
@@ -202,7 +183,14 @@ pub fn mask_pii(s: &str) -> String {
             t.to_string()
         }
     });
-    s.into_owned()
+    s
+}
+
+/// Apply one masking rule in place; a text it does not match is not copied.
+fn replace_in(s: &mut String, re: &Regex, rep: impl regex::Replacer) {
+    if let Cow::Owned(changed) = re.replace_all(s, rep) {
+        *s = changed;
+    }
 }
 
 /// Normalize, then mask when asked: the one text pipeline every command uses.
