@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use casetag_core::{Classifier, ClassifierError, LabelSpace, LevelScores, Transcript};
+use casetag_core::{has_avx2, Classifier, ClassifierError, LabelSpace, LevelScores, Transcript};
 use linfa::traits::Fit;
 use linfa::Dataset;
 use linfa_logistic::MultiLogisticRegression;
@@ -45,18 +45,17 @@ pub struct BaselineModel {
     /// Per bucket: IDF and column (or [`NO_COL`]); derived from `idf` and
     /// `buckets`. One table means one cache miss per distinct n-gram.
     meta: Vec<Meta>,
-    /// Row-major `buckets.len() × n_outputs`.
-    weights: Vec<f32>,
-    bias: Vec<f32>,
-    /// `weights` with each row padded to `stride` (a multiple of 8 floats)
-    /// for whole-vector loads at inference.
+    /// Weights, row-major `buckets.len() × stride`: each row holds the
+    /// `n_outputs` weights of one input, zero-padded to `stride` (a multiple
+    /// of 8 floats) for whole-vector loads at inference.
     padded: Vec<f32>,
     stride: usize,
+    bias: Vec<f32>,
     /// The CPU has AVX2 (checked once, at construction).
     avx2: bool,
 }
 
-/// Rows of `weights` padded with zeros to a multiple of 8 columns.
+/// Rows of `weights` (`n_out` wide) padded with zeros to a multiple of 8.
 fn pad_rows(weights: &[f32], n_out: usize) -> (Vec<f32>, usize) {
     let stride = n_out.div_ceil(8) * 8;
     let mut padded = vec![0f32; weights.len() / n_out.max(1) * stride];
@@ -67,17 +66,6 @@ fn pad_rows(weights: &[f32], n_out: usize) -> (Vec<f32>, usize) {
         dst[..n_out].copy_from_slice(src);
     }
     (padded, stride)
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -426,7 +414,6 @@ pub fn fit(
         meta: meta_table(&idf, &buckets),
         idf,
         buckets,
-        weights,
         bias,
         padded,
         stride,
@@ -531,11 +518,18 @@ impl BaselineModel {
         };
         std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
         let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let weights = f32_bytes(&self.weights);
+        let (k, c) = (self.buckets.len(), self.bias.len());
+        // The file keeps the unpadded `k × c` layout.
+        let unpadded: Vec<f32> = self
+            .padded
+            .chunks_exact(self.stride)
+            .flat_map(|row| &row[..c])
+            .copied()
+            .collect();
+        let weights = f32_bytes(&unpadded);
         let bias = f32_bytes(&self.bias);
         let idf = f32_bytes(&self.idf);
         let buckets: Vec<u8> = self.buckets.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let (k, c) = (self.buckets.len(), self.bias.len());
         let path = dir.join(WEIGHTS_FILE);
         fn view(dt: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>> {
             TensorView::new(dt, shape, data).map_err(|e| BaselineError::Fit(e.to_string()))
@@ -650,7 +644,6 @@ impl BaselineModel {
             meta: meta_table(&idf, &buckets),
             idf,
             buckets,
-            weights,
             bias,
             padded,
             stride,

@@ -201,6 +201,19 @@ pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     out
 }
 
+/// Whether the CPU running this process has AVX2: hot loops compiled a
+/// second time with `#[target_feature(enable = "avx2")]` check this once.
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,21 +73,10 @@ unsafe fn exp_sub_avx2(v: &mut [f32], m: f32) {
     exp_sub_loop(v, m)
 }
 
-fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// GELU (erf) in place.
 pub(crate) fn gelu_slice(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if casetag_core::has_avx2() {
         // Safety: the CPU reports AVX2.
         return unsafe { gelu_avx2(v) };
     }
@@ -97,7 +86,7 @@ pub(crate) fn gelu_slice(v: &mut [f32]) {
 /// `v[i] = e^(v[i] - m)` in place.
 pub(crate) fn exp_sub_slice(v: &mut [f32], m: f32) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if casetag_core::has_avx2() {
         // Safety: the CPU reports AVX2.
         return unsafe { exp_sub_avx2(v, m) };
     }
