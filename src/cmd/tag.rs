@@ -184,11 +184,8 @@ pub fn run(a: Args) -> CmdResult {
         for chunk in rx {
             let mut df = chunk?;
             let texts = chunk_texts(&df)?;
-            let cases: Vec<Transcript> = texts
-                .iter()
-                .flatten()
-                .map(|t| Transcript::new(t.as_str()))
-                .collect();
+            let present: Vec<bool> = texts.iter().map(Option::is_some).collect();
+            let cases: Vec<Transcript> = texts.into_iter().flatten().map(Transcript::new).collect();
             let tagged = tagger.tag(&cases, 0)?;
             drop(cases);
             fallbacks += tagged
@@ -197,8 +194,8 @@ pub fn run(a: Args) -> CmdResult {
                 .count();
             let mut cols = Cols::default();
             let mut j = 0;
-            for (i, t) in texts.iter().enumerate() {
-                if t.is_some() {
+            for (i, &ok) in present.iter().enumerate() {
+                if ok {
                     cols.push(Some(&tagged[j]), None);
                     j += 1;
                 } else {
@@ -213,7 +210,7 @@ pub fn run(a: Args) -> CmdResult {
                     cols.push(None, Some("empty or missing text".into()));
                 }
             }
-            rows += texts.len();
+            rows += present.len();
             cols.attach(&mut df)?;
             if wtx.send(df).is_err() {
                 // The writer stopped on an error; it is reported below.
