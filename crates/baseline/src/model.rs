@@ -204,7 +204,9 @@ fn stratified_subsample(targets: &[usize], n_out: usize, max_rows: usize, seed: 
 }
 
 /// Chi-squared score of each bucket against the classes, computed on the
-/// TF-IDF values like scikit-learn's `chi2`. Buckets never seen score 0.
+/// TF-IDF values like scikit-learn's `chi2`. Buckets never seen (or left out
+/// of the bounded table) score -1, so that seen ones stay eligible even when
+/// none is informative (a single class scores 0 everywhere).
 fn chi2_scores(rows: &[Vec<(u32, f32)>], y: &[usize], n_buckets: usize, n_out: usize) -> Vec<f32> {
     let mut df = vec![0u32; n_buckets];
     for r in rows {
@@ -239,7 +241,7 @@ fn chi2_scores(rows: &[Vec<(u32, f32)>], y: &[usize], n_buckets: usize, n_out: u
         }
     }
     let n = rows.len().max(1) as f64;
-    let mut scores = vec![0f32; n_buckets];
+    let mut scores = vec![-1f32; n_buckets];
     for (k, &b) in present.iter().enumerate() {
         let mut s = 0f64;
         for (c, &nc) in class_n.iter().enumerate() {
@@ -343,7 +345,7 @@ pub fn fit(
     // 3. Keep the n_features most class-informative buckets.
     let scores = chi2_scores(&sparse, &y, nb, n_out);
     let mut ranked: Vec<u32> = (0..nb as u32)
-        .filter(|&b| scores[b as usize] > 0.0)
+        .filter(|&b| scores[b as usize] >= 0.0)
         .collect();
     if ranked.is_empty() {
         return Err(BaselineError::Data(
