@@ -27,17 +27,45 @@ use rayon::prelude::*;
 
 use crate::bert::Act;
 use crate::error::Result;
+use crate::sgemm::{matmul_acc, PackedW};
+
+/// A dense layer's weights: packed once for [`crate::sgemm`] when the width
+/// allows (every BERT layer), else row-major for `gemm`.
+enum Dense {
+    Packed(PackedW),
+    Flat(Vec<f32>),
+}
+
+impl Dense {
+    fn new(t: &Tensor) -> Result<Self> {
+        let (o, k) = t.dims2()?;
+        let w = flat(t)?;
+        Ok(if PackedW::fits(o) {
+            Dense::Packed(PackedW::new(&w, o, k))
+        } else {
+            Dense::Flat(w)
+        })
+    }
+
+    /// `out (n, o) += x (n, k) · Wᵀ`.
+    fn acc(&self, out: &mut [f32], x: &[f32], n: usize, k: usize, o: usize) {
+        match self {
+            Dense::Packed(w) => matmul_acc(out, x, w, n),
+            Dense::Flat(w) => gemm_acc(out, x, w, n, k, o),
+        }
+    }
+}
 
 struct FastLayer {
-    qkv_w: Vec<f32>,
+    qkv_w: Dense,
     qkv_b: Vec<f32>,
-    o_w: Vec<f32>,
+    o_w: Dense,
     o_b: Vec<f32>,
     ln1_w: Vec<f32>,
     ln1_b: Vec<f32>,
-    i_w: Vec<f32>,
+    i_w: Dense,
     i_b: Vec<f32>,
-    f_w: Vec<f32>,
+    f_w: Dense,
     f_b: Vec<f32>,
     ln2_w: Vec<f32>,
     ln2_b: Vec<f32>,
@@ -65,13 +93,13 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
 
 /// Raw pointer that may cross into rayon tasks writing disjoint regions.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// A method (not the field) so closures capture the whole `Send` wrapper.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -173,15 +201,15 @@ impl FastBert {
         let mut layers = Vec::with_capacity(t.layers.len());
         for l in &t.layers {
             layers.push(FastLayer {
-                qkv_w: flat(l[0])?,
+                qkv_w: Dense::new(l[0])?,
                 qkv_b: flat(l[1])?,
-                o_w: flat(l[2])?,
+                o_w: Dense::new(l[2])?,
                 o_b: flat(l[3])?,
                 ln1_w: flat(l[4])?,
                 ln1_b: flat(l[5])?,
-                i_w: flat(l[6])?,
+                i_w: Dense::new(l[6])?,
                 i_b: flat(l[7])?,
-                f_w: flat(l[8])?,
+                f_w: Dense::new(l[8])?,
                 f_b: flat(l[9])?,
                 ln2_w: flat(l[10])?,
                 ln2_b: flat(l[11])?,
@@ -243,20 +271,20 @@ impl FastBert {
         let mut inter = vec![0f32; n * self.inter];
         for l in &self.layers {
             fill_rows(&mut qkv, &l.qkv_b);
-            gemm_acc(&mut qkv, &x, &l.qkv_w, n, h, 3 * h);
+            l.qkv_w.acc(&mut qkv, &x, n, h, 3 * h);
             self.attention(&qkv, &mut ctx, &starts, &lens);
             // a = x + b_o + ctx @ W_o^T, then LayerNorm.
             a.copy_from_slice(&x);
             add_rows(&mut a, &l.o_b);
-            gemm_acc(&mut a, &ctx, &l.o_w, n, h, h);
+            l.o_w.acc(&mut a, &ctx, n, h, h);
             layer_norm_rows(&mut a, &l.ln1_w, &l.ln1_b, self.eps);
             fill_rows(&mut inter, &l.i_b);
-            gemm_acc(&mut inter, &a, &l.i_w, n, h, self.inter);
+            l.i_w.acc(&mut inter, &a, n, h, self.inter);
             activation(&mut inter, self.act, self.inter);
             // x = a + b_f + inter @ W_f^T, then LayerNorm.
             x.copy_from_slice(&a);
             add_rows(&mut x, &l.f_b);
-            gemm_acc(&mut x, &inter, &l.f_w, n, self.inter, h);
+            l.f_w.acc(&mut x, &inter, n, self.inter, h);
             layer_norm_rows(&mut x, &l.ln2_w, &l.ln2_b, self.eps);
         }
         x

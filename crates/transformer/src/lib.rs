@@ -28,6 +28,7 @@ mod fast;
 pub mod fixtures;
 mod head;
 mod model;
+mod sgemm;
 mod text;
 mod train;
 mod vmath;

@@ -1,0 +1,287 @@
+//! Dense layers on weights packed once at load: `out (n, o) += x (n, k) · Wᵀ`.
+//!
+//! A general gemm packs its right-hand side on every call. For the encoder's
+//! dense layers that side is a weight matrix that never changes, and at
+//! serving batch sizes (tens to a few hundred tokens) repacking it was about
+//! an eighth of the forward's time. Here each weight matrix is laid out once
+//! in panels of [`NR`] output columns, `k` rows of `NR` contiguous floats, the
+//! order the AVX2 kernel reads them in.
+//!
+//! The kernel computes an `MR × NR` (6 × 16) output tile in twelve 8-wide
+//! accumulators: per `k`, two weight loads, six broadcasts of the tokens'
+//! inputs and twelve FMAs (the register budget of AVX2's sixteen `ymm`s).
+//! Panels are split across rayon's threads; each thread writes its own
+//! columns of every output row. Without AVX2/FMA a portable loop computes the
+//! same sums in the same order.
+
+use rayon::prelude::*;
+
+use crate::fast::SendPtr;
+
+/// Output columns per panel (two 8-float vectors).
+pub(crate) const NR: usize = 16;
+/// Output rows (tokens) per kernel call.
+const MR: usize = 6;
+
+/// One input's `NR` weights in a panel: exactly one 64-byte cache line, and
+/// aligned to it, so the kernel's two 8-float loads never straddle lines
+/// (a plain `Vec<f32>` is only 16-byte aligned, which made speed depend on
+/// where the allocator happened to put the weights).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; NR]);
+
+/// A `(o, k)` row-major weight matrix, packed into `o / NR` panels.
+pub(crate) struct PackedW {
+    o: usize,
+    k: usize,
+    /// Panel `p`, input `j`, lane `l` is `W[p * NR + l][j]`.
+    lines: Vec<Line>,
+}
+
+impl PackedW {
+    /// Pack `w` (`o × k`, row-major). `o` must be a multiple of [`NR`]
+    /// (BERT widths are); see [`PackedW::fits`].
+    pub fn new(w: &[f32], o: usize, k: usize) -> Self {
+        assert!(Self::fits(o) && w.len() == o * k, "weight shape {o}×{k}");
+        let mut lines = vec![Line([0.0; NR]); o / NR * k];
+        for p in 0..o / NR {
+            let panel = &mut lines[p * k..(p + 1) * k];
+            for l in 0..NR {
+                let row = &w[(p * NR + l) * k..(p * NR + l + 1) * k];
+                for (line, &v) in panel.iter_mut().zip(row) {
+                    line.0[l] = v;
+                }
+            }
+        }
+        Self { o, k, lines }
+    }
+
+    /// Whether a layer `o` wide can be packed.
+    pub fn fits(o: usize) -> bool {
+        o > 0 && o.is_multiple_of(NR)
+    }
+
+    /// Panel `p` as `k × NR` floats.
+    fn panel(&self, p: usize) -> &[f32] {
+        let lines = &self.lines[p * self.k..(p + 1) * self.k];
+        // Safety: `Line` is `repr(C)` over `[f32; NR]` with no padding (its
+        // size, 64 bytes, equals its alignment), so `k` lines are `k * NR`
+        // contiguous floats.
+        unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * NR) }
+    }
+}
+
+/// The CPU has AVX2 and FMA (std caches the answer).
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out (n, o) += x (n, k) · Wᵀ`; `out` holds the bias (and maybe the
+/// residual) on entry. Runs on rayon's threads when there is enough work.
+pub(crate) fn matmul_acc(out: &mut [f32], x: &[f32], w: &PackedW, n: usize) {
+    let (o, k) = (w.o, w.k);
+    assert!(out.len() == n * o && x.len() == n * k, "matmul shapes");
+    let panels = o / NR;
+    let simd = has_avx2_fma();
+    // The panel tasks write disjoint columns through one shared pointer.
+    let dst = SendPtr(out.as_mut_ptr());
+    let run = |p: usize| {
+        // Safety: `out` is n × o, this task writes only columns
+        // p*NR..(p+1)*NR of each row, and no other task writes them.
+        unsafe { panel_rows(dst.get().add(p * NR), o, x, k, w.panel(p), n, simd) }
+    };
+    // Below ~1 MFLOP a thread hand-off costs more than it saves.
+    if rayon::current_num_threads() > 1 && n * o * k >= 1 << 20 {
+        (0..panels).into_par_iter().for_each(run);
+    } else {
+        (0..panels).for_each(run);
+    }
+}
+
+/// All `n` rows of one panel's `NR` columns, `MR` rows at a time.
+///
+/// # Safety
+/// `c` points at column `p * NR` of a row-major `(n, ldc)` matrix.
+unsafe fn panel_rows(
+    c: *mut f32,
+    ldc: usize,
+    x: &[f32],
+    k: usize,
+    panel: &[f32],
+    n: usize,
+    simd: bool,
+) {
+    let mut r = 0;
+    while r < n {
+        let rows = (n - r).min(MR);
+        let xr = &x[r * k..(r + rows) * k];
+        let cr = c.add(r * ldc);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            match rows {
+                6 => avx::tile::<6>(cr, ldc, xr, k, panel),
+                5 => avx::tile::<5>(cr, ldc, xr, k, panel),
+                4 => avx::tile::<4>(cr, ldc, xr, k, panel),
+                3 => avx::tile::<3>(cr, ldc, xr, k, panel),
+                2 => avx::tile::<2>(cr, ldc, xr, k, panel),
+                _ => avx::tile::<1>(cr, ldc, xr, k, panel),
+            }
+            r += rows;
+            continue;
+        }
+        let _ = simd;
+        portable_tile(cr, ldc, xr, rows, k, panel);
+        r += rows;
+    }
+}
+
+/// The kernel's sums without SIMD: per output, inputs in order, fused
+/// multiply-add, added to the output at the end.
+unsafe fn portable_tile(c: *mut f32, ldc: usize, x: &[f32], rows: usize, k: usize, panel: &[f32]) {
+    for i in 0..rows {
+        let mut acc = [0f32; NR];
+        let xi = &x[i * k..(i + 1) * k];
+        for (j, &xv) in xi.iter().enumerate() {
+            let wj = &panel[j * NR..(j + 1) * NR];
+            for (a, &wv) in acc.iter_mut().zip(wj) {
+                *a = xv.mul_add(wv, *a);
+            }
+        }
+        let ci = c.add(i * ldc);
+        for (l, a) in acc.iter().enumerate() {
+            *ci.add(l) += a;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// One `R × NR` tile: `c[i][0..NR] += Σ_j x[i][j] · panel[j][0..NR]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `c` has `R` rows of `NR` writable floats at
+    /// stride `ldc`; `x` is `R × k`; `panel` is `k × NR`, 32-byte aligned.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const R: usize>(
+        c: *mut f32,
+        ldc: usize,
+        x: &[f32],
+        k: usize,
+        panel: &[f32],
+    ) {
+        debug_assert!(x.len() == R * k && panel.len() == k * NR);
+        debug_assert!(panel.as_ptr().cast::<u8>().align_offset(32) == 0);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let xp = x.as_ptr();
+        let wp = panel.as_ptr();
+        for j in 0..k {
+            // Aligned: each input's weights are one cache line.
+            let w0 = _mm256_load_ps(wp.add(j * NR));
+            let w1 = _mm256_load_ps(wp.add(j * NR + 8));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*xp.add(i * k + j));
+                a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let ci = c.add(i * ldc);
+            _mm256_storeu_ps(ci, _mm256_add_ps(_mm256_loadu_ps(ci), a[0]));
+            _mm256_storeu_ps(ci.add(8), _mm256_add_ps(_mm256_loadu_ps(ci.add(8)), a[1]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(out: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, o: usize) {
+        for i in 0..n {
+            for c in 0..o {
+                let dot: f64 = (0..k)
+                    .map(|j| f64::from(x[i * k + j]) * f64::from(w[c * k + j]))
+                    .sum();
+                out[i * o + c] += dot as f32;
+            }
+        }
+    }
+
+    #[test]
+    fn matches_a_plain_product_for_every_row_remainder() {
+        // n covers every tile height (1..=6 rows left over), with and
+        // without threads (the work threshold), and k = 1.
+        for &(n, k, o) in &[
+            (1, 1, 16),
+            (7, 5, 32),
+            (13, 64, 48),
+            (6, 384, 16),
+            (97, 384, 64),
+        ] {
+            let x = values(n * k, 1 + n as u32);
+            let w = values(o * k, 7 + k as u32);
+            let bias = values(o, 3);
+            let mut want: Vec<f32> = (0..n).flat_map(|_| bias.iter().copied()).collect();
+            let mut got = want.clone();
+            reference(&mut want, &x, &w, n, k, o);
+            matmul_acc(&mut got, &x, &PackedW::new(&w, o, k), n);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (k as f32).sqrt(),
+                    "n={n} k={k} o={o} [{i}]: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_tiles_agree() {
+        if !has_avx2_fma() {
+            return;
+        }
+        let (n, k, o) = (11, 96, 32);
+        let x = values(n * k, 5);
+        let w = PackedW::new(&values(o * k, 9), o, k);
+        let mut a = vec![0.5f32; n * o];
+        let mut b = a.clone();
+        unsafe {
+            for p in 0..o / NR {
+                panel_rows(a.as_mut_ptr().add(p * NR), o, &x, k, w.panel(p), n, true);
+                panel_rows(b.as_mut_ptr().add(p * NR), o, &x, k, w.panel(p), n, false);
+            }
+        }
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-6, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn only_multiples_of_the_panel_width_pack() {
+        assert!(PackedW::fits(384) && PackedW::fits(1536) && PackedW::fits(16));
+        assert!(!PackedW::fits(0) && !PackedW::fits(77));
+    }
+}
