@@ -62,12 +62,32 @@ impl Job {
     }
 }
 
+/// What waits on the channel: cases (reported as the queue depth) and
+/// requests (the batcher's measure of who is still to come).
+#[derive(Default)]
+struct Queued {
+    cases: AtomicUsize,
+    jobs: AtomicUsize,
+}
+
+impl Queued {
+    fn add(&self, cases: usize) {
+        self.cases.fetch_add(cases, Ordering::Relaxed);
+        self.jobs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sub(&self, cases: usize) {
+        self.cases.fetch_sub(cases, Ordering::Relaxed);
+        self.jobs.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The handlers' side of the batcher.
 pub(crate) struct Batcher {
     tx: mpsc::Sender<Job>,
     permits: Arc<Semaphore>,
     capacity: usize,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
 }
 
 /// Budget of one batch.
@@ -88,7 +108,7 @@ impl Batcher {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queued::default());
         let budget = Budget {
             cases: limits.max_batch_cases,
             chars: limits.max_batch_chars,
@@ -131,7 +151,7 @@ impl Batcher {
         let (reply, rx) = oneshot::channel();
         let chars = cases.iter().map(|c| c.text.chars().count()).sum();
         let n = cases.len();
-        self.queued.fetch_add(n, Ordering::Relaxed);
+        self.queued.add(n);
         let job = Job {
             cases,
             chars,
@@ -141,7 +161,7 @@ impl Batcher {
             _permit: permit,
         };
         if self.tx.send(job).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.queued.sub(n);
             return Err(ApiError::internal("the model thread has stopped"));
         }
         Ok(rx)
@@ -149,7 +169,7 @@ impl Batcher {
 
     /// Cases waiting for the model.
     pub fn queue_depth(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.queued.cases.load(Ordering::Relaxed)
     }
 
     /// Cases admitted and not yet answered (queued or in the model).
@@ -167,19 +187,23 @@ fn model_loop(
     rx: mpsc::Receiver<Job>,
     models: Arc<ModelSlot>,
     metrics: Arc<Metrics>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     budget: Budget,
 ) {
     // A request that did not fit the previous batch starts the next one.
     let mut carry: Option<Job> = None;
-    // Requests in the previous batch: the concurrency the traffic has shown.
-    let mut last_requests = 1usize;
+    // Requests the next batch can expect: those answered by the previous
+    // batch (their clients are likely to come straight back) plus those
+    // that were already waiting when it ended.
+    let mut expected = 1usize;
+    // When the previous batch was answered.
+    let mut last_end = Instant::now();
     loop {
         let first = match carry.take() {
             Some(j) => j,
             None => match rx.recv() {
                 Ok(j) => {
-                    queued.fetch_sub(j.cases.len(), Ordering::Relaxed);
+                    queued.sub(j.cases.len());
                     j
                 }
                 Err(_) => break, // every handle dropped: shut down
@@ -192,16 +216,19 @@ fn model_loop(
         let (mut cases, mut chars) = (first.cases.len(), first.chars);
         // Waiting for company costs latency, so it is only worth it while
         // company is expected: the batch waits (at most `wait` after its
-        // first request was queued) until it has as many requests as the
-        // previous one, then only takes what is already queued. A lone client
-        // never waits; N clients in lock-step are gathered as soon as all N
-        // have arrived instead of after the whole `wait`; a request that
-        // already waited behind a busy model adds no latency.
-        let until = first.queued_at + budget.wait;
+        // first request was queued or the model became free, whichever is
+        // later) until it has the expected number of requests, then only
+        // takes what is already queued. A lone client never waits; N
+        // clients in lock-step are gathered as soon as all N are back; and
+        // when clients have drifted into two groups that take turns on the
+        // model (each waiting out the other's batch), the group that was
+        // waiting also waits for the one just answered, so that the next
+        // batch holds both and they are in step again.
+        let until = first.queued_at.max(last_end) + budget.wait;
         let mut batch = vec![first];
         while budget.batching && cases < budget.cases && chars < budget.chars {
             let now = Instant::now();
-            let next = if batch.len() >= last_requests || now >= until {
+            let next = if batch.len() >= expected || now >= until {
                 match rx.try_recv() {
                     Ok(j) => j,
                     Err(_) => break,
@@ -212,7 +239,7 @@ fn model_loop(
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             };
-            queued.fetch_sub(next.cases.len(), Ordering::Relaxed);
+            queued.sub(next.cases.len());
             if next.gone() {
                 metrics.dropped_job();
                 continue;
@@ -225,7 +252,7 @@ fn model_loop(
             chars += next.chars;
             batch.push(next);
         }
-        last_requests = batch.len();
+        let gathered = batch.len();
         // Callers may have left while we were gathering.
         batch.retain(|j| {
             let keep = !j.gone();
@@ -248,6 +275,8 @@ fn model_loop(
                 }
             }
         }
+        last_end = Instant::now();
+        expected = gathered + usize::from(carry.is_some()) + queued.jobs.load(Ordering::Relaxed);
     }
 }
 
