@@ -6,8 +6,9 @@
 //! 429 at once, so the queue is bounded), push it on a channel and await a
 //! oneshot. The thread takes the first waiting request, gathers more until
 //! the batch budget (cases or characters) is reached or `max_wait` has passed
-//! since the first was queued (waiting only while more requests are expected,
-//! see `model_loop`), runs the model once, and answers each request.
+//! since the first was queued or the model became free (waiting only while
+//! more requests are expected, see `model_loop`), runs the model once, and
+//! answers each request.
 //! Work whose caller has gone (timed out, disconnected) is dropped before it
 //! reaches the model. After text-embeddings-inference `core/src/queue.rs`.
 
