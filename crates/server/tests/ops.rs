@@ -188,6 +188,59 @@ async fn queued_requests_are_batched_together() {
     assert!(m.contains("casetag_batch_size_cases_sum 3\n"), "{m}");
 }
 
+/// Two groups of clients taking turns on the model merge back into one batch:
+/// the group that waited behind a batch also waits (up to `max_wait`) for
+/// the client that batch just answered, when it comes straight back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_group_waits_for_the_client_just_answered() {
+    let fx = fixture();
+    let mut cfg = config(&fx.v1);
+    // Long enough that only the rule, not the timing, decides.
+    cfg.limits.max_wait_ms = 5_000;
+    let (gate, mut entered) = Gate::new();
+    let state = AppState::with_tagger(&cfg, tagger(&fx.v1, Some(gate.clone()), None)).unwrap();
+    let s = Arc::new(TestServer::start(state).await);
+    // Client A: one request, then back with a second. The pause (well
+    // inside `max_wait`) makes the order certain: without the rule, B's two
+    // would have run long before A's second arrived.
+    let sa = s.clone();
+    let a = tokio::spawn(async move {
+        let first = sa.tag(&["item missing"]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let second = sa.tag(&["item missing again"]).await;
+        (first, second)
+    });
+    entered.recv().await.unwrap();
+    // Group B queues up behind A's batch.
+    let mut b = Vec::new();
+    for text in ["parcel late", "screen cracked"] {
+        let si = s.clone();
+        b.push(tokio::spawn(async move { si.tag(&[text]).await }));
+    }
+    until("two requests queued", || s.state.queue_depth() == 2).await;
+    let started = std::time::Instant::now();
+    gate.open();
+    let ((st1, v1), (st2, v2)) = a.await.unwrap();
+    assert_eq!((st1, st2), (200, 200), "{v1} {v2}");
+    for t in b {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200, "{v}");
+    }
+    // A alone, then B's two with A's second: two batches, not three, and
+    // without sitting out the whole wait.
+    let (_, m) = s.get_text("/metrics").await;
+    assert!(m.contains("casetag_batch_size_cases_count 2\n"), "{m}");
+    assert!(m.contains("casetag_batch_size_cases_sum 4\n"), "{m}");
+    assert!(
+        m.contains("casetag_batch_size_cases_bucket{le=\"1\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "waited out max_wait"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_batching_runs_each_request_alone() {
     let m = batches_after_a_busy_model(true).await;
