@@ -214,6 +214,18 @@ pub fn has_avx2() -> bool {
     }
 }
 
+/// Whether the CPU has AVX2 and FMA, for kernels compiled with both.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2() && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

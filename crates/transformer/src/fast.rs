@@ -7,14 +7,15 @@
 //! * sequences are **packed**: the dense layers run on exactly the real
 //!   tokens of the batch (no padding at all), attention runs per sequence
 //!   over its own length;
-//! * every dense layer is one `gemm` call that accumulates into a buffer
-//!   pre-filled with the bias (and the residual, for the two output
-//!   projections), so bias and residual adds cost no extra pass;
+//! * every dense layer is one product on weights packed at load
+//!   ([`crate::sgemm`]; `gemm` for widths it cannot pack) that accumulates
+//!   into a buffer pre-filled with the bias (and the residual, for the two
+//!   output projections), so bias and residual adds cost no extra pass;
 //! * attention reads Q, K and V in place from the fused QKV output (strided
 //!   gemm, no permute copies), folds the 1/sqrt(d) scale into the gemm, and
 //!   writes each head's context straight into its columns of the output;
 //! * (sequence, head) attention tasks run on rayon with single-threaded gemms
-//!   inside, the big gemms use gemm's own rayon parallelism: one level of
+//!   inside, the dense layers split their panels over rayon: one level of
 //!   parallelism at a time, never nested.
 //!
 //! Numerics match candle's ops to about 1e-6 (exact-erf GELU and softmax's

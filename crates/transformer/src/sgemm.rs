@@ -16,6 +16,8 @@
 
 use rayon::prelude::*;
 
+use casetag_core::has_avx2_fma;
+
 use crate::fast::SendPtr;
 
 /// Output columns per panel (two 8-float vectors).
@@ -69,18 +71,6 @@ impl PackedW {
         // size, 64 bytes, equals its alignment), so `k` lines are `k * NR`
         // contiguous floats.
         unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * NR) }
-    }
-}
-
-/// The CPU has AVX2 and FMA (std caches the answer).
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
