@@ -200,13 +200,16 @@ async fn a_waiting_group_waits_for_the_client_just_answered() {
     let (gate, mut entered) = Gate::new();
     let state = AppState::with_tagger(&cfg, tagger(&fx.v1, Some(gate.clone()), None)).unwrap();
     let s = Arc::new(TestServer::start(state).await);
-    // Client A: one request, then back with a second. The pause (well
-    // inside `max_wait`) makes the order certain: without the rule, B's two
-    // would have run long before A's second arrived.
+    // Client A: one request, then back with a second once the batcher has
+    // taken B's two off the queue. That order is certain: without the rule,
+    // B's two would already be running as a batch of their own.
     let sa = s.clone();
     let a = tokio::spawn(async move {
         let first = sa.tag(&["item missing"]).await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        until("B's requests taken off the queue", || {
+            sa.state.queue_depth() == 0
+        })
+        .await;
         let second = sa.tag(&["item missing again"]).await;
         (first, second)
     });
