@@ -13,6 +13,39 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization};
 /// and other whitespace become a space), runs of spaces collapsed, each line
 /// trimmed and blank lines dropped.
 pub fn normalize_text(s: &str) -> String {
+    if is_normal_ascii(s) {
+        return s.to_string();
+    }
+    normalize_general(s)
+}
+
+/// True for ASCII text that [`normalize_general`] would return unchanged:
+/// printable characters and single `\n` line breaks only, no space next to
+/// another space or a line break, no leading or trailing space or break.
+/// One byte scan; most transcripts take this path.
+fn is_normal_ascii(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.first().is_some_and(|&c| c == b' ' || c == b'\n')
+        || b.last().is_some_and(|&c| c == b' ' || c == b'\n')
+    {
+        return false;
+    }
+    let mut prev = 0u8;
+    for &c in b {
+        let ok = match c {
+            b' ' | b'\n' => prev != b' ' && prev != b'\n',
+            0x21..=0x7e => true,
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+        prev = c;
+    }
+    true
+}
+
+fn normalize_general(s: &str) -> String {
     // ASCII, and text the quick check proves NFKC already, is left as is:
     // most real transcripts skip the decomposition/composition round trip.
     let nfkc: Cow<str> =
@@ -127,6 +160,10 @@ fn digit_count(s: &str) -> usize {
 /// `<CARD>`, phone numbers -> `<PHONE>`. Ordinary numbers ("2 items",
 /// "$25.99", "2026-01-15") are left alone.
 pub fn mask_pii(s: &str) -> String {
+    mask_pii_owned(s.to_string())
+}
+
+fn mask_pii_owned(mut s: String) -> String {
     // Cheap exits. Replacements only remove digits, '@' and '#' (the
     // placeholders have none), so counts on the input bound every later
     // step: a rule that needs six digits cannot fire on a text with five.
@@ -136,7 +173,6 @@ pub fn mask_pii(s: &str) -> String {
         at |= b == b'@';
         hash |= b == b'#';
     }
-    let mut s = s.to_string();
     if at {
         replace_in(&mut s, &EMAIL_RE, EMAIL);
     }
@@ -144,20 +180,10 @@ pub fn mask_pii(s: &str) -> String {
     if digits < 6 {
         return s;
     }
-    replace_in(&mut s, &ORDER_KEYWORD_RE, |c: &Captures| {
-        if digit_count(&c["id"]) >= 6 {
-            format!("{}{ORDER_ID}", &c["kw"])
-        } else {
-            c[0].to_string()
-        }
-    });
+    mask_order_keywords(&mut s);
     if hash {
-        replace_in(&mut s, &HASH_ID_RE, |c: &Captures| {
-            if digit_count(&c[0]) >= 6 {
-                ORDER_ID.to_string()
-            } else {
-                c[0].to_string()
-            }
+        replace_where(&mut s, &HASH_ID_RE, |t| {
+            (digit_count(t) >= 6).then_some(ORDER_ID)
         });
     }
     if digits >= 13 {
@@ -166,24 +192,65 @@ pub fn mask_pii(s: &str) -> String {
     // Phones before mixed ids: `+1-415-555-0132` has no letters, so the mixed
     // id rule would not take it anyway, but `555-0132` shapes must not be split.
     if digits >= 7 {
-        replace_in(&mut s, &PHONE_RE, |c: &Captures| {
-            let n = digit_count(&c[0]);
-            if (7..=15).contains(&n) {
-                PHONE.to_string()
-            } else {
-                c[0].to_string()
-            }
+        replace_where(&mut s, &PHONE_RE, |t| {
+            (7..=15).contains(&digit_count(t)).then_some(PHONE)
         });
     }
-    replace_in(&mut s, &MIXED_ID_RE, |c: &Captures| {
-        let t = &c[0];
-        if digit_count(t) >= 6 && t.bytes().any(|b| b.is_ascii_alphabetic()) {
-            ORDER_ID.to_string()
+    if has_digit_run(&s, 6) {
+        replace_where(&mut s, &MIXED_ID_RE, |t| {
+            (digit_count(t) >= 6 && t.bytes().any(|b| b.is_ascii_alphabetic())).then_some(ORDER_ID)
+        });
+    }
+    s
+}
+
+/// `order no. AB123456` -> `order no. <ORDER_ID>` when the id has 6+ digits.
+fn mask_order_keywords(s: &mut String) {
+    replace_in(s, &ORDER_KEYWORD_RE, |c: &Captures| {
+        if digit_count(&c["id"]) >= 6 {
+            format!("{}{ORDER_ID}", &c["kw"])
         } else {
-            t.to_string()
+            c[0].to_string()
         }
     });
-    s
+}
+
+/// True when some run of ASCII letters, digits, `-` and non-ASCII bytes holds
+/// at least `min` digits. Every [`MIXED_ID_RE`] match lies inside such a run,
+/// so a text without one cannot have a mixed id with `min` digits.
+fn has_digit_run(s: &str, min: usize) -> bool {
+    let mut run = 0;
+    for b in s.bytes() {
+        if b.is_ascii_digit() {
+            run += 1;
+            if run >= min {
+                return true;
+            }
+        } else if !(b.is_ascii_alphabetic() || b == b'-' || !b.is_ascii()) {
+            run = 0;
+        }
+    }
+    false
+}
+
+/// Replace the matches of `re` for which `rep` gives a replacement. Matches
+/// are found without capture groups, and a text with nothing to replace is
+/// left untouched (not copied).
+fn replace_where(s: &mut String, re: &Regex, rep: impl Fn(&str) -> Option<&'static str>) {
+    let mut out: Option<String> = None;
+    let mut last = 0;
+    for m in re.find_iter(s) {
+        if let Some(r) = rep(m.as_str()) {
+            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+            o.push_str(&s[last..m.start()]);
+            o.push_str(r);
+            last = m.end();
+        }
+    }
+    if let Some(mut o) = out {
+        o.push_str(&s[last..]);
+        *s = o;
+    }
 }
 
 /// Apply one masking rule in place; a text it does not match is not copied.
@@ -197,7 +264,7 @@ fn replace_in(s: &mut String, re: &Regex, rep: impl regex::Replacer) {
 pub(crate) fn clean_text(s: &str, mask: bool) -> String {
     let n = normalize_text(s);
     if mask {
-        mask_pii(&n)
+        mask_pii_owned(n)
     } else {
         n
     }
@@ -259,5 +326,104 @@ mod tests {
         ] {
             assert_eq!(mask_pii(s), s);
         }
+    }
+
+    /// Random strings over an alphabet rich in the characters the fast paths
+    /// special-case (spaces, breaks, digits, `-`, `#`, `@`, controls).
+    fn random_texts(n: usize) -> Vec<String> {
+        const ALPHA: &[&str] = &[
+            "a", "B", "x", "0", "1", "7", "9", " ", " ", "\n", "\r", "\t", "-", "#", "@", ".",
+            "\u{7}", "\u{7f}", "é", "ſ", "\u{200B}", "order ", "+1 ", "ab12", "no. ",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..n)
+            .map(|_| {
+                let len = (next() % 40) as usize;
+                (0..len)
+                    .map(|_| ALPHA[(next() % ALPHA.len() as u64) as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ascii_fast_path_agrees_with_the_general_normalizer() {
+        let mut fast = 0;
+        for t in random_texts(20_000).iter().chain(&[
+            String::new(),
+            "a b\nc".to_string(),
+            "a  b".to_string(),
+            " a".to_string(),
+            "a\n\nb".to_string(),
+            "a \nb".to_string(),
+        ]) {
+            if is_normal_ascii(t) {
+                fast += 1;
+                assert_eq!(normalize_general(t), *t, "{t:?}");
+            }
+            assert_eq!(normalize_text(t), normalize_general(t), "{t:?}");
+        }
+        assert!(fast > 100, "the fast path was taken {fast} times");
+    }
+
+    /// The masking rules as plain `replace_all` calls with capture groups,
+    /// before the digit-run check and capture-free replacement.
+    fn mask_reference(s: &str) -> String {
+        let mut s = s.to_string();
+        let digits = digit_count(&s);
+        if s.contains('@') {
+            replace_in(&mut s, &EMAIL_RE, EMAIL);
+        }
+        if digits < 6 {
+            return s;
+        }
+        mask_order_keywords(&mut s);
+        replace_in(&mut s, &HASH_ID_RE, |c: &Captures| {
+            if digit_count(&c[0]) >= 6 {
+                ORDER_ID.to_string()
+            } else {
+                c[0].to_string()
+            }
+        });
+        replace_in(&mut s, &CARD_RE, CARD);
+        replace_in(&mut s, &PHONE_RE, |c: &Captures| {
+            if (7..=15).contains(&digit_count(&c[0])) {
+                PHONE.to_string()
+            } else {
+                c[0].to_string()
+            }
+        });
+        replace_in(&mut s, &MIXED_ID_RE, |c: &Captures| {
+            let t = &c[0];
+            if digit_count(t) >= 6 && t.bytes().any(|b| b.is_ascii_alphabetic()) {
+                ORDER_ID.to_string()
+            } else {
+                t.to_string()
+            }
+        });
+        s
+    }
+
+    #[test]
+    fn masking_shortcuts_agree_with_the_plain_rules() {
+        let mut changed = 0;
+        for t in random_texts(20_000).iter().chain(&[
+            "ref AB12-345678 and 1234567".to_string(),
+            "ord#A1234567 #99887766".to_string(),
+            "x1y2z3w4v5u6".to_string(),
+            "1-2-3-4-5-6a".to_string(),
+            "ſ123456".to_string(),
+        ]) {
+            let got = mask_pii(t);
+            changed += usize::from(got != *t);
+            assert_eq!(got, mask_reference(t), "{t:?}");
+        }
+        assert!(changed > 50, "only {changed} texts were masked");
     }
 }
