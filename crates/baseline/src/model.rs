@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use casetag_core::{has_avx2, Classifier, ClassifierError, LabelSpace, LevelScores, Transcript};
 use linfa::traits::Fit;
@@ -13,7 +14,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use crate::features::{Featurizer, Scratch};
+use crate::features::{prefetch, Featurizer, Scratch};
 use crate::{BaselineError, BaselineParams, Result};
 
 /// File names inside a model directory.
@@ -100,14 +101,22 @@ fn featurizer(p: &BaselineParams) -> Featurizer {
     }
 }
 
-/// Sublinear term frequency; most n-grams occur once, so skip the `ln`.
+/// Sublinear term frequency `1 + ln(count)`. Most n-grams occur once, and
+/// nearly all the rest fewer than 64 times: those come from a table holding
+/// exactly what the formula gives, so no `ln` is evaluated per n-gram.
 #[inline]
 fn tf(count: u32) -> f32 {
-    if count <= 1 {
-        1.0
-    } else {
-        1.0 + (count as f32).ln()
+    static SMALL: LazyLock<[f32; 64]> =
+        LazyLock::new(|| std::array::from_fn(|c| tf_exact(c.max(1) as u32)));
+    match count {
+        0 | 1 => 1.0,
+        c if c < 64 => SMALL[c as usize],
+        c => tf_exact(c),
     }
+}
+
+fn tf_exact(count: u32) -> f32 {
+    1.0 + (count as f32).ln()
 }
 
 /// Sublinear TF × IDF, L2-normalized over all buckets of the text.
@@ -453,30 +462,52 @@ impl BaselineModel {
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // Safety: `avx2` is set only when the CPU reports AVX2.
-            return unsafe { self.accumulate_avx2(&s.out) };
+            return unsafe { self.accumulate_avx2(&s.out, &mut s.sel) };
         }
-        self.accumulate(&s.out)
+        self.accumulate(&s.out, &mut s.sel)
     }
 
     /// The sparse row × weights product over padded rows; inlined into the
     /// AVX2 entry point so the 8-wide loop is compiled for it there. The
-    /// arithmetic (multiply, then add) is the same on both paths.
+    /// arithmetic (multiply, then add, in feature order) is the same on both
+    /// paths. Two passes: the bucket table lookups (one random line each,
+    /// prefetched `META_AHEAD` buckets on) pick the selected columns into
+    /// `sel`, then their weight rows are summed, each prefetched `ROW_AHEAD`
+    /// rows before it is needed.
     #[inline(always)]
-    fn accumulate(&self, feats: &[(u32, u32)]) -> Vec<f32> {
+    fn accumulate(&self, feats: &[(u32, u32)], sel: &mut Vec<(u32, f32)>) -> Vec<f32> {
+        const META_AHEAD: usize = 12;
+        const ROW_AHEAD: usize = 4;
         let n_out = self.bias.len();
         let stride = self.stride;
-        let mut acc = vec![0f32; stride];
+        sel.clear();
+        sel.resize(feats.len(), (0, 0.0));
+        let mut n_sel = 0;
         let mut norm2 = 0.0f32;
-        for &(b, c) in feats {
+        for (i, &(b, c)) in feats.iter().enumerate() {
+            if let Some(&(next, _)) = feats.get(i + META_AHEAD) {
+                prefetch(&self.meta, next as usize);
+            }
             let m = self.meta[b as usize];
             let v = tf(c) * m.idf;
             norm2 += v * v;
-            if m.col != NO_COL {
-                let at = m.col as usize * stride;
-                let row = &self.padded[at..at + stride];
-                for (o, w) in acc.iter_mut().zip(row) {
-                    *o += v * w;
+            // Branch-free: a bucket is selected about half the time.
+            sel[n_sel] = (m.col, v);
+            n_sel += usize::from(m.col != NO_COL);
+        }
+        sel.truncate(n_sel);
+        let mut acc = vec![0f32; stride];
+        for (j, &(col, v)) in sel.iter().enumerate() {
+            if let Some(&(next, _)) = sel.get(j + ROW_AHEAD) {
+                let at = next as usize * stride;
+                for k in (0..stride).step_by(16).chain([stride.saturating_sub(1)]) {
+                    prefetch(&self.padded, at + k);
                 }
+            }
+            let at = col as usize * stride;
+            let row = &self.padded[at..at + stride];
+            for (o, w) in acc.iter_mut().zip(row) {
+                *o += v * w;
             }
         }
         let inv = if norm2 > 0.0 {
@@ -493,8 +524,8 @@ impl BaselineModel {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn accumulate_avx2(&self, feats: &[(u32, u32)]) -> Vec<f32> {
-        self.accumulate(feats)
+    unsafe fn accumulate_avx2(&self, feats: &[(u32, u32)], sel: &mut Vec<(u32, f32)>) -> Vec<f32> {
+        self.accumulate(feats, sel)
     }
 
     fn logits(&self, text: &str) -> Vec<f32> {
@@ -755,6 +786,15 @@ mod tests {
             .predict(&[Transcript::new(""), Transcript::new("完全不同的文本 😀")])
             .unwrap();
         assert!(odd.iter().all(|s| s.logits.len() == 3));
+    }
+
+    #[test]
+    fn tf_table_matches_the_formula() {
+        assert_eq!(tf(0), 1.0);
+        for c in 1..300 {
+            assert_eq!(tf(c).to_bits(), tf_exact(c).to_bits(), "count {c}");
+        }
+        assert!(tf(2) > 1.0 && tf(100) > tf(63));
     }
 
     #[test]
