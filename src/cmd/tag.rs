@@ -33,53 +33,58 @@ pub struct Args {
     chunk_rows: usize,
 }
 
-/// Output columns for one chunk.
+/// Output columns for one chunk, borrowing the chunk's decisions.
 #[derive(Default)]
-struct Cols {
-    l: [Vec<Option<String>>; 3],
+struct Cols<'a> {
+    l: [Vec<Option<&'a str>>; 3],
     conf: [Vec<Option<f32>>; 3],
     depth: Vec<Option<u32>>,
     oos: Vec<Option<bool>>,
     actions: Vec<Option<String>>,
-    served_by: Vec<Option<String>>,
-    model_id: Vec<Option<String>>,
-    error: Vec<Option<String>>,
+    served_by: Vec<Option<&'a str>>,
+    model_id: Vec<Option<&'a str>>,
+    error: Vec<Option<&'static str>>,
 }
 
-impl Cols {
-    fn push(&mut self, t: Option<&Tagged>, error: Option<String>) {
+impl<'a> Cols<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            l: std::array::from_fn(|_| Vec::with_capacity(n)),
+            conf: std::array::from_fn(|_| Vec::with_capacity(n)),
+            depth: Vec::with_capacity(n),
+            oos: Vec::with_capacity(n),
+            actions: Vec::with_capacity(n),
+            served_by: Vec::with_capacity(n),
+            model_id: Vec::with_capacity(n),
+            error: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, t: Option<&'a Tagged>, error: Option<&'static str>) {
         match t {
             Some(t) => {
                 let d = &t.decision;
                 for k in 0..3 {
-                    self.l[k].push(
-                        d.tag
-                            .as_ref()
-                            .and_then(|p| p.level(k + 1))
-                            .map(str::to_string),
-                    );
+                    self.l[k].push(d.tag.as_ref().and_then(|p| p.level(k + 1)));
                     self.conf[k].push(d.confidence.get(k).copied());
                 }
                 self.depth.push(Some(d.depth as u32));
                 self.oos.push(Some(d.out_of_scope));
-                let acts: Vec<String> = d
-                    .actions
-                    .iter()
-                    .map(|a| {
-                        format!(
-                            "{}:{}",
-                            a.id,
-                            if a.mode == casetag_core::ActionMode::Auto {
-                                "auto"
-                            } else {
-                                "suggest"
-                            }
-                        )
-                    })
-                    .collect();
-                self.actions.push(Some(acts.join(";")));
-                self.served_by.push(Some(t.served_by.clone()));
-                self.model_id.push(Some(t.model_id.clone()));
+                let mut acts = String::new();
+                for a in &d.actions {
+                    if !acts.is_empty() {
+                        acts.push(';');
+                    }
+                    acts.push_str(&a.id);
+                    acts.push_str(if a.mode == casetag_core::ActionMode::Auto {
+                        ":auto"
+                    } else {
+                        ":suggest"
+                    });
+                }
+                self.actions.push(Some(acts));
+                self.served_by.push(Some(&t.served_by));
+                self.model_id.push(Some(&t.model_id));
             }
             None => {
                 for k in 0..3 {
@@ -169,11 +174,22 @@ pub fn run(a: Args) -> CmdResult {
         }
     });
 
-    // Write finished chunks on a third thread: reading, tagging and writing
-    // overlap, and at most two chunks wait in each hand-off.
-    let (wtx, wrx) = std::sync::mpsc::sync_channel::<DataFrame>(1);
+    // Build the output columns and write on a third thread: reading, tagging
+    // and writing overlap, the tagging thread goes straight on to the next
+    // chunk, and at most two chunks wait in each hand-off.
+    let (wtx, wrx) = std::sync::mpsc::sync_channel::<(DataFrame, Vec<bool>, Vec<Tagged>)>(1);
     let writer_thread = std::thread::spawn(move || -> Result<ChunkWriter, Failure> {
-        for mut df in wrx {
+        for (mut df, present, tagged) in wrx {
+            let mut cols = Cols::with_capacity(present.len());
+            let mut answers = tagged.iter();
+            for ok in present {
+                if ok {
+                    cols.push(answers.next(), None);
+                } else {
+                    cols.push(None, Some("empty or missing text"));
+                }
+            }
+            cols.attach(&mut df)?;
             writer.write(&mut df)?;
         }
         Ok(writer)
@@ -182,7 +198,7 @@ pub fn run(a: Args) -> CmdResult {
     let (mut rows, mut bad, mut fallbacks) = (0usize, 0usize, 0usize);
     let tagged_all = (|| -> Result<(), Failure> {
         for chunk in rx {
-            let mut df = chunk?;
+            let df = chunk?;
             let texts = chunk_texts(&df)?;
             let present: Vec<bool> = texts.iter().map(Option::is_some).collect();
             let cases: Vec<Transcript> = texts.into_iter().flatten().map(Transcript::new).collect();
@@ -192,13 +208,8 @@ pub fn run(a: Args) -> CmdResult {
                 .iter()
                 .filter(|t| t.served_by == "baseline" && tagger.active().kind() != "baseline")
                 .count();
-            let mut cols = Cols::default();
-            let mut j = 0;
             for (i, &ok) in present.iter().enumerate() {
-                if ok {
-                    cols.push(Some(&tagged[j]), None);
-                    j += 1;
-                } else {
+                if !ok {
                     bad += 1;
                     if bad <= 10 {
                         eprintln!(
@@ -207,12 +218,10 @@ pub fn run(a: Args) -> CmdResult {
                             rows + i + 1
                         );
                     }
-                    cols.push(None, Some("empty or missing text".into()));
                 }
             }
             rows += present.len();
-            cols.attach(&mut df)?;
-            if wtx.send(df).is_err() {
+            if wtx.send((df, present, tagged)).is_err() {
                 // The writer stopped on an error; it is reported below.
                 break;
             }
