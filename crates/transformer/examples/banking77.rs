@@ -138,6 +138,16 @@ fn main() {
 
     let train = load(&data.join("train.csv"));
     let test = load(&data.join("test.csv"));
+
+    // `--embed-bundle BUNDLE --dump DIR`: the embeddings of a trained bundle's
+    // encoder (fine-tuned or not) for every train and test row, then exit.
+    if let Some(bundle) = arg("--embed-bundle") {
+        let dir = PathBuf::from(arg("--dump").expect("--embed-bundle needs --dump DIR"));
+        let model = casetag_transformer::TransformerModel::load(Path::new(&bundle), "bundle")
+            .unwrap_or_else(|e| panic!("{bundle}: {e}"));
+        dump(&model, &train, &test, &dir);
+        return;
+    }
     let mut classes: Vec<String> = train.iter().map(|r| r.1.clone()).collect();
     classes.sort();
     classes.dedup();
@@ -211,21 +221,29 @@ fn main() {
     );
 
     if let Some(dir) = arg("--dump") {
-        let dir = PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let t2 = Instant::now();
-        let all_train: Vec<&str> = train.iter().map(|r| r.0.as_str()).collect();
-        write_npy(
-            &dir.join("train_emb.npy"),
-            &model.embed(&all_train).unwrap(),
-        );
-        write_npy(&dir.join("test_emb.npy"), &model.embed(&texts).unwrap());
-        println!(
-            "dumped normalized embeddings to {} ({:.1}s)",
-            dir.display(),
-            t2.elapsed().as_secs_f64()
-        );
+        dump(&model, &train, &test, &PathBuf::from(dir));
     }
+}
+
+/// Write the model's pooled (normalized) embeddings of every train and test
+/// row, in file order, as `train_emb.npy` and `test_emb.npy` in `dir`.
+fn dump(
+    model: &casetag_transformer::TransformerModel,
+    train: &[(String, String)],
+    test: &[(String, String)],
+    dir: &Path,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    let t = Instant::now();
+    for (name, rows) in [("train_emb.npy", train), ("test_emb.npy", test)] {
+        let texts: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        write_npy(&dir.join(name), &model.embed(&texts).unwrap());
+    }
+    println!(
+        "dumped normalized embeddings to {} ({:.1}s)",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
 }
 
 /// Frozen mode: several head settings over the same cached embeddings, each
