@@ -34,7 +34,6 @@ pub struct Args {
 }
 
 /// Output columns for one chunk, borrowing the chunk's decisions.
-#[derive(Default)]
 struct Cols<'a> {
     l: [Vec<Option<&'a str>>; 3],
     conf: [Vec<Option<f32>>; 3],
