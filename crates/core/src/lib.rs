@@ -176,6 +176,9 @@ pub enum ClassifierError {
     Backend(String),
 }
 
+/// Scores and the embedding each was computed from, one row per case.
+pub type Embedded = (Vec<LevelScores>, Vec<Vec<f32>>);
+
 /// The boundary between models and the decision layer: batch in, batch out,
 /// text in (each backend featurizes itself).
 pub trait Classifier: Send + Sync {
@@ -187,6 +190,16 @@ pub trait Classifier: Send + Sync {
         &self,
         cases: &[Transcript],
     ) -> std::result::Result<Vec<LevelScores>, ClassifierError>;
+
+    /// Scores plus the embedding each row was computed from, for models
+    /// that have one (the learned out-of-scope detector works on it);
+    /// `Ok(None)` for models that do not embed.
+    fn predict_embedded(
+        &self,
+        _cases: &[Transcript],
+    ) -> std::result::Result<Option<Embedded>, ClassifierError> {
+        Ok(None)
+    }
 }
 
 /// Numerically stable softmax with a temperature.

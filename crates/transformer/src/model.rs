@@ -23,6 +23,9 @@ use crate::error::{Result, TransformerError};
 use crate::head::Head;
 use crate::TransformerParams;
 
+/// One row of floats per text.
+type Rows = Vec<Vec<f32>>;
+
 pub const INFO_FILE: &str = "transformer.json";
 pub const HEAD_FILE: &str = "head.safetensors";
 pub const ENCODER_FILE: &str = "encoder.safetensors";
@@ -227,6 +230,16 @@ impl TransformerModel {
         Ok(self.head.forward(&x, None)?.to_vec2()?)
     }
 
+    /// Raw logits and pooled embeddings (as [`embed`](Self::embed) gives
+    /// them), one row per text, from one encoder pass.
+    pub fn logits_and_embeddings(&self, texts: &[&str]) -> Result<(Rows, Rows)> {
+        if texts.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let x = self.embed_tensor(texts)?;
+        Ok((self.head.forward(&x, None)?.to_vec2()?, x.to_vec2()?))
+    }
+
     /// Raw logits over the label space, one row per text.
     pub fn logits(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
@@ -263,6 +276,28 @@ impl Classifier for TransformerModel {
                 .into_iter()
                 .map(|logits| LevelScores { logits })
                 .collect()),
+            Ok(Err(e)) => Err(ClassifierError::Backend(e.to_string())),
+            Err(_) => Err(ClassifierError::Backend(
+                "transformer inference panicked".into(),
+            )),
+        }
+    }
+
+    fn predict_embedded(
+        &self,
+        cases: &[Transcript],
+    ) -> std::result::Result<Option<casetag_core::Embedded>, ClassifierError> {
+        let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.logits_and_embeddings(&texts)
+        }));
+        match run {
+            Ok(Ok((rows, emb))) => Ok(Some((
+                rows.into_iter()
+                    .map(|logits| LevelScores { logits })
+                    .collect(),
+                emb,
+            ))),
             Ok(Err(e)) => Err(ClassifierError::Backend(e.to_string())),
             Err(_) => Err(ClassifierError::Backend(
                 "transformer inference panicked".into(),
