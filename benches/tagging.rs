@@ -74,7 +74,7 @@ fn bench_tagging(c: &mut Criterion) {
         // The decision layer alone, on precomputed logits.
         let texts = chunk_texts(&df).unwrap();
         let cases: Vec<Transcript> = texts.iter().flatten().map(Transcript::new).collect();
-        let logits = m.logits(&cases).unwrap();
+        let logits = m.scores(&cases).unwrap();
         g.bench_function(format!("{kind}/decide_only"), |b| {
             b.iter(|| {
                 black_box(

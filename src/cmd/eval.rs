@@ -202,7 +202,7 @@ pub fn run(a: Args) -> CmdResult {
         let t0 = Instant::now();
         let mut logits = Vec::with_capacity(cases.len());
         for chunk in cases.chunks(1024) {
-            logits.extend(m.logits(chunk)?);
+            logits.extend(m.scores(chunk)?);
             pb.inc(chunk.len() as u64);
         }
         pb.finish_and_clear();

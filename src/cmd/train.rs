@@ -47,6 +47,11 @@ pub struct Args {
     /// answers the score-based out-of-scope cut may reject.
     #[arg(long, default_value_t = 0.02)]
     oos_budget: f64,
+    /// Without out-of-scope training rows: `meta` learns a detector by
+    /// hiding known classes (transformer; the baseline uses `msp`), `msp`
+    /// cuts on the L1 confidence.
+    #[arg(long, default_value = "meta", value_name = "meta|msp")]
+    oos_detector: casetag_engine::calibrate::OosDetector,
     /// Rename a source column to a label column, e.g. `category=l1` (repeatable).
     #[arg(long = "label-column", value_name = "SRC=l1|l2|l3")]
     label_columns: Vec<String>,
@@ -99,6 +104,7 @@ pub fn run(a: Args) -> CmdResult {
     cfg.decision.target_precision = a.target_precision;
     cfg.decision.min_margin = a.min_margin;
     cfg.decision.oos_budget = a.oos_budget;
+    cfg.decision.oos_detector = a.oos_detector;
     cfg.baseline.seed = a.seed;
     if let Some(k) = a.features {
         cfg.baseline.n_features = k;

@@ -10,6 +10,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::decide::{Decider, Thresholds};
 
+/// How a model trained without out-of-scope rows detects them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OosDetector {
+    /// The learned leave-classes-out detector ([`crate::oos_meta`]) for
+    /// models with embeddings (the transformer); `msp` for the others.
+    #[default]
+    Meta,
+    /// A cut on the calibrated L1 confidence.
+    Msp,
+}
+
+impl std::str::FromStr for OosDetector {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "meta" => Ok(Self::Meta),
+            "msp" => Ok(Self::Msp),
+            o => Err(format!("unknown out-of-scope detector '{o}' (meta|msp)")),
+        }
+    }
+}
+
 /// Knobs for deriving thresholds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionParams {
@@ -22,6 +45,9 @@ pub struct DecisionParams {
     pub oos_budget: f64,
     /// Predictions of a node needed on validation for a node-specific threshold.
     pub min_node_support: usize,
+    /// Without an OOS class: the learned detector or the confidence cut.
+    #[serde(default)]
+    pub oos_detector: OosDetector,
 }
 
 impl Default for DecisionParams {
@@ -31,6 +57,7 @@ impl Default for DecisionParams {
             min_margin: 0.05,
             oos_budget: 0.02,
             min_node_support: 30,
+            oos_detector: OosDetector::Meta,
         }
     }
 }
@@ -119,7 +146,7 @@ pub fn fit_thresholds(
     let tax = &decider.taxonomy;
     let depth = tax.depth();
     // Decode with no thresholds at all to see raw confidences.
-    let raw = Decider::new(
+    let mut raw = Decider::new(
         tax.clone(),
         decider.label_space.clone(),
         decider.temperature,
@@ -129,12 +156,15 @@ pub fn fit_thresholds(
             min_margin: 0.0,
             oos_prob: 2.0,
             oos_min_l1: -1.0,
+            oos_detector_cut: None,
             target_precision: params.target_precision,
         },
     );
+    raw.detector = decider.detector;
     let mut per_level: Vec<(Vec<f32>, Vec<bool>)> = vec![(Vec::new(), Vec::new()); depth];
     let mut per_node: BTreeMap<String, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
     let mut l1_correct_conf: Vec<f32> = Vec::new();
+    let mut l1_correct_det: Vec<f32> = Vec::new();
     for (l, t) in logits.iter().zip(truth) {
         let Some(t) = t else { continue };
         let d = raw.decide(l, 0);
@@ -151,6 +181,9 @@ pub fn fit_thresholds(
         }
         if d.top_path.l1 == t.l1 {
             l1_correct_conf.push(d.confidence[0]);
+            if let (_, Some(z)) = decider.split_scores(l) {
+                l1_correct_det.push(z);
+            }
         }
     }
     let level: Vec<f32> = per_level
@@ -173,6 +206,20 @@ pub fn fit_thresholds(
         let k = ((l1_correct_conf.len() as f64) * params.oos_budget).floor() as usize;
         l1_correct_conf[k.min(l1_correct_conf.len() - 1)]
     };
+    // The learned detector, when present, replaces the L1 cut: the same
+    // budget, on its logit (out of scope above the cut).
+    let (oos_min_l1, oos_detector_cut) = if decider.detector && !decider.label_space.oos_class {
+        l1_correct_det.sort_by(|a, b| b.total_cmp(a));
+        let k = ((l1_correct_det.len() as f64) * params.oos_budget).floor() as usize;
+        (
+            0.0,
+            l1_correct_det
+                .get(k.min(l1_correct_det.len().saturating_sub(1)))
+                .copied(),
+        )
+    } else {
+        (oos_min_l1, None)
+    };
     Thresholds {
         target_precision: params.target_precision,
         level,
@@ -180,6 +227,7 @@ pub fn fit_thresholds(
         min_margin: params.min_margin,
         oos_prob: 0.5,
         oos_min_l1,
+        oos_detector_cut,
     }
 }
 
@@ -200,6 +248,50 @@ mod tests {
         let t = fit_temperature(&logits, &targets);
         assert!((t - 3.0).abs() < 0.2, "{t}");
         assert!(ece_at(&logits, &targets, t) < ece_at(&logits, &targets, 1.0));
+    }
+
+    #[test]
+    fn detector_cut_spends_the_budget_on_correct_answers_only() {
+        use casetag_core::{LabelSpace, Taxonomy};
+        let tax = Taxonomy::from_yaml_str("nodes: [{id: a}, {id: b}, {id: c}, {id: d}]").unwrap();
+        let ls = LabelSpace {
+            n_paths: 4,
+            oos_class: false,
+        };
+        let mut dec = Decider::new(tax, ls, 1.0, Thresholds::default());
+        dec.detector = true;
+        let (mut rows, mut truth) = (Vec::new(), Vec::new());
+        // 200 correct answers (class a) with detector logits 0.0 .. 19.9.
+        for i in 0..200 {
+            rows.push(vec![3.0, 0.0, 0.0, 0.0, i as f32 / 10.0]);
+            truth.push(Some(TagPath::new("a", None, None)));
+        }
+        // 50 wrong answers with very high logits: rejecting them is free,
+        // so they must not move the cut.
+        for _ in 0..50 {
+            rows.push(vec![3.0, 0.0, 0.0, 0.0, 100.0]);
+            truth.push(Some(TagPath::new("b", None, None)));
+        }
+        let p = DecisionParams {
+            oos_budget: 0.05,
+            ..DecisionParams::default()
+        };
+        let th = fit_thresholds(&dec, &rows, &truth, &p);
+        let cut = th.oos_detector_cut.expect("a cut with the detector");
+        assert!((cut - 18.9).abs() < 1e-4, "{cut}");
+        assert_eq!(th.oos_min_l1, 0.0);
+        dec.thresholds = th;
+        let rejected_ok = rows[..200]
+            .iter()
+            .filter(|r| dec.decide(r, 0).out_of_scope)
+            .count();
+        assert_eq!(rejected_ok, 10); // 5% of 200
+        assert!(rows[200..].iter().all(|r| dec.decide(r, 0).out_of_scope));
+        // Without the detector the same rows give a confidence cut instead.
+        dec.detector = false;
+        let plain: Vec<Vec<f32>> = rows.iter().map(|r| r[..4].to_vec()).collect();
+        let th = fit_thresholds(&dec, &plain, &truth, &p);
+        assert!(th.oos_detector_cut.is_none());
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub struct Thresholds {
     pub oos_prob: f32,
     /// From scores: out of scope when the L1 confidence is below this.
     pub oos_min_l1: f32,
+    /// With the learned out-of-scope detector (`oos_detector.bin` in the
+    /// bundle): out of scope when its logit is above this. Replaces
+    /// `oos_min_l1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oos_detector_cut: Option<f32>,
 }
 
 impl Default for Thresholds {
@@ -38,6 +43,7 @@ impl Default for Thresholds {
             min_margin: 0.1,
             oos_prob: 0.5,
             oos_min_l1: 0.0,
+            oos_detector_cut: None,
         }
     }
 }
@@ -69,8 +75,9 @@ pub struct Decision {
     /// Calibrated confidence of `top_path` per level (marginals).
     pub confidence: Vec<f32>,
     pub out_of_scope: bool,
-    /// Probability mass the model puts outside the taxonomy (OOS class) or
-    /// 1 - L1 confidence when the model has no such class.
+    /// Probability mass the model puts outside the taxonomy (OOS class), the
+    /// learned detector's probability when the bundle has one, or
+    /// 1 - L1 confidence otherwise.
     pub oos_score: f32,
     pub actions: Vec<ActionOut>,
     pub alternatives: Vec<Alternative>,
@@ -90,6 +97,9 @@ pub struct Decider {
     pub label_space: LabelSpace,
     pub temperature: f32,
     pub thresholds: Thresholds,
+    /// Score rows carry one extra value after the logits: the learned
+    /// out-of-scope detector's logit (see [`crate::oos_meta`]).
+    pub detector: bool,
     /// For each class, its lineage of node indices (root first).
     lineage: Vec<Vec<usize>>,
     /// For each node, the classes below it.
@@ -117,9 +127,27 @@ impl Decider {
             label_space,
             temperature,
             thresholds,
+            detector: false,
             lineage,
             under,
         }
+    }
+
+    /// Length of a score row: the label space's outputs, plus one with the
+    /// detector.
+    pub fn score_len(&self) -> usize {
+        self.label_space.n_outputs() + self.detector as usize
+    }
+
+    /// A score row's logits and, with the detector, its logit.
+    pub fn split_scores<'a>(&self, scores: &'a [f32]) -> (&'a [f32], Option<f32>) {
+        let n = self.label_space.n_outputs().min(scores.len());
+        let det = if self.detector {
+            scores.get(n).copied()
+        } else {
+            None
+        };
+        (&scores[..n], det)
     }
 
     /// Calibrated probabilities over the label space.
@@ -174,8 +202,10 @@ impl Decider {
             .unwrap_or_else(|| self.thresholds.level.get(level).copied().unwrap_or(0.5))
     }
 
-    /// Turn one case's logits into a decision.
-    pub fn decide(&self, logits: &[f32], top_k: usize) -> Decision {
+    /// Turn one case's score row (logits, then the detector's logit when
+    /// the model has one) into a decision.
+    pub fn decide(&self, scores: &[f32], top_k: usize) -> Decision {
+        let (logits, det) = self.split_scores(scores);
         let probs = self.probabilities(logits);
         let n_paths = self.label_space.n_paths;
         let p_oos = if self.label_space.oos_class {
@@ -200,6 +230,9 @@ impl Decider {
 
         let (out_of_scope, oos_score) = if self.label_space.oos_class {
             (p_oos >= self.thresholds.oos_prob, p_oos)
+        } else if let Some(z) = det {
+            let cut = self.thresholds.oos_detector_cut;
+            (cut.is_some_and(|c| z > c), 1.0 / (1.0 + (-z).exp()))
         } else {
             (l1 < self.thresholds.oos_min_l1, 1.0 - l1)
         };
@@ -407,6 +440,53 @@ nodes:
         let r = d.decide(&logits(&[0.2, 0.2, 0.15, 0.45]), 3);
         assert!(r.out_of_scope);
         assert!(!d.decide(&logits(&[0.9, 0.0, 0.0, 0.1]), 3).out_of_scope);
+    }
+
+    #[test]
+    fn out_of_scope_from_the_learned_detector() {
+        let mut t = th(0.6, 0.1);
+        t.oos_min_l1 = 0.99; // ignored once the detector is there
+        t.oos_detector_cut = Some(1.5);
+        let mut d = decider(false, t.clone());
+        d.detector = true;
+        assert_eq!(d.score_len(), 5);
+        // A confident full path: the detector's logit alone decides.
+        let mut row = logits(&[0.95, 0.03, 0.01, 0.01]);
+        row.push(2.0);
+        let r = d.decide(&row, 3);
+        assert!(r.out_of_scope && r.depth == 0 && r.tag.is_none() && r.actions.is_empty());
+        assert!((r.oos_score - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
+        // Below the cut: in scope, full depth, even though L1 < oos_min_l1.
+        *row.last_mut().unwrap() = 1.0;
+        let r = d.decide(&row, 3);
+        assert!(!r.out_of_scope && r.full_depth() && r.depth == 3);
+        assert_eq!(r.top_path.to_string(), "returns/refund/refund_missing");
+        // Back-off still applies to in-scope answers.
+        let mut unsure = logits(&[0.45, 0.45, 0.05, 0.05]);
+        unsure.push(-3.0);
+        let r = d.decide(&unsure, 3);
+        assert!(!r.out_of_scope);
+        assert_eq!(r.depth, 2);
+        // No cut fitted: never out of scope from the detector.
+        let mut d2 = decider(
+            false,
+            Thresholds {
+                oos_detector_cut: None,
+                ..t.clone()
+            },
+        );
+        d2.detector = true;
+        let mut hot = logits(&[0.95, 0.03, 0.01, 0.01]);
+        hot.push(50.0);
+        assert!(!d2.decide(&hot, 0).out_of_scope);
+        // An explicit out-of-scope class wins over the detector.
+        let mut d3 = decider(true, t);
+        d3.detector = true;
+        let mut row = logits(&[0.9, 0.0, 0.0, 0.0, 0.1]);
+        row.push(9.0);
+        let r = d3.decide(&row, 0);
+        assert!(!r.out_of_scope);
+        assert!((r.oos_score - 0.1).abs() < 1e-4);
     }
 
     #[test]

@@ -118,12 +118,8 @@ pub fn evaluate_logits(
     throughput: Option<f64>,
 ) -> ModelEval {
     let decisions: Vec<Decision> = logits.iter().map(|l| decider.decide(l, 0)).collect();
-    let uncal = Decider::new(
-        decider.taxonomy.clone(),
-        decider.label_space.clone(),
-        1.0,
-        decider.thresholds.clone(),
-    );
+    let mut uncal = decider.clone();
+    uncal.temperature = 1.0;
     let raw_conf: Vec<f64> = logits
         .iter()
         .map(|l| *uncal.decide(l, 0).confidence.last().unwrap() as f64)

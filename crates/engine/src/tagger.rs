@@ -7,6 +7,7 @@ use casetag_core::{Classifier, Transcript};
 use serde::Serialize;
 
 use crate::decide::{Decider, Decision, Thresholds};
+use crate::oos_meta::MetaDetector;
 use crate::{EngineError, Result};
 
 /// A verified bundle with its classifier and decision layer.
@@ -14,6 +15,8 @@ pub struct LoadedModel {
     pub bundle: Bundle,
     pub classifier: Box<dyn Classifier>,
     pub decider: Decider,
+    /// The learned out-of-scope detector, when the bundle has one.
+    pub detector: Option<MetaDetector>,
 }
 
 impl LoadedModel {
@@ -24,14 +27,25 @@ impl LoadedModel {
         &self.bundle.manifest.kind
     }
 
-    /// Raw logits for a batch.
-    pub fn logits(&self, cases: &[Transcript]) -> Result<Vec<Vec<f32>>> {
-        let scores = self
-            .classifier
-            .predict(cases)
-            .map_err(|e| EngineError::Internal(format!("model '{}': {e}", self.id())))?;
+    /// Score rows for a batch, as the decision layer takes them: the logits,
+    /// then (with a detector) the detector's logit.
+    pub fn scores(&self, cases: &[Transcript]) -> Result<Vec<Vec<f32>>> {
+        let fail = |e: &dyn std::fmt::Display| {
+            EngineError::Internal(format!("model '{}': {e}", self.id()))
+        };
+        let (scores, det) = match &self.detector {
+            None => (self.classifier.predict(cases).map_err(|e| fail(&e))?, None),
+            Some(d) => {
+                let (s, emb) = self
+                    .classifier
+                    .predict_embedded(cases)
+                    .map_err(|e| fail(&e))?
+                    .ok_or_else(|| fail(&"the bundle has an out-of-scope detector but the model gives no embeddings"))?;
+                (s, Some(d.scores(&emb).map_err(|e| fail(&e))?))
+            }
+        };
         let want = self.decider.label_space.n_outputs();
-        scores
+        let rows: Vec<Vec<f32>> = scores
             .into_iter()
             .map(|s| {
                 if s.logits.len() != want || s.logits.iter().any(|x| !x.is_finite()) {
@@ -44,12 +58,23 @@ impl LoadedModel {
                     Ok(s.logits)
                 }
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(match det {
+            None => rows,
+            Some(z) => rows
+                .into_iter()
+                .zip(z)
+                .map(|(mut r, z)| {
+                    r.push(z);
+                    r
+                })
+                .collect(),
+        })
     }
 
     /// Decisions for a batch.
     pub fn decide(&self, cases: &[Transcript], top_k: usize) -> Result<Vec<Decision>> {
-        let logits = self.logits(cases)?;
+        let logits = self.scores(cases)?;
         // Decoding is a few microseconds per case; large batch-job chunks
         // spread it over the pool, small server batches stay on this thread.
         if logits.len() >= 1024 {
@@ -96,16 +121,19 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
     let thresholds: Thresholds = serde_json::from_value(m.thresholds.clone()).map_err(|e| {
         EngineError::Input(format!("{}: thresholds in manifest: {e}", dir.display()))
     })?;
-    let decider = Decider::new(
+    let detector = MetaDetector::load(dir)?;
+    let mut decider = Decider::new(
         bundle.taxonomy.clone(),
         m.label_space.clone(),
         m.calibration.temperature,
         thresholds,
     );
+    decider.detector = detector.is_some();
     Ok(LoadedModel {
         bundle,
         classifier,
         decider,
+        detector,
     })
 }
 

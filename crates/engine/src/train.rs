@@ -11,9 +11,10 @@ use casetag_core::{Classifier, LabelSpace, TagPath, Taxonomy, Transcript};
 use casetag_transformer::TransformerParams;
 use serde::{Deserialize, Serialize};
 
-use crate::calibrate::{ece_at, fit_temperature, fit_thresholds, DecisionParams};
+use crate::calibrate::{ece_at, fit_temperature, fit_thresholds, DecisionParams, OosDetector};
 use crate::decide::Decider;
 use crate::eval::{evaluate_logits, EvalRow};
+use crate::oos_meta::{MetaDetector, MetaInputs, MetaParams};
 use crate::{EngineError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +161,25 @@ impl Fitted {
                 .map_err(|e| EngineError::Transformer(e.to_string())),
         }
     }
+}
+
+/// Indices of at most `cap` rows per class, spread evenly over each
+/// class's rows, in their original order.
+fn cap_per_class(targets: &[usize], cap: usize) -> Vec<usize> {
+    let mut by: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &t) in targets.iter().enumerate() {
+        by.entry(t).or_default().push(i);
+    }
+    let mut keep: Vec<usize> = by
+        .into_values()
+        .flat_map(|rows| {
+            let n = rows.len();
+            let take = n.min(cap);
+            (0..take).map(move |j| rows[j * n / take])
+        })
+        .collect();
+    keep.sort_unstable();
+    keep
 }
 
 /// For each level above the deepest, map every output to its level node
@@ -342,16 +362,73 @@ pub fn train(
         .iter()
         .map(|r| Transcript::new(r.text.clone()))
         .collect();
-    let val_logits: Vec<Vec<f32>> = if val_cases.is_empty() {
-        Vec::new()
+    let want_detector = !label_space.oos_class
+        && cfg.decision.oos_detector == OosDetector::Meta
+        && MetaDetector::applicable(label_space.n_paths);
+    let val_err = |e: casetag_core::ClassifierError| {
+        EngineError::Internal(format!("validation prediction: {e}"))
+    };
+    let (val_logits, val_emb): (Vec<Vec<f32>>, Option<Vec<Vec<f32>>>) = if val_cases.is_empty() {
+        (Vec::new(), None)
     } else {
-        fitted
-            .classifier()
-            .predict(&val_cases)
-            .map_err(|e| EngineError::Internal(format!("validation prediction: {e}")))?
-            .into_iter()
-            .map(|s| s.logits)
-            .collect()
+        let embedded = if want_detector {
+            fitted
+                .classifier()
+                .predict_embedded(&val_cases)
+                .map_err(val_err)?
+        } else {
+            None
+        };
+        match embedded {
+            Some((s, e)) => (s.into_iter().map(|s| s.logits).collect(), Some(e)),
+            None => (
+                fitted
+                    .classifier()
+                    .predict(&val_cases)
+                    .map_err(val_err)?
+                    .into_iter()
+                    .map(|s| s.logits)
+                    .collect(),
+                None,
+            ),
+        }
+    };
+    // The learned out-of-scope detector, for models that embed and were
+    // trained without out-of-scope rows.
+    let detector = match (&fitted, val_emb) {
+        (Fitted::Transformer(m), Some(val_emb)) => {
+            let mp = MetaParams::default();
+            let keep = cap_per_class(&targets, mp.max_per_class);
+            progress(&format!(
+                "out-of-scope detector: embedding {} training rows",
+                keep.len()
+            ));
+            let fit_texts: Vec<&str> = keep.iter().map(|&i| texts[i]).collect();
+            let fit_x = m
+                .embed(&fit_texts)
+                .map_err(|e| EngineError::Transformer(e.to_string()))?
+                .concat();
+            let fit_y: Vec<u32> = keep.iter().map(|&i| targets[i] as u32).collect();
+            let (mut val_x, mut val_y) = (Vec::new(), Vec::new());
+            for (r, e) in val_rows.iter().zip(&val_emb) {
+                if let Some(t) = target_of(r) {
+                    val_x.extend_from_slice(e);
+                    val_y.push(t as u32);
+                }
+            }
+            let inputs = MetaInputs {
+                d: val_emb.first().map_or(0, Vec::len),
+                k: label_space.n_paths,
+                fit_x: &fit_x,
+                fit_y: &fit_y,
+                val_x: &val_x,
+                val_y: &val_y,
+            };
+            let det = MetaDetector::fit(&inputs, &mp, progress)?;
+            let z = det.scores(&val_emb)?;
+            Some((det, z))
+        }
+        _ => None,
     };
     let (cal_logits, cal_targets): (Vec<Vec<f32>>, Vec<usize>) = val_rows
         .iter()
@@ -370,6 +447,21 @@ pub fn train(
         temperature,
         Default::default(),
     );
+    // Score rows carry the detector's logit after the logits.
+    let val_logits: Vec<Vec<f32>> = match &detector {
+        None => val_logits,
+        Some((_, z)) => {
+            decider.detector = true;
+            val_logits
+                .into_iter()
+                .zip(z)
+                .map(|(mut l, &z)| {
+                    l.push(z);
+                    l
+                })
+                .collect()
+        }
+    };
     let truth: Vec<Option<TagPath>> = val_rows.iter().map(|r| r.label.clone()).collect();
     let thresholds = fit_thresholds(&decider, &val_logits, &truth, &cfg.decision);
     decider.thresholds = thresholds.clone();
@@ -384,9 +476,17 @@ pub fn train(
     let mut vm = serde_json::to_value(&val_report.summary).unwrap();
     vm["fit_seconds"] = serde_json::json!(fit_s);
     vm["train_rows"] = serde_json::json!(texts.len());
+    vm["oos_detector"] = serde_json::json!(match (&detector, label_space.oos_class) {
+        (_, true) => "class",
+        (Some(_), false) => "meta",
+        (None, false) => "msp",
+    });
 
     let writer = BundleWriter::new(out)?;
     fitted.save(writer.dir())?;
+    if let Some((det, _)) = &detector {
+        det.save(writer.dir())?;
+    }
     let manifest = Manifest {
         format: 0,
         id,

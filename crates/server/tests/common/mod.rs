@@ -239,6 +239,7 @@ pub fn wrapped(dir: &Path, gate: Option<Arc<Gate>>) -> LoadedModel {
             gate,
         }),
         decider: m.decider,
+        detector: m.detector,
     }
 }
 

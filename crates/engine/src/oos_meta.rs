@@ -1,0 +1,887 @@
+//! The learned out-of-scope detector for models trained without
+//! out-of-scope rows (`meta`, leave-classes-out).
+//!
+//! A model that never saw out-of-scope cases only has its scores to go on,
+//! and max softmax probability alone misses most near-topic queries. This
+//! detector learns what "an intent I was not trained on" looks like from the
+//! training data itself: `episodes` times it hides a random set of the known
+//! classes, fits a small base model (multinomial logistic regression on the
+//! encoder's embeddings plus a nearest-neighbour memory) on the rest, and
+//! computes [`FEATURES`] for the rest's validation rows (in scope) and for
+//! the hidden classes' rows (stand-in out of scope). A class-balanced
+//! logistic regression then separates "hidden class or wrong answer" from
+//! "right answer" (rejecting a wrong answer costs nothing). At run time the
+//! same features come from a base model fitted on every known class, and the
+//! detector's logit is the out-of-scope score; the decision layer cuts it on
+//! validation so that at most `--oos-budget` of the correct answers are lost.
+//!
+//! Method and settings (features, 6 episodes hiding 10 of 67 intents,
+//! detector C = 0.1) were chosen on BANKING77 hold-outs other than the
+//! reported one; `scripts/oos_pseudo.py` is the Python reference.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use linfa::traits::Fit;
+use linfa::Dataset;
+use linfa_logistic::MultiLogisticRegression;
+use ndarray::{Array1, Array2, ArrayView2};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{EngineError, Result};
+
+/// File name inside a bundle.
+pub const FILE: &str = "oos_detector.bin";
+const MAGIC: &[u8; 8] = b"CTOOSD1\n";
+
+/// Detector inputs, in the order of the stored weights (sorted by name).
+pub const FEATURES: [&str; 20] = [
+    "cent_pred",
+    "cent_pred_cn",
+    "energy",
+    "knn1",
+    "knn1_lof",
+    "knn1_other",
+    "knn1_pred",
+    "knn1_pred_cn",
+    "knn3_pred_cn",
+    "knn5mean",
+    "knn_agree",
+    "knn_gap",
+    "logit_gap",
+    "margin",
+    "max_logit",
+    "msp",
+    "negent",
+    "p2",
+    "p3",
+    "p_top3",
+];
+const NF: usize = FEATURES.len();
+
+/// Settings of the detector's training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetaParams {
+    /// Leave-classes-out rounds.
+    pub episodes: usize,
+    /// Largest number of known classes hidden per round (at most 15% of them).
+    pub hold: usize,
+    /// Inverse L2 strength of the base logistic regression (scikit-learn's C).
+    pub base_c: f64,
+    /// Inverse L2 strength of the detector's logistic regression.
+    pub det_c: f64,
+    pub seed: u64,
+    /// Training rows per class the detector keeps (and stores in the
+    /// bundle as its nearest-neighbour memory).
+    pub max_per_class: usize,
+}
+
+impl Default for MetaParams {
+    fn default() -> Self {
+        Self {
+            episodes: 6,
+            hold: 10,
+            base_c: 10.0,
+            det_c: 0.1,
+            seed: 107,
+            max_per_class: 300,
+        }
+    }
+}
+
+/// Unit-length copy of a row-major matrix's rows (zero rows stay zero).
+fn unit_rows(x: &[f32], d: usize) -> Vec<f32> {
+    let mut out = x.to_vec();
+    for r in out.chunks_mut(d) {
+        let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if n > 0.0 {
+            r.iter_mut().for_each(|v| *v /= n);
+        }
+    }
+    out
+}
+
+fn median(v: &mut [f32]) -> f32 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f32::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Keep the three largest values seen in `t` (ascending; start it at -2,
+/// "no neighbour", as the reference pads).
+fn push_top3(t: &mut [f32; 3], x: f32) {
+    if x > t[0] {
+        t[0] = x;
+        t.sort_by(f32::total_cmp);
+    }
+}
+
+/// The base model features are computed from: a multinomial logistic
+/// regression on unit embeddings and a memory of the training rows.
+#[derive(Debug, Clone, PartialEq)]
+struct Base {
+    d: usize,
+    k: usize,
+    /// d x k, row-major: logits = x W + b.
+    w: Vec<f32>,
+    b: Vec<f32>,
+    /// n x d unit rows, and their classes.
+    mem: Vec<f32>,
+    mem_y: Vec<u32>,
+    /// Each memory row's cosine to its nearest other memory row.
+    nn_loo: Vec<f32>,
+    /// k x d unit class centroids.
+    cent: Vec<f32>,
+    q_nn: Vec<f32>,
+    q_nn3: Vec<f32>,
+    q_cent: Vec<f32>,
+    s_cent: Vec<f32>,
+}
+
+/// For every row `i` of `a` (n x d): `f(i, sims)` where `sims` are its dot
+/// products with the rows of `b` (m x d). Computed in row blocks, in parallel.
+fn map_gram<T: Send>(
+    a: &[f32],
+    b: &[f32],
+    d: usize,
+    f: impl Fn(usize, &[f32]) -> T + Sync,
+) -> Vec<T> {
+    let n = a.len() / d;
+    let bt = ArrayView2::from_shape((b.len() / d, d), b)
+        .expect("shape")
+        .reversed_axes();
+    let block = 128;
+    let parts: Vec<Vec<T>> = (0..n.div_ceil(block))
+        .into_par_iter()
+        .map(|bi| {
+            let lo = bi * block;
+            let hi = (lo + block).min(n);
+            let ab = ArrayView2::from_shape((hi - lo, d), &a[lo * d..hi * d]).expect("shape");
+            let g = ab.dot(&bt);
+            g.outer_iter()
+                .enumerate()
+                .map(|(r, row)| f(lo + r, row.as_slice().expect("standard layout")))
+                .collect()
+        })
+        .collect();
+    parts.into_iter().flatten().collect()
+}
+
+impl Base {
+    fn fit(x: &[f32], y: &[u32], k: usize, d: usize, c: f64) -> Result<Self> {
+        let n = y.len();
+        let mem = unit_rows(x, d);
+        let (w, b) = fit_multinomial(&mem, y, k, d, c)?;
+        // Leave-one-out neighbour statistics over the memory.
+        // (nearest other row, nearest other row of the same class, mean of
+        // the three nearest of the same class)
+        let stats: Vec<(f32, f32, f32)> = map_gram(&mem, &mem, d, |i, row| {
+            let (mut any, mut inn) = (-2.0f32, -2.0f32);
+            let mut top = [-2.0f32; 3];
+            for (j, &s) in row.iter().enumerate() {
+                if j == i {
+                    continue;
+                }
+                any = any.max(s);
+                if y[j] == y[i] {
+                    inn = inn.max(s);
+                    push_top3(&mut top, s);
+                }
+            }
+            (any, inn, (top[0] + top[1] + top[2]) / 3.0)
+        });
+        let nn_loo = stats.iter().map(|s| s.0).collect();
+        let mut cent = vec![0f32; k * d];
+        let mut count = vec![0usize; k];
+        for (row, &c) in mem.chunks(d).zip(y) {
+            count[c as usize] += 1;
+            for (a, v) in cent[c as usize * d..(c as usize + 1) * d]
+                .iter_mut()
+                .zip(row)
+            {
+                *a += v;
+            }
+        }
+        let cent = unit_rows(&cent, d);
+        let (mut q_nn, mut q_nn3, mut q_cent, mut s_cent) = (
+            vec![0f32; k],
+            vec![0f32; k],
+            vec![0f32; k],
+            vec![1e-6f32; k],
+        );
+        for c in 0..k {
+            let rows: Vec<usize> = (0..n).filter(|&i| y[i] as usize == c).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            q_nn[c] = median(&mut rows.iter().map(|&i| stats[i].1).collect::<Vec<_>>());
+            q_nn3[c] = median(&mut rows.iter().map(|&i| stats[i].2).collect::<Vec<_>>());
+            let cc: Vec<f32> = rows
+                .iter()
+                .map(|&i| dot(&mem[i * d..(i + 1) * d], &cent[c * d..(c + 1) * d]))
+                .collect();
+            let mean = cc.iter().sum::<f32>() / cc.len() as f32;
+            let var = cc.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / cc.len() as f32;
+            s_cent[c] = var.sqrt() + 1e-6;
+            q_cent[c] = median(&mut cc.clone());
+        }
+        Ok(Self {
+            d,
+            k,
+            w,
+            b,
+            mem,
+            mem_y: y.to_vec(),
+            nn_loo,
+            cent,
+            q_nn,
+            q_nn3,
+            q_cent,
+            s_cent,
+        })
+    }
+
+    /// The base model's prediction and [`FEATURES`] for a batch of
+    /// embeddings (n x d), one row each.
+    fn features(&self, x: &[f32]) -> Vec<(usize, [f32; NF])> {
+        let d = self.d;
+        let xu = unit_rows(x, d);
+        map_gram(&xu, &self.mem, d, |i, sims| {
+            self.row_features(&xu[i * d..(i + 1) * d], sims)
+        })
+    }
+
+    fn row_features(&self, x: &[f32], sims: &[f32]) -> (usize, [f32; NF]) {
+        let (d, k) = (self.d, self.k);
+        let mut z = self.b.clone();
+        for (xi, wrow) in x.iter().zip(self.w.chunks(k)) {
+            for (zc, w) in z.iter_mut().zip(wrow) {
+                *zc += xi * w;
+            }
+        }
+        let zmax = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let pred = z.iter().position(|&v| v == zmax).unwrap_or(0);
+        let sum: f32 = z.iter().map(|v| (v - zmax).exp()).sum();
+        let p: Vec<f32> = z.iter().map(|v| (v - zmax).exp() / sum).collect();
+        let mut ps = p.clone();
+        ps.sort_by(|a, b| b.total_cmp(a));
+        let mut zs = z.clone();
+        zs.sort_by(|a, b| b.total_cmp(a));
+        let at = |v: &[f32], i: usize| v.get(i).copied().unwrap_or(0.0);
+        let negent: f32 = p.iter().map(|&q| q * (q + 1e-12).ln()).sum();
+
+        let (mut knn1, mut arg) = (-2.0f32, 0usize);
+        let (mut pred_best, mut other_best) = (-2.0f32, -2.0f32);
+        let mut pred_top3 = [-2.0f32; 3];
+        let mut top5 = [f32::NEG_INFINITY; 5];
+        for (j, &s) in sims.iter().enumerate() {
+            if s > knn1 {
+                knn1 = s;
+                arg = j;
+            }
+            if self.mem_y[j] as usize == pred {
+                pred_best = pred_best.max(s);
+                push_top3(&mut pred_top3, s);
+            } else {
+                other_best = other_best.max(s);
+            }
+            if s > top5[0] {
+                top5[0] = s;
+                top5.sort_by(f32::total_cmp);
+            }
+        }
+        let finite: Vec<f32> = top5.iter().cloned().filter(|v| v.is_finite()).collect();
+        let knn5 = finite.iter().sum::<f32>() / finite.len().max(1) as f32;
+        let cent_pred = dot(x, &self.cent[pred * d..(pred + 1) * d]);
+        let lof = if sims.is_empty() {
+            0.0
+        } else {
+            knn1 - self.nn_loo[arg]
+        };
+        let agree = (!sims.is_empty() && self.mem_y[arg] as usize == pred) as u8 as f32;
+        let f = [
+            cent_pred,
+            (cent_pred - self.q_cent[pred]) / self.s_cent[pred],
+            (sum.ln()) + zmax,
+            knn1,
+            lof,
+            other_best,
+            pred_best,
+            pred_best - self.q_nn[pred],
+            (pred_top3[0] + pred_top3[1] + pred_top3[2]) / 3.0 - self.q_nn3[pred],
+            knn5,
+            agree,
+            pred_best - other_best,
+            at(&zs, 0) - at(&zs, 1),
+            at(&ps, 0) - at(&ps, 1),
+            at(&zs, 0),
+            at(&ps, 0),
+            negent,
+            at(&ps, 1),
+            at(&ps, 2),
+            at(&ps, 0) + at(&ps, 1) + at(&ps, 2),
+        ];
+        (pred, f)
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Multinomial logistic regression with linfa (L2 weight alpha = 1 / C).
+/// Returns (d x k weights, k biases); a class with no rows gets a large
+/// negative bias.
+fn fit_multinomial(
+    x: &[f32],
+    y: &[u32],
+    k: usize,
+    d: usize,
+    c: f64,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let xa = Array2::from_shape_vec((y.len(), d), x.to_vec())
+        .map_err(|e| EngineError::Internal(format!("detector base: {e}")))?;
+    let ds = Dataset::new(
+        xa,
+        Array1::from(y.iter().map(|&v| v as usize).collect::<Vec<_>>()),
+    );
+    let fitted = MultiLogisticRegression::<f32>::default()
+        .alpha((1.0 / c) as f32)
+        .max_iterations(300)
+        .fit(&ds)
+        .map_err(|e| EngineError::Internal(format!("detector base fit: {e}")))?;
+    let mut w = vec![0f32; d * k];
+    let mut b = vec![-30f32; k];
+    let (pw, pb) = (fitted.params(), fitted.intercept());
+    for (j, &class) in fitted.classes().iter().enumerate() {
+        b[class] = pb[j];
+        for r in 0..d {
+            w[r * k + class] = pw[[r, j]];
+        }
+    }
+    if w.iter().chain(&b).any(|v| !v.is_finite()) {
+        return Err(EngineError::Internal(
+            "detector base fit produced non-finite weights".into(),
+        ));
+    }
+    Ok((w, b))
+}
+
+/// Binary logistic regression by Newton's method, with scikit-learn's
+/// objective: 0.5 |w|² + C Σ s_i log-loss_i (intercept not penalised) and
+/// class-balanced sample weights s_i. `x` rows are standardised features.
+fn fit_binary_balanced(x: &[[f32; NF]], y: &[bool], c: f64) -> (Vec<f64>, f64) {
+    let n = y.len();
+    let npos = y.iter().filter(|&&v| v).count().max(1);
+    let nneg = (n - y.iter().filter(|&&v| v).count()).max(1);
+    let sw = |pos: bool| n as f64 / (2.0 * if pos { npos } else { nneg } as f64);
+    let p = NF + 1; // last = intercept
+    let mut beta = vec![0f64; p];
+    for _ in 0..100 {
+        let mut g = vec![0f64; p];
+        let mut h = vec![0f64; p * p];
+        for (xi, &yi) in x.iter().zip(y) {
+            let mut row = [0f64; NF + 1];
+            for (r, &v) in row.iter_mut().zip(xi.iter()) {
+                *r = v as f64;
+            }
+            row[NF] = 1.0;
+            let z: f64 = row.iter().zip(&beta).map(|(a, b)| a * b).sum();
+            let s = 1.0 / (1.0 + (-z).exp());
+            let wgt = c * sw(yi);
+            let r = wgt * (s - yi as u8 as f64);
+            let hw = wgt * s * (1.0 - s);
+            for a in 0..p {
+                g[a] += r * row[a];
+                for b in a..p {
+                    h[a * p + b] += hw * row[a] * row[b];
+                }
+            }
+        }
+        for a in 0..p {
+            for b in 0..a {
+                h[a * p + b] = h[b * p + a];
+            }
+        }
+        for a in 0..NF {
+            g[a] += beta[a];
+            h[a * p + a] += 1.0;
+        }
+        h[NF * p + NF] += 1e-9;
+        let step = solve(h, g, p);
+        let mut change = 0f64;
+        for (b, s) in beta.iter_mut().zip(&step) {
+            *b -= s;
+            change = change.max(s.abs());
+        }
+        if change < 1e-8 {
+            break;
+        }
+    }
+    (beta[..NF].to_vec(), beta[NF])
+}
+
+/// Solve h x = g (h symmetric positive definite) by Gaussian elimination
+/// with partial pivoting.
+fn solve(mut h: Vec<f64>, mut g: Vec<f64>, p: usize) -> Vec<f64> {
+    for col in 0..p {
+        let piv = (col..p)
+            .max_by(|&a, &b| h[a * p + col].abs().total_cmp(&h[b * p + col].abs()))
+            .unwrap_or(col);
+        if piv != col {
+            for j in 0..p {
+                h.swap(col * p + j, piv * p + j);
+            }
+            g.swap(col, piv);
+        }
+        let d = h[col * p + col];
+        if d.abs() < 1e-300 {
+            continue;
+        }
+        for r in col + 1..p {
+            let f = h[r * p + col] / d;
+            if f != 0.0 {
+                for j in col..p {
+                    h[r * p + j] -= f * h[col * p + j];
+                }
+                g[r] -= f * g[col];
+            }
+        }
+    }
+    let mut x = vec![0f64; p];
+    for r in (0..p).rev() {
+        let s: f64 = (r + 1..p).map(|j| h[r * p + j] * x[j]).sum();
+        let d = h[r * p + r];
+        x[r] = if d.abs() < 1e-300 {
+            0.0
+        } else {
+            (g[r] - s) / d
+        };
+    }
+    x
+}
+
+/// Training data for the detector: embeddings (row-major, `d` wide) and
+/// class indices `0..k` of the fit and validation rows.
+pub struct MetaInputs<'a> {
+    pub d: usize,
+    pub k: usize,
+    pub fit_x: &'a [f32],
+    pub fit_y: &'a [u32],
+    pub val_x: &'a [f32],
+    pub val_y: &'a [u32],
+}
+
+/// A fitted detector: the base model on every known class plus a linear
+/// rule over standardised features.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaDetector {
+    base: Base,
+    /// Detector weights on raw features (standardisation folded in) and bias;
+    /// the logit is "out of scope or wrong".
+    w: Vec<f32>,
+    bias: f32,
+    params: MetaParams,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    d: usize,
+    k: usize,
+    n: usize,
+    features: Vec<String>,
+    bias: f32,
+    params: MetaParams,
+}
+
+impl MetaDetector {
+    /// Whether there are enough classes to hide some in each round.
+    pub fn applicable(k: usize) -> bool {
+        k >= 4
+    }
+
+    /// Run the episodes and fit the detector.
+    pub fn fit(inp: &MetaInputs, params: &MetaParams, progress: &dyn Fn(&str)) -> Result<Self> {
+        let (d, k) = (inp.d, inp.k);
+        if !Self::applicable(k) {
+            return Err(EngineError::Input(format!(
+                "the out-of-scope detector needs at least 4 classes, got {k}"
+            )));
+        }
+        if inp.fit_x.len() != inp.fit_y.len() * d || inp.val_x.len() != inp.val_y.len() * d {
+            return Err(EngineError::Internal(
+                "detector inputs: shape mismatch".into(),
+            ));
+        }
+        let hold = params.hold.min((k as f64 * 0.15).round().max(1.0) as usize);
+        let mut rng = params.seed | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut feats: Vec<[f32; NF]> = Vec::new();
+        let mut label: Vec<bool> = Vec::new();
+        let rows = |x: &[f32], idx: &[usize]| -> Vec<f32> {
+            idx.iter()
+                .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+                .collect()
+        };
+        for e in 0..params.episodes {
+            progress(&format!(
+                "out-of-scope detector: round {}/{} (hiding {hold} of {k} classes)",
+                e + 1,
+                params.episodes
+            ));
+            let mut classes: Vec<usize> = (0..k).collect();
+            for i in (1..k).rev() {
+                classes.swap(i, (next() % (i as u64 + 1)) as usize);
+            }
+            let mut remap = vec![u32::MAX; k];
+            for (new, &c) in classes[hold..].iter().enumerate() {
+                remap[c] = new as u32;
+            }
+            let keep_fit: Vec<usize> = (0..inp.fit_y.len())
+                .filter(|&i| remap[inp.fit_y[i] as usize] != u32::MAX)
+                .collect();
+            let fy: Vec<u32> = keep_fit
+                .iter()
+                .map(|&i| remap[inp.fit_y[i] as usize])
+                .collect();
+            let base = Base::fit(&rows(inp.fit_x, &keep_fit), &fy, k - hold, d, params.base_c)?;
+            let keep_val: Vec<usize> = (0..inp.val_y.len())
+                .filter(|&i| remap[inp.val_y[i] as usize] != u32::MAX)
+                .collect();
+            let fin = base.features(&rows(inp.val_x, &keep_val));
+            for ((pred, f), &i) in fin.into_iter().zip(&keep_val) {
+                feats.push(f);
+                label.push(pred != remap[inp.val_y[i] as usize] as usize);
+            }
+            let hidden_fit: Vec<usize> = (0..inp.fit_y.len())
+                .filter(|&i| remap[inp.fit_y[i] as usize] == u32::MAX)
+                .collect();
+            let hidden_val: Vec<usize> = (0..inp.val_y.len())
+                .filter(|&i| remap[inp.val_y[i] as usize] == u32::MAX)
+                .collect();
+            let mut hx = rows(inp.fit_x, &hidden_fit);
+            hx.extend(rows(inp.val_x, &hidden_val));
+            for (_, f) in base.features(&hx) {
+                feats.push(f);
+                label.push(true);
+            }
+        }
+        progress("out-of-scope detector: fitting the detector and the full base model");
+        // Standardise, fit, and fold the standardisation into the weights.
+        let n = feats.len() as f64;
+        let mut mu = [0f64; NF];
+        let mut sd = [0f64; NF];
+        for f in &feats {
+            for j in 0..NF {
+                mu[j] += f[j] as f64 / n;
+            }
+        }
+        for f in &feats {
+            for j in 0..NF {
+                sd[j] += (f[j] as f64 - mu[j]).powi(2) / n;
+            }
+        }
+        sd.iter_mut().for_each(|s| *s = s.sqrt() + 1e-12);
+        let z: Vec<[f32; NF]> = feats
+            .iter()
+            .map(|f| std::array::from_fn(|j| ((f[j] as f64 - mu[j]) / sd[j]) as f32))
+            .collect();
+        let (ws, b) = fit_binary_balanced(&z, &label, params.det_c);
+        let w: Vec<f32> = (0..NF).map(|j| (ws[j] / sd[j]) as f32).collect();
+        let bias = (b - (0..NF).map(|j| ws[j] / sd[j] * mu[j]).sum::<f64>()) as f32;
+        let base = Base::fit(inp.fit_x, inp.fit_y, k, d, params.base_c)?;
+        Ok(Self {
+            base,
+            w,
+            bias,
+            params: params.clone(),
+        })
+    }
+
+    /// Embedding width the detector expects.
+    pub fn dim(&self) -> usize {
+        self.base.d
+    }
+
+    /// Detector logits ("out of scope or wrong"; higher = less in scope)
+    /// for a batch of embeddings, one per row.
+    pub fn scores(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
+        let d = self.base.d;
+        if let Some(r) = embeddings.iter().find(|r| r.len() != d) {
+            return Err(EngineError::Internal(format!(
+                "out-of-scope detector: embedding of length {} where {d} is expected",
+                r.len()
+            )));
+        }
+        let flat: Vec<f32> = embeddings.concat();
+        Ok(self
+            .base
+            .features(&flat)
+            .iter()
+            .map(|(_, f)| self.logit(f))
+            .collect())
+    }
+
+    fn logit(&self, f: &[f32; NF]) -> f32 {
+        self.bias + f.iter().zip(&self.w).map(|(a, b)| a * b).sum::<f32>()
+    }
+
+    /// Write into a bundle directory.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |e: std::io::Error| EngineError::Internal(format!("writing {FILE}: {e}"));
+        let b = &self.base;
+        let header = Header {
+            d: b.d,
+            k: b.k,
+            n: b.mem_y.len(),
+            features: FEATURES.iter().map(|s| s.to_string()).collect(),
+            bias: self.bias,
+            params: self.params.clone(),
+        };
+        let h = serde_json::to_vec(&header).expect("header serializes");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(FILE)).map_err(io)?);
+        f.write_all(MAGIC).map_err(io)?;
+        f.write_all(&(h.len() as u32).to_le_bytes()).map_err(io)?;
+        f.write_all(&h).map_err(io)?;
+        let ys: Vec<f32> = b.mem_y.iter().map(|&y| y as f32).collect();
+        for arr in [
+            &self.w, &b.w, &b.b, &b.mem, &ys, &b.nn_loo, &b.cent, &b.q_nn, &b.q_nn3, &b.q_cent,
+            &b.s_cent,
+        ] {
+            for v in arr.iter() {
+                f.write_all(&v.to_le_bytes()).map_err(io)?;
+            }
+        }
+        f.flush().map_err(io)
+    }
+
+    /// Read from a bundle directory; `Ok(None)` when the bundle has none.
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bad = |m: String| EngineError::Input(format!("{}: {m}", path.display()));
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| bad(e.to_string()))?;
+        if bytes.len() < 12 || &bytes[..8] != MAGIC {
+            return Err(bad("not an out-of-scope detector file".into()));
+        }
+        let hl = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let header: Header = bytes
+            .get(12..12 + hl)
+            .ok_or_else(|| bad("truncated header".into()))
+            .and_then(|h| serde_json::from_slice(h).map_err(|e| bad(format!("header: {e}"))))?;
+        if header.features != FEATURES {
+            return Err(bad("written for a different feature set".into()));
+        }
+        let (d, k, n) = (header.d, header.k, header.n);
+        let sizes = [NF, d * k, k, n * d, n, n, k * d, k, k, k, k];
+        let body = &bytes[12 + hl..];
+        if body.len() != sizes.iter().sum::<usize>() * 4 {
+            return Err(bad(format!(
+                "{} bytes of weights where {d} x {k} x {n} needs {}",
+                body.len(),
+                sizes.iter().sum::<usize>() * 4
+            )));
+        }
+        let mut arrays = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for s in sizes {
+            let v: Vec<f32> = body[at..at + 4 * s]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            at += 4 * s;
+            arrays.push(v);
+        }
+        let mut it = arrays.into_iter();
+        let mut take = || it.next().expect("sized above");
+        let w = take();
+        let base = Base {
+            d,
+            k,
+            w: take(),
+            b: take(),
+            mem: take(),
+            mem_y: take().into_iter().map(|v| v as u32).collect(),
+            nn_loo: take(),
+            cent: take(),
+            q_nn: take(),
+            q_nn3: take(),
+            q_cent: take(),
+            s_cent: take(),
+        };
+        if base.mem_y.iter().any(|&y| y as usize >= k) || w.iter().any(|v| !v.is_finite()) {
+            return Err(bad("corrupt weights".into()));
+        }
+        Ok(Some(Self {
+            base,
+            w,
+            bias: header.bias,
+            params: header.params,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn u(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+        }
+        fn gauss(&mut self) -> f32 {
+            let (a, b) = (self.u(), self.u());
+            (-2.0 * a.ln()).sqrt() * (std::f32::consts::TAU * b).cos()
+        }
+    }
+
+    /// `per` rows around each of `centres`, unit length.
+    fn blobs(rng: &mut Rng, centres: &[Vec<f32>], per: usize, noise: f32) -> (Vec<f32>, Vec<u32>) {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for (c, m) in centres.iter().enumerate() {
+            for _ in 0..per {
+                let r: Vec<f32> = m.iter().map(|v| v + noise * rng.gauss()).collect();
+                x.extend(unit_rows(&r, r.len()));
+                y.push(c as u32);
+            }
+        }
+        (x, y)
+    }
+
+    fn auroc(pos: &[f32], neg: &[f32]) -> f64 {
+        let mut wins = 0.0;
+        for p in pos {
+            for n in neg {
+                wins += if p > n {
+                    1.0
+                } else if p == n {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+        wins / (pos.len() * neg.len()) as f64
+    }
+
+    #[test]
+    fn detects_classes_it_never_saw_and_survives_a_round_trip() {
+        let d = 24;
+        let mut rng = Rng(0x5EED);
+        let centres: Vec<Vec<f32>> = (0..12)
+            .map(|_| unit_rows(&(0..d).map(|_| rng.gauss()).collect::<Vec<_>>(), d))
+            .collect();
+        let (known, hidden) = centres.split_at(10);
+        let (fit_x, fit_y) = blobs(&mut rng, known, 40, 0.12);
+        let (val_x, val_y) = blobs(&mut rng, known, 15, 0.12);
+        let params = MetaParams {
+            episodes: 4,
+            ..MetaParams::default()
+        };
+        let inp = MetaInputs {
+            d,
+            k: 10,
+            fit_x: &fit_x,
+            fit_y: &fit_y,
+            val_x: &val_x,
+            val_y: &val_y,
+        };
+        let det = MetaDetector::fit(&inp, &params, &|_| {}).unwrap();
+        let rows = |x: &[f32]| x.chunks(d).map(<[f32]>::to_vec).collect::<Vec<_>>();
+        let (in_x, _) = blobs(&mut rng, known, 10, 0.12);
+        let (out_x, _) = blobs(&mut rng, hidden, 30, 0.12);
+        let s_in = det.scores(&rows(&in_x)).unwrap();
+        let s_out = det.scores(&rows(&out_x)).unwrap();
+        let a = auroc(&s_out, &s_in);
+        assert!(a > 0.95, "AUROC {a}");
+
+        let dir = tempfile::tempdir().unwrap();
+        det.save(dir.path()).unwrap();
+        let back = MetaDetector::load(dir.path())
+            .unwrap()
+            .expect("file written");
+        assert_eq!(back, det);
+        assert_eq!(back.scores(&rows(&in_x)).unwrap(), s_in);
+        // Wrong width and damaged files are errors that say what is wrong.
+        let e = det.scores(&[vec![0.0; d + 1]]).unwrap_err().to_string();
+        assert!(e.contains("length 25") && e.contains("24"), "{e}");
+        let bytes = std::fs::read(dir.path().join(FILE)).unwrap();
+        std::fs::write(dir.path().join(FILE), &bytes[..bytes.len() - 4]).unwrap();
+        let e = MetaDetector::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("bytes of weights"), "{e}");
+        assert!(MetaDetector::load(&dir.path().join("none"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn too_few_classes_is_an_input_error() {
+        let inp = MetaInputs {
+            d: 2,
+            k: 3,
+            fit_x: &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+            fit_y: &[0, 1, 2],
+            val_x: &[],
+            val_y: &[],
+        };
+        let e = MetaDetector::fit(&inp, &MetaParams::default(), &|_| {}).unwrap_err();
+        assert!(
+            e.is_input() && e.to_string().contains("at least 4 classes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn detector_regression_reaches_its_optimum() {
+        // Stationarity of 0.5|w|² + C Σ s_i loss_i: the gradient vanishes.
+        let mut rng = Rng(99);
+        let x: Vec<[f32; NF]> = (0..400)
+            .map(|_| std::array::from_fn(|_| rng.gauss()))
+            .collect();
+        let y: Vec<bool> = x
+            .iter()
+            .map(|r| r[0] + 0.5 * r[3] + 0.3 * rng.gauss() > 0.8)
+            .collect();
+        let c = 0.1;
+        let (w, b) = fit_binary_balanced(&x, &y, c);
+        let npos = y.iter().filter(|&&v| v).count() as f64;
+        let nneg = 400.0 - npos;
+        let mut g = w.clone();
+        let mut gb = 0.0;
+        for (r, &t) in x.iter().zip(&y) {
+            let z: f64 = b + r.iter().zip(&w).map(|(a, b)| *a as f64 * b).sum::<f64>();
+            let s = 1.0 / (1.0 + (-z).exp());
+            let wt = c * 400.0 / (2.0 * if t { npos } else { nneg });
+            let e = wt * (s - t as u8 as f64);
+            for j in 0..NF {
+                g[j] += e * r[j] as f64;
+            }
+            gb += e;
+        }
+        let worst = g.iter().chain([&gb]).fold(0f64, |m, v| m.max(v.abs()));
+        assert!(worst < 1e-6, "gradient {worst}");
+        assert!(w[0] > 0.0 && w[3] > 0.0 && w[0] > w[3], "{w:?}");
+    }
+}

@@ -1,0 +1,141 @@
+//! The learned out-of-scope detector end to end: a transformer (tiny random
+//! BERT built in code) trained without out-of-scope rows gets a detector in
+//! its bundle, thresholds that use it, and score rows that carry it; `msp`
+//! and the baseline keep the confidence cut.
+
+use std::path::Path;
+
+use casetag_core::{TagPath, Taxonomy, Transcript};
+use casetag_engine::calibrate::OosDetector;
+use casetag_engine::oos_meta::FILE;
+use casetag_engine::{load_model, Example, ModelKind, Tagger, Thresholds, TrainConfig};
+use casetag_transformer::fixtures::write_tiny_bert;
+
+const CLASSES: [(&str, &str); 5] = [
+    ("refund", "refund my money back"),
+    ("broken", "the item arrived broken"),
+    ("late", "delivery is late"),
+    ("lost", "tracking says parcel lost"),
+    ("review", "i want to leave a review"),
+];
+
+fn examples() -> Vec<Example> {
+    let fillers = [
+        "",
+        " please",
+        " hello",
+        " thanks",
+        " order 12",
+        " now",
+        " today",
+        " help",
+    ];
+    let mut rows = Vec::new();
+    for (label, text) in CLASSES {
+        for (i, f) in fillers.iter().enumerate() {
+            for speaker in ["[buyer] ", "[agent] hello\n[buyer] "] {
+                rows.push(Example {
+                    text: format!("{speaker}{text}{f}{}", " ok".repeat(i % 3)),
+                    label: Some(TagPath::new(label, None, None)),
+                    row: rows.len() + 2,
+                });
+            }
+        }
+    }
+    rows
+}
+
+fn config(kind: ModelKind, encoder: &Path, detector: OosDetector) -> TrainConfig {
+    let yaml = format!(
+        "nodes: [{}]",
+        CLASSES
+            .iter()
+            .map(|(c, _)| format!("{{id: {c}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut cfg = TrainConfig {
+        kind,
+        taxonomy: Some(Taxonomy::from_yaml_str(&yaml).unwrap()),
+        encoder: Some(encoder.display().to_string()),
+        val_fraction: 0.25,
+        ..Default::default()
+    };
+    cfg.transformer.epochs = 15;
+    cfg.baseline.n_features = 256;
+    cfg.decision.oos_detector = detector;
+    cfg
+}
+
+#[test]
+fn transformer_bundle_carries_the_detector_and_decisions_use_it() {
+    let enc = tempfile::tempdir().unwrap();
+    write_tiny_bert(enc.path(), 3).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("meta");
+    let cfg = config(ModelKind::Transformer, enc.path(), OosDetector::Meta);
+    let msgs = std::sync::Mutex::new(Vec::new());
+    let m = casetag_engine::train(&cfg, examples(), None, &dir, &|s: &str| {
+        msgs.lock().unwrap().push(s.to_string())
+    })
+    .unwrap();
+    assert_eq!(m.validation_metrics["oos_detector"], "meta");
+    assert!(
+        m.files.contains_key(FILE),
+        "the detector is checksummed: {:?}",
+        m.files
+    );
+    let th: Thresholds = serde_json::from_value(m.thresholds.clone()).unwrap();
+    let cut = th.oos_detector_cut.expect("a detector cut");
+    let msgs = msgs.into_inner().unwrap();
+    assert!(msgs.iter().any(|s| s.contains("round 6/6")), "{msgs:?}");
+
+    let loaded = load_model(&dir).unwrap();
+    assert!(loaded.detector.is_some() && loaded.decider.detector);
+    let cases = vec![
+        Transcript::new("[buyer] refund my money back please"),
+        Transcript::new("[buyer] zzz qqq xxx"),
+    ];
+    let rows = loaded.scores(&cases).unwrap();
+    assert!(rows.iter().all(|r| r.len() == 6), "5 logits + the detector");
+    let tagger = Tagger::load(&dir, None).unwrap();
+    let tagged = tagger.tag(&cases, 2).unwrap();
+    for (t, row) in tagged.iter().zip(&rows) {
+        let d = &t.decision;
+        let z = row[5];
+        assert!((d.oos_score - 1.0 / (1.0 + (-z).exp())).abs() < 1e-6);
+        assert_eq!(d.out_of_scope, z > cut);
+    }
+
+    // A damaged detector file fails verification like any bundle file.
+    let p = dir.join(FILE);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(&p, bytes).unwrap();
+    let e = load_model(&dir).err().expect("tampered bundle").to_string();
+    assert!(e.contains(FILE), "{e}");
+}
+
+#[test]
+fn msp_and_the_baseline_keep_the_confidence_cut() {
+    let enc = tempfile::tempdir().unwrap();
+    write_tiny_bert(enc.path(), 3).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (name, kind, det) in [
+        ("msp", ModelKind::Transformer, OosDetector::Msp),
+        ("baseline", ModelKind::Baseline, OosDetector::Meta),
+    ] {
+        let dir = out.path().join(name);
+        let cfg = config(kind, enc.path(), det);
+        let m = casetag_engine::train(&cfg, examples(), None, &dir, &|_| {}).unwrap();
+        assert_eq!(m.validation_metrics["oos_detector"], "msp", "{name}");
+        assert!(!dir.join(FILE).exists(), "{name}");
+        let th: Thresholds = serde_json::from_value(m.thresholds.clone()).unwrap();
+        assert!(th.oos_detector_cut.is_none(), "{name}");
+        let loaded = load_model(&dir).unwrap();
+        assert!(loaded.detector.is_none() && !loaded.decider.detector);
+        let rows = loaded.scores(&[Transcript::new("[buyer] late")]).unwrap();
+        assert_eq!(rows[0].len(), 5, "{name}");
+    }
+}
