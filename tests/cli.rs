@@ -177,6 +177,7 @@ fn train_tag_eval_on_bundled_data() {
         "depth",
         "conf_l1",
         "out_of_scope",
+        "oos_score",
         "actions",
         "model_id",
     ] {

@@ -12,7 +12,7 @@ use crate::{progress, CmdResult, Failure};
 /// Tag a case-level table in batch. The input is streamed in chunks (never
 /// whole in memory); each chunk is tagged in parallel; the output has the
 /// input's format and columns plus l1, l2, l3, depth, conf_l1..conf_l3,
-/// out_of_scope, actions, served_by, model_id and error. Rows in = rows out:
+/// out_of_scope, oos_score, actions, served_by, model_id and error. Rows in = rows out:
 /// a row that cannot be tagged keeps its place with `error` set.
 #[derive(Parser)]
 pub struct Args {
@@ -39,6 +39,7 @@ struct Cols<'a> {
     conf: [Vec<Option<f32>>; 3],
     depth: Vec<Option<u32>>,
     oos: Vec<Option<bool>>,
+    oos_score: Vec<Option<f32>>,
     actions: Vec<Option<String>>,
     served_by: Vec<Option<&'a str>>,
     model_id: Vec<Option<&'a str>>,
@@ -52,6 +53,7 @@ impl<'a> Cols<'a> {
             conf: std::array::from_fn(|_| Vec::with_capacity(n)),
             depth: Vec::with_capacity(n),
             oos: Vec::with_capacity(n),
+            oos_score: Vec::with_capacity(n),
             actions: Vec::with_capacity(n),
             served_by: Vec::with_capacity(n),
             model_id: Vec::with_capacity(n),
@@ -69,6 +71,7 @@ impl<'a> Cols<'a> {
                 }
                 self.depth.push(Some(d.depth as u32));
                 self.oos.push(Some(d.out_of_scope));
+                self.oos_score.push(Some(d.oos_score));
                 let mut acts = String::new();
                 for a in &d.actions {
                     if !acts.is_empty() {
@@ -92,6 +95,7 @@ impl<'a> Cols<'a> {
                 }
                 self.depth.push(None);
                 self.oos.push(None);
+                self.oos_score.push(None);
                 self.actions.push(None);
                 self.served_by.push(None);
                 self.model_id.push(None);
@@ -106,6 +110,7 @@ impl<'a> Cols<'a> {
             conf,
             depth,
             oos,
+            oos_score,
             actions,
             served_by,
             model_id,
@@ -131,6 +136,7 @@ impl<'a> Cols<'a> {
             Column::new(name(df, "conf_l2").into(), c2),
             Column::new(name(df, "conf_l3").into(), c3),
             Column::new(name(df, "out_of_scope").into(), oos),
+            Column::new(name(df, "oos_score").into(), oos_score),
             Column::new(name(df, "actions").into(), actions),
             Column::new(name(df, "served_by").into(), served_by),
             Column::new(name(df, "model_id").into(), model_id),
