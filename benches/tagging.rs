@@ -6,6 +6,12 @@
 //! `out/quickstart/models/{baseline,transformer}`), or the directory in
 //! `CASETAG_BENCH_MODELS`; a missing bundle is skipped with a note.
 //! Run: `cargo bench --bench tagging`.
+//!
+//! `oos_detector`: the learned out-of-scope detector's cost on top of the
+//! transformer (features over its nearest-neighbour memory plus the linear
+//! rule), on the BANKING77 hold-out bundle named by `CASETAG_BENCH_DETECTOR`
+//! (default `out/banking77_oos/meta_0.02_p0`, see the README), skipped when
+//! absent.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -89,12 +95,46 @@ fn bench_tagging(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_detector(c: &mut Criterion) {
+    let dir = std::env::var_os("CASETAG_BENCH_DETECTOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("out/banking77_oos/meta_0.02_p0"));
+    let Ok(m) = load_model(&dir) else {
+        eprintln!(
+            "note: no bundle at {} (see the README's BANKING77 hold-out); oos_detector skipped",
+            dir.display()
+        );
+        return;
+    };
+    let Some(det) = &m.detector else {
+        eprintln!(
+            "note: {} has no out-of-scope detector; skipped",
+            dir.display()
+        );
+        return;
+    };
+    let tm = casetag_transformer::TransformerModel::load(&dir, m.id()).expect("transformer");
+    let texts: Vec<String> = (0..32)
+        .map(|i| format!("my card has not arrived yet, it has been {i} days"))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let emb = tm.embed(&refs).expect("embed");
+    let mut g = c.benchmark_group("oos_detector");
+    for n in [1usize, 32] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("scores_b{n}"), |b| {
+            b.iter(|| black_box(det.scores(&emb[..n]).unwrap()))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    targets = bench_tagging
+    targets = bench_tagging, bench_detector
 }
 criterion_main!(benches);
