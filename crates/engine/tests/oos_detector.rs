@@ -118,6 +118,26 @@ fn transformer_bundle_carries_the_detector_and_decisions_use_it() {
 }
 
 #[test]
+fn fine_tuning_fits_the_detector_on_the_tuned_encoder() {
+    let enc = tempfile::tempdir().unwrap();
+    write_tiny_bert(enc.path(), 3).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("ft");
+    let mut cfg = config(ModelKind::Transformer, enc.path(), OosDetector::Meta);
+    cfg.transformer = casetag_transformer::TransformerParams {
+        epochs: 2,
+        ..casetag_transformer::TransformerParams::fine_tune()
+    };
+    let m = casetag_engine::train(&cfg, examples(), None, &dir, &|_| {}).unwrap();
+    assert_eq!(m.validation_metrics["oos_detector"], "meta");
+    let loaded = load_model(&dir).unwrap();
+    let rows = loaded
+        .scores(&[Transcript::new("[buyer] delivery is late")])
+        .unwrap();
+    assert_eq!(rows[0].len(), 6);
+}
+
+#[test]
 fn msp_and_the_baseline_keep_the_confidence_cut() {
     let enc = tempfile::tempdir().unwrap();
     write_tiny_bert(enc.path(), 3).unwrap();
