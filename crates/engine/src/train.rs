@@ -424,9 +424,20 @@ pub fn train(
                 val_x: &val_x,
                 val_y: &val_y,
             };
-            let det = MetaDetector::fit(&inputs, &mp, progress)?;
-            let z = det.scores(&val_emb)?;
-            Some((det, z))
+            // The detector is an improvement, not a requirement: when it
+            // cannot be fitted the model keeps the confidence cut.
+            match MetaDetector::fit(&inputs, &mp, progress)
+                .and_then(|det| det.scores(&val_emb).map(|z| (det, z)))
+            {
+                Ok(fitted) => Some(fitted),
+                Err(e) => {
+                    let msg =
+                        format!("out-of-scope detector not fitted ({e}); using the confidence cut");
+                    tracing::warn!("{msg}");
+                    progress(&msg);
+                    None
+                }
+            }
         }
         _ => None,
     };
