@@ -399,15 +399,21 @@ pub fn train(
         (Fitted::Transformer(m), Some(val_emb)) => {
             let mp = MetaParams::default();
             let keep = cap_per_class(&targets, mp.max_per_class);
-            progress(&format!(
-                "out-of-scope detector: embedding {} training rows",
-                keep.len()
-            ));
-            let fit_texts: Vec<&str> = keep.iter().map(|&i| texts[i]).collect();
-            let fit_x = m
-                .embed(&fit_texts)
-                .map_err(|e| EngineError::Transformer(e.to_string()))?
-                .concat();
+            let terr =
+                |e: casetag_transformer::TransformerError| EngineError::Transformer(e.to_string());
+            // Frozen mode kept the training embeddings; fine-tuning changed
+            // the encoder, so its rows are embedded again.
+            let fit_x = match m.training_embeddings(&keep).map_err(terr)? {
+                Some(x) => x,
+                None => {
+                    progress(&format!(
+                        "out-of-scope detector: embedding {} training rows",
+                        keep.len()
+                    ));
+                    let fit_texts: Vec<&str> = keep.iter().map(|&i| texts[i]).collect();
+                    m.embed(&fit_texts).map_err(terr)?.concat()
+                }
+            };
             let fit_y: Vec<u32> = keep.iter().map(|&i| targets[i] as u32).collect();
             let (mut val_x, mut val_y) = (Vec::new(), Vec::new());
             for (r, e) in val_rows.iter().zip(&val_emb) {

@@ -75,6 +75,8 @@ pub struct TransformerModel {
     pub(crate) info: ModelInfo,
     pub(crate) encoder: Encoder,
     pub(crate) head: Head,
+    /// Frozen-mode training embeddings kept from `fit` (never saved).
+    pub(crate) fit_embeddings: Option<Tensor>,
 }
 
 fn file_in(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -193,7 +195,30 @@ impl TransformerModel {
             info,
             encoder,
             head,
+            fit_embeddings: None,
         })
+    }
+
+    /// The embeddings `fit` computed for the given training rows (indices
+    /// into `TrainInputs::texts`), row-major; `None` unless this model was
+    /// just trained in frozen mode (they are not saved). Saves embedding the
+    /// training set a second time.
+    pub fn training_embeddings(&self, rows: &[usize]) -> Result<Option<Vec<f32>>> {
+        let Some(x) = &self.fit_embeddings else {
+            return Ok(None);
+        };
+        let n = x.dim(0)?;
+        if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+            return Err(TransformerError::Input(format!(
+                "training row {bad} out of range ({n} rows)"
+            )));
+        }
+        let idx = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            x.device(),
+        )?;
+        Ok(Some(x.index_select(&idx, 0)?.flatten_all()?.to_vec1()?))
     }
 
     /// Pooled embeddings (normalized when the model normalizes), one row per

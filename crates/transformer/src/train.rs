@@ -634,6 +634,7 @@ pub fn fit(
         info,
         encoder,
         head,
+        fit_embeddings: frozen.map(|(xt, _)| xt),
     })
 }
 

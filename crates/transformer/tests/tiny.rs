@@ -229,6 +229,19 @@ fn save_load_round_trip_gives_identical_logits() {
     drop(d);
     let l = TransformerModel::load(&dir, "renamed").unwrap();
     assert_eq!(l.id(), "renamed");
+    // The frozen fit's training embeddings are kept in memory, not saved.
+    let rows = [4usize, 0, 9];
+    let kept = m
+        .training_embeddings(&rows)
+        .unwrap()
+        .expect("frozen fit keeps them");
+    let texts_in = data().texts;
+    let picked: Vec<&str> = rows.iter().map(|&r| texts_in[r].as_str()).collect();
+    let again = m.embed(&picked).unwrap().concat();
+    assert_eq!(kept.len(), again.len());
+    assert!(kept.iter().zip(&again).all(|(a, b)| (a - b).abs() < 1e-5));
+    assert!(m.training_embeddings(&[10_000]).is_err());
+    assert!(l.training_embeddings(&rows).unwrap().is_none());
     let texts = ["[buyer] i want a refund", "late delivery", ""];
     assert_eq!(m.logits(&texts).unwrap(), l.logits(&texts).unwrap());
     assert_eq!(l.info().label_space, space());
@@ -368,6 +381,8 @@ fn fine_tune_all_layers_runs_and_is_repeatable() {
     let b = train(d.path(), &p);
     let t = ["refund please", "broken"];
     assert_eq!(a.logits(&t).unwrap(), b.logits(&t).unwrap());
+    // The encoder moved: no stale frozen embeddings are offered.
+    assert!(a.training_embeddings(&[0]).unwrap().is_none());
 }
 
 #[test]
