@@ -75,6 +75,17 @@ pub struct MetaParams {
     /// Training rows per class the detector keeps (and stores in the
     /// bundle as its nearest-neighbour memory).
     pub max_per_class: usize,
+    /// Bound on the memory over all classes: large taxonomies keep fewer
+    /// rows per class (never under 20), so training (a Gram matrix over the
+    /// memory in every round) and per-request latency stay bounded.
+    pub max_rows: usize,
+}
+
+impl MetaParams {
+    /// Rows per class to keep for `k` classes.
+    pub fn per_class(&self, k: usize) -> usize {
+        self.max_per_class.min((self.max_rows / k.max(1)).max(20))
+    }
 }
 
 impl Default for MetaParams {
@@ -86,6 +97,7 @@ impl Default for MetaParams {
             det_c: 0.1,
             seed: 107,
             max_per_class: 300,
+            max_rows: 20_000,
         }
     }
 }
@@ -865,6 +877,15 @@ mod tests {
         assert!(MetaDetector::load(&dir.path().join("none"))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn memory_per_class_shrinks_for_large_taxonomies() {
+        let p = MetaParams::default();
+        assert_eq!(p.per_class(67), 298);
+        assert_eq!(p.per_class(10), 300);
+        assert_eq!(p.per_class(500), 40);
+        assert_eq!(p.per_class(5000), 20);
     }
 
     #[test]

@@ -398,7 +398,7 @@ pub fn train(
     let detector = match (&fitted, val_emb) {
         (Fitted::Transformer(m), Some(val_emb)) => {
             let mp = MetaParams::default();
-            let keep = cap_per_class(&targets, mp.max_per_class);
+            let keep = cap_per_class(&targets, mp.per_class(label_space.n_paths));
             let terr =
                 |e: casetag_transformer::TransformerError| EngineError::Transformer(e.to_string());
             // Frozen mode kept the training embeddings; fine-tuning changed
@@ -550,6 +550,15 @@ mod tests {
         );
         let (_, va2) = stratified_holdout(rows, 0.2, 7);
         assert_eq!(va, va2);
+    }
+
+    #[test]
+    fn cap_per_class_spreads_and_keeps_order() {
+        // Class 0 has 10 rows, class 1 has 3.
+        let t: Vec<usize> = (0..13).map(|i| usize::from(i >= 10)).collect();
+        let keep = cap_per_class(&t, 4);
+        assert_eq!(keep, vec![0, 2, 5, 7, 10, 11, 12]);
+        assert_eq!(cap_per_class(&t, 100).len(), 13);
     }
 
     #[test]
