@@ -20,7 +20,7 @@ mod model;
 
 use serde::{Deserialize, Serialize};
 
-pub use model::{fit, BaselineModel};
+pub use model::{fit, fit_softmax_regression, BaselineModel};
 
 /// Errors of the baseline crate; messages are one line.
 #[derive(Debug, thiserror::Error)]

@@ -388,33 +388,15 @@ pub fn fit(
             }
         }
     }
-    let mut present = vec![false; n_out];
-    y.iter().for_each(|&c| present[c] = true);
-    let mut weights = vec![0f32; k * n_out];
-    let mut bias: Vec<f32> = present
-        .iter()
-        .map(|&p| if p { 0.0 } else { ABSENT_LOGIT })
-        .collect();
-    if present.iter().filter(|&&p| p).count() >= 2 {
-        let ds = Dataset::new(x, Array1::from(y));
-        let fitted = MultiLogisticRegression::<f32>::default()
-            .alpha(params.alpha as f32)
-            .max_iterations(params.max_iterations)
-            .fit(&ds)
-            .map_err(|e| BaselineError::Fit(e.to_string()))?;
-        let (w, b) = (fitted.params(), fitted.intercept());
-        for (j, &class) in fitted.classes().iter().enumerate() {
-            bias[class] = b[j];
-            for r in 0..k {
-                weights[r * n_out + class] = w[[r, j]];
-            }
-        }
-    }
-    if weights.iter().chain(&bias).any(|v| !v.is_finite()) {
-        return Err(BaselineError::Fit(
-            "solver produced non-finite weights".into(),
-        ));
-    }
+    let (weights, bias) = fit_softmax_regression(
+        x,
+        &y,
+        n_out,
+        params.alpha as f32,
+        params.max_iterations,
+        ABSENT_LOGIT,
+    )
+    .map_err(BaselineError::Fit)?;
     progress("baseline: done");
     let (padded, stride) = pad_rows(&weights, n_out);
     Ok(BaselineModel {
@@ -430,6 +412,49 @@ pub fn fit(
         stride,
         avx2: has_avx2(),
     })
+}
+
+/// Multinomial logistic regression with linfa (L2 weight `alpha`) of `y`
+/// (classes `0..n_out`) on the rows of `x`. Returns row-major weights (`x`'s
+/// columns x `n_out`) and the biases; a class without rows gets zero weights
+/// and `absent_logit` as its bias. With fewer than two classes present
+/// nothing is fitted (zero weights). Errors are the solver's, or non-finite
+/// weights.
+pub fn fit_softmax_regression(
+    x: Array2<f32>,
+    y: &[usize],
+    n_out: usize,
+    alpha: f32,
+    max_iterations: u64,
+    absent_logit: f32,
+) -> std::result::Result<(Vec<f32>, Vec<f32>), String> {
+    let k = x.ncols();
+    let mut present = vec![false; n_out];
+    y.iter().for_each(|&c| present[c] = true);
+    let mut weights = vec![0f32; k * n_out];
+    let mut bias: Vec<f32> = present
+        .iter()
+        .map(|&p| if p { 0.0 } else { absent_logit })
+        .collect();
+    if present.iter().filter(|&&p| p).count() >= 2 {
+        let ds = Dataset::new(x, Array1::from(y.to_vec()));
+        let fitted = MultiLogisticRegression::<f32>::default()
+            .alpha(alpha)
+            .max_iterations(max_iterations)
+            .fit(&ds)
+            .map_err(|e| e.to_string())?;
+        let (w, b) = (fitted.params(), fitted.intercept());
+        for (j, &class) in fitted.classes().iter().enumerate() {
+            bias[class] = b[j];
+            for r in 0..k {
+                weights[r * n_out + class] = w[[r, j]];
+            }
+        }
+    }
+    if weights.iter().chain(&bias).any(|v| !v.is_finite()) {
+        return Err("solver produced non-finite weights".into());
+    }
+    Ok((weights, bias))
 }
 
 fn column_map(buckets: &[u32], n_buckets: usize) -> Vec<u32> {

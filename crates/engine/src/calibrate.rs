@@ -198,27 +198,20 @@ pub fn fit_thresholds(
             (id, t)
         })
         .collect();
-    // Score-based OOS: lose at most `oos_budget` of the correct L1 answers.
-    l1_correct_conf.sort_by(f32::total_cmp);
-    let oos_min_l1 = if decider.label_space.oos_class || l1_correct_conf.is_empty() {
-        0.0
-    } else {
-        let k = ((l1_correct_conf.len() as f64) * params.oos_budget).floor() as usize;
-        l1_correct_conf[k.min(l1_correct_conf.len() - 1)]
-    };
-    // The learned detector, when present, replaces the L1 cut: the same
-    // budget, on its logit (out of scope above the cut).
-    let (oos_min_l1, oos_detector_cut) = if decider.detector && !decider.label_space.oos_class {
-        l1_correct_det.sort_by(|a, b| b.total_cmp(a));
-        let k = ((l1_correct_det.len() as f64) * params.oos_budget).floor() as usize;
+    // Score-based OOS: lose at most `oos_budget` of the correct L1 answers,
+    // on the learned detector's logit when there is one (out of scope above
+    // the cut), otherwise on the L1 confidence (out of scope below it).
+    let budget = params.oos_budget;
+    let (oos_min_l1, oos_detector_cut) = if decider.label_space.oos_class {
+        (0.0, None)
+    } else if decider.detector {
         (
             0.0,
-            l1_correct_det
-                .get(k.min(l1_correct_det.len().saturating_sub(1)))
-                .copied(),
+            budget_cut(&mut l1_correct_det, budget, |a, b| b.total_cmp(a)),
         )
     } else {
-        (oos_min_l1, None)
+        let cut = budget_cut(&mut l1_correct_conf, budget, f32::total_cmp);
+        (cut.unwrap_or(0.0), None)
     };
     Thresholds {
         target_precision: params.target_precision,
@@ -229,6 +222,20 @@ pub fn fit_thresholds(
         oos_min_l1,
         oos_detector_cut,
     }
+}
+
+/// The cut that rejects at most `budget` of `v` when the values that sort
+/// first under `worst_first` are rejected: the `floor(n * budget)`-th value
+/// in that order (the last one when the budget covers everything); `None`
+/// for no values.
+fn budget_cut(
+    v: &mut [f32],
+    budget: f64,
+    worst_first: impl Fn(&f32, &f32) -> std::cmp::Ordering,
+) -> Option<f32> {
+    v.sort_by(worst_first);
+    let k = ((v.len() as f64) * budget).floor() as usize;
+    v.get(k.min(v.len().saturating_sub(1))).copied()
 }
 
 #[cfg(test)]

@@ -90,6 +90,18 @@ impl Decision {
     }
 }
 
+/// Score rows for a decider with the detector: each row's logits followed
+/// by the detector's logit for the same case.
+pub fn with_detector_logits(rows: Vec<Vec<f32>>, z: &[f32]) -> Vec<Vec<f32>> {
+    rows.into_iter()
+        .zip(z)
+        .map(|(mut r, &z)| {
+            r.push(z);
+            r
+        })
+        .collect()
+}
+
 /// Precomputed structure for fast decoding.
 #[derive(Debug, Clone)]
 pub struct Decider {
@@ -131,12 +143,6 @@ impl Decider {
             lineage,
             under,
         }
-    }
-
-    /// Length of a score row: the label space's outputs, plus one with the
-    /// detector.
-    pub fn score_len(&self) -> usize {
-        self.label_space.n_outputs() + self.detector as usize
     }
 
     /// A score row's logits and, with the detector, its logit.
@@ -449,10 +455,11 @@ nodes:
         t.oos_detector_cut = Some(1.5);
         let mut d = decider(false, t.clone());
         d.detector = true;
-        assert_eq!(d.score_len(), 5);
         // A confident full path: the detector's logit alone decides.
-        let mut row = logits(&[0.95, 0.03, 0.01, 0.01]);
-        row.push(2.0);
+        let mut row =
+            with_detector_logits(vec![logits(&[0.95, 0.03, 0.01, 0.01])], &[2.0]).remove(0);
+        let (l, z) = d.split_scores(&row);
+        assert_eq!((l.len(), z), (4, Some(2.0)));
         let r = d.decide(&row, 3);
         assert!(r.out_of_scope && r.depth == 0 && r.tag.is_none() && r.actions.is_empty());
         assert!((r.oos_score - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);

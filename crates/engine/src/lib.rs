@@ -50,3 +50,15 @@ impl EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Fisher–Yates shuffle driven by an xorshift64 generator whose state the
+/// caller owns (nonzero): the same state gives the same order, and one
+/// state can run through several shuffles.
+pub(crate) fn shuffle<T>(v: &mut [T], state: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        v.swap(i, (*state % (i as u64 + 1)) as usize);
+    }
+}

@@ -22,10 +22,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use linfa::traits::Fit;
-use linfa::Dataset;
-use linfa_logistic::MultiLogisticRegression;
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -189,7 +186,6 @@ fn map_gram<T: Send>(
 
 impl Base {
     fn fit(x: &[f32], y: &[u32], k: usize, d: usize, c: f64) -> Result<Self> {
-        let n = y.len();
         let mem = unit_rows(x, d);
         let (w, b) = fit_multinomial(&mem, y, k, d, c)?;
         // Leave-one-out neighbour statistics over the memory.
@@ -212,9 +208,7 @@ impl Base {
         });
         let nn_loo = stats.iter().map(|s| s.0).collect();
         let mut cent = vec![0f32; k * d];
-        let mut count = vec![0usize; k];
         for (row, &c) in mem.chunks(d).zip(y) {
-            count[c as usize] += 1;
             for (a, v) in cent[c as usize * d..(c as usize + 1) * d]
                 .iter_mut()
                 .zip(row)
@@ -229,8 +223,11 @@ impl Base {
             vec![0f32; k],
             vec![1e-6f32; k],
         );
-        for c in 0..k {
-            let rows: Vec<usize> = (0..n).filter(|&i| y[i] as usize == c).collect();
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); k];
+        for (i, &c) in y.iter().enumerate() {
+            by_class[c as usize].push(i);
+        }
+        for (c, rows) in by_class.iter().enumerate() {
             if rows.is_empty() {
                 continue;
             }
@@ -375,9 +372,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Multinomial logistic regression with linfa (L2 weight alpha = 1 / C).
-/// Returns (d x k weights, k biases); a class with no rows gets a large
-/// negative bias.
+/// Multinomial logistic regression on the unit rows (the baseline's linfa
+/// fit, L2 weight alpha = 1 / C). Returns (d x k weights, k biases); a class
+/// with no rows gets a large negative bias.
 fn fit_multinomial(
     x: &[f32],
     y: &[u32],
@@ -387,30 +384,9 @@ fn fit_multinomial(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let xa = Array2::from_shape_vec((y.len(), d), x.to_vec())
         .map_err(|e| EngineError::Internal(format!("detector base: {e}")))?;
-    let ds = Dataset::new(
-        xa,
-        Array1::from(y.iter().map(|&v| v as usize).collect::<Vec<_>>()),
-    );
-    let fitted = MultiLogisticRegression::<f32>::default()
-        .alpha((1.0 / c) as f32)
-        .max_iterations(300)
-        .fit(&ds)
-        .map_err(|e| EngineError::Internal(format!("detector base fit: {e}")))?;
-    let mut w = vec![0f32; d * k];
-    let mut b = vec![-30f32; k];
-    let (pw, pb) = (fitted.params(), fitted.intercept());
-    for (j, &class) in fitted.classes().iter().enumerate() {
-        b[class] = pb[j];
-        for r in 0..d {
-            w[r * k + class] = pw[[r, j]];
-        }
-    }
-    if w.iter().chain(&b).any(|v| !v.is_finite()) {
-        return Err(EngineError::Internal(
-            "detector base fit produced non-finite weights".into(),
-        ));
-    }
-    Ok((w, b))
+    let y: Vec<usize> = y.iter().map(|&v| v as usize).collect();
+    casetag_baseline::fit_softmax_regression(xa, &y, k, (1.0 / c) as f32, 300, -30.0)
+        .map_err(|e| EngineError::Internal(format!("detector base fit: {e}")))
 }
 
 /// Binary logistic regression by Newton's method, with scikit-learn's
@@ -561,12 +537,6 @@ impl MetaDetector {
         }
         let hold = params.hold.min((k as f64 * 0.15).round().max(1.0) as usize);
         let mut rng = params.seed | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
         let mut feats: Vec<[f32; NF]> = Vec::new();
         let mut label: Vec<bool> = Vec::new();
         let rows = |x: &[f32], idx: &[usize]| -> Vec<f32> {
@@ -581,35 +551,26 @@ impl MetaDetector {
                 params.episodes
             ));
             let mut classes: Vec<usize> = (0..k).collect();
-            for i in (1..k).rev() {
-                classes.swap(i, (next() % (i as u64 + 1)) as usize);
-            }
+            crate::shuffle(&mut classes, &mut rng);
             let mut remap = vec![u32::MAX; k];
             for (new, &c) in classes[hold..].iter().enumerate() {
                 remap[c] = new as u32;
             }
-            let keep_fit: Vec<usize> = (0..inp.fit_y.len())
-                .filter(|&i| remap[inp.fit_y[i] as usize] != u32::MAX)
-                .collect();
+            let known = |y: u32| remap[y as usize] != u32::MAX;
+            let (keep_fit, hidden_fit): (Vec<usize>, Vec<usize>) =
+                (0..inp.fit_y.len()).partition(|&i| known(inp.fit_y[i]));
+            let (keep_val, hidden_val): (Vec<usize>, Vec<usize>) =
+                (0..inp.val_y.len()).partition(|&i| known(inp.val_y[i]));
             let fy: Vec<u32> = keep_fit
                 .iter()
                 .map(|&i| remap[inp.fit_y[i] as usize])
                 .collect();
             let base = Base::fit(&rows(inp.fit_x, &keep_fit), &fy, k - hold, d, params.base_c)?;
-            let keep_val: Vec<usize> = (0..inp.val_y.len())
-                .filter(|&i| remap[inp.val_y[i] as usize] != u32::MAX)
-                .collect();
             let fin = base.features(&rows(inp.val_x, &keep_val));
             for ((pred, f), &i) in fin.into_iter().zip(&keep_val) {
                 feats.push(f);
                 label.push(pred != remap[inp.val_y[i] as usize] as usize);
             }
-            let hidden_fit: Vec<usize> = (0..inp.fit_y.len())
-                .filter(|&i| remap[inp.fit_y[i] as usize] == u32::MAX)
-                .collect();
-            let hidden_val: Vec<usize> = (0..inp.val_y.len())
-                .filter(|&i| remap[inp.val_y[i] as usize] == u32::MAX)
-                .collect();
             let mut hx = rows(inp.fit_x, &hidden_fit);
             hx.extend(rows(inp.val_x, &hidden_val));
             for (_, f) in base.features(&hx) {
@@ -647,11 +608,6 @@ impl MetaDetector {
             bias,
             params: params.clone(),
         })
-    }
-
-    /// Embedding width the detector expects.
-    pub fn dim(&self) -> usize {
-        self.base.d
     }
 
     /// Detector logits ("out of scope or wrong"; higher = less in scope)

@@ -6,7 +6,7 @@ use casetag_core::bundle::Bundle;
 use casetag_core::{Classifier, Transcript};
 use serde::Serialize;
 
-use crate::decide::{Decider, Decision, Thresholds};
+use crate::decide::{with_detector_logits, Decider, Decision, Thresholds};
 use crate::oos_meta::MetaDetector;
 use crate::{EngineError, Result};
 
@@ -61,14 +61,7 @@ impl LoadedModel {
             .collect::<Result<_>>()?;
         Ok(match det {
             None => rows,
-            Some(z) => rows
-                .into_iter()
-                .zip(z)
-                .map(|(mut r, z)| {
-                    r.push(z);
-                    r
-                })
-                .collect(),
+            Some(z) => with_detector_logits(rows, &z),
         })
     }
 

@@ -12,7 +12,7 @@ use casetag_transformer::TransformerParams;
 use serde::{Deserialize, Serialize};
 
 use crate::calibrate::{ece_at, fit_temperature, fit_thresholds, DecisionParams, OosDetector};
-use crate::decide::Decider;
+use crate::decide::{with_detector_logits, Decider};
 use crate::eval::{evaluate_logits, EvalRow};
 use crate::oos_meta::{MetaDetector, MetaInputs, MetaParams};
 use crate::{EngineError, Result};
@@ -119,13 +119,8 @@ fn stratified_holdout(
     let (mut tr, mut va) = (Vec::new(), Vec::new());
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for (_, mut group) in by {
-        // Fisher–Yates with an xorshift generator: reproducible for a seed.
-        for i in (1..group.len()).rev() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            group.swap(i, (state % (i as u64 + 1)) as usize);
-        }
+        // Reproducible for a seed.
+        crate::shuffle(&mut group, &mut state);
         let mut k = (group.len() as f64 * fraction).round() as usize;
         if k == 0 && group.len() >= 3 {
             k = 1;
@@ -469,14 +464,7 @@ pub fn train(
         None => val_logits,
         Some((_, z)) => {
             decider.detector = true;
-            val_logits
-                .into_iter()
-                .zip(z)
-                .map(|(mut l, &z)| {
-                    l.push(z);
-                    l
-                })
-                .collect()
+            with_detector_logits(val_logits, z)
         }
     };
     let truth: Vec<Option<TagPath>> = val_rows.iter().map(|r| r.label.clone()).collect();

@@ -294,39 +294,39 @@ impl Classifier for TransformerModel {
         &self,
         cases: &[Transcript],
     ) -> std::result::Result<Vec<LevelScores>, ClassifierError> {
-        let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.logits(&texts)));
-        match run {
-            Ok(Ok(rows)) => Ok(rows
-                .into_iter()
-                .map(|logits| LevelScores { logits })
-                .collect()),
-            Ok(Err(e)) => Err(ClassifierError::Backend(e.to_string())),
-            Err(_) => Err(ClassifierError::Backend(
-                "transformer inference panicked".into(),
-            )),
-        }
+        let rows = guarded(cases, |texts| self.logits(texts))?;
+        Ok(rows
+            .into_iter()
+            .map(|logits| LevelScores { logits })
+            .collect())
     }
 
+    /// Never panics, like [`predict`](Classifier::predict).
     fn predict_embedded(
         &self,
         cases: &[Transcript],
     ) -> std::result::Result<Option<casetag_core::Embedded>, ClassifierError> {
-        let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.logits_and_embeddings(&texts)
-        }));
-        match run {
-            Ok(Ok((rows, emb))) => Ok(Some((
-                rows.into_iter()
-                    .map(|logits| LevelScores { logits })
-                    .collect(),
-                emb,
-            ))),
-            Ok(Err(e)) => Err(ClassifierError::Backend(e.to_string())),
-            Err(_) => Err(ClassifierError::Backend(
-                "transformer inference panicked".into(),
-            )),
-        }
+        let (rows, emb) = guarded(cases, |texts| self.logits_and_embeddings(texts))?;
+        let scores = rows
+            .into_iter()
+            .map(|logits| LevelScores { logits })
+            .collect();
+        Ok(Some((scores, emb)))
+    }
+}
+
+/// Run inference on the cases' texts with errors and (defensively) panics
+/// inside candle or the tokenizer turned into `ClassifierError::Backend`.
+fn guarded<T>(
+    cases: &[Transcript],
+    f: impl FnOnce(&[&str]) -> Result<T>,
+) -> std::result::Result<T, ClassifierError> {
+    let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&texts))) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ClassifierError::Backend(e.to_string())),
+        Err(_) => Err(ClassifierError::Backend(
+            "transformer inference panicked".into(),
+        )),
     }
 }
