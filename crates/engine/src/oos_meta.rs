@@ -57,8 +57,10 @@ pub const FEATURES: [&str; 20] = [
 ];
 const NF: usize = FEATURES.len();
 
-/// Settings of the detector's training.
+/// Settings of the detector's training. Fields missing from a stored
+/// header (bundles written before they existed) take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MetaParams {
     /// Leave-classes-out rounds.
     pub episodes: usize,
@@ -842,6 +844,14 @@ mod tests {
         assert_eq!(p.per_class(10), 300);
         assert_eq!(p.per_class(500), 40);
         assert_eq!(p.per_class(5000), 20);
+    }
+
+    #[test]
+    fn headers_from_before_max_rows_still_load() {
+        let old =
+            r#"{"episodes":6,"hold":10,"base_c":10.0,"det_c":0.1,"seed":107,"max_per_class":300}"#;
+        let p: MetaParams = serde_json::from_str(old).unwrap();
+        assert_eq!(p, MetaParams::default());
     }
 
     #[test]
