@@ -314,6 +314,16 @@ fn corrupt_bundle_is_rejected() {
     let e = stderr(&o);
     assert!(e.contains("checksum mismatch"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    // A manifest that still parses but whose thresholds were edited.
+    let text = std::fs::read_to_string(copy.join("manifest.json")).unwrap();
+    let edited = text.replacen("\"min_margin\": 0.", "\"min_margin\": 0.9", 1);
+    assert_ne!(edited, text);
+    std::fs::write(copy.join("manifest.json"), edited).unwrap();
+    let o = run(&["models", "show", copy.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("checksum mismatch for 'manifest.json'"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
     // Truncated manifest.
     std::fs::write(copy.join("manifest.json"), "{\"id\": ").unwrap();
     let o = run(&["models", "show", copy.to_str().unwrap()]);

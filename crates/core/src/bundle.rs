@@ -2,7 +2,8 @@
 //! taxonomy, data hash, hyper-parameters, metrics, calibration, thresholds,
 //! file checksums) beside the weights. Bundles are written to a temporary
 //! sibling directory and renamed into place, so a reader never sees half a
-//! bundle; loading verifies every checksum.
+//! bundle; loading verifies every checksum. The manifest itself (thresholds,
+//! calibration) is covered by `manifest.sha256` beside it.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -15,6 +16,9 @@ use crate::{Error, LabelSpace, Result, Taxonomy};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const TAXONOMY: &str = "taxonomy.yaml";
+/// sha256 of `manifest.json`'s bytes. Bundles written before it existed have
+/// none and still load; when present it must match.
+pub const MANIFEST_DIGEST: &str = "manifest.sha256";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Temperature scaling fitted on validation data.
@@ -170,14 +174,17 @@ impl BundleWriter {
         for entry in std::fs::read_dir(&self.tmp).map_err(|e| io(&self.tmp, e))? {
             let entry = entry.map_err(|e| io(&self.tmp, e))?;
             let name = entry.file_name().to_string_lossy().to_string();
-            if name == MANIFEST || !entry.path().is_file() {
+            if name == MANIFEST || name == MANIFEST_DIGEST || !entry.path().is_file() {
                 continue;
             }
             manifest.files.insert(name, sha256_file(&entry.path())?);
         }
         let mp = self.tmp.join(MANIFEST);
         let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
-        std::fs::write(&mp, json).map_err(|e| io(&mp, e))?;
+        std::fs::write(&mp, &json).map_err(|e| io(&mp, e))?;
+        let dp = self.tmp.join(MANIFEST_DIGEST);
+        let digest = hex::encode(Sha256::digest(json.as_bytes()));
+        std::fs::write(&dp, format!("{digest}\n")).map_err(|e| io(&dp, e))?;
         if self.dest.exists() {
             if !overwrite {
                 let _ = std::fs::remove_dir_all(&self.tmp);
@@ -227,6 +234,16 @@ impl Bundle {
                 "bundle format {} is not supported (expected {FORMAT_VERSION})",
                 manifest.format
             )));
+        }
+        let dp = dir.join(MANIFEST_DIGEST);
+        if dp.is_file() {
+            let want = std::fs::read_to_string(&dp)
+                .map_err(|e| bad(format!("cannot read {MANIFEST_DIGEST}: {e}")))?;
+            if hex::encode(Sha256::digest(text.as_bytes())) != want.trim() {
+                return Err(bad(format!(
+                    "checksum mismatch for '{MANIFEST}' against {MANIFEST_DIGEST} (file is corrupt or was modified)"
+                )));
+            }
         }
         for (name, want) in &manifest.files {
             let p = dir.join(name);
@@ -319,6 +336,18 @@ mod tests {
             e.contains("'weights.bin' listed in the manifest is missing"),
             "{e}"
         );
+        // A manifest that still parses but whose thresholds changed.
+        std::fs::write(dest.join("weights.bin"), b"0123456789").unwrap();
+        Bundle::open(&dest).unwrap();
+        let text = std::fs::read_to_string(dest.join(MANIFEST)).unwrap();
+        let edited = text.replace("\"thresholds\": {}", "\"thresholds\": {\"oos\": 0.5}");
+        assert_ne!(edited, text);
+        std::fs::write(dest.join(MANIFEST), &edited).unwrap();
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch for 'manifest.json'"), "{e}");
+        // A bundle from before the digest existed has none and still loads.
+        std::fs::remove_file(dest.join(MANIFEST_DIGEST)).unwrap();
+        Bundle::open(&dest).unwrap();
         // Corrupt manifest.
         std::fs::write(dest.join(MANIFEST), b"{not json").unwrap();
         let e = Bundle::open(&dest).unwrap_err().to_string();

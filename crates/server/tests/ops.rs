@@ -367,7 +367,7 @@ async fn a_bad_bundle_is_refused_and_the_old_model_keeps_serving() {
         .map(|e| e.unwrap().path())
         .find(|p| {
             let n = p.file_name().unwrap().to_string_lossy().to_string();
-            n != "manifest.json" && n != "taxonomy.yaml"
+            n != "manifest.json" && n != "manifest.sha256" && n != "taxonomy.yaml"
         })
         .expect("a weights file");
     let mut bytes = std::fs::read(&victim).unwrap();
