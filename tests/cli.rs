@@ -336,6 +336,30 @@ fn corrupt_bundle_is_rejected() {
 }
 
 #[test]
+fn batch_novelty_needs_a_model_with_a_batch_rule() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "text\nwhere is my parcel\n").unwrap();
+    let out = tmp.path().join("o.csv");
+    let o = run(&[
+        "tag",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--batch-novelty",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("--batch-novelty"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    assert!(!out.exists());
+}
+
+#[test]
 fn prepare_rejects_malformed_csv() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.csv");

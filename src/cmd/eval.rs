@@ -35,6 +35,11 @@ pub struct Args {
     /// Rename a source column to a label column, e.g. `category=l1` (repeatable).
     #[arg(long = "label-column", value_name = "SRC=l1|l2|l3")]
     label_columns: Vec<String>,
+    /// Judge out of scope over the whole table at once (up to 50,000 rows a
+    /// batch), as `tag --batch-novelty` does; models without a batch rule
+    /// are judged case by case (with a note).
+    #[arg(long)]
+    batch_novelty: bool,
     /// Bootstrap resamples for the comparison intervals.
     #[arg(long, default_value_t = 2000)]
     resamples: usize,
@@ -189,7 +194,12 @@ pub fn run(a: Args) -> CmdResult {
         .collect();
     let mut evals = Vec::new();
     for mp in &a.models {
-        let m = load_model(mp)?;
+        let mut m = load_model(mp)?;
+        if a.batch_novelty {
+            if let Err(e) = m.enable_batch_novelty() {
+                progress::note(&format!("{e}; judged case by case"));
+            }
+        }
         // Reject labels the model's taxonomy does not know before spending
         // time on inference.
         validate_labels(
@@ -201,7 +211,8 @@ pub fn run(a: Args) -> CmdResult {
         let pb = crate::progress::bar(Some(cases.len() as u64), m.id());
         let t0 = Instant::now();
         let mut logits = Vec::with_capacity(cases.len());
-        for chunk in cases.chunks(1024) {
+        let batch = if m.batch_novelty { 50_000 } else { 1024 };
+        for chunk in cases.chunks(batch) {
             logits.extend(m.scores(chunk)?);
             pb.inc(chunk.len() as u64);
         }

@@ -31,6 +31,13 @@ pub struct Args {
     /// Rows per chunk.
     #[arg(long, default_value_t = 50_000)]
     chunk_rows: usize,
+    /// Judge out of scope over each chunk as a whole: a kind of case that
+    /// recurs in the chunk but resembles no training case of its predicted
+    /// class is declared out of scope far more often. Needs a transformer
+    /// trained without out-of-scope rows (learned detector); answers then
+    /// depend on the other rows of the chunk.
+    #[arg(long)]
+    batch_novelty: bool,
 }
 
 /// Output columns for one chunk, borrowing the chunk's decisions.
@@ -154,7 +161,10 @@ pub fn run(a: Args) -> CmdResult {
         return Err(Failure::input("--chunk-rows must be at least 1"));
     }
     let out_format = Format::from_path(&a.output)?;
-    let tagger = Tagger::load(&a.model, a.fallback.as_deref())?;
+    let mut tagger = Tagger::load(&a.model, a.fallback.as_deref())?;
+    if a.batch_novelty {
+        tagger.enable_batch_novelty()?;
+    }
     let mut reader = ChunkReader::open(&a.input, a.chunk_rows)?;
     let total = reader.total_rows_hint();
     let mut writer = ChunkWriter::create(&a.output, out_format)?;

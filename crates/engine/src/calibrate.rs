@@ -157,6 +157,7 @@ pub fn fit_thresholds(
             oos_prob: 2.0,
             oos_min_l1: -1.0,
             oos_detector_cut: None,
+            oos_batch_cut: None,
             target_precision: params.target_precision,
         },
     );
@@ -221,6 +222,7 @@ pub fn fit_thresholds(
         oos_prob: 0.5,
         oos_min_l1,
         oos_detector_cut,
+        oos_batch_cut: None,
     }
 }
 

@@ -32,6 +32,11 @@ pub struct Thresholds {
     /// `oos_min_l1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oos_detector_cut: Option<f32>,
+    /// The same cut for the detector's batch rule, used instead of
+    /// `oos_detector_cut` when a batch is judged as a whole
+    /// (`--batch-novelty`). Fitted on the validation rows taken as one batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oos_batch_cut: Option<f32>,
 }
 
 impl Default for Thresholds {
@@ -44,6 +49,7 @@ impl Default for Thresholds {
             oos_prob: 0.5,
             oos_min_l1: 0.0,
             oos_detector_cut: None,
+            oos_batch_cut: None,
         }
     }
 }

@@ -15,6 +15,12 @@
 //! detector's logit is the out-of-scope score; the decision layer cuts it on
 //! validation so that at most `--oos-budget` of the correct answers are lost.
 //!
+//! For batch jobs the detector also learns a *batch rule*: the same
+//! features plus [`batch_novelty`], how much closer a case is to other cases
+//! of the batch than to the training cases of its predicted class. Each
+//! round builds a stand-in batch (the kept validation rows and, at the same
+//! rate per class, hidden-class rows) to learn it from.
+//!
 //! Method and settings (features, 6 episodes hiding 10 of 67 intents,
 //! detector C = 0.1) were chosen on BANKING77 hold-outs other than the
 //! reported one; `scripts/oos_pseudo.py` is the Python reference.
@@ -56,6 +62,8 @@ pub const FEATURES: [&str; 20] = [
     "p_top3",
 ];
 const NF: usize = FEATURES.len();
+/// The batch rule's inputs: [`FEATURES`] and then the batch novelty.
+const NB: usize = NF + 1;
 
 /// Settings of the detector's training. Fields missing from a stored
 /// header (bundles written before they existed) take their defaults.
@@ -394,22 +402,22 @@ fn fit_multinomial(
 /// Binary logistic regression by Newton's method, with scikit-learn's
 /// objective: 0.5 |w|² + C Σ s_i log-loss_i (intercept not penalised) and
 /// class-balanced sample weights s_i. `x` rows are standardised features.
-fn fit_binary_balanced(x: &[[f32; NF]], y: &[bool], c: f64) -> (Vec<f64>, f64) {
+fn fit_binary_balanced<const P: usize>(x: &[[f32; P]], y: &[bool], c: f64) -> (Vec<f64>, f64) {
     let n = y.len();
     let npos = y.iter().filter(|&&v| v).count().max(1);
     let nneg = (n - y.iter().filter(|&&v| v).count()).max(1);
     let sw = |pos: bool| n as f64 / (2.0 * if pos { npos } else { nneg } as f64);
-    let p = NF + 1; // last = intercept
+    let p = P + 1; // last = intercept
     let mut beta = vec![0f64; p];
+    let mut row = vec![0f64; p];
     for _ in 0..100 {
         let mut g = vec![0f64; p];
         let mut h = vec![0f64; p * p];
         for (xi, &yi) in x.iter().zip(y) {
-            let mut row = [0f64; NF + 1];
             for (r, &v) in row.iter_mut().zip(xi.iter()) {
                 *r = v as f64;
             }
-            row[NF] = 1.0;
+            row[P] = 1.0;
             let z: f64 = row.iter().zip(&beta).map(|(a, b)| a * b).sum();
             let s = 1.0 / (1.0 + (-z).exp());
             let wgt = c * sw(yi);
@@ -427,11 +435,11 @@ fn fit_binary_balanced(x: &[[f32; NF]], y: &[bool], c: f64) -> (Vec<f64>, f64) {
                 h[a * p + b] = h[b * p + a];
             }
         }
-        for a in 0..NF {
+        for a in 0..P {
             g[a] += beta[a];
             h[a * p + a] += 1.0;
         }
-        h[NF * p + NF] += 1e-9;
+        h[P * p + P] += 1e-9;
         let step = solve(h, g, p);
         let mut change = 0f64;
         for (b, s) in beta.iter_mut().zip(&step) {
@@ -442,7 +450,124 @@ fn fit_binary_balanced(x: &[[f32; NF]], y: &[bool], c: f64) -> (Vec<f64>, f64) {
             break;
         }
     }
-    (beta[..NF].to_vec(), beta[NF])
+    (beta[..P].to_vec(), beta[P])
+}
+
+/// Standardise the features, fit the balanced logistic rule and fold the
+/// standardisation into its weights (so it applies to raw features).
+fn fit_rule<const P: usize>(feats: &[[f32; P]], label: &[bool], c: f64) -> Rule {
+    let n = feats.len() as f64;
+    let mut mu = [0f64; P];
+    let mut sd = [0f64; P];
+    for f in feats {
+        for j in 0..P {
+            mu[j] += f[j] as f64 / n;
+        }
+    }
+    for f in feats {
+        for j in 0..P {
+            sd[j] += (f[j] as f64 - mu[j]).powi(2) / n;
+        }
+    }
+    sd.iter_mut().for_each(|s| *s = s.sqrt() + 1e-12);
+    let z: Vec<[f32; P]> = feats
+        .iter()
+        .map(|f| std::array::from_fn(|j| ((f[j] as f64 - mu[j]) / sd[j]) as f32))
+        .collect();
+    let (ws, b) = fit_binary_balanced(&z, label, c);
+    Rule {
+        w: (0..P).map(|j| (ws[j] / sd[j]) as f32).collect(),
+        bias: (b - (0..P).map(|j| ws[j] / sd[j] * mu[j]).sum::<f64>()) as f32,
+    }
+}
+
+/// A linear rule over raw features: logit = w . f + bias.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Rule {
+    w: Vec<f32>,
+    bias: f32,
+}
+
+impl Rule {
+    fn logit(&self, f: &[f32]) -> f32 {
+        self.bias + f.iter().zip(&self.w).map(|(a, b)| a * b).sum::<f32>()
+    }
+}
+
+/// Batch novelty, one value per row of a batch (unit rows `xu`, the base
+/// model's predictions `pred`): for the rows predicted as class c, the mean
+/// cosine of each to its three nearest other batch rows of c, subtracted
+/// from the same against as many of c's training rows (the memory). Both
+/// sides hold the same number of rows (at most the memory's count for c),
+/// so a batch that is just more of the known cases scores about 0 whatever
+/// its size, while a new kind of case that recurs in the batch has closer
+/// neighbours in the batch than in training: negative. A class predicted
+/// for one row only gives 0 (no evidence).
+fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32> {
+    let d = base.d;
+    let mut mem_of: Vec<Vec<usize>> = vec![Vec::new(); base.k];
+    for (i, &c) in base.mem_y.iter().enumerate() {
+        mem_of[c as usize].push(i);
+    }
+    let mut rows_of: Vec<Vec<usize>> = vec![Vec::new(); base.k];
+    for (i, &c) in pred.iter().enumerate() {
+        rows_of[c].push(i);
+    }
+    let top3_mean = |x: &[f32], others: &mut dyn Iterator<Item = &[f32]>| -> f32 {
+        let mut t = [-2.0f32; 3];
+        let mut n = 0;
+        for o in others {
+            push_top3(&mut t, dot(x, o));
+            n += 1;
+        }
+        let k = n.min(3);
+        t[3 - k..].iter().sum::<f32>() / k.max(1) as f32
+    };
+    let per_class: Vec<(usize, Vec<(usize, f32)>)> = rows_of
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, mut rows)| {
+            let m = rows.len();
+            let s = (m.saturating_sub(1)).min(mem_of[c].len());
+            if s == 0 {
+                return (c, rows.iter().map(|&r| (r, 0.0)).collect());
+            }
+            let mut rng = (seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+            let mut train = mem_of[c].clone();
+            crate::shuffle(&mut train, &mut rng);
+            train.truncate(s);
+            // The batch side: s + 1 of the class's rows (all when few).
+            let mut side = rows.clone();
+            crate::shuffle(&mut side, &mut rng);
+            side.truncate(s + 1);
+            rows.sort_unstable();
+            let out = rows
+                .iter()
+                .map(|&r| {
+                    let x = &xu[r * d..(r + 1) * d];
+                    let kb = top3_mean(
+                        x,
+                        &mut side
+                            .iter()
+                            .filter(|&&o| o != r)
+                            .take(s)
+                            .map(|&o| &xu[o * d..(o + 1) * d]),
+                    );
+                    let kt =
+                        top3_mean(x, &mut train.iter().map(|&o| &base.mem[o * d..(o + 1) * d]));
+                    (r, kt - kb)
+                })
+                .collect();
+            (c, out)
+        })
+        .collect();
+    let mut nov = vec![0f32; pred.len()];
+    for (_, v) in per_class {
+        for (r, x) in v {
+            nov[r] = x;
+        }
+    }
+    nov
 }
 
 /// Solve h x = g (h symmetric positive definite) by Gaussian elimination
@@ -505,6 +630,10 @@ pub struct MetaDetector {
     /// the logit is "out of scope or wrong".
     w: Vec<f32>,
     bias: f32,
+    /// The rule for whole batches (`casetag tag/eval --batch-novelty`): the
+    /// same features plus [`batch_novelty`]. Absent in detectors written
+    /// before it existed.
+    batch: Option<Rule>,
     params: MetaParams,
 }
 
@@ -516,6 +645,8 @@ struct Header {
     features: Vec<String>,
     bias: f32,
     params: MetaParams,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<Rule>,
 }
 
 impl MetaDetector {
@@ -541,6 +672,11 @@ impl MetaDetector {
         let mut rng = params.seed | 1;
         let mut feats: Vec<[f32; NF]> = Vec::new();
         let mut label: Vec<bool> = Vec::new();
+        // The stand-in batches draw from their own stream, so the rounds'
+        // hidden classes (and the per-case rule) stay as before.
+        let mut brng = (params.seed ^ 0x6261_7463_6821) | 1;
+        let mut bfeats: Vec<[f32; NB]> = Vec::new();
+        let mut blabel: Vec<bool> = Vec::new();
         let rows = |x: &[f32], idx: &[usize]| -> Vec<f32> {
             idx.iter()
                 .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
@@ -568,53 +704,89 @@ impl MetaDetector {
                 .map(|&i| remap[inp.fit_y[i] as usize])
                 .collect();
             let base = Base::fit(&rows(inp.fit_x, &keep_fit), &fy, k - hold, d, params.base_c)?;
-            let fin = base.features(&rows(inp.val_x, &keep_val));
-            for ((pred, f), &i) in fin.into_iter().zip(&keep_val) {
-                feats.push(f);
-                label.push(pred != remap[inp.val_y[i] as usize] as usize);
-            }
+            let vx = rows(inp.val_x, &keep_val);
+            let fin = base.features(&vx);
+            let wrong: Vec<bool> = fin
+                .iter()
+                .zip(&keep_val)
+                .map(|((pred, _), &i)| *pred != remap[inp.val_y[i] as usize] as usize)
+                .collect();
+            feats.extend(fin.iter().map(|(_, f)| *f));
+            label.extend(&wrong);
             let mut hx = rows(inp.fit_x, &hidden_fit);
             hx.extend(rows(inp.val_x, &hidden_val));
-            for (_, f) in base.features(&hx) {
-                feats.push(f);
-                label.push(true);
+            let hy: Vec<u32> = hidden_fit
+                .iter()
+                .map(|&i| inp.fit_y[i])
+                .chain(hidden_val.iter().map(|&i| inp.val_y[i]))
+                .collect();
+            let fout = base.features(&hx);
+            feats.extend(fout.iter().map(|(_, f)| *f));
+            label.extend(std::iter::repeat_n(true, fout.len()));
+            // A stand-in batch: the kept validation rows and, at the same
+            // rate per class, rows of each hidden class.
+            let per = ((keep_val.len() as f64 / (k - hold) as f64).round() as usize).max(2);
+            let mut sample = Vec::new();
+            for &c in &classes[..hold] {
+                let mut of_c: Vec<usize> = (0..hy.len()).filter(|&i| hy[i] as usize == c).collect();
+                crate::shuffle(&mut of_c, &mut brng);
+                sample.extend(of_c.into_iter().take(per));
+            }
+            let mut bx = vx;
+            bx.extend(rows(&hx, &sample));
+            let bpred: Vec<usize> = fin
+                .iter()
+                .map(|(p, _)| *p)
+                .chain(sample.iter().map(|&i| fout[i].0))
+                .collect();
+            let nov = batch_novelty(&base, &unit_rows(&bx, d), &bpred, params.seed + e as u64);
+            let bf = fin.iter().chain(sample.iter().map(|&i| &fout[i]));
+            for (((_, f), nv), wrong) in bf
+                .zip(nov)
+                .zip(wrong.iter().chain(std::iter::repeat(&true)))
+            {
+                bfeats.push(std::array::from_fn(|j| if j < NF { f[j] } else { nv }));
+                blabel.push(*wrong);
             }
         }
         progress("out-of-scope detector: fitting the detector and the full base model");
-        // Standardise, fit, and fold the standardisation into the weights.
-        let n = feats.len() as f64;
-        let mut mu = [0f64; NF];
-        let mut sd = [0f64; NF];
-        for f in &feats {
-            for j in 0..NF {
-                mu[j] += f[j] as f64 / n;
-            }
-        }
-        for f in &feats {
-            for j in 0..NF {
-                sd[j] += (f[j] as f64 - mu[j]).powi(2) / n;
-            }
-        }
-        sd.iter_mut().for_each(|s| *s = s.sqrt() + 1e-12);
-        let z: Vec<[f32; NF]> = feats
-            .iter()
-            .map(|f| std::array::from_fn(|j| ((f[j] as f64 - mu[j]) / sd[j]) as f32))
-            .collect();
-        let (ws, b) = fit_binary_balanced(&z, &label, params.det_c);
-        let w: Vec<f32> = (0..NF).map(|j| (ws[j] / sd[j]) as f32).collect();
-        let bias = (b - (0..NF).map(|j| ws[j] / sd[j] * mu[j]).sum::<f64>()) as f32;
+        let Rule { w, bias } = fit_rule(&feats, &label, params.det_c);
+        let batch = Some(fit_rule(&bfeats, &blabel, params.det_c));
         let base = Base::fit(inp.fit_x, inp.fit_y, k, d, params.base_c)?;
         Ok(Self {
             base,
             w,
             bias,
+            batch,
             params: params.clone(),
         })
     }
 
-    /// Detector logits ("out of scope or wrong"; higher = less in scope)
-    /// for a batch of embeddings, one per row.
-    pub fn scores(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
+    /// Whether this detector can judge a whole batch (`scores_batch`).
+    pub fn has_batch_rule(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Detector logits for a batch judged as a whole: the features of
+    /// [`Self::scores`] plus each case's [`batch_novelty`] among the others,
+    /// through the batch rule. Falls back to [`Self::scores`] for detectors
+    /// without one. Deterministic for a given batch.
+    pub fn scores_batch(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
+        let Some(rule) = &self.batch else {
+            return self.scores(embeddings);
+        };
+        let xu = unit_rows(&self.flatten(embeddings)?, self.base.d);
+        let feats = self.base.features(&xu);
+        let pred: Vec<usize> = feats.iter().map(|(p, _)| *p).collect();
+        let nov = batch_novelty(&self.base, &xu, &pred, self.params.seed);
+        Ok(feats
+            .iter()
+            .zip(nov)
+            .map(|((_, f), nv)| rule.logit(f) + rule.w[NF] * nv)
+            .collect())
+    }
+
+    fn flatten(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
         let d = self.base.d;
         if let Some(r) = embeddings.iter().find(|r| r.len() != d) {
             return Err(EngineError::Internal(format!(
@@ -622,7 +794,13 @@ impl MetaDetector {
                 r.len()
             )));
         }
-        let flat: Vec<f32> = embeddings.concat();
+        Ok(embeddings.concat())
+    }
+
+    /// Detector logits ("out of scope or wrong"; higher = less in scope)
+    /// for a batch of embeddings, one per row.
+    pub fn scores(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
+        let flat = self.flatten(embeddings)?;
         Ok(self
             .base
             .features(&flat)
@@ -646,6 +824,7 @@ impl MetaDetector {
             features: FEATURES.iter().map(|s| s.to_string()).collect(),
             bias: self.bias,
             params: self.params.clone(),
+            batch: self.batch.clone(),
         };
         let h = serde_json::to_vec(&header).expect("header serializes");
         let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(FILE)).map_err(io)?);
@@ -723,13 +902,21 @@ impl MetaDetector {
             q_cent: take(),
             s_cent: take(),
         };
-        if base.mem_y.iter().any(|&y| y as usize >= k) || w.iter().any(|v| !v.is_finite()) {
+        let bad_rule = header
+            .batch
+            .as_ref()
+            .is_some_and(|r| r.w.len() != NB || r.w.iter().any(|v| !v.is_finite()));
+        if base.mem_y.iter().any(|&y| y as usize >= k)
+            || w.iter().any(|v| !v.is_finite())
+            || bad_rule
+        {
             return Err(bad("corrupt weights".into()));
         }
         Ok(Some(Self {
             base,
             w,
             bias: header.bias,
+            batch: header.batch,
             params: header.params,
         }))
     }
@@ -754,6 +941,32 @@ mod tests {
     }
 
     /// `per` rows around each of `centres`, unit length.
+    /// `n` random unit class centres in `d` dimensions.
+    fn random_centres(rng: &mut Rng, n: usize, d: usize) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|_| unit_rows(&(0..d).map(|_| rng.gauss()).collect::<Vec<_>>(), d))
+            .collect()
+    }
+
+    /// A detector (4 rounds) on 40 training and 15 validation rows per centre.
+    fn fit_on_blobs(rng: &mut Rng, centres: &[Vec<f32>], noise: f32) -> MetaDetector {
+        let (fit_x, fit_y) = blobs(rng, centres, 40, noise);
+        let (val_x, val_y) = blobs(rng, centres, 15, noise);
+        let inp = MetaInputs {
+            d: centres[0].len(),
+            k: centres.len(),
+            fit_x: &fit_x,
+            fit_y: &fit_y,
+            val_x: &val_x,
+            val_y: &val_y,
+        };
+        let params = MetaParams {
+            episodes: 4,
+            ..MetaParams::default()
+        };
+        MetaDetector::fit(&inp, &params, &|_| {}).unwrap()
+    }
+
     fn blobs(rng: &mut Rng, centres: &[Vec<f32>], per: usize, noise: f32) -> (Vec<f32>, Vec<u32>) {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for (c, m) in centres.iter().enumerate() {
@@ -786,25 +999,9 @@ mod tests {
     fn detects_classes_it_never_saw_and_survives_a_round_trip() {
         let d = 24;
         let mut rng = Rng(0x5EED);
-        let centres: Vec<Vec<f32>> = (0..12)
-            .map(|_| unit_rows(&(0..d).map(|_| rng.gauss()).collect::<Vec<_>>(), d))
-            .collect();
+        let centres = random_centres(&mut rng, 12, d);
         let (known, hidden) = centres.split_at(10);
-        let (fit_x, fit_y) = blobs(&mut rng, known, 40, 0.12);
-        let (val_x, val_y) = blobs(&mut rng, known, 15, 0.12);
-        let params = MetaParams {
-            episodes: 4,
-            ..MetaParams::default()
-        };
-        let inp = MetaInputs {
-            d,
-            k: 10,
-            fit_x: &fit_x,
-            fit_y: &fit_y,
-            val_x: &val_x,
-            val_y: &val_y,
-        };
-        let det = MetaDetector::fit(&inp, &params, &|_| {}).unwrap();
+        let det = fit_on_blobs(&mut rng, known, 0.12);
         let rows = |x: &[f32]| x.chunks(d).map(<[f32]>::to_vec).collect::<Vec<_>>();
         let (in_x, _) = blobs(&mut rng, known, 10, 0.12);
         let (out_x, _) = blobs(&mut rng, hidden, 30, 0.12);
@@ -835,6 +1032,69 @@ mod tests {
         assert!(MetaDetector::load(&dir.path().join("none"))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn batch_rule_finds_a_new_kind_of_case_that_recurs() {
+        let d = 24;
+        let mut rng = Rng(0xBA7C);
+        let known = random_centres(&mut rng, 10, d);
+        // Near-topic newcomers: each hidden centre sits beside a known one.
+        let hidden: Vec<Vec<f32>> = known[..3]
+            .iter()
+            .map(|c| {
+                let v: Vec<f32> = c
+                    .iter()
+                    .map(|x| x + 0.8 * rng.gauss() / (d as f32).sqrt())
+                    .collect();
+                unit_rows(&v, d)
+            })
+            .collect();
+        let det = fit_on_blobs(&mut rng, &known, 0.1);
+        assert!(det.has_batch_rule());
+        let rows = |x: &[f32]| x.chunks(d).map(<[f32]>::to_vec).collect::<Vec<_>>();
+        let (in_x, _) = blobs(&mut rng, &known, 30, 0.1);
+        let (out_x, _) = blobs(&mut rng, &hidden, 30, 0.1);
+        let mut batch = rows(&in_x);
+        batch.extend(rows(&out_x));
+        let n_in = in_x.len() / d;
+        let per_case = det.scores(&batch).unwrap();
+        let whole = det.scores_batch(&batch).unwrap();
+        let a_case = auroc(&per_case[n_in..], &per_case[..n_in]);
+        let a_batch = auroc(&whole[n_in..], &whole[..n_in]);
+        assert!(
+            a_batch > 0.95 && a_batch >= a_case,
+            "batch AUROC {a_batch} vs per case {a_case}"
+        );
+        // The rule learned that closer-in-the-batch-than-in-training
+        // (negative novelty) means out of scope.
+        let w_nov = det.batch.as_ref().unwrap().w[NF];
+        assert!(w_nov < 0.0, "novelty weight {w_nov}");
+        // The novelty itself: about 0 for known cases, clearly below for
+        // the newcomers, and deterministic.
+        let xu = unit_rows(&batch.concat(), d);
+        let pred: Vec<usize> = det.base.features(&xu).iter().map(|(p, _)| *p).collect();
+        let nov = batch_novelty(&det.base, &xu, &pred, 1);
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        let (m_in, m_out) = (mean(&nov[..n_in]), mean(&nov[n_in..]));
+        assert!(m_in.abs() < 0.05 && m_out < m_in - 0.05, "{m_in} {m_out}");
+        assert_eq!(det.scores_batch(&batch).unwrap(), whole);
+        // A batch of one case has no batch evidence.
+        assert_eq!(batch_novelty(&det.base, &xu[..d], &pred[..1], 1), vec![0.0]);
+
+        let dir = tempfile::tempdir().unwrap();
+        det.save(dir.path()).unwrap();
+        let back = MetaDetector::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back, det);
+        assert_eq!(back.scores_batch(&batch).unwrap(), whole);
+        // Detectors written before the batch rule load without it and
+        // judge batches case by case.
+        let mut old = det.clone();
+        old.batch = None;
+        old.save(dir.path()).unwrap();
+        let old = MetaDetector::load(dir.path()).unwrap().unwrap();
+        assert!(!old.has_batch_rule());
+        assert_eq!(old.scores_batch(&batch).unwrap(), per_case);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct LoadedModel {
     pub decider: Decider,
     /// The learned out-of-scope detector, when the bundle has one.
     pub detector: Option<MetaDetector>,
+    /// Whether each batch is judged as a whole ([`Self::enable_batch_novelty`]).
+    pub batch_novelty: bool,
 }
 
 impl LoadedModel {
@@ -25,6 +27,30 @@ impl LoadedModel {
     }
     pub fn kind(&self) -> &str {
         &self.bundle.manifest.kind
+    }
+
+    /// Judge every batch given to [`Self::scores`] as a whole: the detector's
+    /// batch rule adds how much closer each case is to others in the batch
+    /// than to the training cases of its class, so a new kind of case that
+    /// recurs in the batch is declared out of scope far more often. For
+    /// batch jobs over whole files; answers then depend on the batch.
+    pub fn enable_batch_novelty(&mut self) -> Result<()> {
+        let rule = self
+            .detector
+            .as_ref()
+            .is_some_and(MetaDetector::has_batch_rule);
+        match (rule, self.decider.thresholds.oos_batch_cut) {
+            (true, Some(cut)) => {
+                self.decider.thresholds.oos_detector_cut = Some(cut);
+                self.batch_novelty = true;
+                Ok(())
+            }
+            _ => Err(EngineError::Input(format!(
+                "model '{}' cannot judge batches as a whole: --batch-novelty needs a transformer \
+                 trained without out-of-scope rows by this version (learned detector with a batch rule)",
+                self.id()
+            ))),
+        }
     }
 
     /// Score rows for a batch, as the decision layer takes them: the logits,
@@ -41,7 +67,12 @@ impl LoadedModel {
                     .predict_embedded(cases)
                     .map_err(|e| fail(&e))?
                     .ok_or_else(|| fail(&"the bundle has an out-of-scope detector but the model gives no embeddings"))?;
-                (s, Some(d.scores(&emb).map_err(|e| fail(&e))?))
+                let z = if self.batch_novelty {
+                    d.scores_batch(&emb)
+                } else {
+                    d.scores(&emb)
+                };
+                (s, Some(z.map_err(|e| fail(&e))?))
             }
         };
         let want = self.decider.label_space.n_outputs();
@@ -127,6 +158,7 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
         classifier,
         decider,
         detector,
+        batch_novelty: false,
     })
 }
 
@@ -166,6 +198,17 @@ impl Tagger {
             primary: pr,
             fallback: fb,
         })
+    }
+
+    /// Judge batches as a whole with the primary model
+    /// ([`LoadedModel::enable_batch_novelty`]); the fallback stays per case.
+    pub fn enable_batch_novelty(&mut self) -> Result<()> {
+        match &mut self.primary {
+            Some(p) => p.enable_batch_novelty(),
+            None => Err(EngineError::Input(
+                "--batch-novelty: the primary model did not load".into(),
+            )),
+        }
     }
 
     /// The model answering by default.

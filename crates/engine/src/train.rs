@@ -427,9 +427,11 @@ pub fn train(
             };
             // The detector is an improvement, not a requirement: when it
             // cannot be fitted the model keeps the confidence cut.
-            match MetaDetector::fit(&inputs, &mp, progress)
-                .and_then(|det| det.scores(&val_emb).map(|z| (det, z)))
-            {
+            match MetaDetector::fit(&inputs, &mp, progress).and_then(|det| {
+                let z = det.scores(&val_emb)?;
+                let zb = det.scores_batch(&val_emb)?;
+                Ok((det, z, zb))
+            }) {
                 Ok(fitted) => Some(fitted),
                 Err(e) => {
                     let msg =
@@ -460,15 +462,19 @@ pub fn train(
         Default::default(),
     );
     // Score rows carry the detector's logit after the logits.
-    let val_logits: Vec<Vec<f32>> = match &detector {
-        None => val_logits,
-        Some((_, z)) => {
+    let truth: Vec<Option<TagPath>> = val_rows.iter().map(|r| r.label.clone()).collect();
+    let (val_logits, batch_cut) = match &detector {
+        None => (val_logits, None),
+        Some((_, z, zb)) => {
             decider.detector = true;
-            with_detector_logits(val_logits, z)
+            // The batch rule's cut: the validation rows judged as one batch.
+            let rows = with_detector_logits(val_logits.clone(), zb);
+            let cut = fit_thresholds(&decider, &rows, &truth, &cfg.decision).oos_detector_cut;
+            (with_detector_logits(val_logits, z), cut)
         }
     };
-    let truth: Vec<Option<TagPath>> = val_rows.iter().map(|r| r.label.clone()).collect();
-    let thresholds = fit_thresholds(&decider, &val_logits, &truth, &cfg.decision);
+    let mut thresholds = fit_thresholds(&decider, &val_logits, &truth, &cfg.decision);
+    thresholds.oos_batch_cut = batch_cut;
     decider.thresholds = thresholds.clone();
     let eval_rows: Vec<EvalRow> = val_rows
         .iter()
@@ -489,7 +495,7 @@ pub fn train(
 
     let writer = BundleWriter::new(out)?;
     fitted.save(writer.dir())?;
-    if let Some((det, _)) = &detector {
+    if let Some((det, _, _)) = &detector {
         det.save(writer.dir())?;
     }
     let manifest = Manifest {

@@ -107,6 +107,34 @@ fn transformer_bundle_carries_the_detector_and_decisions_use_it() {
         assert_eq!(d.out_of_scope, z > cut);
     }
 
+    // Judged as a whole batch: the batch rule's logit against its own cut.
+    let batch_cut = th.oos_batch_cut.expect("a batch cut");
+    let mut whole = load_model(&dir).unwrap();
+    whole.enable_batch_novelty().unwrap();
+    let emb = loaded
+        .classifier
+        .predict_embedded(&cases)
+        .unwrap()
+        .unwrap()
+        .1;
+    let zb = loaded
+        .detector
+        .as_ref()
+        .unwrap()
+        .scores_batch(&emb)
+        .unwrap();
+    let rows_b = whole.scores(&cases).unwrap();
+    assert_eq!(rows_b[0][..5], rows[0][..5], "same logits");
+    for (row, z) in rows_b.iter().zip(&zb) {
+        assert_eq!(row[5], *z);
+    }
+    for (d, z) in whole.decide(&cases, 2).unwrap().iter().zip(&zb) {
+        assert_eq!(d.out_of_scope, *z > batch_cut);
+    }
+    let mut tagger = Tagger::load(&dir, None).unwrap();
+    tagger.enable_batch_novelty().unwrap();
+    assert!(tagger.active().batch_novelty);
+
     // A damaged detector file fails verification like any bundle file.
     let p = dir.join(FILE);
     let mut bytes = std::fs::read(&p).unwrap();
@@ -157,5 +185,10 @@ fn msp_and_the_baseline_keep_the_confidence_cut() {
         assert!(loaded.detector.is_none() && !loaded.decider.detector);
         let rows = loaded.scores(&[Transcript::new("[buyer] late")]).unwrap();
         assert_eq!(rows[0].len(), 5, "{name}");
+        assert!(th.oos_batch_cut.is_none(), "{name}");
+        let mut loaded = loaded;
+        let e = loaded.enable_batch_novelty().unwrap_err().to_string();
+        assert!(e.contains("--batch-novelty"), "{name}: {e}");
+        assert!(!loaded.batch_novelty);
     }
 }

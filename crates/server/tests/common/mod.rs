@@ -240,6 +240,7 @@ pub fn wrapped(dir: &Path, gate: Option<Arc<Gate>>) -> LoadedModel {
         }),
         decider: m.decider,
         detector: m.detector,
+        batch_novelty: m.batch_novelty,
     }
 }
 
