@@ -259,6 +259,7 @@ pub fn run(a: Args) -> CmdResult {
         "untagged_rows": bad,
         "fallback_rows": fallbacks,
         "model": tagger.active().id(),
+        "batch_novelty": a.batch_novelty,
         "seconds": secs,
         "cases_per_s": rows as f64 / secs.max(1e-9),
         "output": a.output,
