@@ -14,7 +14,9 @@ Prints, per seed, the `meta+nov` detector and `nov` alone (whose sign the
 evaluation takes as given: AUROC below 0.5 means "reversed").
 
     python3 scripts/oos_batch.py 1 2 3      # dev seeds (design and settings chosen here)
+    python3 scripts/oos_batch.py 1 2 3 --knn 5 --episodes 12   # the settings' neighbours
 """
+import argparse
 import os
 import sys
 
@@ -24,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import oos_pseudo as op  # noqa: E402
 
 
-def nov_dm(X, pred, Xtr, Ytr, rng, k=3):
+def nov_dm(X, pred, Xtr, Ytr, rng, k):
     kb = np.zeros(len(X))
     kt = np.zeros(len(X))
     for c in np.unique(pred):
@@ -42,13 +44,13 @@ def nov_dm(X, pred, Xtr, Ytr, rng, k=3):
     return kt - kb
 
 
-def run(d, seed, budgets=(0.0125, 0.02)):
+def run(d, seed, k=3, episodes=6, budgets=(0.0125, 0.02)):
     s = op.split(d, seed)
     rng = np.random.default_rng(100 + seed)
     K, Xf, Yf, Xv, Yv = s["K"], s["Xf"], s["Yf"], s["Xv"], s["Yv"]
     F, kind = [], []
     per = max(1, int(round(len(Xv) / K)))
-    for _ in range(6):
+    for _ in range(episodes):
         hold = rng.choice(K, 10, replace=False)
         mf, mv = ~np.isin(Yf, hold), ~np.isin(Yv, hold)
         remap = -np.ones(K, int)
@@ -59,7 +61,7 @@ def run(d, seed, budgets=(0.0125, 0.02)):
         samp = np.concatenate([rng.choice(np.where(Yout == h)[0], per, replace=False) for h in hold])
         batch = np.vstack([Xv[mv], Xout[samp]])
         pb, fb = b.feats(batch)
-        fb["nov"] = nov_dm(batch, pb, Xf[mf], remap[Yf[mf]], rng)
+        fb["nov"] = nov_dm(batch, pb, Xf[mf], remap[Yf[mf]], rng, k)
         nin = mv.sum()
         F.append(op.fmat(fb))
         kind.append(np.concatenate([np.where(pb[:nin] == remap[Yv[mv]], 0, 1), np.full(len(samp), 2)]))
@@ -67,8 +69,8 @@ def run(d, seed, budgets=(0.0125, 0.02)):
     base = op.Base(Xf, Yf, K)
     pv, fv = base.feats(Xv)
     pt, ft = base.feats(s["Xt"])
-    fv["nov"] = nov_dm(Xv, pv, Xf, Yf, rng)
-    ft["nov"] = nov_dm(s["Xt"], pt, Xf, Yf, rng)
+    fv["nov"] = nov_dm(Xv, pv, Xf, Yf, rng, k)
+    ft["nov"] = nov_dm(s["Xt"], pt, Xf, Yf, rng, k)
     cols = sorted(fv)
     ci, w, bb = op.fit_detector(F, kind, cols, cols, 0.1)
     return {
@@ -78,8 +80,13 @@ def run(d, seed, budgets=(0.0125, 0.02)):
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("seeds", type=int, nargs="*", default=[1, 2, 3])
+    ap.add_argument("--knn", type=int, default=3, help="nearest neighbours on each side")
+    ap.add_argument("--episodes", type=int, default=6, help="leave-classes-out rounds")
+    a = ap.parse_args()
     d = op.load(op.DEF_DUMP, op.DEF_SRC)
-    for seed in [int(x) for x in sys.argv[1:]] or [1, 2, 3]:
-        for name, r in run(d, seed).items():
+    for seed in a.seeds:
+        for name, r in run(d, seed, a.knn, a.episodes).items():
             print(seed, name, f"raw {r['raw']:.4f} auroc {r['auroc']:.3f} rec@2pt(test-tuned) {r['oracle_rec@2pt']:.3f} | "
                   + " | ".join(f"budget {b}: rec {r[b]['rec']:.3f} drop {r[b]['drop']:.2f}" for b in (0.0125, 0.02)), flush=True)
