@@ -398,20 +398,16 @@ pub fn fit(
     )
     .map_err(BaselineError::Fit)?;
     progress("baseline: done");
-    let (padded, stride) = pad_rows(&weights, n_out);
-    Ok(BaselineModel {
-        id: id.to_string(),
-        params: params.clone(),
-        label_space: label_space.clone(),
+    Ok(BaselineModel::from_parts(
+        id,
+        params.clone(),
+        label_space.clone(),
         feat,
-        meta: meta_table(&idf, &buckets),
         idf,
         buckets,
+        &weights,
         bias,
-        padded,
-        stride,
-        avx2: has_avx2(),
-    })
+    ))
 }
 
 /// Multinomial logistic regression with linfa (L2 weight `alpha`) of `y`
@@ -471,6 +467,36 @@ thread_local! {
 }
 
 impl BaselineModel {
+    /// A model from its fitted or loaded parts; the tables derived from them
+    /// (padded weights, the per-bucket table, the CPU's AVX2 support) are
+    /// built here, for `fit` and `load` alike.
+    #[allow(clippy::too_many_arguments)]
+    fn from_parts(
+        id: &str,
+        params: BaselineParams,
+        label_space: LabelSpace,
+        feat: Featurizer,
+        idf: Vec<f32>,
+        buckets: Vec<u32>,
+        weights: &[f32],
+        bias: Vec<f32>,
+    ) -> Self {
+        let (padded, stride) = pad_rows(weights, label_space.n_outputs());
+        Self {
+            id: id.to_string(),
+            params,
+            label_space,
+            feat,
+            meta: meta_table(&idf, &buckets),
+            idf,
+            buckets,
+            bias,
+            padded,
+            stride,
+            avx2: has_avx2(),
+        }
+    }
+
     pub fn params(&self) -> &BaselineParams {
         &self.params
     }
@@ -693,20 +719,17 @@ impl BaselineModel {
                 format!("tensor 'buckets' must be ascending ids below {nb}"),
             ));
         }
-        let (padded, stride) = pad_rows(&weights, n_out);
-        Ok(Self {
-            id: id.to_string(),
-            feat: featurizer(&cfg.params),
-            params: cfg.params,
-            label_space: cfg.label_space,
-            meta: meta_table(&idf, &buckets),
+        let feat = featurizer(&cfg.params);
+        Ok(Self::from_parts(
+            id,
+            cfg.params,
+            cfg.label_space,
+            feat,
             idf,
             buckets,
+            &weights,
             bias,
-            padded,
-            stride,
-            avx2: has_avx2(),
-        })
+        ))
     }
 }
 
