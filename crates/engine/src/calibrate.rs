@@ -137,10 +137,14 @@ pub fn precision_threshold(conf: &[f32], correct: &[bool], target: f64) -> f32 {
 
 /// Derive thresholds from validation logits and true paths (`None` = out of
 /// scope). `decider` carries the taxonomy, label space and temperature.
+/// `batch_det`, with the learned detector, is its batch rule's logit for the
+/// same rows (judged as one batch): it gets its own cut, `oos_batch_cut`, at
+/// the same budget over the same correct answers.
 pub fn fit_thresholds(
     decider: &Decider,
     logits: &[Vec<f32>],
     truth: &[Option<TagPath>],
+    batch_det: Option<&[f32]>,
     params: &DecisionParams,
 ) -> Thresholds {
     let tax = &decider.taxonomy;
@@ -166,7 +170,8 @@ pub fn fit_thresholds(
     let mut per_node: BTreeMap<String, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
     let mut l1_correct_conf: Vec<f32> = Vec::new();
     let mut l1_correct_det: Vec<f32> = Vec::new();
-    for (l, t) in logits.iter().zip(truth) {
+    let mut l1_correct_batch: Vec<f32> = Vec::new();
+    for (i, (l, t)) in logits.iter().zip(truth).enumerate() {
         let Some(t) = t else { continue };
         let d = raw.decide(l, 0);
         let shared = d.top_path.depth().min(t.depth());
@@ -184,6 +189,9 @@ pub fn fit_thresholds(
             l1_correct_conf.push(d.confidence[0]);
             if let (_, Some(z)) = decider.split_scores(l) {
                 l1_correct_det.push(z);
+            }
+            if let Some(b) = batch_det.and_then(|b| b.get(i)) {
+                l1_correct_batch.push(*b);
             }
         }
     }
@@ -203,16 +211,18 @@ pub fn fit_thresholds(
     // on the learned detector's logit when there is one (out of scope above
     // the cut), otherwise on the L1 confidence (out of scope below it).
     let budget = params.oos_budget;
-    let (oos_min_l1, oos_detector_cut) = if decider.label_space.oos_class {
-        (0.0, None)
+    let highest_first = |a: &f32, b: &f32| b.total_cmp(a);
+    let (oos_min_l1, oos_detector_cut, oos_batch_cut) = if decider.label_space.oos_class {
+        (0.0, None, None)
     } else if decider.detector {
         (
             0.0,
-            budget_cut(&mut l1_correct_det, budget, |a, b| b.total_cmp(a)),
+            budget_cut(&mut l1_correct_det, budget, highest_first),
+            batch_det.and_then(|_| budget_cut(&mut l1_correct_batch, budget, highest_first)),
         )
     } else {
         let cut = budget_cut(&mut l1_correct_conf, budget, f32::total_cmp);
-        (cut.unwrap_or(0.0), None)
+        (cut.unwrap_or(0.0), None, None)
     };
     Thresholds {
         target_precision: params.target_precision,
@@ -222,7 +232,7 @@ pub fn fit_thresholds(
         oos_prob: 0.5,
         oos_min_l1,
         oos_detector_cut,
-        oos_batch_cut: None,
+        oos_batch_cut,
     }
 }
 
@@ -285,10 +295,18 @@ mod tests {
             oos_budget: 0.05,
             ..DecisionParams::default()
         };
-        let th = fit_thresholds(&dec, &rows, &truth, &p);
+        let th = fit_thresholds(&dec, &rows, &truth, None, &p);
         let cut = th.oos_detector_cut.expect("a cut with the detector");
         assert!((cut - 18.9).abs() < 1e-4, "{cut}");
         assert_eq!(th.oos_min_l1, 0.0);
+        assert!(th.oos_batch_cut.is_none());
+        // A batch rule's logits get their own cut, at the same budget over
+        // the same correct answers.
+        let batch: Vec<f32> = rows.iter().map(|r| r[4] - 5.0).collect();
+        let thb = fit_thresholds(&dec, &rows, &truth, Some(&batch), &p);
+        assert_eq!(thb.oos_detector_cut, th.oos_detector_cut);
+        let bcut = thb.oos_batch_cut.expect("a batch cut");
+        assert!((bcut - 13.9).abs() < 1e-4, "{bcut}");
         dec.thresholds = th;
         let rejected_ok = rows[..200]
             .iter()
@@ -299,8 +317,8 @@ mod tests {
         // Without the detector the same rows give a confidence cut instead.
         dec.detector = false;
         let plain: Vec<Vec<f32>> = rows.iter().map(|r| r[..4].to_vec()).collect();
-        let th = fit_thresholds(&dec, &plain, &truth, &p);
-        assert!(th.oos_detector_cut.is_none());
+        let th = fit_thresholds(&dec, &plain, &truth, Some(&batch), &p);
+        assert!(th.oos_detector_cut.is_none() && th.oos_batch_cut.is_none());
     }
 
     #[test]

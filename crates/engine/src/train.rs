@@ -463,18 +463,15 @@ pub fn train(
     );
     // Score rows carry the detector's logit after the logits.
     let truth: Vec<Option<TagPath>> = val_rows.iter().map(|r| r.label.clone()).collect();
-    let (val_logits, batch_cut) = match &detector {
+    // The batch rule's logits: the validation rows judged as one batch.
+    let (val_logits, batch_det) = match &detector {
         None => (val_logits, None),
         Some((_, z, zb)) => {
             decider.detector = true;
-            // The batch rule's cut: the validation rows judged as one batch.
-            let rows = with_detector_logits(val_logits.clone(), zb);
-            let cut = fit_thresholds(&decider, &rows, &truth, &cfg.decision).oos_detector_cut;
-            (with_detector_logits(val_logits, z), cut)
+            (with_detector_logits(val_logits, z), Some(zb.as_slice()))
         }
     };
-    let mut thresholds = fit_thresholds(&decider, &val_logits, &truth, &cfg.decision);
-    thresholds.oos_batch_cut = batch_cut;
+    let thresholds = fit_thresholds(&decider, &val_logits, &truth, batch_det, &cfg.decision);
     decider.thresholds = thresholds.clone();
     let eval_rows: Vec<EvalRow> = val_rows
         .iter()
