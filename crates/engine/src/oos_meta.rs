@@ -271,8 +271,12 @@ impl Base {
     /// The base model's prediction and [`FEATURES`] for a batch of
     /// embeddings (n x d), one row each.
     fn features(&self, x: &[f32]) -> Vec<(usize, [f32; NF])> {
+        self.features_unit(&unit_rows(x, self.d))
+    }
+
+    /// [`Self::features`] of rows already of unit length.
+    fn features_unit(&self, xu: &[f32]) -> Vec<(usize, [f32; NF])> {
         let d = self.d;
-        let xu = unit_rows(x, d);
         if xu.len() < 4 * d {
             // A few rows (a server request): plain dot products against the
             // memory beat a matrix product's packing.
@@ -284,7 +288,7 @@ impl Base {
                 })
                 .collect();
         }
-        map_gram(&xu, &self.mem, d, |i, sims| {
+        map_gram(xu, &self.mem, d, |i, sims| {
             self.row_features(&xu[i * d..(i + 1) * d], sims)
         })
     }
@@ -494,6 +498,11 @@ impl Rule {
     }
 }
 
+/// The batch rule's inputs for one case: its features, then its novelty.
+fn with_novelty(f: &[f32; NF], nov: f32) -> [f32; NB] {
+    std::array::from_fn(|j| if j < NF { f[j] } else { nov })
+}
+
 /// Batch novelty, one value per row of a batch (unit rows `xu`, the base
 /// model's predictions `pred`): for the rows predicted as class c, the mean
 /// cosine of each to its three nearest other batch rows of c, subtracted
@@ -523,14 +532,15 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
         let k = n.min(3);
         t[3 - k..].iter().sum::<f32>() / k.max(1) as f32
     };
-    let per_class: Vec<(usize, Vec<(usize, f32)>)> = rows_of
+    // Rows of a class are listed in batch order.
+    let per_class: Vec<Vec<(usize, f32)>> = rows_of
         .into_par_iter()
         .enumerate()
-        .map(|(c, mut rows)| {
+        .map(|(c, rows)| {
             let m = rows.len();
             let s = (m.saturating_sub(1)).min(mem_of[c].len());
             if s == 0 {
-                return (c, rows.iter().map(|&r| (r, 0.0)).collect());
+                return rows.iter().map(|&r| (r, 0.0)).collect();
             }
             let mut rng = (seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
             let mut train = mem_of[c].clone();
@@ -540,9 +550,7 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
             let mut side = rows.clone();
             crate::shuffle(&mut side, &mut rng);
             side.truncate(s + 1);
-            rows.sort_unstable();
-            let out = rows
-                .iter()
+            rows.iter()
                 .map(|&r| {
                     let x = &xu[r * d..(r + 1) * d];
                     let kb = top3_mean(
@@ -557,12 +565,11 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
                         top3_mean(x, &mut train.iter().map(|&o| &base.mem[o * d..(o + 1) * d]));
                     (r, kt - kb)
                 })
-                .collect();
-            (c, out)
+                .collect()
         })
         .collect();
     let mut nov = vec![0f32; pred.len()];
-    for (_, v) in per_class {
+    for v in per_class {
         for (r, x) in v {
             nov[r] = x;
         }
@@ -628,8 +635,7 @@ pub struct MetaDetector {
     base: Base,
     /// Detector weights on raw features (standardisation folded in) and bias;
     /// the logit is "out of scope or wrong".
-    w: Vec<f32>,
-    bias: f32,
+    rule: Rule,
     /// The rule for whole batches (`casetag tag/eval --batch-novelty`): the
     /// same features plus [`batch_novelty`]. Absent in detectors written
     /// before it existed.
@@ -745,18 +751,17 @@ impl MetaDetector {
                 .zip(nov)
                 .zip(wrong.iter().chain(std::iter::repeat(&true)))
             {
-                bfeats.push(std::array::from_fn(|j| if j < NF { f[j] } else { nv }));
+                bfeats.push(with_novelty(f, nv));
                 blabel.push(*wrong);
             }
         }
         progress("out-of-scope detector: fitting the detector and the full base model");
-        let Rule { w, bias } = fit_rule(&feats, &label, params.det_c);
+        let rule = fit_rule(&feats, &label, params.det_c);
         let batch = Some(fit_rule(&bfeats, &blabel, params.det_c));
         let base = Base::fit(inp.fit_x, inp.fit_y, k, d, params.base_c)?;
         Ok(Self {
             base,
-            w,
-            bias,
+            rule,
             batch,
             params: params.clone(),
         })
@@ -776,13 +781,13 @@ impl MetaDetector {
             return self.scores(embeddings);
         };
         let xu = unit_rows(&self.flatten(embeddings)?, self.base.d);
-        let feats = self.base.features(&xu);
+        let feats = self.base.features_unit(&xu);
         let pred: Vec<usize> = feats.iter().map(|(p, _)| *p).collect();
         let nov = batch_novelty(&self.base, &xu, &pred, self.params.seed);
         Ok(feats
             .iter()
             .zip(nov)
-            .map(|((_, f), nv)| rule.logit(f) + rule.w[NF] * nv)
+            .map(|((_, f), nv)| rule.logit(&with_novelty(f, nv)))
             .collect())
     }
 
@@ -805,12 +810,8 @@ impl MetaDetector {
             .base
             .features(&flat)
             .iter()
-            .map(|(_, f)| self.logit(f))
+            .map(|(_, f)| self.rule.logit(f))
             .collect())
-    }
-
-    fn logit(&self, f: &[f32; NF]) -> f32 {
-        self.bias + f.iter().zip(&self.w).map(|(a, b)| a * b).sum::<f32>()
     }
 
     /// Write into a bundle directory.
@@ -822,7 +823,7 @@ impl MetaDetector {
             k: b.k,
             n: b.mem_y.len(),
             features: FEATURES.iter().map(|s| s.to_string()).collect(),
-            bias: self.bias,
+            bias: self.rule.bias,
             params: self.params.clone(),
             batch: self.batch.clone(),
         };
@@ -833,7 +834,16 @@ impl MetaDetector {
         f.write_all(&h).map_err(io)?;
         let ys: Vec<f32> = b.mem_y.iter().map(|&y| y as f32).collect();
         for arr in [
-            &self.w, &b.w, &b.b, &b.mem, &ys, &b.nn_loo, &b.cent, &b.q_nn, &b.q_nn3, &b.q_cent,
+            &self.rule.w,
+            &b.w,
+            &b.b,
+            &b.mem,
+            &ys,
+            &b.nn_loo,
+            &b.cent,
+            &b.q_nn,
+            &b.q_nn3,
+            &b.q_cent,
             &b.s_cent,
         ] {
             for v in arr.iter() {
@@ -914,8 +924,10 @@ impl MetaDetector {
         }
         Ok(Some(Self {
             base,
-            w,
-            bias: header.bias,
+            rule: Rule {
+                w,
+                bias: header.bias,
+            },
             batch: header.batch,
             params: header.params,
         }))
@@ -940,7 +952,6 @@ mod tests {
         }
     }
 
-    /// `per` rows around each of `centres`, unit length.
     /// `n` random unit class centres in `d` dimensions.
     fn random_centres(rng: &mut Rng, n: usize, d: usize) -> Vec<Vec<f32>> {
         (0..n)
@@ -967,6 +978,7 @@ mod tests {
         MetaDetector::fit(&inp, &params, &|_| {}).unwrap()
     }
 
+    /// `per` rows around each of `centres`, unit length.
     fn blobs(rng: &mut Rng, centres: &[Vec<f32>], per: usize, noise: f32) -> (Vec<f32>, Vec<u32>) {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         for (c, m) in centres.iter().enumerate() {
