@@ -211,7 +211,11 @@ pub fn run(a: Args) -> CmdResult {
         let pb = crate::progress::bar(Some(cases.len() as u64), m.id());
         let t0 = Instant::now();
         let mut logits = Vec::with_capacity(cases.len());
-        let batch = if m.batch_novelty { 50_000 } else { 1024 };
+        let batch = if m.batch_novelty {
+            super::tag::CHUNK_ROWS
+        } else {
+            1024
+        };
         for chunk in cases.chunks(batch) {
             logits.extend(m.scores(chunk)?);
             pb.inc(chunk.len() as u64);

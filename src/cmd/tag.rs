@@ -9,6 +9,10 @@ use polars::prelude::{Column, DataFrame};
 
 use crate::{progress, CmdResult, Failure};
 
+/// Rows per chunk by default; also the batch `eval --batch-novelty` judges
+/// as a whole, so a batch job can be evaluated the way it runs.
+pub const CHUNK_ROWS: usize = 50_000;
+
 /// Tag a case-level table in batch. The input is streamed in chunks (never
 /// whole in memory); each chunk is tagged in parallel; the output has the
 /// input's format and columns plus l1, l2, l3, depth, conf_l1..conf_l3,
@@ -29,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     output: PathBuf,
     /// Rows per chunk.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = CHUNK_ROWS)]
     chunk_rows: usize,
     /// Judge out of scope over each chunk as a whole: a kind of case that
     /// recurs in the chunk but resembles no training case of its predicted
