@@ -37,7 +37,8 @@ pub struct Args {
     chunk_rows: usize,
     /// Judge out of scope over each chunk as a whole: a kind of case that
     /// recurs in the chunk but resembles no training case of its predicted
-    /// class is declared out of scope far more often. Needs a transformer
+    /// class is declared out of scope far more often, and a case's nearest
+    /// cases in the chunk weigh in on its own score. Needs a transformer
     /// trained without out-of-scope rows (learned detector); answers then
     /// depend on the other rows of the chunk.
     #[arg(long)]
