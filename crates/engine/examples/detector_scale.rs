@@ -2,6 +2,9 @@
 //! cost grow with the taxonomy: synthetic clustered embeddings (384
 //! dimensions, MiniLM's width) for K classes with the memory the detector
 //! would keep for them (`MetaParams::per_class`), 8 validation rows per class.
+//! Also times one batch of 50,000 rows judged as a whole (`scores_batch`:
+//! features, batch novelty and the smoothing rule; `tag`'s default chunk)
+//! against the same rows judged case by case.
 //!
 //!     cargo run --release -p casetag-engine --example detector_scale -- [K ...]
 //!
@@ -67,9 +70,19 @@ fn main() {
             std::hint::black_box(det.scores(&one).expect("score"));
         }
         let per_req = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let (bx, _) = rows(&mut rng, &centres, d, 50_000usize.div_ceil(k));
+        let batch: Vec<Vec<f32>> = bx.chunks(d).take(50_000).map(<[f32]>::to_vec).collect();
+        let t = Instant::now();
+        std::hint::black_box(det.scores(&batch).expect("score"));
+        let case_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        std::hint::black_box(det.scores_batch(&batch).expect("score"));
+        let batch_s = t.elapsed().as_secs_f64();
         println!(
-            "K {k}: {per} rows per class ({} in memory), fit {fit_s:.1} s, one request {per_req:.2} ms",
-            fit_y.len()
+            "K {k}: {per} rows per class ({} in memory), fit {fit_s:.1} s, one request {per_req:.2} ms, \
+             {} rows case by case {case_s:.1} s, as one batch {batch_s:.1} s",
+            fit_y.len(),
+            batch.len()
         );
     }
 }
