@@ -360,6 +360,35 @@ fn batch_novelty_needs_a_model_with_a_batch_rule() {
 }
 
 #[test]
+fn out_of_range_budgets_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    let train = root().join("data/aftersales/train.csv");
+    for (flag, value) in [
+        ("--oos-budget", "1.5"),
+        ("--oos-batch-budget", "-0.1"),
+        ("--oos-batch-budget", "lots"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let o = run(&[
+            "train",
+            "--kind",
+            "baseline",
+            "--train",
+            train.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            &arg,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        let first = e.lines().next().unwrap_or_default();
+        assert!(first.contains(flag) && first.contains(value), "{e}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
 fn prepare_rejects_malformed_csv() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.csv");
