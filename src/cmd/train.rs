@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.05)]
     min_margin: f32,
     /// Without out-of-scope training rows: share of correct validation
-    /// answers the score-based out-of-scope cut may reject (0 to 1).
+    /// answers the score-based out-of-scope cut may reject (from 0 to below 1).
     #[arg(long, default_value_t = 0.02, value_parser = budget)]
     oos_budget: f64,
     /// The same for the cut used when `tag`/`eval --batch-novelty` judge a

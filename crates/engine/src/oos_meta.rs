@@ -1181,7 +1181,6 @@ mod tests {
         unsmoothed.smooth = None;
         let s1 = unsmoothed.scores_batch(&batch).unwrap();
         let a_s1 = auroc(&s1[n_in..], &s1[..n_in]);
-        eprintln!("AUROC per case {a_case} batch rule {a_s1} smoothed {a_batch}");
         assert!(a_batch > a_s1, "smoothed {a_batch} vs {a_s1}");
         // The novelty itself: about 0 for known cases, clearly below for
         // the newcomers, and deterministic.
@@ -1200,11 +1199,12 @@ mod tests {
         let back = MetaDetector::load(dir.path()).unwrap().unwrap();
         assert_eq!(back, det);
         assert_eq!(back.scores_batch(&batch).unwrap(), whole);
-        // Detectors written before the batch rule load without it and
-        // judge batches case by case.
+        // Detectors written before the smoothing rule keep their batch rule.
         unsmoothed.save(dir.path()).unwrap();
         let back = MetaDetector::load(dir.path()).unwrap().unwrap();
         assert_eq!(back.scores_batch(&batch).unwrap(), s1);
+        // Detectors written before the batch rule load without it and
+        // judge batches case by case.
         let mut old = det.clone();
         old.batch = None;
         old.smooth = None;
