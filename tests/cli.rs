@@ -20,6 +20,21 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// `casetag tag --model M --input I --output O`, then `extra` arguments.
+fn tag(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "tag",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 /// `casetag train --kind baseline` on the bundled corpus with `features`
 /// selected hashed features.
 fn train_baseline(out: &Path, features: usize, id: Option<&str>) -> Output {
@@ -154,17 +169,7 @@ fn train_tag_eval_on_bundled_data() {
 
     // Tag the same file: rows in = rows out, prediction columns present.
     let out = tmp.path().join("tagged.csv");
-    let o = run(&[
-        "tag",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        test.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--chunk-rows",
-        "500",
-    ]);
+    let o = tag(model, &test, &out, &["--chunk-rows", "500"]);
     assert!(o.status.success(), "tag: {}", stderr(&o));
     let n_in = count_csv_rows(&test);
     let n_out = count_csv_rows(&out);
@@ -214,15 +219,7 @@ fn bad_rows_are_kept_and_reported() {
     )
     .unwrap();
     let out = tmp.path().join("out.jsonl");
-    let o = run(&[
-        "tag",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let o = tag(model, &input, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
         .unwrap()
@@ -250,27 +247,11 @@ fn formats_round_trip() {
     let mut prev = csv.clone();
     for ext in ["parquet", "jsonl", "csv"] {
         let out = tmp.path().join(format!("out.{ext}"));
-        let o = run(&[
-            "tag",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            csv.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        let o = tag(model, &csv, &out, &[]);
         assert!(o.status.success(), "{ext}: {}", stderr(&o));
         // Re-tag the output: the pass-through columns and the row count survive.
         let again = tmp.path().join(format!("again.{ext}"));
-        let o = run(&[
-            "tag",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            out.to_str().unwrap(),
-            "--output",
-            again.to_str().unwrap(),
-        ]);
+        let o = tag(model, &out, &again, &[]);
         assert!(o.status.success(), "{ext} again: {}", stderr(&o));
         prev = again;
     }
@@ -301,15 +282,7 @@ fn corrupt_bundle_is_rejected() {
     std::fs::write(&files[0], &bytes).unwrap();
     let input = tmp.path().join("in.csv");
     std::fs::write(&input, "text\nhello\n").unwrap();
-    let o = run(&[
-        "tag",
-        "--model",
-        copy.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        tmp.path().join("o.csv").to_str().unwrap(),
-    ]);
+    let o = tag(&copy, &input, &tmp.path().join("o.csv"), &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("checksum mismatch"), "{e}");
@@ -342,16 +315,7 @@ fn batch_novelty_needs_a_model_with_a_batch_rule() {
     let input = tmp.path().join("in.csv");
     std::fs::write(&input, "text\nwhere is my parcel\n").unwrap();
     let out = tmp.path().join("o.csv");
-    let o = run(&[
-        "tag",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--batch-novelty",
-    ]);
+    let o = tag(model, &input, &out, &["--batch-novelty"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("--batch-novelty"), "{e}");
