@@ -851,11 +851,18 @@ impl MetaDetector {
     /// Falls back to [`Self::scores`] for detectors without a batch rule.
     /// Deterministic for a given batch.
     pub fn scores_batch(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
-        let Some(rule) = &self.batch else {
-            return self.scores(embeddings);
-        };
+        Ok(self.scores_both(embeddings)?.1)
+    }
+
+    /// [`Self::scores`] and [`Self::scores_batch`] for the same rows, from one
+    /// pass over the memory (training cuts both on the validation rows).
+    pub fn scores_both(&self, embeddings: &[Vec<f32>]) -> Result<(Vec<f32>, Vec<f32>)> {
         let xu = unit_rows(&self.flatten(embeddings)?, self.base.d);
         let feats = self.base.features_unit(&xu);
+        let per_case: Vec<f32> = feats.iter().map(|(_, f)| self.rule.logit(f)).collect();
+        let Some(rule) = &self.batch else {
+            return Ok((per_case.clone(), per_case));
+        };
         let pred: Vec<usize> = feats.iter().map(|(p, _)| *p).collect();
         let nov = batch_novelty(&self.base, &xu, &pred, self.params.seed);
         let s1: Vec<f32> = feats
@@ -864,15 +871,16 @@ impl MetaDetector {
             .map(|((_, f), nv)| rule.logit(&with_novelty(f, nv)))
             .collect();
         let Some(smooth) = &self.smooth else {
-            return Ok(s1);
+            return Ok((per_case, s1));
         };
         let d = self.base.d;
         let nb = neighbour_mean(&xu, d, &s1, SMOOTH_K, SMOOTH_POOL, self.params.seed);
-        Ok(s1
+        let whole = s1
             .iter()
             .zip(nb)
             .map(|(&a, b)| smooth.logit(&[a, b]))
-            .collect())
+            .collect();
+        Ok((per_case, whole))
     }
 
     fn flatten(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
@@ -1191,6 +1199,11 @@ mod tests {
         let (m_in, m_out) = (mean(&nov[..n_in]), mean(&nov[n_in..]));
         assert!(m_in.abs() < 0.05 && m_out < m_in - 0.05, "{m_in} {m_out}");
         assert_eq!(det.scores_batch(&batch).unwrap(), whole);
+        // Training's single pass gives both at once.
+        assert_eq!(
+            det.scores_both(&batch).unwrap(),
+            (per_case.clone(), whole.clone())
+        );
         // A batch of one case has no batch evidence.
         assert_eq!(batch_novelty(&det.base, &xu[..d], &pred[..1], 1), vec![0.0]);
 

@@ -428,8 +428,7 @@ pub fn train(
             // The detector is an improvement, not a requirement: when it
             // cannot be fitted the model keeps the confidence cut.
             match MetaDetector::fit(&inputs, &mp, progress).and_then(|det| {
-                let z = det.scores(&val_emb)?;
-                let zb = det.scores_batch(&val_emb)?;
+                let (z, zb) = det.scores_both(&val_emb)?;
                 Ok((det, z, zb))
             }) {
                 Ok(fitted) => Some(fitted),
