@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::text::TextPipeline;
 use crate::{Error, LabelSpace, Result, Taxonomy};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -60,6 +61,12 @@ pub struct Manifest {
     pub thresholds: serde_json::Value,
     /// File name -> sha256 hex, for every file but the manifest.
     pub files: BTreeMap<String, String>,
+    /// How raw text becomes model input (normalisation rules, masking,
+    /// length cap); the engine applies it to every text it is given.
+    /// Bundles written before it was recorded were trained with the
+    /// default pipeline of version 1.
+    #[serde(default)]
+    pub text: TextPipeline,
 }
 
 /// sha256 of a file, streamed.
@@ -235,6 +242,7 @@ impl Bundle {
                 manifest.format
             )));
         }
+        manifest.text.check().map_err(bad)?;
         let dp = dir.join(MANIFEST_DIGEST);
         if dp.is_file() {
             let want = std::fs::read_to_string(&dp)
@@ -306,6 +314,7 @@ mod tests {
             calibration: Calibration::default(),
             thresholds: serde_json::json!({}),
             files: BTreeMap::new(),
+            text: TextPipeline::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod metrics;
 pub mod taxonomy;
+pub mod text;
 
 use serde::{Deserialize, Serialize};
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{DataError, Result};
 use crate::io::{collect, scan};
-use crate::text::clean_text;
+use casetag_core::text::TextPipeline;
 
 pub(crate) const ID: &str = "id";
 pub(crate) const CASE_ID: &str = "case_id";
@@ -211,9 +211,14 @@ fn case_columns(df: DataFrame, path: &Path) -> Result<DataFrame> {
     DataFrame::new(n, cols).map_err(DataError::internal)
 }
 
-/// Normalize (and optionally mask) the `text` column in parallel; missing
-/// text becomes the empty string.
+/// Prepare the `text` column in parallel with the one text contract
+/// ([`TextPipeline`]: normalise, mask when asked, cap); missing text becomes
+/// the empty string.
 fn clean_text_column(mut df: DataFrame, mask: bool) -> Result<DataFrame> {
+    let pipeline = TextPipeline {
+        mask_pii: mask,
+        ..TextPipeline::default()
+    };
     let texts: Vec<Option<&str>> = df
         .column(TEXT)
         .and_then(|c| c.str())
@@ -223,7 +228,7 @@ fn clean_text_column(mut df: DataFrame, mask: bool) -> Result<DataFrame> {
     let cleaned: Vec<String> = texts
         .par_iter()
         .with_min_len(256)
-        .map(|t| t.map(|t| clean_text(t, mask)).unwrap_or_default())
+        .map(|t| t.map(|t| pipeline.prepare(t).text).unwrap_or_default())
         .collect();
     df.with_column(Column::new(TEXT.into(), cleaned))
         .map_err(DataError::internal)?;

@@ -18,16 +18,15 @@ mod error;
 mod io;
 mod prepare;
 mod stream;
-mod text;
 
 pub use cases::{join_turns, load_cases, InputKind, LabeledCase};
+pub use casetag_core::text::{mask_pii, normalize_text, TextPipeline};
 pub use error::{DataError, Result};
 pub use io::{read_table, write_table, Format};
 pub use prepare::{
     prepare, split_indices, PrepareConfig, PrepareStats, SplitCounts, TextLenQuantiles,
 };
 pub use stream::{chunk_texts, ChunkReader, ChunkWriter};
-pub use text::{mask_pii, normalize_text};
 
 /// Re-exported so callers can name frame types without their own polars import.
 pub use polars::prelude::DataFrame;

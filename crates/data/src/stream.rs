@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::cases::{InputKind, TEXT};
 use crate::error::{DataError, Result};
 use crate::io::{create_parent, temp_sibling, Format};
-use crate::text::clean_text;
+use casetag_core::text::normalize_text;
 
 const READ_BLOCK: usize = 1 << 20;
 
@@ -489,8 +489,10 @@ impl Drop for ChunkWriter {
     }
 }
 
-/// The model input of a raw case-level chunk: the `text` column normalized
-/// and masked exactly as in `prepare`, `None` where it is missing or empty.
+/// The raw texts of a case-level chunk, `None` where the text is missing or
+/// has nothing left after normalisation. They go to the engine as they are:
+/// it prepares every text with the bundle's recorded pipeline
+/// (`casetag_core::text`), exactly as for `serve`.
 /// Turn-level chunks are rejected: streaming cannot join turns that may span
 /// chunks, so `tag` needs a case-level table (run `prepare` first).
 pub fn chunk_texts(df: &DataFrame) -> Result<Vec<Option<String>>> {
@@ -518,6 +520,9 @@ pub fn chunk_texts(df: &DataFrame) -> Result<Vec<Option<String>>> {
     Ok(texts
         .par_iter()
         .with_min_len(256)
-        .map(|t| t.map(|t| clean_text(t, true)).filter(|t| !t.is_empty()))
+        .map(|t| {
+            t.filter(|t| !normalize_text(t).is_empty())
+                .map(str::to_string)
+        })
         .collect())
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use casetag_core::bundle::Bundle;
+use casetag_core::text::TextPipeline;
 use casetag_core::{Classifier, Transcript};
 use serde::Serialize;
 
@@ -53,9 +54,37 @@ impl LoadedModel {
         }
     }
 
-    /// Score rows for a batch, as the decision layer takes them: the logits,
-    /// then (with a detector) the detector's logit.
+    /// The text this model sees for each raw case, and whether the length
+    /// cap cut it: the bundle's recorded [`TextPipeline`], the one text
+    /// contract every path (tag, eval, serve, the engine API) goes through.
+    pub fn prepare(&self, cases: &[Transcript]) -> (Vec<Transcript>, Vec<bool>) {
+        let pipeline: &TextPipeline = &self.bundle.manifest.text;
+        let one = |c: &Transcript| {
+            let p = pipeline.prepare(&c.text);
+            (
+                Transcript {
+                    id: c.id.clone(),
+                    text: p.text,
+                },
+                p.truncated,
+            )
+        };
+        if cases.len() >= 1024 {
+            use rayon::prelude::*;
+            cases.par_iter().with_min_len(256).map(one).unzip()
+        } else {
+            cases.iter().map(one).unzip()
+        }
+    }
+
+    /// Score raw cases for a batch, as the decision layer takes them: the
+    /// logits, then (with a detector) the detector's logit. Texts are
+    /// prepared first ([`Self::prepare`]).
     pub fn scores(&self, cases: &[Transcript]) -> Result<Vec<Vec<f32>>> {
+        self.scores_prepared(&self.prepare(cases).0)
+    }
+
+    fn scores_prepared(&self, cases: &[Transcript]) -> Result<Vec<Vec<f32>>> {
         let fail = |e: &dyn std::fmt::Display| {
             EngineError::Internal(format!("model '{}': {e}", self.id()))
         };
@@ -96,23 +125,38 @@ impl LoadedModel {
         })
     }
 
-    /// Decisions for a batch.
+    /// Decisions for a batch of raw cases.
     pub fn decide(&self, cases: &[Transcript], top_k: usize) -> Result<Vec<Decision>> {
-        let logits = self.scores(cases)?;
+        Ok(self.decide_marked(cases, top_k)?.0)
+    }
+
+    /// Decisions for a batch of raw cases, with whether each text was cut
+    /// by the length cap.
+    pub fn decide_marked(
+        &self,
+        cases: &[Transcript],
+        top_k: usize,
+    ) -> Result<(Vec<Decision>, Vec<bool>)> {
+        let (prepared, truncated) = self.prepare(cases);
+        let logits = self.scores_prepared(&prepared)?;
+        Ok((self.decide_logits(&logits, top_k), truncated))
+    }
+
+    fn decide_logits(&self, logits: &[Vec<f32>], top_k: usize) -> Vec<Decision> {
         // Decoding is a few microseconds per case; large batch-job chunks
         // spread it over the pool, small server batches stay on this thread.
         if logits.len() >= 1024 {
             use rayon::prelude::*;
-            return Ok(logits
+            return logits
                 .par_iter()
                 .with_min_len(256)
                 .map(|l| self.decider.decide(l, top_k))
-                .collect());
+                .collect();
         }
-        Ok(logits
+        logits
             .iter()
             .map(|l| self.decider.decide(l, top_k))
-            .collect())
+            .collect()
     }
 }
 
@@ -169,6 +213,8 @@ pub struct Tagged {
     /// `transformer` or `baseline`.
     pub served_by: String,
     pub model_id: String,
+    /// Whether the text was longer than the bundle's cap and was cut.
+    pub truncated: bool,
 }
 
 /// The fallback chain: the primary model first; the fallback when the
@@ -222,7 +268,7 @@ impl Tagger {
     /// Tag a batch with the chain.
     pub fn tag(&self, cases: &[Transcript], top_k: usize) -> Result<Vec<Tagged>> {
         if let Some(p) = &self.primary {
-            match p.decide(cases, top_k) {
+            match p.decide_marked(cases, top_k) {
                 Ok(d) => return Ok(wrap(p, d)),
                 Err(e) => match &self.fallback {
                     Some(_) => tracing::warn!("primary model failed on a batch, falling back: {e}"),
@@ -231,23 +277,25 @@ impl Tagger {
             }
         }
         let f = self.fallback.as_ref().expect("fallback present");
-        Ok(wrap(f, f.decide(cases, top_k)?))
+        Ok(wrap(f, f.decide_marked(cases, top_k)?))
     }
 
     /// Tag with the fallback only (used when the primary cannot meet a deadline).
     pub fn tag_fallback(&self, cases: &[Transcript], top_k: usize) -> Option<Result<Vec<Tagged>>> {
         self.fallback
             .as_ref()
-            .map(|f| f.decide(cases, top_k).map(|d| wrap(f, d)))
+            .map(|f| f.decide_marked(cases, top_k).map(|d| wrap(f, d)))
     }
 }
 
-fn wrap(m: &LoadedModel, d: Vec<Decision>) -> Vec<Tagged> {
+fn wrap(m: &LoadedModel, (d, truncated): (Vec<Decision>, Vec<bool>)) -> Vec<Tagged> {
     d.into_iter()
-        .map(|decision| Tagged {
+        .zip(truncated)
+        .map(|(decision, truncated)| Tagged {
             decision,
             served_by: m.kind().to_string(),
             model_id: m.id().to_string(),
+            truncated,
         })
         .collect()
 }

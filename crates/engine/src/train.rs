@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use casetag_baseline::BaselineParams;
 use casetag_core::bundle::{now_rfc3339, BundleWriter, Calibration, DataHasher, Manifest};
+use casetag_core::text::TextPipeline;
 use casetag_core::{Classifier, LabelSpace, TagPath, Taxonomy, Transcript};
 use casetag_transformer::TransformerParams;
 use serde::{Deserialize, Serialize};
@@ -210,6 +211,18 @@ pub fn train(
     progress: &dyn Fn(&str),
 ) -> Result<Manifest> {
     let started = Instant::now();
+    // The model learns from text prepared exactly as the engine will
+    // prepare it at inference (a no-op for text `load_cases` prepared).
+    let pipeline = TextPipeline::default();
+    let prepare = |mut rows: Vec<Example>| {
+        use rayon::prelude::*;
+        rows.par_iter_mut()
+            .with_min_len(256)
+            .for_each(|r| r.text = pipeline.prepare(&r.text).text);
+        rows
+    };
+    let train_rows = prepare(train_rows);
+    let val_rows = val_rows.map(prepare);
     if train_rows.is_empty() {
         return Err(EngineError::Input("training data has no rows".into()));
     }
@@ -507,6 +520,7 @@ pub fn train(
         calibration,
         thresholds: serde_json::to_value(&thresholds).unwrap(),
         files: BTreeMap::new(),
+        text: pipeline,
     };
     let m = writer.finish(manifest, &taxonomy, cfg.overwrite)?;
     progress(&format!(

@@ -15,11 +15,6 @@ pub struct Limits {
     /// Most cases in one request (more: 422).
     #[arg(long, default_value_t = 64)]
     pub max_cases: usize,
-    /// Longest case text in characters. Longer texts keep their head and
-    /// tail (the complaint and the latest turns) and the result says
-    /// `"truncated": true`.
-    #[arg(long, default_value_t = 20_000)]
-    pub max_text_chars: usize,
     /// Dynamic batching: most cases the model sees in one batch.
     #[arg(long, default_value_t = 32)]
     pub max_batch_cases: usize,
@@ -55,7 +50,6 @@ impl Default for Limits {
         Self {
             max_body_bytes: 1 << 20,
             max_cases: 64,
-            max_text_chars: 20_000,
             max_batch_cases: 32,
             max_batch_chars: 32_768,
             max_wait_ms: 2,
@@ -76,9 +70,6 @@ impl Limits {
         }
         if self.max_cases == 0 {
             return bad("--max-cases must be at least 1".into());
-        }
-        if self.max_text_chars < 16 {
-            return bad("--max-text-chars must be at least 16".into());
         }
         if self.max_batch_cases == 0 || self.max_batch_chars == 0 {
             return bad("--max-batch-cases and --max-batch-chars must be at least 1".into());

@@ -57,10 +57,6 @@ pub async fn tag(
         )
     })?;
     let req = parse_tag_request(&value, limits)?;
-    let n_cut = req.truncated.iter().filter(|&&t| t).count();
-    if n_cut > 0 {
-        st.inner.metrics.truncated(n_cut);
-    }
     let cases = Arc::new(req.cases);
     let rx = st.inner.batcher.submit(cases.clone(), req.top_k)?;
     let answer = wait_for_answer(&st, rx, cases, req.top_k).await?;
@@ -70,12 +66,15 @@ pub async fn tag(
         .first()
         .and_then(|t| model_by_id(tagger, &t.model_id))
         .unwrap_or_else(|| tagger.active());
+    let n_cut = answer.tagged.iter().filter(|t| t.truncated).count();
+    if n_cut > 0 {
+        st.inner.metrics.truncated(n_cut);
+    }
     let results = answer
         .tagged
         .into_iter()
         .zip(req.ids)
-        .zip(req.truncated)
-        .map(|((t, id), cut)| to_result(id, t, cut))
+        .map(|(t, id)| to_result(id, t))
         .collect();
     Ok(Json(TagResponse {
         model: ModelInfo::of(info),

@@ -218,7 +218,7 @@ impl Metrics {
         counter(
             &mut o,
             "casetag_texts_truncated_total",
-            "Case texts cut to --max-text-chars.",
+            "Case texts cut to the model's text cap.",
             self.truncated.load(Ordering::Relaxed),
         );
         o.push_str("# HELP casetag_fallback_total Requests answered by the fallback model.\n");

@@ -19,8 +19,9 @@ pub const MAX_TOP_K: usize = 50;
 #[derive(Debug)]
 pub struct TagRequest {
     pub ids: Vec<Option<String>>,
+    /// The cases as sent: the engine prepares their text with the model's
+    /// recorded pipeline (normalise, mask, cap), as for `tag` and `eval`.
     pub cases: Vec<Transcript>,
-    pub truncated: Vec<bool>,
     pub top_k: usize,
 }
 
@@ -62,7 +63,6 @@ pub fn parse_tag_request(body: &Value, limits: &Limits) -> Result<TagRequest, Ap
     let mut out = TagRequest {
         ids: Vec::with_capacity(cases.len()),
         cases: Vec::with_capacity(cases.len()),
-        truncated: Vec::with_capacity(cases.len()),
         top_k,
     };
     for (i, c) in cases.iter().enumerate() {
@@ -100,39 +100,13 @@ pub fn parse_tag_request(body: &Value, limits: &Limits) -> Result<TagRequest, Ap
                 "must not be empty",
             ));
         }
-        let (text, cut) = truncate_head_tail(text, limits.max_text_chars);
         out.cases.push(Transcript {
             id: id.clone(),
-            text,
+            text: text.clone(),
         });
         out.ids.push(id);
-        out.truncated.push(cut);
     }
     Ok(out)
-}
-
-const ELLIPSIS: &str = " … ";
-
-/// Cut a text to `max` characters keeping its head and tail: the opening
-/// states the problem and the latest turns state where the case stands,
-/// while the middle is usually back-and-forth.
-pub fn truncate_head_tail(text: &str, max: usize) -> (String, bool) {
-    let n = text.chars().count();
-    if n <= max {
-        return (text.to_string(), false);
-    }
-    let keep = max.saturating_sub(ELLIPSIS.chars().count());
-    let head = keep.div_ceil(2);
-    let tail = keep - head;
-    let head_end = text.char_indices().nth(head).map_or(text.len(), |(b, _)| b);
-    let tail_start = text
-        .char_indices()
-        .nth(n - tail)
-        .map_or(text.len(), |(b, _)| b);
-    (
-        format!("{}{ELLIPSIS}{}", &text[..head_end], &text[tail_start..]),
-        true,
-    )
 }
 
 /// Per-level confidence of the most likely path.
@@ -161,7 +135,8 @@ pub struct TagResult {
     /// `transformer` or `baseline`.
     pub served_by: String,
     pub model_id: String,
-    /// The text was cut to `--max-text-chars` (head and tail kept).
+    /// The text was longer than the model's text cap (the bundle's
+    /// `text.max_chars`) and was cut, head and tail kept.
     pub truncated: bool,
 }
 
@@ -171,7 +146,7 @@ pub struct TagResponse {
     pub results: Vec<TagResult>,
 }
 
-pub fn to_result(id: Option<String>, t: Tagged, truncated: bool) -> TagResult {
+pub fn to_result(id: Option<String>, t: Tagged) -> TagResult {
     let d = t.decision;
     let c = &d.confidence;
     TagResult {
@@ -189,7 +164,7 @@ pub fn to_result(id: Option<String>, t: Tagged, truncated: bool) -> TagResult {
         alternatives: d.alternatives,
         served_by: t.served_by,
         model_id: t.model_id,
-        truncated,
+        truncated: t.truncated,
     }
 }
 
@@ -197,23 +172,6 @@ pub fn to_result(id: Option<String>, t: Tagged, truncated: bool) -> TagResult {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn truncation_keeps_head_and_tail() {
-        let text: String = ('a'..='z').cycle().take(100).collect();
-        let (t, cut) = truncate_head_tail(&text, 20);
-        assert!(cut);
-        assert_eq!(t.chars().count(), 20);
-        assert!(t.starts_with("abcdefgh"));
-        assert!(t.ends_with(&text[text.len() - 8..]));
-        let (t, cut) = truncate_head_tail("短い文です", 20);
-        assert!(!cut);
-        assert_eq!(t, "短い文です");
-        // Multi-byte characters are cut on character boundaries.
-        let long = "退货退款".repeat(50);
-        let (t, cut) = truncate_head_tail(&long, 16);
-        assert!(cut && t.chars().count() == 16);
-    }
 
     #[test]
     fn errors_name_the_field() {

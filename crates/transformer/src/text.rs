@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use casetag_core::text::{truncate_chars, Keep};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -160,31 +161,17 @@ impl TextEncoder {
 /// Very long transcripts are cut (in characters) before tokenizing: a
 /// WordPiece token is never shorter than one character, so keeping
 /// `budget * 16` characters from the relevant end(s) is far more than
-/// enough and saves tokenizing megabytes that would be thrown away.
+/// enough and saves tokenizing megabytes that would be thrown away. The cut
+/// is the code base's one truncation, [`truncate_chars`].
 fn cap_chars(text: String, budget: usize, truncation: Truncation) -> String {
     let cap = budget.saturating_mul(16).max(256);
-    if text.len() <= cap {
-        return text;
-    }
-    let floor = |i: usize| {
-        (0..=i)
-            .rev()
-            .find(|&j| text.is_char_boundary(j))
-            .unwrap_or(0)
+    let keep = match truncation {
+        Truncation::Head | Truncation::BuyerFirst => Keep::Head,
+        Truncation::HeadTail => Keep::HeadTail,
     };
-    let ceil = |i: usize| {
-        (i..=text.len())
-            .find(|&j| text.is_char_boundary(j))
-            .unwrap_or(text.len())
-    };
-    match truncation {
-        Truncation::Head | Truncation::BuyerFirst => text[..floor(cap)].to_string(),
-        Truncation::HeadTail => {
-            // Both ends, separated by a line break so no word is glued.
-            let head = floor(cap / 2);
-            let tail = ceil(text.len() - cap / 2);
-            format!("{}\n{}", &text[..head], &text[tail..])
-        }
+    match truncate_chars(&text, cap, keep) {
+        (_, false) => text,
+        (cut, true) => cut.into_owned(),
     }
 }
 

@@ -1,12 +1,170 @@
-//! Text normalization and PII masking, applied identically in `prepare`,
-//! `load_cases` and streaming `tag`, so a model sees the same text at training
-//! and inference time.
+//! The text contract: how a raw case text becomes the text a model sees.
+//!
+//! One [`TextPipeline`] (normalise, mask PII, cap the length) serves every
+//! path a text can take — `prepare` and training (through the polars data
+//! crate), `eval`, batch `tag`, `serve` and the engine API — and is recorded
+//! in each bundle's manifest, so the server cannot feed a model other text
+//! than the one it was trained on. It lives here, free of polars, so the
+//! server build can use it. [`truncate_chars`] is the one length cut, used by
+//! the pipeline's cap and by the transformer's pre-tokenisation cap alike.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use regex::{Captures, Regex};
+use serde::{Deserialize, Serialize};
 use unicode_normalization::{IsNormalized, UnicodeNormalization};
+
+/// The rules a bundle's text went through: normalisation and masking rules
+/// (by version), whether PII was masked, and the length cap in characters.
+/// Recorded in the manifest at training time and applied by the engine to
+/// every text it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextPipeline {
+    /// Version of the normalisation and masking rules in this module; bump
+    /// it whenever a rule changes what text comes out.
+    pub version: u32,
+    /// Whether e-mails, phones, cards and order ids become placeholders.
+    pub mask_pii: bool,
+    /// Longest text in characters after normalisation and masking; longer
+    /// texts keep their head and tail ([`truncate_chars`], [`Keep::HeadTail`]).
+    pub max_chars: usize,
+}
+
+/// The version of the rules this build applies.
+pub const PIPELINE_VERSION: u32 = 1;
+
+/// Default cap: far above any real transcript, so it only guards against
+/// pathological inputs (a pasted log, a base64 attachment).
+pub const DEFAULT_MAX_CHARS: usize = 20_000;
+
+impl Default for TextPipeline {
+    fn default() -> Self {
+        Self {
+            version: PIPELINE_VERSION,
+            mask_pii: true,
+            max_chars: DEFAULT_MAX_CHARS,
+        }
+    }
+}
+
+/// A text as the model sees it, and whether the cap cut it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub text: String,
+    pub truncated: bool,
+}
+
+impl TextPipeline {
+    /// Normalise, mask (when on) and cap one raw text. Idempotent: a
+    /// prepared text prepares to itself, so text cleaned on the way in
+    /// (`casetag prepare`'s output) is not changed by the engine's pass.
+    pub fn prepare(&self, raw: &str) -> Prepared {
+        let clean = |s: &str| {
+            let n = normalize_text(s);
+            if self.mask_pii {
+                mask_pii_owned(n)
+            } else {
+                n
+            }
+        };
+        let mut text = clean(raw);
+        let mut truncated = false;
+        // A cut can leave a piece that normalises or masks differently at
+        // its new edge (a split digit run, a trailing space before the
+        // ellipsis), so the cut text is cleaned again; masking can lengthen
+        // it by a few characters, so the cut is repeated, a little shorter,
+        // until it fits. The result is a fixed point of cleaning that fits
+        // the cap, which is what makes `prepare` idempotent.
+        let mut cap = self.max_chars;
+        for _ in 0..8 {
+            let (cut, was_cut) = truncate_chars(&text, cap, Keep::HeadTail);
+            if !was_cut && cap == self.max_chars {
+                break;
+            }
+            truncated |= was_cut;
+            let next = clean(&cut);
+            let over = next.chars().count().saturating_sub(self.max_chars);
+            text = next;
+            if over == 0 {
+                return Prepared { text, truncated };
+            }
+            cap = cap.saturating_sub(over.max(1)).max(MIN_CAP_CHARS);
+        }
+        if text.chars().count() > self.max_chars {
+            // Pathological input that keeps growing when masked: a plain
+            // head cut, which no further cleaning can lengthen.
+            text = truncate_chars(&text, self.max_chars, Keep::Head)
+                .0
+                .into_owned();
+            truncated = true;
+        }
+        Prepared { text, truncated }
+    }
+
+    /// Check a pipeline read from a manifest against what this build can do.
+    pub fn check(&self) -> Result<(), String> {
+        if self.version != PIPELINE_VERSION {
+            return Err(format!(
+                "text pipeline version {} is not supported (this build applies version {PIPELINE_VERSION})",
+                self.version
+            ));
+        }
+        if self.max_chars < MIN_CAP_CHARS {
+            return Err(format!(
+                "text pipeline max_chars {} is below {MIN_CAP_CHARS}",
+                self.max_chars
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The smallest cap [`truncate_chars`] accepts for a head-and-tail cut.
+pub const MIN_CAP_CHARS: usize = 16;
+
+/// Which part of an over-long text to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The opening, which usually states the problem.
+    Head,
+    /// Half from the start and half from the end, joined by [`ELLIPSIS`]:
+    /// the opening states the problem and the latest turns where the case
+    /// stands, while the middle is usually back-and-forth.
+    HeadTail,
+}
+
+/// What stands for the removed middle of a head-and-tail cut (ASCII, so
+/// that normalisation leaves it as it is).
+pub const ELLIPSIS: &str = " ... ";
+
+/// Cut `text` to at most `max` characters (Unicode scalar values), keeping
+/// the part `keep` says; returns the text unchanged (borrowed) and `false`
+/// when it already fits. The one truncation of the code base.
+pub fn truncate_chars(text: &str, max: usize, keep: Keep) -> (Cow<'_, str>, bool) {
+    // Fewer bytes than `max` means fewer characters: no count needed.
+    if text.len() <= max {
+        return (Cow::Borrowed(text), false);
+    }
+    let n = text.chars().count();
+    if n <= max {
+        return (Cow::Borrowed(text), false);
+    }
+    let byte_at = |c: usize| text.char_indices().nth(c).map_or(text.len(), |(b, _)| b);
+    match keep {
+        Keep::Head => (Cow::Borrowed(&text[..byte_at(max)]), true),
+        Keep::HeadTail => {
+            let keep = max.saturating_sub(ELLIPSIS.chars().count());
+            let head = keep.div_ceil(2);
+            let tail = keep - head;
+            let (h, t) = (byte_at(head), byte_at(n - tail));
+            (
+                Cow::Owned(format!("{}{ELLIPSIS}{}", &text[..h], &text[t..])),
+                true,
+            )
+        }
+    }
+}
 
 /// Unicode NFKC (full-width letters and digits become ASCII, ligatures split),
 /// control characters removed except `\n` (`\r\n` and `\r` become `\n`, tabs
@@ -260,16 +418,6 @@ fn replace_in(s: &mut String, re: &Regex, rep: impl regex::Replacer) {
     }
 }
 
-/// Normalize, then mask when asked: the one text pipeline every command uses.
-pub(crate) fn clean_text(s: &str, mask: bool) -> String {
-    let n = normalize_text(s);
-    if mask {
-        mask_pii_owned(n)
-    } else {
-        n
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,6 +556,86 @@ mod tests {
             }
         });
         s
+    }
+
+    #[test]
+    fn truncation_keeps_head_and_tail() {
+        let text: String = ('a'..='z').cycle().take(100).collect();
+        let (t, cut) = truncate_chars(&text, 20, Keep::HeadTail);
+        assert!(cut);
+        assert_eq!(t.chars().count(), 20);
+        assert!(t.starts_with("abcdefgh"));
+        assert!(t.ends_with(&text[text.len() - 7..]));
+        assert!(t.contains(ELLIPSIS));
+        let (t, cut) = truncate_chars(&text, 20, Keep::Head);
+        assert!(cut);
+        assert_eq!(t, &text[..20]);
+        let (t, cut) = truncate_chars("短い文です", 20, Keep::HeadTail);
+        assert!(!cut);
+        assert!(matches!(t, Cow::Borrowed("短い文です")));
+        // Multi-byte characters are cut on character boundaries, and a text
+        // with more bytes than the cap but fewer characters is not cut.
+        let long = "退货退款".repeat(50);
+        let (t, cut) = truncate_chars(&long, 16, Keep::HeadTail);
+        assert!(cut && t.chars().count() == 16);
+        let (_, cut) = truncate_chars(&long, 200, Keep::Head);
+        assert!(!cut);
+    }
+
+    #[test]
+    fn the_pipeline_normalises_masks_and_caps() {
+        let p = TextPipeline::default();
+        let r = p.prepare("  Ｍｙ card 4111 1111 1111 1111\r\n\r\nwas charged  ");
+        assert_eq!(r.text, "My card <CARD>\nwas charged");
+        assert!(!r.truncated);
+        let off = TextPipeline {
+            mask_pii: false,
+            ..p
+        };
+        assert_eq!(
+            off.prepare("card 4111111111111111").text,
+            "card 4111111111111111"
+        );
+        let small = TextPipeline { max_chars: 40, ..p };
+        let long = format!("item missing {} still no refund", "blah ".repeat(50));
+        let r = small.prepare(&long);
+        assert!(r.truncated);
+        assert!(r.text.chars().count() <= 40, "{:?}", r.text);
+        assert!(r.text.starts_with("item missing") && r.text.ends_with("no refund"));
+        assert!(p.check().is_ok());
+        assert!(TextPipeline { version: 99, ..p }
+            .check()
+            .unwrap_err()
+            .contains("version 99"));
+        assert!(TextPipeline { max_chars: 3, ..p }.check().is_err());
+    }
+
+    /// Text prepared once prepares to itself: the engine prepares every
+    /// text it is given, including text `prepare` and `load_cases` already
+    /// cleaned, and must not change it. Checked with and without the cap
+    /// biting, and with a cap that cuts through digit runs and spaces.
+    #[test]
+    fn preparing_is_idempotent() {
+        let mut cut = 0;
+        for max in [DEFAULT_MAX_CHARS, 24, 17] {
+            let p = TextPipeline {
+                max_chars: max,
+                ..TextPipeline::default()
+            };
+            for t in random_texts(20_000).iter().chain(&[
+                "1234567 8901234 5678901 2345678".to_string(),
+                format!("{} {}", "9".repeat(30), "a 1".repeat(10)),
+                "order 123456 x".repeat(5),
+            ]) {
+                let once = p.prepare(t);
+                cut += usize::from(once.truncated);
+                assert!(once.text.chars().count() <= max, "{t:?} -> {:?}", once.text);
+                let twice = p.prepare(&once.text);
+                assert_eq!(twice.text, once.text, "{t:?}");
+                assert!(!twice.truncated, "{t:?}");
+            }
+        }
+        assert!(cut > 1000, "the cap cut only {cut} texts");
     }
 
     #[test]
