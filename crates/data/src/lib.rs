@@ -21,12 +21,14 @@ mod stream;
 mod text;
 
 pub use cases::{join_turns, load_cases, InputKind, LabeledCase};
-pub use error::{DataError, Result};
-pub use io::{read_table, write_table, Format};
+pub use error::{printable, DataError, Result};
+pub use io::{read_table, table_columns, write_table, Format};
 pub use prepare::{
     prepare, split_indices, PrepareConfig, PrepareStats, SplitCounts, TextLenQuantiles,
 };
-pub use stream::{chunk_texts, ChunkReader, ChunkWriter};
+pub use stream::{
+    check_case_columns, chunk_texts, job_dir, Chunk, ChunkReader, ChunkWriter, Committed, Position,
+};
 pub use text::{mask_pii, normalize_text};
 
 /// Re-exported so callers can name frame types without their own polars import.
