@@ -784,6 +784,32 @@ fn empty_input_gives_output_with_its_columns() {
     assert_eq!(summary(&o)["rows"], 0);
 }
 
+#[test]
+fn eval_refuses_data_without_labels() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("unlabelled.csv");
+    std::fs::write(&data, "id,text\n1,where is my parcel\n2,refund please\n").unwrap();
+    let report = tmp.path().join("r");
+    let o = run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("unlabelled.csv") && e.contains("column 'l1'"),
+        "{e}"
+    );
+    assert!(!report.join("report.json").exists());
+}
+
 /// A transformer bundle on a tiny random encoder, trained through the CLI.
 fn tiny_transformer(dir: &Path) -> PathBuf {
     let enc = dir.join("enc");
