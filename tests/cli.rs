@@ -657,8 +657,8 @@ fn damaged_rows_are_kept_named_and_counted() {
             rows[i]
         );
     }
-    for i in 1..6 {
-        assert!(rows[i]["l1"].is_null() && rows[i]["served_by"].is_null());
+    for r in &rows[1..6] {
+        assert!(r["l1"].is_null() && r["served_by"].is_null(), "{r}");
     }
     let s = summary(&o);
     assert_eq!(s["rows"], 7);
