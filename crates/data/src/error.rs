@@ -144,30 +144,30 @@ pub(crate) fn one_line(s: &str) -> String {
 
 /// polars parse errors carry multi-line hints meant for Python users and
 /// quote whole runs of the file; keep the first line and the original error,
-/// with long quoted snippets shortened.
+/// with quoted snippets of the file elided.
 pub(crate) fn tidy_polars(s: &str) -> String {
     let original = s
         .split_once("Original error: ```")
         .and_then(|(_, r)| r.split_once("```"))
-        .map(|(o, _)| shorten_snippets(&one_line(o)));
+        .map(|(o, _)| elide_snippets(&one_line(o)));
     // Quoted snippets may span lines, so cut at the hint markers, not at lines.
     let head = s
         .split("You might want to try")
         .next()
         .and_then(|h| h.split("The current offset").next())
         .unwrap_or(s);
-    let head = shorten_snippets(one_line(head).trim_end_matches([';', ' ', '.']));
+    let head = elide_snippets(one_line(head).trim_end_matches([';', ' ', '.']));
     match original {
         Some(o) if !head.is_empty() => format!("{head}: {o}"),
         Some(o) => o,
-        None => shorten_snippets(&one_line(s)),
+        None => elide_snippets(&one_line(s)),
     }
 }
 
 /// Elide every backtick-quoted snippet: polars quotes the file's content
 /// there, which may be case text (names, addresses, order numbers). Type
 /// names (`str`, `i64`, ...) are kept; other snippets become their length.
-fn shorten_snippets(s: &str) -> String {
+fn elide_snippets(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for (i, part) in s.split('`').enumerate() {
         if i > 0 {
