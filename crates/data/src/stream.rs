@@ -822,9 +822,15 @@ fn located(path: &Path, line: u64, what: &str) -> String {
 fn check_json_line(raw: &[u8]) -> (Vec<u8>, Option<String>) {
     let body = raw.strip_suffix(b"\n").unwrap_or(raw);
     let body = body.strip_suffix(b"\r").unwrap_or(body);
-    let (text, damage) = field_text(Cow::Borrowed(body));
-    // A NUL byte inside a string is a raw control character, which JSON
-    // refuses: it was replaced above, so the rest of the row survives.
+    let (mut text, mut damage) = field_text(Cow::Borrowed(body));
+    // A raw control character (NUL, ESC, ...) is never valid JSON; replaced
+    // like the NUL bytes above, the rest of the row survives. Tabs and
+    // carriage returns are left: they are valid between values.
+    let raw_control = |c: char| c.is_ascii_control() && c != '\t' && c != '\r';
+    if text.contains(raw_control) {
+        text = Cow::Owned(text.replace(raw_control, "\u{FFFD}"));
+        damage = damage.or(Some("control character"));
+    }
     let object = text.trim_start().starts_with('{');
     match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
         Ok(_) if object => {

@@ -698,6 +698,7 @@ fn damaged_jsonl_lines_are_kept_with_their_fault() {
     body.extend_from_slice(b"{\"id\":\"c\",\"text\":\"nul \0 here\"}\n");
     body.extend_from_slice(b"{\"id\":\"d\",\"text\":\"trunc\n");
     body.extend_from_slice(b"[1, 2]\n");
+    body.extend_from_slice(b"{\"id\":\"f\",\"text\":\"esc \x1b[2J here\"}\n");
     body.extend_from_slice(b"{\"id\":\"e\",\"text\":\"last\"}");
     let p = dir.path().join("bad.jsonl");
     std::fs::write(&p, &body).unwrap();
@@ -705,7 +706,15 @@ fn damaged_jsonl_lines_are_kept_with_their_fault() {
     let ids: Vec<Option<&str>> = ids.iter().map(|i| i.as_deref()).collect();
     assert_eq!(
         ids,
-        [Some("a"), Some("b"), Some("c"), None, None, Some("e")]
+        [
+            Some("a"),
+            Some("b"),
+            Some("c"),
+            None,
+            None,
+            Some("f"),
+            Some("e")
+        ]
     );
     let name = p.display().to_string();
     assert_eq!(faults[0], None);
@@ -724,7 +733,11 @@ fn damaged_jsonl_lines_are_kept_with_their_fault() {
         faults[4].as_deref(),
         Some(format!("{name}: line 7: not a JSON object").as_str())
     );
-    assert_eq!(faults[5], None);
+    assert_eq!(
+        faults[5].as_deref(),
+        Some(format!("{name}: line 8, column 'text': control character").as_str())
+    );
+    assert_eq!(faults[6], None);
 }
 
 #[test]
@@ -915,15 +928,15 @@ fn faulty_jsonl(seed: u64, n: usize) -> Faulty {
         let text = random_text(&mut rng, true);
         let good = serde_json::json!({"id": id, "text": text, "region": "EU"}).to_string();
         let (rec, known) = match if i > 0 && rng.random_bool(0.3) {
-            rng.random_range(0..4)
+            rng.random_range(0..5)
         } else {
             usize::MAX
         } {
-            // Invalid UTF-8 and a raw NUL inside the text: the row survives.
-            k @ (0 | 1) => {
+            // Invalid UTF-8, a raw NUL or ESC inside the text: the row survives.
+            k @ (0 | 1 | 4) => {
                 let mut b = good.clone().into_bytes();
                 let at = good.find("\"text\":\"").unwrap() + 8;
-                b.insert(at, if k == 0 { 0xFF } else { 0 });
+                b.insert(at, [0xFF, 0, 0, 0, 0x1B][k]);
                 (b, Some(true))
             }
             // Cut short, and not an object: only the line is known.
