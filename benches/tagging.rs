@@ -38,7 +38,7 @@ fn models_dir() -> PathBuf {
 fn chunk() -> polars::prelude::DataFrame {
     let path = root().join("data/aftersales/test.csv");
     let mut r = ChunkReader::open(&path, N).expect("open test split");
-    let df = r.next_chunk().expect("read").expect("rows");
+    let df = r.next_chunk().expect("read").expect("rows").df;
     assert_eq!(df.height(), N, "the test split has at least {N} rows");
     df
 }

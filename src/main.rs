@@ -99,9 +99,10 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            // One line, whatever the error carried.
-            let msg = f.message.replace('\n', " ");
-            eprintln!("error: {msg}");
+            // One line, whatever the error carried, with control characters
+            // escaped (messages can quote file names and column names).
+            let msg = f.message.replace(['\n', '\r'], " ");
+            eprintln!("error: {}", casetag_data::printable(&msg));
             ExitCode::from(f.code)
         }
     }

@@ -40,3 +40,11 @@ pub fn note(msg: &str) {
         tracing::info!("{msg}");
     }
 }
+
+/// A warning on stderr, one line, control characters escaped.
+pub fn warn(msg: &str) {
+    eprintln!(
+        "warning: {}",
+        casetag_data::printable(&msg.replace(['\n', '\r'], " "))
+    );
+}

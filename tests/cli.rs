@@ -555,3 +555,474 @@ fn eval_gate_regression_and_coverage_checks() {
     let o = eval(&same, "max_regresion:\n  l3: 0.0\n");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// The rows of a JSONL output.
+fn jsonl_rows(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The JSON summary `tag` prints last on stderr.
+fn summary(o: &Output) -> serde_json::Value {
+    let e = stderr(o);
+    let last = e.trim().lines().last().unwrap_or_default().to_string();
+    serde_json::from_str(&last).unwrap_or_else(|_| panic!("no summary in: {e}"))
+}
+
+#[test]
+fn blank_lines_never_end_the_input() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = |r: std::ops::Range<usize>| -> String {
+        r.map(|i| format!("c{i},where is my parcel {i}\n"))
+            .collect()
+    };
+    for (name, body, chunk) in [
+        // One empty line after row 100, one row per chunk.
+        (
+            "one.csv",
+            format!("id,text\n{}\n{}", rows(0..100), rows(100..150)),
+            "1",
+        ),
+        // A run of blank lines longer than a chunk.
+        (
+            "run.csv",
+            format!(
+                "id,text\n{}{}{}",
+                rows(0..100),
+                "\n".repeat(40),
+                rows(100..150)
+            ),
+            "16",
+        ),
+    ] {
+        let input = tmp.path().join(name);
+        std::fs::write(&input, body).unwrap();
+        let out = tmp.path().join(format!("{name}.jsonl"));
+        let o = tag(model, &input, &out, &["--chunk-rows", chunk]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let ids: Vec<String> = jsonl_rows(&out)
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = (0..150).map(|i| format!("c{i}")).collect();
+        assert_eq!(ids, want, "{name}");
+        assert_eq!(summary(&o)["rows"], 150);
+    }
+}
+
+#[test]
+fn damaged_rows_are_kept_named_and_counted() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.csv");
+    let mut body = b"id,text,region\n".to_vec();
+    body.extend_from_slice(b"a,my refund never arrived,EU\n");
+    body.extend_from_slice(b"b,ragged,row,with,extra\n");
+    body.extend_from_slice(b"c,\"bad \xFF utf8 jo@x.io\",EU\n");
+    body.extend_from_slice(b"d,\"nul \0\x1b[31m byte\",EU\n");
+    body.extend_from_slice(b"e,,EU\n");
+    body.extend_from_slice(b"f,\"unterminated parcel text\n");
+    body.extend_from_slice(b"g,the parcel is lost,US\n");
+    std::fs::write(&input, &body).unwrap();
+    let out = tmp.path().join("out.jsonl");
+    let o = tag(model, &input, &out, &["--chunk-rows", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = jsonl_rows(&out);
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b", "c", "d", "e", "f", "g"]);
+    let err = |i: usize| rows[i]["error"].as_str().unwrap_or_default().to_string();
+    let name = input.display().to_string();
+    assert_eq!(
+        err(1),
+        format!("{name}: line 3: expected 3 fields, found 5")
+    );
+    assert_eq!(
+        err(2),
+        format!("{name}: line 4, column 'text': invalid UTF-8")
+    );
+    assert_eq!(err(3), format!("{name}: line 5, column 'text': NUL byte"));
+    assert!(err(4).contains("empty"));
+    assert_eq!(
+        err(5),
+        format!("{name}: line 7, column 'text': quoted field is never closed")
+    );
+    for i in [0, 6] {
+        assert!(
+            rows[i]["error"].is_null() && rows[i]["l1"].is_string(),
+            "{}",
+            rows[i]
+        );
+    }
+    for r in &rows[1..6] {
+        assert!(r["l1"].is_null() && r["served_by"].is_null(), "{r}");
+    }
+    let s = summary(&o);
+    assert_eq!(s["rows"], 7);
+    assert_eq!(s["tagged_rows"], 2);
+    assert_eq!(s["bad_input_rows"], 4);
+    assert_eq!(s["empty_text_rows"], 1);
+    assert_eq!(s["rows_by_model"]["baseline"], 2);
+    assert_eq!(s["fallback_rows"], 0);
+    // stderr names the lines, never echoes raw control characters or the
+    // case text.
+    let e = stderr(&o);
+    assert!(e.contains("line 5, column 'text': NUL byte"), "{e}");
+    assert!(!e.contains('\u{1b}') && !e.contains('\0'), "{e:?}");
+    assert!(
+        !e.contains("jo@x.io") && !e.contains("unterminated parcel"),
+        "{e}"
+    );
+}
+
+#[test]
+fn damaged_jsonl_lines_are_kept() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    let mut body = Vec::new();
+    body.extend_from_slice(b"{\"id\":\"a\",\"text\":\"where is my parcel\"}\n\n");
+    body.extend_from_slice(b"{\"id\":\"b\",\"text\":\"refund \xFF please\"}\n");
+    body.extend_from_slice(b"{\"id\":\"c\",\"text\":\"cut sh\n");
+    body.extend_from_slice(b"{\"id\":\"d\",\"text\":\"cancel my order\"}\n");
+    std::fs::write(&input, &body).unwrap();
+    let out = tmp.path().join("out.csv");
+    let o = tag(model, &input, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(count_csv_rows(&out), 4);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("line 3, column 'text': invalid UTF-8"),
+        "{text}"
+    );
+    assert!(text.contains("line 4, column 24: invalid JSON"), "{text}");
+    let s = summary(&o);
+    assert_eq!(
+        (s["rows"].as_u64(), s["bad_input_rows"].as_u64()),
+        (Some(4), Some(2))
+    );
+}
+
+#[test]
+fn whole_job_failures_are_one_line_exit_2_and_leave_nothing() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("in.csv");
+    std::fs::write(&good, "id,text\n1,where is my parcel\n").unwrap();
+    let file = tmp.path().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    let dir_out = tmp.path().join("dir.csv");
+    std::fs::create_dir(&dir_out).unwrap();
+    let dup = tmp.path().join("dup.csv");
+    std::fs::write(&dup, "id,text,id\n1,hello,2\n").unwrap();
+    let esc = tmp.path().join("esc.csv");
+    std::fs::write(&esc, "id,bo\u{1b}[2Jdy\n1,hello\n").unwrap();
+    let out = tmp.path().join("o.csv");
+    for (input, output, needle) in [
+        // Output folders that cannot be made, or a directory in the way.
+        (&good, file.join("o.csv"), "cannot write"),
+        (&good, dir_out.clone(), "is a directory"),
+        // Repeated input columns.
+        (
+            &dup,
+            out.clone(),
+            "column 'id': appears twice in the header (columns 1 and 3)",
+        ),
+        // A missing column whose neighbours hold control characters.
+        (
+            &esc,
+            out.clone(),
+            "column 'text': missing (found: id, bo\\u{1b}[2Jdy)",
+        ),
+    ] {
+        let o = tag(model, input, &output, &[]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+        assert!(e.contains(needle), "{needle}: {e}");
+        assert!(!e.contains('\u{1b}'), "{e:?}");
+        assert!(!out.exists());
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn empty_input_gives_output_with_its_columns() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "id,text,region\n\n").unwrap();
+    let out = tmp.path().join("o.csv");
+    let o = tag(model, &input, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "id,text,region,l1,l2,l3,depth,conf_l1,conf_l2,conf_l3,out_of_scope,oos_score,actions,served_by,model_id,error\n"
+    );
+    // Parquet output keeps the types too.
+    let pq = tmp.path().join("o.parquet");
+    let o = tag(model, &input, &pq, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    use polars::prelude::SerReader;
+    let df = polars::prelude::ParquetReader::new(std::fs::File::open(&pq).unwrap())
+        .finish()
+        .unwrap();
+    assert_eq!(df.height(), 0);
+    assert_eq!(df.width(), 16);
+    assert_eq!(
+        df.column("conf_l1").unwrap().dtype(),
+        &polars::prelude::DataType::Float32
+    );
+    assert_eq!(summary(&o)["rows"], 0);
+}
+
+#[test]
+fn eval_refuses_data_without_labels() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("unlabelled.csv");
+    std::fs::write(&data, "id,text\n1,where is my parcel\n2,refund please\n").unwrap();
+    let report = tmp.path().join("r");
+    let o = run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("unlabelled.csv") && e.contains("column 'l1'"),
+        "{e}"
+    );
+    assert!(!report.join("report.json").exists());
+}
+
+/// A transformer bundle on a tiny random encoder, trained through the CLI.
+fn tiny_transformer(dir: &Path) -> PathBuf {
+    let enc = dir.join("enc");
+    casetag_transformer::fixtures::write_tiny_bert(&enc, 7).unwrap();
+    let train = dir.join("train.csv");
+    let mut body = String::from("text,l1\n");
+    for i in 0..40 {
+        let (t, l) = if i % 2 == 0 {
+            ("refund my money back please", "refund")
+        } else {
+            ("where is my parcel tracking late", "logistics")
+        };
+        body.push_str(&format!("{t} {i},{l}\n"));
+    }
+    std::fs::write(&train, body).unwrap();
+    let m = dir.join("transformer");
+    let o = run(&[
+        "train",
+        "--kind",
+        "transformer",
+        "--train",
+        train.to_str().unwrap(),
+        "--encoder",
+        enc.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--out",
+        m.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "train: {}", stderr(&o));
+    m
+}
+
+#[test]
+fn fallback_must_be_a_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tiny_transformer(tmp.path());
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "text\nwhere is my parcel\n").unwrap();
+    let out = tmp.path().join("o.csv");
+    let o = tag(
+        baseline(),
+        &input,
+        &out,
+        &["--fallback", t.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("--fallback") && e.contains("baseline"), "{e}");
+    assert!(!out.exists());
+    // The transformer with the baseline behind it: rows counted by model.
+    let o = tag(
+        &t,
+        &input,
+        &out,
+        &["--fallback", baseline().to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["rows_by_model"]["transformer"], 1, "{s}");
+    assert_eq!(s["fallback_rows"], 0);
+    // A primary that does not load: the fallback answers, and says so.
+    let broken = tmp.path().join("broken");
+    copy_bundle(&t, &broken);
+    std::fs::write(broken.join("manifest.json"), "{").unwrap();
+    let o = tag(
+        &broken,
+        &input,
+        &out,
+        &["--fallback", baseline().to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["rows_by_model"]["baseline"], 1, "{s}");
+    assert_eq!(s["fallback_rows"], 1, "{s}");
+    assert_eq!(s["primary_loaded"], false, "{s}");
+}
+
+/// Run `tag` until it stops at `failpoint` (or, with `None`, is killed
+/// after `wait`), kill it with SIGKILL and check it left no output.
+fn kill_tag(
+    model: &Path,
+    input: &Path,
+    out: &Path,
+    args: &[&str],
+    failpoint: Option<&str>,
+    wait: std::time::Duration,
+) {
+    use std::io::BufRead;
+    let mut cmd = bin();
+    cmd.args([
+        "tag",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ])
+    .args(["--output", out.to_str().unwrap()])
+    .args(args)
+    .stderr(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::null());
+    if let Some(f) = failpoint {
+        cmd.env("CASETAG_TAG_FAILPOINT", f);
+    }
+    let mut child = cmd.spawn().unwrap();
+    match failpoint {
+        Some(f) => {
+            let err = std::io::BufReader::new(child.stderr.take().unwrap());
+            let mut seen = Vec::new();
+            let mut reached = false;
+            for line in err.lines() {
+                let line = line.unwrap();
+                if line.contains("failpoint") {
+                    reached = true;
+                    break;
+                }
+                seen.push(line);
+            }
+            assert!(reached, "{f}: ended before its failpoint: {seen:?}");
+        }
+        None => std::thread::sleep(wait),
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Property: a `tag` job killed with SIGKILL at any point and rerun with
+/// `--resume` writes the same bytes as a job never interrupted. Kill points:
+/// after a chunk's part file is written but before it is committed, right
+/// after a commit, at random chunks (seeded), and at random times.
+#[test]
+fn killed_tag_resumes_to_identical_output() {
+    use rand::{Rng, SeedableRng};
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = root().join("data/aftersales/test.csv");
+    let chunk = ["--chunk-rows", "97"];
+    let n_chunks = count_csv_rows(&input).div_ceil(97);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    for ext in ["csv", "parquet"] {
+        let reference = tmp.path().join(format!("reference.{ext}"));
+        let o = tag(model, &input, &reference, &chunk);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let want = std::fs::read(&reference).unwrap();
+        let out = tmp.path().join(format!("resumed.{ext}"));
+        let mut points: Vec<Option<String>> = vec![
+            Some("1:part".into()),
+            Some(format!("{}:commit", n_chunks - 1)),
+            Some(format!("{n_chunks}:part")),
+        ];
+        for _ in 0..2 {
+            let k = rng.random_range(1..=n_chunks);
+            points.push(Some(format!(
+                "{k}:{}",
+                ["part", "commit"][rng.random_range(0..2)]
+            )));
+        }
+        points.push(None);
+        for p in points {
+            let wait = std::time::Duration::from_millis(rng.random_range(50..1500));
+            kill_tag(model, &input, &out, &chunk, p.as_deref(), wait);
+            let ctx = format!("{ext}, killed at {p:?} / {wait:?}");
+            if p.is_some() {
+                assert!(!out.exists(), "{ctx}: output appeared before the end");
+                assert!(
+                    tmp.path()
+                        .join(format!(".resumed.{ext}.casetag-job"))
+                        .is_dir(),
+                    "{ctx}"
+                );
+            }
+            // Other options are refused: the output would differ.
+            if p.as_deref() == Some(format!("{}:commit", n_chunks - 1).as_str()) {
+                let o = tag(model, &input, &out, &["--chunk-rows", "50", "--resume"]);
+                assert_eq!(o.status.code(), Some(2), "{ctx}: {}", stderr(&o));
+                assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+            }
+            let mut args = chunk.to_vec();
+            args.push("--resume");
+            let o = tag(model, &input, &out, &args);
+            assert!(o.status.success(), "{ctx}: {}", stderr(&o));
+            assert!(
+                std::fs::read(&out).unwrap() == want,
+                "{ctx}: output differs"
+            );
+            let s = summary(&o);
+            assert_eq!(
+                s["rows"].as_u64(),
+                Some(count_csv_rows(&input) as u64),
+                "{ctx}"
+            );
+            std::fs::remove_file(&out).unwrap();
+        }
+        // Without --resume a killed job's state is dropped and the job
+        // starts over; nothing is left beside the output afterwards.
+        kill_tag(
+            model,
+            &input,
+            &out,
+            &chunk,
+            Some("2:commit"),
+            Default::default(),
+        );
+        let o = tag(model, &input, &out, &chunk);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(summary(&o)["resumed_rows"], 0);
+        assert!(std::fs::read(&out).unwrap() == want);
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

@@ -172,6 +172,18 @@ pub fn run(a: Args) -> CmdResult {
         }
         None => None,
     };
+    // Without label columns every row would count as out of scope and the
+    // report would measure nothing; refuse before loading any model.
+    let columns = casetag_data::table_columns(&a.data)?;
+    let labelled = |l: &str| columns.iter().any(|c| c == l) || labels.iter().any(|(_, d)| d == l);
+    if !labelled("l1") {
+        return Err(Failure::input(format!(
+            "{}: column 'l1': missing; eval needs label columns (l1, and l2, l3 for deeper levels) \
+             or --label-column SRC=l1 (found: {})",
+            a.data.display(),
+            columns.join(", ")
+        )));
+    }
     let (examples, extra, kept) = super::load_examples(&a.data, &labels)?;
     if examples.is_empty() {
         return Err(Failure::input(format!(

@@ -1,11 +1,15 @@
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use casetag_core::Transcript;
-use casetag_data::{chunk_texts, ChunkReader, ChunkWriter, Format};
+use casetag_data::{
+    check_case_columns, chunk_texts, printable, Chunk, ChunkReader, ChunkWriter, Format, Position,
+};
 use casetag_engine::{Tagged, Tagger};
 use clap::Parser;
 use polars::prelude::{Column, DataFrame};
+use serde::{Deserialize, Serialize};
 
 use crate::{progress, CmdResult, Failure};
 
@@ -13,17 +17,30 @@ use crate::{progress, CmdResult, Failure};
 /// as a whole, so a batch job can be evaluated the way it runs.
 pub const CHUNK_ROWS: usize = 50_000;
 
+/// Warnings printed per kind of bad row; the summary counts them all.
+const WARN_ROWS: usize = 10;
+
 /// Tag a case-level table in batch. The input is streamed in chunks (never
 /// whole in memory); each chunk is tagged in parallel; the output has the
 /// input's format and columns plus l1, l2, l3, depth, conf_l1..conf_l3,
-/// out_of_scope, oos_score, actions, served_by, model_id and error. Rows in = rows out:
-/// a row that cannot be tagged keeps its place with `error` set.
+/// out_of_scope, oos_score, actions, served_by, model_id and error.
+///
+/// Rows in = rows out: a row that cannot be tagged (empty text, or damaged
+/// input: a ragged row, a bad quote, invalid UTF-8, a NUL byte, a JSONL line
+/// that is not a JSON object) keeps its place with `error` set, naming the
+/// file, line and column; blank lines are not rows and are skipped. Only an
+/// unreadable input, a missing `text` column or a bad output path stop the
+/// job, before any tagging.
+///
+/// The job is crash-safe: each chunk is committed to a job directory beside
+/// the output (`.NAME.casetag-job`), and the output appears only when every
+/// row is written. A killed job continues with `--resume`.
 #[derive(Parser)]
 pub struct Args {
     /// Model bundle directory.
     #[arg(long)]
     model: PathBuf,
-    /// Fallback bundle (the baseline) used when the model fails to load or errors.
+    /// Fallback bundle, a baseline, used when the model fails to load or errors.
     #[arg(long)]
     fallback: Option<PathBuf>,
     /// Input table (.csv, .parquet, .jsonl/.ndjson) with a `text` column.
@@ -35,6 +52,13 @@ pub struct Args {
     /// Rows per chunk.
     #[arg(long, default_value_t = CHUNK_ROWS)]
     chunk_rows: usize,
+    /// Continue an interrupted job on the same output from its last
+    /// committed chunk; the output is the same as an uninterrupted run's.
+    /// The input, models and options must be those of the interrupted run
+    /// (refused otherwise). Without an interrupted job, starts from the
+    /// beginning. Without --resume, an interrupted job's state is discarded.
+    #[arg(long)]
+    resume: bool,
     /// Judge out of scope over each chunk as a whole: a kind of case that
     /// recurs in the chunk but resembles no training case of its predicted
     /// class is declared out of scope far more often, and a case's nearest
@@ -55,7 +79,7 @@ struct Cols<'a> {
     actions: Vec<Option<String>>,
     served_by: Vec<Option<&'a str>>,
     model_id: Vec<Option<&'a str>>,
-    error: Vec<Option<&'static str>>,
+    error: Vec<Option<String>>,
 }
 
 impl<'a> Cols<'a> {
@@ -73,7 +97,7 @@ impl<'a> Cols<'a> {
         }
     }
 
-    fn push(&mut self, t: Option<&'a Tagged>, error: Option<&'static str>) {
+    fn push(&mut self, t: Option<&'a Tagged>, error: Option<String>) {
         match t {
             Some(t) => {
                 let d = &t.decision;
@@ -161,35 +185,180 @@ impl<'a> Cols<'a> {
     }
 }
 
+/// Row counts of a job so far; committed with every chunk, so a resumed
+/// job's summary covers the whole input.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Counts {
+    rows: usize,
+    /// Rows with empty or missing text.
+    empty_text: usize,
+    /// Rows whose input was damaged.
+    bad_input: usize,
+    /// Tagged rows by the kind of model that answered them.
+    by_model: BTreeMap<String, usize>,
+    /// Tagged rows answered by the fallback bundle.
+    fallback: usize,
+}
+
+/// What is committed with each chunk: the job it belongs to, where the
+/// input continues, and the counts so far.
+#[derive(Debug, Serialize, Deserialize)]
+struct JobState {
+    job: serde_json::Value,
+    position: Position,
+    counts: Counts,
+}
+
+/// What a resumed run must share with the interrupted one for the output
+/// to be the same as an uninterrupted run's.
+fn job_identity(a: &Args, tagger: &Tagger) -> Result<serde_json::Value, Failure> {
+    let meta = std::fs::metadata(&a.input)
+        .map_err(|e| Failure::input(format!("{}: {e}", a.input.display())))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string());
+    let input = std::fs::canonicalize(&a.input).unwrap_or_else(|_| a.input.clone());
+    let model = |m: Option<&casetag_engine::LoadedModel>| {
+        m.map(|m| serde_json::json!({"id": m.id(), "kind": m.kind(), "created": m.bundle.manifest.created}))
+    };
+    Ok(serde_json::json!({
+        "input": input,
+        "input_bytes": meta.len(),
+        "input_modified": modified,
+        "model": model(tagger.primary.as_ref()),
+        "fallback": model(tagger.fallback.as_ref()),
+        "chunk_rows": a.chunk_rows,
+        "batch_novelty": a.batch_novelty,
+    }))
+}
+
+/// A crash-test hook: with `CASETAG_TAG_FAILPOINT=K:part` (or `K:commit`)
+/// the job stops for good once chunk K's part file is written (or
+/// committed) and says so on stderr, so a test can kill it at a known
+/// point of the commit protocol.
+fn failpoint(chunk: usize, phase: &str) {
+    let Ok(v) = std::env::var("CASETAG_TAG_FAILPOINT") else {
+        return;
+    };
+    if v == format!("{chunk}:{phase}") {
+        eprintln!("failpoint {v} reached");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 pub fn run(a: Args) -> CmdResult {
     if a.chunk_rows == 0 {
         return Err(Failure::input("--chunk-rows must be at least 1"));
     }
     let out_format = Format::from_path(&a.output)?;
+    // The input and its columns are checked before any model is loaded.
+    let mut reader = ChunkReader::open(&a.input, a.chunk_rows)?;
+    let mut first = None;
+    if reader.empty_frame().is_none() {
+        // JSONL: the columns are those of the first chunk.
+        first = reader.next_chunk()?;
+    }
+    let empty = first
+        .as_ref()
+        .map(|c| c.df.clear())
+        .or_else(|| reader.empty_frame());
+    if let Some(df) = &empty {
+        let names: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
+        check_case_columns(&a.input, &names)?;
+    }
+    let empty = empty.unwrap_or_default();
+
     let mut tagger = Tagger::load(&a.model, a.fallback.as_deref())?;
+    if let (Some(p), Some(f)) = (&a.fallback, &tagger.fallback) {
+        if f.kind() != "baseline" {
+            return Err(Failure::input(format!(
+                "--fallback {}: model '{}' is a {}; the fallback must be a baseline bundle",
+                p.display(),
+                f.id(),
+                f.kind()
+            )));
+        }
+    }
     if a.batch_novelty {
         tagger.enable_batch_novelty()?;
     }
-    let mut reader = ChunkReader::open(&a.input, a.chunk_rows)?;
+    if tagger.primary.is_none() {
+        progress::warn(&format!(
+            "{}: the model did not load; every row is tagged by the fallback",
+            a.model.display()
+        ));
+    }
+    let job = job_identity(&a, &tagger)?;
+
+    let mut counts = Counts::default();
+    let mut writer = None;
+    if a.resume {
+        match ChunkWriter::resume(&a.output, out_format)? {
+            Some((w, done)) if done.chunks > 0 => {
+                let dir = casetag_data::job_dir(&a.output);
+                let state: JobState = serde_json::from_value(done.state).map_err(|_| {
+                    Failure::input(format!(
+                        "--resume: {}: the interrupted job's state is unreadable; \
+                         run without --resume to start over",
+                        dir.display()
+                    ))
+                })?;
+                if state.job != job {
+                    return Err(Failure::input(format!(
+                        "--resume: {}: the interrupted job had another input, model or options; \
+                         run without --resume to start over",
+                        dir.display()
+                    )));
+                }
+                reader.seek(state.position)?;
+                first = None;
+                counts = state.counts;
+                progress::note(&format!(
+                    "resuming after {} committed chunk(s), {} rows",
+                    done.chunks, counts.rows
+                ));
+                writer = Some(w);
+            }
+            _ => progress::note(
+                "--resume: no interrupted job for this output; starting from the beginning",
+            ),
+        }
+    }
+    let writer = match writer {
+        Some(w) => w,
+        None => ChunkWriter::create(&a.output, out_format)?,
+    };
+    let committed_before = writer.chunks();
+    let resumed_rows = counts.rows;
     let total = reader.total_rows_hint();
-    let mut writer = ChunkWriter::create(&a.output, out_format)?;
     let pb = progress::bar(total.map(|t| t as u64), "tagging");
+    pb.set_position(counts.rows as u64);
     let t0 = Instant::now();
 
     // Read the next chunk on another thread while this one is tagged.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<DataFrame, Failure>>(1);
-    let input = a.input.clone();
-    let reader_thread = std::thread::spawn(move || loop {
-        match reader.next_chunk() {
-            Ok(Some(df)) => {
-                if tx.send(Ok(df)).is_err() {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, Failure>>(1);
+    let reader_thread = std::thread::spawn(move || {
+        if let Some(c) = first {
+            if tx.send(Ok(c)).is_err() {
+                return;
+            }
+        }
+        loop {
+            match reader.next_chunk() {
+                Ok(Some(c)) => {
+                    if tx.send(Ok(c)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(Failure::from(e)));
                     return;
                 }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Err(Failure::from(e)));
-                return;
             }
         }
     });
@@ -197,78 +366,159 @@ pub fn run(a: Args) -> CmdResult {
     // Build the output columns and write on a third thread: reading, tagging
     // and writing overlap, the tagging thread goes straight on to the next
     // chunk, and at most two chunks wait in each hand-off.
-    let (wtx, wrx) = std::sync::mpsc::sync_channel::<(DataFrame, Vec<bool>, Vec<Tagged>)>(1);
+    struct Done {
+        df: DataFrame,
+        errors: Vec<Option<String>>,
+        tagged: Vec<Tagged>,
+        state: serde_json::Value,
+    }
+    let (wtx, wrx) = std::sync::mpsc::sync_channel::<Done>(1);
     let writer_thread = std::thread::spawn(move || -> Result<ChunkWriter, Failure> {
-        for (mut df, present, tagged) in wrx {
-            let mut cols = Cols::with_capacity(present.len());
-            let mut answers = tagged.iter();
-            for ok in present {
-                if ok {
-                    cols.push(answers.next(), None);
-                } else {
-                    cols.push(None, Some("empty or missing text"));
+        let mut writer = writer;
+        for mut d in wrx {
+            let mut cols = Cols::with_capacity(d.errors.len());
+            let mut answers = d.tagged.iter();
+            for e in d.errors {
+                match e {
+                    None => cols.push(answers.next(), None),
+                    Some(e) => cols.push(None, Some(e)),
                 }
             }
-            cols.attach(&mut df)?;
-            writer.write(&mut df)?;
+            cols.attach(&mut d.df)?;
+            writer.write_part(&mut d.df)?;
+            failpoint(writer.chunks() + 1, "part");
+            writer.commit(&d.state)?;
+            failpoint(writer.chunks(), "commit");
         }
         Ok(writer)
     });
 
-    let (mut rows, mut bad, mut fallbacks) = (0usize, 0usize, 0usize);
+    let input = a.input.clone();
+    let primary_id = tagger.primary.as_ref().map(|p| p.id().to_string());
+    let mut warned = (0usize, 0usize);
+    let mut sent = 0usize;
     let tagged_all = (|| -> Result<(), Failure> {
         for chunk in rx {
-            let df = chunk?;
+            let Chunk { df, faults, end } = chunk?;
             let texts = chunk_texts(&df)?;
-            let present: Vec<bool> = texts.iter().map(Option::is_some).collect();
-            let cases: Vec<Transcript> = texts.into_iter().flatten().map(Transcript::new).collect();
-            let tagged = tagger.tag(&cases, 0)?;
-            drop(cases);
-            fallbacks += tagged
-                .iter()
-                .filter(|t| t.served_by == "baseline" && tagger.active().kind() != "baseline")
-                .count();
-            for (i, &ok) in present.iter().enumerate() {
-                if !ok {
-                    bad += 1;
-                    if bad <= 10 {
-                        eprintln!(
-                            "warning: {}: row {}: empty or missing text; kept untagged",
-                            input.display(),
-                            rows + i + 1
-                        );
+            let mut errors = Vec::with_capacity(texts.len());
+            let mut cases = Vec::with_capacity(texts.len());
+            for (i, (text, fault)) in texts.into_iter().zip(faults).enumerate() {
+                let row = counts.rows + i + 1;
+                match (fault, text) {
+                    (Some(f), _) => {
+                        counts.bad_input += 1;
+                        warned.0 += 1;
+                        if warned.0 <= WARN_ROWS {
+                            progress::warn(&format!("{f}; kept untagged"));
+                        }
+                        errors.push(Some(f));
+                    }
+                    (None, None) => {
+                        counts.empty_text += 1;
+                        warned.1 += 1;
+                        if warned.1 <= WARN_ROWS {
+                            progress::warn(&format!(
+                                "{}: row {row}: empty or missing text; kept untagged",
+                                input.display()
+                            ));
+                        }
+                        errors.push(Some("empty or missing text".to_string()));
+                    }
+                    (None, Some(t)) => {
+                        cases.push(Transcript::new(t));
+                        errors.push(None);
                     }
                 }
             }
-            rows += present.len();
-            if wtx.send((df, present, tagged)).is_err() {
+            let tagged = tagger.tag(&cases, 0)?;
+            drop(cases);
+            for t in &tagged {
+                *counts.by_model.entry(t.served_by.clone()).or_default() += 1;
+                if primary_id.as_deref() != Some(t.model_id.as_str()) {
+                    counts.fallback += 1;
+                }
+            }
+            counts.rows += errors.len();
+            let state = serde_json::to_value(JobState {
+                job: job.clone(),
+                position: end,
+                counts: counts.clone(),
+            })
+            .map_err(Failure::internal)?;
+            let done = Done {
+                df,
+                errors,
+                tagged,
+                state,
+            };
+            if wtx.send(done).is_err() {
                 // The writer stopped on an error; it is reported below.
                 break;
             }
-            pb.set_position(rows as u64);
+            sent += 1;
+            pb.set_position(counts.rows as u64);
         }
         Ok(())
     })();
+    // An empty input still gets an output with its columns.
+    if tagged_all.is_ok() && sent == 0 && committed_before == 0 {
+        let state = serde_json::to_value(JobState {
+            job: job.clone(),
+            position: Position::default(),
+            counts: counts.clone(),
+        })
+        .map_err(Failure::internal)?;
+        let _ = wtx.send(Done {
+            df: empty,
+            errors: Vec::new(),
+            tagged: Vec::new(),
+            state,
+        });
+    }
     drop(wtx);
     let written = writer_thread
         .join()
         .map_err(|_| Failure::internal("writer thread panicked"))?;
     let _ = reader_thread.join();
     tagged_all?;
-    // Only a complete run is moved into place; a failed one leaves nothing.
+    // Only a complete run is moved into place; a failed one leaves no
+    // output (and its committed chunks for --resume).
     written?.finish()?;
     pb.finish_and_clear();
+    for (n, what) in [
+        (warned.0, "damaged input"),
+        (warned.1, "empty or missing text"),
+    ] {
+        if n > WARN_ROWS {
+            progress::warn(&format!(
+                "{}: {} more row(s) with {what}, kept untagged (see the `error` column)",
+                input.display(),
+                n - WARN_ROWS
+            ));
+        }
+    }
     let secs = t0.elapsed().as_secs_f64();
+    let untagged = counts.empty_text + counts.bad_input;
     let summary = serde_json::json!({
-        "rows": rows,
-        "untagged_rows": bad,
-        "fallback_rows": fallbacks,
+        "rows": counts.rows,
+        "tagged_rows": counts.rows - untagged,
+        "untagged_rows": untagged,
+        "bad_input_rows": counts.bad_input,
+        "empty_text_rows": counts.empty_text,
+        "rows_by_model": counts.by_model,
+        "fallback_rows": counts.fallback,
         "model": tagger.active().id(),
+        "primary_loaded": tagger.primary.is_some(),
+        "resumed_rows": resumed_rows,
         "batch_novelty": a.batch_novelty,
         "seconds": secs,
-        "cases_per_s": rows as f64 / secs.max(1e-9),
+        "cases_per_s": (counts.rows - resumed_rows) as f64 / secs.max(1e-9),
         "output": a.output,
     });
-    eprintln!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    eprintln!(
+        "{}",
+        printable(&serde_json::to_string(&summary).unwrap_or_default())
+    );
     Ok(())
 }

@@ -42,6 +42,10 @@ pub enum DataError {
     /// Writing output failed.
     #[error("{path}: cannot write: {msg}")]
     Write { path: String, msg: String },
+    /// An output path that cannot be written at all (its folder cannot be
+    /// created, a directory stands in its place): the user's to fix.
+    #[error("{path}: cannot write: {msg}")]
+    Output { path: String, msg: String },
     /// A failure that is not the input's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,6 +103,29 @@ impl DataError {
 
 pub type Result<T> = std::result::Result<T, DataError>;
 
+/// `s` safe to print on one terminal line: control characters (line breaks,
+/// escape sequences, NUL) and the invisible characters that reorder text
+/// (bidirectional overrides and isolates) are shown as escapes such as
+/// `\u{1b}`, never emitted raw.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Collapse a (possibly multi-line) library message into one line.
 pub(crate) fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -110,48 +137,63 @@ pub(crate) fn one_line(s: &str) -> String {
         if !out.is_empty() {
             out.push_str("; ");
         }
-        out.push_str(part);
+        out.push_str(&printable(part));
     }
     out
 }
 
 /// polars parse errors carry multi-line hints meant for Python users and
 /// quote whole runs of the file; keep the first line and the original error,
-/// with long quoted snippets shortened.
+/// with quoted snippets of the file elided.
 pub(crate) fn tidy_polars(s: &str) -> String {
     let original = s
         .split_once("Original error: ```")
         .and_then(|(_, r)| r.split_once("```"))
-        .map(|(o, _)| shorten_snippets(&one_line(o), 40));
+        .map(|(o, _)| elide_snippets(&one_line(o)));
     // Quoted snippets may span lines, so cut at the hint markers, not at lines.
     let head = s
         .split("You might want to try")
         .next()
         .and_then(|h| h.split("The current offset").next())
         .unwrap_or(s);
-    let head = shorten_snippets(one_line(head).trim_end_matches([';', ' ', '.']), 40);
+    let head = elide_snippets(one_line(head).trim_end_matches([';', ' ', '.']));
     match original {
         Some(o) if !head.is_empty() => format!("{head}: {o}"),
         Some(o) => o,
-        None => shorten_snippets(&one_line(s), 40),
+        None => elide_snippets(&one_line(s)),
     }
 }
 
-/// Shorten every backtick-quoted snippet longer than `max` characters.
-fn shorten_snippets(s: &str, max: usize) -> String {
+/// Elide every backtick-quoted snippet: polars quotes the file's content
+/// there, which may be case text (names, addresses, order numbers). Type
+/// names (`str`, `i64`, ...) are kept; other snippets become their length.
+fn elide_snippets(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for (i, part) in s.split('`').enumerate() {
         if i > 0 {
             out.push('`');
         }
-        if i % 2 == 1 && part.chars().count() > max {
-            out.extend(part.chars().take(max));
-            out.push_str("...");
+        if i % 2 == 1 && !is_type_name(part) {
+            out.push_str(&format!("<{} chars>", part.chars().count()));
         } else {
             out.push_str(part);
         }
     }
     out
+}
+
+/// polars dtype names as they appear in its messages.
+fn is_type_name(s: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "str", "String", "bool", "Boolean", "null", "Null", "binary", "date", "datetime", "time",
+        "duration", "cat", "list", "struct", "object",
+    ];
+    let base = s.split(['[', '(']).next().unwrap_or(s);
+    NAMES.contains(&base)
+        || (base.len() <= 4
+            && matches!(base.as_bytes().first(), Some(b'i' | b'u' | b'f'))
+            && base[1..].bytes().all(|b| b.is_ascii_digit())
+            && base.len() > 1)
 }
 
 #[cfg(test)]
@@ -173,8 +215,17 @@ mod tests {
                    Original error: ```invalid csv file\n\nField `x` is not properly escaped.```";
         assert_eq!(
             tidy_polars(raw),
-            "could not parse `aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...` as dtype `str`: \
-             invalid csv file; Field `x` is not properly escaped."
+            "could not parse `<51 chars>` as dtype `str`: \
+             invalid csv file; Field `<1 chars>` is not properly escaped."
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain, ok"), "plain, ok");
+        assert_eq!(
+            printable("a\u{1b}[31mred\nb\0c\u{202E}d"),
+            "a\\u{1b}[31mred\\u{a}b\\u{0}c\\u{202e}d"
         );
     }
 }

@@ -72,6 +72,11 @@ fn check_readable(path: &Path) -> Result<Format> {
 /// A lazy scan of a table; nothing is read until `collect`.
 pub(crate) fn scan(path: &Path) -> Result<(LazyFrame, Format)> {
     let fmt = check_readable(path)?;
+    if fmt == Format::Csv {
+        // polars renames a repeated header name (`x_duplicated_0`); refuse
+        // it instead, with the streaming reader's header check.
+        crate::stream::csv_header(path)?;
+    }
     let p = pl_path(path)?;
     let lf = match fmt {
         Format::Csv => LazyCsvReader::new(p)
@@ -99,6 +104,15 @@ pub(crate) fn scan(path: &Path) -> Result<(LazyFrame, Format)> {
 pub(crate) fn collect(lf: LazyFrame, path: &Path, fmt: Format) -> Result<DataFrame> {
     lf.collect()
         .map_err(|e| DataError::parse(path, fmt.name(), e))
+}
+
+/// The column names of a table, from its header or schema; no rows are read.
+pub fn table_columns(path: &Path) -> Result<Vec<String>> {
+    let (mut lf, fmt) = scan(path)?;
+    let schema = lf
+        .collect_schema()
+        .map_err(|e| DataError::parse(path, fmt.name(), e))?;
+    Ok(schema.iter_names().map(|n| n.to_string()).collect())
 }
 
 /// Read a whole table (format by extension).

@@ -21,12 +21,14 @@ mod stream;
 
 pub use cases::{join_turns, load_cases, InputKind, LabeledCase};
 pub use casetag_core::text::{mask_pii, normalize_text, TextPipeline};
-pub use error::{DataError, Result};
-pub use io::{read_table, write_table, Format};
+pub use error::{printable, DataError, Result};
+pub use io::{read_table, table_columns, write_table, Format};
 pub use prepare::{
     prepare, split_indices, PrepareConfig, PrepareStats, SplitCounts, TextLenQuantiles,
 };
-pub use stream::{chunk_texts, ChunkReader, ChunkWriter};
+pub use stream::{
+    check_case_columns, chunk_texts, job_dir, Chunk, ChunkReader, ChunkWriter, Committed, Position,
+};
 
 /// Re-exported so callers can name frame types without their own polars import.
 pub use polars::prelude::DataFrame;
