@@ -16,11 +16,13 @@ fn main() {
     let weights = root.join(WEIGHTS);
     // Cargo reruns a build script on every build while a watched path is
     // missing, so until the weights exist, watch the deepest folder on their
-    // way that does exist (fetching the encoder changes it).
+    // way that does exist, up to `models/` (fetching the encoder changes it).
+    let models = root.join("models");
     let watched = weights
         .ancestors()
+        .take_while(|p| p.starts_with(&models))
         .find(|p| p.exists())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("build.rs"));
     println!("cargo:rerun-if-changed={}", watched.display());
     let skip = std::env::var("CASETAG_SKIP_REAL_ENCODER").as_deref() == Ok("1");
     if weights.is_file() && !skip {
