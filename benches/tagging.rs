@@ -10,8 +10,8 @@
 //! `oos_detector`: the learned out-of-scope detector's cost on top of the
 //! transformer (features over its nearest-neighbour memory plus the linear
 //! rule), on the BANKING77 hold-out bundle named by `CASETAG_BENCH_DETECTOR`
-//! (default `out/banking77_oos/meta_0.02_p0`, see the README), skipped when
-//! absent.
+//! (default `out/banking77_oos/meta_0.02_p0`, trained as in
+//! docs/research/out-of-scope.md), skipped when absent.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -101,7 +101,7 @@ fn bench_detector(c: &mut Criterion) {
         .unwrap_or_else(|| root().join("out/banking77_oos/meta_0.02_p0"));
     let Ok(m) = load_model(&dir) else {
         eprintln!(
-            "note: no bundle at {} (see the README's BANKING77 hold-out); oos_detector skipped",
+            "note: no bundle at {} (see docs/research/out-of-scope.md); oos_detector skipped",
             dir.display()
         );
         return;

@@ -27,7 +27,7 @@
 //!
 //! Method and settings (features, 6 episodes hiding 10 of 67 intents,
 //! detector C = 0.1) were chosen on BANKING77 hold-outs other than the
-//! reported one; `scripts/oos_pseudo.py` is the Python reference.
+//! reported one; `research/oos_pseudo.py` is the Python reference.
 
 use std::io::{Read, Write};
 use std::path::Path;

@@ -111,7 +111,8 @@ impl Default for TransformerParams {
             epochs: 100,
             batch_size: 32,
             lr: 5e-5,
-            // Chosen on BANKING77's validation split (see BENCH_NOTES.md).
+            // Chosen on BANKING77's validation split (see benches/README.md,
+            // "BANKING77 with the transformer").
             head_lr: 1e-2,
             weight_decay: 0.01,
             warmup_ratio: 0.05,

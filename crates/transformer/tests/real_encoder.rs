@@ -1,29 +1,15 @@
 //! Tests on the real all-MiniLM-L6-v2 in models/encoders/all-MiniLM-L6-v2
-//! (fetched by scripts/fetch_encoder.sh). They fail when it is absent, unless
-//! CASETAG_SKIP_REAL_ENCODER=1 says to skip them.
+//! (fetched by scripts/fetch_encoder.sh). Without it, or with
+//! CASETAG_SKIP_REAL_ENCODER=1, the crate's build script leaves
+//! `cfg(has_encoder)` unset and they are reported as skipped (ignored).
 
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use casetag_transformer::{Encoder, Truncation};
 
-fn encoder_dir() -> Option<PathBuf> {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/encoders/all-MiniLM-L6-v2");
-    if dir.join("model.safetensors").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CASETAG_SKIP_REAL_ENCODER").as_deref() == Ok("1") {
-        eprintln!(
-            "skipping: {} is absent and CASETAG_SKIP_REAL_ENCODER=1",
-            dir.display()
-        );
-        return None;
-    }
-    panic!(
-        "{} is absent: run scripts/fetch_encoder.sh (or set CASETAG_SKIP_REAL_ENCODER=1 to skip)",
-        dir.display()
-    );
+fn encoder_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/encoders/all-MiniLM-L6-v2")
 }
 
 fn cos(a: &[f32], b: &[f32]) -> f32 {
@@ -34,8 +20,12 @@ fn cos(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_encoder),
+    ignore = "encoder not fetched: bash scripts/fetch_encoder.sh"
+)]
 fn paraphrases_are_closer_than_unrelated_texts() {
-    let Some(dir) = encoder_dir() else { return };
+    let dir = encoder_dir();
     let e = Encoder::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
     assert_eq!(e.hidden_size(), 384);
     let texts = [
@@ -60,9 +50,13 @@ fn paraphrases_are_closer_than_unrelated_texts() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_encoder),
+    ignore = "encoder not fetched: bash scripts/fetch_encoder.sh"
+)]
 fn lean_forward_matches_candle_transformers_bert() {
     use candle_transformers::models::bert::{BertModel, Config};
-    let Some(dir) = encoder_dir() else { return };
+    let dir = encoder_dir();
     let dev = Device::Cpu;
     let e = Encoder::load(dir.to_str().unwrap(), &dev).unwrap();
     let cfg: Config =
@@ -139,8 +133,12 @@ fn lean_forward_matches_candle_transformers_bert() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_encoder),
+    ignore = "encoder not fetched: bash scripts/fetch_encoder.sh"
+)]
 fn padding_does_not_change_pooled_embeddings() {
-    let Some(dir) = encoder_dir() else { return };
+    let dir = encoder_dir();
     let e = Encoder::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
     let texts = [
         "a",

@@ -3,15 +3,15 @@
 not part of the product; needs torch and transformers).
 
 Mean-pools each of the encoder's hidden states (embeddings and layers 1-6) for
-BANKING77's training and test rows and writes, for scripts/oos_pseudo.py, one
+BANKING77's training and test rows and writes, for research/oos_pseudo.py, one
 embedding dump per way of combining them:
   last          layer 6 (what casetag uses; matches the Rust dump to 1e-6)
   avg_all       mean of the L2-normalised layers 1-6 ("Avg-Avg", Chen et al. 2022)
   l4l5l6        mean of the L2-normalised layers 4-6
   cat_last_avg  layer 6 concatenated with avg_all
 
-    python3 scripts/oos_layers.py --model models/encoders/all-MiniLM-L6-v2 --out out/b77_layers
-    python3 scripts/oos_pseudo.py --dump out/b77_layers/avg_all --seeds 1 2 3
+    python3 research/oos_layers.py --model models/encoders/all-MiniLM-L6-v2 --out out/b77_layers
+    python3 research/oos_pseudo.py --dump out/b77_layers/avg_all --seeds 1 2 3
 """
 import argparse
 import csv

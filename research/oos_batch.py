@@ -3,23 +3,23 @@
 prototype of the detector's batch rule (`casetag tag/eval --batch-novelty`,
 crates/engine/src/oos_meta.rs). Offline research, not part of the product.
 
-Same data, split and `meta` detector as scripts/oos_pseudo.py, plus one
+Same data, split and `meta` detector as research/oos_pseudo.py, plus one
 feature, `nov`: for the rows of a batch predicted as class c, the mean cosine
 to the three nearest of an equally sized random sample of c's training rows
 minus the mean cosine to the three nearest other batch rows predicted c. Each
 leave-classes-out round builds a stand-in batch (the kept validation rows and,
 at the same rate per class, rows of the hidden classes); the cut is taken on
 the validation rows as one batch and applied to the test set as one batch.
-Then the smoothing rule (session 7): a second balanced logistic rule over
+Then the smoothing rule (added in commit 2009b1a): a second balanced logistic rule over
 (s1, mean s1 of the `--smooth` nearest other batch rows by cosine), where s1
 is the `meta+nov` logit, learned on the same stand-in batches.
 Prints, per seed, the `meta+nov` detector, `+smooth`, and `nov` alone (whose
 sign the evaluation takes as given: AUROC below 0.5 means "reversed").
 
-    python3 scripts/oos_batch.py 1 2 3      # dev seeds (design and settings chosen here)
-    python3 scripts/oos_batch.py 1 2 3 --knn 5 --episodes 12   # the settings' neighbours
-    python3 scripts/oos_batch.py 1 2 3 --smooth 3   # and the smoothing's (5 as chosen; 10)
-    python3 scripts/oos_batch.py 1 2 3 --oos-per 2  # a rarer newcomer: 2 test rows per held-out intent
+    python3 research/oos_batch.py 1 2 3      # dev seeds (design and settings chosen here)
+    python3 research/oos_batch.py 1 2 3 --knn 5 --episodes 12   # the settings' neighbours
+    python3 research/oos_batch.py 1 2 3 --smooth 3   # and the smoothing's (5 as chosen; 10)
+    python3 research/oos_batch.py 1 2 3 --oos-per 2  # a rarer newcomer: 2 test rows per held-out intent
 """
 import argparse
 import os

@@ -8,7 +8,7 @@ Rust recipe: mean pooling, L2-normalised embeddings, a linear head with
 dropout 0.1, AdamW lr 1e-4 encoder / 2e-3 head, weight decay 0.01, 10%
 warm-up then linear decay, batch 32, 4 epochs, 64 tokens), embeds every
 training and test row, and runs the leave-classes-out `meta` detector of
-scripts/oos_pseudo.py on those embeddings (same split, cuts on validation at
+research/oos_pseudo.py on those embeddings (same split, cuts on validation at
 the given budgets). Variants are ranked on the dev seeds by the mean recall
 at a 2-point drop; only then is the official seed 7 run for the reference
 `ce` and the best two variants, so seed 7 never chooses anything.
@@ -34,7 +34,7 @@ probability unless said above).
 Meant for a GPU (about 20 s per fine-tune on an H100); `--tiny` runs a
 smoke test on CPU with a few hundred rows.
 
-    python3 scripts/oos_finetune_sweep.py --model DIR --src ../shared/data/banking77 --out OUT
+    python3 research/oos_finetune_sweep.py --model DIR --src ../shared/data/banking77 --out OUT
 """
 import os
 

@@ -2,7 +2,7 @@
 """Out-of-scope (OOS) detection on frozen embeddings, BANKING77 hold-out.
 
 Offline experiment (not part of the product) that extends
-scripts/oos_scores.py. Same data and protocol: frozen MiniLM embeddings from
+research/oos_scores.py. Same data and protocol: frozen MiniLM embeddings from
 `out/b77_dump` (rows in the order of train.csv / test.csv), `--held-out`
 intents chosen with random.Random(seed).sample(sorted intents, n) are out of
 scope, a multinomial LogisticRegression (C=10) is fitted on the fit rows of the
@@ -37,9 +37,9 @@ detector, and cuts. Method and hyper-parameters (features, --det-C 0.1,
 6 episodes, default budget 0.0125) were chosen on dev seeds 1 2 3 (different
 held-out intents, their test rows as OOS); seed 7 is the official report.
 
-    python3 scripts/oos_pseudo.py --seeds 1 2 3     # dev protocol
-    python3 scripts/oos_pseudo.py --seeds 7         # official hold-out
-    python3 scripts/oos_pseudo.py --seeds 7 --budget 0.0125 0.02 0.05 --pseudo
+    python3 research/oos_pseudo.py --seeds 1 2 3     # dev protocol
+    python3 research/oos_pseudo.py --seeds 7         # official hold-out
+    python3 research/oos_pseudo.py --seeds 7 --budget 0.0125 0.02 0.05 --pseudo
 
 About 45 s per seed on one core (BLAS is pinned to one thread).
 """
@@ -62,7 +62,7 @@ DEF_DUMP = os.path.join(HERE, "..", "out", "b77_dump")
 
 
 # ----------------------------------------------------------------------------
-# data and split (identical to scripts/oos_scores.py for a given seed)
+# data and split (identical to research/oos_scores.py for a given seed)
 # ----------------------------------------------------------------------------
 def read_labels(src, name):
     with open(os.path.join(src, name), newline="", encoding="utf-8") as f:

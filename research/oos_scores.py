@@ -11,7 +11,7 @@ correctly answered in-scope rows. Prints, on test: OOS recall, in-scope
 accuracy after rejection, and raw top-1. This guides the score the Rust
 decision layer uses; it is an experiment, not part of the product.
 
-    python3 scripts/oos_scores.py --dump out/b77_dump [--budget 0.02 0.05 0.1]
+    python3 research/oos_scores.py --dump out/b77_dump [--budget 0.02 0.05 0.1]
 """
 import argparse
 import csv

@@ -2,7 +2,7 @@
 """Lexical features for out-of-scope detection, BANKING77 hold-out (offline
 experiment, not part of the product).
 
-Extends scripts/oos_pseudo.py with a TF-IDF (word 1-2 + char_wb 2-5) logistic
+Extends research/oos_pseudo.py with a TF-IDF (word 1-2 + char_wb 2-5) logistic
 model fitted on the same fit rows of the kept intents, and adds to the
 detector's features its top probability, its probability of the embedding
 model's predicted intent, and whether the two models agree ("meta_lex",
@@ -10,7 +10,7 @@ model's predicted intent, and whether the two models agree ("meta_lex",
 The leave-classes-out episodes refit both models. Same protocol as
 oos_pseudo.py: dev seeds 1-3, official seed 7.
 
-    python3 scripts/oos_lexical.py DUMP SEED [SEED ...]
+    python3 research/oos_lexical.py DUMP SEED [SEED ...]
     # DUMP: embeddings from `cargo run --release -p casetag-transformer
     #   --example banking77 -- --embed-bundle BUNDLE --dump DUMP`
 """
