@@ -100,6 +100,8 @@ const JSON_TOKENS: &[&[u8]] = &[
 ];
 
 /// Default number of mutated cases per target (CI); see `docs/fuzzing.md`.
+/// YAML parsing is cheap; a bundle case writes a directory.
+const TAXONOMY_CASES: u32 = 3000;
 const CASES: u32 = 400;
 const MAX_LEN: usize = 32 * 1024;
 
@@ -206,7 +208,7 @@ fn taxonomy_case(
 
 #[test]
 fn fuzz_taxonomy_yaml() {
-    support::fuzz_bytes("taxonomy_yaml", YAML_TOKENS, CASES, MAX_LEN, |i| {
+    support::fuzz_bytes("taxonomy_yaml", YAML_TOKENS, TAXONOMY_CASES, MAX_LEN, |i| {
         taxonomy_case(i, support::nonempty_message)
     });
 }
@@ -214,7 +216,7 @@ fn fuzz_taxonomy_yaml() {
 #[test]
 #[ignore = "issue #16 item 7: taxonomy errors quote node ids and YAML values raw, newlines and escapes included (`node 'a\\u{1}b': duplicate id`; `unknown variant `au\\nto\\u{1b}[2J``); fuzz/corpus/taxonomy_yaml/control_chars.yaml, unknown_variant.yaml"]
 fn fuzz_taxonomy_yaml_messages_have_no_control_characters() {
-    support::fuzz_bytes("taxonomy_yaml", YAML_TOKENS, CASES, MAX_LEN, |i| {
+    support::fuzz_bytes("taxonomy_yaml", YAML_TOKENS, TAXONOMY_CASES, MAX_LEN, |i| {
         taxonomy_case(i, support::clean_message)
     });
 }
@@ -350,10 +352,18 @@ fn fuzz_bundle(messages: fn(&str) -> Result<(), TestCaseError>) {
     });
     // The fixture's own manifest is a seed too.
     let mut seeds = support::corpus(target);
-    seeds.push(support::Seed {
+    let own = support::Seed {
         name: "fixture manifest.json".into(),
         bytes: std::fs::read(fx.dir.join(MANIFEST)).unwrap(),
-    });
+    };
+    // Unchanged, it opens (so the properties of an opened bundle are checked).
+    let input = Input {
+        origin: own.name.clone(),
+        bytes: own.bytes.clone(),
+    };
+    bundle_case(&fx, &input, DigestFile::Matching, messages).unwrap();
+    assert!(Bundle::open(&fx.dir).is_ok());
+    seeds.push(own);
     let strategy = (
         support::mutated(seeds, JSON_TOKENS, 6, MAX_LEN),
         digest_file(),
