@@ -57,7 +57,8 @@ impl AppState {
         let (tagger, primary_failed) = models::load_initial(&cfg.model, cfg.fallback.as_deref())?;
         if let Some(e) = primary_failed {
             tracing::warn!(
-                "the primary model failed to load; the fallback serves alone (degraded): {e}"
+                "the primary model failed to load; the fallback serves alone (degraded): {}",
+                crate::error::log_safe(&e.to_string())
             );
         }
         state.install(tagger);
@@ -185,7 +186,10 @@ impl AppState {
             Ok(x) => x,
             Err(e) => {
                 self.inner.metrics.reload(false);
-                tracing::error!("reload refused, the current model keeps serving: {e}");
+                tracing::error!(
+                    "reload refused, the current model keeps serving: {}",
+                    crate::error::log_safe(&e.to_string())
+                );
                 return Err(e);
             }
         };
