@@ -143,20 +143,20 @@ async fn serve(cfg: ServerConfig) -> Result<(), ServerError> {
             .unwrap_or_else(|e| Err(ServerError::Internal(format!("model loading failed: {e}"))));
             match r {
                 Ok((t, primary_failed)) => {
+                    let (id, kind) = (t.active().id().to_string(), t.active().kind().to_string());
+                    st.install(t);
                     // Said once the outcome is known, and as it is.
                     match &primary_failed {
                         None => eprintln!(
                             "casetag serve: listening on http://{local} (model {}, {}); ready",
-                            t.active().id(),
-                            t.active().kind()
+                            id, kind
                         ),
                         Some(e) => eprintln!(
                             "casetag serve: listening on http://{local}, DEGRADED: the primary model failed to load ({}); the fallback {} serves alone",
                             error::log_safe(&e.to_string()),
-                            t.active().id()
+                            id
                         ),
                     }
-                    st.install(t);
                 }
                 Err(e) => {
                     let _ = failed_tx.send(e);
