@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use casetag_core::bundle::Bundle;
+use casetag_core::bundle::{check_registry_name, Bundle};
 use clap::{Parser, Subcommand};
 
 use crate::{CmdResult, Failure};
@@ -29,24 +29,7 @@ enum Action {
 
 /// Resolve `NAME` (its champion), `NAME/VERSION` or a bundle directory.
 pub fn resolve(root: &Path, spec: &str) -> Result<PathBuf, Failure> {
-    let p = Path::new(spec);
-    if p.join(casetag_core::bundle::MANIFEST).is_file() {
-        return Ok(p.to_path_buf());
-    }
-    let direct = root.join(spec);
-    if direct.join(casetag_core::bundle::MANIFEST).is_file() {
-        return Ok(direct);
-    }
-    let champ = root.join(spec).join("champion");
-    if champ.is_file() {
-        let v = std::fs::read_to_string(&champ)
-            .map_err(|e| Failure::input(format!("{}: {e}", champ.display())))?;
-        return Ok(root.join(spec).join(v.trim()));
-    }
-    Err(Failure::input(format!(
-        "model '{spec}': not a bundle directory, nor NAME/VERSION or a NAME with a champion under {}",
-        root.display()
-    )))
+    casetag_core::bundle::resolve_spec(root, spec).map_err(|e| Failure::input(e.message()))
 }
 
 fn champion(root: &Path, name: &str) -> Option<String> {
@@ -108,6 +91,7 @@ pub fn run(a: Args) -> CmdResult {
             let (name, version) = model.split_once('/').ok_or_else(|| {
                 Failure::input(format!("promote '{model}': expected NAME/VERSION"))
             })?;
+            check_registry_name(&model).map_err(|e| Failure::input(e.message()))?;
             let dir = a.root.join(name).join(version);
             Bundle::open(&dir).map_err(Failure::input)?;
             // Write then rename: readers see the old or the new champion, never half.

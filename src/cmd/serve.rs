@@ -11,7 +11,9 @@ pub struct Args {
     /// Model bundle directory (or NAME / NAME/VERSION in the registry).
     #[arg(long)]
     model: String,
-    /// Fallback bundle (the baseline), used on load failure, errors and missed deadlines.
+    /// Fallback bundle, which must be a baseline (anything else is refused): it
+    /// answers when the primary fails to load (the server then reports itself
+    /// degraded), fails on a batch, or misses its deadline.
     #[arg(long)]
     fallback: Option<String>,
     /// Address to listen on.

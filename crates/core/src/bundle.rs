@@ -4,6 +4,15 @@
 //! sibling directory and renamed into place, so a reader never sees half a
 //! bundle; loading verifies every checksum. The manifest itself (thresholds,
 //! calibration) is covered by `manifest.sha256` beside it.
+//!
+//! What [`Bundle::open`] accepts: the directory holds exactly the files the
+//! manifest lists (a missing or an unlisted file is refused, so nothing a
+//! loader reads escapes verification) plus the manifest and its digest.
+//! From format 2 on the digest is required: deleting it does not turn the
+//! check off. Format 1 bundles, written before the digest existed, load
+//! with it when present and without it otherwise. The digest guards
+//! against corruption and edits by tools unaware of it; it is not a
+//! signature (whoever can write the bundle can recompute it).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,10 +26,13 @@ use crate::{Error, LabelSpace, Result, Taxonomy};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const TAXONOMY: &str = "taxonomy.yaml";
-/// sha256 of `manifest.json`'s bytes. Bundles written before it existed have
-/// none and still load; when present it must match.
+/// sha256 of `manifest.json`'s bytes: required from format 2 on; format 1
+/// bundles, written before it existed, may lack it.
 pub const MANIFEST_DIGEST: &str = "manifest.sha256";
-pub const FORMAT_VERSION: u32 = 1;
+/// The format [`BundleWriter`] writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format [`Bundle::open`] reads (no required digest).
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Temperature scaling fitted on validation data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,9 +248,9 @@ impl Bundle {
             .map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is corrupt: {e}")))?;
-        if manifest.format != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&manifest.format) {
             return Err(bad(format!(
-                "bundle format {} is not supported (expected {FORMAT_VERSION})",
+                "bundle format {} is not supported (expected {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
                 manifest.format
             )));
         }
@@ -250,6 +262,31 @@ impl Bundle {
             if hex::encode(Sha256::digest(text.as_bytes())) != want.trim() {
                 return Err(bad(format!(
                     "checksum mismatch for '{MANIFEST}' against {MANIFEST_DIGEST} (file is corrupt or was modified)"
+                )));
+            }
+        } else if manifest.format >= 2 {
+            return Err(bad(format!(
+                "{MANIFEST_DIGEST} is missing (required for bundle format {}; the manifest cannot be verified)",
+                manifest.format
+            )));
+        }
+        for name in manifest.files.keys() {
+            if !is_plain_file_name(name) {
+                return Err(bad(format!(
+                    "the manifest lists '{}', which is not a file name inside the bundle",
+                    name.escape_debug()
+                )));
+            }
+        }
+        // Nothing unlisted: whatever a loader reads has been verified.
+        let entries = std::fs::read_dir(dir).map_err(|e| bad(e.to_string()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| bad(e.to_string()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != MANIFEST && name != MANIFEST_DIGEST && !manifest.files.contains_key(&name) {
+                return Err(bad(format!(
+                    "'{}' is not listed in the manifest (an unverified file; remove it or rebuild the bundle)",
+                    name.escape_debug()
                 )));
             }
         }
@@ -291,6 +328,75 @@ impl Bundle {
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+}
+
+/// One plain file name: no separators, not `.`/`..`, no NUL.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// Check a registry name, `NAME` or `NAME/VERSION`: one or two components
+/// of ASCII letters, digits, `.`, `_` and `-`, each starting with a letter
+/// or digit. So a name never climbs out of the registry root (`..`), never
+/// replaces it (an absolute path) and never names a hidden file.
+pub fn check_registry_name(spec: &str) -> Result<()> {
+    let ok_part = |p: &str| {
+        p.len() <= 128
+            && p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    let parts: Vec<&str> = spec.split('/').collect();
+    if parts.len() <= 2 && parts.iter().all(|p| ok_part(p)) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "model '{}': not a registry name (NAME or NAME/VERSION of letters, digits, '.', '_' and '-', each starting with a letter or digit)",
+            spec.escape_debug()
+        )))
+    }
+}
+
+/// Resolve a `--model` spec: a bundle directory; else a registry name under
+/// `root`, `NAME/VERSION` or `NAME` (whose `champion` file names the live
+/// version); else a directory without a manifest (so that the loader
+/// reports the broken bundle by its path rather than "not found").
+/// Registry names are checked with [`check_registry_name`], and so is the
+/// version a `champion` file names.
+pub fn resolve_spec(root: &Path, spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if p.join(MANIFEST).is_file() {
+        return Ok(p.to_path_buf());
+    }
+    let named = check_registry_name(spec);
+    if named.is_ok() {
+        let direct = root.join(spec);
+        if direct.join(MANIFEST).is_file() {
+            return Ok(direct);
+        }
+        let champ = direct.join("champion");
+        if champ.is_file() {
+            let v = std::fs::read_to_string(&champ)
+                .map_err(|e| Error::Io(format!("{}: {e}", champ.display())))?;
+            let v = v.trim();
+            if v.contains('/') || check_registry_name(v).is_err() {
+                return Err(Error::Invalid(format!(
+                    "{}: '{}' is not a version name",
+                    champ.display(),
+                    v.escape_debug()
+                )));
+            }
+            return Ok(direct.join(v));
+        }
+    }
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    named?;
+    Err(Error::Invalid(format!(
+        "model '{spec}': not a bundle directory, nor NAME/VERSION or a NAME with a champion under {}",
+        root.display()
+    )))
 }
 
 #[cfg(test)]
@@ -354,13 +460,115 @@ mod tests {
         std::fs::write(dest.join(MANIFEST), &edited).unwrap();
         let e = Bundle::open(&dest).unwrap_err().to_string();
         assert!(e.contains("checksum mismatch for 'manifest.json'"), "{e}");
-        // A bundle from before the digest existed has none and still loads.
+        // Deleting the digest does not turn the check off.
         std::fs::remove_file(dest.join(MANIFEST_DIGEST)).unwrap();
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("manifest.sha256 is missing"), "{e}");
+        // A format 1 bundle, written before the digest existed, loads without it.
+        let legacy = text.replace("\"format\": 2", "\"format\": 1");
+        assert_ne!(legacy, text);
+        std::fs::write(dest.join(MANIFEST), &legacy).unwrap();
         Bundle::open(&dest).unwrap();
         // Corrupt manifest.
         std::fs::write(dest.join(MANIFEST), b"{not json").unwrap();
         let e = Bundle::open(&dest).unwrap_err().to_string();
         assert!(e.contains("manifest.json is corrupt"), "{e}");
+    }
+
+    /// A written bundle and the text of its manifest.
+    fn written(root: &Path) -> (PathBuf, String) {
+        let tax = Taxonomy::from_yaml_str("nodes: [{id: a}, {id: b}]").unwrap();
+        let dest = root.join("m");
+        let w = BundleWriter::new(&dest).unwrap();
+        std::fs::write(w.dir().join("weights.bin"), b"0123456789").unwrap();
+        w.finish(manifest(), &tax, false).unwrap();
+        let text = std::fs::read_to_string(dest.join(MANIFEST)).unwrap();
+        (dest, text)
+    }
+
+    /// Rewrite the manifest and its digest, as a tool that knows the format would.
+    fn reseal(dest: &Path, text: &str) {
+        std::fs::write(dest.join(MANIFEST), text).unwrap();
+        let digest = hex::encode(Sha256::digest(text.as_bytes()));
+        std::fs::write(dest.join(MANIFEST_DIGEST), format!("{digest}\n")).unwrap();
+    }
+
+    #[test]
+    fn unlisted_files_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let (dest, text) = written(root.path());
+        // A file the manifest does not cover, e.g. a detector dropped in.
+        std::fs::write(dest.join("oos_detector.bin"), b"anything").unwrap();
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("'oos_detector.bin' is not listed"), "{e}");
+        std::fs::remove_file(dest.join("oos_detector.bin")).unwrap();
+        // A file dropped from the manifest's list (digest recomputed).
+        let mut m: Manifest = serde_json::from_str(&text).unwrap();
+        m.files.remove("weights.bin");
+        reseal(&dest, &serde_json::to_string_pretty(&m).unwrap());
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("'weights.bin' is not listed"), "{e}");
+        // A listed name that points outside the bundle.
+        let mut m: Manifest = serde_json::from_str(&text).unwrap();
+        m.files.insert("../weights.bin".into(), "00".into());
+        reseal(&dest, &serde_json::to_string_pretty(&m).unwrap());
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("not a file name inside the bundle"), "{e}");
+        // Back as written: loads.
+        reseal(&dest, &text);
+        Bundle::open(&dest).unwrap();
+        // A newer format than this build knows is refused.
+        reseal(&dest, &text.replace("\"format\": 2", "\"format\": 3"));
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(e.contains("bundle format 3 is not supported"), "{e}");
+    }
+
+    #[test]
+    fn registry_names_stay_under_the_root() {
+        for ok in ["tagger", "tagger/v2", "t-1.0_x/V9"] {
+            check_registry_name(ok).unwrap();
+        }
+        for bad in [
+            "..",
+            "../x",
+            "tagger/..",
+            "/etc",
+            "/abs/path",
+            "a/b/c",
+            "",
+            "tagger/",
+            ".hidden",
+            "a\\b",
+            "x/.v1",
+        ] {
+            assert!(check_registry_name(bad).is_err(), "{bad}");
+        }
+        let root = tempfile::tempdir().unwrap();
+        let reg = root.path().join("reg");
+        let (bundle, _) = written(root.path());
+        // Bundle directories given as paths still resolve, wherever they are.
+        assert_eq!(
+            resolve_spec(&reg, bundle.to_str().unwrap()).unwrap(),
+            bundle
+        );
+        // A name that climbs out of the root does not.
+        std::fs::create_dir_all(reg.join("tagger")).unwrap();
+        for spec in ["../no-such-bundle", "/no/such/bundle"] {
+            let e = resolve_spec(&reg, spec).unwrap_err().to_string();
+            assert!(e.contains("not a registry name"), "{e}");
+        }
+        // Nor does a champion naming a path.
+        std::fs::write(reg.join("tagger").join("champion"), "../../m\n").unwrap();
+        let e = resolve_spec(&reg, "tagger").unwrap_err().to_string();
+        assert!(e.contains("is not a version name"), "{e}");
+        std::fs::write(reg.join("tagger").join("champion"), "/tmp\n").unwrap();
+        assert!(resolve_spec(&reg, "tagger").is_err());
+        // A champion naming a version resolves to it.
+        std::fs::write(reg.join("tagger").join("champion"), "v2\n").unwrap();
+        assert_eq!(
+            resolve_spec(&reg, "tagger").unwrap(),
+            reg.join("tagger").join("v2")
+        );
     }
 
     #[test]

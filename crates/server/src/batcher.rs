@@ -9,13 +9,15 @@
 //! since the first was queued or the model became free (waiting only while
 //! more requests are expected, see `model_loop`), runs the model once, and
 //! answers each request.
-//! Work whose caller has gone (timed out, disconnected) is dropped before it
-//! reaches the model. After text-embeddings-inference `core/src/queue.rs`.
+//! Work whose caller has gone (missed its deadline, disconnected) leaves the
+//! queue at once, with its admission ticket, so it is never computed and
+//! never holds capacity that a live request needs (a job already gathered
+//! into a batch is still skipped before the model runs). After
+//! text-embeddings-inference `core/src/queue.rs`.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use casetag_core::Transcript;
@@ -38,6 +40,7 @@ pub(crate) type Reply = Result<Answer, ApiError>;
 
 /// One request waiting for the model.
 struct Job {
+    id: u64,
     cases: Arc<Vec<Transcript>>,
     chars: usize,
     top_k: usize,
@@ -63,32 +66,135 @@ impl Job {
     }
 }
 
-/// What waits on the channel: cases (reported as the queue depth) and
-/// requests (the batcher's measure of who is still to come).
+/// The queue between handlers and the model thread. A job leaves it either
+/// to the model thread or, when its caller gives up, by [`Pending`]'s drop.
 #[derive(Default)]
-struct Queued {
-    cases: AtomicUsize,
-    jobs: AtomicUsize,
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a job is pushed or the queue is closed.
+    pushed: Condvar,
 }
 
-impl Queued {
-    fn add(&self, cases: usize) {
-        self.cases.fetch_add(cases, Ordering::Relaxed);
-        self.jobs.fetch_add(1, Ordering::Relaxed);
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// Cases in `jobs` (the queue depth).
+    cases: usize,
+    next_id: u64,
+    /// Every handle is gone: the model thread stops.
+    closed: bool,
+}
+
+impl QueueState {
+    fn pop(&mut self) -> Option<Job> {
+        let j = self.jobs.pop_front()?;
+        self.cases -= j.cases.len();
+        Some(j)
+    }
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sub(&self, cases: usize) {
-        self.cases.fetch_sub(cases, Ordering::Relaxed);
-        self.jobs.fetch_sub(1, Ordering::Relaxed);
+    /// The next job without waiting.
+    fn try_pop(&self) -> Option<Job> {
+        self.lock().pop()
+    }
+
+    /// The next job, waiting for one; `None` once closed.
+    fn pop_wait(&self) -> Option<Job> {
+        let mut st = self.lock();
+        loop {
+            if let Some(j) = st.pop() {
+                return Some(j);
+            }
+            if st.closed {
+                return None;
+            }
+            st = self.pushed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The next job, waiting until `until` at most.
+    fn pop_until(&self, until: Instant) -> Option<Job> {
+        let mut st = self.lock();
+        loop {
+            if let Some(j) = st.pop() {
+                return Some(j);
+            }
+            let now = Instant::now();
+            if st.closed || now >= until {
+                return None;
+            }
+            st = self
+                .pushed
+                .wait_timeout(st, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Take job `id` out of the queue if the model thread has not taken it.
+    fn remove(&self, id: u64) -> Option<Job> {
+        let mut st = self.lock();
+        let at = st.jobs.iter().position(|j| j.id == id)?;
+        let j = st.jobs.remove(at)?;
+        st.cases -= j.cases.len();
+        Some(j)
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.pushed.notify_all();
+    }
+}
+
+/// A queued request's claim on its answer. Dropping it before the answer
+/// came (deadline, client gone) takes the job out of the queue, returning
+/// its capacity at once.
+pub(crate) struct Pending {
+    id: u64,
+    rx: oneshot::Receiver<Reply>,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::future::Future for Pending {
+    type Output = Result<Reply, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Answered or being computed: nothing in the queue to remove.
+        if let Some(job) = self.queue.remove(self.id) {
+            self.metrics.dropped_job();
+            // Dropped outside the lock: returns the admission ticket.
+            drop(job);
+        }
     }
 }
 
 /// The handlers' side of the batcher.
 pub(crate) struct Batcher {
-    tx: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
     permits: Arc<Semaphore>,
     capacity: usize,
-    queued: Arc<Queued>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 /// Budget of one batch.
@@ -108,32 +214,27 @@ impl Batcher {
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let queued = Arc::new(Queued::default());
+        let queue = Arc::new(Queue::default());
         let budget = Budget {
             cases: limits.max_batch_cases,
             chars: limits.max_batch_chars,
             wait: Duration::from_millis(limits.max_wait_ms),
             batching: !limits.no_batching,
         };
-        let q = queued.clone();
+        let (q, m) = (queue.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("casetag-model".into())
-            .spawn(move || model_loop(rx, models, metrics, q, budget))?;
+            .spawn(move || model_loop(&q, models, m, budget))?;
         Ok(Self {
-            tx,
+            queue,
             permits: Arc::new(Semaphore::new(limits.queue_capacity)),
             capacity: limits.queue_capacity,
-            queued,
+            metrics,
         })
     }
 
     /// Queue a request or refuse it at once (429) when the queue is full.
-    pub fn submit(
-        &self,
-        cases: Arc<Vec<Transcript>>,
-        top_k: usize,
-    ) -> Result<oneshot::Receiver<Reply>, ApiError> {
+    pub fn submit(&self, cases: Arc<Vec<Transcript>>, top_k: usize) -> Result<Pending, ApiError> {
         let n = u32::try_from(cases.len()).unwrap_or(u32::MAX);
         let permit = self
             .permits
@@ -151,26 +252,35 @@ impl Batcher {
             })?;
         let (reply, rx) = oneshot::channel();
         let chars = cases.iter().map(|c| c.text.chars().count()).sum();
-        let n = cases.len();
-        self.queued.add(n);
-        let job = Job {
+        let mut st = self.queue.lock();
+        if st.closed {
+            return Err(ApiError::internal("the model thread has stopped"));
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.cases += cases.len();
+        st.jobs.push_back(Job {
+            id,
             cases,
             chars,
             top_k,
             queued_at: Instant::now(),
             reply,
             _permit: permit,
-        };
-        if self.tx.send(job).is_err() {
-            self.queued.sub(n);
-            return Err(ApiError::internal("the model thread has stopped"));
-        }
-        Ok(rx)
+        });
+        drop(st);
+        self.queue.pushed.notify_one();
+        Ok(Pending {
+            id,
+            rx,
+            queue: self.queue.clone(),
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// Cases waiting for the model.
     pub fn queue_depth(&self) -> usize {
-        self.queued.cases.load(Ordering::Relaxed)
+        self.queue.lock().cases
     }
 
     /// Cases admitted and not yet answered (queued or in the model).
@@ -184,13 +294,7 @@ impl Batcher {
     }
 }
 
-fn model_loop(
-    rx: mpsc::Receiver<Job>,
-    models: Arc<ModelSlot>,
-    metrics: Arc<Metrics>,
-    queued: Arc<Queued>,
-    budget: Budget,
-) {
+fn model_loop(queue: &Queue, models: Arc<ModelSlot>, metrics: Arc<Metrics>, budget: Budget) {
     // A request that did not fit the previous batch starts the next one.
     let mut carry: Option<Job> = None;
     // Requests the next batch can expect: those answered by the previous
@@ -202,12 +306,9 @@ fn model_loop(
     loop {
         let first = match carry.take() {
             Some(j) => j,
-            None => match recv_soon(&rx, last_end, expected <= 1) {
-                Ok(j) => {
-                    queued.sub(j.cases.len());
-                    j
-                }
-                Err(_) => break, // every handle dropped: shut down
+            None => match recv_soon(queue, last_end, expected <= 1) {
+                Some(j) => j,
+                None => break, // every handle dropped: shut down
             },
         };
         if first.gone() {
@@ -230,17 +331,11 @@ fn model_loop(
         while budget.batching && cases < budget.cases && chars < budget.chars {
             let now = Instant::now();
             let next = if batch.len() >= expected || now >= until {
-                match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(_) => break,
-                }
+                queue.try_pop()
             } else {
-                match rx.recv_timeout(until - now) {
-                    Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                }
+                queue.pop_until(until)
             };
-            queued.sub(next.cases.len());
+            let Some(next) = next else { break };
             if next.gone() {
                 metrics.dropped_job();
                 continue;
@@ -277,7 +372,7 @@ fn model_loop(
             }
         }
         last_end = Instant::now();
-        expected = gathered + usize::from(carry.is_some()) + queued.jobs.load(Ordering::Relaxed);
+        expected = gathered + usize::from(carry.is_some()) + queue.lock().jobs.len();
     }
 }
 
@@ -293,19 +388,14 @@ const POLL_AFTER_BATCH: Duration = Duration::from_micros(300);
 
 /// The next request: polled for a moment after a lone request's batch
 /// (`poll`), then waited for.
-fn recv_soon(
-    rx: &mpsc::Receiver<Job>,
-    last_end: Instant,
-    poll: bool,
-) -> Result<Job, mpsc::RecvError> {
+fn recv_soon(queue: &Queue, last_end: Instant, poll: bool) -> Option<Job> {
     while poll && last_end.elapsed() < POLL_AFTER_BATCH {
-        match rx.try_recv() {
-            Ok(j) => return Ok(j),
-            Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
+        match queue.try_pop() {
+            Some(j) => return Some(j),
+            None => std::thread::yield_now(),
         }
     }
-    rx.recv()
+    queue.pop_wait()
 }
 
 /// Run the model on `cases`, catching panics so the thread survives.
@@ -387,10 +477,15 @@ fn answer(tagger: &Arc<Tagger>, job: Job, r: Result<Vec<Tagged>, ApiError>, metr
         for t in &mut tagged {
             t.decision.alternatives.truncate(top_k);
         }
-        // The engine switched to the fallback because the primary failed.
-        if let (Some(p), Some(first)) = (&tagger.primary, tagged.first()) {
-            if first.model_id != p.id() {
-                metrics.fallback(FallbackReason::PrimaryError);
+        if let Some(first) = tagged.first() {
+            match &tagger.primary {
+                // The engine switched to the fallback because the primary failed.
+                Some(p) if first.model_id != p.id() => {
+                    metrics.fallback(FallbackReason::PrimaryError)
+                }
+                Some(_) => {}
+                // The primary never loaded: the fallback serves alone.
+                None => metrics.fallback(FallbackReason::PrimaryUnavailable),
             }
         }
         Answer {

@@ -43,6 +43,20 @@ pub struct Limits {
     /// seconds, before the server exits anyway.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
+    /// A connection must send a complete request head within this many
+    /// milliseconds of connecting, or of its previous response: so this is
+    /// also the idle keep-alive timeout. Slow or stalled clients
+    /// (slowloris) are disconnected.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A request body must arrive in full within this many milliseconds of
+    /// its head (slower: 408, connection closed).
+    #[arg(long, default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+    /// Most connections open at once; one more is answered 503
+    /// `too_many_connections` and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +71,9 @@ impl Default for Limits {
             deadline_ms: 200,
             no_batching: false,
             drain_timeout_s: 30,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 1024,
         }
     }
 }
@@ -70,6 +87,12 @@ impl Limits {
         }
         if self.max_cases == 0 {
             return bad("--max-cases must be at least 1".into());
+        }
+        if self.header_timeout_ms == 0 || self.body_timeout_ms == 0 {
+            return bad("--header-timeout-ms and --body-timeout-ms must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return bad("--max-connections must be at least 1".into());
         }
         if self.max_batch_cases == 0 || self.max_batch_chars == 0 {
             return bad("--max-batch-cases and --max-batch-chars must be at least 1".into());

@@ -20,9 +20,6 @@ pub enum ServerError {
     /// (The engine's message already names the bundle directory.)
     #[error("{0}")]
     Model(#[from] EngineError),
-    /// A registry spec that names no bundle.
-    #[error("model '{spec}': {message}")]
-    Resolve { spec: String, message: String },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -34,13 +31,63 @@ impl ServerError {
     /// an internal failure; the CLI exits 2 for these.
     pub fn is_input(&self) -> bool {
         match self {
-            ServerError::Address { .. } | ServerError::Config(_) | ServerError::Resolve { .. } => {
-                true
-            }
+            ServerError::Address { .. } | ServerError::Config(_) => true,
             ServerError::Model(e) => e.is_input(),
             ServerError::Io(_) | ServerError::Internal(_) => false,
         }
     }
+}
+
+/// Longest message [`log_safe`] lets through, in characters.
+const MAX_MESSAGE_CHARS: usize = 400;
+
+/// A message made safe for a log line or an error body: control characters
+/// (newlines, ANSI escapes, NUL, ...) escaped as `\n`, `\u{1b}`, so one
+/// message stays one line and cannot restyle a terminal, and the length
+/// capped.
+pub fn log_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_MESSAGE_CHARS + 8));
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_MESSAGE_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A panic message with every quoted span (`` `...` `` or `"..."`) masked:
+/// the standard library quotes the values it panics on (a string sliced
+/// at a bad index, the two sides of a failed assertion), and on a model
+/// thread those values are case text.
+pub fn mask_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut open: Option<(char, usize)> = None;
+    for c in s.chars() {
+        match open {
+            Some((q, n)) if c == q => {
+                out.push_str(&format!("<{n} chars>"));
+                out.push(q);
+                open = None;
+            }
+            Some((q, n)) => open = Some((q, n + 1)),
+            None => {
+                out.push(c);
+                if c == '`' || c == '"' {
+                    open = Some((c, 0));
+                }
+            }
+        }
+    }
+    if let Some((_, n)) = open {
+        out.push_str(&format!("<{n} chars>"));
+    }
+    log_safe(&out)
 }
 
 /// What went wrong with a request, independent of how it is reported.
@@ -50,6 +97,10 @@ pub enum ErrorKind {
     MalformedJson,
     /// The body is over `--max-body-bytes`.
     PayloadTooLarge,
+    /// The body did not arrive within `--body-timeout-ms`.
+    RequestTimeout,
+    /// Every connection slot is taken (`--max-connections`).
+    TooManyConnections,
     /// The JSON is well-formed but a field is missing or invalid.
     InvalidField,
     /// The queue is full.
@@ -79,6 +130,8 @@ impl ErrorKind {
         match self {
             MalformedJson => (StatusCode::BAD_REQUEST, "malformed_json"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
             InvalidField => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
@@ -102,10 +155,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error whose message is made safe to show and log ([`log_safe`]).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
-            message: message.into(),
+            message: log_safe(&message.into()),
         }
     }
 
@@ -116,6 +170,17 @@ impl ApiError {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
+    }
+
+    /// The JSON body `{"error": {"type", "message"}}`.
+    pub(crate) fn json_body(&self) -> Vec<u8> {
+        serde_json::to_vec(&ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind.status().1,
+                message: &self.message,
+            },
+        })
+        .unwrap_or_else(|_| br#"{"error":{"type":"internal","message":""}}"#.to_vec())
     }
 }
 
@@ -139,15 +204,8 @@ struct ErrorDetail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind) = self.kind.status();
-        let body = serde_json::to_vec(&ErrorBody {
-            error: ErrorDetail {
-                kind,
-                message: &self.message,
-            },
-        })
-        .unwrap_or_else(|_| br#"{"error":{"type":"internal","message":""}}"#.to_vec());
-        let mut resp = (status, body).into_response();
+        let (status, _) = self.kind.status();
+        let mut resp = (status, self.json_body()).into_response();
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -160,6 +218,11 @@ impl IntoResponse for ApiError {
             }
             ErrorKind::Unauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body is never read: the connection cannot be
+            // reused (RFC 9110 15.5.9, 15.5.14).
+            ErrorKind::PayloadTooLarge | ErrorKind::RequestTimeout => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -178,6 +241,29 @@ mod tests {
         assert_eq!(ErrorKind::InvalidField.status().0.as_u16(), 422);
         assert_eq!(ErrorKind::Overloaded.status().0.as_u16(), 429);
         assert_eq!(ErrorKind::NotReady.status().0.as_u16(), 503);
+    }
+
+    #[test]
+    fn messages_carry_no_control_characters_and_panics_no_values() {
+        let e = ApiError::new(ErrorKind::Internal, "bad\u{1b}[31m red\nline\0");
+        assert!(!e.message.chars().any(char::is_control), "{}", e.message);
+        assert!(
+            e.message.contains("\\u{1b}[31m") && e.message.contains("\\n"),
+            "{}",
+            e.message
+        );
+        let long = "x".repeat(10_000);
+        assert!(log_safe(&long).chars().count() <= MAX_MESSAGE_CHARS + 1);
+        let p = "byte index 3 is not a char boundary; it is inside 'é' of `my secret order 42`";
+        let m = mask_quoted(p);
+        assert!(!m.contains("secret"), "{m}");
+        assert!(m.contains("`<18 chars>`"), "{m}");
+        let m = mask_quoted("assertion failed: left: \"card 4111\" right: \"x\"");
+        assert!(!m.contains("4111"), "{m}");
+        assert_eq!(
+            mask_quoted("unterminated `secret"),
+            "unterminated `<6 chars>"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use axum::Json;
 use casetag_core::Transcript;
 use serde_json::json;
 
-use crate::batcher::{Answer, Reply};
+use crate::batcher::{Answer, Pending};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::FallbackReason;
 use crate::models::{model_by_id, panic_message, taxonomy_json, ModelInfo};
@@ -26,12 +26,24 @@ use crate::AppState;
 const OPENAPI: &str = include_str!("openapi.json");
 
 /// `POST /v1/tag`.
-pub async fn tag(
-    State(st): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<TagResponse>, ApiError> {
+pub async fn tag(State(st): State<AppState>, req: Request) -> Result<Json<TagResponse>, ApiError> {
     let limits = &st.inner.cfg.limits;
-    let body = body.map_err(|r| {
+    // The whole body within the timeout, however slowly it trickles in.
+    let body = tokio::time::timeout(
+        Duration::from_millis(limits.body_timeout_ms),
+        Bytes::from_request(req, &st),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} ms (--body-timeout-ms)",
+                limits.body_timeout_ms
+            ),
+        )
+    })?;
+    let body = body.map_err(|r: BytesRejection| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorKind::PayloadTooLarge,
@@ -58,8 +70,8 @@ pub async fn tag(
     })?;
     let req = parse_tag_request(&value, limits)?;
     let cases = Arc::new(req.cases);
-    let rx = st.inner.batcher.submit(cases.clone(), req.top_k)?;
-    let answer = wait_for_answer(&st, rx, cases, req.top_k).await?;
+    let pending = st.inner.batcher.submit(cases.clone(), req.top_k)?;
+    let answer = wait_for_answer(&st, pending, cases, req.top_k).await?;
     let tagger = &answer.tagger;
     let info = answer
         .tagged
@@ -86,19 +98,22 @@ pub async fn tag(
 /// fallback model (or 503 `deadline_exceeded` without one).
 async fn wait_for_answer(
     st: &AppState,
-    rx: tokio::sync::oneshot::Receiver<Reply>,
+    mut pending: Pending,
     cases: Arc<Vec<Transcript>>,
     top_k: usize,
 ) -> Result<Answer, ApiError> {
     let deadline_ms = st.inner.cfg.limits.deadline_ms;
     let reply = if deadline_ms == 0 {
-        rx.await
+        pending.await
     } else {
-        match tokio::time::timeout(Duration::from_millis(deadline_ms), rx).await {
+        match tokio::time::timeout(Duration::from_millis(deadline_ms), &mut pending).await {
             Ok(r) => r,
-            // Dropping `rx` here tells the batcher to skip this job if it has
-            // not started on it yet.
-            Err(_) => return deadline_fallback(st, cases, top_k).await,
+            Err(_) => {
+                // Out of the queue before the fallback starts: the missed job
+                // is not computed and its capacity is free for live requests.
+                drop(pending);
+                return deadline_fallback(st, cases, top_k).await;
+            }
         }
     };
     reply.map_err(|_| ApiError::internal("the model thread dropped the request"))?
@@ -164,9 +179,17 @@ async fn deadline_fallback(
     }
 }
 
-/// `GET /v1/model`.
-pub async fn model(State(st): State<AppState>) -> Result<Response, ApiError> {
-    st.model_json()
+/// `GET /v1/model`. Where the bundles live on disk (`dir`, `model_spec`)
+/// is shown only with the admin bearer token; a wrong token is a 401.
+pub async fn model(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let with_paths = match bearer(&headers) {
+        None => false,
+        Some(_) => {
+            authorize(&st, &headers)?;
+            true
+        }
+    };
+    st.model_json(with_paths)
         .map(|v| Json(v).into_response())
         .ok_or_else(|| ApiError::new(ErrorKind::NotReady, "no model is loaded yet"))
 }
@@ -187,6 +210,10 @@ pub async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: 200 once a model is loaded; 503 before and while draining.
+/// A server whose primary model failed to load and whose fallback serves
+/// alone still answers 200 (it can serve, and taking every such replica
+/// out of rotation would turn a degraded service into an outage) but says
+/// `"status": "degraded"`, as does the `casetag_degraded` gauge.
 pub async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
     if st.inner.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::new(
@@ -195,6 +222,13 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Response, ApiError> {
         ));
     }
     match st.inner.models.get() {
+        Some(t) if t.primary.is_none() => Ok(Json(json!({
+            "status": "degraded",
+            "reason": "the primary model failed to load; the fallback model answers every request",
+            "model": ModelInfo::of(t.active()),
+            "fallback": t.fallback.as_ref().map(ModelInfo::of),
+        }))
+        .into_response()),
         Some(t) => Ok(Json(json!({
             "status": "ready",
             "model": ModelInfo::of(t.active()),
@@ -234,27 +268,7 @@ pub async fn openapi() -> Response {
 
 /// `POST /v1/admin/reload` with `Authorization: Bearer $CASETAG_ADMIN_TOKEN`.
 pub async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let Some(token) = st.admin_token() else {
-        return Err(ApiError::new(
-            ErrorKind::AdminDisabled,
-            "the admin API is off: set CASETAG_ADMIN_TOKEN to enable it",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => {}
-        Some(_) => return Err(ApiError::new(ErrorKind::Unauthorized, "wrong bearer token")),
-        None => {
-            return Err(ApiError::new(
-                ErrorKind::Unauthorized,
-                "missing `Authorization: Bearer <token>` header",
-            ))
-        }
-    }
+    authorize(&st, &headers)?;
     match st.reload().await {
         Ok(o) => Ok(Json(json!({
             "status": "reloaded",
@@ -275,12 +289,50 @@ pub async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
     }
 }
 
-/// Compare secrets without an early exit that leaks the matching prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The credentials of an `Authorization` header using the Bearer scheme.
+/// The scheme is case-insensitive (RFC 9110 11.1) and separated from the
+/// token by spaces; the token is taken as sent, not trimmed.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let sp = v.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = v.split_at(sp);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let start = rest.iter().position(|&b| b != b' ')?;
+    Some(&rest[start..])
+}
+
+/// Check the admin bearer token: 403 when the admin API is off, 401 when
+/// the token is missing or wrong.
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = st.admin_token() else {
+        return Err(ApiError::new(
+            ErrorKind::AdminDisabled,
+            "the admin API is off: set CASETAG_ADMIN_TOKEN to enable it",
+        ));
+    };
+    match bearer(headers) {
+        Some(g) if secrets_equal(g, token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(ErrorKind::Unauthorized, "wrong bearer token")),
+        None => Err(ApiError::new(
+            ErrorKind::Unauthorized,
+            "missing `Authorization: Bearer <token>` header",
+        )),
+    }
+}
+
+/// Compare secrets in time that depends on neither their contents nor
+/// their lengths: both are hashed to 32 bytes, which are compared without
+/// an early exit.
+fn secrets_equal(given: &[u8], secret: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(given), Sha256::digest(secret));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 pub async fn not_found(req: Request) -> ApiError {
@@ -308,6 +360,27 @@ pub fn panic_response(p: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal("internal error while handling the request").into_response()
 }
 
+/// Refuse a request whose declared `Content-Length` is over
+/// `--max-body-bytes` before reading any of its body (413, connection
+/// closed). Bodies without a length are still cut off at the limit while
+/// they are read.
+pub async fn refuse_oversized(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let max = st.inner.cfg.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max as u64 => ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body of {n} bytes is larger than {max} bytes (--max-body-bytes)"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
 /// Count requests and their latency by route and status.
 pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let endpoint = req
@@ -320,4 +393,35 @@ pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Resp
         .metrics
         .observe_request(&endpoint, resp.status().as_u16(), t.elapsed());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(v: &'static [u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_token_is_not_trimmed() {
+        assert_eq!(bearer(&auth(b"Bearer s3cret")), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(&auth(b"bearer s3cret")), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(&auth(b"BEARER  s3cret")), Some(&b"s3cret"[..]));
+        assert_eq!(bearer(&auth(b"Bearer s3 cret")), Some(&b"s3 cret"[..]));
+        assert_eq!(bearer(&auth(b"Basic czNjcmV0")), None);
+        assert_eq!(bearer(&auth(b"Bearers3cret")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn secrets_are_compared_over_their_full_length() {
+        assert!(secrets_equal(b"s3cret", b"s3cret"));
+        assert!(!secrets_equal(b"s3cre", b"s3cret"));
+        assert!(!secrets_equal(b"s3cret ", b"s3cret"));
+        assert!(!secrets_equal(b"", b"s3cret"));
+        assert!(!secrets_equal(b"s3creT", b"s3cret"));
+    }
 }

@@ -20,6 +20,7 @@ mod batcher;
 mod config;
 mod error;
 mod handlers;
+mod listen;
 mod metrics;
 mod models;
 mod request;
@@ -56,6 +57,12 @@ pub fn app(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // Before any body is read: a declared oversized body is refused
+        // without waiting for it.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handlers::refuse_oversized,
+        ))
         // Inside `track`, so a panicking handler is still counted as a 500.
         .layer(CatchPanicLayer::custom(handlers::panic_response))
         .layer(axum::middleware::from_fn_with_state(
@@ -67,34 +74,25 @@ pub fn app(state: AppState) -> Router {
 
 /// Serve on `listener` until `shutdown` resolves, then stop accepting,
 /// turn `/readyz` to 503 and let in-flight requests finish (at most
-/// `--drain-timeout-s`).
+/// `--drain-timeout-s`). Connections are bounded by `--max-connections`
+/// and `--header-timeout-ms` (see [`Limits`]).
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let drain = Duration::from_secs(state.config().limits.drain_timeout_s);
-    let begun = Arc::new(tokio::sync::Notify::new());
+    let limits = state.config().limits.clone();
+    let drain = Duration::from_secs(limits.drain_timeout_s);
     let signal = {
         let st = state.clone();
-        let begun = begun.clone();
         async move {
             shutdown.await;
             st.begin_drain();
             tracing::info!("shutting down: draining in-flight requests");
-            begun.notify_one();
         }
     };
-    let server = std::future::IntoFuture::into_future(
-        axum::serve(listener, app(state)).with_graceful_shutdown(signal),
-    );
-    tokio::select! {
-        r = server => r,
-        _ = async { begun.notified().await; tokio::time::sleep(drain).await } => {
-            tracing::warn!("requests still in flight after {}s of draining; exiting anyway", drain.as_secs());
-            Ok(())
-        }
-    }
+    let metrics = state.inner.metrics.clone();
+    listen::serve(listener, app(state), metrics, &limits, signal, drain).await
 }
 
 /// The `casetag serve` entry point: build a runtime, bind, load the model
@@ -104,6 +102,15 @@ pub async fn run(
 /// A bad address or bad bundle is an input error ([`ServerError::is_input`]).
 pub fn serve_blocking(cfg: ServerConfig) -> Result<(), ServerError> {
     cfg.limits.check()?;
+    // Panics are caught per request or batch and answered; the report goes
+    // to the log as one line, with quoted values (case text) masked,
+    // instead of the default hook's raw message on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        tracing::error!("panic{at}: {}", models::panic_message(info.payload()));
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("casetag-http")
@@ -135,13 +142,21 @@ async fn serve(cfg: ServerConfig) -> Result<(), ServerError> {
             .await
             .unwrap_or_else(|e| Err(ServerError::Internal(format!("model loading failed: {e}"))));
             match r {
-                Ok(t) => {
-                    tracing::info!(
-                        "model {} ({}) loaded; ready",
-                        t.active().id(),
-                        t.active().kind()
-                    );
+                Ok((t, primary_failed)) => {
+                    let (id, kind) = (t.active().id().to_string(), t.active().kind().to_string());
                     st.install(t);
+                    // Said once the outcome is known, and as it is.
+                    match &primary_failed {
+                        None => eprintln!(
+                            "casetag serve: listening on http://{local} (model {}, {}); ready",
+                            id, kind
+                        ),
+                        Some(e) => eprintln!(
+                            "casetag serve: listening on http://{local}, DEGRADED: the primary model failed to load ({}); the fallback {} serves alone",
+                            error::log_safe(&e.to_string()),
+                            id
+                        ),
+                    }
                 }
                 Err(e) => {
                     let _ = failed_tx.send(e);
@@ -188,10 +203,6 @@ async fn serve(cfg: ServerConfig) -> Result<(), ServerError> {
             }
         }
     };
-    eprintln!(
-        "casetag serve: listening on http://{local} (model {})",
-        cfg.model.display()
-    );
     run(listener, state, shutdown).await?;
     let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
     match failed {

@@ -75,6 +75,8 @@ pub enum FallbackReason {
     Deadline,
     /// The primary failed on the batch (the engine's chain switched).
     PrimaryError,
+    /// The primary did not load: the fallback serves alone (degraded).
+    PrimaryUnavailable,
 }
 
 /// All server metrics. Cheap to update from handlers and the batcher thread.
@@ -90,6 +92,10 @@ pub struct Metrics {
     truncated: AtomicU64,
     fallback_deadline: AtomicU64,
     fallback_error: AtomicU64,
+    fallback_unavailable: AtomicU64,
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+    header_timeouts: AtomicU64,
     reload_ok: AtomicU64,
     reload_error: AtomicU64,
     dropped_jobs: AtomicU64,
@@ -107,6 +113,10 @@ impl Default for Metrics {
             truncated: AtomicU64::new(0),
             fallback_deadline: AtomicU64::new(0),
             fallback_error: AtomicU64::new(0),
+            fallback_unavailable: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
             reload_ok: AtomicU64::new(0),
             reload_error: AtomicU64::new(0),
             dropped_jobs: AtomicU64::new(0),
@@ -127,7 +137,18 @@ pub struct Gauges {
     pub queue_capacity: usize,
     pub in_flight_cases: usize,
     pub ready: bool,
+    /// The primary model is not loaded and the fallback serves alone.
+    pub degraded: bool,
     pub model_generation: u64,
+}
+
+/// Counts a connection as open while it lives.
+pub struct OpenConnection<'a>(&'a Metrics);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -151,6 +172,7 @@ impl Metrics {
         let c = match reason {
             FallbackReason::Deadline => &self.fallback_deadline,
             FallbackReason::PrimaryError => &self.fallback_error,
+            FallbackReason::PrimaryUnavailable => &self.fallback_unavailable,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -170,6 +192,24 @@ impl Metrics {
 
     pub fn dropped_job(&self) {
         self.dropped_jobs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) -> OpenConnection<'_> {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self)
+    }
+
+    /// Connections open now.
+    pub fn connections_open(&self) -> u64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn header_timeout(&self) {
+        self.header_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn model_panic(&self) {
@@ -233,6 +273,11 @@ impl Metrics {
             "casetag_fallback_total{{reason=\"primary_error\"}} {}",
             self.fallback_error.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "casetag_fallback_total{{reason=\"primary_unavailable\"}} {}",
+            self.fallback_unavailable.load(Ordering::Relaxed)
+        );
         o.push_str("# HELP casetag_reloads_total Model reloads by result.\n");
         o.push_str("# TYPE casetag_reloads_total counter\n");
         let _ = writeln!(
@@ -283,6 +328,30 @@ impl Metrics {
         );
         gauge(
             &mut o,
+            "casetag_degraded",
+            "1 when the primary model is not loaded and the fallback serves alone.",
+            g.degraded as u64,
+        );
+        gauge(
+            &mut o,
+            "casetag_connections_open",
+            "HTTP connections open now.",
+            self.connections_open(),
+        );
+        counter(
+            &mut o,
+            "casetag_connections_refused_total",
+            "Connections refused with 503 because --max-connections were open.",
+            self.connections_refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "casetag_header_timeouts_total",
+            "Connections closed for not sending a request head within --header-timeout-ms (stalled or idle).",
+            self.header_timeouts.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut o,
             "casetag_model_generation",
             "Models installed so far (1 after startup, +1 per successful reload).",
             g.model_generation,
@@ -306,6 +375,7 @@ mod tests {
             queue_capacity: 8,
             in_flight_cases: 0,
             ready: true,
+            degraded: false,
             model_generation: 1,
         };
         let t = m.render(&g);
@@ -337,6 +407,7 @@ mod tests {
             queue_capacity: 8,
             in_flight_cases: 0,
             ready: true,
+            degraded: false,
             model_generation: 1,
         };
         let t = m.render(&g);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use casetag_core::bundle::MANIFEST;
+use casetag_core::bundle::Bundle;
 use casetag_engine::{load_model, EngineError, LoadedModel, Tagger};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -49,37 +49,13 @@ impl ModelSlot {
 
 /// Resolve a `--model` spec the way `casetag serve` does at startup: a bundle
 /// directory, `ROOT/NAME/VERSION`, or `ROOT/NAME` whose `champion` file names
-/// the live version. Re-run on every reload, so a promoted champion is
-/// picked up without a restart.
+/// the live version (see [`casetag_core::bundle::resolve_spec`]; registry
+/// names never leave `root`). Re-run on every reload, so a promoted champion
+/// is picked up without a restart.
 pub fn resolve_model(root: &Path, spec: &str) -> Result<PathBuf, ServerError> {
-    let p = Path::new(spec);
-    if p.join(MANIFEST).is_file() {
-        return Ok(p.to_path_buf());
-    }
-    let direct = root.join(spec);
-    if direct.join(MANIFEST).is_file() {
-        return Ok(direct);
-    }
-    let champ = direct.join("champion");
-    if champ.is_file() {
-        let v = std::fs::read_to_string(&champ).map_err(|e| ServerError::Resolve {
-            spec: spec.into(),
-            message: format!("{}: {e}", champ.display()),
-        })?;
-        return Ok(direct.join(v.trim()));
-    }
-    // A directory that lost its manifest is a bad bundle, reported as such
-    // by the loader (with the path), rather than "not found".
-    if p.is_dir() {
-        return Ok(p.to_path_buf());
-    }
-    Err(ServerError::Resolve {
-        spec: spec.into(),
-        message: format!(
-            "not a bundle directory, nor NAME/VERSION or a NAME with a champion under {}",
-            root.display()
-        ),
-    })
+    // The message names the spec already.
+    casetag_core::bundle::resolve_spec(root, spec)
+        .map_err(|e| ServerError::Config(e.message().to_string()))
 }
 
 /// Run a loader, turning a panic into an error: a corrupt bundle must not
@@ -94,10 +70,53 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, EngineError>) -> Result<
     }
 }
 
-/// Startup load: the engine's tolerant chain (a primary that fails to load
-/// is tolerated, and logged, when a fallback is given).
-pub fn load_initial(primary: &Path, fallback: Option<&Path>) -> Result<Tagger, ServerError> {
-    guarded("startup load", || Tagger::load(primary, fallback))
+/// Load the `--fallback` bundle, which must be a baseline: it answers when
+/// the primary cannot, so it must be quick and must not share the primary's
+/// failure modes.
+fn load_fallback(what: &str, dir: &Path) -> Result<LoadedModel, ServerError> {
+    // The verified manifest says the kind before any weights are read.
+    let b = Bundle::open(dir).map_err(|e| ServerError::Model(e.into()))?;
+    if b.manifest.kind != "baseline" {
+        return Err(ServerError::Config(format!(
+            "--fallback {}: model '{}' is a {}; the fallback must be a baseline bundle",
+            dir.display(),
+            b.manifest.id,
+            b.manifest.kind
+        )));
+    }
+    guarded(what, || load_model(dir))
+}
+
+/// Startup load. A primary that fails to load is tolerated when a fallback
+/// is given: the fallback then serves alone, the server reports itself
+/// degraded (`/readyz`, `casetag_degraded`), and the primary's error is
+/// returned beside the tagger for the log.
+pub fn load_initial(
+    primary: &Path,
+    fallback: Option<&Path>,
+) -> Result<(Tagger, Option<ServerError>), ServerError> {
+    let Some(fb) = fallback else {
+        let p = guarded("startup load", || load_model(primary))?;
+        return Ok((
+            Tagger {
+                primary: Some(p),
+                fallback: None,
+            },
+            None,
+        ));
+    };
+    let f = load_fallback("startup load", fb)?;
+    let (p, failed) = match guarded("startup load", || load_model(primary)) {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(e)),
+    };
+    Ok((
+        Tagger {
+            primary: p,
+            fallback: Some(f),
+        },
+        failed,
+    ))
 }
 
 /// Reload: strict. A bad primary is refused (the running model stays), not
@@ -105,7 +124,7 @@ pub fn load_initial(primary: &Path, fallback: Option<&Path>) -> Result<Tagger, S
 pub fn load_strict(primary: &Path, fallback: Option<&Path>) -> Result<Tagger, ServerError> {
     let p = guarded("reload", || load_model(primary))?;
     let f = match fallback {
-        Some(fb) => Some(guarded("reload", || load_model(fb))?),
+        Some(fb) => Some(load_fallback("reload", fb)?),
         None => None,
     };
     Ok(Tagger {
@@ -114,12 +133,13 @@ pub fn load_strict(primary: &Path, fallback: Option<&Path>) -> Result<Tagger, Se
     })
 }
 
-/// A panic payload as text.
+/// A panic payload as text, with quoted values masked (they may be case
+/// text; see [`crate::error::mask_quoted`]).
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
+        crate::error::mask_quoted(s)
     } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
+        crate::error::mask_quoted(s)
     } else {
         "non-string panic payload".into()
     }
@@ -152,15 +172,15 @@ pub(crate) fn model_by_id<'a>(t: &'a Tagger, id: &str) -> Option<&'a LoadedModel
         .find(|m| m.id() == id)
 }
 
-/// The manifest summary `GET /v1/model` shows (everything but checksums).
-pub fn manifest_summary(m: &LoadedModel) -> Value {
+/// The manifest summary `GET /v1/model` shows (everything but checksums;
+/// the bundle's directory only `with_paths`).
+pub fn manifest_summary(m: &LoadedModel, with_paths: bool) -> Value {
     let man = &m.bundle.manifest;
     let tax = &m.bundle.taxonomy;
-    json!({
+    let mut v = json!({
         "id": man.id,
         "kind": man.kind,
         "created": man.created,
-        "dir": m.bundle.dir.display().to_string(),
         "format": man.format,
         "training_data_hash": man.training_data_hash,
         "label_space": man.label_space,
@@ -169,7 +189,19 @@ pub fn manifest_summary(m: &LoadedModel) -> Value {
         "thresholds": man.thresholds,
         "validation_metrics": man.validation_metrics,
         "hyper_parameters": man.hyper_parameters,
-    })
+    });
+    if with_paths {
+        v["dir"] = json!(m.bundle.dir.display().to_string());
+    } else if let Some(enc) = v["hyper_parameters"]["encoder"].as_str() {
+        // A local encoder directory shows by its name only.
+        if !enc.starts_with("hf:") {
+            let name = Path::new(enc)
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            v["hyper_parameters"]["encoder"] = json!(name);
+        }
+    }
+    v
 }
 
 /// The taxonomy tree as nested JSON nodes.
@@ -199,6 +231,7 @@ pub fn taxonomy_json(m: &LoadedModel) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use casetag_core::bundle::MANIFEST;
 
     #[test]
     fn resolves_champion_and_reports_unknown_specs() {

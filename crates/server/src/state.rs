@@ -54,7 +54,13 @@ impl AppState {
     /// runtime, or from a blocking thread.
     pub fn new(cfg: &ServerConfig) -> Result<AppState, ServerError> {
         let state = Self::unloaded(cfg)?;
-        let tagger = models::load_initial(&cfg.model, cfg.fallback.as_deref())?;
+        let (tagger, primary_failed) = models::load_initial(&cfg.model, cfg.fallback.as_deref())?;
+        if let Some(e) = primary_failed {
+            tracing::warn!(
+                "the primary model failed to load; the fallback serves alone (degraded): {}",
+                crate::error::log_safe(&e.to_string())
+            );
+        }
         state.install(tagger);
         Ok(state)
     }
@@ -128,6 +134,16 @@ impl AppState {
         !self.inner.draining.load(Ordering::Relaxed) && self.inner.models.get().is_some()
     }
 
+    /// The primary model is not loaded and the fallback serves alone.
+    pub fn is_degraded(&self) -> bool {
+        self.inner.models.get().is_some_and(|t| t.primary.is_none())
+    }
+
+    /// HTTP connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.inner.metrics.connections_open()
+    }
+
     /// Mark the server as shutting down (`/readyz` answers 503).
     pub fn begin_drain(&self) {
         self.inner.draining.store(true, Ordering::Relaxed);
@@ -146,6 +162,7 @@ impl AppState {
             queue_capacity: b.capacity(),
             in_flight_cases: b.in_flight(),
             ready: self.is_ready(),
+            degraded: self.is_degraded(),
             model_generation: self.inner.models.generation(),
         })
     }
@@ -169,16 +186,19 @@ impl AppState {
             Ok(x) => x,
             Err(e) => {
                 self.inner.metrics.reload(false);
-                tracing::error!("reload refused, the current model keeps serving: {e}");
+                tracing::error!(
+                    "reload refused, the current model keeps serving: {}",
+                    crate::error::log_safe(&e.to_string())
+                );
                 return Err(e);
             }
         };
         let model = tagger
             .primary
             .as_ref()
-            .map(manifest_summary)
+            .map(|m| manifest_summary(m, true))
             .unwrap_or(Value::Null);
-        let fallback = tagger.fallback.as_ref().map(manifest_summary);
+        let fallback = tagger.fallback.as_ref().map(|m| manifest_summary(m, true));
         let previous = self
             .inner
             .models
@@ -200,16 +220,22 @@ impl AppState {
         })
     }
 
-    /// `GET /v1/model`.
-    pub(crate) fn model_json(&self) -> Option<Value> {
+    /// `GET /v1/model`; filesystem paths only `with_paths` (an
+    /// authenticated caller).
+    pub(crate) fn model_json(&self, with_paths: bool) -> Option<Value> {
         let t = self.inner.models.get()?;
-        Some(json!({
-            "active": manifest_summary(t.active()),
-            "primary": t.primary.as_ref().map(manifest_summary),
-            "fallback": t.fallback.as_ref().map(manifest_summary),
-            "model_spec": self.inner.cfg.model_spec,
+        let summary = |m: &casetag_engine::LoadedModel| manifest_summary(m, with_paths);
+        let mut v = json!({
+            "active": summary(t.active()),
+            "primary": t.primary.as_ref().map(summary),
+            "fallback": t.fallback.as_ref().map(summary),
+            "degraded": t.primary.is_none(),
             "generation": self.inner.models.generation(),
             "uptime_s": self.inner.started.elapsed().as_secs(),
-        }))
+        });
+        if with_paths {
+            v["model_spec"] = json!(self.inner.cfg.model_spec);
+        }
+        Some(v)
     }
 }

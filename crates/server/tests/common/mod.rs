@@ -223,8 +223,9 @@ impl Classifier for TestClassifier {
         if let Some(g) = &self.gate {
             g.pass();
         }
-        if cases.iter().any(|c| c.text.contains("PANIC")) {
-            panic!("test classifier asked to panic");
+        if let Some(c) = cases.iter().find(|c| c.text.contains("PANIC")) {
+            // Quotes the case, as the standard library's own panics do.
+            panic!("test classifier asked to panic on {:?}", c.text);
         }
         self.inner.predict(cases)
     }
@@ -357,4 +358,51 @@ impl TestServer {
 /// The error `type` of an error body.
 pub fn err_type(v: &Value) -> &str {
     v["error"]["type"].as_str().unwrap_or("<no error type>")
+}
+
+/// Send `request` on a fresh connection and read until the server closes
+/// it (or `within` passes: `None`). Returns what the server sent.
+pub async fn raw_exchange(
+    base: &str,
+    request: &[u8],
+    within: std::time::Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.ok()?;
+    Some(got)
+}
+
+/// The status code of a raw HTTP/1.1 response.
+pub fn raw_status(resp: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Rewrite a bundle's manifest with `edit` and recompute its digest, as a
+/// tool that knows the format would.
+pub fn reseal(bundle: &Path, edit: impl FnOnce(&mut Value)) {
+    use sha2::Digest;
+    let p = bundle.join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut m);
+    let text = serde_json::to_string_pretty(&m).unwrap();
+    std::fs::write(&p, &text).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    std::fs::write(bundle.join("manifest.sha256"), format!("{digest}\n")).unwrap();
 }
