@@ -3,8 +3,7 @@
 # request body, the taxonomy YAML and the bundle manifest, with many cases per target and a fresh seed each run.
 #   CASETAG_FUZZ_CASES  cases per target (default 20000 here; CI uses the small default)
 #   CASETAG_FUZZ_SEED   seed (default: the current time; printed, so a failure can be rerun)
-# Extra arguments go to nextest, e.g. `--run-ignored only` for the properties
-# that still fail on known bugs.
+# Extra arguments go to nextest, e.g. `-E 'test(=fuzz_taxonomy_yaml)'` for one target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CASETAG_FUZZ_CASES="${CASETAG_FUZZ_CASES:-20000}"

@@ -13,17 +13,42 @@ use serde::{Deserialize, Serialize};
 
 pub use taxonomy::{ActionMode, Taxonomy};
 
-/// Errors of the core crate. Messages are one line and name what is at fault.
+/// Errors of the core crate. Messages are one line and name what is at
+/// fault; they quote user-supplied names (taxonomy ids, YAML values, file
+/// names in a manifest), so they are shown through [`printable`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("taxonomy: {0}")]
+    #[error("taxonomy: {}", printable(.0))]
     Taxonomy(String),
-    #[error("bundle: {0}")]
+    #[error("bundle: {}", printable(.0))]
     Bundle(String),
-    #[error("io: {0}")]
+    #[error("io: {}", printable(.0))]
     Io(String),
-    #[error("{0}")]
+    #[error("{}", printable(.0))]
     Invalid(String),
+}
+
+/// `s` safe to print on one terminal line: control characters (line breaks,
+/// escape sequences, NUL) and the invisible characters that reorder text
+/// (bidirectional overrides and isolates) are shown as escapes such as
+/// `\u{1b}`, never emitted raw.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl Error {

@@ -214,7 +214,6 @@ fn fuzz_taxonomy_yaml() {
 }
 
 #[test]
-#[ignore = "issue #16 item 7: taxonomy errors quote node ids and YAML values raw, newlines and escapes included (`node 'a\\u{1}b': duplicate id`; `unknown variant `au\\nto\\u{1b}[2J``); fuzz/corpus/taxonomy_yaml/control_chars.yaml, unknown_variant.yaml"]
 fn fuzz_taxonomy_yaml_messages_have_no_control_characters() {
     support::fuzz_bytes("taxonomy_yaml", YAML_TOKENS, TAXONOMY_CASES, MAX_LEN, |i| {
         taxonomy_case(i, support::clean_message)
@@ -380,7 +379,6 @@ fn fuzz_bundle_manifest() {
 }
 
 #[test]
-#[ignore = "issue #16 item 7: bundle errors quote manifest file names raw, newlines and escapes included (`file 'a\\u{1}\\n\\u{1b}[2Jb' listed in the manifest is missing`); fuzz/corpus/bundle_manifest/control_in_file_name.json"]
 fn fuzz_bundle_manifest_messages_have_no_control_characters() {
     fuzz_bundle(support::clean_message);
 }
@@ -402,7 +400,6 @@ fn plain_name(name: &str) -> bool {
 /// that lists `../x`, `/abs/x` or `sub/../../x` (with the right checksum) is
 /// refused, whichever file (taxonomy or weights) it redirects.
 #[test]
-#[ignore = "issue #16 item 5: Bundle::open joins manifest file names onto the bundle directory unchecked, so a listed `../outside.bin` or absolute path with a matching checksum is read from outside the bundle"]
 fn fuzz_bundle_files_stay_inside_the_directory() {
     let fx = fixture();
     let strategy = (

@@ -103,28 +103,7 @@ impl DataError {
 
 pub type Result<T> = std::result::Result<T, DataError>;
 
-/// `s` safe to print on one terminal line: control characters (line breaks,
-/// escape sequences, NUL) and the invisible characters that reorder text
-/// (bidirectional overrides and isolates) are shown as escapes such as
-/// `\u{1b}`, never emitted raw.
-pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-    };
-    if !s.chars().any(unsafe_char) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if unsafe_char(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
+pub use casetag_core::printable;
 
 /// Collapse a (possibly multi-line) library message into one line.
 pub(crate) fn one_line(s: &str) -> String {

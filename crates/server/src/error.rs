@@ -41,24 +41,16 @@ impl ServerError {
 /// Longest message [`log_safe`] lets through, in characters.
 const MAX_MESSAGE_CHARS: usize = 400;
 
-/// A message made safe for a log line or an error body: control characters
-/// (newlines, ANSI escapes, NUL, ...) escaped as `\n`, `\u{1b}`, so one
+/// A message made safe for a log line or an error body: control and
+/// text-reordering characters escaped ([`casetag_core::printable`]), so one
 /// message stays one line and cannot restyle a terminal, and the length
 /// capped.
 pub fn log_safe(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(MAX_MESSAGE_CHARS + 8));
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX_MESSAGE_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+    let p = casetag_core::printable(s);
+    match p.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &p[..cut]),
+        None => p.into_owned(),
     }
-    out
 }
 
 /// A panic message with every quoted span (`` `...` `` or `"..."`) masked:
@@ -248,7 +240,7 @@ mod tests {
         let e = ApiError::new(ErrorKind::Internal, "bad\u{1b}[31m red\nline\0");
         assert!(!e.message.chars().any(char::is_control), "{}", e.message);
         assert!(
-            e.message.contains("\\u{1b}[31m") && e.message.contains("\\n"),
+            e.message.contains("\\u{1b}[31m") && e.message.contains("\\u{a}line"),
             "{}",
             e.message
         );
