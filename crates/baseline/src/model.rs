@@ -434,23 +434,69 @@ pub fn fit_softmax_regression(
         .collect();
     if present.iter().filter(|&&p| p).count() >= 2 {
         let ds = Dataset::new(x, Array1::from(y.to_vec()));
-        let fitted = MultiLogisticRegression::<f32>::default()
-            .alpha(alpha)
-            .max_iterations(max_iterations)
-            .fit(&ds)
-            .map_err(|e| e.to_string())?;
-        let (w, b) = (fitted.params(), fitted.intercept());
-        for (j, &class) in fitted.classes().iter().enumerate() {
-            bias[class] = b[j];
-            for r in 0..k {
-                weights[r * n_out + class] = w[[r, j]];
+        let mut init: Option<Array2<f32>> = None;
+        let mut last = f64::INFINITY;
+        for _ in 0..MAX_SOLVER_ROUNDS {
+            let mut solver = MultiLogisticRegression::<f32>::default()
+                .alpha(alpha)
+                .max_iterations(max_iterations);
+            if let Some(p) = init.take() {
+                solver = solver.initial_params(p);
             }
+            let fitted = solver.fit(&ds).map_err(|e| e.to_string())?;
+            let (w, b) = (fitted.params(), fitted.intercept());
+            let obj = softmax_objective(ds.records(), y, w, b, fitted.classes(), alpha);
+            let mut p = Array2::<f32>::zeros((k + 1, b.len()));
+            p.slice_mut(ndarray::s![..k, ..]).assign(w);
+            p.row_mut(k).assign(b);
+            init = Some(p);
+            for (j, &class) in fitted.classes().iter().enumerate() {
+                bias[class] = b[j];
+                for r in 0..k {
+                    weights[r * n_out + class] = w[[r, j]];
+                }
+            }
+            if last - obj <= 1e-5 * obj.abs().max(1.0) {
+                break;
+            }
+            last = obj;
         }
     }
     if weights.iter().chain(&bias).any(|v| !v.is_finite()) {
         return Err("solver produced non-finite weights".into());
     }
     Ok((weights, bias))
+}
+
+/// Rounds of the solver: L-BFGS stops for good when a line search fails
+/// (`argmin` reports that as an exit, not an error), which on larger
+/// training sets left the fit far from the optimum; each round restarts
+/// it from the previous solution with fresh curvature memory, until the
+/// objective stops improving.
+const MAX_SOLVER_ROUNDS: usize = 8;
+
+/// The solver's objective: summed cross-entropy plus `alpha / 2 · |W|^2`
+/// (intercepts unpenalised, as in `linfa`), in f64.
+fn softmax_objective(
+    x: &Array2<f32>,
+    y: &[usize],
+    w: &Array2<f32>,
+    b: &Array1<f32>,
+    classes: &[usize],
+    alpha: f32,
+) -> f64 {
+    let logits = x.dot(w) + b;
+    let mut col = vec![usize::MAX; classes.iter().max().map_or(0, |m| m + 1)];
+    for (j, &c) in classes.iter().enumerate() {
+        col[c] = j;
+    }
+    let mut loss = 0f64;
+    for (row, &t) in logits.rows().into_iter().zip(y) {
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
+        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        loss += lse - row[col[t]] as f64;
+    }
+    loss + 0.5 * alpha as f64 * w.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
 }
 
 fn column_map(buckets: &[u32], n_buckets: usize) -> Vec<u32> {
@@ -624,7 +670,10 @@ impl BaselineModel {
             ("idf", view(Dtype::F32, vec![self.idf.len()], &idf)?),
             ("buckets", view(Dtype::U32, vec![k], &buckets)?),
         ];
-        safetensors::serialize_to_file(tensors, None, &path).map_err(|e| io(&path, &e))?;
+        // Serialised here and written with `fs::write`, so the file's mode
+        // follows the umask (`safetensors`' own writer makes it owner-only).
+        let bytes = safetensors::serialize(tensors, None).map_err(|e| io(&path, &e))?;
+        std::fs::write(&path, bytes).map_err(|e| io(&path, &e))?;
         let cfg = ConfigFile {
             format: FORMAT.into(),
             id: self.id.clone(),
