@@ -421,7 +421,7 @@ impl Bert {
             .into_iter()
             .map(|(n, t)| (n, t.detach()))
             .collect();
-        candle_core::safetensors::save(&map, path).map_err(|e| TransformerError::io(path, e))
+        crate::error::save_safetensors(&map, path)
     }
 
     /// Turn the weights of layers `grad_from..` (and the position/type

@@ -44,3 +44,15 @@ impl From<candle_core::Error> for TransformerError {
 }
 
 pub type Result<T> = std::result::Result<T, TransformerError>;
+
+/// Write tensors as a safetensors file created like any other file of a
+/// bundle: its mode follows the umask (`safetensors`' own writer creates
+/// files readable by their owner only, which other accounts serving or
+/// tagging with the bundle cannot read).
+pub(crate) fn save_safetensors(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    path: &std::path::Path,
+) -> Result<()> {
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| TransformerError::io(path, e))?;
+    std::fs::write(path, bytes).map_err(|e| TransformerError::io(path, e))
+}

@@ -137,7 +137,7 @@ impl Head {
         }
         map.insert("out.weight".to_string(), self.out_w.detach());
         map.insert("out.bias".to_string(), self.out_b.detach());
-        candle_core::safetensors::save(&map, path).map_err(|e| TransformerError::io(path, e))
+        crate::error::save_safetensors(&map, path)
     }
 
     pub fn load(path: &Path, dropout: f32, dev: &Device) -> Result<Self> {

@@ -99,7 +99,11 @@ fn copy_file(src: &Path, dst: &Path) -> Result<()> {
             return Ok(());
         }
     }
-    std::fs::copy(src, dst).map_err(|e| TransformerError::io(dst, e))?;
+    // Not `fs::copy`, which keeps the source's mode: a bundle file is
+    // created like any other, its mode following the umask.
+    let mut from = std::fs::File::open(src).map_err(|e| TransformerError::io(src, e))?;
+    let mut to = std::fs::File::create(dst).map_err(|e| TransformerError::io(dst, e))?;
+    std::io::copy(&mut from, &mut to).map_err(|e| TransformerError::io(dst, e))?;
     Ok(())
 }
 
