@@ -23,27 +23,26 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
-/// Number of mutated cases per target: `CASETAG_FUZZ_CASES`, else `default`.
-pub fn cases(default: u32) -> u32 {
-    match std::env::var("CASETAG_FUZZ_CASES") {
+/// A whole number from the environment variable `name`, else `default`.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
         Ok(v) => v
             .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("CASETAG_FUZZ_CASES must be a whole number, got {v:?}")),
+            .unwrap_or_else(|_| panic!("{name} must be a whole number, got {v:?}")),
         Err(_) => default,
     }
+}
+
+/// Number of mutated cases per target: `CASETAG_FUZZ_CASES`, else `default`.
+pub fn cases(default: u32) -> u32 {
+    env_number("CASETAG_FUZZ_CASES", default)
 }
 
 /// The run's seed: `CASETAG_FUZZ_SEED` (default 0) mixed with the target
 /// name, so targets explore different inputs under one seed.
 pub fn seed(target: &str) -> u64 {
-    let base: u64 = match std::env::var("CASETAG_FUZZ_SEED") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("CASETAG_FUZZ_SEED must be a whole number, got {v:?}")),
-        Err(_) => 0,
-    };
+    let base: u64 = env_number("CASETAG_FUZZ_SEED", 0);
     // FNV-1a over the name.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in target.bytes() {

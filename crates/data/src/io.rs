@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::BufWriter;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -54,7 +53,7 @@ impl Format {
 /// Rows used to infer CSV/JSONL column types. Large enough that a column which
 /// looks numeric only in its first rows is rarely mistyped; prepare is an
 /// offline step, so the extra scan is cheap next to training.
-const INFER_ROWS: usize = 10_000;
+pub(crate) const INFER_ROWS: usize = 10_000;
 
 fn pl_path(path: &Path) -> Result<PlRefPath> {
     PlRefPath::try_from_path(path).map_err(|e| DataError::read(path, e))
@@ -91,12 +90,34 @@ pub(crate) fn scan(path: &Path) -> Result<(LazyFrame, Format)> {
                 ..Default::default()
             },
         ),
-        Format::Jsonl => LazyJsonLineReader::new(p)
-            .with_infer_schema_length(NonZeroUsize::new(INFER_ROWS))
-            .finish(),
+        // Through the streaming reader, which checks every line first
+        // (polars' own JSON reader panics on some valid input, e.g. an
+        // integer beyond 64 bits); for a whole-table read a damaged line is
+        // an error naming it.
+        Format::Jsonl => return Ok((read_jsonl(path)?.lazy(), fmt)),
     }
     .map_err(|e| DataError::parse(path, fmt.name(), e))?;
     Ok((lf, fmt))
+}
+
+/// A whole JSONL file, read through [`crate::ChunkReader`]; the first
+/// damaged line is an error.
+fn read_jsonl(path: &Path) -> Result<DataFrame> {
+    let mut r = crate::ChunkReader::open(path, 1 << 16)?;
+    let mut df: Option<DataFrame> = None;
+    while let Some(chunk) = r.next_chunk()? {
+        if let Some(f) = chunk.faults.iter().flatten().next() {
+            return Err(DataError::Usage(f.clone()));
+        }
+        match &mut df {
+            Some(d) => {
+                d.vstack_mut(&chunk.df)
+                    .map_err(|e| DataError::parse(path, "JSONL", e))?;
+            }
+            None => df = Some(chunk.df),
+        }
+    }
+    Ok(df.or_else(|| r.empty_frame()).unwrap_or_default())
 }
 
 /// Collect a lazy frame read from `path`, mapping polars errors to a one-line

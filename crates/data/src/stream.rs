@@ -135,7 +135,7 @@ impl ChunkReader {
             }
             Format::Jsonl => Inner::Jsonl(JsonlChunks {
                 reader: BufReader::with_capacity(READ_BLOCK, file),
-                schema: None,
+                schema: infer_jsonl_schema(path)?,
                 byte: 0,
                 line: 0,
             }),
@@ -786,28 +786,79 @@ impl JsonlChunks {
                 lines[i] = EMPTY_OBJECT.to_vec();
             }
         }
-        let df = parse_json_lines(&lines, schema.as_ref()).map_err(|e| {
+        let mut df = parse_json_lines(&lines, schema.as_ref()).map_err(|e| {
             DataError::parse(path, "JSONL", format!("lines up to {}: {e}", self.line))
         })?;
+        if df.width() == 0 {
+            // Every line stood in by `{}`: polars gives no columns and no
+            // rows, but each line is a row (of nulls, with its fault).
+            df = match &self.schema {
+                Some(s) => DataFrame::full_null(s, lines.len()),
+                None => DataFrame::empty_with_height(lines.len()),
+            };
+            return Ok(Some((df, faults)));
+        }
         if self.schema.is_none() {
-            // Columns that are all-null in the first chunk are typed Null;
-            // later chunks may hold text there.
-            let s: Schema = df
-                .schema()
-                .iter()
-                .map(|(name, dt)| {
-                    let dt = if dt.is_null() {
-                        DataType::String
-                    } else {
-                        dt.clone()
-                    };
-                    Field::new(name.clone(), dt)
-                })
-                .collect();
-            self.schema = Some(Arc::new(s));
+            self.schema = Some(nulls_as_text(df.schema()));
         }
         Ok(Some((df, faults)))
     }
+}
+
+/// A schema with columns typed Null (all-null where inferred) typed String:
+/// later rows may hold text there.
+fn nulls_as_text(schema: &Schema) -> SchemaRef {
+    let s: Schema = schema
+        .iter()
+        .map(|(name, dt)| {
+            let dt = if dt.is_null() {
+                DataType::String
+            } else {
+                dt.clone()
+            };
+            Field::new(name.clone(), dt)
+        })
+        .collect();
+    Arc::new(s)
+}
+
+/// The columns of a JSONL file, inferred from its first [`crate::io::INFER_ROWS`]
+/// object lines (read ahead, within the first 64 MiB), so every
+/// chunk has them, a chunk of damaged lines only and a resumed run alike.
+/// `None` when no such line is found.
+fn infer_jsonl_schema(path: &Path) -> Result<Option<SchemaRef>> {
+    const MAX_BYTES: u64 = 64 << 20;
+    let file = File::open(path).map_err(|e| DataError::read(path, e))?;
+    let mut reader = BufReader::with_capacity(READ_BLOCK, file);
+    let (mut lines, mut raw, mut read) = (Vec::new(), Vec::new(), 0u64);
+    while lines.len() < crate::io::INFER_ROWS && read < MAX_BYTES {
+        raw.clear();
+        let got = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| DataError::read(path, e))?;
+        if got == 0 {
+            break;
+        }
+        read += got as u64;
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        // Damaged lines count once repaired (invalid UTF-8 replaced, ...);
+        // lines that are not JSON objects do not.
+        let (line, _) = check_json_line(&raw);
+        if line != EMPTY_OBJECT {
+            lines.push(line);
+        }
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    // Lines that do not agree with each other on a column's type are left
+    // to the chunks, which find and report them.
+    Ok(parse_json_lines(&lines, None)
+        .ok()
+        .filter(|df| df.width() > 0)
+        .map(|df| nulls_as_text(df.schema())))
 }
 
 /// `{path}: line {line}{rest}`, escaped for printing.
@@ -838,7 +889,11 @@ fn check_json_line(raw: &[u8]) -> (Vec<u8>, Option<String>) {
                 Some(k) => format!(", column '{k}': {m}"),
                 None => format!(": {m}"),
             });
-            (text.into_owned().into_bytes(), fault)
+            // Valid JSON, so not a fault: the value is kept as a float.
+            match widen_big_integers(&text) {
+                Some(widened) => (widened.into_bytes(), fault),
+                None => (text.into_owned().into_bytes(), fault),
+            }
         }
         Ok(_) => (EMPTY_OBJECT.to_vec(), Some(": not a JSON object".into())),
         Err(e) => {
@@ -856,6 +911,59 @@ fn check_json_line(raw: &[u8]) -> (Vec<u8>, Option<String>) {
             )
         }
     }
+}
+
+/// `text` (valid JSON) with every integer literal outside the signed 64-bit
+/// range written as a float (`.0` appended), or `None` when there is none.
+/// polars would infer a 128-bit integer column for them, which it cannot
+/// hold, and panic.
+fn widen_big_integers(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if c == b'-' || c.is_ascii_digit() {
+            let start = i;
+            i += 1;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            let fraction = i < b.len() && matches!(b[i], b'.' | b'e' | b'E');
+            while i < b.len()
+                && (b[i].is_ascii_digit() || matches!(b[i], b'.' | b'e' | b'E' | b'+' | b'-'))
+            {
+                i += 1;
+            }
+            if !fraction && text[start..i].parse::<i64>().is_err() {
+                let o = out.get_or_insert_with(String::new);
+                o.push_str(&text[copied..i]);
+                o.push_str(".0");
+                copied = i;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out.map(|mut o| {
+        o.push_str(&text[copied..]);
+        o
+    })
 }
 
 /// The first key whose string value holds a replacement character.
@@ -1278,6 +1386,11 @@ pub fn chunk_texts(df: &DataFrame) -> Result<Vec<Option<String>>> {
                 .into(),
         ));
     }
+    if df.width() == 0 {
+        // A chunk of damaged rows only (no column could be read): each row
+        // carries its fault and has no text.
+        return Ok(vec![None; df.height()]);
+    }
     let col = df.column(TEXT).map_err(|_| {
         DataError::Usage(format!(
             "column 'text': missing (found: {})",
@@ -1305,6 +1418,26 @@ pub fn chunk_texts(df: &DataFrame) -> Result<Vec<Option<String>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_integers_are_widened_outside_strings_only() {
+        assert_eq!(
+            widen_big_integers(r#"{"a": 1, "b": -5, "c": 1.5e300}"#),
+            None
+        );
+        assert_eq!(
+            widen_big_integers(r#"{"a": 18446744073709551616, "t": "99999999999999999999"}"#)
+                .as_deref(),
+            Some(r#"{"a": 18446744073709551616.0, "t": "99999999999999999999"}"#)
+        );
+        assert_eq!(
+            widen_big_integers(
+                r#"{"a": [-9223372036854775809, 9223372036854775807], "s": "\"1\""}"#
+            )
+            .as_deref(),
+            Some(r#"{"a": [-9223372036854775809.0, 9223372036854775807], "s": "\"1\""}"#)
+        );
+    }
 
     fn scan(s: &str, eof: bool, first: bool) -> (Scan, Vec<Span>) {
         let mut f = Vec::new();
