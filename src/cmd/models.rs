@@ -11,7 +11,7 @@ use crate::{CmdResult, Failure};
 #[derive(Parser)]
 pub struct Args {
     /// Registry root.
-    #[arg(long, env = "CASETAG_MODELS", default_value = "models")]
+    #[arg(long, env = "CASETAG_MODELS", default_value = "models", global = true)]
     root: PathBuf,
     #[command(subcommand)]
     action: Action,
@@ -25,6 +25,11 @@ enum Action {
     Show { model: String },
     /// Make NAME/VERSION the champion of NAME (after verifying it).
     Promote { model: String },
+    /// Verify a bundle written before manifests carried a checksum (format 1)
+    /// and upgrade it to the current format, so it loads again. Only for
+    /// bundles whose origin you trust: format 1 cannot prove its manifest
+    /// was not edited.
+    Seal { model: String },
 }
 
 /// Resolve `NAME` (its champion), `NAME/VERSION` or a bundle directory.
@@ -75,6 +80,13 @@ pub fn run(a: Args) -> CmdResult {
                 }
             }
             rows.sort();
+            if rows.is_empty() {
+                crate::progress::warn(&format!(
+                    "no bundles under {} (expected {}/NAME/VERSION/manifest.json)",
+                    a.root.display(),
+                    a.root.display()
+                ));
+            }
             super::say("MODEL\tKIND\tCREATED\tID");
             for r in rows {
                 super::say(r);
@@ -85,6 +97,17 @@ pub fn run(a: Args) -> CmdResult {
             let dir = resolve(&a.root, &model)?;
             let b = Bundle::open(&dir).map_err(Failure::input)?;
             super::say(serde_json::to_string_pretty(&b.manifest).unwrap_or_default());
+            Ok(())
+        }
+        Action::Seal { model } => {
+            let dir = resolve(&a.root, &model)?;
+            let b = Bundle::seal(&dir).map_err(Failure::input)?;
+            super::say(format!(
+                "{}: verified and sealed as bundle format {} ({})",
+                dir.display(),
+                b.manifest.format,
+                b.manifest.id
+            ));
             Ok(())
         }
         Action::Promote { model } => {

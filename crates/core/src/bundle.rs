@@ -8,9 +8,10 @@
 //! What [`Bundle::open`] accepts: the directory holds exactly the files the
 //! manifest lists (a missing or an unlisted file is refused, so nothing a
 //! loader reads escapes verification) plus the manifest and its digest.
-//! From format 2 on the digest is required: deleting it does not turn the
-//! check off. Format 1 bundles, written before the digest existed, load
-//! with it when present and without it otherwise. The digest guards
+//! The digest is required: deleting it does not turn the check off, and
+//! neither does declaring the bundle format 1 (written before digests
+//! existed): such bundles load only after an operator who trusts their
+//! origin runs `casetag models seal` ([`Bundle::seal`]). The digest guards
 //! against corruption and edits by tools unaware of it; it is not a
 //! signature (whoever can write the bundle can recompute it).
 
@@ -26,12 +27,12 @@ use crate::{Error, LabelSpace, Result, Taxonomy};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const TAXONOMY: &str = "taxonomy.yaml";
-/// sha256 of `manifest.json`'s bytes: required from format 2 on; format 1
-/// bundles, written before it existed, may lack it.
+/// sha256 of `manifest.json`'s bytes: required by [`Bundle::open`]; format 1
+/// bundles, written before it existed, get it from [`Bundle::seal`].
 pub const MANIFEST_DIGEST: &str = "manifest.sha256";
 /// The format [`BundleWriter`] writes.
 pub const FORMAT_VERSION: u32 = 2;
-/// The oldest format [`Bundle::open`] reads (no required digest).
+/// The oldest format whose manifest [`Bundle::seal`] upgrades.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Temperature scaling fitted on validation data.
@@ -228,6 +229,68 @@ impl Drop for BundleWriter {
     }
 }
 
+/// The manifest's text and parsed form, of a format this build reads.
+fn read_manifest(dir: &Path) -> Result<(String, Manifest)> {
+    let bad = |m: String| Error::Bundle(format!("{}: {m}", dir.display()));
+    if !dir.is_dir() {
+        return Err(bad("not a model bundle directory".into()));
+    }
+    let mp = dir.join(MANIFEST);
+    let text =
+        std::fs::read_to_string(&mp).map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is corrupt: {e}")))?;
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&manifest.format) {
+        return Err(bad(format!(
+            "bundle format {} is not supported (expected {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
+            manifest.format
+        )));
+    }
+    manifest.text.check().map_err(bad)?;
+    Ok((text, manifest))
+}
+
+/// The directory holds exactly the listed files (plus the manifest and its
+/// digest), each with its recorded checksum.
+fn verify_files(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let bad = |m: String| Error::Bundle(format!("{}: {m}", dir.display()));
+    for name in manifest.files.keys() {
+        if !is_plain_file_name(name) {
+            return Err(bad(format!(
+                "the manifest lists '{}', which is not a file name inside the bundle",
+                name.escape_debug()
+            )));
+        }
+    }
+    // Nothing unlisted: whatever a loader reads has been verified.
+    let entries = std::fs::read_dir(dir).map_err(|e| bad(e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| bad(e.to_string()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != MANIFEST && name != MANIFEST_DIGEST && !manifest.files.contains_key(&name) {
+            return Err(bad(format!(
+                "'{}' is not listed in the manifest (an unverified file; remove it or rebuild the bundle)",
+                name.escape_debug()
+            )));
+        }
+    }
+    for (name, want) in &manifest.files {
+        let p = dir.join(name);
+        if !p.is_file() {
+            return Err(bad(format!(
+                "file '{name}' listed in the manifest is missing"
+            )));
+        }
+        let got = sha256_file(&p)?;
+        if &got != want {
+            return Err(bad(format!(
+                "checksum mismatch for '{name}' (file is corrupt or was modified)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A verified bundle on disk.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -240,70 +303,31 @@ impl Bundle {
     /// Read the manifest, verify every file's checksum and load the taxonomy.
     pub fn open(dir: &Path) -> Result<Self> {
         let bad = |m: String| Error::Bundle(format!("{}: {m}", dir.display()));
-        if !dir.is_dir() {
-            return Err(bad("not a model bundle directory".into()));
-        }
-        let mp = dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&mp)
-            .map_err(|e| bad(format!("cannot read {MANIFEST}: {e}")))?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| bad(format!("{MANIFEST} is corrupt: {e}")))?;
-        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&manifest.format) {
-            return Err(bad(format!(
-                "bundle format {} is not supported (expected {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
-                manifest.format
-            )));
-        }
-        manifest.text.check().map_err(bad)?;
+        let (text, manifest) = read_manifest(dir)?;
         let dp = dir.join(MANIFEST_DIGEST);
-        if dp.is_file() {
-            let want = std::fs::read_to_string(&dp)
-                .map_err(|e| bad(format!("cannot read {MANIFEST_DIGEST}: {e}")))?;
-            if hex::encode(Sha256::digest(text.as_bytes())) != want.trim() {
-                return Err(bad(format!(
-                    "checksum mismatch for '{MANIFEST}' against {MANIFEST_DIGEST} (file is corrupt or was modified)"
-                )));
-            }
-        } else if manifest.format >= 2 {
+        if !dp.is_file() {
+            return Err(bad(if manifest.format < FORMAT_VERSION {
+                format!(
+                    "bundle format {} has no {MANIFEST_DIGEST} and is not loaded (a newer bundle stripped of its digest looks the same); \
+                     if you trust where it came from, `casetag models seal {}` verifies and upgrades it",
+                    manifest.format,
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "{MANIFEST_DIGEST} is missing (required for bundle format {}; the manifest cannot be verified)",
+                    manifest.format
+                )
+            }));
+        }
+        let want = std::fs::read_to_string(&dp)
+            .map_err(|e| bad(format!("cannot read {MANIFEST_DIGEST}: {e}")))?;
+        if hex::encode(Sha256::digest(text.as_bytes())) != want.trim() {
             return Err(bad(format!(
-                "{MANIFEST_DIGEST} is missing (required for bundle format {}; the manifest cannot be verified)",
-                manifest.format
+                "checksum mismatch for '{MANIFEST}' against {MANIFEST_DIGEST} (file is corrupt or was modified)"
             )));
         }
-        for name in manifest.files.keys() {
-            if !is_plain_file_name(name) {
-                return Err(bad(format!(
-                    "the manifest lists '{}', which is not a file name inside the bundle",
-                    name.escape_debug()
-                )));
-            }
-        }
-        // Nothing unlisted: whatever a loader reads has been verified.
-        let entries = std::fs::read_dir(dir).map_err(|e| bad(e.to_string()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| bad(e.to_string()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != MANIFEST && name != MANIFEST_DIGEST && !manifest.files.contains_key(&name) {
-                return Err(bad(format!(
-                    "'{}' is not listed in the manifest (an unverified file; remove it or rebuild the bundle)",
-                    name.escape_debug()
-                )));
-            }
-        }
-        for (name, want) in &manifest.files {
-            let p = dir.join(name);
-            if !p.is_file() {
-                return Err(bad(format!(
-                    "file '{name}' listed in the manifest is missing"
-                )));
-            }
-            let got = sha256_file(&p)?;
-            if &got != want {
-                return Err(bad(format!(
-                    "checksum mismatch for '{name}' (file is corrupt or was modified)"
-                )));
-            }
-        }
+        verify_files(dir, &manifest)?;
         if !manifest.files.contains_key(&manifest.taxonomy) {
             return Err(bad(format!(
                 "taxonomy file '{}' is not covered by a checksum",
@@ -323,6 +347,34 @@ impl Bundle {
             manifest,
             taxonomy,
         })
+    }
+
+    /// Upgrade a format 1 bundle (written before manifests carried a
+    /// digest) to the current format: every listed file is verified, then
+    /// the manifest is rewritten with the current format and its digest.
+    /// Only for bundles whose origin the operator trusts: format 1 cannot
+    /// prove its manifest was not edited.
+    pub fn seal(dir: &Path) -> Result<Self> {
+        let bad = |m: String| Error::Bundle(format!("{}: {m}", dir.display()));
+        let (_, mut manifest) = read_manifest(dir)?;
+        if manifest.format == FORMAT_VERSION && dir.join(MANIFEST_DIGEST).is_file() {
+            return Err(bad(format!(
+                "already sealed (bundle format {FORMAT_VERSION} with {MANIFEST_DIGEST})"
+            )));
+        }
+        verify_files(dir, &manifest)?;
+        manifest.format = FORMAT_VERSION;
+        let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
+        let io = |p: &Path, e: std::io::Error| Error::Bundle(format!("{}: {e}", p.display()));
+        // Digest first, then the manifest by rename: an interruption leaves
+        // a bundle that fails to verify, never one that loads unverified.
+        let dp = dir.join(MANIFEST_DIGEST);
+        let digest = hex::encode(Sha256::digest(json.as_bytes()));
+        std::fs::write(&dp, format!("{digest}\n")).map_err(|e| io(&dp, e))?;
+        let tmp = dir.join(format!(".{MANIFEST}.tmp-{}", std::process::id()));
+        std::fs::write(&tmp, &json).map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, dir.join(MANIFEST)).map_err(|e| io(&tmp, e))?;
+        Self::open(dir)
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -464,11 +516,26 @@ mod tests {
         std::fs::remove_file(dest.join(MANIFEST_DIGEST)).unwrap();
         let e = Bundle::open(&dest).unwrap_err().to_string();
         assert!(e.contains("manifest.sha256 is missing"), "{e}");
-        // A format 1 bundle, written before the digest existed, loads without it.
+        // Nor does declaring the bundle format 1 (written before digests
+        // existed): such a bundle loads only once an operator seals it.
         let legacy = text.replace("\"format\": 2", "\"format\": 1");
         assert_ne!(legacy, text);
         std::fs::write(dest.join(MANIFEST), &legacy).unwrap();
+        let e = Bundle::open(&dest).unwrap_err().to_string();
+        assert!(
+            e.contains("format 1 has no manifest.sha256") && e.contains("models seal"),
+            "{e}"
+        );
+        // Sealing verifies the files first.
+        std::fs::write(dest.join("weights.bin"), b"tampered!!").unwrap();
+        let e = Bundle::seal(&dest).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch for 'weights.bin'"), "{e}");
+        std::fs::write(dest.join("weights.bin"), b"0123456789").unwrap();
+        let sealed = Bundle::seal(&dest).unwrap();
+        assert_eq!(sealed.manifest.format, FORMAT_VERSION);
         Bundle::open(&dest).unwrap();
+        let e = Bundle::seal(&dest).unwrap_err().to_string();
+        assert!(e.contains("already sealed"), "{e}");
         // Corrupt manifest.
         std::fs::write(dest.join(MANIFEST), b"{not json").unwrap();
         let e = Bundle::open(&dest).unwrap_err().to_string();
