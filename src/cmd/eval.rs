@@ -1,13 +1,16 @@
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use casetag_core::Transcript;
-use casetag_engine::eval::{compare, evaluate_logits, report_json, EvalRow, ModelEval};
+use casetag_engine::eval::{
+    compare, evaluate_logits, length_quartiles, report_json, EvalRow, ModelEval, LENGTH_SLICE,
+};
+use casetag_engine::gate::{Gate, GateVerdict};
 use casetag_engine::load_model;
 use casetag_engine::train::validate_labels;
 use clap::Parser;
-use serde::Deserialize;
+
+use casetag_data::printable;
 
 use crate::{progress, CmdResult, Failure};
 
@@ -26,7 +29,9 @@ pub struct Args {
     /// Output directory for report.json and report.html.
     #[arg(long)]
     out: PathBuf,
-    /// Pass-through column to break every metric down by (repeatable).
+    /// Pass-through column to break every metric down by (repeatable). Every
+    /// report also breaks metrics down by transcript length (`length`: word-
+    /// count quartiles).
     #[arg(long = "slice")]
     slices: Vec<String>,
     /// Release gate YAML; exit 3 when any check fails.
@@ -43,97 +48,6 @@ pub struct Args {
     /// Bootstrap resamples for the comparison intervals.
     #[arg(long, default_value_t = 2000)]
     resamples: usize,
-}
-
-/// The release gate.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Gate {
-    /// Metric path in report.json (e.g. `levels.l1.accuracy`) -> minimum.
-    #[serde(default)]
-    pub min: BTreeMap<String, f64>,
-    /// Level (`l1`..`l3`) or `slice` -> largest allowed accuracy drop
-    /// against the reference model (0.01 = one point).
-    #[serde(default)]
-    pub max_regression: BTreeMap<String, f64>,
-    /// Minimum coverage (full-depth answers at the bundle's target precision).
-    #[serde(default)]
-    pub min_coverage: Option<f64>,
-}
-
-fn lookup(v: &serde_json::Value, path: &str) -> Option<f64> {
-    path.split('.').try_fold(v, |v, k| v.get(k))?.as_f64()
-}
-
-/// Check candidates (all but the first model when there are several) against
-/// the gate. Returns the failed checks as readable lines.
-pub fn check_gate(gate: &Gate, models: &[ModelEval]) -> Vec<String> {
-    let mut failed = Vec::new();
-    let reference = if models.len() > 1 {
-        Some(&models[0])
-    } else {
-        None
-    };
-    let candidates = if models.len() > 1 {
-        &models[1..]
-    } else {
-        models
-    };
-    for m in candidates {
-        let s = serde_json::to_value(&m.summary).unwrap_or_default();
-        let id = &m.summary.id;
-        for (k, min) in &gate.min {
-            match lookup(&s, k) {
-                Some(v) if v >= *min => {}
-                Some(v) => failed.push(format!("{id}: {k} = {v:.4} is below the minimum {min}")),
-                None => failed.push(format!("{id}: {k} is not in the report")),
-            }
-        }
-        if let Some(min) = gate.min_coverage {
-            if m.summary.coverage < min {
-                failed.push(format!(
-                    "{id}: coverage = {:.4} is below the minimum {min}",
-                    m.summary.coverage
-                ));
-            }
-        }
-        let Some(r) = reference else { continue };
-        for (level, max) in &gate.max_regression {
-            if level == "slice" {
-                for cs in &m.slices {
-                    if let Some(rs) = r
-                        .slices
-                        .iter()
-                        .find(|x| x.column == cs.column && x.value == cs.value)
-                    {
-                        let drop = rs.in_scope_accuracy - cs.in_scope_accuracy;
-                        if drop > *max {
-                            failed.push(format!(
-                                "{id}: slice {}={} in-scope accuracy drops {:.2} points against {} (max {:.2})",
-                                cs.column, cs.value, 100.0 * drop, r.summary.id, 100.0 * max
-                            ));
-                        }
-                    }
-                }
-                continue;
-            }
-            match (r.summary.levels.get(level), m.summary.levels.get(level)) {
-                (Some(a), Some(b)) => {
-                    let drop = a.accuracy - b.accuracy;
-                    if drop > *max {
-                        failed.push(format!(
-                            "{id}: {level} accuracy drops {:.2} points against {} (max {:.2})",
-                            100.0 * drop,
-                            r.summary.id,
-                            100.0 * max
-                        ));
-                    }
-                }
-                _ => failed.push(format!("{id}: level {level} is not in both reports")),
-            }
-        }
-    }
-    failed
 }
 
 fn slice_values(
@@ -168,7 +82,7 @@ pub fn run(a: Args) -> CmdResult {
         Some(p) => {
             let t = std::fs::read_to_string(p)
                 .map_err(|e| Failure::input(format!("{}: {e}", p.display())))?;
-            Some(parse_gate(&t).map_err(|e| Failure::input(format!("{}: {e}", p.display())))?)
+            Some(Gate::from_yaml(&t).map_err(|e| Failure::input(format!("{}: {e}", p.display())))?)
         }
         None => None,
     };
@@ -192,21 +106,44 @@ pub fn run(a: Args) -> CmdResult {
         )));
     }
     let slices = slice_values(&extra, &a.slices, &kept)?;
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let lengths = length_quartiles(&texts);
     let rows: Vec<EvalRow> = examples
         .iter()
         .zip(slices)
-        .map(|(e, s)| EvalRow {
-            label: e.label.clone(),
-            slices: s,
+        .zip(lengths)
+        .map(|((e, mut s), len)| {
+            s.push((LENGTH_SLICE.to_string(), len));
+            EvalRow {
+                label: e.label.clone(),
+                slices: s,
+            }
         })
         .collect();
     let cases: Vec<Transcript> = examples
         .iter()
         .map(|e| Transcript::new(e.text.clone()))
         .collect();
-    let mut evals = Vec::new();
+    // Every model is loaded before any inference: two bundles with one id
+    // could not be told apart in the report.
+    let mut loaded = Vec::with_capacity(a.models.len());
     for mp in &a.models {
-        let mut m = load_model(mp)?;
+        let m = load_model(mp)?;
+        if let Some((other, _)) = loaded
+            .iter()
+            .find(|(_, o): &&(&PathBuf, casetag_engine::LoadedModel)| o.id() == m.id())
+        {
+            return Err(Failure::input(format!(
+                "--model {} and --model {} have the same id '{}'; retrain one with --id to tell them apart",
+                other.display(),
+                mp.display(),
+                printable(m.id())
+            )));
+        }
+        loaded.push((mp, m));
+    }
+    let mut evals = Vec::new();
+    for (_, mut m) in loaded {
         if a.batch_novelty {
             if let Err(e) = m.enable_batch_novelty() {
                 progress::note(&format!("{e}; judged case by case"));
@@ -244,52 +181,59 @@ pub fn run(a: Args) -> CmdResult {
         ));
     }
     let comparisons = compare(&evals, a.resamples, 42);
-    write_reports(&a.out, &evals, &comparisons, &a.data)?;
-    let report = report_json(&evals, &comparisons);
+    let verdict = gate.as_ref().map(|g| g.check(&evals));
+    write_reports(&a.out, &evals, &comparisons, verdict.as_ref(), &a.data)?;
+    let report = report_json(&evals, &comparisons, verdict.as_ref());
     super::say(
-        serde_json::to_string_pretty(
-            &serde_json::json!({"models": report["models"], "comparisons": report["comparisons"]}),
-        )
+        serde_json::to_string_pretty(&serde_json::json!({
+            "models": report["models"],
+            "comparisons": report["comparisons"],
+            "gate": report["gate"],
+        }))
         .unwrap_or_default(),
     );
-    if let Some(g) = gate {
-        let failed = check_gate(&g, &evals);
-        if !failed.is_empty() {
+    match verdict {
+        Some(GateVerdict {
+            passed: false,
+            failed,
+            ..
+        }) => {
             eprintln!("release gate FAILED ({} check(s)):", failed.len());
             for f in &failed {
                 eprintln!("  - {f}");
             }
-            return Err(Failure {
+            Err(Failure {
                 code: 3,
                 message: format!(
                     "release gate failed: {} check(s) did not pass",
                     failed.len()
                 ),
-            });
+            })
         }
-        progress::note("release gate passed");
+        Some(_) => {
+            progress::note("release gate passed");
+            Ok(())
+        }
+        None => Ok(()),
     }
-    Ok(())
-}
-
-fn parse_gate(t: &str) -> Result<Gate, String> {
-    serde_yaml::from_str(t).map_err(|e| e.to_string())
 }
 
 fn write_reports(
     out: &Path,
     evals: &[ModelEval],
     comparisons: &[casetag_engine::eval::Comparison],
+    verdict: Option<&GateVerdict>,
     data: &Path,
 ) -> CmdResult {
     std::fs::create_dir_all(out).map_err(|e| Failure::input(format!("{}: {e}", out.display())))?;
-    let json = report_json(evals, comparisons);
+    let json = report_json(evals, comparisons, verdict);
     let p = out.join("report.json");
     std::fs::write(&p, serde_json::to_string_pretty(&json).unwrap_or_default())
         .map_err(|e| Failure::internal(format!("{}: {e}", p.display())))?;
     let html = casetag_engine::report_html::render(
         evals,
         comparisons,
+        verdict,
         &format!("casetag evaluation: {}", data.display()),
     );
     let p = out.join("report.html");

@@ -20,6 +20,37 @@ pub struct EvalRow {
     pub slices: Vec<(String, String)>,
 }
 
+/// Name of the built-in slice by transcript length.
+pub const LENGTH_SLICE: &str = "length";
+
+/// Each text's length quartile over `texts`, as a slice value: `q1 ≤ A
+/// words`, `q2 A+1-B words`, `q3 B+1-C words`, `q4 > C words`, where A, B
+/// and C are the 25th, 50th and 75th percentiles of the word counts
+/// (whitespace-separated tokens of the prepared text). Long multi-turn
+/// transcripts are what an encoder with a token limit reads only in part,
+/// so every report breaks its metrics down this way.
+pub fn length_quartiles(texts: &[&str]) -> Vec<String> {
+    let counts: Vec<usize> = texts.iter().map(|t| t.split_whitespace().count()).collect();
+    let mut sorted = counts.clone();
+    sorted.sort_unstable();
+    let pct = |p: usize| {
+        sorted
+            .get((sorted.len().saturating_sub(1) * p) / 100)
+            .copied()
+            .unwrap_or(0)
+    };
+    let (a, b, c) = (pct(25), pct(50), pct(75));
+    counts
+        .iter()
+        .map(|&n| match n {
+            n if n <= a => format!("q1 ≤ {a} words"),
+            n if n <= b => format!("q2 {}-{b} words", a + 1),
+            n if n <= c => format!("q3 {}-{c} words", b + 1),
+            _ => format!("q4 > {c} words"),
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LevelMetrics {
     pub accuracy: f64,
@@ -394,10 +425,17 @@ pub fn compare(models: &[ModelEval], resamples: usize, seed: u64) -> Vec<Compari
 }
 
 /// report.json as the SPEC describes it, with extra detail alongside.
-pub fn report_json(models: &[ModelEval], comparisons: &[Comparison]) -> serde_json::Value {
+/// The whole `report.json`; `gate` is the release gate's verdict (`null`
+/// when no gate was given).
+pub fn report_json(
+    models: &[ModelEval],
+    comparisons: &[Comparison],
+    gate: Option<&crate::gate::GateVerdict>,
+) -> serde_json::Value {
     serde_json::json!({
         "models": models.iter().map(|m| serde_json::to_value(&m.summary).unwrap()).collect::<Vec<_>>(),
         "comparisons": comparisons,
+        "gate": gate,
         "details": models.iter().map(|m| serde_json::json!({
             "id": m.summary.id,
             "per_class": m.per_class,
@@ -412,6 +450,20 @@ pub fn report_json(models: &[ModelEval], comparisons: &[Comparison]) -> serde_js
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn length_quartiles_split_by_word_count() {
+        let texts: Vec<String> = (1..=8).map(|n| vec!["w"; n].join(" ")).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let q = length_quartiles(&refs);
+        // Percentiles of 1..=8 (nearest rank below): 2, 4, 6.
+        assert_eq!(q[0], "q1 ≤ 2 words");
+        assert_eq!(q[1], "q1 ≤ 2 words");
+        assert_eq!(q[2], "q2 3-4 words");
+        assert_eq!(q[5], "q3 5-6 words");
+        assert_eq!(q[7], "q4 > 6 words");
+        assert!(length_quartiles(&[]).is_empty());
+    }
     use crate::decide::Thresholds;
     use casetag_core::{LabelSpace, Taxonomy};
 
@@ -495,7 +547,7 @@ mod tests {
         // Slices: EU has rows 0 and 2 -> l3 accuracy 0.5.
         let eu = e.slices.iter().find(|x| x.value == "EU").unwrap();
         assert!((eu.levels["l3"] - 0.5).abs() < 1e-12);
-        let json = report_json(std::slice::from_ref(&e), &[]);
+        let json = report_json(std::slice::from_ref(&e), &[], None);
         assert!(json["models"][0]["levels"]["l2"]["macro_f1"].is_number());
 
         // Without OOS rows the OOS keys are omitted.

@@ -10,6 +10,7 @@
 pub mod calibrate;
 pub mod decide;
 pub mod eval;
+pub mod gate;
 pub mod oos_meta;
 pub mod report_html;
 pub mod tagger;

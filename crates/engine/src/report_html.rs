@@ -167,7 +167,12 @@ fn confusion_svg(level: &str, conf: &[crate::eval::Confusion]) -> String {
 }
 
 /// Render the whole report.
-pub fn render(models: &[ModelEval], comparisons: &[Comparison], title: &str) -> String {
+pub fn render(
+    models: &[ModelEval],
+    comparisons: &[Comparison],
+    gate: Option<&crate::gate::GateVerdict>,
+    title: &str,
+) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -179,6 +184,25 @@ th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.plots{{
 <h1>{t}</h1>"##,
         t = esc(title)
     );
+    if let Some(g) = gate {
+        let _ = write!(
+            h,
+            "<h2>Release gate</h2><p class=\"{}\"><b>{}</b>{}</p>",
+            if g.passed { "good" } else { "bad" },
+            if g.passed { "PASSED" } else { "FAILED" },
+            g.reference
+                .as_ref()
+                .map(|r| format!(" (candidates against {})", esc(r)))
+                .unwrap_or_default()
+        );
+        if !g.failed.is_empty() {
+            h.push_str("<ul>");
+            for f in &g.failed {
+                let _ = write!(h, "<li class=\"bad\">{}</li>", esc(f));
+            }
+            h.push_str("</ul>");
+        }
+    }
     // Summary table.
     h.push_str("<h2>Summary</h2><table><tr><th>model</th><th>kind</th><th>n</th>");
     let levels: Vec<String> = models

@@ -82,6 +82,34 @@ impl Default for TrainConfig {
     }
 }
 
+/// The id a bundle gets without `--id`: the kind and a digest of everything
+/// that makes bundles differ, so two bundles share an id only when they
+/// were trained alike: the training and validation rows, every setting of
+/// the run (hyper-parameters, seed, encoder, decision targets, taxonomy)
+/// and the code version.
+fn default_id(kind: &str, data_hash: &str, val_rows: &[Example], cfg: &TrainConfig) -> String {
+    let mut h = DataHasher::default();
+    h.update(data_hash);
+    for r in val_rows {
+        h.update(&r.text);
+        h.update(&r.label.as_ref().map(|l| l.to_string()).unwrap_or_default());
+    }
+    let params = match cfg.kind {
+        ModelKind::Baseline => format!("{:?}", cfg.baseline),
+        ModelKind::Transformer => format!("{:?} {:?}", cfg.transformer, cfg.encoder),
+    };
+    h.update(&format!(
+        "{params} {:?} {:?} {} {} {} {}",
+        cfg.decision,
+        cfg.taxonomy.as_ref().map(|t| t.to_yaml()),
+        cfg.val_fraction,
+        cfg.seed,
+        cfg.min_oos_rows,
+        env!("CARGO_PKG_VERSION")
+    ));
+    format!("{kind}-{}", &h.finish()[..12])
+}
+
 /// Check every label against the taxonomy; one error lists up to 10 rows.
 pub fn validate_labels(tax: &Taxonomy, rows: &[Example], what: &str) -> Result<()> {
     let mut bad = Vec::new();
@@ -319,7 +347,7 @@ pub fn train(
     let id = cfg
         .id
         .clone()
-        .unwrap_or_else(|| format!("{kind_name}-{}", &data_hash[..12]));
+        .unwrap_or_else(|| default_id(kind_name, &data_hash, &val_rows, cfg));
 
     let (fitted, hyper) = match cfg.kind {
         ModelKind::Baseline => {
