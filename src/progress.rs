@@ -9,22 +9,41 @@ pub fn interactive() -> bool {
     std::io::stderr().is_terminal()
 }
 
+/// Items per second as a whole number with thousands separators.
+fn rate(per_sec: f64) -> String {
+    let n = per_sec.max(0.0).round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{out}/s")
+}
+
 /// A bar with rate and ETA for `total` items (a spinner when unknown).
 pub fn bar(total: Option<u64>, what: &str) -> ProgressBar {
-    let pb = match total {
-        Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, ETA {eta})",
-            )
-            .expect("template"),
-        ),
-        None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {spinner} {pos} ({per_sec})",
-            )
-            .expect("template"),
-        ),
+    let template = match total {
+        Some(_) => {
+            "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({rate}, ETA {eta})"
+        }
+        None => "{prefix} [{elapsed_precise}] {spinner} {human_pos} ({rate})",
     };
+    let style = ProgressStyle::with_template(template)
+        .expect("template")
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&rate(s.per_sec()));
+            },
+        );
+    let pb = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    }
+    .with_style(style);
     pb.set_prefix(what.to_string());
     if !interactive() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
@@ -47,4 +66,15 @@ pub fn warn(msg: &str) {
         "warning: {}",
         casetag_data::printable(&msg.replace(['\n', '\r'], " "))
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_are_whole_numbers_with_separators() {
+        assert_eq!(super::rate(11_532.8435), "11,533/s");
+        assert_eq!(super::rate(999.4), "999/s");
+        assert_eq!(super::rate(1_234_567.0), "1,234,567/s");
+        assert_eq!(super::rate(0.2), "0/s");
+    }
 }

@@ -297,14 +297,18 @@ static CARD_RE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").unwrap());
 
 /// Phone numbers: international (`+44 20 7946 0958`), North American
-/// (`(415) 555-0132`, `415-555-0132`, `415.555.0132`) and Chinese mobiles
-/// (`13812345678`). Plain dates and amounts do not match these shapes.
+/// (`(415) 555-0132`, `415-555-0132`, `415.555.0132`), Chinese mobiles
+/// (`13812345678`) and national numbers with a trunk `0`, as written in
+/// Indonesia (`0812-3456-7890`), Thailand (`081-234-5678`), Vietnam, the
+/// Philippines, Malaysia and the UK (`07946 095876`). Plain dates and
+/// amounts do not match these shapes.
 static PHONE_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
         r"(?x)
         \+\d{1,3}(?:[\s.-]?\(?\d{1,5}\)?){2,6}
       | (?:\(\d{3}\)\s?|\b\d{3}[\s.-])\d{3}[\s.-]\d{4}\b
-      | \b1[3-9]\d{9}\b",
+      | \b1[3-9]\d{9}\b
+      | \b0\d{2,4}[\s.-]?\d{3,4}[\s.-]?\d{3,5}\b",
     )
     .unwrap()
 });
@@ -443,6 +447,15 @@ mod tests {
         assert_eq!(mask_pii("call 415-555-0132."), "call <PHONE>.");
         assert_eq!(mask_pii("手机 13812345678"), "手机 <PHONE>");
         assert_eq!(mask_pii("uk: +44 20 7946 0958"), "uk: <PHONE>");
+        // National numbers with a trunk 0 (Indonesia, Thailand, UK, ...).
+        assert_eq!(mask_pii("wa 0812-3456-7890 ya"), "wa <PHONE> ya");
+        assert_eq!(mask_pii("hp 081234567890"), "hp <PHONE>");
+        assert_eq!(mask_pii("โทร 081-234-5678"), "โทร <PHONE>");
+        assert_eq!(mask_pii("mob 07946 095876"), "mob <PHONE>");
+        assert_eq!(
+            mask_pii("on 2026-01-15 for $0.99"),
+            "on 2026-01-15 for $0.99"
+        );
         assert_eq!(
             mask_pii("card 4111 1111 1111 1111 was charged"),
             "card <CARD> was charged"
