@@ -231,6 +231,19 @@ fn bad_rows_are_kept_and_reported() {
     assert!(rows[1]["error"].as_str().unwrap().contains("empty"));
     assert!(rows[0]["error"].is_null());
     assert!(rows[0]["depth"].as_i64().unwrap() >= 0);
+    // The best guess is kept for every tagged row; the tag is its prefix.
+    for r in [&rows[0], &rows[3]] {
+        assert!(r["guess_l1"].is_string(), "{r}");
+        let depth = r["depth"].as_i64().unwrap();
+        for (k, l) in ["l1", "l2", "l3"].iter().enumerate() {
+            if (k as i64) < depth {
+                assert_eq!(r[*l], r[format!("guess_{l}").as_str()], "{r}");
+            } else {
+                assert!(r[*l].is_null(), "{r}");
+            }
+        }
+    }
+    assert!(rows[1]["guess_l1"].is_null());
     assert!(stderr(&o).contains("row 2"), "{}", stderr(&o));
 }
 
@@ -801,7 +814,7 @@ fn empty_input_gives_output_with_its_columns() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
-        "id,text,region,l1,l2,l3,depth,conf_l1,conf_l2,conf_l3,out_of_scope,oos_score,actions,served_by,model_id,error\n"
+        "id,text,region,l1,l2,l3,depth,conf_l1,conf_l2,conf_l3,guess_l1,guess_l2,guess_l3,out_of_scope,oos_score,actions,served_by,model_id,error\n"
     );
     // Parquet output keeps the types too.
     let pq = tmp.path().join("o.parquet");
@@ -812,7 +825,7 @@ fn empty_input_gives_output_with_its_columns() {
         .finish()
         .unwrap();
     assert_eq!(df.height(), 0);
-    assert_eq!(df.width(), 16);
+    assert_eq!(df.width(), 19);
     assert_eq!(
         df.column("conf_l1").unwrap().dtype(),
         &polars::prelude::DataType::Float32

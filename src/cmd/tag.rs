@@ -73,6 +73,7 @@ pub struct Args {
 struct Cols<'a> {
     l: [Vec<Option<&'a str>>; 3],
     conf: [Vec<Option<f32>>; 3],
+    guess: [Vec<Option<&'a str>>; 3],
     depth: Vec<Option<u32>>,
     oos: Vec<Option<bool>>,
     oos_score: Vec<Option<f32>>,
@@ -87,6 +88,7 @@ impl<'a> Cols<'a> {
         Self {
             l: std::array::from_fn(|_| Vec::with_capacity(n)),
             conf: std::array::from_fn(|_| Vec::with_capacity(n)),
+            guess: std::array::from_fn(|_| Vec::with_capacity(n)),
             depth: Vec::with_capacity(n),
             oos: Vec::with_capacity(n),
             oos_score: Vec::with_capacity(n),
@@ -104,6 +106,7 @@ impl<'a> Cols<'a> {
                 for k in 0..3 {
                     self.l[k].push(d.tag.as_ref().and_then(|p| p.level(k + 1)));
                     self.conf[k].push(d.confidence.get(k).copied());
+                    self.guess[k].push(d.top_path.level(k + 1));
                 }
                 self.depth.push(Some(d.depth as u32));
                 self.oos.push(Some(d.out_of_scope));
@@ -128,6 +131,7 @@ impl<'a> Cols<'a> {
                 for k in 0..3 {
                     self.l[k].push(None);
                     self.conf[k].push(None);
+                    self.guess[k].push(None);
                 }
                 self.depth.push(None);
                 self.oos.push(None);
@@ -144,6 +148,7 @@ impl<'a> Cols<'a> {
         let Cols {
             l,
             conf,
+            guess,
             depth,
             oos,
             oos_score,
@@ -154,6 +159,7 @@ impl<'a> Cols<'a> {
         } = self;
         let [l1, l2, l3] = l;
         let [c1, c2, c3] = conf;
+        let [g1, g2, g3] = guess;
         // Input label columns, if any, are kept under their own names: the
         // predictions replace nothing the user gave.
         let name = |df: &DataFrame, n: &str| {
@@ -171,6 +177,9 @@ impl<'a> Cols<'a> {
             Column::new(name(df, "conf_l1").into(), c1),
             Column::new(name(df, "conf_l2").into(), c2),
             Column::new(name(df, "conf_l3").into(), c3),
+            Column::new(name(df, "guess_l1").into(), g1),
+            Column::new(name(df, "guess_l2").into(), g2),
+            Column::new(name(df, "guess_l3").into(), g3),
             Column::new(name(df, "out_of_scope").into(), oos),
             Column::new(name(df, "oos_score").into(), oos_score),
             Column::new(name(df, "actions").into(), actions),

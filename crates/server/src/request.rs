@@ -127,6 +127,9 @@ pub struct TagResult {
     /// scope or when not even L1 is confident.
     pub tag: Option<TagPath>,
     pub depth: usize,
+    /// The most likely full path before back-off (what a reviewer sees for
+    /// an abstained or backed-off case); `confidence` is this path's.
+    pub guess: TagPath,
     pub confidence: LevelConfidence,
     pub out_of_scope: bool,
     pub oos_score: f32,
@@ -153,6 +156,7 @@ pub fn to_result(id: Option<String>, t: Tagged) -> TagResult {
         id,
         tag: d.tag,
         depth: d.depth,
+        guess: d.top_path,
         confidence: LevelConfidence {
             l1: c.first().copied().unwrap_or(0.0),
             l2: c.get(1).copied(),

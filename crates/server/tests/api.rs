@@ -52,6 +52,14 @@ async fn tag_returns_the_contract_fields() {
             // Levels past the depth are left out.
             assert_eq!(tag.len() as u64, depth, "{r}");
         }
+        // The best guess is there at every depth; the tag is its prefix.
+        let guess = r["guess"].as_object().unwrap();
+        assert!(guess["l1"].is_string(), "{r}");
+        if let Some(tag) = r["tag"].as_object() {
+            for (k, v) in tag {
+                assert_eq!(&guess[k], v, "{r}");
+            }
+        }
         let c = r["confidence"].as_object().unwrap();
         let l1 = c["l1"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&l1));
