@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! `casetag`: the command line. Thin glue: parse flags into a config, call
 //! the libraries, map errors to exit codes (2 bad input/usage, 1 internal
 //! failure, 3 release gate failed).

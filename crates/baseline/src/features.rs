@@ -256,7 +256,7 @@ pub(crate) fn prefetch<T>(slice: &[T], i: usize) {
     #[cfg(target_arch = "x86_64")]
     if let Some(x) = slice.get(i) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // Safety: a prefetch never faults, and SSE is part of x86-64.
+        // SAFETY: a prefetch never faults, and SSE is part of x86-64.
         #[allow(unused_unsafe)]
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast::<i8>());

@@ -1,3 +1,4 @@
+#![deny(clippy::undocumented_unsafe_blocks)]
 //! casetag-baseline: the linfa fallback model.
 //!
 //! Place in the pipeline: `engine` trains it (`casetag train --kind baseline`)

@@ -558,7 +558,7 @@ impl BaselineModel {
         self.feat.featurize(text, s);
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
-            // Safety: `avx2` is set only when the CPU reports AVX2.
+            // SAFETY: `avx2` is set only when the CPU reports AVX2.
             return unsafe { self.accumulate_avx2(&s.out, &mut s.sel) };
         }
         self.accumulate(&s.out, &mut s.sel)

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! casetag-core: the shared vocabulary of the pipeline.
 //!
 //! Everything else depends on this crate and it depends on nothing heavy:

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! casetag-data: everything between a raw case table and the models.
 //!
 //! Place in the pipeline: `casetag prepare` reads a case table (CSV, Parquet or

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! casetag-engine: everything between a model's raw scores and an answer
 //! automation can act on.
 //!

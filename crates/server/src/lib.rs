@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! casetag-server: the real-time HTTP JSON API (`casetag serve`).
 //!
 //! Place in the pipeline: the last layer, over `casetag-engine` (which loads

@@ -95,7 +95,11 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
 /// Raw pointer that may cross into rayon tasks writing disjoint regions.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: the pointer is only dereferenced by tasks that write disjoint
+// regions of one buffer that outlives them (see each use), so sharing or
+// sending it between threads creates no data race.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: no two tasks touch the same element.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -116,7 +120,7 @@ fn threads() -> Parallelism {
 /// the residual) on entry.
 fn gemm_acc(out: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, o: usize) {
     debug_assert!(out.len() == n * o && x.len() == n * k && w.len() == o * k);
-    // Safety: the slices have exactly the sizes the strides describe.
+    // SAFETY: the slices have exactly the sizes the strides describe.
     unsafe {
         gemm::gemm(
             n,
@@ -332,7 +336,7 @@ impl FastBert {
                 scores.clear();
                 scores.resize(len * len, 0.0);
                 let base = qkv[start * 3 * h..].as_ptr();
-                // Safety: all pointers stay inside `qkv`/`ctx` for `len` rows
+                // SAFETY: all pointers stay inside `qkv`/`ctx` for `len` rows
                 // of this sequence; each (sequence, head) task writes a disjoint
                 // block of `ctx` (its rows, its head's columns).
                 unsafe {

@@ -1,3 +1,4 @@
+#![deny(clippy::undocumented_unsafe_blocks)]
 //! casetag-transformer: the transformer backend of the tagging pipeline.
 //!
 //! Place in the pipeline: `core` <- **transformer** <- `engine`. Given texts

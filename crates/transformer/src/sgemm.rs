@@ -67,7 +67,7 @@ impl PackedW {
     /// Panel `p` as `k × NR` floats.
     fn panel(&self, p: usize) -> &[f32] {
         let lines = &self.lines[p * self.k..(p + 1) * self.k];
-        // Safety: `Line` is `repr(C)` over `[f32; NR]` with no padding (its
+        // SAFETY: `Line` is `repr(C)` over `[f32; NR]` with no padding (its
         // size, 64 bytes, equals its alignment), so `k` lines are `k * NR`
         // contiguous floats.
         unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * NR) }
@@ -84,7 +84,7 @@ pub(crate) fn matmul_acc(out: &mut [f32], x: &[f32], w: &PackedW, n: usize) {
     // The panel tasks write disjoint columns through one shared pointer.
     let dst = SendPtr(out.as_mut_ptr());
     let run = |p: usize| {
-        // Safety: `out` is n × o, this task writes only columns
+        // SAFETY: `out` is n × o, this task writes only columns
         // p*NR..(p+1)*NR of each row, and no other task writes them.
         unsafe { panel_rows(dst.get().add(p * NR), o, x, k, w.panel(p), n, simd) }
     };
@@ -258,6 +258,8 @@ mod tests {
         let w = PackedW::new(&values(o * k, 9), o, k);
         let mut a = vec![0.5f32; n * o];
         let mut b = a.clone();
+        // SAFETY: `a` and `b` are n × o; each call writes the NR columns of
+        // panel `p` in every row, inside the buffers.
         unsafe {
             for p in 0..o / NR {
                 panel_rows(a.as_mut_ptr().add(p * NR), o, &x, k, w.panel(p), n, true);

@@ -77,7 +77,7 @@ unsafe fn exp_sub_avx2(v: &mut [f32], m: f32) {
 pub(crate) fn gelu_slice(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if casetag_core::has_avx2() {
-        // Safety: the CPU reports AVX2.
+        // SAFETY: the CPU reports AVX2.
         return unsafe { gelu_avx2(v) };
     }
     gelu_loop(v)
@@ -87,7 +87,7 @@ pub(crate) fn gelu_slice(v: &mut [f32]) {
 pub(crate) fn exp_sub_slice(v: &mut [f32], m: f32) {
     #[cfg(target_arch = "x86_64")]
     if casetag_core::has_avx2() {
-        // Safety: the CPU reports AVX2.
+        // SAFETY: the CPU reports AVX2.
         return unsafe { exp_sub_avx2(v, m) };
     }
     exp_sub_loop(v, m)
