@@ -7,6 +7,9 @@ use casetag_core::TagPath;
 use casetag_data::*;
 use polars::prelude::*;
 
+mod common;
+use common::strs;
+
 fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
@@ -19,18 +22,6 @@ fn cfg(input: PathBuf, out: PathBuf) -> PrepareConfig {
         out,
         ..Default::default()
     }
-}
-
-fn strs(df: &DataFrame, name: &str) -> Vec<Option<String>> {
-    df.column(name)
-        .unwrap()
-        .cast(&DataType::String)
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|v| v.map(str::to_string))
-        .collect()
 }
 
 const TAXONOMY: &str = r#"

@@ -12,13 +12,14 @@
 //! control characters, multi-byte characters): the whole-table and the
 //! streaming reader return exactly the rows written, at every chunk size.
 
+mod common;
 #[path = "../../../fuzz/support.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};
 
 use casetag_data::{load_cases, read_table, write_table, ChunkReader, DataError};
-use polars::prelude::{Column, DataFrame, DataType};
+use polars::prelude::{Column, DataFrame};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use support::{ensure, line_count, one_line_message, Input};
@@ -350,20 +351,7 @@ fn to_frame(t: &Table) -> DataFrame {
 /// Text cells of a frame, missing and empty told apart only where the
 /// format does (`empty_is_missing`).
 fn cells(df: &DataFrame, columns: &[String], empty_is_missing: bool) -> Vec<Vec<Option<String>>> {
-    let cols: Vec<Vec<Option<String>>> = columns
-        .iter()
-        .map(|c| {
-            df.column(c)
-                .unwrap_or_else(|_| panic!("column {c} missing"))
-                .cast(&DataType::String)
-                .unwrap()
-                .str()
-                .unwrap()
-                .iter()
-                .map(|v| v.map(str::to_string))
-                .collect()
-        })
-        .collect();
+    let cols: Vec<Vec<Option<String>>> = columns.iter().map(|c| common::strs(df, c)).collect();
     (0..df.height())
         .map(|i| {
             cols.iter()
