@@ -15,7 +15,7 @@ fn rate(per_sec: f64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -72,7 +72,7 @@ pub fn warn(msg: &str) {
 mod tests {
     #[test]
     fn rates_are_whole_numbers_with_separators() {
-        assert_eq!(super::rate(11_532.8435), "11,533/s");
+        assert_eq!(super::rate(11_532.843_5), "11,533/s");
         assert_eq!(super::rate(999.4), "999/s");
         assert_eq!(super::rate(1_234_567.0), "1,234,567/s");
         assert_eq!(super::rate(0.2), "0/s");
