@@ -70,10 +70,12 @@ pub struct Args {
     /// Transformer: maximum epochs (early stopping on validation).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Transformer: maximum tokens per case.
+    /// Transformer: maximum tokens per case (per window with `--truncation windows`).
     #[arg(long)]
     max_tokens: Option<usize>,
-    /// Transformer: truncation of long transcripts: head, head-tail or buyer-first.
+    /// Transformer: long transcripts: head, head-tail, buyer-first (keep
+    /// `--max-tokens` of them) or windows (read whole, up to 8 windows of
+    /// `--max-tokens`, embeddings averaged; frozen mode only).
     #[arg(long)]
     truncation: Option<String>,
     /// Transformer: learning rate (encoder when fine-tuning).
@@ -153,9 +155,10 @@ pub fn run(a: Args) -> CmdResult {
             "head" => casetag_transformer::Truncation::Head,
             "head-tail" => casetag_transformer::Truncation::HeadTail,
             "buyer-first" => casetag_transformer::Truncation::BuyerFirst,
+            "windows" => casetag_transformer::Truncation::Windows,
             o => {
                 return Err(Failure::input(format!(
-                    "--truncation '{o}': expected head, head-tail or buyer-first"
+                    "--truncation '{o}': expected head, head-tail, buyer-first or windows"
                 )))
             }
         };

@@ -328,6 +328,48 @@ impl Encoder {
         Ok(sorted.index_select(&inv, 0)?)
     }
 
+    /// Like [`embed_ids`](Self::embed_ids) for sequences that may be longer
+    /// than `max_tokens` (from [`Truncation::Windows`]): each is cut into
+    /// framed windows of `max_tokens`, every window is embedded, and a
+    /// sequence's embedding is the mean of its windows' weighted by their
+    /// token counts (close to a mean over all its tokens). Sequences that
+    /// fit are embedded as they are, so with the other truncations this is
+    /// `embed_ids` exactly.
+    pub fn embed_windowed(
+        &self,
+        seqs: &[Vec<u32>],
+        max_tokens: usize,
+        batch_size: usize,
+    ) -> Result<Tensor> {
+        let max_tokens = max_tokens.min(self.max_positions());
+        if seqs.iter().all(|s| s.len() <= max_tokens) {
+            return self.embed_ids(seqs, batch_size);
+        }
+        let (np, ns) = self.text.frame_sizes();
+        let (mut flat, mut owner, mut weight) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, s) in seqs.iter().enumerate() {
+            for w in crate::text::windows(s, np, ns, max_tokens) {
+                weight.push(w.len().saturating_sub(np + ns).max(1) as f32);
+                owner.push(i);
+                flat.push(w);
+            }
+        }
+        let x = self.embed_ids(&flat, batch_size)?.to_vec2::<f32>()?;
+        let h = self.hidden_size();
+        let mut out = vec![0f32; seqs.len() * h];
+        let mut total = vec![0f32; seqs.len()];
+        for ((row, &i), &wt) in x.iter().zip(&owner).zip(&weight) {
+            for (o, v) in out[i * h..(i + 1) * h].iter_mut().zip(row) {
+                *o += wt * v;
+            }
+            total[i] += wt;
+        }
+        for (i, t) in total.iter().enumerate() {
+            out[i * h..(i + 1) * h].iter_mut().for_each(|v| *v /= t.max(f32::MIN_POSITIVE));
+        }
+        Ok(Tensor::from_vec(out, (seqs.len(), h), self.bert.device())?)
+    }
+
     /// Last hidden states (b, s, hidden) of one batch padded to its longest
     /// sequence (for checks against other implementations).
     pub fn hidden_states(&self, batch: &[&[u32]]) -> Result<Tensor> {
@@ -393,5 +435,34 @@ mod tests {
         for (a, b) in fast.concat().iter().zip(slow.concat()) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn windowed_embeddings_average_the_windows_by_length() {
+        let d = tempfile::tempdir().unwrap();
+        crate::fixtures::write_tiny_bert(d.path(), 5).unwrap();
+        let e = Encoder::load(d.path().to_str().unwrap(), &Device::Cpu).unwrap();
+        let long = "the parcel never arrived and the tracking has not moved for ten days ".repeat(6);
+        let texts = [long.as_str(), "refund"];
+        // Sequences that fit: exactly `embed_ids`.
+        let head = e.tokenize(&texts, 16, Truncation::Head).unwrap();
+        let a = e.embed_windowed(&head, 16, 4).unwrap().to_vec2::<f32>().unwrap();
+        let b = e.embed_ids(&head, 4).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(a, b);
+        // The whole text: its windows of 16 tokens, weighted by body length.
+        let whole = e.tokenize(&texts, 16, Truncation::Windows).unwrap();
+        assert!(whole[0].len() > 16 && whole[1].len() <= 16);
+        let got = e.embed_windowed(&whole, 16, 4).unwrap().to_vec2::<f32>().unwrap();
+        let (np, ns) = e.text.frame_sizes();
+        let wins = crate::text::windows(&whole[0], np, ns, 16);
+        assert!(wins.len() > 2 && wins.iter().all(|w| w.len() <= 16));
+        let rows = e.embed_ids(&wins, 4).unwrap().to_vec2::<f32>().unwrap();
+        let weights: Vec<f32> = wins.iter().map(|w| (w.len() - np - ns) as f32).collect();
+        let total: f32 = weights.iter().sum();
+        for (k, g) in got[0].iter().enumerate() {
+            let want: f32 = rows.iter().zip(&weights).map(|(r, w)| r[k] * w).sum::<f32>() / total;
+            assert!((g - want).abs() < 1e-5, "dim {k}: {g} vs {want}");
+        }
+        assert_eq!(got[1], e.embed_ids(&whole[1..], 4).unwrap().to_vec2::<f32>().unwrap()[0]);
     }
 }

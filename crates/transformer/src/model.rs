@@ -234,7 +234,9 @@ impl TransformerModel {
     fn embed_tensor(&self, texts: &[&str]) -> Result<Tensor> {
         let p = &self.info.params;
         let ids = self.encoder.tokenize(texts, p.max_tokens, p.truncation)?;
-        let x = self.encoder.embed_ids(&ids, p.infer_batch_size)?;
+        let x = self
+            .encoder
+            .embed_windowed(&ids, p.max_tokens, p.infer_batch_size)?;
         if self.info.normalize {
             l2_normalize(&x)
         } else {

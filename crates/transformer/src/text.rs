@@ -26,7 +26,16 @@ pub enum Truncation {
     HeadTail,
     /// Buyer lines first (in order), then all other lines, then the head.
     BuyerFirst,
+    /// The whole transcript (up to [`MAX_WINDOWS`] windows): cut into
+    /// consecutive windows of `max_tokens`, each encoded on its own, their
+    /// embeddings averaged weighted by their token counts. Costs one
+    /// forward pass per window; frozen encoders only.
+    Windows,
 }
+
+/// Windows per text at most with [`Truncation::Windows`]; a longer
+/// transcript keeps its head.
+pub const MAX_WINDOWS: usize = 8;
 
 /// A tokenizer plus the special tokens that frame a single sequence.
 #[derive(Clone)]
@@ -105,6 +114,11 @@ impl TextEncoder {
         &self.tok
     }
 
+    /// Special tokens before and after each sequence.
+    pub(crate) fn frame_sizes(&self) -> (usize, usize) {
+        (self.prefix.len(), self.suffix.len())
+    }
+
     /// Number of special tokens around each sequence.
     pub fn n_special(&self) -> usize {
         self.prefix.len() + self.suffix.len()
@@ -118,7 +132,12 @@ impl TextEncoder {
         max_tokens: usize,
         truncation: Truncation,
     ) -> Result<Vec<Vec<u32>>> {
-        let budget = max_tokens.saturating_sub(self.n_special()).max(1);
+        let window = max_tokens.saturating_sub(self.n_special()).max(1);
+        // Windows: one sequence holds the whole text; the encoder cuts it.
+        let budget = match truncation {
+            Truncation::Windows => window * MAX_WINDOWS,
+            _ => window,
+        };
         let inputs: Vec<String> = texts
             .iter()
             .map(|t| match truncation {
@@ -144,7 +163,9 @@ impl TextEncoder {
             out.extend_from_slice(ids);
         } else {
             match truncation {
-                Truncation::Head | Truncation::BuyerFirst => out.extend_from_slice(&ids[..budget]),
+                Truncation::Head | Truncation::BuyerFirst | Truncation::Windows => {
+                    out.extend_from_slice(&ids[..budget])
+                }
                 Truncation::HeadTail => {
                     let head = budget / 3;
                     let tail = budget - head;
@@ -158,6 +179,22 @@ impl TextEncoder {
     }
 }
 
+/// The windows of one framed sequence (`[CLS] body [SEP]`) for an encoder
+/// that reads at most `max_tokens`: the body cut into consecutive pieces of
+/// `max_tokens - n_special` tokens, each framed again. A sequence that fits
+/// is its own single window.
+pub(crate) fn windows(seq: &[u32], n_prefix: usize, n_suffix: usize, max_tokens: usize) -> Vec<Vec<u32>> {
+    if seq.len() <= max_tokens || seq.len() < n_prefix + n_suffix {
+        return vec![seq.to_vec()];
+    }
+    let (prefix, rest) = seq.split_at(n_prefix);
+    let (body, suffix) = rest.split_at(rest.len() - n_suffix);
+    let width = max_tokens.saturating_sub(n_prefix + n_suffix).max(1);
+    body.chunks(width)
+        .map(|piece| [prefix, piece, suffix].concat())
+        .collect()
+}
+
 /// Very long transcripts are cut (in characters) before tokenizing: a
 /// WordPiece token is never shorter than one character, so keeping
 /// `budget * 16` characters from the relevant end(s) is far more than
@@ -166,7 +203,7 @@ impl TextEncoder {
 fn cap_chars(text: String, budget: usize, truncation: Truncation) -> String {
     let cap = budget.saturating_mul(16).max(256);
     let keep = match truncation {
-        Truncation::Head | Truncation::BuyerFirst => Keep::Head,
+        Truncation::Head | Truncation::BuyerFirst | Truncation::Windows => Keep::Head,
         Truncation::HeadTail => Keep::HeadTail,
     };
     match truncate_chars(&text, cap, keep) {
@@ -187,6 +224,23 @@ mod tests {
             "[buyer] my parcel is late\n[BUYER] still late\n[agent] hello\n[system] note"
         );
         assert_eq!(buyer_first("no markers here"), "no markers here");
+    }
+
+    #[test]
+    fn windows_cover_the_body_once_each_framed() {
+        // [CLS]=101 body 1..=10 [SEP]=102, windows of 5 tokens (3 body).
+        let seq: Vec<u32> = std::iter::once(101).chain(1..=10).chain([102]).collect();
+        let w = windows(&seq, 1, 1, 5);
+        assert_eq!(
+            w,
+            vec![
+                vec![101, 1, 2, 3, 102],
+                vec![101, 4, 5, 6, 102],
+                vec![101, 7, 8, 9, 102],
+                vec![101, 10, 102]
+            ]
+        );
+        assert_eq!(windows(&seq, 1, 1, 12), vec![seq.clone()]);
     }
 
     #[test]

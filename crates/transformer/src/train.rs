@@ -304,7 +304,7 @@ fn embed_all(
         for g in order.chunks(group) {
             let part: Vec<Vec<u32>> = g.iter().map(|&i| seqs[i].clone()).collect();
             let rows = encoder
-                .embed_ids(&part, p.infer_batch_size)?
+                .embed_windowed(&part, p.max_tokens, p.infer_batch_size)?
                 .to_vec2::<f32>()?;
             let mut new = Vec::with_capacity(g.len());
             for (&i, row) in g.iter().zip(rows) {
