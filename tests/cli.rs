@@ -614,11 +614,10 @@ fn jsonl_rows(p: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The JSON summary `tag` prints last on stderr.
+/// The JSON summary `tag` prints on stdout (its only output there).
 fn summary(o: &Output) -> serde_json::Value {
-    let e = stderr(o);
-    let last = e.trim().lines().last().unwrap_or_default().to_string();
-    serde_json::from_str(&last).unwrap_or_else(|_| panic!("no summary in: {e}"))
+    let out = stdout(o);
+    serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("no summary in: {out}"))
 }
 
 #[test]

@@ -525,9 +525,10 @@ pub fn run(a: Args) -> CmdResult {
         "cases_per_s": (counts.rows - resumed_rows) as f64 / secs.max(1e-9),
         "output": a.output,
     });
-    eprintln!(
-        "{}",
-        printable(&serde_json::to_string(&summary).unwrap_or_default())
-    );
+    // On stdout, like every other command's result; progress and warnings
+    // stay on stderr.
+    super::say(printable(
+        &serde_json::to_string(&summary).unwrap_or_default(),
+    ));
     Ok(())
 }

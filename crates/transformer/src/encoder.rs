@@ -365,7 +365,9 @@ impl Encoder {
             total[i] += wt;
         }
         for (i, t) in total.iter().enumerate() {
-            out[i * h..(i + 1) * h].iter_mut().for_each(|v| *v /= t.max(f32::MIN_POSITIVE));
+            out[i * h..(i + 1) * h]
+                .iter_mut()
+                .for_each(|v| *v /= t.max(f32::MIN_POSITIVE));
         }
         Ok(Tensor::from_vec(out, (seqs.len(), h), self.bert.device())?)
     }
@@ -442,17 +444,26 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         crate::fixtures::write_tiny_bert(d.path(), 5).unwrap();
         let e = Encoder::load(d.path().to_str().unwrap(), &Device::Cpu).unwrap();
-        let long = "the parcel never arrived and the tracking has not moved for ten days ".repeat(6);
+        let long =
+            "the parcel never arrived and the tracking has not moved for ten days ".repeat(6);
         let texts = [long.as_str(), "refund"];
         // Sequences that fit: exactly `embed_ids`.
         let head = e.tokenize(&texts, 16, Truncation::Head).unwrap();
-        let a = e.embed_windowed(&head, 16, 4).unwrap().to_vec2::<f32>().unwrap();
+        let a = e
+            .embed_windowed(&head, 16, 4)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let b = e.embed_ids(&head, 4).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(a, b);
         // The whole text: its windows of 16 tokens, weighted by body length.
         let whole = e.tokenize(&texts, 16, Truncation::Windows).unwrap();
         assert!(whole[0].len() > 16 && whole[1].len() <= 16);
-        let got = e.embed_windowed(&whole, 16, 4).unwrap().to_vec2::<f32>().unwrap();
+        let got = e
+            .embed_windowed(&whole, 16, 4)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let (np, ns) = e.text.frame_sizes();
         let wins = crate::text::windows(&whole[0], np, ns, 16);
         assert!(wins.len() > 2 && wins.iter().all(|w| w.len() <= 16));
@@ -460,9 +471,20 @@ mod tests {
         let weights: Vec<f32> = wins.iter().map(|w| (w.len() - np - ns) as f32).collect();
         let total: f32 = weights.iter().sum();
         for (k, g) in got[0].iter().enumerate() {
-            let want: f32 = rows.iter().zip(&weights).map(|(r, w)| r[k] * w).sum::<f32>() / total;
+            let want: f32 = rows
+                .iter()
+                .zip(&weights)
+                .map(|(r, w)| r[k] * w)
+                .sum::<f32>()
+                / total;
             assert!((g - want).abs() < 1e-5, "dim {k}: {g} vs {want}");
         }
-        assert_eq!(got[1], e.embed_ids(&whole[1..], 4).unwrap().to_vec2::<f32>().unwrap()[0]);
+        assert_eq!(
+            got[1],
+            e.embed_ids(&whole[1..], 4)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()[0]
+        );
     }
 }

@@ -193,7 +193,9 @@ impl TransformerParams {
             return bad("hidden must be >= 1 when set".into());
         }
         if self.truncation == Truncation::Windows && !matches!(self.mode, Mode::Frozen) {
-            return bad("truncation windows needs mode frozen (fine-tuning reads one window)".into());
+            return bad(
+                "truncation windows needs mode frozen (fine-tuning reads one window)".into(),
+            );
         }
         if let Mode::FineTune {
             top_layers: Some(0),

@@ -183,7 +183,12 @@ impl TextEncoder {
 /// that reads at most `max_tokens`: the body cut into consecutive pieces of
 /// `max_tokens - n_special` tokens, each framed again. A sequence that fits
 /// is its own single window.
-pub(crate) fn windows(seq: &[u32], n_prefix: usize, n_suffix: usize, max_tokens: usize) -> Vec<Vec<u32>> {
+pub(crate) fn windows(
+    seq: &[u32],
+    n_prefix: usize,
+    n_suffix: usize,
+    max_tokens: usize,
+) -> Vec<Vec<u32>> {
     if seq.len() <= max_tokens || seq.len() < n_prefix + n_suffix {
         return vec![seq.to_vec()];
     }
