@@ -82,6 +82,15 @@ impl Default for TrainConfig {
     }
 }
 
+/// Feed each row's text and label to `h` (the training data hash and the
+/// default id digest rows the same way).
+fn hash_rows(h: &mut DataHasher, rows: &[Example]) {
+    for r in rows {
+        h.update(&r.text);
+        h.update(&r.label.as_ref().map(|l| l.to_string()).unwrap_or_default());
+    }
+}
+
 /// The id a bundle gets without `--id`: the kind and a digest of everything
 /// that makes bundles differ, so two bundles share an id only when they
 /// were trained alike: the training and validation rows, every setting of
@@ -90,10 +99,7 @@ impl Default for TrainConfig {
 fn default_id(kind: &str, data_hash: &str, val_rows: &[Example], cfg: &TrainConfig) -> String {
     let mut h = DataHasher::default();
     h.update(data_hash);
-    for r in val_rows {
-        h.update(&r.text);
-        h.update(&r.label.as_ref().map(|l| l.to_string()).unwrap_or_default());
-    }
+    hash_rows(&mut h, val_rows);
     let params = match cfg.kind {
         ModelKind::Baseline => format!("{:?}", cfg.baseline),
         ModelKind::Transformer => format!("{:?} {:?}", cfg.transformer, cfg.encoder),
@@ -275,10 +281,7 @@ pub fn train(
         validate_labels(&taxonomy, v, "validation data")?;
     }
     let mut hasher = DataHasher::default();
-    for r in &train_rows {
-        hasher.update(&r.text);
-        hasher.update(&r.label.as_ref().map(|l| l.to_string()).unwrap_or_default());
-    }
+    hash_rows(&mut hasher, &train_rows);
     let data_hash = hasher.finish();
     let (train_rows, val_rows) = match val_rows {
         Some(v) => (train_rows, v),
