@@ -16,10 +16,11 @@ $CT prepare --input "$DATA/train.csv" --taxonomy data/taxonomy.yaml --out "$OUT/
 echo "== train baseline =="
 $CT train --kind baseline --train "$OUT/prepared/train.parquet" --val "$OUT/prepared/val.parquet" \
   --taxonomy data/taxonomy.yaml --out "$OUT/models/baseline" --force >/dev/null
-echo "== train transformer (frozen encoder + hierarchical head) =="
+echo "== train transformer (frozen encoder + hierarchical head, pooled with the baseline's lexical model) =="
 $CT train --kind transformer --encoder models/encoders/all-MiniLM-L6-v2 \
   --train "$OUT/prepared/train.parquet" --val "$OUT/prepared/val.parquet" \
-  --taxonomy data/taxonomy.yaml --out "$OUT/models/transformer" --force >/dev/null
+  --taxonomy data/taxonomy.yaml --lexical-from "$OUT/models/baseline" \
+  --out "$OUT/models/transformer" --force >/dev/null
 echo "== eval both on the test split =="
 $CT eval --model "$OUT/models/baseline" --model "$OUT/models/transformer" \
   --data "$DATA/test.csv" --slice region --slice channel --out "$OUT/report" \

@@ -39,6 +39,7 @@ enum Command {
 }
 
 /// An error with its exit code.
+#[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub message: String,

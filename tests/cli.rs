@@ -1,5 +1,6 @@
 //! End-to-end tests that drive the real `casetag` binary on the bundled data.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -858,10 +859,8 @@ fn eval_refuses_data_without_labels() {
     assert!(!report.join("report.json").exists());
 }
 
-/// A transformer bundle on a tiny random encoder, trained through the CLI.
-fn tiny_transformer(dir: &Path) -> PathBuf {
-    let enc = dir.join("enc");
-    casetag_transformer::fixtures::write_tiny_bert(&enc, 7).unwrap();
+/// Two-class training rows for the tiny transformer (`dir/train.csv`).
+fn tiny_train_csv(dir: &Path) -> PathBuf {
     let train = dir.join("train.csv");
     let mut body = String::from("text,l1\n");
     for i in 0..40 {
@@ -873,8 +872,19 @@ fn tiny_transformer(dir: &Path) -> PathBuf {
         body.push_str(&format!("{t} {i},{l}\n"));
     }
     std::fs::write(&train, body).unwrap();
-    let m = dir.join("transformer");
-    let o = run(&[
+    train
+}
+
+/// Train a transformer on a tiny random encoder through the CLI into
+/// `dir/NAME`, with extra flags.
+fn train_tiny_transformer(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, Output) {
+    let enc = dir.join("enc");
+    if !enc.exists() {
+        casetag_transformer::fixtures::write_tiny_bert(&enc, 7).unwrap();
+    }
+    let train = tiny_train_csv(dir);
+    let m = dir.join(name);
+    let mut args = vec![
         "train",
         "--kind",
         "transformer",
@@ -886,9 +896,102 @@ fn tiny_transformer(dir: &Path) -> PathBuf {
         "1",
         "--out",
         m.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    (m, o)
+}
+
+/// A transformer bundle on a tiny random encoder, trained through the CLI.
+fn tiny_transformer(dir: &Path) -> PathBuf {
+    let (m, o) = train_tiny_transformer(dir, "transformer", &[]);
     assert!(o.status.success(), "train: {}", stderr(&o));
     m
+}
+
+fn manifest(bundle: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// The default transformer pools its scores with a lexical model trained on
+/// the same rows; on a random encoder the lexical model carries the answer.
+#[test]
+fn transformer_pools_lexical_evidence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fused = tiny_transformer(tmp.path());
+    assert!(fused.join("fusion.json").is_file());
+    assert!(fused.join("baseline.safetensors").is_file());
+    let m = manifest(&fused);
+    assert_eq!(m["kind"], "transformer");
+    assert_eq!(m["hyper_parameters"]["fusion"], "lexical");
+    let f = &m["validation_metrics"]["fusion"];
+    assert_eq!(f["lexical_source"], "trained", "{f}");
+    let w = f["weight"].as_f64().unwrap();
+    assert!(w < 1.0, "a random encoder must not get all the weight: {f}");
+    assert!(f["val_nll"].as_f64().unwrap() <= f["val_nll_transformer"].as_f64().unwrap());
+    let input = tmp.path().join("in.csv");
+    std::fs::write(
+        &input,
+        "id,text\na,please refund my money back\nb,my parcel is late where is the tracking\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("o.jsonl");
+    let o = tag(&fused, &input, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = jsonl_rows(&out);
+    assert_eq!(rows[0]["l1"], "refund", "{}", rows[0]);
+    assert_eq!(rows[1]["l1"], "logistics", "{}", rows[1]);
+
+    // Alone: no lexical model in the bundle.
+    let (alone, o) = train_tiny_transformer(tmp.path(), "alone", &["--fusion", "none"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!alone.join("fusion.json").exists());
+    assert!(!alone.join("baseline.safetensors").exists());
+
+    // A baseline bundle trained on the same rows serves as the lexical model.
+    let train = tiny_train_csv(tmp.path());
+    let lex = tmp.path().join("lex");
+    let o = run(&[
+        "train",
+        "--kind",
+        "baseline",
+        "--train",
+        train.to_str().unwrap(),
+        "--out",
+        lex.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lex_id = manifest(&lex)["id"].clone();
+    let (reused, o) = train_tiny_transformer(
+        tmp.path(),
+        "reused",
+        &["--lexical-from", lex.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        manifest(&reused)["validation_metrics"]["fusion"]["lexical_source"],
+        lex_id
+    );
+    // One trained on other rows is refused in one line, and so is the flag
+    // where it means nothing.
+    let (_, o) = train_tiny_transformer(
+        tmp.path(),
+        "other",
+        &["--lexical-from", baseline().to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("--lexical-from") && e.contains("other rows"),
+        "{e}"
+    );
+    let (_, o) = train_tiny_transformer(
+        tmp.path(),
+        "other",
+        &["--fusion", "none", "--lexical-from", lex.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]
@@ -1136,4 +1239,135 @@ fn models_root_anywhere_and_seal() {
         serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["format"],
         2
     );
+}
+
+fn dir_files(d: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `tag --input DIR --shard I --shards N`: every file falls to exactly one
+/// shard, the shards' outputs together are the single run's, and a re-run
+/// of one index replaces its files.
+#[test]
+fn sharded_tag_equals_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let texts = [
+        "where is my parcel it has not arrived",
+        "please refund my order",
+        "I want to cancel the order before it ships",
+        "",
+        "the seller sent the wrong colour, I want a return",
+    ];
+    for f in 0..5 {
+        let mut body = String::from("id,text\n");
+        for i in 0..12 {
+            body.push_str(&format!("f{f}r{i},\"{}\"\n", texts[(f + i) % texts.len()]));
+        }
+        std::fs::write(input.join(format!("part-{f}.csv")), body).unwrap();
+    }
+    std::fs::write(
+        input.join("part-9.jsonl"),
+        "{\"id\":\"j1\",\"text\":\"refund please\"}\n{\"id\":\"j2\",\"text\":\"late parcel\"}\n",
+    )
+    .unwrap();
+    std::fs::write(input.join("README.txt"), "not a table").unwrap();
+    let m = baseline().to_str().unwrap();
+    let tag_dir = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "tag",
+            "--model",
+            m,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let one = tmp.path().join("one");
+    let o = tag_dir(&one, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["rows"], 62, "{s}");
+    assert_eq!(s["files"].as_array().unwrap().len(), 6, "{s}");
+    let whole = dir_files(&one);
+    assert_eq!(whole.len(), 6, "{:?}", whole.keys());
+    assert!(whole.contains_key("part-9.jsonl"));
+
+    let sharded = tmp.path().join("sharded");
+    let mut rows = 0;
+    for i in 0..4 {
+        let o = tag_dir(&sharded, &["--shard", &i.to_string(), "--shards", "4"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        rows += summary(&o)["rows"].as_u64().unwrap();
+    }
+    assert_eq!(rows, 62);
+    assert_eq!(dir_files(&sharded), whole);
+    // A re-run of one index replaces its outputs; nothing is duplicated.
+    let o = tag_dir(&sharded, &["--shard", "1", "--shards", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(dir_files(&sharded), whole);
+    // A glob, and one format for every output.
+    let glob = tmp.path().join("glob");
+    let o = run(&[
+        "tag",
+        "--model",
+        m,
+        "--input",
+        input.join("part-[0-9]*").to_str().unwrap(),
+        "--output",
+        glob.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "brackets are not a glob: {}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "tag",
+        "--model",
+        m,
+        "--input",
+        input.join("part-?.csv").to_str().unwrap(),
+        "--output",
+        glob.to_str().unwrap(),
+        "--output-format",
+        "parquet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = dir_files(&glob).into_keys().collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(names.iter().all(|n| n.ends_with(".parquet")), "{names:?}");
+    // Usage errors are one line, exit 2.
+    for extra in [
+        &["--shard", "4", "--shards", "4"][..],
+        &["--shards", "0"][..],
+        &["--output-format", "xlsx"][..],
+    ] {
+        let o = tag_dir(&tmp.path().join("bad"), extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    }
+    let single = input.join("part-0.csv");
+    let o = tag(
+        baseline(),
+        &single,
+        &tmp.path().join("x.csv"),
+        &["--shards", "2"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("directory or glob"), "{}", stderr(&o));
 }

@@ -4,6 +4,7 @@ pub mod eval;
 pub mod models;
 pub mod prepare;
 pub mod serve;
+pub mod shards;
 pub mod tag;
 pub mod train;
 

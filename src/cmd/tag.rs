@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use casetag_core::Transcript;
@@ -43,12 +43,27 @@ pub struct Args {
     /// Fallback bundle, a baseline, used when the model fails to load or errors.
     #[arg(long)]
     fallback: Option<PathBuf>,
-    /// Input table (.csv, .parquet, .jsonl/.ndjson) with a `text` column.
+    /// Input table (.csv, .parquet, .jsonl/.ndjson) with a `text` column;
+    /// or a directory or glob (`'DIR/*.parquet'`) of them, each tagged into
+    /// its own file in the --output directory.
     #[arg(long)]
     input: PathBuf,
-    /// Output table; its extension picks the format.
+    /// Output table; its extension picks the format. With a directory or
+    /// glob --input: the output directory (`STEM.EXT` per input file).
     #[arg(long)]
     output: PathBuf,
+    /// With a directory or glob --input: tag only shard I of --shards N
+    /// (0-based; every N-th file of the sorted list, starting at I), e.g.
+    /// `--shard $JOB_COMPLETION_INDEX` in a Kubernetes Indexed Job.
+    #[arg(long, default_value_t = 0, value_name = "I")]
+    shard: usize,
+    /// Number of shards the input files are split into.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    shards: usize,
+    /// With a directory or glob --input: format of every output file
+    /// (csv, parquet, jsonl); by default each input's own.
+    #[arg(long, value_name = "csv|parquet|jsonl")]
+    output_format: Option<String>,
     /// Rows per chunk.
     #[arg(long, default_value_t = CHUNK_ROWS)]
     chunk_rows: usize,
@@ -220,15 +235,19 @@ struct JobState {
 
 /// What a resumed run must share with the interrupted one for the output
 /// to be the same as an uninterrupted run's.
-fn job_identity(a: &Args, tagger: &Tagger) -> Result<serde_json::Value, Failure> {
-    let meta = std::fs::metadata(&a.input)
-        .map_err(|e| Failure::input(format!("{}: {e}", a.input.display())))?;
+fn job_identity(
+    a: &Args,
+    input_path: &Path,
+    tagger: &Tagger,
+) -> Result<serde_json::Value, Failure> {
+    let meta = std::fs::metadata(input_path)
+        .map_err(|e| Failure::input(format!("{}: {e}", input_path.display())))?;
     let modified = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_nanos().to_string());
-    let input = std::fs::canonicalize(&a.input).unwrap_or_else(|_| a.input.clone());
+    let input = std::fs::canonicalize(input_path).unwrap_or_else(|_| input_path.to_path_buf());
     let model = |m: Option<&casetag_engine::LoadedModel>| {
         m.map(|m| serde_json::json!({"id": m.id(), "kind": m.kind(), "created": m.bundle.manifest.created}))
     };
@@ -259,13 +278,17 @@ fn failpoint(chunk: usize, phase: &str) {
     }
 }
 
-pub fn run(a: Args) -> CmdResult {
-    if a.chunk_rows == 0 {
-        return Err(Failure::input("--chunk-rows must be at least 1"));
-    }
-    let out_format = Format::from_path(&a.output)?;
-    // The input and its columns are checked before any model is loaded.
-    let mut reader = ChunkReader::open(&a.input, a.chunk_rows)?;
+/// An input opened and its columns checked: the reader, the first chunk
+/// when it had to be read to learn the columns (JSONL), and an empty frame
+/// with the input's columns.
+struct Opened {
+    reader: ChunkReader,
+    first: Option<Chunk>,
+    empty: DataFrame,
+}
+
+fn open_input(input: &Path, chunk_rows: usize) -> Result<Opened, Failure> {
+    let mut reader = ChunkReader::open(input, chunk_rows)?;
     let mut first = None;
     if reader.empty_frame().is_none() {
         // JSONL: the columns are those of the first chunk.
@@ -277,9 +300,76 @@ pub fn run(a: Args) -> CmdResult {
         .or_else(|| reader.empty_frame());
     if let Some(df) = &empty {
         let names: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
-        check_case_columns(&a.input, &names)?;
+        check_case_columns(input, &names)?;
     }
-    let empty = empty.unwrap_or_default();
+    Ok(Opened {
+        reader,
+        first,
+        empty: empty.unwrap_or_default(),
+    })
+}
+
+/// The (input, output) pairs of this job: the one file, or this shard's
+/// files of a directory or glob with their outputs in the --output
+/// directory.
+fn plan(a: &Args) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
+    if a.shards == 0 || a.shard >= a.shards {
+        return Err(Failure::input(format!(
+            "--shard {} --shards {}: the shard index must be below the number of shards (0..{})",
+            a.shard,
+            a.shards,
+            a.shards.saturating_sub(1)
+        )));
+    }
+    let format = match &a.output_format {
+        Some(f) => Some(
+            Format::from_path(Path::new(&format!("x.{f}"))).map_err(|_| {
+                Failure::input(format!(
+                    "--output-format '{}': expected csv, parquet or jsonl",
+                    printable(f)
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    let Some(files) = super::shards::list_inputs(&a.input)? else {
+        if a.shards > 1 || format.is_some() {
+            return Err(Failure::input(
+                "--shards and --output-format need a directory or glob --input",
+            ));
+        }
+        Format::from_path(&a.output)?;
+        return Ok(vec![(a.input.clone(), a.output.clone())]);
+    };
+    if a.output.is_file() {
+        return Err(Failure::input(format!(
+            "--output {}: with a directory or glob --input the output is a directory, and this is a file",
+            a.output.display()
+        )));
+    }
+    let mine = super::shards::assign(&files, a.shard, a.shards);
+    let outs = super::shards::outputs(&files, &a.output, format)?;
+    let out_of = |i: &PathBuf| outs[files.iter().position(|f| f == i).unwrap()].clone();
+    std::fs::create_dir_all(&a.output)
+        .map_err(|e| Failure::input(format!("--output {}: {e}", a.output.display())))?;
+    Ok(mine.iter().map(|i| (i.clone(), out_of(i))).collect())
+}
+
+pub fn run(a: Args) -> CmdResult {
+    if a.chunk_rows == 0 {
+        return Err(Failure::input("--chunk-rows must be at least 1"));
+    }
+    let jobs = plan(&a)?;
+    let single = jobs.len() == 1 && jobs[0].0 == a.input;
+    // Every input and its columns are checked before any model is loaded;
+    // a single input stays open for tagging.
+    let mut opened = Vec::new();
+    for (input, _) in &jobs {
+        let o = open_input(input, a.chunk_rows)?;
+        if single {
+            opened.push(o);
+        }
+    }
 
     let mut tagger = Tagger::load(&a.model, a.fallback.as_deref())?;
     if let (Some(p), Some(f)) = (&a.fallback, &tagger.fallback) {
@@ -301,14 +391,116 @@ pub fn run(a: Args) -> CmdResult {
             a.model.display()
         ));
     }
-    let job = job_identity(&a, &tagger)?;
+    if single {
+        let (input, output) = &jobs[0];
+        let done = tag_file(&a, &tagger, input, output, opened.pop().unwrap())?;
+        // On stdout, like every other command's result; progress and
+        // warnings stay on stderr.
+        super::say(printable(
+            &serde_json::to_string(&done.summary(&a, &tagger, output)).unwrap_or_default(),
+        ));
+        return Ok(());
+    }
+    if jobs.is_empty() {
+        progress::note(&format!(
+            "shard {} of {}: no input files fall to this shard",
+            a.shard, a.shards
+        ));
+    }
+    let t0 = Instant::now();
+    let mut total = FileDone::default();
+    let mut files = Vec::new();
+    for (k, (input, output)) in jobs.iter().enumerate() {
+        progress::note(&format!(
+            "file {}/{}: {} -> {}",
+            k + 1,
+            jobs.len(),
+            input.display(),
+            output.display()
+        ));
+        let done = tag_file(&a, &tagger, input, output, open_input(input, a.chunk_rows)?)?;
+        files.push(serde_json::json!({
+            "input": input, "output": output, "rows": done.counts.rows,
+            "untagged_rows": done.counts.empty_text + done.counts.bad_input,
+        }));
+        total.add(&done);
+    }
+    total.secs = t0.elapsed().as_secs_f64();
+    let mut summary = total.summary(&a, &tagger, &a.output);
+    summary["shard"] = serde_json::json!(a.shard);
+    summary["shards"] = serde_json::json!(a.shards);
+    summary["files"] = serde_json::json!(files);
+    super::say(printable(
+        &serde_json::to_string(&summary).unwrap_or_default(),
+    ));
+    Ok(())
+}
+
+/// What tagging one file (or, added up, a shard's files) did.
+#[derive(Default)]
+struct FileDone {
+    counts: Counts,
+    resumed_rows: usize,
+    secs: f64,
+}
+
+impl FileDone {
+    fn add(&mut self, o: &FileDone) {
+        let c = &mut self.counts;
+        c.rows += o.counts.rows;
+        c.empty_text += o.counts.empty_text;
+        c.bad_input += o.counts.bad_input;
+        c.fallback += o.counts.fallback;
+        for (k, v) in &o.counts.by_model {
+            *c.by_model.entry(k.clone()).or_default() += v;
+        }
+        self.resumed_rows += o.resumed_rows;
+    }
+
+    fn summary(&self, a: &Args, tagger: &Tagger, output: &Path) -> serde_json::Value {
+        let counts = &self.counts;
+        let untagged = counts.empty_text + counts.bad_input;
+        serde_json::json!({
+            "rows": counts.rows,
+            "tagged_rows": counts.rows - untagged,
+            "untagged_rows": untagged,
+            "bad_input_rows": counts.bad_input,
+            "empty_text_rows": counts.empty_text,
+            "rows_by_model": counts.by_model,
+            "fallback_rows": counts.fallback,
+            "model": tagger.active().id(),
+            "primary_loaded": tagger.primary.is_some(),
+            "resumed_rows": self.resumed_rows,
+            "batch_novelty": a.batch_novelty,
+            "seconds": self.secs,
+            "cases_per_s": (counts.rows - self.resumed_rows) as f64 / self.secs.max(1e-9),
+            "output": output,
+        })
+    }
+}
+
+/// Tag one input file into one output file (crash-safe, resumable).
+fn tag_file(
+    a: &Args,
+    tagger: &Tagger,
+    input_path: &Path,
+    output: &Path,
+    opened: Opened,
+) -> Result<FileDone, Failure> {
+    let Opened {
+        mut reader,
+        mut first,
+        empty,
+    } = opened;
+    let out_format = Format::from_path(output)?;
+    let job = job_identity(a, input_path, tagger)?;
 
     let mut counts = Counts::default();
     let mut writer = None;
     if a.resume {
-        match ChunkWriter::resume(&a.output, out_format)? {
+        match ChunkWriter::resume(output, out_format)? {
             Some((w, done)) if done.chunks > 0 => {
-                let dir = casetag_data::job_dir(&a.output);
+                let dir = casetag_data::job_dir(output);
                 let state: JobState = serde_json::from_value(done.state).map_err(|_| {
                     Failure::input(format!(
                         "--resume: {}: the interrupted job's state is unreadable; \
@@ -339,7 +531,7 @@ pub fn run(a: Args) -> CmdResult {
     }
     let writer = match writer {
         Some(w) => w,
-        None => ChunkWriter::create(&a.output, out_format)?,
+        None => ChunkWriter::create(output, out_format)?,
     };
     let committed_before = writer.chunks();
     let resumed_rows = counts.rows;
@@ -402,7 +594,7 @@ pub fn run(a: Args) -> CmdResult {
         Ok(writer)
     });
 
-    let input = a.input.clone();
+    let input = input_path.to_path_buf();
     let primary_id = tagger.primary.as_ref().map(|p| p.id().to_string());
     let mut warned = (0usize, 0usize);
     let mut sent = 0usize;
@@ -507,28 +699,9 @@ pub fn run(a: Args) -> CmdResult {
             ));
         }
     }
-    let secs = t0.elapsed().as_secs_f64();
-    let untagged = counts.empty_text + counts.bad_input;
-    let summary = serde_json::json!({
-        "rows": counts.rows,
-        "tagged_rows": counts.rows - untagged,
-        "untagged_rows": untagged,
-        "bad_input_rows": counts.bad_input,
-        "empty_text_rows": counts.empty_text,
-        "rows_by_model": counts.by_model,
-        "fallback_rows": counts.fallback,
-        "model": tagger.active().id(),
-        "primary_loaded": tagger.primary.is_some(),
-        "resumed_rows": resumed_rows,
-        "batch_novelty": a.batch_novelty,
-        "seconds": secs,
-        "cases_per_s": (counts.rows - resumed_rows) as f64 / secs.max(1e-9),
-        "output": a.output,
-    });
-    // On stdout, like every other command's result; progress and warnings
-    // stay on stderr.
-    super::say(printable(
-        &serde_json::to_string(&summary).unwrap_or_default(),
-    ));
-    Ok(())
+    Ok(FileDone {
+        counts,
+        resumed_rows,
+        secs: t0.elapsed().as_secs_f64(),
+    })
 }

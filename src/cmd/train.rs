@@ -84,9 +84,19 @@ pub struct Args {
     /// Transformer: batch size.
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Baseline: number of selected hashed features.
+    /// Baseline (and the transformer's lexical model): number of selected hashed features.
     #[arg(long)]
     features: Option<usize>,
+    /// Transformer: `lexical` pools its scores with a lexical model (the
+    /// baseline's features, trained on the same rows; weight chosen on the
+    /// validation rows), `none` answers with the transformer alone.
+    #[arg(long, default_value = "lexical", value_name = "lexical|none")]
+    fusion: casetag_engine::fusion::Fusion,
+    /// Transformer with `--fusion lexical`: reuse this baseline bundle,
+    /// trained on the same training rows, as the lexical model instead of
+    /// fitting one.
+    #[arg(long, value_name = "DIR")]
+    lexical_from: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> CmdResult {
@@ -109,6 +119,15 @@ pub fn run(a: Args) -> CmdResult {
         overwrite: a.force,
         ..TrainConfig::default()
     };
+    if a.lexical_from.is_some()
+        && (a.kind != ModelKind::Transformer || a.fusion != casetag_engine::fusion::Fusion::Lexical)
+    {
+        return Err(Failure::input(
+            "--lexical-from: only for --kind transformer with --fusion lexical",
+        ));
+    }
+    cfg.fusion = a.fusion;
+    cfg.lexical_from = a.lexical_from;
     cfg.decision.target_precision = a.target_precision;
     cfg.decision.min_margin = a.min_margin;
     cfg.decision.oos_budget = a.oos_budget;

@@ -41,6 +41,15 @@ impl Format {
         }
     }
 
+    /// The file extension this format is written with.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+            Format::Jsonl => "jsonl",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Format::Csv => "CSV",

@@ -75,7 +75,7 @@ impl Default for DecisionParams {
 }
 
 /// Mean negative log-likelihood of the targets under temperature `t`.
-fn nll(logits: &[Vec<f32>], targets: &[usize], t: f32) -> f64 {
+pub(crate) fn nll(logits: &[Vec<f32>], targets: &[usize], t: f32) -> f64 {
     let mut s = 0.0f64;
     for (l, &y) in logits.iter().zip(targets) {
         let p = softmax(l, t);

@@ -11,6 +11,7 @@
 pub mod calibrate;
 pub mod decide;
 pub mod eval;
+pub mod fusion;
 pub mod gate;
 pub mod oos_meta;
 pub mod report_html;

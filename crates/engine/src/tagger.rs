@@ -169,10 +169,7 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
             casetag_baseline::BaselineModel::load(dir, &m.id)
                 .map_err(|e| EngineError::Baseline(format!("{}: {e}", dir.display())))?,
         ),
-        "transformer" => Box::new(
-            casetag_transformer::TransformerModel::load(dir, &m.id)
-                .map_err(|e| EngineError::Transformer(format!("{}: {e}", dir.display())))?,
-        ),
+        "transformer" => Box::new(crate::fusion::TransformerClassifier::load(dir, &m.id)?),
         other => {
             return Err(EngineError::Input(format!(
                 "{}: unknown model kind '{other}'",

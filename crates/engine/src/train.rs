@@ -2,11 +2,11 @@
 //! calibration and thresholds on validation -> a verified bundle on disk.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use casetag_baseline::BaselineParams;
-use casetag_core::bundle::{now_rfc3339, BundleWriter, Calibration, DataHasher, Manifest};
+use casetag_core::bundle::{now_rfc3339, Bundle, BundleWriter, Calibration, DataHasher, Manifest};
 use casetag_core::text::TextPipeline;
 use casetag_core::{Classifier, LabelSpace, TagPath, Taxonomy, Transcript};
 use casetag_transformer::TransformerParams;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::calibrate::{ece_at, fit_temperature, fit_thresholds, DecisionParams, OosDetector};
 use crate::decide::{with_detector_logits, Decider};
 use crate::eval::{evaluate_logits, EvalRow};
+use crate::fusion::{Fusion, FusionInfo, TransformerClassifier};
 use crate::oos_meta::{MetaDetector, MetaInputs, MetaParams};
 use crate::{EngineError, Result};
 
@@ -62,6 +63,11 @@ pub struct TrainConfig {
     pub overwrite: bool,
     /// Minimum out-of-scope training rows to learn an explicit OOS class.
     pub min_oos_rows: usize,
+    /// Transformer only: pool with a lexical model ([`crate::fusion`]).
+    pub fusion: Fusion,
+    /// Transformer with lexical fusion: take the lexical model from this
+    /// baseline bundle (trained on the same rows) instead of fitting one.
+    pub lexical_from: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -78,6 +84,8 @@ impl Default for TrainConfig {
             seed: 42,
             overwrite: false,
             min_oos_rows: 10,
+            fusion: Fusion::default(),
+            lexical_from: None,
         }
     }
 }
@@ -102,7 +110,10 @@ fn default_id(kind: &str, data_hash: &str, val_rows: &[Example], cfg: &TrainConf
     hash_rows(&mut h, val_rows);
     let params = match cfg.kind {
         ModelKind::Baseline => format!("{:?}", cfg.baseline),
-        ModelKind::Transformer => format!("{:?} {:?}", cfg.transformer, cfg.encoder),
+        ModelKind::Transformer => format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            cfg.transformer, cfg.encoder, cfg.fusion, cfg.baseline, cfg.lexical_from
+        ),
     };
     h.update(&format!(
         "{params} {:?} {:?} {} {} {} {}",
@@ -171,7 +182,7 @@ fn stratified_holdout(
 pub enum Fitted {
     // Both boxed: the two models differ a lot in inline size.
     Baseline(Box<casetag_baseline::BaselineModel>),
-    Transformer(Box<casetag_transformer::TransformerModel>),
+    Transformer(Box<TransformerClassifier>),
 }
 
 impl Fitted {
@@ -186,9 +197,7 @@ impl Fitted {
             Fitted::Baseline(m) => m
                 .save(dir)
                 .map_err(|e| EngineError::Baseline(e.to_string())),
-            Fitted::Transformer(m) => m
-                .save(dir)
-                .map_err(|e| EngineError::Transformer(e.to_string())),
+            Fitted::Transformer(m) => m.save(dir),
         }
     }
 }
@@ -234,6 +243,100 @@ pub fn level_maps(tax: &Taxonomy, ls: &LabelSpace) -> Vec<Vec<usize>> {
         maps.push(m);
     }
     maps
+}
+
+/// What the lexical model of a fused transformer is fitted and checked on.
+struct Fit<'a> {
+    texts: &'a [&'a str],
+    targets: &'a [usize],
+    val: &'a [(&'a str, usize)],
+    label_space: &'a LabelSpace,
+    taxonomy: &'a Taxonomy,
+    data_hash: &'a str,
+    id: &'a str,
+}
+
+/// The lexical model a transformer is pooled with ([`crate::fusion`]):
+/// fitted on the same rows, or taken from `--lexical-from` after checking
+/// it was trained on them; then the weight chosen on validation. `None`
+/// (with a note) when there are no validation rows to choose it on.
+fn lexical_evidence(
+    cfg: &TrainConfig,
+    m: &casetag_transformer::TransformerModel,
+    fit: Fit<'_>,
+    progress: &dyn Fn(&str),
+) -> Result<Option<(casetag_baseline::BaselineModel, FusionInfo)>> {
+    if fit.val.is_empty() {
+        progress("lexical fusion skipped: no labelled validation rows to weigh the models on");
+        return Ok(None);
+    }
+    let (b, source) = match &cfg.lexical_from {
+        Some(dir) => {
+            let bundle = Bundle::open(dir)?;
+            let man = &bundle.manifest;
+            let refuse = |why: String| {
+                EngineError::Input(format!("--lexical-from {}: {why}", dir.display()))
+            };
+            if man.kind != "baseline" {
+                return Err(refuse(format!(
+                    "a baseline bundle is needed, this one is '{}'",
+                    man.kind
+                )));
+            }
+            if man.training_data_hash != fit.data_hash {
+                return Err(refuse(
+                    "trained on other rows (its training data hash differs); the lexical model                      must be trained on the same training rows"
+                        .into(),
+                ));
+            }
+            if &man.label_space != fit.label_space || bundle.taxonomy.raw() != fit.taxonomy.raw() {
+                return Err(refuse(
+                    "its taxonomy or label space differs from this training run's".into(),
+                ));
+            }
+            let b = casetag_baseline::BaselineModel::load(dir, fit.id)
+                .map_err(|e| EngineError::Baseline(format!("{}: {e}", dir.display())))?;
+            (b, man.id.clone())
+        }
+        None => {
+            cfg.baseline
+                .check()
+                .map_err(|e| EngineError::Input(format!("baseline parameters: {e}")))?;
+            progress("lexical fusion: training the lexical model on the same rows");
+            let b = casetag_baseline::fit(
+                &cfg.baseline,
+                fit.texts,
+                fit.targets,
+                fit.label_space,
+                fit.id,
+                progress,
+            )
+            .map_err(|e| EngineError::Baseline(e.to_string()))?;
+            (b, "trained".to_string())
+        }
+    };
+    let cases: Vec<Transcript> = fit
+        .val
+        .iter()
+        .map(|p| Transcript::new(p.0.to_string()))
+        .collect();
+    let err = |e: casetag_core::ClassifierError| {
+        EngineError::Internal(format!("validation prediction: {e}"))
+    };
+    let rows = |s: Vec<casetag_core::LevelScores>| -> Vec<Vec<f32>> {
+        s.into_iter().map(|s| s.logits).collect()
+    };
+    let zt = rows(m.predict(&cases).map_err(err)?);
+    let zb = rows(b.predict(&cases).map_err(err)?);
+    let targets: Vec<usize> = fit.val.iter().map(|p| p.1).collect();
+    let Some(info) = FusionInfo::choose(&zt, &zb, &targets, &source) else {
+        return Ok(None);
+    };
+    progress(&format!(
+        "lexical fusion: transformer weight {:.2} (validation NLL {:.4}; transformer alone {:.4}, lexical alone {:.4})",
+        info.weight, info.val_nll, info.val_nll_transformer, info.val_nll_lexical
+    ));
+    Ok(Some((b, info)))
 }
 
 /// Train a model and write its bundle to `out`. Returns the manifest.
@@ -390,7 +493,35 @@ pub fn train(
             .map_err(|e| EngineError::Transformer(e.to_string()))?;
             let mut h = serde_json::to_value(&cfg.transformer).unwrap();
             h["encoder"] = serde_json::Value::String(enc);
-            (Fitted::Transformer(Box::new(m)), h)
+            let lexical = match cfg.fusion {
+                Fusion::None => None,
+                Fusion::Lexical => lexical_evidence(
+                    cfg,
+                    &m,
+                    Fit {
+                        texts: &texts,
+                        targets: &targets,
+                        val: &val_pairs,
+                        label_space: &label_space,
+                        taxonomy: &taxonomy,
+                        data_hash: &data_hash,
+                        id: &id,
+                    },
+                    progress,
+                )?,
+            };
+            h["fusion"] = serde_json::to_value(cfg.fusion).unwrap();
+            if let Some((b, info)) = &lexical {
+                h["lexical"] = serde_json::to_value(b.params()).unwrap();
+                h["lexical_weight"] = serde_json::json!(info.weight);
+            }
+            (
+                Fitted::Transformer(Box::new(TransformerClassifier {
+                    transformer: m,
+                    lexical,
+                })),
+                h,
+            )
         }
     };
     let fit_s = started.elapsed().as_secs_f64();
@@ -435,7 +566,8 @@ pub fn train(
     // The learned out-of-scope detector, for models that embed and were
     // trained without out-of-scope rows.
     let detector = match (&fitted, val_emb) {
-        (Fitted::Transformer(m), Some(val_emb)) => {
+        (Fitted::Transformer(tc), Some(val_emb)) => {
+            let m = &tc.transformer;
             let mp = MetaParams::default();
             let keep = cap_per_class(&targets, mp.per_class(label_space.n_paths));
             let terr =
@@ -527,6 +659,11 @@ pub fn train(
     let mut vm = serde_json::to_value(&val_report.summary).unwrap();
     vm["fit_seconds"] = serde_json::json!(fit_s);
     vm["train_rows"] = serde_json::json!(texts.len());
+    if let Fitted::Transformer(tc) = &fitted {
+        if let Some((_, info)) = &tc.lexical {
+            vm["fusion"] = serde_json::to_value(info).unwrap();
+        }
+    }
     vm["oos_detector"] = serde_json::json!(match (&detector, label_space.oos_class) {
         (_, true) => "class",
         (Some(_), false) => "meta",
