@@ -57,6 +57,10 @@ pub struct LevelMetrics {
     pub macro_f1: f64,
     pub micro_f1: f64,
     pub n: usize,
+    /// Expected calibration error (15 bins) of the top path's calibrated
+    /// confidence at this level against its correctness at this level, on
+    /// the in-scope rows labelled this deep.
+    pub ece: f64,
 }
 
 /// The report.json entry for one model (SPEC keys; optional ones omitted).
@@ -191,11 +195,16 @@ pub fn evaluate_decisions(
         let mut t = Vec::new();
         let mut p = Vec::new();
         let mut corr = vec![None; rows.len()];
+        let (mut level_conf, mut level_ok) = (Vec::new(), Vec::new());
         for &i in &in_scope {
             let truth = rows[i].label.as_ref().unwrap();
             if let Some(tk) = truth.level(k) {
                 let pk = decisions[i].top_path.level(k).unwrap_or("-");
                 corr[i] = Some(tk == pk);
+                level_conf.push(f64::from(
+                    decisions[i].confidence.get(k - 1).copied().unwrap_or(0.0),
+                ));
+                level_ok.push(tk == pk);
                 t.push(tk.to_string());
                 p.push(pk.to_string());
             }
@@ -227,6 +236,7 @@ pub fn evaluate_decisions(
                 macro_f1: macro_f1(&t, &p),
                 micro_f1: micro_f1(&t, &p),
                 n: t.len(),
+                ece: ece(&level_conf, &level_ok, 15),
             },
         );
         correct.insert(lname(k), corr);
@@ -536,6 +546,17 @@ mod tests {
         // l3 only for rows 0..3: correct 2 of 3.
         assert!((s.levels["l3"].accuracy - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.levels["l3"].n, 3);
+        // Per-level ECE: rows 0..3 at L3 fall in three bins, so it is the
+        // mean gap between each confidence and its correctness (1, 1, 0).
+        let c3: Vec<f64> = (0..3)
+            .map(|i| f64::from(e.decisions[i].confidence[2]))
+            .collect();
+        let want = ((1.0 - c3[0]) + (1.0 - c3[1]) + c3[2]) / 3.0;
+        assert!(
+            (s.levels["l3"].ece - want).abs() < 1e-6,
+            "{} vs {want}",
+            s.levels["l3"].ece
+        );
         assert!((s.path_accuracy - 0.75).abs() < 1e-12);
         // exact decisions: row0 and row3 -> 2/4.
         assert!((s.in_scope_accuracy - 0.5).abs() < 1e-12);

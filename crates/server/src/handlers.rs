@@ -388,11 +388,51 @@ pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Resp
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let t = Instant::now();
-    let resp = next.run(req).await;
+    let id = request_id(req.headers());
+    let mut resp = next.run(req).await;
+    let took = t.elapsed();
     st.inner
         .metrics
-        .observe_request(&endpoint, resp.status().as_u16(), t.elapsed());
+        .observe_request(&endpoint, resp.status().as_u16(), took);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(REQUEST_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("total;dur={:.3}", took.as_secs_f64() * 1000.0)) {
+        h.insert(SERVER_TIMING, v);
+    }
     resp
+}
+
+/// The request id header, echoed on every response.
+pub const REQUEST_ID: &str = "x-request-id";
+/// Time spent in the server, in milliseconds (`total;dur=1.234`).
+pub const SERVER_TIMING: &str = "server-timing";
+
+/// The caller's `x-request-id` when it is 1 to 128 visible ASCII
+/// characters (so it can be echoed and logged as is); otherwise a new one,
+/// unique within this process and unlikely to repeat across processes.
+pub fn request_id(headers: &HeaderMap) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()) {
+            return v.to_string();
+        }
+    }
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        (t ^ u64::from(std::process::id()).rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    });
+    format!(
+        "{:016x}-{:08x}",
+        process,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 #[cfg(test)]
@@ -414,6 +454,22 @@ mod tests {
         assert_eq!(bearer(&auth(b"Basic czNjcmV0")), None);
         assert_eq!(bearer(&auth(b"Bearers3cret")), None);
         assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn request_ids_are_echoed_when_safe_and_made_otherwise() {
+        let with = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(REQUEST_ID, HeaderValue::from_bytes(v).unwrap());
+            request_id(&h)
+        };
+        assert_eq!(with(b"abc-123"), "abc-123");
+        let made = request_id(&HeaderMap::new());
+        assert_eq!(made.len(), 25, "{made}");
+        assert_ne!(made, request_id(&HeaderMap::new()));
+        assert_ne!(with(b"has space"), "has space");
+        assert_ne!(with(&[b'x'; 129]).len(), 129);
+        assert_eq!(with(&[b'x'; 128]).len(), 128);
     }
 
     #[test]

@@ -158,6 +158,46 @@ async fn metrics_count_requests_batches_and_statuses() {
     s.shutdown().await;
 }
 
+/// Every response, errors included, carries a request id (the caller's
+/// when it sent a usable one) and the time spent in the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_carry_request_id_and_timing() {
+    let s = server().await;
+    let body = json!({"cases": [{"id": "a", "text": "item missing from the box"}]});
+    let r = s
+        .client
+        .post(s.url("/v1/tag"))
+        .header("x-request-id", "trace-42")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "trace-42");
+    let timing = r.headers()["server-timing"].to_str().unwrap().to_string();
+    let ms: f64 = timing.strip_prefix("total;dur=").unwrap().parse().unwrap();
+    assert!(ms >= 0.0, "{timing}");
+    let mut ids = Vec::new();
+    for path in ["/healthz", "/nope"] {
+        let r = s.client.get(s.url(path)).send().await.unwrap();
+        assert!(r.headers().contains_key("server-timing"), "{path}");
+        ids.push(r.headers()["x-request-id"].to_str().unwrap().to_string());
+    }
+    assert_ne!(ids[0], ids[1]);
+    let r = s
+        .client
+        .post(s.url("/v1/tag"))
+        .header("x-request-id", "bad id with spaces")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let id = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(!id.contains(' ') && !id.is_empty(), "{id}");
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_400() {
     let s = server().await;
