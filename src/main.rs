@@ -36,6 +36,12 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Manage the model registry under models/ (list, show, promote).
     Models(cmd::models::Args),
+    /// Print a shell completion script, e.g. `casetag completions bash >
+    /// ~/.local/share/bash-completion/completions/casetag`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// An error with its exit code.
@@ -98,6 +104,16 @@ fn main() -> ExitCode {
         Command::Tag(a) => cmd::tag::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Models(a) => cmd::models::run(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "casetag",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

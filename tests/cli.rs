@@ -1371,3 +1371,97 @@ fn sharded_tag_equals_one_run() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("directory or glob"), "{}", stderr(&o));
 }
+
+/// A test set with tags the model's taxonomy does not know (added after it
+/// was trained): refused by default with a hint, else scored as asked and
+/// said in the report.
+#[test]
+fn eval_scores_labels_the_model_does_not_know_as_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("new_labels.csv");
+    std::fs::write(
+        &data,
+        "id,text,l1,l2,l3\n\
+         a,my refund was approved but the money never arrived,returns_refunds,refund_request,refund_not_received\n\
+         b,the refund never reached my card,returns_refunds,refund_request,refund_not_received\n\
+         c,where is my refund it has been two weeks,returns_refunds,refund_request,refund_not_received\n\
+         d,refund me in shop credit instead of to my card please,returns_refunds,refund_request,refund_to_wallet_2027\n\
+         e,can the refund go to my wallet balance,returns_refunds,refund_request,refund_to_wallet_2027\n\
+         f,can I pay with bitcoin,crypto_payments,,\n",
+    )
+    .unwrap();
+    let m = baseline().to_str().unwrap();
+    let eval = |policy: Option<&str>, out: &str| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "eval",
+            "--model",
+            m,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--resamples",
+            "10",
+        ];
+        if let Some(p) = policy {
+            args.extend(["--unknown-labels", p]);
+        }
+        let o = run(&args);
+        let report = std::fs::read_to_string(out.join("report.json"))
+            .ok()
+            .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
+        (o, report)
+    };
+    let (o, r) = eval(None, "r0");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("--unknown-labels") && e.contains("refund_to_wallet_2027"),
+        "{e}"
+    );
+    assert!(r.is_none());
+
+    let (o, r) = eval(Some("wrong"), "r1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = r.unwrap();
+    let u = &r["unknown_labels"][0];
+    assert_eq!(u["rows"], 3, "{u}");
+    assert_eq!(u["policy"], "wrong");
+    assert_eq!(u["labels"]["crypto_payments"], 1, "{u}");
+    let wrong = &r["models"][0];
+    assert_eq!(wrong["n"], 6);
+    assert_eq!(wrong["levels"]["l1"]["n"], 6);
+
+    let (o, r) = eval(Some("parent"), "r2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let parent = &r.unwrap()["models"][0];
+    // The two new L3 rows are scored down to L2; the unknown L1 stays wrong.
+    assert_eq!(
+        parent["levels"]["l3"]["n"].as_u64().unwrap() + 2,
+        wrong["levels"]["l3"]["n"].as_u64().unwrap()
+    );
+    assert_eq!(parent["levels"]["l1"]["n"], 6);
+
+    let (o, r) = eval(Some("drop"), "r3");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = r.unwrap();
+    assert_eq!(r["models"][0]["n"], 3);
+    assert_eq!(r["unknown_labels"][0]["policy"], "drop");
+}
+
+#[test]
+fn shell_completions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            s.contains("casetag") && s.contains("unknown-labels"),
+            "{shell}"
+        );
+    }
+    let o = run(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+}

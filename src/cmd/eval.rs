@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use casetag_core::Transcript;
+use casetag_core::{TagPath, Transcript};
 use casetag_engine::eval::{
     compare, evaluate_logits, length_quartiles, report_json, EvalRow, ModelEval, LENGTH_SLICE,
 };
@@ -48,6 +48,38 @@ pub struct Args {
     /// Bootstrap resamples for the comparison intervals.
     #[arg(long, default_value_t = 2000)]
     resamples: usize,
+    /// Labelled rows whose label a model's taxonomy does not know (a tag
+    /// added after that model was trained): `error` stops; `wrong` counts
+    /// them as that model's errors; `parent` scores them at their deepest
+    /// level the model knows; `drop` leaves them out for every model. The
+    /// report says which rows and labels were affected (`unknown_labels`).
+    #[arg(long, value_enum, default_value = "error")]
+    unknown_labels: UnknownLabels,
+}
+
+/// See `--unknown-labels`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownLabels {
+    Error,
+    Wrong,
+    Parent,
+    Drop,
+}
+
+/// The label cut to its deepest level `tax` knows (`None` when not even
+/// its L1 is known).
+fn known_prefix(tax: &casetag_core::Taxonomy, l: &TagPath) -> Option<TagPath> {
+    let ids = [Some(l.l1.as_str()), l.l2.as_deref(), l.l3.as_deref()];
+    (1..=3).rev().find_map(|d| {
+        ids[d - 1]?;
+        let p = TagPath::new(
+            &l.l1,
+            if d >= 2 { ids[1] } else { None },
+            if d >= 3 { ids[2] } else { None },
+        );
+        tax.resolve(&p).is_ok().then_some(p)
+    })
 }
 
 fn slice_values(
@@ -108,7 +140,7 @@ pub fn run(a: Args) -> CmdResult {
     let slices = slice_values(&extra, &a.slices, &kept)?;
     let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
     let lengths = length_quartiles(&texts);
-    let rows: Vec<EvalRow> = examples
+    let mut rows: Vec<EvalRow> = examples
         .iter()
         .zip(slices)
         .zip(lengths)
@@ -120,7 +152,7 @@ pub fn run(a: Args) -> CmdResult {
             }
         })
         .collect();
-    let cases: Vec<Transcript> = examples
+    let mut cases: Vec<Transcript> = examples
         .iter()
         .map(|e| Transcript::new(e.text.clone()))
         .collect();
@@ -142,20 +174,101 @@ pub fn run(a: Args) -> CmdResult {
         }
         loaded.push((mp, m));
     }
+    // Labels a model's taxonomy does not know, checked before any
+    // inference; with `error` the first such model stops the run.
+    let mut unknown_report = Vec::new();
+    let mut unknown_rows: Vec<Vec<usize>> = Vec::new();
+    for (_, m) in &loaded {
+        let tax = &m.decider.taxonomy;
+        if a.unknown_labels == UnknownLabels::Error {
+            validate_labels(
+                tax,
+                &examples,
+                &format!("{} (model '{}')", a.data.display(), m.id()),
+            )
+            .map_err(|e| {
+                Failure::input(format!(
+                    "{e} (--unknown-labels wrong|parent|drop scores them instead)"
+                ))
+            })?;
+        }
+        let bad: Vec<usize> = (0..rows.len())
+            .filter(|&i| {
+                rows[i]
+                    .label
+                    .as_ref()
+                    .is_some_and(|l| tax.resolve(l).is_err())
+            })
+            .collect();
+        if !bad.is_empty() {
+            let mut labels: std::collections::BTreeMap<String, usize> = Default::default();
+            for &i in &bad {
+                *labels
+                    .entry(rows[i].label.as_ref().unwrap().to_string())
+                    .or_default() += 1;
+            }
+            progress::note(&format!(
+                "model '{}': {} row(s) with labels its taxonomy does not know ({} label(s)); --unknown-labels {:?}",
+                m.id(),
+                bad.len(),
+                labels.len(),
+                a.unknown_labels
+            ));
+            unknown_report.push(serde_json::json!({
+                "model": m.id(),
+                "policy": a.unknown_labels,
+                "rows": bad.len(),
+                "labels": labels,
+            }));
+        }
+        unknown_rows.push(bad);
+    }
+    if a.unknown_labels == UnknownLabels::Drop {
+        let drop: std::collections::BTreeSet<usize> =
+            unknown_rows.iter().flatten().copied().collect();
+        let keep = |i: &usize| !drop.contains(i);
+        rows = std::mem::take(&mut rows)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keep(i))
+            .map(|(_, r)| r)
+            .collect();
+        cases = std::mem::take(&mut cases)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keep(i))
+            .map(|(_, c)| c)
+            .collect();
+        if cases.is_empty() {
+            return Err(Failure::input(format!(
+                "{}: --unknown-labels drop left no rows to evaluate",
+                a.data.display()
+            )));
+        }
+    }
     let mut evals = Vec::new();
-    for (_, mut m) in loaded {
+    for ((_, mut m), bad) in loaded.into_iter().zip(unknown_rows) {
+        // `parent`: this model's truth is each unknown label's deepest
+        // level it knows.
+        let model_rows = if a.unknown_labels == UnknownLabels::Parent && !bad.is_empty() {
+            let mut r = rows.clone();
+            for i in bad {
+                if let Some(l) = r[i].label.as_ref() {
+                    if let Some(p) = known_prefix(&m.decider.taxonomy, l) {
+                        r[i].label = Some(p);
+                    }
+                }
+            }
+            Some(r)
+        } else {
+            None
+        };
+        let rows = model_rows.as_ref().unwrap_or(&rows);
         if a.batch_novelty {
             if let Err(e) = m.enable_batch_novelty() {
                 progress::note(&format!("{e}; judged case by case"));
             }
         }
-        // Reject labels the model's taxonomy does not know before spending
-        // time on inference.
-        validate_labels(
-            &m.decider.taxonomy,
-            &examples,
-            &format!("{} (model '{}')", a.data.display(), m.id()),
-        )?;
         progress::note(&format!("evaluating {} on {} rows", m.id(), cases.len()));
         let pb = crate::progress::bar(Some(cases.len() as u64), m.id());
         let t0 = Instant::now();
@@ -176,19 +289,28 @@ pub fn run(a: Args) -> CmdResult {
             m.id(),
             m.kind(),
             &logits,
-            &rows,
+            rows,
             Some(tput),
         ));
     }
     let comparisons = compare(&evals, a.resamples, 42);
     let verdict = gate.as_ref().map(|g| g.check(&evals));
-    write_reports(&a.out, &evals, &comparisons, verdict.as_ref(), &a.data)?;
+    let unknown = (!unknown_report.is_empty()).then(|| serde_json::json!(unknown_report));
+    write_reports(
+        &a.out,
+        &evals,
+        &comparisons,
+        verdict.as_ref(),
+        &a.data,
+        unknown.as_ref(),
+    )?;
     let report = report_json(&evals, &comparisons, verdict.as_ref());
     super::say(
         serde_json::to_string_pretty(&serde_json::json!({
             "models": report["models"],
             "comparisons": report["comparisons"],
             "gate": report["gate"],
+            "unknown_labels": unknown,
         }))
         .unwrap_or_default(),
     );
@@ -224,9 +346,13 @@ fn write_reports(
     comparisons: &[casetag_engine::eval::Comparison],
     verdict: Option<&GateVerdict>,
     data: &Path,
+    unknown_labels: Option<&serde_json::Value>,
 ) -> CmdResult {
     std::fs::create_dir_all(out).map_err(|e| Failure::input(format!("{}: {e}", out.display())))?;
-    let json = report_json(evals, comparisons, verdict);
+    let mut json = report_json(evals, comparisons, verdict);
+    if let Some(u) = unknown_labels {
+        json["unknown_labels"] = u.clone();
+    }
     let p = out.join("report.json");
     std::fs::write(&p, serde_json::to_string_pretty(&json).unwrap_or_default())
         .map_err(|e| Failure::internal(format!("{}: {e}", p.display())))?;
