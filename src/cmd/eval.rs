@@ -226,19 +226,15 @@ pub fn run(a: Args) -> CmdResult {
     if a.unknown_labels == UnknownLabels::Drop {
         let drop: std::collections::BTreeSet<usize> =
             unknown_rows.iter().flatten().copied().collect();
-        let keep = |i: &usize| !drop.contains(i);
-        rows = std::mem::take(&mut rows)
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| keep(i))
-            .map(|(_, r)| r)
-            .collect();
-        cases = std::mem::take(&mut cases)
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| keep(i))
-            .map(|(_, c)| c)
-            .collect();
+        fn without<T>(v: Vec<T>, drop: &std::collections::BTreeSet<usize>) -> Vec<T> {
+            v.into_iter()
+                .enumerate()
+                .filter(|(i, _)| !drop.contains(i))
+                .map(|(_, x)| x)
+                .collect()
+        }
+        rows = without(rows, &drop);
+        cases = without(cases, &drop);
         if cases.is_empty() {
             return Err(Failure::input(format!(
                 "{}: --unknown-labels drop left no rows to evaluate",

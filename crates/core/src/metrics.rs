@@ -145,6 +145,36 @@ pub fn reliability(conf: &[f64], correct: &[bool], n_bins: usize) -> Vec<Reliabi
         .collect()
 }
 
+/// Area under the ROC curve of a score that should be higher on `pos`
+/// than on `neg`: the chance that a random positive outscores a random
+/// negative, ties counting half (the Mann–Whitney statistic, from ranks in
+/// O(n log n)). `None` when either side is empty.
+pub fn auroc(pos: &[f64], neg: &[f64]) -> Option<f64> {
+    if pos.is_empty() || neg.is_empty() {
+        return None;
+    }
+    let mut all: Vec<(f64, bool)> = pos
+        .iter()
+        .map(|&s| (s, true))
+        .chain(neg.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sum of the positives' (1-based, tie-averaged) ranks.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            j += 1;
+        }
+        let mid = (i + 1 + j) as f64 / 2.0;
+        rank_sum += mid * all[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    let (np, nn) = (pos.len() as f64, neg.len() as f64);
+    Some((rank_sum - np * (np + 1.0) / 2.0) / (np * nn))
+}
+
 /// Expected calibration error with equal-width bins (15 is customary).
 pub fn ece(conf: &[f64], correct: &[bool], n_bins: usize) -> f64 {
     let n = conf.len();
@@ -245,6 +275,16 @@ pub fn bootstrap_delta_ci(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auroc_counts_pairs_and_ties() {
+        assert_eq!(auroc(&[0.9, 0.8], &[0.1, 0.2]), Some(1.0));
+        assert_eq!(auroc(&[0.1], &[0.9]), Some(0.0));
+        assert_eq!(auroc(&[0.5], &[0.5]), Some(0.5));
+        // Pairs: (0.9>0.5) (0.9>0.3) (0.4<0.5) (0.4>0.3) -> 3 of 4.
+        assert_eq!(auroc(&[0.9, 0.4], &[0.5, 0.3]), Some(0.75));
+        assert_eq!(auroc(&[], &[0.5]), None);
+    }
 
     // Reference values computed with scikit-learn 1.9.1:
     //   from sklearn.metrics import f1_score

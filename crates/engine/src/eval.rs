@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use casetag_core::metrics::{
-    accuracy, bootstrap_delta_ci, coverage_curve, ece, hierarchical_f1, macro_f1, mcnemar_exact,
-    micro_f1, per_class, reliability, ClassStats, ReliabilityBin,
+    accuracy, auroc, bootstrap_delta_ci, coverage_curve, ece, hierarchical_f1, macro_f1,
+    mcnemar_exact, micro_f1, per_class, reliability, ClassStats, ReliabilityBin,
 };
 use casetag_core::TagPath;
 use serde::Serialize;
@@ -80,6 +80,10 @@ pub struct Summary {
     pub oos_recall: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oos_precision: Option<f64>,
+    /// AUROC of the out-of-scope score (out-of-scope rows against in-scope
+    /// ones), independent of where the cut lies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oos_auroc: Option<f64>,
     pub coverage: f64,
     pub selective_accuracy: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -311,6 +315,12 @@ pub fn evaluate_decisions(
             }),
         )
     };
+    let score = |ix: &[usize]| -> Vec<f64> {
+        ix.iter()
+            .map(|&i| f64::from(decisions[i].oos_score))
+            .collect()
+    };
+    let oos_auroc = auroc(&score(&oos_rows), &score(&in_scope));
     let summary = Summary {
         id: id.to_string(),
         kind: kind.to_string(),
@@ -327,6 +337,7 @@ pub fn evaluate_decisions(
         in_scope_accuracy: exact as f64 / n_in,
         oos_recall,
         oos_precision,
+        oos_auroc,
         coverage: covered as f64 / n_in,
         selective_accuracy: if covered > 0 {
             covered_ok as f64 / covered as f64
@@ -565,6 +576,8 @@ mod tests {
         assert!((s.selective_accuracy - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.oos_recall, Some(0.0));
         assert_eq!(s.oos_precision, Some(0.0));
+        let auc = s.oos_auroc.expect("an out-of-scope row gives an AUROC");
+        assert!((0.0..=1.0).contains(&auc), "{auc}");
         // Slices: EU has rows 0 and 2 -> l3 accuracy 0.5.
         let eu = e.slices.iter().find(|x| x.value == "EU").unwrap();
         assert!((eu.levels["l3"] - 0.5).abs() < 1e-12);

@@ -1087,19 +1087,8 @@ mod tests {
     }
 
     fn auroc(pos: &[f32], neg: &[f32]) -> f64 {
-        let mut wins = 0.0;
-        for p in pos {
-            for n in neg {
-                wins += if p > n {
-                    1.0
-                } else if p == n {
-                    0.5
-                } else {
-                    0.0
-                };
-            }
-        }
-        wins / (pos.len() * neg.len()) as f64
+        let f = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        casetag_core::metrics::auroc(&f(pos), &f(neg)).unwrap()
     }
 
     #[test]
