@@ -51,6 +51,22 @@ pub fn bar(total: Option<u64>, what: &str) -> ProgressBar {
     pb
 }
 
+/// A bar over the `total` bytes of an input whose row count is unknown
+/// until it is read (CSV, JSONL): bytes done, rows so far (the message),
+/// throughput and ETA.
+pub fn bytes_bar(total: u64, what: &str) -> ProgressBar {
+    let style = ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({msg}, {binary_bytes_per_sec}, ETA {eta})",
+    )
+    .expect("template");
+    let pb = ProgressBar::new(total).with_style(style);
+    pb.set_prefix(what.to_string());
+    if !interactive() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb
+}
+
 /// A progress message: printed on a terminal, logged at info otherwise.
 pub fn note(msg: &str) {
     if interactive() {

@@ -535,9 +535,26 @@ fn tag_file(
     };
     let committed_before = writer.chunks();
     let resumed_rows = counts.rows;
+    // Parquet records its row count; CSV and JSONL progress by the bytes
+    // read, which gives them a total and an ETA too.
     let total = reader.total_rows_hint();
-    let pb = progress::bar(total.map(|t| t as u64), "tagging");
-    pb.set_position(counts.rows as u64);
+    let by_bytes = total.is_none();
+    let pb = match total {
+        Some(t) => progress::bar(Some(t as u64), "tagging"),
+        None => progress::bytes_bar(
+            std::fs::metadata(input_path).map_or(0, |m| m.len()),
+            "tagging",
+        ),
+    };
+    let show = |rows: usize, byte: u64| {
+        if by_bytes {
+            pb.set_position(byte);
+            pb.set_message(format!("{rows} rows"));
+        } else {
+            pb.set_position(rows as u64);
+        }
+    };
+    show(counts.rows, reader.position().byte);
     let t0 = Instant::now();
 
     // Read the next chunk on another thread while this one is tagged.
@@ -641,6 +658,7 @@ fn tag_file(
                 }
             }
             counts.rows += errors.len();
+            let end_byte = end.byte;
             let state = serde_json::to_value(JobState {
                 job: job.clone(),
                 position: end,
@@ -658,7 +676,7 @@ fn tag_file(
                 break;
             }
             sent += 1;
-            pb.set_position(counts.rows as u64);
+            show(counts.rows, end_byte);
         }
         Ok(())
     })();
