@@ -81,6 +81,13 @@ fn reliability_svg(m: &ModelEval) -> String {
         sx(1.0),
         sy(1.0)
     );
+    let _ = write!(
+        s,
+        r##"<g font-size="9"><rect x="{lx}" y="24" width="9" height="9" fill="#4c78a8" opacity="0.8"/><text x="{tx}" y="32">accuracy in the bin</text><rect x="{lx}" y="37" width="9" height="9" fill="#f58518" opacity="0.5"/><text x="{tx}" y="45">share of cases (×0.3)</text><line x1="{lx}" y1="55" x2="{lx2}" y2="55" stroke="#999" stroke-dasharray="4 3"/><text x="{tx}" y="58">perfect calibration</text></g>"##,
+        lx = PAD + 6.0,
+        lx2 = PAD + 15.0,
+        tx = PAD + 19.0,
+    );
     let total: usize = m.reliability.iter().map(|b| b.count).sum::<usize>().max(1);
     for b in &m.reliability {
         if b.count == 0 {
@@ -134,6 +141,15 @@ fn coverage_svg(models: &[ModelEval]) -> String {
             m.summary.selective_accuracy
         );
     }
+    let _ = write!(
+        s,
+        r##"<g font-size="9"><circle cx="{cx}" cy="{cy}" r="4" fill="#555"/><text x="{tx}" y="{ty}">operating point (decision thresholds)</text></g>"##,
+        cx = PAD + 10.0,
+        tx = PAD + 19.0,
+        // Above the model names, in the empty lower left.
+        cy = H - PAD - 11.0 - 12.0 * models.len() as f64,
+        ty = H - PAD - 8.0 - 12.0 * models.len() as f64,
+    );
     s.push_str("</svg>");
     s
 }
@@ -148,7 +164,9 @@ fn confusion_svg(level: &str, conf: &[crate::eval::Confusion]) -> String {
     );
     for (i, c) in conf.iter().enumerate() {
         let y = 22.0 + 18.0 * i as f64;
-        let w = 160.0 * c.count as f64 / max;
+        // Bars end by x = 510, leaving room for the count on a 560-wide
+        // canvas.
+        let w = 120.0 * c.count as f64 / max;
         let _ = write!(
             s,
             r##"<text x="4" y="{ty}" font-size="10">{} → {}</text><rect x="390" y="{y}" width="{w:.1}" height="13" fill="#e45756"/><text x="{tx:.1}" y="{ty}" font-size="10">{}</text>"##,
@@ -331,4 +349,35 @@ th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.plots{{
     }
     h.push_str("</body></html>\n");
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::Confusion;
+
+    /// The x positions of every `<text x="...">` in an SVG.
+    fn text_xs(svg: &str) -> Vec<f64> {
+        svg.split("<text x=\"")
+            .skip(1)
+            .map(|t| t[..t.find('"').unwrap()].parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_longest_confusion_bar_leaves_room_for_its_count() {
+        let conf: Vec<Confusion> = [123_456, 9_000, 5]
+            .iter()
+            .map(|&count| Confusion {
+                truth: "a/b/c".into(),
+                predicted: "a/b/d".into(),
+                count,
+            })
+            .collect();
+        let svg = confusion_svg("l3", &conf);
+        // A six-digit count at font size 10 needs about 40 px.
+        let last = text_xs(&svg).into_iter().fold(0.0, f64::max);
+        assert!(last + 40.0 <= 560.0, "count drawn at x = {last}");
+        assert!(svg.contains(">123456<"));
+    }
 }
