@@ -81,13 +81,6 @@ fn reliability_svg(m: &ModelEval) -> String {
         sx(1.0),
         sy(1.0)
     );
-    let _ = write!(
-        s,
-        r##"<g font-size="9"><rect x="{lx}" y="24" width="9" height="9" fill="#4c78a8" opacity="0.8"/><text x="{tx}" y="32">accuracy in the bin</text><rect x="{lx}" y="37" width="9" height="9" fill="#f58518" opacity="0.5"/><text x="{tx}" y="45">share of cases (×0.3)</text><line x1="{lx}" y1="55" x2="{lx2}" y2="55" stroke="#999" stroke-dasharray="4 3"/><text x="{tx}" y="58">perfect calibration</text></g>"##,
-        lx = PAD + 6.0,
-        lx2 = PAD + 15.0,
-        tx = PAD + 19.0,
-    );
     let total: usize = m.reliability.iter().map(|b| b.count).sum::<usize>().max(1);
     for b in &m.reliability {
         if b.count == 0 {
@@ -303,6 +296,13 @@ th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.plots{{
         h.push_str(&reliability_svg(m));
     }
     h.push_str("</div>");
+    h.push_str(
+        "<p class=\"legend\">Coverage: each model's accuracy on the cases it answers at full depth as \
+         its confidence cut moves; the dot is where its decision thresholds put it. Reliability: \
+         <span style=\"color:#4c78a8\">&#9632;</span> accuracy of the cases in each confidence bin, \
+         <span style=\"color:#f58518\">&#9632;</span> share of cases in the bin (&times;0.3), \
+         dashed: perfect calibration.</p>",
+    );
 
     for m in models {
         let _ = write!(
