@@ -1,5 +1,5 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
-//! casetag-baseline: the linfa fallback model.
+//! casetag-baseline: the lexical fallback model (and the transformer's lexical evidence).
 //!
 //! Place in the pipeline: `engine` trains it (`casetag train --kind baseline`)
 //! and serves it behind the transformer as a fallback. Like every backend it
@@ -9,15 +9,18 @@
 //!
 //! Model: hashed word 1–2-grams and `char_wb` 2–5-grams, sublinear TF,
 //! IDF learned at fit time, L2 normalized — the classic TF-IDF recipe, but
-//! with the hashing trick so the vocabulary never has to be stored. linfa only
+//! with the hashing trick so the vocabulary never has to be stored. The solver
 //! fits dense matrices, so the `n_features` most class-informative buckets
-//! (chi-squared) are kept and a multinomial `linfa-logistic` model is fitted
-//! on at most `max_fit_rows` rows (a class-stratified subsample). The fitted
+//! (chi-squared) are kept and a multinomial logistic regression is fitted
+//! on at most `max_fit_rows` rows (a class-stratified subsample) with
+//! argmin's L-BFGS, the optimiser linfa-logistic drives, on a per-row
+//! stable objective (`softmax.rs` says why not linfa-logistic's own). The fitted
 //! weights are copied into plain `Vec<f32>` so inference is a sparse × dense
 //! product that never touches ndarray.
 
 mod features;
 mod model;
+mod softmax;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +49,7 @@ pub type Result<T> = std::result::Result<T, BaselineError>;
 pub struct BaselineParams {
     /// Hash space is `2^hash_bits` buckets.
     pub hash_bits: u32,
-    /// Number of hashed buckets kept as model inputs (dense columns for linfa).
+    /// Number of hashed buckets kept as model inputs (dense columns for the solver).
     pub n_features: usize,
     /// At most this many rows are used to fit the logistic model; a larger
     /// training set is subsampled per class. The dense fit matrix is

@@ -5,9 +5,6 @@ use std::path::Path;
 use std::sync::LazyLock;
 
 use casetag_core::{has_avx2, Classifier, ClassifierError, LabelSpace, LevelScores, Transcript};
-use linfa::traits::Fit;
-use linfa::Dataset;
-use linfa_logistic::MultiLogisticRegression;
 use ndarray::{Array1, Array2};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
@@ -410,12 +407,12 @@ pub fn fit(
     ))
 }
 
-/// Multinomial logistic regression with linfa (L2 weight `alpha`) of `y`
-/// (classes `0..n_out`) on the rows of `x`. Returns row-major weights (`x`'s
-/// columns x `n_out`) and the biases; a class without rows gets zero weights
-/// and `absent_logit` as its bias. With fewer than two classes present
-/// nothing is fitted (zero weights). Errors are the solver's, or non-finite
-/// weights.
+/// Multinomial logistic regression (L2 weight `alpha`) of `y` (classes
+/// `0..n_out`) on the rows of `x`, by L-BFGS on [`crate::softmax`]'s
+/// objective. Returns row-major weights (`x`'s columns x `n_out`) and the
+/// biases; a class without rows gets zero weights and `absent_logit` as its
+/// bias. With fewer than two classes present nothing is fitted (zero
+/// weights). Errors are the solver's, or non-finite weights.
 pub fn fit_softmax_regression(
     x: Array2<f32>,
     y: &[usize],
@@ -432,34 +429,39 @@ pub fn fit_softmax_regression(
         .iter()
         .map(|&p| if p { 0.0 } else { absent_logit })
         .collect();
-    if present.iter().filter(|&&p| p).count() >= 2 {
-        let ds = Dataset::new(x, Array1::from(y.to_vec()));
-        let mut init: Option<Array2<f32>> = None;
-        let mut last = f64::INFINITY;
+    // The solver sees the present classes only, as columns 0..c.
+    let classes: Vec<usize> = (0..n_out).filter(|&c| present[c]).collect();
+    if classes.len() >= 2 {
+        let mut col = vec![0usize; n_out];
+        for (j, &c) in classes.iter().enumerate() {
+            col[c] = j;
+        }
+        let yc: Vec<usize> = y.iter().map(|&c| col[c]).collect();
+        let nc = classes.len();
+        let obj = || crate::softmax::Objective {
+            x: &x,
+            y: &yc,
+            n_classes: nc,
+            alpha,
+        };
+        let mut p = Array1::<f32>::zeros((k + 1) * nc);
+        let mut last = obj().value(&p);
         for _ in 0..MAX_SOLVER_ROUNDS {
-            let mut solver = MultiLogisticRegression::<f32>::default()
-                .alpha(alpha)
-                .max_iterations(max_iterations);
-            if let Some(p) = init.take() {
-                solver = solver.initial_params(p);
+            let next = crate::softmax::minimise(obj(), p.clone(), max_iterations)?;
+            let value = obj().value(&next);
+            if value < last {
+                p = next;
             }
-            let fitted = solver.fit(&ds).map_err(|e| e.to_string())?;
-            let (w, b) = (fitted.params(), fitted.intercept());
-            let obj = softmax_objective(ds.records(), y, w, b, fitted.classes(), alpha);
-            let mut p = Array2::<f32>::zeros((k + 1, b.len()));
-            p.slice_mut(ndarray::s![..k, ..]).assign(w);
-            p.row_mut(k).assign(b);
-            init = Some(p);
-            for (j, &class) in fitted.classes().iter().enumerate() {
-                bias[class] = b[j];
-                for r in 0..k {
-                    weights[r * n_out + class] = w[[r, j]];
-                }
-            }
-            if last - obj <= 1e-5 * obj.abs().max(1.0) {
+            if last - value <= 1e-5 * value.abs().max(1.0) {
                 break;
             }
-            last = obj;
+            last = value;
+        }
+        for (j, &class) in classes.iter().enumerate() {
+            bias[class] = p[k * nc + j];
+            for r in 0..k {
+                weights[r * n_out + class] = p[r * nc + j];
+            }
         }
     }
     if weights.iter().chain(&bias).any(|v| !v.is_finite()) {
@@ -469,35 +471,10 @@ pub fn fit_softmax_regression(
 }
 
 /// Rounds of the solver: L-BFGS stops for good when a line search fails
-/// (`argmin` reports that as an exit, not an error), which on larger
-/// training sets left the fit far from the optimum; each round restarts
-/// it from the previous solution with fresh curvature memory, until the
-/// objective stops improving.
+/// (`argmin` reports that as an exit, not an error), which can leave the fit
+/// short of the optimum; each round restarts it from the previous solution
+/// with fresh curvature memory, until the objective stops improving.
 const MAX_SOLVER_ROUNDS: usize = 8;
-
-/// The solver's objective: summed cross-entropy plus `alpha / 2 · |W|^2`
-/// (intercepts unpenalised, as in `linfa`), in f64.
-fn softmax_objective(
-    x: &Array2<f32>,
-    y: &[usize],
-    w: &Array2<f32>,
-    b: &Array1<f32>,
-    classes: &[usize],
-    alpha: f32,
-) -> f64 {
-    let logits = x.dot(w) + b;
-    let mut col = vec![usize::MAX; classes.iter().max().map_or(0, |m| m + 1)];
-    for (j, &c) in classes.iter().enumerate() {
-        col[c] = j;
-    }
-    let mut loss = 0f64;
-    for (row, &t) in logits.rows().into_iter().zip(y) {
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)) as f64;
-        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
-        loss += lse - row[col[t]] as f64;
-    }
-    loss + 0.5 * alpha as f64 * w.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()
-}
 
 fn column_map(buckets: &[u32], n_buckets: usize) -> Vec<u32> {
     let mut col = vec![NO_COL; n_buckets];

@@ -1,5 +1,5 @@
 //! The transformer with lexical evidence: its leaf-path distribution pooled
-//! with the linfa baseline's (hashed word and character n-grams, softmax
+//! with the lexical baseline's (hashed word and character n-grams, softmax
 //! regression), trained on the same rows.
 //!
 //! The two models err differently: the encoder reads meaning but only the

@@ -395,7 +395,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Multinomial logistic regression on the unit rows (the baseline's linfa
+/// Multinomial logistic regression on the unit rows (the baseline's softmax
 /// fit, L2 weight alpha = 1 / C). Returns (d x k weights, k biases); a class
 /// with no rows gets a large negative bias.
 fn fit_multinomial(
