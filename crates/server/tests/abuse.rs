@@ -100,6 +100,10 @@ async fn connections_over_the_cap_are_refused_with_503() {
     let (st, _) = s.get("/healthz").await;
     assert_eq!(st, 200);
     drop(b);
+    // The client keeps its /healthz connection; wait until the server has
+    // seen `b` close, or a new connection for /metrics could find the cap
+    // still full and be refused before it sends its request.
+    until("b closed", || s.state.open_connections() <= 1).await;
     let (_, m) = s.get_text("/metrics").await;
     assert!(m.contains("casetag_connections_refused_total 1\n"), "{m}");
     s.shutdown().await;
