@@ -285,7 +285,7 @@ fn lexical_evidence(
             }
             if man.training_data_hash != fit.data_hash {
                 return Err(refuse(
-                    "trained on other rows (its training data hash differs); the lexical model                      must be trained on the same training rows"
+                    "trained on other rows (its training data hash differs); the lexical model must be trained on the same training rows"
                         .into(),
                 ));
             }
