@@ -1,14 +1,13 @@
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use casetag_core::Transcript;
+use casetag_batch::{load_tagger, tag_chunk, Counts, RowIssue, TaggedChunk, EMPTY_TEXT};
 use casetag_data::{
     check_case_columns, chunk_texts, printable, Chunk, ChunkReader, ChunkWriter, Format, Position,
 };
-use casetag_engine::{Tagged, Tagger};
+use casetag_engine::Tagger;
 use clap::Parser;
-use polars::prelude::{Column, DataFrame};
+use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use crate::{progress, CmdResult, Failure};
@@ -82,146 +81,6 @@ pub struct Args {
     /// depend on the other rows of the chunk.
     #[arg(long)]
     batch_novelty: bool,
-}
-
-/// Output columns for one chunk, borrowing the chunk's decisions.
-struct Cols<'a> {
-    l: [Vec<Option<&'a str>>; 3],
-    conf: [Vec<Option<f32>>; 3],
-    guess: [Vec<Option<&'a str>>; 3],
-    depth: Vec<Option<u32>>,
-    oos: Vec<Option<bool>>,
-    oos_score: Vec<Option<f32>>,
-    actions: Vec<Option<String>>,
-    served_by: Vec<Option<&'a str>>,
-    model_id: Vec<Option<&'a str>>,
-    error: Vec<Option<String>>,
-}
-
-impl<'a> Cols<'a> {
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            l: std::array::from_fn(|_| Vec::with_capacity(n)),
-            conf: std::array::from_fn(|_| Vec::with_capacity(n)),
-            guess: std::array::from_fn(|_| Vec::with_capacity(n)),
-            depth: Vec::with_capacity(n),
-            oos: Vec::with_capacity(n),
-            oos_score: Vec::with_capacity(n),
-            actions: Vec::with_capacity(n),
-            served_by: Vec::with_capacity(n),
-            model_id: Vec::with_capacity(n),
-            error: Vec::with_capacity(n),
-        }
-    }
-
-    fn push(&mut self, t: Option<&'a Tagged>, error: Option<String>) {
-        match t {
-            Some(t) => {
-                let d = &t.decision;
-                for k in 0..3 {
-                    self.l[k].push(d.tag.as_ref().and_then(|p| p.level(k + 1)));
-                    self.conf[k].push(d.confidence.get(k).copied());
-                    self.guess[k].push(d.top_path.level(k + 1));
-                }
-                self.depth.push(Some(d.depth as u32));
-                self.oos.push(Some(d.out_of_scope));
-                self.oos_score.push(Some(d.oos_score));
-                let mut acts = String::new();
-                for a in &d.actions {
-                    if !acts.is_empty() {
-                        acts.push(';');
-                    }
-                    acts.push_str(&a.id);
-                    acts.push_str(if a.mode == casetag_core::ActionMode::Auto {
-                        ":auto"
-                    } else {
-                        ":suggest"
-                    });
-                }
-                self.actions.push(Some(acts));
-                self.served_by.push(Some(&t.served_by));
-                self.model_id.push(Some(&t.model_id));
-            }
-            None => {
-                for k in 0..3 {
-                    self.l[k].push(None);
-                    self.conf[k].push(None);
-                    self.guess[k].push(None);
-                }
-                self.depth.push(None);
-                self.oos.push(None);
-                self.oos_score.push(None);
-                self.actions.push(None);
-                self.served_by.push(None);
-                self.model_id.push(None);
-            }
-        }
-        self.error.push(error);
-    }
-
-    fn attach(self, df: &mut DataFrame) -> Result<(), Failure> {
-        let Cols {
-            l,
-            conf,
-            guess,
-            depth,
-            oos,
-            oos_score,
-            actions,
-            served_by,
-            model_id,
-            error,
-        } = self;
-        let [l1, l2, l3] = l;
-        let [c1, c2, c3] = conf;
-        let [g1, g2, g3] = guess;
-        // Input label columns, if any, are kept under their own names: the
-        // predictions replace nothing the user gave.
-        let name = |df: &DataFrame, n: &str| {
-            if df.column(n).is_ok() {
-                format!("pred_{n}")
-            } else {
-                n.to_string()
-            }
-        };
-        let cols = vec![
-            Column::new(name(df, "l1").into(), l1),
-            Column::new(name(df, "l2").into(), l2),
-            Column::new(name(df, "l3").into(), l3),
-            Column::new(name(df, "depth").into(), depth),
-            Column::new(name(df, "conf_l1").into(), c1),
-            Column::new(name(df, "conf_l2").into(), c2),
-            Column::new(name(df, "conf_l3").into(), c3),
-            Column::new(name(df, "guess_l1").into(), g1),
-            Column::new(name(df, "guess_l2").into(), g2),
-            Column::new(name(df, "guess_l3").into(), g3),
-            Column::new(name(df, "out_of_scope").into(), oos),
-            Column::new(name(df, "oos_score").into(), oos_score),
-            Column::new(name(df, "actions").into(), actions),
-            Column::new(name(df, "served_by").into(), served_by),
-            Column::new(name(df, "model_id").into(), model_id),
-            Column::new(name(df, "error").into(), error),
-        ];
-        for c in cols {
-            df.with_column(c).map_err(Failure::internal)?;
-        }
-        Ok(())
-    }
-}
-
-/// Row counts of a job so far; committed with every chunk, so a resumed
-/// job's summary covers the whole input.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct Counts {
-    rows: usize,
-    /// Rows with empty or missing text.
-    empty_text: usize,
-    /// Rows whose input was damaged.
-    bad_input: usize,
-    /// Tagged rows by the kind of model that answered them.
-    by_model: BTreeMap<String, usize>,
-    /// Tagged rows answered by the fallback bundle.
-    fallback: usize,
 }
 
 /// What is committed with each chunk: the job it belongs to, where the
@@ -371,20 +230,7 @@ pub fn run(a: Args) -> CmdResult {
         }
     }
 
-    let mut tagger = Tagger::load(&a.model, a.fallback.as_deref())?;
-    if let (Some(p), Some(f)) = (&a.fallback, &tagger.fallback) {
-        if f.kind() != "baseline" {
-            return Err(Failure::input(format!(
-                "--fallback {}: model '{}' is a {}; the fallback must be a baseline bundle",
-                p.display(),
-                f.id(),
-                f.kind()
-            )));
-        }
-    }
-    if a.batch_novelty {
-        tagger.enable_batch_novelty()?;
-    }
+    let tagger = load_tagger(&a.model, a.fallback.as_deref(), a.batch_novelty)?;
     if tagger.primary.is_none() {
         progress::warn(&format!(
             "{}: the model did not load; every row is tagged by the fallback",
@@ -421,7 +267,7 @@ pub fn run(a: Args) -> CmdResult {
         let done = tag_file(&a, &tagger, input, output, open_input(input, a.chunk_rows)?)?;
         files.push(serde_json::json!({
             "input": input, "output": output, "rows": done.counts.rows,
-            "untagged_rows": done.counts.empty_text + done.counts.bad_input,
+            "untagged_rows": done.counts.untagged(),
         }));
         total.add(&done);
     }
@@ -446,20 +292,13 @@ struct FileDone {
 
 impl FileDone {
     fn add(&mut self, o: &FileDone) {
-        let c = &mut self.counts;
-        c.rows += o.counts.rows;
-        c.empty_text += o.counts.empty_text;
-        c.bad_input += o.counts.bad_input;
-        c.fallback += o.counts.fallback;
-        for (k, v) in &o.counts.by_model {
-            *c.by_model.entry(k.clone()).or_default() += v;
-        }
+        self.counts.add(&o.counts);
         self.resumed_rows += o.resumed_rows;
     }
 
     fn summary(&self, a: &Args, tagger: &Tagger, output: &Path) -> serde_json::Value {
         let counts = &self.counts;
-        let untagged = counts.empty_text + counts.bad_input;
+        let untagged = counts.untagged();
         serde_json::json!({
             "rows": counts.rows,
             "tagged_rows": counts.rows - untagged,
@@ -586,23 +425,16 @@ fn tag_file(
     // chunk, and at most two chunks wait in each hand-off.
     struct Done {
         df: DataFrame,
-        errors: Vec<Option<String>>,
-        tagged: Vec<Tagged>,
+        tags: Option<TaggedChunk>,
         state: serde_json::Value,
     }
     let (wtx, wrx) = std::sync::mpsc::sync_channel::<Done>(1);
     let writer_thread = std::thread::spawn(move || -> Result<ChunkWriter, Failure> {
         let mut writer = writer;
         for mut d in wrx {
-            let mut cols = Cols::with_capacity(d.errors.len());
-            let mut answers = d.tagged.iter();
-            for e in d.errors {
-                match e {
-                    None => cols.push(answers.next(), None),
-                    Some(e) => cols.push(None, Some(e)),
-                }
-            }
-            cols.attach(&mut d.df)?;
+            // An empty input's frame gets the columns of an empty chunk.
+            let tags = d.tags.unwrap_or_else(TaggedChunk::empty);
+            tags.attach(&mut d.df)?;
             writer.write_part(&mut d.df)?;
             failpoint(writer.chunks() + 1, "part");
             writer.commit(&d.state)?;
@@ -612,52 +444,31 @@ fn tag_file(
     });
 
     let input = input_path.to_path_buf();
-    let primary_id = tagger.primary.as_ref().map(|p| p.id().to_string());
     let mut warned = (0usize, 0usize);
     let mut sent = 0usize;
     let tagged_all = (|| -> Result<(), Failure> {
         for chunk in rx {
             let Chunk { df, faults, end } = chunk?;
             let texts = chunk_texts(&df)?;
-            let mut errors = Vec::with_capacity(texts.len());
-            let mut cases = Vec::with_capacity(texts.len());
-            for (i, (text, fault)) in texts.into_iter().zip(faults).enumerate() {
-                let row = counts.rows + i + 1;
-                match (fault, text) {
-                    (Some(f), _) => {
-                        counts.bad_input += 1;
-                        warned.0 += 1;
-                        if warned.0 <= WARN_ROWS {
-                            progress::warn(&format!("{f}; kept untagged"));
-                        }
-                        errors.push(Some(f));
-                    }
-                    (None, None) => {
-                        counts.empty_text += 1;
-                        warned.1 += 1;
-                        if warned.1 <= WARN_ROWS {
-                            progress::warn(&format!(
-                                "{}: row {row}: empty or missing text; kept untagged",
-                                input.display()
-                            ));
-                        }
-                        errors.push(Some("empty or missing text".to_string()));
-                    }
-                    (None, Some(t)) => {
-                        cases.push(Transcript::new(t));
-                        errors.push(None);
+            let first_row = counts.rows + 1;
+            let tags = tag_chunk(tagger, texts, faults, &mut counts, |i, issue| match issue {
+                RowIssue::Damaged(f) => {
+                    warned.0 += 1;
+                    if warned.0 <= WARN_ROWS {
+                        progress::warn(&format!("{f}; kept untagged"));
                     }
                 }
-            }
-            let tagged = tagger.tag(&cases, 0)?;
-            drop(cases);
-            for t in &tagged {
-                *counts.by_model.entry(t.served_by.clone()).or_default() += 1;
-                if primary_id.as_deref() != Some(t.model_id.as_str()) {
-                    counts.fallback += 1;
+                RowIssue::Empty => {
+                    warned.1 += 1;
+                    if warned.1 <= WARN_ROWS {
+                        progress::warn(&format!(
+                            "{}: row {}: {EMPTY_TEXT}; kept untagged",
+                            input.display(),
+                            first_row + i
+                        ));
+                    }
                 }
-            }
-            counts.rows += errors.len();
+            })?;
             let end_byte = end.byte;
             let state = serde_json::to_value(JobState {
                 job: job.clone(),
@@ -667,8 +478,7 @@ fn tag_file(
             .map_err(Failure::internal)?;
             let done = Done {
                 df,
-                errors,
-                tagged,
+                tags: Some(tags),
                 state,
             };
             if wtx.send(done).is_err() {
@@ -690,8 +500,7 @@ fn tag_file(
         .map_err(Failure::internal)?;
         let _ = wtx.send(Done {
             df: empty,
-            errors: Vec::new(),
-            tagged: Vec::new(),
+            tags: None,
             state,
         });
     }

@@ -28,7 +28,8 @@ pub use prepare::{
     prepare, split_indices, PrepareConfig, PrepareStats, SplitCounts, TextLenQuantiles,
 };
 pub use stream::{
-    check_case_columns, chunk_texts, job_dir, Chunk, ChunkReader, ChunkWriter, Committed, Position,
+    check_case_columns, chunk_texts, column_texts, job_dir, missing_column, Chunk, ChunkReader,
+    ChunkWriter, Committed, Position,
 };
 
 /// Re-exported so callers can name frame types without their own polars import.

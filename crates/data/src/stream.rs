@@ -1392,18 +1392,31 @@ pub fn chunk_texts(df: &DataFrame) -> Result<Vec<Option<String>>> {
         return Ok(vec![None; df.height()]);
     }
     let col = df.column(TEXT).map_err(|_| {
+        let found: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
+        missing_column(TEXT, &found)
+    })?;
+    column_texts(col)
+}
+
+/// The error for a table without column `name`, listing the columns it has.
+pub fn missing_column(name: &str, found: &[&str]) -> DataError {
+    DataError::Usage(format!(
+        "column '{}': missing (found: {})",
+        printable(name),
+        printable(&found.join(", "))
+    ))
+}
+
+/// The model text per row of a text column, as [`chunk_texts`] gives it:
+/// `None` where the text is missing or empty after normalisation. A column
+/// of another type is read as text (numbers as digits) or refused.
+pub fn column_texts(col: &Column) -> Result<Vec<Option<String>>> {
+    let col = col.cast(&DataType::String).map_err(|e| {
         DataError::Usage(format!(
-            "column 'text': missing (found: {})",
-            df.get_column_names()
-                .iter()
-                .map(|n| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "column '{}': cannot read as text: {e}",
+            printable(col.name())
         ))
     })?;
-    let col = col
-        .cast(&DataType::String)
-        .map_err(|e| DataError::Usage(format!("column 'text': cannot read as text: {e}")))?;
     let texts: Vec<Option<&str>> = col.str().map_err(DataError::internal)?.iter().collect();
     Ok(texts
         .par_iter()
