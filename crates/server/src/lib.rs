@@ -39,7 +39,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use config::{Limits, ServerConfig};
 pub use error::{ApiError, ErrorKind, ServerError};
-pub use models::{resolve_model, ModelInfo};
+pub use models::{resolve_model, taxonomy_json, ModelInfo};
 pub use request::{DEFAULT_TOP_K, MAX_TOP_K};
 pub use state::{AppState, ReloadOutcome, ADMIN_TOKEN_ENV};
 

@@ -1,0 +1,143 @@
+"""casetag: three-level tags (L1/L2/L3) and actions for e-commerce aftersales cases.
+
+Load a bundle written by ``casetag train`` once, then tag Arrow batches::
+
+    import pyarrow as pa, casetag
+    model = casetag.Model("out/quickstart/models/baseline")
+    batch = pa.record_batch({"case_id": ["c1"], "text": ["where is my refund for order 123?"]})
+    tagged = model.tag_arrow(batch)          # input columns, then l1, l2, l3, depth, ...
+    model.tag(["parcel never arrived"])      # list of dicts, one per text
+
+The output columns, their order, types and per-row ``error`` values are
+those ``casetag tag`` writes. Computation runs with the GIL released; a
+row that cannot be tagged gets its ``error`` set, never an exception for
+the whole batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import pyarrow as pa
+
+from . import _casetag
+
+__all__ = ["Model", "OUTPUT_COLUMNS", "__version__"]
+
+__version__: str = _casetag.__version__
+
+#: The columns ``tag_arrow`` appends, in order (an input column of the same
+#: name is kept, and the output one is then called ``pred_NAME``).
+OUTPUT_COLUMNS = (
+    "l1",
+    "l2",
+    "l3",
+    "depth",
+    "conf_l1",
+    "conf_l2",
+    "conf_l3",
+    "guess_l1",
+    "guess_l2",
+    "guess_l3",
+    "out_of_scope",
+    "oos_score",
+    "actions",
+    "served_by",
+    "model_id",
+    "error",
+)
+
+ArrowLike = Union[pa.RecordBatch, pa.Table, Any]
+
+
+def _as_batch(data: ArrowLike) -> pa.RecordBatch:
+    """A RecordBatch from a RecordBatch, a Table (chunks combined) or any
+    object with the Arrow PyCapsule interface."""
+    if isinstance(data, pa.RecordBatch):
+        return data
+    if isinstance(data, pa.Table):
+        return data.combine_chunks().to_batches()[0] if data.num_rows else pa.RecordBatch.from_pylist([], schema=data.schema)
+    if hasattr(data, "__arrow_c_array__"):
+        return pa.record_batch(data)
+    if hasattr(data, "__arrow_c_stream__"):
+        return _as_batch(pa.table(data))
+    raise TypeError(
+        f"expected a pyarrow.RecordBatch, pyarrow.Table or an object with the Arrow "
+        f"PyCapsule interface, got {type(data).__name__}"
+    )
+
+
+class Model:
+    """A casetag bundle loaded once (checksums verified exactly as the CLI does).
+
+    Args:
+        path: the bundle directory (``casetag train --out``).
+        fallback: a baseline bundle that answers when ``path`` fails to load
+            or fails on a batch (as ``casetag tag --fallback``).
+        batch_novelty: judge out of scope over each batch as a whole (as
+            ``casetag tag --batch-novelty``); answers then depend on the batch.
+
+    Raises:
+        ValueError: the bundle is missing, damaged or not a casetag bundle,
+            with the CLI's one-line message.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], fallback: Optional[Union[str, "os.PathLike[str]"]] = None, batch_novelty: bool = False) -> None:
+        self.path = str(path)
+        self.fallback = None if fallback is None else str(fallback)
+        self.batch_novelty = bool(batch_novelty)
+        self._inner = _casetag.Model(self.path, self.fallback, self.batch_novelty)
+
+    def __reduce__(self):
+        # Picklable by path, so a Model can be shipped to workers (Ray, Spark).
+        return (Model, (self.path, self.fallback, self.batch_novelty))
+
+    def __repr__(self) -> str:
+        info = self.info()
+        return f"casetag.Model(id={info['id']!r}, kind={info['kind']!r}, path={self.path!r})"
+
+    def info(self) -> Dict[str, Any]:
+        """The answering bundle's manifest: id, kind, created, metrics, files..."""
+        info = json.loads(self._inner.manifest_json())
+        info["primary_loaded"] = self._inner.primary_loaded()
+        return info
+
+    def taxonomy(self) -> Dict[str, Any]:
+        """The taxonomy (L1/L2/L3 nodes and their actions) the model tags with."""
+        return json.loads(self._inner.taxonomy_json())
+
+    def tag_arrow(self, batch: ArrowLike, text_column: str = "text", id_column: Optional[str] = None) -> pa.RecordBatch:
+        """Tag every row of an Arrow batch.
+
+        Returns a RecordBatch with the input's columns, untouched, followed
+        by the columns ``casetag tag`` writes (:data:`OUTPUT_COLUMNS`).
+
+        Args:
+            batch: a ``pyarrow.RecordBatch`` or ``Table``, or any object with
+                the Arrow PyCapsule interface.
+            text_column: the column holding each case's text.
+            id_column: a column that must be present (checked, kept as is).
+
+        Raises:
+            ValueError: a named column is missing, or the text column cannot
+                be read as text.
+        """
+        rb = _as_batch(batch)
+        names = list(rb.schema.names)
+        if id_column is not None and id_column not in names:
+            raise ValueError(f"column '{id_column}': missing (found: {', '.join(names)})")
+        if text_column in names:
+            text = rb.column(names.index(text_column))
+            chunks = [text]
+        else:
+            chunks = []  # the native side names the missing column
+        out = self._inner.tag_arrow_column(text_column, chunks, names)
+        arrays = list(rb.columns) + [pa.array(c) for c in out]
+        return pa.RecordBatch.from_arrays(arrays, names=names + [c.name for c in out])
+
+    def tag(self, texts: Sequence[Optional[str]]) -> List[Dict[str, Any]]:
+        """Tag a list of texts; one dict of the output columns per text."""
+        rb = pa.record_batch({"text": pa.array(list(texts), pa.large_string())})
+        return self.tag_arrow(rb).drop_columns(["text"]).to_pylist()

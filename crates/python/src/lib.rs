@@ -1,0 +1,239 @@
+//! The native half of the `casetag` Python package (`casetag._casetag`).
+//!
+//! A [`Model`] holds the model chain `casetag tag` builds ([`load_tagger`]).
+//! [`Model::tag_arrow_column`] takes the text column of an Arrow batch
+//! through the Arrow C data interface (no copy of the caller's buffers),
+//! tags it with the GIL released, and hands back the output columns `casetag
+//! tag` writes ([`TaggedChunk::columns`]) as Arrow arrays, again through the
+//! C data interface. The Python side (`python/casetag/__init__.py`) appends
+//! them to the caller's untouched input columns.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use casetag_batch::{load_tagger, tag_chunk, Counts};
+use casetag_engine::Tagger;
+use polars::prelude::{Column, CompatLevel, PlSmallStr, Series};
+use polars_arrow::ffi::{self, ArrowArray, ArrowSchema};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyCapsule, PyTuple};
+
+/// The model's error as Python sees it: bad input (a bad bundle, a missing
+/// column) is a `ValueError` with the CLI's one-line message; anything else
+/// a `RuntimeError`.
+fn engine_err(e: casetag_engine::EngineError) -> PyErr {
+    let msg = one_line(&e.to_string());
+    if e.is_input() {
+        PyValueError::new_err(msg)
+    } else {
+        PyRuntimeError::new_err(msg)
+    }
+}
+
+fn data_err(e: casetag_data::DataError) -> PyErr {
+    let msg = one_line(&e.to_string());
+    if e.is_input() {
+        PyValueError::new_err(msg)
+    } else {
+        PyRuntimeError::new_err(msg)
+    }
+}
+
+/// One line with control characters escaped, as the CLI prints errors.
+fn one_line(msg: &str) -> String {
+    casetag_data::printable(&msg.replace(['\n', '\r'], " ")).into_owned()
+}
+
+/// A loaded model chain: a bundle, its optional baseline fallback, checked
+/// exactly as `casetag tag --model M --fallback F` checks them.
+#[pyclass(frozen, module = "casetag._casetag")]
+struct Model {
+    tagger: Tagger,
+}
+
+/// A C data interface struct that may travel inside a capsule. The structs
+/// own their buffers through the producer's release callback, which the
+/// interface allows to run on any thread.
+struct Exported<T>(T);
+// SAFETY: `ArrowArray`/`ArrowSchema` hold raw pointers only to data they
+// own (released exactly once by their `Drop`); the C data interface lets a
+// consumer move and release them from any thread.
+unsafe impl<T> Send for Exported<T> {}
+
+/// One output column, exported through the Arrow PyCapsule interface
+/// (`__arrow_c_array__`), so `pyarrow.array(obj)` takes it without a copy.
+#[pyclass(module = "casetag._casetag")]
+struct ArrowColumn {
+    name: String,
+    array: Option<(ArrowSchema, ArrowArray)>,
+}
+
+// SAFETY: as for `Exported`: the structs own their data and may be released
+// from any thread; Python reaches them only under the GIL.
+unsafe impl Send for ArrowColumn {}
+unsafe impl Sync for ArrowColumn {}
+
+#[pymethods]
+impl ArrowColumn {
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Arrow PyCapsule protocol: `(schema capsule, array capsule)`.
+    /// The array can be taken once.
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_array__<'py>(
+        &mut self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let _ = requested_schema;
+        let (schema, array) = self
+            .array
+            .take()
+            .ok_or_else(|| PyValueError::new_err("this Arrow column was already taken"))?;
+        let schema = PyCapsule::new_with_destructor(
+            py,
+            Exported(schema),
+            Some(CString::from(c"arrow_schema")),
+            |s, _| drop(s),
+        )?;
+        let array = PyCapsule::new_with_destructor(
+            py,
+            Exported(array),
+            Some(CString::from(c"arrow_array")),
+            |a, _| drop(a),
+        )?;
+        PyTuple::new(py, [schema.into_any(), array.into_any()])
+    }
+}
+
+/// Import one Arrow array (an object with `__arrow_c_array__`, e.g. a
+/// `pyarrow.Array`) as a polars series, without copying its buffers.
+fn import_array(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Series> {
+    let pair = obj.call_method0("__arrow_c_array__")?;
+    let pair = pair.cast::<PyTuple>()?;
+    let schema = pair.get_item(0)?;
+    let schema = schema.cast::<PyCapsule>()?;
+    let array = pair.get_item(1)?;
+    let array = array.cast::<PyCapsule>()?;
+    let schema_ptr = schema.pointer_checked(Some(c"arrow_schema"))?;
+    let array_ptr = array.pointer_checked(Some(c"arrow_array"))?;
+    // SAFETY: the capsules are named per the Arrow PyCapsule interface, so
+    // they point at a valid `ArrowSchema` and `ArrowArray`. The schema is
+    // only read; the array is moved out (its release callback now ours) and
+    // an empty, released struct left behind, as the interface prescribes.
+    let imported = unsafe {
+        let field = ffi::import_field_from_c(&*schema_ptr.cast::<ArrowSchema>().as_ptr())
+            .map_err(|e| PyValueError::new_err(format!("Arrow column '{name}': {e}")))?;
+        let raw = std::ptr::replace(array_ptr.cast::<ArrowArray>().as_ptr(), ArrowArray::empty());
+        ffi::import_array_from_c(raw, field.dtype)
+            .map_err(|e| PyValueError::new_err(format!("Arrow column '{name}': {e}")))?
+    };
+    Series::from_arrow(PlSmallStr::from_str(name), imported)
+        .map_err(|e| PyValueError::new_err(format!("Arrow column '{name}': {e}")))
+}
+
+fn export_column(c: Column) -> ArrowColumn {
+    let name = c.name().to_string();
+    // Strings as Arrow `string_view`, the type `casetag tag`'s Parquet
+    // files read back with.
+    let array = c.rechunk_to_arrow(CompatLevel::newest());
+    let field = polars_arrow::datatypes::Field::new(
+        PlSmallStr::from_str(&name),
+        array.dtype().clone(),
+        true,
+    );
+    ArrowColumn {
+        name,
+        array: Some((
+            ffi::export_field_to_c(&field),
+            ffi::export_array_to_c(array),
+        )),
+    }
+}
+
+#[pymethods]
+impl Model {
+    #[new]
+    #[pyo3(signature = (path, fallback=None, batch_novelty=false))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        fallback: Option<PathBuf>,
+        batch_novelty: bool,
+    ) -> PyResult<Self> {
+        let tagger = py
+            .detach(|| load_tagger(&path, fallback.as_deref(), batch_novelty))
+            .map_err(engine_err)?;
+        Ok(Self { tagger })
+    }
+
+    /// The answering bundle's manifest (checksums verified at load), as JSON.
+    fn manifest_json(&self) -> PyResult<String> {
+        let m = &self.tagger.active().bundle.manifest;
+        serde_json::to_string(m).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    }
+
+    /// Whether the primary bundle loaded (else the fallback answers).
+    fn primary_loaded(&self) -> bool {
+        self.tagger.primary.is_some()
+    }
+
+    /// The taxonomy the answering bundle was trained with, as JSON: the
+    /// document `GET /v1/taxonomy` serves.
+    fn taxonomy_json(&self) -> String {
+        casetag_server::taxonomy_json(self.tagger.active()).to_string()
+    }
+
+    /// Tag the text column `text` (a list of Arrow arrays, the column's
+    /// chunks) of a batch whose columns are named `input_names`; returns
+    /// the output columns. Rows without text keep their place with `error`
+    /// set; only a column that is not text raises.
+    fn tag_arrow_column(
+        &self,
+        py: Python<'_>,
+        text_column: &str,
+        chunks: Vec<Bound<'_, PyAny>>,
+        input_names: Vec<String>,
+    ) -> PyResult<Vec<ArrowColumn>> {
+        let names: Vec<&str> = input_names.iter().map(String::as_str).collect();
+        if !names.contains(&text_column) {
+            return Err(data_err(casetag_data::missing_column(text_column, &names)));
+        }
+        let mut series: Option<Series> = None;
+        for c in &chunks {
+            let s = import_array(c, text_column)?;
+            match &mut series {
+                None => series = Some(s),
+                Some(all) => {
+                    all.append_owned(s)
+                        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                }
+            }
+        }
+        let series = series.unwrap_or_else(|| {
+            Series::new_empty(text_column.into(), &polars::prelude::DataType::String)
+        });
+        let col = Column::from(series);
+        let columns = py.detach(|| {
+            let texts = casetag_data::column_texts(&col).map_err(data_err)?;
+            let faults = vec![None; texts.len()];
+            let mut counts = Counts::default();
+            let tags = tag_chunk(&self.tagger, texts, faults, &mut counts, |_, _| {})
+                .map_err(engine_err)?;
+            Ok::<_, PyErr>(tags.columns(&names))
+        })?;
+        Ok(columns.into_iter().map(export_column).collect())
+    }
+}
+
+#[pymodule]
+fn _casetag(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Model>()?;
+    m.add_class::<ArrowColumn>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

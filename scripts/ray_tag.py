@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Tag a directory of Parquet shards with Ray Data and write a directory of
+Parquet shards: input columns kept, the columns `casetag tag` writes added.
+
+    python scripts/ray_tag.py IN_DIR OUT_DIR --model MODEL [--concurrency 2]
+
+Needs the casetag wheel and Ray (`bash scripts/python_env.sh` installs both
+into .venv). Connects to the cluster at --address (or RAY_ADDRESS); without
+one, starts a local cluster on this machine.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("input", help="directory (or glob) of Parquet files with a text column")
+    ap.add_argument("output", help="output directory (created; Parquet files)")
+    ap.add_argument("--model", required=True, help="bundle directory, readable from every node")
+    ap.add_argument("--fallback", help="baseline bundle answering when the model fails")
+    ap.add_argument("--concurrency", type=int, default=2, help="actors (each loads the bundle once)")
+    ap.add_argument("--batch-size", type=int, default=4096, help="rows per batch handed to an actor")
+    ap.add_argument("--actor-cpus", type=float, default=None,
+                    help="CPUs per actor (default: leave one CPU of the cluster to reads and writes)")
+    ap.add_argument("--text-column", default="text")
+    ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)")
+    a = ap.parse_args()
+
+    import ray
+    import casetag.ray
+
+    try:
+        casetag.Model(a.model, fallback=a.fallback)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ray.init(address=a.address, num_cpus=a.num_cpus if a.address is None else None,
+             include_dashboard=False, log_to_driver=False)
+    t0 = time.perf_counter()
+    ds = ray.data.read_parquet(a.input)
+    cpus = a.actor_cpus
+    if cpus is None:
+        total = ray.cluster_resources().get("CPU", 1)
+        cpus = max(0.25, (total - 1) / a.concurrency) if total > 1 else 0.5
+    out = casetag.ray.tag_dataset(ds, a.model, fallback=a.fallback, batch_size=a.batch_size,
+                                  concurrency=a.concurrency, text_column=a.text_column, num_cpus=cpus)
+    out.write_parquet(a.output)
+    secs = time.perf_counter() - t0
+    rows = ray.data.read_parquet(a.output).count()
+    print(json.dumps({"rows": rows, "seconds": round(secs, 3), "cases_per_s": round(rows / secs, 1),
+                      "output": a.output, "actors": a.concurrency}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
