@@ -97,6 +97,12 @@ pub struct Args {
     /// fitting one.
     #[arg(long, value_name = "DIR")]
     lexical_from: Option<PathBuf>,
+    /// Transformer: arithmetic of the encoder's dense layers at inference
+    /// (and for frozen embeddings): f32, or int8 (weights per output channel,
+    /// activations per row; AVX-512 VNNI or AVX2 kernels chosen at run time).
+    /// Recorded in the bundle.
+    #[arg(long, default_value = "f32", value_name = "f32|int8")]
+    precision: casetag_transformer::Precision,
 }
 
 pub fn run(a: Args) -> CmdResult {
@@ -124,6 +130,11 @@ pub fn run(a: Args) -> CmdResult {
     {
         return Err(Failure::input(
             "--lexical-from: only for --kind transformer with --fusion lexical",
+        ));
+    }
+    if a.precision != casetag_transformer::Precision::F32 && a.kind != ModelKind::Transformer {
+        return Err(Failure::input(
+            "--precision: only for --kind transformer (the baseline is a sparse linear model)",
         ));
     }
     cfg.fusion = a.fusion;
@@ -157,6 +168,7 @@ pub fn run(a: Args) -> CmdResult {
         }
     }
     t.seed = a.seed;
+    t.precision = a.precision;
     if let Some(v) = a.epochs {
         t.epochs = v;
     }

@@ -202,6 +202,8 @@ pub struct Bert {
     /// first use. Not cached while training (variables change every step).
     fast: OnceLock<Arc<FastBert>>,
     training: bool,
+    /// The packed forward's dense-layer arithmetic.
+    precision: crate::Precision,
 }
 
 /// Borrowed view of all weights, layer parameters in [`Layer::params_mut`]
@@ -325,8 +327,17 @@ impl Bert {
             ln_b,
             layers,
             fast: OnceLock::new(),
+            precision: crate::Precision::F32,
             training: false,
         })
+    }
+
+    /// Run the packed inference forward at `p` (rebuilt on next use).
+    pub(crate) fn set_precision(&mut self, p: crate::Precision) {
+        if self.precision != p {
+            self.precision = p;
+            self.fast = OnceLock::new();
+        }
     }
 
     /// The packed inference forward (see [`crate::fast`]) over the current
@@ -350,7 +361,12 @@ impl Bert {
                     })
                     .collect(),
             };
-            Ok(Arc::new(FastBert::new(&self.cfg, self.act, &view)?))
+            Ok(Arc::new(FastBert::new(
+                &self.cfg,
+                self.act,
+                &view,
+                self.precision,
+            )?))
         };
         if self.training {
             return build();

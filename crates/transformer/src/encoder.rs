@@ -221,6 +221,11 @@ pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 
 impl Encoder {
     /// Load from a spec (see [`EncoderFiles::resolve`]).
+    /// Run the dense layers of every later forward at `p`.
+    pub fn set_precision(&mut self, p: crate::Precision) {
+        self.bert.set_precision(p);
+    }
+
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
         let files = EncoderFiles::resolve(spec)?;
         let mut e = Self::from_files(&files, device)?;

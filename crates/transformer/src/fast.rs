@@ -28,23 +28,27 @@ use rayon::prelude::*;
 
 use crate::bert::Act;
 use crate::error::Result;
+use crate::int8::{matmul_acc_q, QuantW};
 use crate::sgemm::{matmul_acc, PackedW};
+use crate::Precision;
 
 /// A dense layer's weights: packed once for [`crate::sgemm`] when the width
-/// allows (every BERT layer), else row-major for `gemm`.
+/// allows (every BERT layer), or quantized for [`crate::int8`] at int8
+/// precision; else row-major for `gemm`.
 enum Dense {
     Packed(PackedW),
+    Quant(QuantW),
     Flat(Vec<f32>),
 }
 
 impl Dense {
-    fn new(t: &Tensor) -> Result<Self> {
+    fn new(t: &Tensor, precision: Precision) -> Result<Self> {
         let (o, k) = t.dims2()?;
         let w = flat(t)?;
-        Ok(if PackedW::fits(o) {
-            Dense::Packed(PackedW::new(&w, o, k))
-        } else {
-            Dense::Flat(w)
+        Ok(match precision {
+            Precision::Int8 if QuantW::fits(o) => Dense::Quant(QuantW::new(&w, o, k)),
+            _ if PackedW::fits(o) => Dense::Packed(PackedW::new(&w, o, k)),
+            _ => Dense::Flat(w),
         })
     }
 
@@ -52,6 +56,7 @@ impl Dense {
     fn acc(&self, out: &mut [f32], x: &[f32], n: usize, k: usize, o: usize) {
         match self {
             Dense::Packed(w) => matmul_acc(out, x, w, n),
+            Dense::Quant(w) => matmul_acc_q(out, x, w, n),
             Dense::Flat(w) => gemm_acc(out, x, w, n, k, o),
         }
     }
@@ -201,20 +206,21 @@ impl FastBert {
         cfg: &crate::bert::BertConfig,
         act: Act,
         t: &crate::bert::BertTensors<'_>,
+        precision: Precision,
     ) -> Result<Self> {
         let pos = t.pos.broadcast_add(&t.typ.get(0)?)?;
         let mut layers = Vec::with_capacity(t.layers.len());
         for l in &t.layers {
             layers.push(FastLayer {
-                qkv_w: Dense::new(l[0])?,
+                qkv_w: Dense::new(l[0], precision)?,
                 qkv_b: flat(l[1])?,
-                o_w: Dense::new(l[2])?,
+                o_w: Dense::new(l[2], precision)?,
                 o_b: flat(l[3])?,
                 ln1_w: flat(l[4])?,
                 ln1_b: flat(l[5])?,
-                i_w: Dense::new(l[6])?,
+                i_w: Dense::new(l[6], precision)?,
                 i_b: flat(l[7])?,
-                f_w: Dense::new(l[8])?,
+                f_w: Dense::new(l[8], precision)?,
                 f_b: flat(l[9])?,
                 ln2_w: flat(l[10])?,
                 ln2_b: flat(l[11])?,

@@ -28,6 +28,7 @@ mod error;
 mod fast;
 pub mod fixtures;
 mod head;
+mod int8;
 mod model;
 mod sgemm;
 mod text;
@@ -52,6 +53,51 @@ pub enum Mode {
     /// The encoder trains with the head: all layers (`top_layers: None`,
     /// embeddings included) or only the top N transformer layers.
     FineTune { top_layers: Option<usize> },
+}
+
+/// The arithmetic of the encoder's dense layers at inference (and for the
+/// frozen mode's embeddings). Attention, softmax, LayerNorm and GELU are
+/// fp32 either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 weights and activations: the reference.
+    #[default]
+    F32,
+    /// int8 weights (symmetric, per output channel) and activations
+    /// (per row, at run time), int32 sums: see [`int8_kernel`].
+    Int8,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(format!("precision '{s}': expected f32 or int8")),
+        }
+    }
+}
+
+/// The int8 kernel this process runs (`avx512vnni`, `avx2` or `scalar`),
+/// chosen once from the CPU, or by `CASETAG_INT8_PATH`.
+pub fn int8_kernel() -> &'static str {
+    int8::int8_path()
+}
+
+/// Why [`int8_kernel`] is not the path `CASETAG_INT8_PATH` asked for.
+pub fn int8_kernel_note() -> Option<&'static str> {
+    int8::int8_path_note()
 }
 
 /// Hyper-parameters of [`fit`]. `Default` suits frozen mode; see
@@ -101,6 +147,9 @@ pub struct TransformerParams {
     /// the encoder weights, truncation and text hash. Not saved with models.
     #[serde(skip)]
     pub embedding_cache: Option<std::path::PathBuf>,
+    /// The dense layers' arithmetic at inference and for frozen embeddings
+    /// (bundles written before it was recorded are fp32).
+    pub precision: Precision,
 }
 
 impl Default for TransformerParams {
@@ -128,6 +177,7 @@ impl Default for TransformerParams {
             infer_batch_size: 32,
             linear_probe: false,
             embedding_cache: None,
+            precision: Precision::F32,
         }
     }
 }

@@ -178,6 +178,7 @@ impl TransformerModel {
         let device = Device::Cpu;
         let mut encoder = Encoder::from_files(&files, &device)?;
         encoder.source = info.encoder_source.clone();
+        encoder.set_precision(info.params.precision);
         let head = Head::load(&file_in(dir, HEAD_FILE)?, info.params.dropout, &device)?;
         if head.input_dim() != encoder.hidden_size() {
             return Err(TransformerError::Model(format!(

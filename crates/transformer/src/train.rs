@@ -224,10 +224,14 @@ impl EmbedCache {
         std::fs::create_dir_all(dir).map_err(|e| TransformerError::io(dir, e))?;
         let trunc = serde_json::to_string(&p.truncation).unwrap_or_default();
         let name = format!(
-            "emb-{}-{}-{}-{dim}.bin",
+            "emb-{}-{}-{}-{dim}{}.bin",
             &weights_sha[..16],
             trunc.trim_matches('"'),
-            p.max_tokens
+            p.max_tokens,
+            match p.precision {
+                crate::Precision::F32 => "",
+                crate::Precision::Int8 => "-int8",
+            }
         );
         let path = dir.join(name);
         let mut map = HashMap::new();
@@ -372,6 +376,7 @@ pub fn fit(
     check_inputs(inputs, n_out)?;
     let dev = Device::Cpu;
     let mut encoder = Encoder::load(encoder_spec, &dev)?;
+    encoder.set_precision(params.precision);
     let n_layers = encoder.config().num_hidden_layers;
     if params.max_tokens > encoder.max_positions() {
         progress(&format!(
@@ -452,6 +457,7 @@ pub fn fit(
             let p = TransformerParams {
                 mode: Mode::Frozen,
                 linear_probe: false,
+                precision: params.precision,
                 max_tokens: params.max_tokens,
                 truncation: params.truncation,
                 hidden: params.hidden,
