@@ -104,6 +104,9 @@ fn bench_forward(c: &mut Criterion) {
         .unwrap()
     };
     let stock = BertModel::load(vb, &cfg).unwrap();
+    let mut q = Encoder::load(dir.to_str().unwrap(), &dev).unwrap();
+    q.set_precision(casetag_transformer::Precision::Int8);
+    eprintln!("int8 kernel: {}", casetag_transformer::int8_kernel());
     let mut g = c.benchmark_group("forward");
     for (bsz, s) in SHAPES {
         let seqs = synthetic(bsz, s);
@@ -111,6 +114,9 @@ fn bench_forward(c: &mut Criterion) {
         let id = format!("{bsz}x{s}");
         g.bench_with_input(BenchmarkId::new("lean", &id), &seqs, |b, seqs| {
             b.iter(|| black_box(e.embed_ids(seqs, 32).unwrap()))
+        });
+        g.bench_with_input(BenchmarkId::new("lean_int8", &id), &seqs, |b, seqs| {
+            b.iter(|| black_box(q.embed_ids(seqs, 32).unwrap()))
         });
         let flat: Vec<u32> = seqs.concat();
         let ids = Tensor::from_vec(flat, (bsz, s), &dev).unwrap();

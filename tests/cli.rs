@@ -1465,3 +1465,41 @@ fn shell_completions() {
     let o = run(&["completions", "tcsh"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn precision_is_for_transformers_and_checked() {
+    let r = root();
+    let train = r.join("data/aftersales/train.csv");
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "train",
+        "--kind",
+        "baseline",
+        "--train",
+        train.to_str().unwrap(),
+        "--precision",
+        "int8",
+        "--out",
+        out.path().join("m").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--precision: only for --kind transformer"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "train",
+        "--kind",
+        "transformer",
+        "--train",
+        train.to_str().unwrap(),
+        "--precision",
+        "int4",
+        "--out",
+        out.path().join("m").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("int4"), "{}", stderr(&o));
+    assert!(!out.path().join("m").exists());
+}

@@ -301,12 +301,14 @@ pub fn run(a: Args) -> CmdResult {
         unknown.as_ref(),
     )?;
     let report = report_json(&evals, &comparisons, verdict.as_ref());
+    let runtime = runtime();
     super::say(
         serde_json::to_string_pretty(&serde_json::json!({
             "models": report["models"],
             "comparisons": report["comparisons"],
             "gate": report["gate"],
             "unknown_labels": unknown,
+            "runtime": runtime,
         }))
         .unwrap_or_default(),
     );
@@ -349,6 +351,7 @@ fn write_reports(
     if let Some(u) = unknown_labels {
         json["unknown_labels"] = u.clone();
     }
+    json["runtime"] = runtime();
     let p = out.join("report.json");
     std::fs::write(&p, serde_json::to_string_pretty(&json).unwrap_or_default())
         .map_err(|e| Failure::internal(format!("{}: {e}", p.display())))?;
@@ -365,4 +368,16 @@ fn write_reports(
         out.display()
     ));
     Ok(())
+}
+
+/// The machine paths the throughput figures ran on: the transformer's fp32
+/// dense layers (AVX2/FMA or portable), its int8 kernel (for bundles
+/// trained with `--precision int8`) and the threads.
+fn runtime() -> serde_json::Value {
+    serde_json::json!({
+        "f32_kernel": if casetag_core::has_avx2_fma() { "avx2+fma" } else { "portable" },
+        "int8_kernel": casetag_transformer::int8_kernel(),
+        "int8_kernel_note": casetag_transformer::int8_kernel_note(),
+        "threads": rayon::current_num_threads(),
+    })
 }

@@ -523,3 +523,47 @@ fn embedding_cache_gives_the_same_model() {
     assert_eq!(plain.logits(&t).unwrap(), first.logits(&t).unwrap());
     assert_eq!(first.logits(&t).unwrap(), second.logits(&t).unwrap());
 }
+
+#[test]
+fn int8_bundles_record_their_precision_and_stay_close_to_fp32() {
+    use casetag_transformer::Precision;
+    let d = tiny_dir();
+    let p = TransformerParams {
+        epochs: 3,
+        ..frozen_params()
+    };
+    let f = train(d.path(), &p);
+    let q = train(
+        d.path(),
+        &TransformerParams {
+            precision: Precision::Int8,
+            ..p
+        },
+    );
+    assert_eq!(q.params().precision, Precision::Int8);
+    let texts = [
+        "[buyer] i want a refund for my order",
+        "late delivery, where is my parcel",
+        "the item arrived broken",
+    ];
+    let (ef, eq) = (f.embed(&texts).unwrap(), q.embed(&texts).unwrap());
+    for (a, b) in ef.iter().zip(&eq) {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cos = dot / (na * nb);
+        assert!(cos > 0.99, "int8 embedding cosine {cos} to fp32");
+        assert!(
+            a != b,
+            "int8 gave the fp32 embedding: the int8 path did not run"
+        );
+    }
+    // The precision travels with the bundle: a reload answers as the trained model.
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("model");
+    q.save(&dir).unwrap();
+    let l = TransformerModel::load(&dir, "q").unwrap();
+    assert_eq!(l.params().precision, Precision::Int8);
+    assert_eq!(l.logits(&texts).unwrap(), q.logits(&texts).unwrap());
+    assert!(["avx512vnni", "avx2", "scalar"].contains(&casetag_transformer::int8_kernel()));
+}

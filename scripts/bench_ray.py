@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""The cost of the engine: the same Parquet shards tagged by `casetag tag`
+(one process, every core) and by Ray Data through the casetag wheel (1 and 2
+actors), in one run on one machine. Prints one JSON line per run and a table.
+
+    .venv/bin/python scripts/bench_ray.py --model out/quickstart/models/baseline --rows 1000000
+    .venv/bin/python scripts/bench_ray.py --model out/quickstart/models/transformer --rows 3000
+
+The cases are the bundled test split repeated (ids made unique) into
+--shards Parquet files. Peak memory per actor is the largest resident set
+of a Ray MapWorker process, sampled every 0.2 s.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_shards(d: Path, rows: int, shards: int) -> None:
+    base = pacsv.read_csv(ROOT / "data/aftersales/test.csv").select(["id", "text", "region", "channel"])
+    parts, n, c = [], 0, 0
+    while n < rows:
+        t = base.slice(0, min(base.num_rows, rows - n))
+        parts.append(t.set_column(0, "id", pa.array([f"{i}-{c}" for i in t.column("id").to_pylist()])))
+        n += t.num_rows
+        c += 1
+    table = pa.concat_tables(parts)
+    step = -(-rows // shards)
+    for s in range(shards):
+        pq.write_table(table.slice(s * step, step), d / f"part-{s:03}.parquet")
+
+
+class RssWatch:
+    """Largest resident set of any Ray MapWorker process while running."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for p in Path("/proc").iterdir():
+                if not p.name.isdigit():
+                    continue
+                try:
+                    if b"MapWorker" not in (p / "cmdline").read_bytes():
+                        continue
+                    for line in (p / "status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+                except OSError:
+                    pass
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *a):
+        self._stop.set()
+        self._t.join()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--shards", type=int, default=16)
+    ap.add_argument("--bin", default=str(ROOT / "target/release/casetag"))
+    ap.add_argument("--batch-size", type=int, default=4096)
+    a = ap.parse_args()
+
+    import ray
+    import casetag.ray
+
+    work = Path(tempfile.mkdtemp(prefix="casetag-bench-ray-"))
+    try:
+        src = work / "in"
+        src.mkdir()
+        make_shards(src, a.rows, a.shards)
+        results = []
+
+        t0 = time.perf_counter()
+        r = subprocess.run([a.bin, "tag", "--model", a.model, "--input", str(src), "--output", str(work / "cli")],
+                           capture_output=True, text=True)
+        secs = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise SystemExit(r.stderr)
+        results.append({"engine": "casetag tag (CLI)", "workers": 1, "rows": a.rows, "seconds": secs})
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        for actors in (1, 2):
+            out = work / f"ray{actors}"
+            # Actors share the machine's CPUs, one left to reads and writes.
+            cpus = max(0.25, (os.cpu_count() - 1) / actors)
+            with RssWatch() as w:
+                t0 = time.perf_counter()
+                ds = ray.data.read_parquet(str(src))
+                casetag.ray.tag_dataset(ds, a.model, batch_size=a.batch_size, concurrency=actors,
+                                        num_cpus=cpus).write_parquet(str(out))
+                secs = time.perf_counter() - t0
+            n = ray.data.read_parquet(str(out)).count()
+            assert n == a.rows, (n, a.rows)
+            results.append({"engine": "Ray Data + wheel", "workers": actors, "rows": n, "seconds": secs,
+                            "actor_cpus": cpus, "peak_rss_per_actor_mib": round(w.peak / 2**20)})
+        ray.shutdown()
+
+        cli = results[0]["rows"] / results[0]["seconds"]
+        print(f"model {a.model}, {a.rows} rows in {a.shards} shards, {os.cpu_count()} CPUs")
+        print("| engine | actors | cases/s | vs CLI | peak RSS per actor |")
+        print("|---|---|---|---|---|")
+        for res in results:
+            rate = res["rows"] / res["seconds"]
+            res["cases_per_s"] = round(rate, 1)
+            res["vs_cli"] = round(rate / cli, 3)
+            print(f"| {res['engine']} | {res['workers'] if 'actor_cpus' in res else '-'} | {rate:,.0f} | "
+                  f"{rate / cli:.2f} | {res.get('peak_rss_per_actor_mib', '-')} MiB |")
+        print(json.dumps(results))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
