@@ -105,7 +105,8 @@ def main() -> int:
 
         extra = 1 if a.full_actor else 0
         ray.init(num_cpus=os.cpu_count() + extra, include_dashboard=False, log_to_driver=False)
-        runs = [(1, max(0.25, os.cpu_count() - 1.0)), (2, max(0.25, (os.cpu_count() - 1) / 2))]
+        # As on a cluster of os.cpu_count() CPUs: one CPU left to reads and writes.
+        runs = [(n, max(0.25, (os.cpu_count() - 1.0) / n)) for n in (1, 2)]
         if a.full_actor:
             runs.append((1, float(os.cpu_count())))
         for actors, cpus in runs:

@@ -24,7 +24,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=2, help="actors (each loads the bundle once)")
     ap.add_argument("--batch-size", type=int, default=4096, help="rows per batch handed to an actor")
     ap.add_argument("--actor-cpus", type=float, default=None,
-                    help="CPUs per actor (default: leave one CPU of the cluster to reads and writes)")
+                    help="CPUs per actor (default: the cluster's CPUs less one, shared by the actors)")
     ap.add_argument("--text-column", default="text")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)")
@@ -42,12 +42,9 @@ def main() -> int:
              include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     ds = ray.data.read_parquet(a.input)
-    cpus = a.actor_cpus
-    if cpus is None:
-        total = ray.cluster_resources().get("CPU", 1)
-        cpus = max(0.25, (total - 1) / a.concurrency) if total > 1 else 0.5
     out = casetag.ray.tag_dataset(ds, a.model, fallback=a.fallback, batch_size=a.batch_size,
-                                  concurrency=a.concurrency, text_column=a.text_column, num_cpus=cpus)
+                                  concurrency=a.concurrency, text_column=a.text_column,
+                                  num_cpus=a.actor_cpus)
     out.write_parquet(a.output)
     secs = time.perf_counter() - t0
     rows = ray.data.read_parquet(a.output).count()

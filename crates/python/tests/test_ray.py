@@ -62,8 +62,10 @@ def check(out: pa.Table, n_rows, expected):
 
 def run_job(baseline, in_dir):
     ds = ray.data.read_parquet(str(in_dir))
-    # Two actors on half a CPU each: the other CPU is left to the reads.
-    out = casetag.ray.tag_dataset(ds, baseline, batch_size=1024, concurrency=2, num_cpus=0.5)
+    # By default two actors on this 2-CPU cluster get half a CPU each, the
+    # other CPU is left to the reads (all of it to actors would hang the job).
+    assert casetag.ray.default_actor_cpus(2) == 0.5
+    out = casetag.ray.tag_dataset(ds, baseline, batch_size=1024, concurrency=2)
     return pa.concat_tables(ray.get(out.to_arrow_refs()))
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from . import Model
 
-__all__ = ["CasetagTagger", "tag_dataset"]
+__all__ = ["CasetagTagger", "default_actor_cpus", "tag_dataset"]
 
 
 class CasetagTagger:
@@ -61,6 +61,16 @@ def _without_views(rb: pa.RecordBatch) -> pa.RecordBatch:
     return rb.cast(pa.schema(fields))
 
 
+def default_actor_cpus(concurrency: int) -> float:
+    """CPUs per actor when none are given: the cluster's CPUs less one, shared."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(0.25, (total - 1.0) / max(1, concurrency)) if total > 1 else 0.5
+
+
 def tag_dataset(
     ds: Any,
     model_path: Union[str, "os.PathLike[str]"],
@@ -81,14 +91,15 @@ def tag_dataset(
         concurrency: number of actors (each loads the bundle once).
         text_column: the column holding each case's text.
         fallback: baseline bundle answering when the model fails.
-        num_cpus: CPUs reserved per actor (default 1). Each actor's compute
-            pool gets that many threads (at least one). Leave some CPU for
-            Ray Data's read and write tasks: with every CPU held by actors
-            the reads cannot start (see docs/scale-out.md).
+        num_cpus: CPUs reserved per actor; each actor's compute pool gets that
+            many threads (at least one). By default the actors share the
+            cluster's CPUs less one, which is left to Ray Data's read and write
+            tasks: with every CPU held by actors the reads cannot start and the
+            job waits forever (see docs/scale-out.md).
     """
     # Fail before any actor starts if the bundle is bad (same ValueError as the CLI).
     Model(model_path, fallback=fallback)
-    cpus = 1.0 if num_cpus is None else float(num_cpus)
+    cpus = default_actor_cpus(concurrency) if num_cpus is None else float(num_cpus)
     threads = max(1, math.ceil(cpus))
     from ray.data import ActorPoolStrategy
 
