@@ -22,27 +22,22 @@ use pyo3::types::{PyCapsule, PyTuple};
 /// The model's error as Python sees it: bad input (a bad bundle, a missing
 /// column) is a `ValueError` with the CLI's one-line message; anything else
 /// a `RuntimeError`.
-fn engine_err(e: casetag_engine::EngineError) -> PyErr {
-    let msg = one_line(&e.to_string());
-    if e.is_input() {
+fn py_err(is_input: bool, msg: &str) -> PyErr {
+    // One line with control characters escaped, as the CLI prints errors.
+    let msg = casetag_data::printable(&msg.replace(['\n', '\r'], " ")).into_owned();
+    if is_input {
         PyValueError::new_err(msg)
     } else {
         PyRuntimeError::new_err(msg)
     }
+}
+
+fn engine_err(e: casetag_engine::EngineError) -> PyErr {
+    py_err(e.is_input(), &e.to_string())
 }
 
 fn data_err(e: casetag_data::DataError) -> PyErr {
-    let msg = one_line(&e.to_string());
-    if e.is_input() {
-        PyValueError::new_err(msg)
-    } else {
-        PyRuntimeError::new_err(msg)
-    }
-}
-
-/// One line with control characters escaped, as the CLI prints errors.
-fn one_line(msg: &str) -> String {
-    casetag_data::printable(&msg.replace(['\n', '\r'], " ")).into_owned()
+    py_err(e.is_input(), &e.to_string())
 }
 
 /// A loaded model chain: a bundle, its optional baseline fallback, checked
@@ -235,5 +230,6 @@ fn _casetag(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_class::<ArrowColumn>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("OUTPUT_COLUMNS", casetag_batch::OUTPUT_COLUMNS.to_vec())?;
     Ok(())
 }

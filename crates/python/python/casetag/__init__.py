@@ -30,24 +30,7 @@ __version__: str = _casetag.__version__
 
 #: The columns ``tag_arrow`` appends, in order (an input column of the same
 #: name is kept, and the output one is then called ``pred_NAME``).
-OUTPUT_COLUMNS = (
-    "l1",
-    "l2",
-    "l3",
-    "depth",
-    "conf_l1",
-    "conf_l2",
-    "conf_l3",
-    "guess_l1",
-    "guess_l2",
-    "guess_l3",
-    "out_of_scope",
-    "oos_score",
-    "actions",
-    "served_by",
-    "model_id",
-    "error",
-)
+OUTPUT_COLUMNS = tuple(_casetag.OUTPUT_COLUMNS)
 
 ArrowLike = Union[pa.RecordBatch, pa.Table, Any]
 

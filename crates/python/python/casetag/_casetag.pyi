@@ -3,6 +3,7 @@
 from typing import Any, List, Optional
 
 __version__: str
+OUTPUT_COLUMNS: list[str]
 
 class ArrowColumn:
     """One output column, exported through the Arrow PyCapsule interface."""
