@@ -1471,35 +1471,28 @@ fn precision_is_for_transformers_and_checked() {
     let r = root();
     let train = r.join("data/aftersales/train.csv");
     let out = tempfile::tempdir().unwrap();
-    let o = run(&[
-        "train",
-        "--kind",
-        "baseline",
-        "--train",
-        train.to_str().unwrap(),
-        "--precision",
-        "int8",
-        "--out",
-        out.path().join("m").to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("--precision: only for --kind transformer"),
-        "{}",
-        stderr(&o)
-    );
-    let o = run(&[
-        "train",
-        "--kind",
-        "transformer",
-        "--train",
-        train.to_str().unwrap(),
-        "--precision",
-        "int4",
-        "--out",
-        out.path().join("m").to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("int4"), "{}", stderr(&o));
-    assert!(!out.path().join("m").exists());
+    let m = out.path().join("m");
+    for (kind, precision, says) in [
+        (
+            "baseline",
+            "int8",
+            "--precision: only for --kind transformer",
+        ),
+        ("transformer", "int4", "int4"),
+    ] {
+        let o = run(&[
+            "train",
+            "--kind",
+            kind,
+            "--train",
+            train.to_str().unwrap(),
+            "--precision",
+            precision,
+            "--out",
+            m.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    }
+    assert!(!m.exists());
 }

@@ -89,20 +89,22 @@ impl ArrowColumn {
             .array
             .take()
             .ok_or_else(|| PyValueError::new_err("this Arrow column was already taken"))?;
-        let schema = PyCapsule::new_with_destructor(
-            py,
-            Exported(schema),
-            Some(CString::from(c"arrow_schema")),
-            |s, _| drop(s),
-        )?;
-        let array = PyCapsule::new_with_destructor(
-            py,
-            Exported(array),
-            Some(CString::from(c"arrow_array")),
-            |a, _| drop(a),
-        )?;
+        let schema = capsule(py, schema, c"arrow_schema")?;
+        let array = capsule(py, array, c"arrow_array")?;
         PyTuple::new(py, [schema.into_any(), array.into_any()])
     }
+}
+
+/// A named capsule owning `value`, released when Python drops it (unless a
+/// consumer moved the struct out first, leaving it released).
+fn capsule<'py, T: 'static>(
+    py: Python<'py>,
+    value: T,
+    name: &'static std::ffi::CStr,
+) -> PyResult<Bound<'py, PyCapsule>> {
+    PyCapsule::new_with_destructor(py, Exported(value), Some(CString::from(name)), |v, _| {
+        drop(v)
+    })
 }
 
 /// Import one Arrow array (an object with `__arrow_c_array__`, e.g. a
@@ -183,36 +185,29 @@ impl Model {
         casetag_server::taxonomy_json(self.tagger.active()).to_string()
     }
 
-    /// Tag the text column `text` (a list of Arrow arrays, the column's
-    /// chunks) of a batch whose columns are named `input_names`; returns
-    /// the output columns. Rows without text keep their place with `error`
-    /// set; only a column that is not text raises.
+    /// Tag `text`, the Arrow array of column `text_column` of a batch whose
+    /// columns are named `input_names` (`None` when it has no such column);
+    /// `id_column`, when given, must be among them. Returns the output
+    /// columns. Rows without text keep their place with `error` set; only a
+    /// missing column or a column that is not text raises.
+    #[pyo3(signature = (text_column, text, input_names, id_column=None))]
     fn tag_arrow_column(
         &self,
         py: Python<'_>,
         text_column: &str,
-        chunks: Vec<Bound<'_, PyAny>>,
+        text: Option<Bound<'_, PyAny>>,
         input_names: Vec<String>,
+        id_column: Option<&str>,
     ) -> PyResult<Vec<ArrowColumn>> {
         let names: Vec<&str> = input_names.iter().map(String::as_str).collect();
-        if !names.contains(&text_column) {
-            return Err(data_err(casetag_data::missing_column(text_column, &names)));
-        }
-        let mut series: Option<Series> = None;
-        for c in &chunks {
-            let s = import_array(c, text_column)?;
-            match &mut series {
-                None => series = Some(s),
-                Some(all) => {
-                    all.append_owned(s)
-                        .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                }
+        for c in std::iter::once(text_column).chain(id_column) {
+            if !names.contains(&c) {
+                return Err(data_err(casetag_data::missing_column(c, &names)));
             }
         }
-        let series = series.unwrap_or_else(|| {
-            Series::new_empty(text_column.into(), &polars::prelude::DataType::String)
-        });
-        let col = Column::from(series);
+        let text =
+            text.ok_or_else(|| data_err(casetag_data::missing_column(text_column, &names)))?;
+        let col = Column::from(import_array(&text, text_column)?);
         let columns = py.detach(|| {
             let texts = casetag_data::column_texts(&col).map_err(data_err)?;
             let faults = vec![None; texts.len()];

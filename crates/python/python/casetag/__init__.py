@@ -109,14 +109,9 @@ class Model:
         """
         rb = _as_batch(batch)
         names = list(rb.schema.names)
-        if id_column is not None and id_column not in names:
-            raise ValueError(f"column '{id_column}': missing (found: {', '.join(names)})")
-        if text_column in names:
-            text = rb.column(names.index(text_column))
-            chunks = [text]
-        else:
-            chunks = []  # the native side names the missing column
-        out = self._inner.tag_arrow_column(text_column, chunks, names)
+        # A missing column is named by the native side, in the CLI's words.
+        text = rb.column(names.index(text_column)) if text_column in names else None
+        out = self._inner.tag_arrow_column(text_column, text, names, id_column)
         arrays = list(rb.columns) + [pa.array(c) for c in out]
         return pa.RecordBatch.from_arrays(arrays, names=names + [c.name for c in out])
 
