@@ -48,7 +48,7 @@ fn bench_tagging(c: &mut Criterion) {
     let mut g = c.benchmark_group("tag_1000");
     g.throughput(Throughput::Elements(N as u64));
     g.bench_function("clean_texts", |b| {
-        b.iter(|| black_box(chunk_texts(&df).unwrap()))
+        b.iter(|| black_box(chunk_texts(&df, "text").unwrap()))
     });
     for kind in ["baseline", "transformer"] {
         let dir = models_dir().join(kind);
@@ -68,7 +68,7 @@ fn bench_tagging(c: &mut Criterion) {
         }
         g.bench_function(format!("{kind}/end_to_end"), |b| {
             b.iter(|| {
-                let texts = chunk_texts(&df).unwrap();
+                let texts = chunk_texts(&df, "text").unwrap();
                 let cases: Vec<Transcript> = texts
                     .iter()
                     .flatten()
@@ -78,7 +78,7 @@ fn bench_tagging(c: &mut Criterion) {
             })
         });
         // The decision layer alone, on precomputed logits.
-        let texts = chunk_texts(&df).unwrap();
+        let texts = chunk_texts(&df, "text").unwrap();
         let cases: Vec<Transcript> = texts.iter().flatten().map(Transcript::new).collect();
         let logits = m.scores(&cases).unwrap();
         g.bench_function(format!("{kind}/decide_only"), |b| {

@@ -1496,3 +1496,92 @@ fn precision_is_for_transformers_and_checked() {
     }
     assert!(!m.exists());
 }
+
+/// A turn-level table is tagged one row per case (turns joined as `prepare`
+/// joins them, in order of first appearance), with the same answers as the
+/// joined cases given as a case-level table; a turn that cannot be joined is
+/// kept with its error; `--text-column` names the text column.
+#[test]
+fn turn_level_input_is_tagged_per_case() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let turns = root().join("data/aftersales/sample_turns.csv");
+    let mut raw = std::fs::read_to_string(&turns).unwrap();
+    raw.push_str("AS999999,two,buyer,not a turn number,,,,EU,chat\n");
+    let input = tmp.path().join("turns.csv");
+    std::fs::write(&input, &raw).unwrap();
+    let out = tmp.path().join("cases.jsonl");
+    let o = tag(model, &input, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = jsonl_rows(&out);
+    let mut case_ids: Vec<String> = Vec::new();
+    for line in raw.lines().skip(1) {
+        let id = line.split(',').next().unwrap().to_string();
+        if !id.is_empty() && !case_ids.contains(&id) && id != "AS999999" {
+            case_ids.push(id);
+        }
+    }
+    assert!(case_ids.len() > 3, "{case_ids:?}");
+    assert_eq!(rows.len(), case_ids.len() + 1);
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids[..case_ids.len()],
+        case_ids.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
+    let first = rows[0]["text"].as_str().unwrap();
+    assert!(
+        first.starts_with(
+            "[buyer] Hello, this is a goodwill and vouchers matter.\n[agent] Thank you"
+        ),
+        "{first}"
+    );
+    let bad = rows.last().unwrap();
+    assert_eq!(bad["id"], "AS999999");
+    let err = bad["error"].as_str().unwrap();
+    assert!(
+        err.contains("column 'turn': 'two' is not an integer"),
+        "{err}"
+    );
+    assert!(bad["pred_l1"].is_null() && bad["l1"].is_null(), "{bad}");
+    let s = summary(&o);
+    assert_eq!(s["rows"], rows.len());
+    assert_eq!(s["untagged_rows"], 1);
+
+    // The joined cases, as a case-level table under another column name,
+    // get the same answers.
+    let mut cases = String::from("id,body\n");
+    for r in &rows[..case_ids.len()] {
+        let text = r["text"].as_str().unwrap().replace('"', "\"\"");
+        cases.push_str(&format!("{},\"{text}\"\n", r["id"].as_str().unwrap()));
+    }
+    let case_input = tmp.path().join("cases.csv");
+    std::fs::write(&case_input, cases).unwrap();
+    let out2 = tmp.path().join("cases2.jsonl");
+    let o = tag(model, &case_input, &out2, &["--text-column", "body"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows2 = jsonl_rows(&out2);
+    assert_eq!(rows2.len(), case_ids.len());
+    for (a, b) in rows.iter().zip(&rows2) {
+        for k in ["l1", "l2", "l3", "conf_l1", "conf_l2", "conf_l3", "depth"] {
+            let ka = if a.get(format!("pred_{k}")).is_some() {
+                format!("pred_{k}")
+            } else {
+                k.to_string()
+            };
+            assert_eq!(a[&ka], b[k], "{k} of {}", a["id"]);
+        }
+    }
+    // A --text-column the table lacks is one line naming it and the columns.
+    let o = tag(
+        model,
+        &case_input,
+        &tmp.path().join("x.csv"),
+        &["--text-column", "message"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("column 'message': missing (found: id, body)"),
+        "{e}"
+    );
+}

@@ -19,17 +19,20 @@ pub const CHUNK_ROWS: usize = 50_000;
 /// Warnings printed per kind of bad row; the summary counts them all.
 const WARN_ROWS: usize = 10;
 
-/// Tag a case-level table in batch. The input is streamed in chunks (never
+/// Tag a table of cases in batch. The input is streamed in chunks (never
 /// whole in memory); each chunk is tagged in parallel; the output has the
 /// input's format and columns plus l1, l2, l3, depth, conf_l1..conf_l3,
 /// out_of_scope, oos_score, actions, served_by, model_id and error.
+/// A turn-level table (case_id, turn, speaker, text) is read whole, and
+/// tagged one row per case with its turns joined, as `prepare` does.
 ///
-/// Rows in = rows out: a row that cannot be tagged (empty text, or damaged
-/// input: a ragged row, a bad quote, invalid UTF-8, a NUL byte, a JSONL line
-/// that is not a JSON object) keeps its place with `error` set, naming the
-/// file, line and column; blank lines are not rows and are skipped. Only an
-/// unreadable input, a missing `text` column or a bad output path stop the
-/// job, before any tagging.
+/// Rows in = rows out (cases out, for turns): a row that cannot be tagged
+/// (empty text, or damaged input: a ragged row, a bad quote, invalid UTF-8,
+/// a NUL byte, a JSONL line that is not a JSON object; a turn without a
+/// case id or an integer turn number) keeps its place with `error` set,
+/// naming the file, line and column; blank lines are not rows and are
+/// skipped. Only an unreadable input, a missing text column or a bad
+/// output path stop the job, before any tagging.
 ///
 /// The job is crash-safe: each chunk is committed to a job directory beside
 /// the output (`.NAME.casetag-job`), and the output appears only when every
@@ -63,6 +66,11 @@ pub struct Args {
     /// (csv, parquet, jsonl); by default each input's own.
     #[arg(long, value_name = "csv|parquet|jsonl")]
     output_format: Option<String>,
+    /// The column holding each case's text. A turn-level table (columns
+    /// case_id, turn, speaker, text) is tagged one row per case, its turns
+    /// joined as `prepare` joins them; it is read whole into memory.
+    #[arg(long, default_value = "text", value_name = "NAME")]
+    text_column: String,
     /// Rows per chunk.
     #[arg(long, default_value_t = CHUNK_ROWS)]
     chunk_rows: usize,
@@ -117,6 +125,7 @@ fn job_identity(
         "model": model(tagger.primary.as_ref()),
         "fallback": model(tagger.fallback.as_ref()),
         "chunk_rows": a.chunk_rows,
+        "text_column": a.text_column,
         "batch_novelty": a.batch_novelty,
     }))
 }
@@ -146,8 +155,8 @@ struct Opened {
     empty: DataFrame,
 }
 
-fn open_input(input: &Path, chunk_rows: usize) -> Result<Opened, Failure> {
-    let mut reader = ChunkReader::open(input, chunk_rows)?;
+fn open_input(input: &Path, a: &Args) -> Result<Opened, Failure> {
+    let mut reader = ChunkReader::open(input, a.chunk_rows)?;
     let mut first = None;
     if reader.empty_frame().is_none() {
         // JSONL: the columns are those of the first chunk.
@@ -159,7 +168,7 @@ fn open_input(input: &Path, chunk_rows: usize) -> Result<Opened, Failure> {
         .or_else(|| reader.empty_frame());
     if let Some(df) = &empty {
         let names: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
-        check_case_columns(input, &names)?;
+        check_case_columns(input, &names, &a.text_column)?;
     }
     Ok(Opened {
         reader,
@@ -224,7 +233,7 @@ pub fn run(a: Args) -> CmdResult {
     // a single input stays open for tagging.
     let mut opened = Vec::new();
     for (input, _) in &jobs {
-        let o = open_input(input, a.chunk_rows)?;
+        let o = open_input(input, &a)?;
         if single {
             opened.push(o);
         }
@@ -264,7 +273,7 @@ pub fn run(a: Args) -> CmdResult {
             input.display(),
             output.display()
         ));
-        let done = tag_file(&a, &tagger, input, output, open_input(input, a.chunk_rows)?)?;
+        let done = tag_file(&a, &tagger, input, output, open_input(input, &a)?)?;
         files.push(serde_json::json!({
             "input": input, "output": output, "rows": done.counts.rows,
             "untagged_rows": done.counts.untagged(),
@@ -333,6 +342,8 @@ fn tag_file(
     } = opened;
     let out_format = Format::from_path(output)?;
     let job = job_identity(a, input_path, tagger)?;
+    // A turn-level table is joined now, so its progress counts cases.
+    reader.join_pending()?;
 
     let mut counts = Counts::default();
     let mut writer = None;
@@ -444,12 +455,13 @@ fn tag_file(
     });
 
     let input = input_path.to_path_buf();
+    let text_column = a.text_column.as_str();
     let mut warned = (0usize, 0usize);
     let mut sent = 0usize;
     let tagged_all = (|| -> Result<(), Failure> {
         for chunk in rx {
             let Chunk { df, faults, end } = chunk?;
-            let texts = chunk_texts(&df)?;
+            let texts = chunk_texts(&df, text_column)?;
             let first_row = counts.rows + 1;
             let tags = tag_chunk(tagger, texts, faults, &mut counts, |i, issue| match issue {
                 RowIssue::Damaged(f) => {

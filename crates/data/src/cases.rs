@@ -9,7 +9,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::{DataError, Result};
+use crate::error::{printable, DataError, Result};
 use crate::io::{collect, scan};
 use casetag_core::text::TextPipeline;
 
@@ -31,9 +31,15 @@ pub enum InputKind {
 impl InputKind {
     /// Turn-level when the columns `case_id`, `turn`, `speaker` and `text` all exist.
     pub fn detect(schema: &Schema) -> InputKind {
+        let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+        InputKind::of_columns(&names)
+    }
+
+    /// [`InputKind::detect`] from column names.
+    pub fn of_columns(names: &[&str]) -> InputKind {
         if [CASE_ID, TURN, SPEAKER, TEXT]
             .iter()
-            .all(|c| schema.contains(c))
+            .all(|c| names.contains(c))
         {
             InputKind::Turn
         } else {
@@ -235,6 +241,93 @@ fn clean_text_column(mut df: DataFrame, mask: bool) -> Result<DataFrame> {
     Ok(df)
 }
 
+/// Per row of a turn-level frame, why it cannot be joined into its case:
+/// an empty `case_id` or a `turn` that is not an integer.
+fn turn_row_problems(df: &DataFrame, path: Option<&Path>) -> Result<Vec<Option<String>>> {
+    let turn_raw = df.column(TURN).map_err(DataError::internal)?;
+    let turn = turn_raw.cast(&DataType::Int64).map_err(|e| match path {
+        Some(p) => DataError::column(p, TURN, format!("not an integer column: {e}")),
+        None => DataError::Usage(format!("column '{TURN}': not an integer column: {e}")),
+    })?;
+    let turn = turn.i64().map_err(DataError::internal)?;
+    let raw = turn_raw.cast(&DataType::String).ok();
+    let raw = raw.as_ref().and_then(|c| c.str().ok());
+    let case_id = string_col(df, CASE_ID, path)?;
+    let case_id = case_id.str().map_err(DataError::internal)?;
+    Ok(turn
+        .iter()
+        .zip(case_id.iter())
+        .enumerate()
+        .map(|(i, (t, c))| {
+            if c.is_none_or(|s| s.trim().is_empty()) {
+                Some("column 'case_id' is empty".to_string())
+            } else if t.is_none() {
+                Some(match raw.and_then(|r| r.get(i)) {
+                    Some(s) => format!("column 'turn': '{}' is not an integer", printable(s)),
+                    None => "column 'turn' is empty".to_string(),
+                })
+            } else {
+                None
+            }
+        })
+        .collect())
+}
+
+/// Turn-level rows -> one row per case, for tagging: like [`join_turns`],
+/// but a row that cannot be joined (damaged input, per `faults`, an empty
+/// `case_id`, a `turn` that is not an integer) does not stop the table: it
+/// is kept as its own row after the cases, with its `case_id` as `id`, its
+/// turn's text, and its fault naming the file and row. Label columns the
+/// input lacks are left out. Returns the rows and their faults.
+pub(crate) fn join_turns_keeping(
+    df: DataFrame,
+    faults: Vec<Option<String>>,
+    path: &Path,
+) -> Result<(DataFrame, Vec<Option<String>>)> {
+    let problems = turn_row_problems(&df, Some(path))?;
+    let bad: Vec<Option<String>> = faults
+        .into_iter()
+        .zip(problems)
+        .enumerate()
+        .map(|(i, (f, p))| f.or_else(|| p.map(|m| DataError::row(path, i + 1, m).to_string())))
+        .collect();
+    let keep = BooleanChunked::from_iter_values("keep".into(), bad.iter().map(Option::is_none));
+    let absent: Vec<&str> = LABELS
+        .into_iter()
+        .filter(|l| df.get_column_index(l).is_none())
+        .collect();
+    let good = df.filter(&keep).map_err(DataError::internal)?;
+    let mut joined = join_turns_at(good, Some(path))?;
+    for l in &absent {
+        joined.drop_in_place(l).map_err(DataError::internal)?;
+    }
+    let rest = df.filter(&!&keep).map_err(DataError::internal)?;
+    let n = joined.height();
+    let mut faults = vec![None; n];
+    faults.extend(bad.into_iter().flatten().map(Some));
+    if rest.height() == 0 {
+        return Ok((joined, faults));
+    }
+    // The unjoinable rows, in the joined frame's columns and types.
+    let cols = joined
+        .columns()
+        .iter()
+        .map(|c| {
+            let src = match c.name().as_str() {
+                ID => CASE_ID,
+                other => other,
+            };
+            rest.column(src)
+                .and_then(|r| r.cast(c.dtype()))
+                .map(|r| r.with_name(c.name().clone()))
+                .map_err(DataError::internal)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rest = DataFrame::new(rest.height(), cols).map_err(DataError::internal)?;
+    joined.vstack_mut(&rest).map_err(DataError::internal)?;
+    Ok((joined, faults))
+}
+
 /// Turn-level -> case-level. Groups by `case_id` (cases keep their order of
 /// first appearance), sorts each case's turns by the integer `turn` column and
 /// joins them as one `[speaker] text` line per turn. Label columns take the
@@ -260,35 +353,19 @@ fn join_turns_at(df: DataFrame, path: Option<&Path>) -> Result<DataFrame> {
         }
     }
     // Validate `turn` and `case_id` row by row so the error names the row.
-    let turn_raw = df.column(TURN).map_err(DataError::internal)?;
-    let turn = turn_raw
+    if let Some((i, m)) = turn_row_problems(&df, path)?
+        .into_iter()
+        .enumerate()
+        .find_map(|(i, p)| p.map(|m| (i, m)))
+    {
+        return Err(err_row(i + 1, m));
+    }
+    let turn = df
+        .column(TURN)
+        .map_err(DataError::internal)?
         .cast(&DataType::Int64)
         .map_err(|e| err_col(TURN, format!("not an integer column: {e}")))?;
-    let turn_i = turn.i64().map_err(DataError::internal)?;
-    let raw_str = turn_raw.cast(&DataType::String).ok();
-    for (i, v) in turn_i.iter().enumerate() {
-        if v.is_none() {
-            let shown = raw_str
-                .as_ref()
-                .and_then(|s| s.str().ok().and_then(|s| s.get(i).map(str::to_string)));
-            return Err(err_row(
-                i + 1,
-                match shown {
-                    Some(s) => format!("column 'turn': '{s}' is not an integer"),
-                    None => "column 'turn' is empty".into(),
-                },
-            ));
-        }
-    }
     let case_id = string_col(&df, CASE_ID, path)?;
-    if let Some(i) = case_id
-        .str()
-        .map_err(DataError::internal)?
-        .iter()
-        .position(|v| v.is_none_or(|s| s.trim().is_empty()))
-    {
-        return Err(err_row(i + 1, "column 'case_id' is empty".into()));
-    }
 
     // polars groups and orders the turns; the lines are assembled below
     // (`str().join` needs polars' `concat_str` feature, which the shared

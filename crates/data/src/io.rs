@@ -112,7 +112,7 @@ pub(crate) fn scan(path: &Path) -> Result<(LazyFrame, Format)> {
 /// A whole JSONL file, read through [`crate::ChunkReader`]; the first
 /// damaged line is an error.
 fn read_jsonl(path: &Path) -> Result<DataFrame> {
-    let mut r = crate::ChunkReader::open(path, 1 << 16)?;
+    let mut r = crate::ChunkReader::open_rows(path, 1 << 16)?;
     let mut df: Option<DataFrame> = None;
     while let Some(chunk) = r.next_chunk()? {
         if let Some(f) = chunk.faults.iter().flatten().next() {

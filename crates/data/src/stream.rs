@@ -32,7 +32,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cases::{InputKind, CASE_ID, SPEAKER, TEXT, TURN};
+use crate::cases::InputKind;
 use crate::error::{printable, tidy_polars, DataError, Result};
 use crate::io::{create_parent, temp_sibling, Format};
 use casetag_core::text::normalize_text;
@@ -75,6 +75,8 @@ pub struct ChunkReader {
     /// Data rows handed out so far.
     rows_read: usize,
     inner: Inner,
+    /// A turn-level table not joined yet: the joined table's columns.
+    turns_pending: Option<DataFrame>,
 }
 
 impl std::fmt::Debug for ChunkReader {
@@ -96,13 +98,38 @@ enum Inner {
         empty: DataFrame,
     },
     Jsonl(JsonlChunks),
+    /// A turn-level table, read whole and joined to one row per case
+    /// (turns of one case may lie anywhere in the file); handed out in
+    /// slices.
+    Joined {
+        df: DataFrame,
+        faults: Vec<Option<String>>,
+    },
 }
 
 impl ChunkReader {
     /// Open a table for chunked reading (format by extension). A missing or
     /// unreadable file, a CSV without a header and a CSV header with a
     /// repeated column name fail here.
+    ///
+    /// A turn-level table is handed out one row per case (see
+    /// [`ChunkReader::join_pending`]); [`ChunkReader::open_rows`] reads its
+    /// rows as they are.
     pub fn open(path: &Path, chunk_rows: usize) -> Result<Self> {
+        let mut reader = Self::open_rows(path, chunk_rows)?;
+        if let Some(raw) = reader
+            .empty_frame()
+            .filter(|df| InputKind::detect(df.schema()) == InputKind::Turn)
+        {
+            let (joined, _) = crate::cases::join_turns_keeping(raw, Vec::new(), path)?;
+            reader.turns_pending = Some(joined);
+        }
+        Ok(reader)
+    }
+
+    /// Open a table for chunked reading of its rows as they are, turns
+    /// included.
+    pub fn open_rows(path: &Path, chunk_rows: usize) -> Result<Self> {
         let fmt = Format::from_path(path)?;
         if chunk_rows == 0 {
             return Err(DataError::Usage("chunk size must be at least 1 row".into()));
@@ -145,13 +172,46 @@ impl ChunkReader {
             chunk_rows,
             rows_read: 0,
             inner,
+            turns_pending: None,
         })
     }
 
-    /// Total number of data rows when the format records it (Parquet), else `None`.
+    /// A turn-level table (columns `case_id`, `turn`, `speaker`, `text`) is
+    /// handed out one row per case, its turns joined as `prepare` joins
+    /// them; since a case's turns may lie anywhere in the file, the table
+    /// is read whole and joined on the first read (or here), in memory.
+    /// Rows that cannot be joined (damaged, empty `case_id`, a `turn` that
+    /// is not an integer) come after the cases, each with its fault. A
+    /// no-op for case-level tables and once joined.
+    pub fn join_pending(&mut self) -> Result<()> {
+        if self.turns_pending.take().is_none() {
+            return Ok(());
+        }
+        let mut frames = Vec::new();
+        let mut faults = Vec::new();
+        while let Some(c) = self.next_chunk()? {
+            faults.extend(c.faults);
+            frames.push(c.df);
+        }
+        let mut df = match frames.first() {
+            Some(f) => f.clear(),
+            None => self.empty_frame().unwrap_or_default(),
+        };
+        for f in &frames {
+            df.vstack_mut(f).map_err(DataError::internal)?;
+        }
+        let (df, faults) = crate::cases::join_turns_keeping(df, faults, &self.path)?;
+        self.inner = Inner::Joined { df, faults };
+        self.rows_read = 0;
+        Ok(())
+    }
+
+    /// Total number of data rows when the format records it (Parquet) or
+    /// the turns are joined (one row per case), else `None`.
     pub fn total_rows_hint(&self) -> Option<usize> {
         match &self.inner {
             Inner::Parquet { total, .. } => Some(*total),
+            Inner::Joined { df, .. } => Some(df.height()),
             _ => None,
         }
     }
@@ -165,6 +225,9 @@ impl ChunkReader {
     /// without reading rows (CSV header, Parquet schema) or from the first
     /// chunk read (JSONL).
     pub fn empty_frame(&self) -> Option<DataFrame> {
+        if let Some(df) = &self.turns_pending {
+            return Some(df.clone());
+        }
         match &self.inner {
             Inner::Csv(c) => {
                 let cols = c
@@ -175,6 +238,7 @@ impl ChunkReader {
                 DataFrame::new(0, cols).ok()
             }
             Inner::Parquet { empty, .. } => Some(empty.clone()),
+            Inner::Joined { df, .. } => Some(df.clear()),
             Inner::Jsonl(j) => j
                 .schema
                 .as_ref()
@@ -191,7 +255,7 @@ impl ChunkReader {
                 line: c.line,
                 rows,
             },
-            Inner::Parquet { .. } => Position {
+            Inner::Parquet { .. } | Inner::Joined { .. } => Position {
                 byte: 0,
                 line: 0,
                 rows,
@@ -207,6 +271,7 @@ impl ChunkReader {
     /// Continue reading at `pos`, a [`Chunk::end`] of an earlier read of
     /// the same file with the same chunk size.
     pub fn seek(&mut self, pos: Position) -> Result<()> {
+        self.join_pending()?;
         let path = self.path.clone();
         if let Inner::Jsonl(j) = &self.inner {
             // The column types come from the first chunk.
@@ -218,6 +283,14 @@ impl ChunkReader {
             Inner::Csv(c) => c
                 .seek(pos.byte, pos.line)
                 .map_err(|e| DataError::read(&path, e))?,
+            Inner::Joined { df, .. } => {
+                if pos.rows as usize > df.height() {
+                    return Err(DataError::read(
+                        &path,
+                        "resume point is past the end of the joined cases",
+                    ));
+                }
+            }
             Inner::Parquet { total, .. } => {
                 if pos.rows as usize > *total {
                     return Err(DataError::read(
@@ -240,6 +313,7 @@ impl ChunkReader {
 
     /// The next chunk, or `None` at the end of the table.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        self.join_pending()?;
         let path = &self.path;
         let first_row = self.rows_read + 1;
         let (df, faults) = match &mut self.inner {
@@ -267,6 +341,14 @@ impl ChunkReader {
                 Some(x) => x,
                 None => return Ok(None),
             },
+            Inner::Joined { df, faults } => {
+                let from = self.rows_read;
+                if from >= df.height() {
+                    return Ok(None);
+                }
+                let to = (from + self.chunk_rows).min(df.height());
+                (df.slice(from as i64, to - from), faults[from..to].to_vec())
+            }
         };
         self.rows_read += df.height();
         Ok(Some(Chunk {
@@ -277,22 +359,14 @@ impl ChunkReader {
     }
 }
 
-/// Refuse a table without the columns `tag` needs, naming the file: a
-/// `text` column, and case-level rows (turns cannot be joined in a stream).
-pub fn check_case_columns(path: &Path, names: &[&str]) -> Result<()> {
-    let has = |c: &str| names.contains(&c);
-    if [CASE_ID, TURN, SPEAKER, TEXT].iter().all(|c| has(c)) {
+/// Refuse a table without the column `tag` reads the text from, naming the
+/// file and the columns it has. `names` are a [`ChunkReader`]'s columns
+/// (a turn-level table's are those of its joined cases: `id`, `text`, ...).
+pub fn check_case_columns(path: &Path, names: &[&str], text_column: &str) -> Result<()> {
+    if !names.contains(&text_column) {
         return Err(DataError::column(
             path,
-            TEXT,
-            "turn-level input (columns case_id, turn, speaker, text) cannot be tagged as a \
-             stream; join turns first with `casetag prepare` or pass a case-level table",
-        ));
-    }
-    if !has(TEXT) {
-        return Err(DataError::column(
-            path,
-            TEXT,
+            text_column,
             format!("missing (found: {})", names.join(", ")),
         ));
     }
@@ -1372,28 +1446,20 @@ fn remove_stale_temps(path: &Path) {
     }
 }
 
-/// The raw texts of a case-level chunk, `None` where the text is missing or
-/// has nothing left after normalisation. They go to the engine as they are:
-/// it prepares every text with the bundle's recorded pipeline
-/// (`casetag_core::text`), exactly as for `serve`.
-/// Turn-level chunks are rejected: streaming cannot join turns that may span
-/// chunks, so `tag` needs a case-level table (run `prepare` first).
-pub fn chunk_texts(df: &DataFrame) -> Result<Vec<Option<String>>> {
-    if InputKind::detect(df.schema()) == InputKind::Turn {
-        return Err(DataError::Usage(
-            "turn-level input (columns case_id, turn, speaker, text) cannot be tagged as a stream; \
-             join turns first with `casetag prepare` or pass a case-level table"
-                .into(),
-        ));
-    }
+/// The raw texts of a chunk's `text_column`, `None` where the text is
+/// missing or has nothing left after normalisation. They go to the engine
+/// as they are: it prepares every text with the bundle's recorded pipeline
+/// (`casetag_core::text`), exactly as for `serve`. (A turn-level table's
+/// chunks are already one row per case: [`ChunkReader`] joins them.)
+pub fn chunk_texts(df: &DataFrame, text_column: &str) -> Result<Vec<Option<String>>> {
     if df.width() == 0 {
         // A chunk of damaged rows only (no column could be read): each row
         // carries its fault and has no text.
         return Ok(vec![None; df.height()]);
     }
-    let col = df.column(TEXT).map_err(|_| {
+    let col = df.column(text_column).map_err(|_| {
         let found: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
-        missing_column(TEXT, &found)
+        missing_column(text_column, &found)
     })?;
     column_texts(col)
 }

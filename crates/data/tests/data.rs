@@ -469,7 +469,7 @@ fn roundtrip(fmt_ext: &str) {
         assert!(chunk.df.height() <= 100);
         assert!(chunk.faults.iter().all(Option::is_none));
         chunks += 1;
-        let t = chunk_texts(&chunk.df).unwrap();
+        let t = chunk_texts(&chunk.df, "text").unwrap();
         assert_eq!(t.len(), chunk.df.height());
         texts += t.iter().flatten().count();
         w.write(&mut chunk.df, &serde_json::Value::Null).unwrap();
@@ -511,16 +511,84 @@ fn chunk_roundtrip_jsonl() {
 }
 
 #[test]
-fn chunk_texts_rejects_turn_level() {
-    let df = df!("case_id" => ["a"], "turn" => [1i64], "speaker" => ["buyer"], "text" => ["hi"])
-        .unwrap();
-    let m = chunk_texts(&df).unwrap_err().to_string();
-    assert!(m.contains("turn-level"), "{m}");
-    let df = df!("body" => ["hi"]).unwrap();
-    assert!(chunk_texts(&df)
-        .unwrap_err()
-        .to_string()
-        .contains("column 'text'"));
+fn chunk_texts_reads_the_named_column() {
+    let df = df!("body" => ["hi", " "]).unwrap();
+    assert_eq!(
+        chunk_texts(&df, "body").unwrap(),
+        [Some("hi".to_string()), None]
+    );
+    let m = chunk_texts(&df, "text").unwrap_err().to_string();
+    assert!(m.contains("column 'text'") && m.contains("body"), "{m}");
+}
+
+/// A turn-level table streams one row per case, its turns joined as
+/// `prepare` joins them, across chunk boundaries and in any row order;
+/// rows that cannot be joined are kept after the cases with their fault.
+#[test]
+fn turn_level_tables_stream_joined_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "t.csv",
+        "case_id,turn,speaker,text,region\n\
+         a,2,seller,sorry about that,US\n\
+         b,1,buyer,where is my parcel,ID\n\
+         a,1,buyer,my order came broken,US\n\
+         ,1,buyer,no case id,US\n\
+         b,x,agent,bad turn,ID\n\
+         c,1,buyer,\"refund, please\",BR\n",
+    );
+    let mut r = ChunkReader::open(&p, 2).unwrap();
+    // Before the first read: the joined columns, without label columns the
+    // input lacks.
+    let cols: Vec<String> = r
+        .empty_frame()
+        .unwrap()
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(cols, ["id", "text", "region"]);
+    let mut ids = Vec::new();
+    let mut texts = Vec::new();
+    let mut faults = Vec::new();
+    while let Some(c) = r.next_chunk().unwrap() {
+        assert!(c.df.height() <= 2);
+        ids.extend(strs(&c.df, "id"));
+        texts.extend(chunk_texts(&c.df, "text").unwrap());
+        faults.extend(c.faults);
+    }
+    assert_eq!(r.total_rows_hint(), Some(5));
+    let ids: Vec<String> = ids.into_iter().map(Option::unwrap_or_default).collect();
+    assert_eq!(ids, ["a", "b", "c", "", "b"]);
+    assert_eq!(
+        texts[0].as_deref(),
+        Some("[buyer] my order came broken\n[seller] sorry about that")
+    );
+    assert_eq!(texts[1].as_deref(), Some("[buyer] where is my parcel"));
+    assert_eq!(texts[3].as_deref(), Some("no case id"));
+    assert_eq!(faults[..3], [None, None, None]);
+    let f3 = faults[3].clone().unwrap();
+    assert!(
+        f3.contains("t.csv: row 4: column 'case_id' is empty"),
+        "{f3}"
+    );
+    let f4 = faults[4].clone().unwrap();
+    assert!(
+        f4.contains("row 5: column 'turn': 'x' is not an integer"),
+        "{f4}"
+    );
+
+    // Resuming after the first chunk hands out the same remaining rows.
+    let mut r2 = ChunkReader::open(&p, 2).unwrap();
+    let first = r2.next_chunk().unwrap().unwrap();
+    let mut r3 = ChunkReader::open(&p, 2).unwrap();
+    r3.seek(first.end).unwrap();
+    let rest: Vec<String> = strs(&r3.next_chunk().unwrap().unwrap().df, "id")
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
+    assert_eq!(rest, ["c", ""]);
 }
 
 #[test]
@@ -554,7 +622,7 @@ fn csv_stream_handles_bom_crlf_and_header_only() {
     assert_eq!(strs(&a, "id"), [Some("1".into())]);
     // Raw text as read (the engine prepares it with the bundle's pipeline).
     assert_eq!(
-        chunk_texts(&a).unwrap(),
+        chunk_texts(&a, "text").unwrap(),
         [Some("multi\r\nline, \"quoted\"".to_string())]
     );
     assert_eq!(strs(&b, "text"), [Some("plain".into())]);

@@ -167,8 +167,11 @@ fn read_all_ways(
                 })?;
                 for f in chunk.faults.iter().flatten() {
                     one_line_message(f)?;
+                    // Damaged input names its line; a turn that cannot be
+                    // joined into its case names its data row.
                     ensure(
-                        f.contains(&path.display().to_string()) && f.contains("line "),
+                        f.contains(&path.display().to_string())
+                            && (f.contains("line ") || f.contains("row ")),
                         || format!("a row fault that does not name the file and line: {f}"),
                     )?;
                 }

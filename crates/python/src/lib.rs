@@ -205,6 +205,15 @@ impl Model {
                 return Err(data_err(casetag_data::missing_column(c, &names)));
             }
         }
+        if text_column == "text"
+            && casetag_data::InputKind::of_columns(&names) == casetag_data::InputKind::Turn
+        {
+            return Err(PyValueError::new_err(
+                "turn-level batch (columns case_id, turn, speaker, text): tag_arrow tags one row \
+                 per case and cannot join turns that may span batches; join them first, or tag \
+                 the file with `casetag tag`, which joins them",
+            ));
+        }
         let text =
             text.ok_or_else(|| data_err(casetag_data::missing_column(text_column, &names)))?;
         let col = Column::from(import_array(&text, text_column)?);

@@ -104,6 +104,18 @@ def test_a_missing_column_raises_value_error(baseline):
         m.tag_arrow([1, 2, 3])
 
 
+def test_a_turn_level_batch_is_refused(baseline):
+    m = casetag.Model(baseline)
+    turns = pa.record_batch(
+        {"case_id": ["a", "a"], "turn": [1, 2], "speaker": ["buyer", "agent"], "text": ["late", "sorry"]}
+    )
+    with pytest.raises(ValueError, match="turn-level batch .*`casetag tag`"):
+        m.tag_arrow(turns)
+    # Naming another text column tags the rows as they are.
+    out = m.tag_arrow(turns.append_column("body", pa.array(["late", "sorry"])), text_column="body")
+    assert out.num_rows == 2
+
+
 def test_info_and_taxonomy(baseline):
     m = casetag.Model(baseline)
     info = m.info()
