@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 //! `casetag`: the command line. Thin glue: parse flags into a config, call
 //! the libraries, map errors to exit codes (2 bad input/usage, 1 internal
-//! failure, 3 release gate failed).
+//! failure, 3 release gate failed or drift found with `monitor --fail-on-drift`).
 
 mod cmd;
 mod progress;
@@ -32,6 +32,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Tag a case table in batch (streams the input, keeps every row).
     Tag(cmd::tag::Args),
+    /// Compare a current tagged file with a reference one: label mix, confidence and rate drift.
+    Monitor(cmd::monitor::Args),
     /// Serve real-time tag lookups over HTTP.
     Serve(cmd::serve::Args),
     /// Manage the model registry under models/ (list, show, promote).
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Tag(a) => cmd::tag::run(a),
+        Command::Monitor(a) => cmd::monitor::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Models(a) => cmd::models::run(a),
         Command::Completions { shell } => {

@@ -108,7 +108,9 @@ fn baseline() -> &'static Path {
 
 #[test]
 fn help_for_every_subcommand() {
-    for c in ["prepare", "train", "eval", "tag", "serve", "models"] {
+    for c in [
+        "prepare", "train", "eval", "tag", "serve", "models", "monitor",
+    ] {
         let o = run(&[c, "--help"]);
         assert!(o.status.success(), "{c} --help");
         let s = String::from_utf8_lossy(&o.stdout);
@@ -1582,6 +1584,87 @@ fn turn_level_input_is_tagged_per_case() {
     let e = stderr(&o);
     assert!(
         e.contains("column 'message': missing (found: id, body)"),
+        "{e}"
+    );
+}
+
+/// `monitor` on the bundled corpus: the test split, a fresh sample of the
+/// validation split's distribution, is not flagged against it; the test
+/// split with one L2 tag's cases repeated is, and `--fail-on-drift` exits
+/// 3; a file `tag` did not write is refused naming what is missing.
+#[test]
+fn monitor_flags_a_shifted_label_mix_and_not_a_fresh_sample() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("val.parquet");
+    let current = tmp.path().join("test.jsonl");
+    for (src, out) in [("val", &reference), ("test", &current)] {
+        let input = root().join(format!("data/aftersales/{src}.csv"));
+        let o = tag(model, &input, out, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let monitor = |current: &Path, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "monitor",
+            "--reference",
+            reference.to_str().unwrap(),
+            "--current",
+            current.to_str().unwrap(),
+            "--out",
+        ];
+        let out = tmp.path().join(out);
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        let report: serde_json::Value = std::fs::read_to_string(out.join("drift.json"))
+            .map(|s| serde_json::from_str(&s).unwrap())
+            .unwrap_or_default();
+        (o, report, out)
+    };
+    let (o, report, _) = monitor(&current, "fresh", &["--slice", "region", "--fail-on-drift"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(report["drift"], false, "{}", report["findings"]);
+    assert_eq!(report["judged"], true);
+    assert_eq!(report["levels"].as_array().unwrap().len(), 3);
+    assert!(report["slices"].as_array().unwrap().len() >= 2);
+
+    // Repeat the cases of one mid-sized L2 tag nine more times (from about
+    // 2% of the cases to about 17%).
+    let rows = jsonl_rows(&current);
+    let mut counts = BTreeMap::<String, usize>::new();
+    for r in &rows {
+        if let Some(l) = r["pred_l2"].as_str() {
+            *counts.entry(l.to_string()).or_default() += 1;
+        }
+    }
+    let mut by_size: Vec<(usize, String)> = counts.into_iter().map(|(l, n)| (n, l)).collect();
+    by_size.sort();
+    let shifted_tag = by_size[by_size.len() / 2].1.clone();
+    let mut lines: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+    for _ in 0..9 {
+        for r in rows.iter().filter(|r| r["pred_l2"] == shifted_tag.as_str()) {
+            lines.push(r.to_string());
+        }
+    }
+    let shifted = tmp.path().join("shifted.jsonl");
+    std::fs::write(&shifted, lines.join("\n") + "\n").unwrap();
+    let (o, report, out) = monitor(&shifted, "shifted", &["--fail-on-drift"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("drift found"), "{}", stderr(&o));
+    assert_eq!(report["drift"], true);
+    let l2 = &report["levels"][1];
+    assert_eq!(l2["drift"], true, "{l2}");
+    let findings = report["findings"].to_string();
+    assert!(findings.contains(&shifted_tag), "{findings}");
+    let html = std::fs::read_to_string(out.join("drift.html")).unwrap();
+    assert!(html.contains("Drift detected: yes") && html.contains(&shifted_tag));
+
+    // Not a tagged file: one line naming the missing column.
+    let (o, _, _) = monitor(&root().join("data/aftersales/sample_turns.csv"), "bad", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("column 'conf_l1': missing; is this a file written by `casetag tag`?"),
         "{e}"
     );
 }

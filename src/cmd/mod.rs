@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod models;
+pub mod monitor;
 pub mod prepare;
 pub mod serve;
 pub mod shards;

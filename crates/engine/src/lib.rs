@@ -10,6 +10,7 @@
 
 pub mod calibrate;
 pub mod decide;
+pub mod drift;
 pub mod eval;
 pub mod fusion;
 pub mod gate;

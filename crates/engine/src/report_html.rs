@@ -6,11 +6,21 @@ use std::fmt::Write;
 
 use crate::eval::{Comparison, ModelEval};
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// HTML-escapes `&`, `<`, `>`, `"` and `'` (the reports quote labels,
+/// slice values and file names taken from the data).
+pub(crate) fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            _ => o.push(ch),
+        }
+    }
+    o
 }
 
 fn pct(x: f64) -> String {

@@ -1,0 +1,254 @@
+use std::path::{Path, PathBuf};
+
+use casetag_data::{printable, read_table};
+use casetag_engine::drift::{compare, render_html, Tagged, Thresholds};
+use clap::Parser;
+use polars::prelude::{Column, DataType};
+
+use crate::{CmdResult, Failure};
+
+/// Compare a current tagged file with a reference one and say whether the
+/// traffic moved: per level the label mix (Jensen–Shannon distance and PSI),
+/// the confidences (normed Wasserstein), the answer depth, abstention,
+/// back-off and out-of-scope rates, text length, tags that appeared or
+/// vanished, and the same label mix per `--slice` value. Defaults follow
+/// Evidently's conventions (JS, PSI and normed Wasserstein thresholds 0.1;
+/// PSI bands 0.1 / 0.25).
+///
+/// Both files are tables written by `casetag tag` (CSV, Parquet, JSONL); a
+/// model's reference is, for example, its validation split tagged by it.
+/// Rows `tag` could not tag (`error` set) are left out and counted. Writes
+/// `drift.json` and a self-contained `drift.html` into --out and prints a
+/// one-line JSON summary; with --fail-on-drift, exits 3 when drift is found.
+#[derive(Parser)]
+pub struct Args {
+    /// Reference tagged file (what normal looks like).
+    #[arg(long)]
+    reference: PathBuf,
+    /// Current tagged file (the traffic to judge).
+    #[arg(long)]
+    current: PathBuf,
+    /// Output directory for drift.json and drift.html.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also judge the label mix per value of this column (e.g. region).
+    #[arg(long, value_name = "COLUMN")]
+    slice: Option<String>,
+    /// Exit 3 when drift is found (for schedulers).
+    #[arg(long)]
+    fail_on_drift: bool,
+    /// Jensen–Shannon distance at or above which a label mix drifts.
+    #[arg(long, default_value_t = 0.1)]
+    js: f64,
+    /// PSI at or above which a label mix drifts.
+    #[arg(long, default_value_t = 0.1)]
+    psi: f64,
+    /// Normed Wasserstein distance at or above which confidences or text
+    /// lengths drift.
+    #[arg(long, default_value_t = 0.1)]
+    wasserstein: f64,
+    /// Change of a rate (abstention, back-off, out of scope), as a share
+    /// from 0 to 1, at or above which it drifts.
+    #[arg(long, default_value_t = 0.05)]
+    rate_change: f64,
+    /// Rows a slice needs in both files to be judged.
+    #[arg(long, default_value_t = 200)]
+    min_slice_rows: usize,
+    /// The text column, for text length.
+    #[arg(long, default_value = "text", value_name = "NAME")]
+    text_column: String,
+}
+
+pub fn run(a: Args) -> CmdResult {
+    for (flag, v) in [
+        ("--js", a.js),
+        ("--psi", a.psi),
+        ("--wasserstein", a.wasserstein),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(Failure::input(format!(
+                "{flag} {v}: a threshold must be a positive number"
+            )));
+        }
+    }
+    if !(a.rate_change > 0.0 && a.rate_change < 1.0) {
+        return Err(Failure::input(format!(
+            "--rate-change {}: a share between 0 and 1 (0.05 = 5 points)",
+            a.rate_change
+        )));
+    }
+    let (reference, ref_untagged) = load(&a.reference, &a)?;
+    let (current, cur_untagged) = load(&a.current, &a)?;
+    let t = Thresholds {
+        js: a.js,
+        psi: a.psi,
+        wasserstein: a.wasserstein,
+        rate_points: a.rate_change,
+        min_rows: a.min_slice_rows,
+    };
+    let mut report = compare(&reference, &current, &t);
+    for (path, n) in [(&a.reference, ref_untagged), (&a.current, cur_untagged)] {
+        if n > 0 {
+            report.notes.push(format!(
+                "{}: {n} untagged row(s) (error set) left out",
+                path.display()
+            ));
+        }
+    }
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| Failure::input(format!("--out {}: {e}", a.out.display())))?;
+    let json = serde_json::to_string_pretty(&report).map_err(Failure::internal)?;
+    let write = |name: &str, body: &str| {
+        let p = a.out.join(name);
+        std::fs::write(&p, body).map_err(|e| Failure::input(format!("{}: {e}", p.display())))
+    };
+    write("drift.json", &json)?;
+    let title = format!(
+        "casetag drift: {} against {}",
+        a.current.display(),
+        a.reference.display()
+    );
+    write("drift.html", &render_html(&report, &title))?;
+    super::say(printable(
+        &serde_json::json!({
+            "drift": report.drift,
+            "judged": report.judged,
+            "findings": report.findings,
+            "reference_rows": report.reference_rows,
+            "current_rows": report.current_rows,
+            "out": a.out,
+        })
+        .to_string(),
+    ));
+    if a.fail_on_drift && report.drift {
+        return Err(Failure {
+            code: 3,
+            message: format!(
+                "drift found: {} finding(s); see {}",
+                report.findings.len(),
+                a.out.join("drift.html").display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A tagged file's columns for the comparison, and how many untagged rows
+/// were left out. Predictions are read from `pred_X` where `tag` had to
+/// rename them (the input had a column `X`), else from `X`.
+fn load(path: &Path, a: &Args) -> Result<(Tagged, usize), Failure> {
+    let df = read_table(path)?;
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let has = |n: &str| names.iter().any(|c| c == n);
+    let tagged = |n: &str| -> Result<&Column, Failure> {
+        let pred = format!("pred_{n}");
+        let name = if has(&pred) { pred.as_str() } else { n };
+        df.column(name).map_err(|_| {
+            Failure::input(format!(
+                "{}: column '{n}': missing; is this a file written by `casetag tag`? (found: {})",
+                path.display(),
+                printable(&names.join(", "))
+            ))
+        })
+    };
+    // Rows `tag` could not tag carry an error and no answer.
+    let keep: Vec<bool> = match tagged("error") {
+        Ok(c) => strings(c, path)?.iter().map(Option::is_none).collect(),
+        Err(_) => vec![true; df.height()],
+    };
+    let untagged = keep.iter().filter(|k| !**k).count();
+    let pick = |v: Vec<Option<String>>| filter(v, &keep);
+    let labels = [
+        pick(strings(tagged("l1")?, path)?),
+        pick(strings(tagged("l2")?, path)?),
+        pick(strings(tagged("l3")?, path)?),
+    ];
+    let float = |n: &str| -> Result<Vec<Option<f64>>, Failure> {
+        let c = cast(tagged(n)?, &DataType::Float64, path)?;
+        Ok(filter(
+            c.f64().map_err(Failure::internal)?.iter().collect(),
+            &keep,
+        ))
+    };
+    let conf = [float("conf_l1")?, float("conf_l2")?, float("conf_l3")?];
+    let depth = cast(tagged("depth")?, &DataType::Int64, path)?;
+    let depth = filter(
+        depth.i64().map_err(Failure::internal)?.iter().collect(),
+        &keep,
+    );
+    // CSV has no boolean type: `true`/`false` read as text.
+    let oos = strings(tagged("out_of_scope")?, path)?
+        .into_iter()
+        .map(|v| match v.as_deref() {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            _ => None,
+        })
+        .collect();
+    let out_of_scope = filter(oos, &keep);
+    let text_chars = match df.column(&a.text_column) {
+        Ok(c) => Some(filter(
+            strings(c, path)?
+                .iter()
+                .map(|t| t.as_ref().map(|t| t.chars().count() as f64))
+                .collect(),
+            &keep,
+        )),
+        Err(_) => None,
+    };
+    let slice = match &a.slice {
+        None => None,
+        Some(s) => {
+            let c = df.column(s).map_err(|_| {
+                Failure::input(format!(
+                    "{}: --slice column '{}': missing (found: {})",
+                    path.display(),
+                    printable(s),
+                    printable(&names.join(", "))
+                ))
+            })?;
+            Some(filter(strings(c, path)?, &keep))
+        }
+    };
+    Ok((
+        Tagged {
+            labels,
+            conf,
+            depth,
+            out_of_scope,
+            text_chars,
+            slice,
+        },
+        untagged,
+    ))
+}
+
+fn cast(c: &Column, to: &DataType, path: &Path) -> Result<Column, Failure> {
+    c.cast(to).map_err(|e| {
+        Failure::input(format!(
+            "{}: column '{}': cannot read as {to}: {e}",
+            path.display(),
+            printable(c.name())
+        ))
+    })
+}
+
+fn strings(c: &Column, path: &Path) -> Result<Vec<Option<String>>, Failure> {
+    let c = cast(c, &DataType::String, path)?;
+    Ok(c.str()
+        .map_err(Failure::internal)?
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect())
+}
+
+fn filter<T>(v: Vec<T>, keep: &[bool]) -> Vec<T> {
+    v.into_iter()
+        .zip(keep)
+        .filter_map(|(x, k)| k.then_some(x))
+        .collect()
+}
