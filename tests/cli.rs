@@ -476,6 +476,19 @@ fn registry_list_show_promote() {
     assert!(o.status.success(), "{}", stderr(&o));
     let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(m["kind"], "baseline");
+    // The build that trained it: version, and the commit when built from git.
+    let build = m["build"].as_str().unwrap();
+    assert!(build.starts_with(env!("CARGO_PKG_VERSION")), "{build}");
+    if let Ok(g) = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+    {
+        let commit = String::from_utf8_lossy(&g.stdout).trim().to_string();
+        if g.status.success() && std::env::var_os("CASETAG_BUILD_ID").is_none() {
+            assert_eq!(build, format!("{}+{commit}", env!("CARGO_PKG_VERSION")));
+        }
+    }
 
     // Promotion moves the alias; an unknown version is refused.
     assert!(models(&["promote", "tagger/v2"]).status.success());

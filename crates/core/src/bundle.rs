@@ -80,6 +80,11 @@ pub struct Manifest {
     /// default pipeline of version 1.
     #[serde(default)]
     pub text: TextPipeline,
+    /// The casetag build that trained the bundle: version and git commit
+    /// (`0.1.0+3f2c1d9a0b7e`). Absent in bundles written before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// sha256 of a file, streamed.
@@ -473,6 +478,7 @@ mod tests {
             thresholds: serde_json::json!({}),
             files: BTreeMap::new(),
             text: TextPipeline::default(),
+            build: None,
         }
     }
 

@@ -242,6 +242,7 @@ fn manifest() -> Manifest {
         thresholds: serde_json::json!({"oos": 0.5, "levels": [0.4, 0.3, 0.2]}),
         files: BTreeMap::new(),
         text: Default::default(),
+        build: Some("0.1.0+fuzz".into()),
     }
 }
 

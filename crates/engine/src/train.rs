@@ -90,6 +90,10 @@ impl Default for TrainConfig {
     }
 }
 
+/// The casetag build (version and git commit) that trains bundles: recorded
+/// in each manifest as `build`, and part of the default id.
+pub const BUILD: &str = env!("CASETAG_BUILD");
+
 /// Feed each row's text and label to `h` (the training data hash and the
 /// default id digest rows the same way).
 fn hash_rows(h: &mut DataHasher, rows: &[Example]) {
@@ -103,7 +107,7 @@ fn hash_rows(h: &mut DataHasher, rows: &[Example]) {
 /// that makes bundles differ, so two bundles share an id only when they
 /// were trained alike: the training and validation rows, every setting of
 /// the run (hyper-parameters, seed, encoder, decision targets, taxonomy)
-/// and the code version.
+/// and the build ([`BUILD`]: version and git commit).
 fn default_id(kind: &str, data_hash: &str, val_rows: &[Example], cfg: &TrainConfig) -> String {
     let mut h = DataHasher::default();
     h.update(data_hash);
@@ -122,7 +126,7 @@ fn default_id(kind: &str, data_hash: &str, val_rows: &[Example], cfg: &TrainConf
         cfg.val_fraction,
         cfg.seed,
         cfg.min_oos_rows,
-        env!("CARGO_PKG_VERSION")
+        BUILD
     ));
     format!("{kind}-{}", &h.finish()[..12])
 }
@@ -689,6 +693,7 @@ pub fn train(
         thresholds: serde_json::to_value(&thresholds).unwrap(),
         files: BTreeMap::new(),
         text: pipeline,
+        build: Some(BUILD.to_string()),
     };
     let m = writer.finish(manifest, &taxonomy, cfg.overwrite)?;
     progress(&format!(

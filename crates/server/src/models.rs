@@ -181,6 +181,7 @@ pub fn manifest_summary(m: &LoadedModel, with_paths: bool) -> Value {
         "id": man.id,
         "kind": man.kind,
         "created": man.created,
+        "build": man.build,
         "format": man.format,
         "training_data_hash": man.training_data_hash,
         "label_space": man.label_space,
