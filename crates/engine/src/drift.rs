@@ -12,7 +12,9 @@
 //! `casetag monitor` reads the files and writes `drift.json` and `drift.html`.
 
 use crate::report_html::esc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::decide::Decision;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -28,7 +30,7 @@ const LEVELS: [&str; 3] = ["L1", "L2", "L3"];
 ///
 /// Columns are expected to have the same length; a shorter column reads as
 /// null past its end.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Tagged {
     /// Labels at L1, L2, L3; `None` where the model did not answer at that depth.
     pub labels: [Vec<Option<String>>; 3],
@@ -44,7 +46,35 @@ pub struct Tagged {
     pub slice: Option<Vec<Option<String>>>,
 }
 
+/// The file in a bundle holding a sample of its answers on the validation
+/// rows ([`Tagged`] as JSON, no texts): the reference `serve` compares its
+/// recent answers with.
+pub const REFERENCE_FILE: &str = "reference_sample.json";
+
+/// Most validation answers kept in [`REFERENCE_FILE`] (evenly spaced).
+pub const REFERENCE_ROWS: usize = 2000;
+
 impl Tagged {
+    /// Append one answered case: its tag (as far as it was given), the
+    /// confidences of its most likely path, depth and out-of-scope flag,
+    /// and its text length in characters.
+    pub fn push(&mut self, d: &Decision, text_chars: usize) {
+        for k in 0..3 {
+            self.labels[k].push(
+                d.tag
+                    .as_ref()
+                    .and_then(|p| p.level(k + 1))
+                    .map(str::to_string),
+            );
+            self.conf[k].push(d.confidence.get(k).map(|&c| c as f64));
+        }
+        self.depth.push(Some(d.depth as i64));
+        self.out_of_scope.push(Some(d.out_of_scope));
+        self.text_chars
+            .get_or_insert_with(Vec::new)
+            .push(Some(text_chars as f64));
+    }
+
     /// Number of rows (the longest column).
     pub fn rows(&self) -> usize {
         let mut n = self.depth.len().max(self.out_of_scope.len());

@@ -674,8 +674,19 @@ pub fn train(
         (None, false) => "msp",
     });
 
+    // A sample of the validation answers: what `serve` compares its recent
+    // answers with (drift gauges).
+    let mut reference = crate::drift::Tagged::default();
+    let step = val_rows.len().div_ceil(crate::drift::REFERENCE_ROWS).max(1);
+    for (r, d) in val_rows.iter().zip(&val_report.decisions).step_by(step) {
+        reference.push(d, r.text.chars().count());
+    }
     let writer = BundleWriter::new(out)?;
     fitted.save(writer.dir())?;
+    let sample =
+        serde_json::to_vec(&reference).map_err(|e| EngineError::Internal(e.to_string()))?;
+    std::fs::write(writer.dir().join(crate::drift::REFERENCE_FILE), sample)
+        .map_err(|e| EngineError::Internal(format!("{}: {e}", crate::drift::REFERENCE_FILE)))?;
     if let Some((det, _, _)) = &detector {
         det.save(writer.dir())?;
     }

@@ -57,24 +57,19 @@ pub struct Limits {
     /// `too_many_connections` and closed.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    /// Recent answers of the primary model the drift gauges on /metrics
+    /// compare with its validation answers (0 turns them off).
+    #[arg(long, default_value_t = 1000)]
+    pub drift_window: usize,
 }
 
+/// The flags' defaults, declared once (on the flags).
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 1 << 20,
-            max_cases: 64,
-            max_batch_cases: 32,
-            max_batch_chars: 32_768,
-            max_wait_ms: 2,
-            queue_capacity: 256,
-            deadline_ms: 200,
-            no_batching: false,
-            drain_timeout_s: 30,
-            header_timeout_ms: 10_000,
-            body_timeout_ms: 30_000,
-            max_connections: 1024,
-        }
+        use clap::{Args, FromArgMatches};
+        let cmd = Limits::augment_args(clap::Command::new("limits"));
+        Limits::from_arg_matches(&cmd.get_matches_from(["limits"]))
+            .expect("every limit has a default")
     }
 }
 

@@ -71,13 +71,21 @@ pub async fn tag(State(st): State<AppState>, req: Request) -> Result<Json<TagRes
     let req = parse_tag_request(&value, limits)?;
     let cases = Arc::new(req.cases);
     let pending = st.inner.batcher.submit(cases.clone(), req.top_k)?;
-    let answer = wait_for_answer(&st, pending, cases, req.top_k).await?;
+    let answer = wait_for_answer(&st, pending, cases.clone(), req.top_k).await?;
     let tagger = &answer.tagger;
     let info = answer
         .tagged
         .first()
         .and_then(|t| model_by_id(tagger, &t.model_id))
         .unwrap_or_else(|| tagger.active());
+    st.inner.drift.record(
+        tagger.primary.as_ref(),
+        answer
+            .tagged
+            .iter()
+            .zip(cases.iter())
+            .map(|(t, c)| (t, c.text.chars().count())),
+    );
     let n_cut = answer.tagged.iter().filter(|t| t.truncated).count();
     if n_cut > 0 {
         st.inner.metrics.truncated(n_cut);

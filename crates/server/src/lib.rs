@@ -26,6 +26,7 @@ mod metrics;
 mod models;
 mod request;
 mod state;
+mod watch;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub models: Arc<ModelSlot>,
     pub batcher: Batcher,
     pub metrics: Arc<Metrics>,
+    /// Recent answers for the drift gauges.
+    pub drift: crate::watch::DriftWatch,
     admin_token: RwLock<Option<String>>,
     /// One reload at a time; a second waits for the first.
     reload_lock: tokio::sync::Mutex<()>,
@@ -87,6 +89,7 @@ impl AppState {
                 models: slot,
                 batcher,
                 metrics,
+                drift: crate::watch::DriftWatch::new(cfg.limits.drift_window),
                 admin_token: RwLock::new(
                     std::env::var(ADMIN_TOKEN_ENV)
                         .ok()
@@ -157,14 +160,16 @@ impl AppState {
     /// The Prometheus exposition.
     pub fn render_metrics(&self) -> String {
         let b = &self.inner.batcher;
-        self.inner.metrics.render(&Gauges {
+        let mut o = self.inner.metrics.render(&Gauges {
             queue_depth: b.queue_depth(),
             queue_capacity: b.capacity(),
             in_flight_cases: b.in_flight(),
             ready: self.is_ready(),
             degraded: self.is_degraded(),
             model_generation: self.inner.models.generation(),
-        })
+        });
+        self.inner.drift.render(&mut o);
+        o
     }
 
     /// Re-resolve `--model` (a registry NAME follows its champion), load it

@@ -158,6 +158,50 @@ async fn metrics_count_requests_batches_and_statuses() {
     s.shutdown().await;
 }
 
+/// The drift gauges compare the primary's recent answers with its bundle's
+/// validation answers: traffic of one kind only is flagged; no text is
+/// kept; `--drift-window 0` turns them off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_gauges_flag_a_one_sided_traffic_mix() {
+    let s = server().await;
+    let (_, text) = s.get_text("/metrics").await;
+    assert!(text.contains("casetag_drift_window_cases 0\n"), "{text}");
+    assert!(!text.contains("casetag_drift_detected"), "{text}");
+    let late = "where is my order, the delivery is two weeks late";
+    assert_eq!(s.tag(&[late; 60]).await.0, 200);
+    let (_, text) = s.get_text("/metrics").await;
+    for needle in [
+        "casetag_drift_window_cases 60\n",
+        "casetag_drift_detected 1\n",
+        "casetag_drift_label_js_distance{level=\"l1\"} ",
+        "casetag_drift_label_psi{level=\"l3\"} ",
+        "casetag_drift_confidence_wasserstein{level=\"l1\"} ",
+        "casetag_drift_rate{rate=\"abstention\",window=\"current\"} ",
+        "casetag_drift_text_length_wasserstein ",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    assert!(!text.contains("two weeks late"));
+    let js: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("casetag_drift_label_js_distance{level=\"l1\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(js > 0.3 && js <= 1.0, "{js}");
+    s.shutdown().await;
+
+    let off = server_with(Limits {
+        drift_window: 0,
+        ..Limits::default()
+    })
+    .await;
+    assert_eq!(off.tag(&[late; 60]).await.0, 200);
+    let (_, text) = off.get_text("/metrics").await;
+    assert!(text.contains("casetag_drift_window_cases 0\n"), "{text}");
+    off.shutdown().await;
+}
+
 /// Every response, errors included, carries a request id (the caller's
 /// when it sent a usable one) and the time spent in the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
