@@ -12,6 +12,8 @@
 //! `casetag monitor` reads the files and writes `drift.json` and `drift.html`.
 
 use crate::report_html::esc;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::decide::Decision;
@@ -568,21 +570,14 @@ fn permutation_noise(categories: &[CategoryShare]) -> (f64, f64) {
     if pooled.len() < 2 {
         return (0.0, 0.0);
     }
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = |bound: usize| {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-            * bound as f64) as usize
-    };
+    let mut rng = StdRng::seed_from_u64(0x5EED);
     let (mut js_max, mut psi_max) = (0.0f64, 0.0f64);
     let mut a = vec![0usize; categories.len()];
     let mut b = vec![0usize; categories.len()];
     for _ in 0..PERMUTATIONS {
         // The first n of a partial Fisher–Yates shuffle are one group.
         for i in 0..n {
-            let j = i + next(pooled.len() - i);
+            let j = rng.random_range(i..pooled.len());
             pooled.swap(i, j);
         }
         a.iter_mut().for_each(|x| *x = 0);
@@ -1160,14 +1155,11 @@ mod tests {
         assert_eq!(PsiBand::of(0.25), PsiBand::Significant);
     }
 
-    /// xorshift64* in [0, 1).
-    struct Rng(u64);
-    impl Rng {
+    /// Draws for the synthetic tagged files.
+    struct Draw(StdRng);
+    impl Draw {
         fn next(&mut self) -> f64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+            self.0.random::<f64>()
         }
         fn pick<'a>(&mut self, shares: &[(&'a str, f64)]) -> &'a str {
             let mut u = self.next();
@@ -1209,7 +1201,7 @@ mod tests {
     const DEPTH: [(&str, f64); 4] = [("0", 0.05), ("1", 0.1), ("2", 0.15), ("3", 0.7)];
 
     fn gen(seed: u64, n: usize, l2: &[(&str, f64)], conf_shift: f64) -> Tagged {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Draw(StdRng::seed_from_u64(seed));
         let mut t = Tagged {
             text_chars: Some(vec![]),
             slice: Some(vec![]),
@@ -1283,7 +1275,7 @@ mod tests {
             x.1 = 0.8 / 59.0;
         }
         let sample = |seed: u64, n: usize, mix: &[(&str, f64)]| {
-            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let mut rng = Draw(StdRng::seed_from_u64(seed));
             let mut t = Tagged::default();
             for _ in 0..n {
                 let l = rng.pick(mix).to_string();
