@@ -84,10 +84,10 @@ pub fn list_inputs(spec: &Path) -> Result<Option<Vec<PathBuf>>, Failure> {
     Ok(Some(files))
 }
 
-/// The files shard `shard` of `shards` tags: every `shards`-th file of the
-/// sorted list, starting at `shard`. The same list always splits the same
+/// The files (or input/output pairs) shard `shard` of `shards` tags: every
+/// `shards`-th entry of the sorted list, starting at `shard`. The same list always splits the same
 /// way, so a re-run of one index redoes exactly its own files.
-pub fn assign(files: &[PathBuf], shard: usize, shards: usize) -> Vec<PathBuf> {
+pub fn assign<T: Clone>(files: &[T], shard: usize, shards: usize) -> Vec<T> {
     files
         .iter()
         .skip(shard)

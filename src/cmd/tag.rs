@@ -215,12 +215,11 @@ fn plan(a: &Args) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
             a.output.display()
         )));
     }
-    let mine = super::shards::assign(&files, a.shard, a.shards);
     let outs = super::shards::outputs(&files, &a.output, format)?;
-    let out_of = |i: &PathBuf| outs[files.iter().position(|f| f == i).unwrap()].clone();
+    let pairs: Vec<(PathBuf, PathBuf)> = files.into_iter().zip(outs).collect();
     std::fs::create_dir_all(&a.output)
         .map_err(|e| Failure::input(format!("--output {}: {e}", a.output.display())))?;
-    Ok(mine.iter().map(|i| (i.clone(), out_of(i))).collect())
+    Ok(super::shards::assign(&pairs, a.shard, a.shards))
 }
 
 pub fn run(a: Args) -> CmdResult {
