@@ -375,7 +375,7 @@ fn write_reports(
 /// trained with `--precision int8`) and the threads.
 fn runtime() -> serde_json::Value {
     serde_json::json!({
-        "f32_kernel": if casetag_core::has_avx2_fma() { "avx2+fma" } else { "portable" },
+        "f32_kernel": casetag_transformer::f32_kernel(),
         "int8_kernel": casetag_transformer::int8_kernel(),
         "int8_kernel_note": casetag_transformer::int8_kernel_note(),
         "threads": rayon::current_num_threads(),

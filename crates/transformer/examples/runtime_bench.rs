@@ -172,7 +172,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &str) -> Res<T> {
 /// The machine paths this process runs on (as `casetag eval` reports them).
 fn runtime_info() -> Value {
     json!({
-        "f32_kernel": if casetag_core::has_avx2_fma() { "avx2+fma" } else { "portable" },
+        "f32_kernel": casetag_transformer::f32_kernel(),
         "int8_kernel": casetag_transformer::int8_kernel(),
         "int8_kernel_note": casetag_transformer::int8_kernel_note(),
         "threads": rayon::current_num_threads(),

@@ -95,6 +95,12 @@ pub fn int8_kernel() -> &'static str {
     int8::int8_path()
 }
 
+/// The f32 dense-layer kernel this process runs (`avx512f`, `avx2+fma` or
+/// `portable`), chosen once from the CPU, or by `CASETAG_F32_PATH`.
+pub fn f32_kernel() -> &'static str {
+    sgemm::f32_path()
+}
+
 /// Why [`int8_kernel`] is not the path `CASETAG_INT8_PATH` asked for.
 pub fn int8_kernel_note() -> Option<&'static str> {
     int8::int8_path_note()

@@ -7,12 +7,20 @@
 //! in panels of [`NR`] output columns, `k` rows of `NR` contiguous floats, the
 //! order the AVX2 kernel reads them in.
 //!
-//! The kernel computes an `MR × NR` (6 × 16) output tile in twelve 8-wide
+//! The AVX2 kernel computes a 6 × [`NR`] output tile in twelve 8-wide
 //! accumulators: per `k`, two weight loads, six broadcasts of the tokens'
 //! inputs and twelve FMAs (the register budget of AVX2's sixteen `ymm`s).
-//! Panels are split across rayon's threads; each thread writes its own
-//! columns of every output row. Without AVX2/FMA a portable loop computes the
-//! same sums in the same order.
+//! With AVX-512 a panel line is one `zmm`, and a 14 × `NR` tile keeps
+//! fourteen accumulators of the thirty-two registers: per `k`, one weight
+//! load, fourteen broadcasts and fourteen FMAs, twice the work per
+//! instruction. Panels are split across rayon's threads; each thread writes
+//! its own columns of every output row. Without either, a portable loop
+//! computes the same sums in the same order, so every path gives the same
+//! floats. The path is chosen once per process ([`f32_path`]):
+//! the best the CPU has, or `CASETAG_F32_PATH=portable|avx2|avx512` where
+//! the CPU has it.
+
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -22,8 +30,68 @@ use crate::fast::SendPtr;
 
 /// Output columns per panel (two 8-float vectors).
 pub(crate) const NR: usize = 16;
-/// Output rows (tokens) per kernel call.
-const MR: usize = 6;
+/// The f32 kernels, best last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Portable => "portable",
+            Path::Avx2 => "avx2+fma",
+            Path::Avx512 => "avx512f",
+        }
+    }
+
+    /// Output rows (tokens) per kernel call.
+    fn rows(self) -> usize {
+        match self {
+            Path::Avx512 => 14,
+            _ => 6,
+        }
+    }
+
+    fn available(self) -> bool {
+        match self {
+            Path::Portable => true,
+            Path::Avx2 => has_avx2_fma(),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx512 => false,
+        }
+    }
+}
+
+/// The kernel this process runs: `CASETAG_F32_PATH` when the CPU has it,
+/// else the best the CPU has.
+fn dispatch() -> Path {
+    static P: OnceLock<Path> = OnceLock::new();
+    *P.get_or_init(|| {
+        let asked = match std::env::var("CASETAG_F32_PATH").as_deref() {
+            Ok("portable") => Some(Path::Portable),
+            Ok("avx2") => Some(Path::Avx2),
+            Ok("avx512") => Some(Path::Avx512),
+            _ => None,
+        };
+        asked.filter(|p| p.available()).unwrap_or_else(|| {
+            [Path::Avx512, Path::Avx2]
+                .into_iter()
+                .find(|p| p.available())
+                .unwrap_or(Path::Portable)
+        })
+    })
+}
+
+/// The name of the f32 kernel this process runs: `portable`, `avx2+fma`
+/// or `avx512f`.
+pub(crate) fn f32_path() -> &'static str {
+    dispatch().name()
+}
 
 /// One input's `NR` weights in a panel: exactly one 64-byte cache line, and
 /// aligned to it, so the kernel's two 8-float loads never straddle lines
@@ -80,13 +148,13 @@ pub(crate) fn matmul_acc(out: &mut [f32], x: &[f32], w: &PackedW, n: usize) {
     let (o, k) = (w.o, w.k);
     assert!(out.len() == n * o && x.len() == n * k, "matmul shapes");
     let panels = o / NR;
-    let simd = has_avx2_fma();
+    let path = dispatch();
     // The panel tasks write disjoint columns through one shared pointer.
     let dst = SendPtr(out.as_mut_ptr());
     let run = |p: usize| {
         // SAFETY: `out` is n × o, this task writes only columns
         // p*NR..(p+1)*NR of each row, and no other task writes them.
-        unsafe { panel_rows(dst.get().add(p * NR), o, x, k, w.panel(p), n, simd) }
+        unsafe { panel_rows(dst.get().add(p * NR), o, x, k, w.panel(p), n, path) }
     };
     // Below ~1 MFLOP a thread hand-off costs more than it saves.
     if rayon::current_num_threads() > 1 && n * o * k >= 1 << 20 {
@@ -96,10 +164,12 @@ pub(crate) fn matmul_acc(out: &mut [f32], x: &[f32], w: &PackedW, n: usize) {
     }
 }
 
-/// All `n` rows of one panel's `NR` columns, `MR` rows at a time.
+/// All `n` rows of one panel's `NR` columns, a kernel tile of rows at a
+/// time.
 ///
 /// # Safety
-/// `c` points at column `p * NR` of a row-major `(n, ldc)` matrix.
+/// `c` points at column `p * NR` of a row-major `(n, ldc)` matrix; `path`
+/// is available on this CPU.
 unsafe fn panel_rows(
     c: *mut f32,
     ldc: usize,
@@ -107,28 +177,42 @@ unsafe fn panel_rows(
     k: usize,
     panel: &[f32],
     n: usize,
-    simd: bool,
+    path: Path,
 ) {
     let mut r = 0;
     while r < n {
-        let rows = (n - r).min(MR);
+        let rows = (n - r).min(path.rows());
         let xr = &x[r * k..(r + rows) * k];
         let cr = c.add(r * ldc);
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            match rows {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => match rows {
+                14 => avx512::tile::<14>(cr, ldc, xr, k, panel),
+                13 => avx512::tile::<13>(cr, ldc, xr, k, panel),
+                12 => avx512::tile::<12>(cr, ldc, xr, k, panel),
+                11 => avx512::tile::<11>(cr, ldc, xr, k, panel),
+                10 => avx512::tile::<10>(cr, ldc, xr, k, panel),
+                9 => avx512::tile::<9>(cr, ldc, xr, k, panel),
+                8 => avx512::tile::<8>(cr, ldc, xr, k, panel),
+                7 => avx512::tile::<7>(cr, ldc, xr, k, panel),
+                6 => avx512::tile::<6>(cr, ldc, xr, k, panel),
+                5 => avx512::tile::<5>(cr, ldc, xr, k, panel),
+                4 => avx512::tile::<4>(cr, ldc, xr, k, panel),
+                3 => avx512::tile::<3>(cr, ldc, xr, k, panel),
+                2 => avx512::tile::<2>(cr, ldc, xr, k, panel),
+                _ => avx512::tile::<1>(cr, ldc, xr, k, panel),
+            },
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => match rows {
                 6 => avx::tile::<6>(cr, ldc, xr, k, panel),
                 5 => avx::tile::<5>(cr, ldc, xr, k, panel),
                 4 => avx::tile::<4>(cr, ldc, xr, k, panel),
                 3 => avx::tile::<3>(cr, ldc, xr, k, panel),
                 2 => avx::tile::<2>(cr, ldc, xr, k, panel),
                 _ => avx::tile::<1>(cr, ldc, xr, k, panel),
-            }
-            r += rows;
-            continue;
+            },
+            _ => portable_tile(cr, ldc, xr, rows, k, panel),
         }
-        let _ = simd;
-        portable_tile(cr, ldc, xr, rows, k, panel);
         r += rows;
     }
 }
@@ -193,6 +277,44 @@ mod avx {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// One `R × NR` tile: `c[i][0..NR] += Σ_j x[i][j] · panel[j][0..NR]`,
+    /// one `zmm` accumulator per row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `c` has `R` rows of `NR` writable floats at
+    /// stride `ldc`; `x` is `R × k`; `panel` is `k × NR`, 64-byte aligned.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<const R: usize>(
+        c: *mut f32,
+        ldc: usize,
+        x: &[f32],
+        k: usize,
+        panel: &[f32],
+    ) {
+        debug_assert!(x.len() == R * k && panel.len() == k * NR);
+        debug_assert!(panel.as_ptr().cast::<u8>().align_offset(64) == 0);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let xp = x.as_ptr();
+        let wp = panel.as_ptr();
+        for j in 0..k {
+            // Aligned: each input's weights are one cache line.
+            let w = _mm512_load_ps(wp.add(j * NR));
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(i * k + j)), w, *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let ci = c.add(i * ldc);
+            _mm512_storeu_ps(ci, _mm512_add_ps(_mm512_loadu_ps(ci), *a));
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -248,26 +370,34 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every kernel path gives exactly the portable loop's floats, over
+    /// every tile height's remainder.
     #[test]
-    fn simd_and_portable_tiles_agree() {
-        if !has_avx2_fma() {
-            return;
-        }
-        let (n, k, o) = (11, 96, 32);
-        let x = values(n * k, 5);
-        let w = PackedW::new(&values(o * k, 9), o, k);
-        let mut a = vec![0.5f32; n * o];
-        let mut b = a.clone();
-        // SAFETY: `a` and `b` are n × o; each call writes the NR columns of
-        // panel `p` in every row, inside the buffers.
-        unsafe {
-            for p in 0..o / NR {
-                panel_rows(a.as_mut_ptr().add(p * NR), o, &x, k, w.panel(p), n, true);
-                panel_rows(b.as_mut_ptr().add(p * NR), o, &x, k, w.panel(p), n, false);
+    fn every_path_gives_the_portable_sums() {
+        let (k, o) = (96, 32);
+        for n in [1, 5, 6, 11, 14, 15, 29] {
+            let x = values(n * k, 5 + n as u32);
+            let w = PackedW::new(&values(o * k, 9), o, k);
+            let run = |path: Path| {
+                let mut c = vec![0.5f32; n * o];
+                // SAFETY: `c` is n × o; each call writes the NR columns of
+                // panel `p` in every row, inside the buffer; `path` is
+                // available (checked by the caller).
+                unsafe {
+                    for p in 0..o / NR {
+                        panel_rows(c.as_mut_ptr().add(p * NR), o, &x, k, w.panel(p), n, path);
+                    }
+                }
+                c
+            };
+            let want = run(Path::Portable);
+            for path in [Path::Avx2, Path::Avx512] {
+                if !path.available() {
+                    eprintln!("skipped: the CPU lacks the {} kernel", path.name());
+                    continue;
+                }
+                assert_eq!(run(path), want, "{} n={n}", path.name());
             }
-        }
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-6, "{x} vs {y}");
         }
     }
 
