@@ -1616,7 +1616,7 @@ fn monitor_flags_a_shifted_label_mix_and_not_a_fresh_sample() {
         let o = tag(model, &input, out, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let monitor = |current: &Path, out: &str, extra: &[&str]| {
+    let monitor_with = |reference: &Path, current: &Path, out: &str, extra: &[&str]| {
         let mut args = vec![
             "monitor",
             "--reference",
@@ -1634,12 +1634,29 @@ fn monitor_flags_a_shifted_label_mix_and_not_a_fresh_sample() {
             .unwrap_or_default();
         (o, report, out)
     };
+    let monitor =
+        |current: &Path, out: &str, extra: &[&str]| monitor_with(&reference, current, out, extra);
     let (o, report, _) = monitor(&current, "fresh", &["--slice", "region", "--fail-on-drift"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(report["drift"], false, "{}", report["findings"]);
     assert_eq!(report["judged"], true);
     assert_eq!(report["levels"].as_array().unwrap().len(), 3);
     assert!(report["slices"].as_array().unwrap().len() >= 2);
+
+    // The bundle itself as the reference: its validation answers.
+    let (o, report, _) = monitor_with(model, &current, "bundle", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(report["drift"], false, "{}", report["findings"]);
+    assert_eq!(report["reference_rows"], 597);
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    let (o, _, _) = monitor_with(&bare, &current, "bare-out", &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no reference_sample.json"),
+        "{}",
+        stderr(&o)
+    );
 
     // Repeat the cases of one mid-sized L2 tag nine more times (from about
     // 2% of the cases to about 17%).

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use casetag_data::{printable, read_table};
-use casetag_engine::drift::{compare, render_html, Tagged, Thresholds};
+use casetag_engine::drift::{compare, render_html, Tagged, Thresholds, REFERENCE_FILE};
 use clap::Parser;
 use polars::prelude::{Column, DataType};
 
@@ -15,14 +15,16 @@ use crate::{CmdResult, Failure};
 /// Evidently's conventions (JS, PSI and normed Wasserstein thresholds 0.1;
 /// PSI bands 0.1 / 0.25).
 ///
-/// Both files are tables written by `casetag tag` (CSV, Parquet, JSONL); a
-/// model's reference is, for example, its validation split tagged by it.
+/// Both files are tables written by `casetag tag` (CSV, Parquet, JSONL); the
+/// reference can also be a model bundle: its answers on its validation rows
+/// (a sample every bundle carries; no texts or slice columns).
 /// Rows `tag` could not tag (`error` set) are left out and counted. Writes
 /// `drift.json` and a self-contained `drift.html` into --out and prints a
 /// one-line JSON summary; with --fail-on-drift, exits 3 when drift is found.
 #[derive(Parser)]
 pub struct Args {
-    /// Reference tagged file (what normal looks like).
+    /// Reference: a tagged file (what normal looks like), or a model
+    /// bundle, whose sample of answers on its validation rows is used.
     #[arg(long)]
     reference: PathBuf,
     /// Current tagged file (the traffic to judge).
@@ -77,7 +79,11 @@ pub fn run(a: Args) -> CmdResult {
             a.rate_change
         )));
     }
-    let (reference, ref_untagged) = load(&a.reference, &a)?;
+    let (reference, ref_untagged) = if a.reference.is_dir() {
+        (bundle_reference(&a.reference)?, 0)
+    } else {
+        load(&a.reference, &a)?
+    };
     let (current, cur_untagged) = load(&a.current, &a)?;
     let t = Thresholds {
         js: a.js,
@@ -131,6 +137,21 @@ pub fn run(a: Args) -> CmdResult {
         });
     }
     Ok(())
+}
+
+/// The answers on its validation rows a bundle carries (a sample of up to
+/// 2,000, without texts or slice columns).
+fn bundle_reference(dir: &Path) -> Result<Tagged, Failure> {
+    let path = dir.join(REFERENCE_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Failure::input(format!(
+            "--reference {}: no {REFERENCE_FILE} in this bundle ({e}); bundles trained before \
+             it was recorded have none: tag the model's validation split and pass that file",
+            dir.display()
+        ))
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::input(format!("{}: not a reference sample: {e}", path.display())))
 }
 
 /// A tagged file's columns for the comparison, and how many untagged rows
