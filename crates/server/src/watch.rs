@@ -70,10 +70,20 @@ impl DriftWatch {
             if w.recent.len() == self.capacity {
                 w.recent.pop_front();
             }
-            let mut d = a.decision.clone();
-            d.alternatives.clear();
-            d.actions.clear();
-            w.recent.push_back((d, chars));
+            // What `Tagged::push` reads, without the alternatives and
+            // actions a clone would copy only to drop.
+            let d = &a.decision;
+            let kept = Decision {
+                tag: d.tag.clone(),
+                depth: d.depth,
+                top_path: d.top_path.clone(),
+                confidence: d.confidence.clone(),
+                out_of_scope: d.out_of_scope,
+                oos_score: d.oos_score,
+                actions: Vec::new(),
+                alternatives: Vec::new(),
+            };
+            w.recent.push_back((kept, chars));
         }
     }
 
