@@ -251,6 +251,94 @@ fn bad_rows_are_kept_and_reported() {
 }
 
 #[test]
+fn top_k_and_actions_are_lists_where_the_format_has_lists() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\":\"a\",\"text\":\"my refund never arrived for order 12345678, please refund me\"}\n\
+         {\"id\":\"b\",\"text\":\"\"}\n\
+         {\"id\":\"c\",\"text\":\"the parcel is lost, tracking has not moved in 10 days\"}\n",
+    )
+    .unwrap();
+    // JSONL: actions a list of {id, mode}; per level, two {node, probability}.
+    let out = tmp.path().join("out.jsonl");
+    let o = tag(model, &input, &out, &["--top-k", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut saw_action = false;
+    for r in [&rows[0], &rows[2]] {
+        for a in r["actions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("actions not a list: {r}"))
+        {
+            assert!(a["id"].is_string(), "{r}");
+            assert!(
+                ["auto", "suggest"].contains(&a["mode"].as_str().unwrap()),
+                "{r}"
+            );
+            saw_action = true;
+        }
+        for (k, l) in ["l1", "l2", "l3"].iter().enumerate() {
+            let top = r[format!("top_{l}").as_str()].as_array().unwrap();
+            assert_eq!(top.len(), 2, "{r}");
+            let p = |i: usize| top[i]["probability"].as_f64().unwrap();
+            assert!(p(0) >= p(1) && p(0) <= 1.0 + 1e-6, "{r}");
+            // Where the guess's node is listed, its probability is the
+            // level's confidence (the same calibrated marginal).
+            let conf = r[format!("conf_{l}").as_str()].as_f64().unwrap();
+            for (i, a) in top.iter().enumerate() {
+                if a["node"] == r[format!("guess_{l}").as_str()] {
+                    assert!((p(i) - conf).abs() < 1e-5, "level {} {r}", k + 1);
+                }
+            }
+        }
+    }
+    assert!(saw_action, "no case got an action: {rows:?}");
+    // An untagged row has no lists.
+    assert!(rows[1]["actions"].is_null() && rows[1]["top_l1"].is_null());
+
+    // Parquet holds the same lists; CSV, which has none, joins them.
+    let pq = tmp.path().join("out.parquet");
+    assert!(tag(model, &input, &pq, &["--top-k", "2"]).status.success());
+    let df = casetag_data::read_table(&pq).unwrap();
+    for c in ["actions", "top_l1", "top_l3"] {
+        let dt = df.column(c).unwrap().dtype().to_string();
+        assert!(dt.starts_with("list[struct"), "{c}: {dt}");
+    }
+    let csv = tmp.path().join("out.csv");
+    assert!(tag(model, &input, &csv, &["--top-k", "2"]).status.success());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let first = rows[0]["top_l1"][0]["node"].as_str().unwrap();
+    assert!(text.contains(&format!("{first}:")), "{text}");
+    let acts: Vec<String> = rows[0]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}:{}",
+                a["id"].as_str().unwrap(),
+                a["mode"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(text.contains(&acts.join(";")), "{text}");
+    // Without --top-k there are no top columns.
+    let plain = tmp.path().join("plain.jsonl");
+    assert!(tag(model, &input, &plain, &[]).status.success());
+    assert!(!std::fs::read_to_string(&plain).unwrap().contains("top_l1"));
+    // More than 50 is refused with one line.
+    let o = tag(model, &input, &plain, &["--top-k", "51"]);
+    assert!(!o.status.success());
+}
+
+#[test]
 fn formats_round_trip() {
     let model = baseline();
     let tmp = tempfile::tempdir().unwrap();

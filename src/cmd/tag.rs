@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use casetag_batch::{load_tagger, tag_chunk, Counts, RowIssue, TaggedChunk, EMPTY_TEXT};
+use casetag_batch::{load_tagger, tag_chunk, Counts, RowIssue, Shape, TaggedChunk, EMPTY_TEXT};
 use casetag_data::{
     check_case_columns, chunk_texts, printable, Chunk, ChunkReader, ChunkWriter, Format, Position,
 };
@@ -89,6 +89,12 @@ pub struct Args {
     /// depend on the other rows of the chunk.
     #[arg(long)]
     batch_novelty: bool,
+    /// Also write, per level, the K most likely nodes of that level with
+    /// their probabilities (columns top_l1, top_l2, top_l3), for reviewers
+    /// and routing: lists of {node, probability} in Parquet and JSONL,
+    /// `node:0.9731;node:0.0142` in CSV. 0 (the default) writes none.
+    #[arg(long, default_value_t = 0, value_name = "K", value_parser = clap::value_parser!(u16).range(0..=50))]
+    top_k: u16,
 }
 
 /// What is committed with each chunk: the job it belongs to, where the
@@ -127,6 +133,7 @@ fn job_identity(
         "chunk_rows": a.chunk_rows,
         "text_column": a.text_column,
         "batch_novelty": a.batch_novelty,
+        "top_k": a.top_k,
     }))
 }
 
@@ -340,6 +347,8 @@ fn tag_file(
         empty,
     } = opened;
     let out_format = Format::from_path(output)?;
+    let shape = Shape::of_format(out_format);
+    let top_k = usize::from(a.top_k);
     let job = job_identity(a, input_path, tagger)?;
     // A turn-level table is joined now, so its progress counts cases.
     reader.join_pending()?;
@@ -443,8 +452,8 @@ fn tag_file(
         let mut writer = writer;
         for mut d in wrx {
             // An empty input's frame gets the columns of an empty chunk.
-            let tags = d.tags.unwrap_or_else(TaggedChunk::empty);
-            tags.attach(&mut d.df)?;
+            let tags = d.tags.unwrap_or_else(|| TaggedChunk::empty(top_k));
+            tags.attach(&mut d.df, shape)?;
             writer.write_part(&mut d.df)?;
             failpoint(writer.chunks() + 1, "part");
             writer.commit(&d.state)?;
@@ -462,24 +471,31 @@ fn tag_file(
             let Chunk { df, faults, end } = chunk?;
             let texts = chunk_texts(&df, text_column)?;
             let first_row = counts.rows + 1;
-            let tags = tag_chunk(tagger, texts, faults, &mut counts, |i, issue| match issue {
-                RowIssue::Damaged(f) => {
-                    warned.0 += 1;
-                    if warned.0 <= WARN_ROWS {
-                        progress::warn(&format!("{f}; kept untagged"));
+            let tags = tag_chunk(
+                tagger,
+                texts,
+                faults,
+                &mut counts,
+                top_k,
+                |i, issue| match issue {
+                    RowIssue::Damaged(f) => {
+                        warned.0 += 1;
+                        if warned.0 <= WARN_ROWS {
+                            progress::warn(&format!("{f}; kept untagged"));
+                        }
                     }
-                }
-                RowIssue::Empty => {
-                    warned.1 += 1;
-                    if warned.1 <= WARN_ROWS {
-                        progress::warn(&format!(
-                            "{}: row {}: {EMPTY_TEXT}; kept untagged",
-                            input.display(),
-                            first_row + i
-                        ));
+                    RowIssue::Empty => {
+                        warned.1 += 1;
+                        if warned.1 <= WARN_ROWS {
+                            progress::warn(&format!(
+                                "{}: row {}: {EMPTY_TEXT}; kept untagged",
+                                input.display(),
+                                first_row + i
+                            ));
+                        }
                     }
-                }
-            })?;
+                },
+            )?;
             let end_byte = end.byte;
             let state = serde_json::to_value(JobState {
                 job: job.clone(),

@@ -7,8 +7,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use casetag_core::{ActionMode, Transcript};
+use casetag_data::Format;
 use casetag_engine::{EngineError, Result, Tagged, Tagger};
-use polars::prelude::{Column, DataFrame};
+use polars::prelude::{
+    Column, DataFrame, IntoColumn, IntoSeries, LargeListArray, NamedFrom, PlSmallStr, Series,
+    StructChunked,
+};
+use polars_arrow::bitmap::Bitmap;
+use polars_arrow::offset::OffsetsBuffer;
 use serde::{Deserialize, Serialize};
 
 /// The `error` of a row with no text to tag.
@@ -79,7 +85,33 @@ pub enum RowIssue<'a> {
 pub struct TaggedChunk {
     errors: Vec<Option<String>>,
     tagged: Vec<Tagged>,
+    /// Per-level alternatives asked for (`top_l1..top_l3` columns when > 0).
+    top_k: usize,
 }
+
+/// How the list-valued outputs (`actions`, `top_l1..top_l3`) are written:
+/// as Arrow lists of structs (Parquet, JSONL and the Python package's Arrow
+/// batches), or as one text cell (CSV, which has no lists):
+/// `refund:auto;photo:suggest`, `returns:0.9731;logistics:0.0142`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Nested,
+    Flat,
+}
+
+impl Shape {
+    /// The shape an output format holds.
+    pub fn of_format(f: Format) -> Self {
+        match f {
+            Format::Csv => Self::Flat,
+            Format::Parquet | Format::Jsonl => Self::Nested,
+        }
+    }
+}
+
+/// The per-level alternative columns `tag --top-k` adds after
+/// [`OUTPUT_COLUMNS`].
+pub const TOP_COLUMNS: [&str; 3] = ["top_l1", "top_l2", "top_l3"];
 
 /// Tag one chunk. `texts[i]` is row i's text (`None` when empty or
 /// missing, as [`casetag_data::chunk_texts`] gives them) and `faults[i]`
@@ -90,6 +122,7 @@ pub fn tag_chunk(
     texts: Vec<Option<String>>,
     faults: Vec<Option<String>>,
     counts: &mut Counts,
+    top_k: usize,
     mut on_issue: impl FnMut(usize, RowIssue),
 ) -> Result<TaggedChunk> {
     if texts.len() != faults.len() {
@@ -119,7 +152,7 @@ pub fn tag_chunk(
             }
         }
     }
-    let tagged = tagger.tag(&cases, 0)?;
+    let tagged = tagger.tag(&cases, top_k)?;
     let primary_id = tagger.primary.as_ref().map(|p| p.id());
     for t in &tagged {
         *counts.by_model.entry(t.served_by.clone()).or_default() += 1;
@@ -128,7 +161,11 @@ pub fn tag_chunk(
         }
     }
     counts.rows += errors.len();
-    Ok(TaggedChunk { errors, tagged })
+    Ok(TaggedChunk {
+        errors,
+        tagged,
+        top_k,
+    })
 }
 
 /// The names of the output columns, in order, before renaming.
@@ -162,29 +199,93 @@ pub fn output_name(input_columns: &[&str], name: &str) -> String {
     }
 }
 
-/// A decision's actions as `id:auto;id:suggest`.
-fn actions_text(t: &Tagged) -> String {
-    let mut acts = String::new();
-    for a in &t.decision.actions {
-        if !acts.is_empty() {
-            acts.push(';');
-        }
-        acts.push_str(&a.id);
-        acts.push_str(if a.mode == ActionMode::Auto {
-            ":auto"
-        } else {
-            ":suggest"
-        });
+fn mode_name(m: ActionMode) -> &'static str {
+    if m == ActionMode::Auto {
+        "auto"
+    } else {
+        "suggest"
     }
-    acts
+}
+
+/// A list-valued output: per row (`None` for an untagged row) its items,
+/// each a (name, value) pair. `Flat` joins them as `name:value;...`;
+/// `Nested` makes a list of structs `{key_name, value_name}`.
+struct ListOutput<V> {
+    rows: Vec<Option<Vec<(String, V)>>>,
+}
+
+impl<V: Copy> ListOutput<V> {
+    fn column(
+        self,
+        name: PlSmallStr,
+        shape: Shape,
+        key_name: &str,
+        value_name: &str,
+        text: impl Fn(V) -> String,
+        series: impl Fn(&str, Vec<V>) -> Series,
+    ) -> Result<Column> {
+        if shape == Shape::Flat {
+            let cells: Vec<Option<String>> = self
+                .rows
+                .iter()
+                .map(|r| {
+                    r.as_ref().map(|items| {
+                        let parts: Vec<String> = items
+                            .iter()
+                            .map(|(k, v)| format!("{k}:{}", text(*v)))
+                            .collect();
+                        parts.join(";")
+                    })
+                })
+                .collect();
+            return Ok(Column::new(name, cells));
+        }
+        // One flat struct array of every row's items, cut into rows by offsets.
+        let mut offsets = Vec::with_capacity(self.rows.len() + 1);
+        offsets.push(0i64);
+        let mut validity = Vec::with_capacity(self.rows.len());
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for r in &self.rows {
+            validity.push(r.is_some());
+            for (k, v) in r.iter().flatten() {
+                keys.push(k.as_str());
+                values.push(*v);
+            }
+            offsets.push(keys.len() as i64);
+        }
+        let n = keys.len();
+        let fields = [
+            Series::new(key_name.into(), keys),
+            series(value_name, values),
+        ];
+        let label = name.to_string();
+        let fail = |e: polars::prelude::PolarsError| {
+            EngineError::Internal(format!("output column '{label}': {e}"))
+        };
+        let items = StructChunked::from_series(name.clone(), n, fields.iter())
+            .map_err(fail)?
+            .into_series()
+            .rechunk()
+            .to_arrow(0, polars::prelude::CompatLevel::newest());
+        let list = LargeListArray::new(
+            LargeListArray::default_datatype(items.dtype().clone()),
+            OffsetsBuffer::try_from(offsets).map_err(fail)?,
+            items,
+            Some(Bitmap::from(validity)),
+        );
+        Series::from_arrow(name, Box::new(list))
+            .map(IntoColumn::into_column)
+            .map_err(fail)
+    }
 }
 
 impl TaggedChunk {
-    /// A chunk of no rows.
-    pub fn empty() -> Self {
+    /// A chunk of no rows (with the columns of `top_k`).
+    pub fn empty(top_k: usize) -> Self {
         Self {
             errors: Vec::new(),
             tagged: Vec::new(),
+            top_k,
         }
     }
 
@@ -206,9 +307,10 @@ impl TaggedChunk {
         })
     }
 
-    /// The output columns ([`OUTPUT_COLUMNS`], named by [`output_name`]
+    /// The output columns ([`OUTPUT_COLUMNS`], then [`TOP_COLUMNS`] when
+    /// per-level alternatives were asked for; named by [`output_name`]
     /// beside `input_columns`), one value per row of the chunk.
-    pub fn columns(&self, input_columns: &[&str]) -> Vec<Column> {
+    pub fn columns(&self, input_columns: &[&str], shape: Shape) -> Result<Vec<Column>> {
         let n = self.len();
         let mut l: [Vec<Option<&str>>; 3] = std::array::from_fn(|_| Vec::with_capacity(n));
         let mut conf: [Vec<Option<f32>>; 3] = std::array::from_fn(|_| Vec::with_capacity(n));
@@ -216,7 +318,12 @@ impl TaggedChunk {
         let mut depth = Vec::with_capacity(n);
         let mut oos = Vec::with_capacity(n);
         let mut oos_score = Vec::with_capacity(n);
-        let mut actions = Vec::with_capacity(n);
+        let mut actions = ListOutput {
+            rows: Vec::with_capacity(n),
+        };
+        let mut top: [ListOutput<f32>; 3] = std::array::from_fn(|_| ListOutput {
+            rows: Vec::with_capacity(if self.top_k > 0 { n } else { 0 }),
+        });
         let mut served_by = Vec::with_capacity(n);
         let mut model_id = Vec::with_capacity(n);
         for t in self.rows() {
@@ -229,7 +336,24 @@ impl TaggedChunk {
             depth.push(d.map(|d| d.depth as u32));
             oos.push(d.map(|d| d.out_of_scope));
             oos_score.push(d.map(|d| d.oos_score));
-            actions.push(t.map(actions_text));
+            actions.rows.push(d.map(|d| {
+                d.actions
+                    .iter()
+                    .map(|a| (a.id.clone(), mode_name(a.mode)))
+                    .collect()
+            }));
+            if self.top_k > 0 {
+                for (k, col) in top.iter_mut().enumerate() {
+                    col.rows.push(d.map(|d| {
+                        d.level_alternatives
+                            .get(k)
+                            .into_iter()
+                            .flatten()
+                            .map(|a| (a.node.clone(), a.probability))
+                            .collect()
+                    }));
+                }
+            }
             served_by.push(t.map(|t| t.served_by.as_str()));
             model_id.push(t.map(|t| t.model_id.as_str()));
         }
@@ -238,7 +362,15 @@ impl TaggedChunk {
         let [c1, c2, c3] = conf;
         let [g1, g2, g3] = guess;
         let name = |i: usize| output_name(input_columns, OUTPUT_COLUMNS[i]).into();
-        vec![
+        let actions = actions.column(
+            name(12),
+            shape,
+            "id",
+            "mode",
+            |m: &str| m.to_string(),
+            |n, v| Series::new(n.into(), v),
+        )?;
+        let mut columns = vec![
             Column::new(name(0), l1),
             Column::new(name(1), l2),
             Column::new(name(2), l3),
@@ -251,22 +383,35 @@ impl TaggedChunk {
             Column::new(name(9), g3),
             Column::new(name(10), oos),
             Column::new(name(11), oos_score),
-            Column::new(name(12), actions),
+            actions,
             Column::new(name(13), served_by),
             Column::new(name(14), model_id),
             Column::new(name(15), error),
-        ]
+        ];
+        if self.top_k > 0 {
+            for (col, top_name) in top.into_iter().zip(TOP_COLUMNS) {
+                columns.push(col.column(
+                    output_name(input_columns, top_name).into(),
+                    shape,
+                    "node",
+                    "probability",
+                    |p| format!("{p:.4}"),
+                    |n, v| Series::new(n.into(), v),
+                )?);
+            }
+        }
+        Ok(columns)
     }
 
     /// Append the output columns to the chunk's own rows.
-    pub fn attach(&self, df: &mut DataFrame) -> Result<()> {
+    pub fn attach(&self, df: &mut DataFrame, shape: Shape) -> Result<()> {
         let names: Vec<String> = df
             .get_column_names()
             .iter()
             .map(|n| n.to_string())
             .collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        for c in self.columns(&names) {
+        for c in self.columns(&names, shape)? {
             df.with_column(c)
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
         }

@@ -68,6 +68,14 @@ pub struct Alternative {
     pub probability: f32,
 }
 
+/// A node of one level with its probability (its marginal: the mass of
+/// every path through it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelAlternative {
+    pub node: String,
+    pub probability: f32,
+}
+
 /// The answer for one case.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -87,6 +95,11 @@ pub struct Decision {
     pub oos_score: f32,
     pub actions: Vec<ActionOut>,
     pub alternatives: Vec<Alternative>,
+    /// Per level (index 0 = L1), the `top_k` most likely nodes of that
+    /// level by marginal probability, most likely first; empty for
+    /// `top_k` 0.
+    #[serde(default)]
+    pub level_alternatives: Vec<Vec<LevelAlternative>>,
 }
 
 impl Decision {
@@ -114,6 +127,11 @@ pub struct Decider {
     pub taxonomy: Taxonomy,
     pub label_space: LabelSpace,
     pub temperature: f32,
+    /// Per level (index 0 = L1), the temperature of the reported
+    /// confidences and per-level alternatives, fitted on that level's
+    /// marginals ([`crate::calibrate::fit_level_temperatures`]); the path
+    /// itself is decoded at `temperature`. Empty: `temperature` for all.
+    pub level_temperatures: Vec<f32>,
     pub thresholds: Thresholds,
     /// Score rows carry one extra value after the logits: the learned
     /// out-of-scope detector's logit (see [`crate::oos_meta`]).
@@ -144,6 +162,7 @@ impl Decider {
             taxonomy,
             label_space,
             temperature,
+            level_temperatures: Vec::new(),
             thresholds,
             detector: false,
             lineage,
@@ -165,6 +184,35 @@ impl Decider {
     /// Calibrated probabilities over the label space.
     pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
         softmax(logits, self.temperature)
+    }
+
+    /// The in-scope probabilities of the leaf paths at temperature `t`
+    /// (conditional on the case being in scope when the model has an
+    /// out-of-scope class) and the out-of-scope class's probability.
+    pub fn in_scope_probabilities(&self, logits: &[f32], t: f32) -> (Vec<f32>, f32) {
+        let probs = softmax(logits, t);
+        let n_paths = self.label_space.n_paths;
+        let p_oos = if self.label_space.oos_class {
+            probs[n_paths]
+        } else {
+            0.0
+        };
+        // Level confidences are conditional on the case being in scope, so a
+        // model with an OOS class does not lose confidence twice.
+        let scale = if p_oos < 1.0 {
+            1.0 / (1.0 - p_oos)
+        } else {
+            1.0
+        };
+        (probs[..n_paths].iter().map(|p| p * scale).collect(), p_oos)
+    }
+
+    /// The temperature of level `k`'s (0-based) reported confidences.
+    pub fn level_temperature(&self, k: usize) -> f32 {
+        self.level_temperatures
+            .get(k)
+            .copied()
+            .unwrap_or(self.temperature)
     }
 
     /// Marginal probability of every node.
@@ -218,26 +266,24 @@ impl Decider {
     /// the model has one) into a decision.
     pub fn decide(&self, scores: &[f32], top_k: usize) -> Decision {
         let (logits, det) = self.split_scores(scores);
-        let probs = self.probabilities(logits);
-        let n_paths = self.label_space.n_paths;
-        let p_oos = if self.label_space.oos_class {
-            probs[n_paths]
-        } else {
-            0.0
-        };
-        // Level confidences are conditional on the case being in scope, so a
-        // model with an OOS class does not lose confidence twice.
-        let scale = if p_oos < 1.0 {
-            1.0 / (1.0 - p_oos)
-        } else {
-            1.0
-        };
-        let in_scope: Vec<f32> = probs[..n_paths].iter().map(|p| p * scale).collect();
+        let (in_scope, p_oos) = self.in_scope_probabilities(logits, self.temperature);
         let marg = self.node_marginals(&in_scope);
         let (chain, stats) = self.decode(&marg);
         let leaf = *chain.last().expect("taxonomy has nodes");
         let top_path = self.taxonomy.path_of_node(leaf);
-        let confidence: Vec<f32> = stats.iter().map(|s| s.0).collect();
+        // Each level reports its own calibrated marginals.
+        let level_marg: Vec<std::borrow::Cow<[f32]>> = (0..chain.len())
+            .map(|k| {
+                let t = self.level_temperature(k);
+                if t == self.temperature {
+                    std::borrow::Cow::Borrowed(marg.as_slice())
+                } else {
+                    let (p, _) = self.in_scope_probabilities(logits, t);
+                    std::borrow::Cow::Owned(self.node_marginals(&p))
+                }
+            })
+            .collect();
+        let confidence: Vec<f32> = chain.iter().zip(&level_marg).map(|(&n, m)| m[n]).collect();
         let l1 = confidence[0];
 
         let (out_of_scope, oos_score) = if self.label_space.oos_class {
@@ -252,7 +298,9 @@ impl Decider {
         // Back-off: the deepest level such that it and all above are confident.
         let mut depth = 0;
         if !out_of_scope {
-            for (k, (&node, &(conf, margin))) in chain.iter().zip(&stats).enumerate() {
+            for (k, ((&node, &(_, margin)), &conf)) in
+                chain.iter().zip(&stats).zip(&confidence).enumerate()
+            {
                 if conf < self.threshold_for(k, node) || margin < self.thresholds.min_margin {
                     break;
                 }
@@ -269,6 +317,7 @@ impl Decider {
         };
 
         let alternatives = self.top_k(&in_scope, top_k);
+        let level_alternatives = self.top_k_per_level(&level_marg, top_k);
         Decision {
             tag,
             depth,
@@ -278,6 +327,7 @@ impl Decider {
             oos_score,
             actions,
             alternatives,
+            level_alternatives,
         }
     }
 
@@ -311,6 +361,33 @@ impl Decider {
             .map(|c| Alternative {
                 tag: self.taxonomy.path_of(c),
                 probability: in_scope[c],
+            })
+            .collect()
+    }
+
+    /// Per level, the `k` nodes of that level with the largest marginals
+    /// (`level_marg[level - 1]`; the deepest given serves deeper levels).
+    pub fn top_k_per_level<M: AsRef<[f32]>>(
+        &self,
+        level_marg: &[M],
+        k: usize,
+    ) -> Vec<Vec<LevelAlternative>> {
+        if k == 0 || level_marg.is_empty() {
+            return Vec::new();
+        }
+        (1..=self.taxonomy.depth())
+            .map(|level| {
+                let marg = level_marg[(level - 1).min(level_marg.len() - 1)].as_ref();
+                let mut nodes = self.taxonomy.level_nodes(level).to_vec();
+                nodes.sort_by(|&a, &b| marg[b].total_cmp(&marg[a]).then(a.cmp(&b)));
+                nodes.truncate(k);
+                nodes
+                    .into_iter()
+                    .map(|n| LevelAlternative {
+                        node: self.taxonomy.node(n).id.clone(),
+                        probability: marg[n],
+                    })
+                    .collect()
             })
             .collect()
     }
@@ -520,5 +597,41 @@ nodes:
         }
         let s: f32 = r.alternatives.iter().map(|a| a.probability).sum();
         assert!((s - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn per_level_alternatives_rank_each_levels_marginals() {
+        let d = decider(false, th(0.5, 0.0));
+        // returns 0.6 (refund 0.5: missing 0.1, wrong 0.4; return_other
+        // 0.1), flat 0.4.
+        let r = d.decide(&logits(&[0.1, 0.4, 0.1, 0.4]), 2);
+        let names = |k: usize| -> Vec<(&str, f32)> {
+            r.level_alternatives[k]
+                .iter()
+                .map(|a| (a.node.as_str(), a.probability))
+                .collect()
+        };
+        assert_eq!(r.level_alternatives.len(), 3);
+        let l1 = names(0);
+        assert_eq!((l1[0].0, l1[1].0), ("returns", "flat"));
+        assert!((l1[0].1 - 0.6).abs() < 1e-5 && (l1[1].1 - 0.4).abs() < 1e-5);
+        let l2 = names(1);
+        assert_eq!((l2[0].0, l2[1].0), ("refund", "return_other"));
+        assert!((l2[0].1 - 0.5).abs() < 1e-5);
+        let l3 = names(2);
+        assert_eq!(l3.len(), 2);
+        assert_eq!(l3[0].0, "refund_wrong");
+        assert!((l3[0].1 - 0.4).abs() < 1e-5);
+        // k larger than a level keeps the level's nodes; 0 gives none.
+        assert_eq!(
+            d.decide(&logits(&[0.1, 0.4, 0.1, 0.4]), 9)
+                .level_alternatives[1]
+                .len(),
+            2
+        );
+        assert!(d
+            .decide(&logits(&[0.1, 0.4, 0.1, 0.4]), 0)
+            .level_alternatives
+            .is_empty());
     }
 }

@@ -11,7 +11,7 @@
 use std::ffi::CString;
 use std::path::PathBuf;
 
-use casetag_batch::{load_tagger, tag_chunk, Counts};
+use casetag_batch::{load_tagger, tag_chunk, Counts, Shape};
 use casetag_engine::Tagger;
 use polars::prelude::{Column, CompatLevel, PlSmallStr, Series};
 use polars_arrow::ffi::{self, ArrowArray, ArrowSchema};
@@ -188,9 +188,9 @@ impl Model {
     /// Tag `text`, the Arrow array of column `text_column` of a batch whose
     /// columns are named `input_names` (`None` when it has no such column);
     /// `id_column`, when given, must be among them. Returns the output
-    /// columns. Rows without text keep their place with `error` set; only a
+    /// columns (with `top_l1..top_l3` for `top_k` > 0). Rows without text keep their place with `error` set; only a
     /// missing column or a column that is not text raises.
-    #[pyo3(signature = (text_column, text, input_names, id_column=None))]
+    #[pyo3(signature = (text_column, text, input_names, id_column=None, top_k=0))]
     fn tag_arrow_column(
         &self,
         py: Python<'_>,
@@ -198,7 +198,13 @@ impl Model {
         text: Option<Bound<'_, PyAny>>,
         input_names: Vec<String>,
         id_column: Option<&str>,
+        top_k: usize,
     ) -> PyResult<Vec<ArrowColumn>> {
+        if top_k > 50 {
+            return Err(PyValueError::new_err(format!(
+                "top_k: {top_k} is more than 50"
+            )));
+        }
         let names: Vec<&str> = input_names.iter().map(String::as_str).collect();
         for c in std::iter::once(text_column).chain(id_column) {
             if !names.contains(&c) {
@@ -221,9 +227,9 @@ impl Model {
             let texts = casetag_data::column_texts(&col).map_err(data_err)?;
             let faults = vec![None; texts.len()];
             let mut counts = Counts::default();
-            let tags = tag_chunk(&self.tagger, texts, faults, &mut counts, |_, _| {})
+            let tags = tag_chunk(&self.tagger, texts, faults, &mut counts, top_k, |_, _| {})
                 .map_err(engine_err)?;
-            Ok::<_, PyErr>(tags.columns(&names))
+            tags.columns(&names, Shape::Nested).map_err(engine_err)
         })?;
         Ok(columns.into_iter().map(export_column).collect())
     }

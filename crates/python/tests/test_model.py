@@ -13,8 +13,8 @@ import casetag
 from conftest import run_cli
 
 
-def cli_tag(casetag_bin, model, src, out):
-    r = run_cli(casetag_bin, "tag", "--model", model, "--input", src, "--output", out)
+def cli_tag(casetag_bin, model, src, out, *extra):
+    r = run_cli(casetag_bin, "tag", "--model", model, "--input", src, "--output", out, *extra)
     assert r.returncode == 0, r.stderr
     return pq.read_table(out)
 
@@ -38,6 +38,26 @@ def test_outputs_equal_the_clis_on_the_bundled_test_split(casetag_bin, baseline,
     for name in ours.schema.names[:n_in]:
         mine = [v if v != "" else None for v in ours.column(name).to_pylist()]
         assert mine == cli.column(name).to_pylist(), name
+
+
+def test_top_k_and_list_actions_equal_the_clis(casetag_bin, baseline, data_dir, tmp_path):
+    batch = pacsv.read_csv(data_dir / "test.csv").slice(0, 200)
+    src = tmp_path / "in.parquet"
+    pq.write_table(batch, src)
+    cli = cli_tag(casetag_bin, baseline, src, tmp_path / "cli.parquet", "--top-k", "3")
+    ours = casetag.Model(baseline).tag_arrow(batch, top_k=3)
+    assert ours.schema.names == cli.schema.names
+    assert ours.schema.names[-3:] == ["top_l1", "top_l2", "top_l3"]
+    for name in ["actions", "top_l1", "top_l2", "top_l3"]:
+        assert ours.schema.field(name).type == cli.schema.field(name).type, name
+        assert ours.column(name).to_pylist() == cli.column(name).to_pylist(), name
+    row = ours.slice(0, 1).to_pylist()[0]
+    assert [a["node"] for a in row["top_l1"]][0] == row["guess_l1"]
+    assert all(set(a) == {"id", "mode"} for a in row["actions"])
+    one = casetag.Model(baseline).tag(["my parcel never arrived"], top_k=2)[0]
+    assert len(one["top_l2"]) == 2
+    with pytest.raises(ValueError, match="top_k"):
+        casetag.Model(baseline).tag_arrow(batch, top_k=51)
 
 
 def test_input_columns_are_not_copied(baseline):

@@ -476,6 +476,9 @@ fn answer(tagger: &Arc<Tagger>, job: Job, r: Result<Vec<Tagged>, ApiError>, metr
     let r = r.map(|mut tagged| {
         for t in &mut tagged {
             t.decision.alternatives.truncate(top_k);
+            for level in &mut t.decision.level_alternatives {
+                level.truncate(top_k);
+            }
         }
         if let Some(first) = tagged.first() {
             match &tagger.primary {

@@ -2,7 +2,7 @@
 //! names the field at fault) and shaping responses.
 
 use casetag_core::{TagPath, Transcript};
-use casetag_engine::decide::{ActionOut, Alternative};
+use casetag_engine::decide::{ActionOut, Alternative, LevelAlternative};
 use casetag_engine::Tagged;
 use serde::Serialize;
 use serde_json::Value;
@@ -119,6 +119,16 @@ pub struct LevelConfidence {
     pub l3: Option<f32>,
 }
 
+/// Per-level alternatives; a level the taxonomy lacks is left out.
+#[derive(Debug, Serialize)]
+pub struct LevelAlternatives {
+    pub l1: Vec<LevelAlternative>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2: Option<Vec<LevelAlternative>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l3: Option<Vec<LevelAlternative>>,
+}
+
 /// One result of `POST /v1/tag`.
 #[derive(Debug, Serialize)]
 pub struct TagResult {
@@ -135,6 +145,9 @@ pub struct TagResult {
     pub oos_score: f32,
     pub actions: Vec<ActionOut>,
     pub alternatives: Vec<Alternative>,
+    /// Per level, the `top_k` most likely nodes of that level (marginal
+    /// probabilities), most likely first.
+    pub level_alternatives: LevelAlternatives,
     /// `transformer` or `baseline`.
     pub served_by: String,
     pub model_id: String,
@@ -152,6 +165,7 @@ pub struct TagResponse {
 pub fn to_result(id: Option<String>, t: Tagged) -> TagResult {
     let d = t.decision;
     let c = &d.confidence;
+    let mut levels = d.level_alternatives.into_iter();
     TagResult {
         id,
         tag: d.tag,
@@ -166,6 +180,11 @@ pub fn to_result(id: Option<String>, t: Tagged) -> TagResult {
         oos_score: d.oos_score,
         actions: d.actions,
         alternatives: d.alternatives,
+        level_alternatives: LevelAlternatives {
+            l1: levels.next().unwrap_or_default(),
+            l2: levels.next(),
+            l3: levels.next(),
+        },
         served_by: t.served_by,
         model_id: t.model_id,
         truncated: t.truncated,

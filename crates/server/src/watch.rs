@@ -82,6 +82,7 @@ impl DriftWatch {
                 oos_score: d.oos_score,
                 actions: Vec::new(),
                 alternatives: Vec::new(),
+                level_alternatives: Vec::new(),
             };
             w.recent.push_back((kept, chars));
         }

@@ -74,6 +74,23 @@ async fn tag_returns_the_contract_fields() {
         assert!(
             alts[0]["probability"].as_f64().unwrap() >= alts[1]["probability"].as_f64().unwrap()
         );
+        // Per level, top_k nodes by marginal, most likely first; where the
+        // guess's node is listed, its probability is the level's confidence.
+        let levels = r["level_alternatives"].as_object().unwrap();
+        let top1 = levels["l1"].as_array().unwrap();
+        assert_eq!(top1.len(), 2, "top_k = 2 per level");
+        let p = |a: &Value| a["probability"].as_f64().unwrap();
+        assert!(p(&top1[0]) >= p(&top1[1]));
+        for a in top1 {
+            if a["node"] == guess["l1"] {
+                assert!((p(a) - l1).abs() < 1e-5, "{r}");
+            }
+        }
+        for k in ["l2", "l3"] {
+            if let Some(v) = levels.get(k) {
+                assert!(!v.as_array().unwrap().is_empty() && v.as_array().unwrap().len() <= 2);
+            }
+        }
         assert_eq!(r["served_by"], "baseline");
         assert_eq!(r["model_id"], "tagger-v1");
         assert_eq!(r["truncated"], false);

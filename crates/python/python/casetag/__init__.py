@@ -91,17 +91,23 @@ class Model:
         """The taxonomy (L1/L2/L3 nodes and their actions) the model tags with."""
         return json.loads(self._inner.taxonomy_json())
 
-    def tag_arrow(self, batch: ArrowLike, text_column: str = "text", id_column: Optional[str] = None) -> pa.RecordBatch:
+    def tag_arrow(
+        self, batch: ArrowLike, text_column: str = "text", id_column: Optional[str] = None, top_k: int = 0
+    ) -> pa.RecordBatch:
         """Tag every row of an Arrow batch.
 
         Returns a RecordBatch with the input's columns, untouched, followed
-        by the columns ``casetag tag`` writes (:data:`OUTPUT_COLUMNS`).
+        by the columns ``casetag tag`` writes to Parquet (:data:`OUTPUT_COLUMNS`;
+        ``actions`` is a list of ``{id, mode}``).
 
         Args:
             batch: a ``pyarrow.RecordBatch`` or ``Table``, or any object with
                 the Arrow PyCapsule interface.
             text_column: the column holding each case's text.
             id_column: a column that must be present (checked, kept as is).
+            top_k: also return ``top_l1..top_l3``, per level the ``top_k``
+                most likely nodes as lists of ``{node, probability}``, as
+                ``casetag tag --top-k`` does (0 to 50).
 
         Raises:
             ValueError: a named column is missing, or the text column cannot
@@ -111,11 +117,11 @@ class Model:
         names = list(rb.schema.names)
         # A missing column is named by the native side, in the CLI's words.
         text = rb.column(names.index(text_column)) if text_column in names else None
-        out = self._inner.tag_arrow_column(text_column, text, names, id_column)
+        out = self._inner.tag_arrow_column(text_column, text, names, id_column, top_k)
         arrays = list(rb.columns) + [pa.array(c) for c in out]
         return pa.RecordBatch.from_arrays(arrays, names=names + [c.name for c in out])
 
-    def tag(self, texts: Sequence[Optional[str]]) -> List[Dict[str, Any]]:
+    def tag(self, texts: Sequence[Optional[str]], top_k: int = 0) -> List[Dict[str, Any]]:
         """Tag a list of texts; one dict of the output columns per text."""
         rb = pa.record_batch({"text": pa.array(list(texts), pa.large_string())})
-        return self.tag_arrow(rb).drop_columns(["text"]).to_pylist()
+        return self.tag_arrow(rb, top_k=top_k).drop_columns(["text"]).to_pylist()

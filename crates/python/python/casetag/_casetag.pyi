@@ -18,5 +18,10 @@ class Model:
     def primary_loaded(self) -> bool: ...
     def taxonomy_json(self) -> str: ...
     def tag_arrow_column(
-        self, text_column: str, text: Optional[Any], input_names: List[str], id_column: Optional[str] = None
+        self,
+        text_column: str,
+        text: Optional[Any],
+        input_names: List[str],
+        id_column: Optional[str] = None,
+        top_k: int = 0,
     ) -> List[ArrowColumn]: ...

@@ -52,13 +52,25 @@ class CasetagTagger:
         os._exit(17)
 
 
+def _viewless(t: pa.DataType) -> pa.DataType:
+    """``t`` with every ``string_view`` in it, nested ones too, as ``string``."""
+    if pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_large_list(t):
+        return pa.large_list(pa.field(t.value_field.name, _viewless(t.value_type), t.value_field.nullable))
+    if pa.types.is_list(t):
+        return pa.list_(pa.field(t.value_field.name, _viewless(t.value_type), t.value_field.nullable))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _viewless(f.type), f.nullable) for f in t])
+    return t
+
+
 def _without_views(rb: pa.RecordBatch) -> pa.RecordBatch:
     """Ray's object store serializer does not take Arrow ``string_view``
-    (the type of casetag's text columns): cast those to ``string``."""
-    if not any(pa.types.is_string_view(t) for t in rb.schema.types):
-        return rb
-    fields = [pa.field(f.name, pa.string()) if pa.types.is_string_view(f.type) else f for f in rb.schema]
-    return rb.cast(pa.schema(fields))
+    (the type of casetag's text columns, also inside ``actions``): cast
+    those to ``string``."""
+    schema = pa.schema([pa.field(f.name, _viewless(f.type), f.nullable) for f in rb.schema])
+    return rb if schema == rb.schema else rb.cast(schema)
 
 
 def default_actor_cpus(concurrency: int) -> float:
