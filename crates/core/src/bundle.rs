@@ -43,6 +43,10 @@ pub struct Calibration {
     pub ece_before: Option<f64>,
     #[serde(default)]
     pub ece_after: Option<f64>,
+    /// Per level (L1 first), the temperature of the confidences reported
+    /// for that level; empty (bundles from before) means `temperature`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub level_temperatures: Vec<f32>,
 }
 
 impl Default for Calibration {
@@ -51,6 +55,7 @@ impl Default for Calibration {
             temperature: 1.0,
             ece_before: None,
             ece_after: None,
+            level_temperatures: Vec::new(),
         }
     }
 }

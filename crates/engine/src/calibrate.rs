@@ -106,7 +106,13 @@ pub fn fit_temperature(logits: &[Vec<f32>], targets: &[usize]) -> f32 {
     if logits.is_empty() {
         return 1.0;
     }
-    let f = |lt: f64| nll(logits, targets, lt.exp() as f32);
+    minimise_temperature(|t| nll(logits, targets, t))
+}
+
+/// The temperature in [0.05, 20] minimising `f`, by golden-section search
+/// over log-temperature.
+fn minimise_temperature(f: impl Fn(f32) -> f64) -> f32 {
+    let f = |lt: f64| f(lt.exp() as f32);
     let (mut a, mut b) = ((0.05f64).ln(), (20.0f64).ln());
     let g = (5f64.sqrt() - 1.0) / 2.0;
     let mut c = b - g * (b - a);
@@ -128,6 +134,49 @@ pub fn fit_temperature(logits: &[Vec<f32>], targets: &[usize]) -> f32 {
         }
     }
     (((a + b) / 2.0).exp()) as f32
+}
+
+/// Per level, the temperature whose marginals fit that level best: the
+/// one minimising the validation NLL of each in-scope row's true node at
+/// that level (its marginal: the mass of every path through it). A single
+/// temperature fits the full paths; the coarser levels' marginals sum many
+/// paths and are over- or under-confident at it. The path is still decoded
+/// at the decider's own temperature; these only set the confidences it
+/// reports per level. A level with fewer than `MIN_LEVEL_ROWS` rows keeps
+/// the decider's temperature.
+pub fn fit_level_temperatures(
+    decider: &Decider,
+    logits: &[Vec<f32>],
+    truth: &[Option<TagPath>],
+) -> Vec<f32> {
+    const MIN_LEVEL_ROWS: usize = 30;
+    let tax = &decider.taxonomy;
+    (1..=tax.depth())
+        .map(|level| {
+            let rows: Vec<(&[f32], usize)> = logits
+                .iter()
+                .zip(truth)
+                .filter_map(|(l, t)| {
+                    let node = tax.find(t.as_ref()?.level(level)?)?;
+                    Some((decider.split_scores(l).0, node))
+                })
+                .collect();
+            if rows.len() < MIN_LEVEL_ROWS {
+                return decider.temperature;
+            }
+            minimise_temperature(|t| {
+                let s: f64 = rows
+                    .iter()
+                    .map(|(l, node)| {
+                        let (p, _) = decider.in_scope_probabilities(l, t);
+                        let m: f32 = decider.classes_under(*node).iter().map(|&c| p[c]).sum();
+                        -f64::from(m.max(1e-12)).ln()
+                    })
+                    .sum();
+                s / rows.len() as f64
+            })
+        })
+        .collect()
 }
 
 /// Smallest confidence `t` such that answers with confidence >= t reach the
@@ -178,6 +227,7 @@ pub fn fit_thresholds(
         },
     );
     raw.detector = decider.detector;
+    raw.level_temperatures = decider.level_temperatures.clone();
     let mut per_level: Vec<(Vec<f32>, Vec<bool>)> = vec![(Vec::new(), Vec::new()); depth];
     let mut per_node: BTreeMap<String, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
     let mut l1_correct_conf: Vec<f32> = Vec::new();
@@ -285,6 +335,49 @@ mod tests {
         let t = fit_temperature(&logits, &targets);
         assert!((t - 3.0).abs() < 0.2, "{t}");
         assert!(ece_at(&logits, &targets, t) < ece_at(&logits, &targets, 1.0));
+    }
+
+    #[test]
+    fn each_level_gets_the_temperature_its_marginals_need() {
+        use casetag_core::{LabelSpace, Taxonomy};
+        let tax = Taxonomy::from_yaml_str(
+            "nodes: [{id: a, children: [{id: a1}, {id: a2}, {id: a3}, {id: a4}]},\n\
+             {id: b, children: [{id: b1}, {id: b2}, {id: b3}, {id: b4}]}]",
+        )
+        .unwrap();
+        let ls = LabelSpace {
+            n_paths: 8,
+            oos_class: false,
+        };
+        // The leaf a1 is right 51% of the time (its probability at T = 1 is
+        // 0.513), but the L1 node a 95% of the time: the wrong leaves are
+        // a1's siblings. At T = 1 the L1 marginal says 0.72, far too low.
+        let (mut logits, mut truth, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..400 {
+            logits.push(vec![2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+            let (l1, leaf, c) = match i % 100 {
+                0..=50 => ("a", "a1", 0),
+                51..=94 => ("a", ["a2", "a3", "a4"][i % 3], 1 + i % 3),
+                _ => ("b", "b1", 4),
+            };
+            truth.push(Some(TagPath::new(l1, Some(leaf), None)));
+            targets.push(c);
+        }
+        let t = fit_temperature(&logits, &targets);
+        assert!((t - 1.0).abs() < 0.1, "{t}");
+        let mut dec = Decider::new(tax, ls, t, Thresholds::default());
+        let temps = fit_level_temperatures(&dec, &logits, &truth);
+        assert_eq!(temps.len(), 2);
+        // e^(2/T) = 73 puts the L1 marginal at 0.95: T = 0.466.
+        assert!((temps[0] - 0.466).abs() < 0.03, "{temps:?}");
+        assert!((temps[1] - t).abs() < 0.05, "{temps:?}");
+        dec.level_temperatures = temps;
+        let d = dec.decide(&logits[0], 2);
+        assert_eq!(d.top_path.to_string(), "a/a1");
+        assert!((d.confidence[0] - 0.95).abs() < 0.01, "{:?}", d.confidence);
+        assert!((d.confidence[1] - 0.513).abs() < 0.03, "{:?}", d.confidence);
+        // The per-level alternatives report the same calibrated marginals.
+        assert!((d.level_alternatives[0][0].probability - d.confidence[0]).abs() < 1e-6);
     }
 
     #[test]

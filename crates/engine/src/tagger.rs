@@ -194,6 +194,7 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
         thresholds,
     );
     decider.detector = detector.is_some();
+    decider.level_temperatures = m.calibration.level_temperatures.clone();
     Ok(LoadedModel {
         bundle,
         classifier,

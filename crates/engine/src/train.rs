@@ -12,7 +12,9 @@ use casetag_core::{Classifier, LabelSpace, TagPath, Taxonomy, Transcript};
 use casetag_transformer::TransformerParams;
 use serde::{Deserialize, Serialize};
 
-use crate::calibrate::{ece_at, fit_temperature, fit_thresholds, DecisionParams, OosDetector};
+use crate::calibrate::{
+    ece_at, fit_level_temperatures, fit_temperature, fit_thresholds, DecisionParams, OosDetector,
+};
 use crate::decide::{with_detector_logits, Decider};
 use crate::eval::{evaluate_logits, EvalRow};
 use crate::fusion::{Fusion, FusionInfo, TransformerClassifier};
@@ -629,19 +631,21 @@ pub fn train(
         .filter_map(|(r, l)| target_of(r).map(|t| (l.clone(), t)))
         .unzip();
     let temperature = fit_temperature(&cal_logits, &cal_targets);
-    let calibration = Calibration {
-        temperature,
-        ece_before: Some(ece_at(&cal_logits, &cal_targets, 1.0)),
-        ece_after: Some(ece_at(&cal_logits, &cal_targets, temperature)),
-    };
     let mut decider = Decider::new(
         taxonomy.clone(),
         label_space.clone(),
         temperature,
         Default::default(),
     );
-    // Score rows carry the detector's logit after the logits.
     let truth: Vec<Option<TagPath>> = val_rows.iter().map(|r| r.label.clone()).collect();
+    decider.level_temperatures = fit_level_temperatures(&decider, &val_logits, &truth);
+    let calibration = Calibration {
+        temperature,
+        ece_before: Some(ece_at(&cal_logits, &cal_targets, 1.0)),
+        ece_after: Some(ece_at(&cal_logits, &cal_targets, temperature)),
+        level_temperatures: decider.level_temperatures.clone(),
+    };
+    // Score rows carry the detector's logit after the logits.
     // The batch rule's logits: the validation rows judged as one batch.
     let (val_logits, batch_det) = match &detector {
         None => (val_logits, None),
