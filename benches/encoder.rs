@@ -133,6 +133,41 @@ fn bench_forward(c: &mut Criterion) {
     g.finish();
 }
 
+/// The dense-layer kernels alone, f32 next to int8, on the three shapes of
+/// a MiniLM layer (attention projections 384→384, FFN up 384→1536, FFN
+/// down 1536→384) at 16 rows (one short request), 2,048 rows (32 × 64
+/// tokens) and 4,096 (32 × 128). Throughput is in multiply-adds.
+fn bench_dense(c: &mut Criterion) {
+    use casetag_transformer::DenseLayer;
+    eprintln!(
+        "dense kernels: f32 {}, int8 {}",
+        casetag_transformer::f32_kernel(),
+        casetag_transformer::int8_kernel()
+    );
+    let mut g = c.benchmark_group("dense");
+    for (o, k) in [(384, 384), (1536, 384), (384, 1536)] {
+        let w: Vec<f32> = (0..o * k)
+            .map(|i| ((i * 7919) % 2003) as f32 / 2003.0 - 0.5)
+            .collect();
+        let layer = DenseLayer::new(&w, o, k);
+        for n in [16usize, 2048, 4096] {
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5)
+                .collect();
+            let mut out = vec![0f32; n * o];
+            g.throughput(Throughput::Elements((n * o * k) as u64));
+            let id = format!("{n}x{k}->{o}");
+            g.bench_function(BenchmarkId::new("f32", &id), |b| {
+                b.iter(|| layer.f32(black_box(&mut out), black_box(&x), n))
+            });
+            g.bench_function(BenchmarkId::new("int8", &id), |b| {
+                b.iter(|| layer.int8(black_box(&mut out), black_box(&x), n))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn bench_head(c: &mut Criterion) {
     let Some(dir) = encoder_dir() else { return };
     // A 77-class head (BANKING77-sized) trained for one epoch on dummy data.
@@ -197,6 +232,6 @@ criterion_group! {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = bench_tokenize, bench_forward, bench_head
+    targets = bench_tokenize, bench_dense, bench_forward, bench_head
 }
 criterion_main!(benches);

@@ -106,6 +106,41 @@ pub fn int8_kernel_note() -> Option<&'static str> {
     int8::int8_path_note()
 }
 
+/// One dense layer's weights as the encoder holds them: packed for the f32
+/// kernel and quantized for the int8 kernel. It runs exactly the kernels
+/// the encoder's forward runs ([`f32_kernel`], [`int8_kernel`]), on their
+/// own, for the kernel benchmarks (`cargo bench --bench encoder -- dense`).
+pub struct DenseLayer {
+    f32: sgemm::PackedW,
+    int8: int8::QuantW,
+    /// Output and input widths.
+    pub o: usize,
+    pub k: usize,
+}
+
+impl DenseLayer {
+    /// Pack and quantize `w` (`o × k`, row-major). `o` must be a multiple
+    /// of 16, as BERT widths are.
+    pub fn new(w: &[f32], o: usize, k: usize) -> Self {
+        Self {
+            f32: sgemm::PackedW::new(w, o, k),
+            int8: int8::QuantW::new(w, o, k),
+            o,
+            k,
+        }
+    }
+
+    /// `out (n × o) += x (n × k) · Wᵀ` on the f32 kernel.
+    pub fn f32(&self, out: &mut [f32], x: &[f32], n: usize) {
+        sgemm::matmul_acc(out, x, &self.f32, n);
+    }
+
+    /// The same on the int8 kernel (activations quantized per row).
+    pub fn int8(&self, out: &mut [f32], x: &[f32], n: usize) {
+        int8::matmul_acc_q(out, x, &self.int8, n);
+    }
+}
+
 /// Hyper-parameters of [`fit`]. `Default` suits frozen mode; see
 /// [`TransformerParams::fine_tune`] for fine-tuning defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
