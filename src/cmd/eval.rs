@@ -269,7 +269,7 @@ pub fn run(a: Args) -> CmdResult {
         let pb = crate::progress::bar(Some(cases.len() as u64), m.id());
         let t0 = Instant::now();
         let mut logits = Vec::with_capacity(cases.len());
-        let batch = if m.batch_novelty {
+        let batch = if m.judging == casetag_engine::decide::Judging::Batch {
             super::tag::CHUNK_ROWS
         } else {
             1024
@@ -282,6 +282,7 @@ pub fn run(a: Args) -> CmdResult {
         let tput = cases.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         evals.push(evaluate_logits(
             &m.decider,
+            m.judging,
             m.id(),
             m.kind(),
             &logits,

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use casetag_core::Taxonomy;
-use casetag_engine::{train, ModelKind, TrainConfig};
+use casetag_engine::{train, TrainConfig};
 use clap::Parser;
 
 use crate::{progress, CmdResult, Failure};
@@ -10,9 +10,11 @@ use crate::{progress, CmdResult, Failure};
 /// taxonomy, hyper-parameters, validation metrics, calibration, thresholds).
 #[derive(Parser)]
 pub struct Args {
-    /// baseline (linfa, fast, the fallback) or transformer (candle encoder + hierarchical head).
-    #[arg(long)]
-    kind: ModelKind,
+    /// Model kind: baseline (linfa, fast, the fallback) or transformer
+    /// (candle encoder + hierarchical head); the choices are the engine's
+    /// registered backends.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(casetag_engine::backend::kinds()))]
+    kind: String,
     /// Training table (any supported format; case- or turn-level).
     #[arg(long)]
     train: PathBuf,
@@ -125,18 +127,6 @@ pub fn run(a: Args) -> CmdResult {
         overwrite: a.force,
         ..TrainConfig::default()
     };
-    if a.lexical_from.is_some()
-        && (a.kind != ModelKind::Transformer || a.fusion != casetag_engine::fusion::Fusion::Lexical)
-    {
-        return Err(Failure::input(
-            "--lexical-from: only for --kind transformer with --fusion lexical",
-        ));
-    }
-    if a.precision != casetag_transformer::Precision::F32 && a.kind != ModelKind::Transformer {
-        return Err(Failure::input(
-            "--precision: only for --kind transformer (the baseline is a sparse linear model)",
-        ));
-    }
     cfg.fusion = a.fusion;
     cfg.lexical_from = a.lexical_from;
     cfg.decision.target_precision = a.target_precision;

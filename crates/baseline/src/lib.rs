@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 
 pub use model::{fit, fit_softmax_regression, BaselineModel};
 
+/// The model kind this crate's bundles record (`manifest.kind`).
+pub const KIND: &str = "baseline";
+
 /// Errors of the baseline crate; messages are one line.
 #[derive(Debug, thiserror::Error)]
 pub enum BaselineError {

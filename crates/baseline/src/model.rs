@@ -765,7 +765,7 @@ impl Classifier for BaselineModel {
     }
 
     fn kind(&self) -> &str {
-        "baseline"
+        crate::KIND
     }
 
     fn label_space(&self) -> &LabelSpace {

@@ -26,14 +26,7 @@ pub const EMPTY_TEXT: &str = "empty or missing text";
 pub fn load_tagger(model: &Path, fallback: Option<&Path>, batch_novelty: bool) -> Result<Tagger> {
     let mut tagger = Tagger::load(model, fallback)?;
     if let (Some(p), Some(f)) = (fallback, &tagger.fallback) {
-        if f.kind() != "baseline" {
-            return Err(EngineError::Input(format!(
-                "--fallback {}: model '{}' is a {}; the fallback must be a baseline bundle",
-                p.display(),
-                f.id(),
-                f.kind()
-            )));
-        }
+        casetag_engine::backend::check_fallback(p, f.id(), f.kind())?;
     }
     if batch_novelty {
         tagger.enable_batch_novelty()?;

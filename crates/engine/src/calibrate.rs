@@ -8,7 +8,7 @@ use casetag_core::metrics::ece;
 use casetag_core::{softmax, TagPath};
 use serde::{Deserialize, Serialize};
 
-use crate::decide::{Decider, Thresholds};
+use crate::decide::{Decider, Scores, Thresholds};
 
 /// How a model trained without out-of-scope rows detects them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -146,19 +146,20 @@ fn minimise_temperature(f: impl Fn(f32) -> f64) -> f32 {
 /// the decider's temperature.
 pub fn fit_level_temperatures(
     decider: &Decider,
-    logits: &[Vec<f32>],
+    scores: &[Scores],
     truth: &[Option<TagPath>],
 ) -> Vec<f32> {
     const MIN_LEVEL_ROWS: usize = 30;
     let tax = &decider.taxonomy;
     (1..=tax.depth())
         .map(|level| {
-            let rows: Vec<(&[f32], usize)> = logits
+            let n = decider.label_space.n_outputs();
+            let rows: Vec<(&[f32], usize)> = scores
                 .iter()
                 .zip(truth)
-                .filter_map(|(l, t)| {
+                .filter_map(|(s, t)| {
                     let node = tax.find(t.as_ref()?.level(level)?)?;
-                    Some((decider.split_scores(l).0, node))
+                    Some((&s.logits[..n.min(s.logits.len())], node))
                 })
                 .collect();
             if rows.len() < MIN_LEVEL_ROWS {
@@ -197,17 +198,19 @@ pub fn precision_threshold(conf: &[f32], correct: &[bool], target: f64) -> f32 {
 }
 
 /// Derive thresholds from validation logits and true paths (`None` = out of
-/// scope). `decider` carries the taxonomy, label space and temperature.
+/// scope). `decider` carries the taxonomy, label space and temperatures;
+/// scores with a detector logit get the detector's cut.
 /// `batch_det`, with the learned detector, is its batch judgement's logit for
 /// the same rows (judged as one batch): it gets its own cut, `oos_batch_cut`,
 /// at `oos_batch_budget` over the same correct answers.
 pub fn fit_thresholds(
     decider: &Decider,
-    logits: &[Vec<f32>],
+    scores: &[Scores],
     truth: &[Option<TagPath>],
     batch_det: Option<&[f32]>,
     params: &DecisionParams,
 ) -> Thresholds {
+    let detector = scores.iter().any(|s| s.detector.is_some());
     let tax = &decider.taxonomy;
     let depth = tax.depth();
     // Decode with no thresholds at all to see raw confidences.
@@ -226,14 +229,13 @@ pub fn fit_thresholds(
             target_precision: params.target_precision,
         },
     );
-    raw.detector = decider.detector;
     raw.level_temperatures = decider.level_temperatures.clone();
     let mut per_level: Vec<(Vec<f32>, Vec<bool>)> = vec![(Vec::new(), Vec::new()); depth];
     let mut per_node: BTreeMap<String, (Vec<f32>, Vec<bool>)> = BTreeMap::new();
     let mut l1_correct_conf: Vec<f32> = Vec::new();
     let mut l1_correct_det: Vec<f32> = Vec::new();
     let mut l1_correct_batch: Vec<f32> = Vec::new();
-    for (i, (l, t)) in logits.iter().zip(truth).enumerate() {
+    for (i, (l, t)) in scores.iter().zip(truth).enumerate() {
         let Some(t) = t else { continue };
         let d = raw.decide(l, 0);
         let shared = d.top_path.depth().min(t.depth());
@@ -249,7 +251,7 @@ pub fn fit_thresholds(
         }
         if d.top_path.l1 == t.l1 {
             l1_correct_conf.push(d.confidence[0]);
-            if let (_, Some(z)) = decider.split_scores(l) {
+            if let Some(z) = l.detector {
                 l1_correct_det.push(z);
             }
             if let Some(b) = batch_det.and_then(|b| b.get(i)) {
@@ -276,7 +278,7 @@ pub fn fit_thresholds(
     let highest_first = |a: &f32, b: &f32| b.total_cmp(a);
     let (oos_min_l1, oos_detector_cut, oos_batch_cut) = if decider.label_space.oos_class {
         (0.0, None, None)
-    } else if decider.detector {
+    } else if detector {
         (
             0.0,
             budget_cut(&mut l1_correct_det, budget, highest_first),
@@ -366,13 +368,14 @@ mod tests {
         let t = fit_temperature(&logits, &targets);
         assert!((t - 1.0).abs() < 0.1, "{t}");
         let mut dec = Decider::new(tax, ls, t, Thresholds::default());
-        let temps = fit_level_temperatures(&dec, &logits, &truth);
+        let scores: Vec<Scores> = logits.iter().cloned().map(Scores::from).collect();
+        let temps = fit_level_temperatures(&dec, &scores, &truth);
         assert_eq!(temps.len(), 2);
         // e^(2/T) = 73 puts the L1 marginal at 0.95: T = 0.466.
         assert!((temps[0] - 0.466).abs() < 0.03, "{temps:?}");
         assert!((temps[1] - t).abs() < 0.05, "{temps:?}");
         dec.level_temperatures = temps;
-        let d = dec.decide(&logits[0], 2);
+        let d = dec.decide(&scores[0], 2);
         assert_eq!(d.top_path.to_string(), "a/a1");
         assert!((d.confidence[0] - 0.95).abs() < 0.01, "{:?}", d.confidence);
         assert!((d.confidence[1] - 0.513).abs() < 0.03, "{:?}", d.confidence);
@@ -389,17 +392,20 @@ mod tests {
             oos_class: false,
         };
         let mut dec = Decider::new(tax, ls, 1.0, Thresholds::default());
-        dec.detector = true;
         let (mut rows, mut truth) = (Vec::new(), Vec::new());
+        let row = |z: f32| Scores {
+            logits: vec![3.0, 0.0, 0.0, 0.0],
+            detector: Some(z),
+        };
         // 200 correct answers (class a) with detector logits 0.0 .. 19.9.
         for i in 0..200 {
-            rows.push(vec![3.0, 0.0, 0.0, 0.0, i as f32 / 10.0]);
+            rows.push(row(i as f32 / 10.0));
             truth.push(Some(TagPath::new("a", None, None)));
         }
         // 50 wrong answers with very high logits: rejecting them is free,
         // so they must not move the cut.
         for _ in 0..50 {
-            rows.push(vec![3.0, 0.0, 0.0, 0.0, 100.0]);
+            rows.push(row(100.0));
             truth.push(Some(TagPath::new("b", None, None)));
         }
         let p = DecisionParams {
@@ -414,7 +420,7 @@ mod tests {
         assert!(th.oos_batch_cut.is_none());
         // A batch judgement's logits get their own cut over the same correct
         // answers, at their own budget.
-        let batch: Vec<f32> = rows.iter().map(|r| r[4] - 5.0).collect();
+        let batch: Vec<f32> = rows.iter().map(|r| r.detector.unwrap() - 5.0).collect();
         let thb = fit_thresholds(&dec, &rows, &truth, Some(&batch), &p);
         assert_eq!(thb.oos_detector_cut, th.oos_detector_cut);
         let bcut = thb.oos_batch_cut.expect("a batch cut");
@@ -435,8 +441,7 @@ mod tests {
         assert_eq!(rejected_ok, 10); // 5% of 200
         assert!(rows[200..].iter().all(|r| dec.decide(r, 0).out_of_scope));
         // Without the detector the same rows give a confidence cut instead.
-        dec.detector = false;
-        let plain: Vec<Vec<f32>> = rows.iter().map(|r| r[..4].to_vec()).collect();
+        let plain: Vec<Scores> = rows.iter().map(|r| r.logits.clone().into()).collect();
         let th = fit_thresholds(&dec, &plain, &truth, Some(&batch), &p);
         assert!(th.oos_detector_cut.is_none() && th.oos_batch_cut.is_none());
     }

@@ -109,16 +109,48 @@ impl Decision {
     }
 }
 
-/// Score rows for a decider with the detector: each row's logits followed
-/// by the detector's logit for the same case.
-pub fn with_detector_logits(rows: Vec<Vec<f32>>, z: &[f32]) -> Vec<Vec<f32>> {
-    rows.into_iter()
-        .zip(z)
-        .map(|(mut r, &z)| {
-            r.push(z);
-            r
-        })
-        .collect()
+/// One case's scores, as every backend's output reaches the decision layer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scores {
+    /// Over the label space: the leaf paths, then the out-of-scope class
+    /// when the model has one.
+    pub logits: Vec<f32>,
+    /// The learned out-of-scope detector's logit ([`crate::oos_meta`]),
+    /// when the bundle has a detector: its per-case score, or its batch
+    /// rule's when the batch is judged as a whole ([`Judging::Batch`]).
+    pub detector: Option<f32>,
+}
+
+impl From<Vec<f32>> for Scores {
+    fn from(logits: Vec<f32>) -> Self {
+        Self {
+            logits,
+            detector: None,
+        }
+    }
+}
+
+impl Scores {
+    /// Rows of logits with the detector's logit for each.
+    pub fn with_detector(rows: Vec<Vec<f32>>, z: &[f32]) -> Vec<Scores> {
+        rows.into_iter()
+            .zip(z)
+            .map(|(logits, &z)| Scores {
+                logits,
+                detector: Some(z),
+            })
+            .collect()
+    }
+}
+
+/// How out of scope is judged: each case on its own (serving, and batch
+/// jobs by default), or each batch as a whole (`--batch-novelty`), where
+/// the detector's batch rule scored the case and its own cut applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Judging {
+    #[default]
+    PerCase,
+    Batch,
 }
 
 /// Precomputed structure for fast decoding.
@@ -133,9 +165,6 @@ pub struct Decider {
     /// itself is decoded at `temperature`. Empty: `temperature` for all.
     pub level_temperatures: Vec<f32>,
     pub thresholds: Thresholds,
-    /// Score rows carry one extra value after the logits: the learned
-    /// out-of-scope detector's logit (see [`crate::oos_meta`]).
-    pub detector: bool,
     /// For each class, its lineage of node indices (root first).
     lineage: Vec<Vec<usize>>,
     /// For each node, the classes below it.
@@ -164,21 +193,9 @@ impl Decider {
             temperature,
             level_temperatures: Vec::new(),
             thresholds,
-            detector: false,
             lineage,
             under,
         }
-    }
-
-    /// A score row's logits and, with the detector, its logit.
-    pub fn split_scores<'a>(&self, scores: &'a [f32]) -> (&'a [f32], Option<f32>) {
-        let n = self.label_space.n_outputs().min(scores.len());
-        let det = if self.detector {
-            scores.get(n).copied()
-        } else {
-            None
-        };
-        (&scores[..n], det)
     }
 
     /// Calibrated probabilities over the label space.
@@ -262,10 +279,16 @@ impl Decider {
             .unwrap_or_else(|| self.thresholds.level.get(level).copied().unwrap_or(0.5))
     }
 
-    /// Turn one case's score row (logits, then the detector's logit when
-    /// the model has one) into a decision.
-    pub fn decide(&self, scores: &[f32], top_k: usize) -> Decision {
-        let (logits, det) = self.split_scores(scores);
+    /// Turn one case's scores into a decision, the case judged on its own.
+    pub fn decide(&self, scores: &Scores, top_k: usize) -> Decision {
+        self.decide_judged(scores, top_k, Judging::PerCase)
+    }
+
+    /// Turn one case's scores into a decision; `judging` says which
+    /// out-of-scope cut the detector's logit is held to.
+    pub fn decide_judged(&self, scores: &Scores, top_k: usize, judging: Judging) -> Decision {
+        let n = self.label_space.n_outputs().min(scores.logits.len());
+        let (logits, det) = (&scores.logits[..n], scores.detector);
         let (in_scope, p_oos) = self.in_scope_probabilities(logits, self.temperature);
         let marg = self.node_marginals(&in_scope);
         let (chain, stats) = self.decode(&marg);
@@ -289,7 +312,10 @@ impl Decider {
         let (out_of_scope, oos_score) = if self.label_space.oos_class {
             (p_oos >= self.thresholds.oos_prob, p_oos)
         } else if let Some(z) = det {
-            let cut = self.thresholds.oos_detector_cut;
+            let cut = match judging {
+                Judging::PerCase => self.thresholds.oos_detector_cut,
+                Judging::Batch => self.thresholds.oos_batch_cut,
+            };
             (cut.is_some_and(|c| z > c), 1.0 / (1.0 + (-z).exp()))
         } else {
             (l1 < self.thresholds.oos_min_l1, 1.0 - l1)
@@ -427,8 +453,19 @@ nodes:
     }
 
     /// Logits whose softmax is exactly `p` (log-probabilities).
-    fn logits(p: &[f32]) -> Vec<f32> {
-        p.iter().map(|x| x.max(1e-9).ln()).collect()
+    fn logits(p: &[f32]) -> Scores {
+        p.iter()
+            .map(|x| x.max(1e-9).ln())
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    /// The same with the detector's logit `z`.
+    fn with_z(p: &[f32], z: f32) -> Scores {
+        Scores {
+            detector: Some(z),
+            ..logits(p)
+        }
     }
 
     fn th(level: f32, margin: f32) -> Thresholds {
@@ -536,47 +573,55 @@ nodes:
         let mut t = th(0.6, 0.1);
         t.oos_min_l1 = 0.99; // ignored once the detector is there
         t.oos_detector_cut = Some(1.5);
-        let mut d = decider(false, t.clone());
-        d.detector = true;
+        let d = decider(false, t.clone());
         // A confident full path: the detector's logit alone decides.
-        let mut row =
-            with_detector_logits(vec![logits(&[0.95, 0.03, 0.01, 0.01])], &[2.0]).remove(0);
-        let (l, z) = d.split_scores(&row);
-        assert_eq!((l.len(), z), (4, Some(2.0)));
+        let row = with_z(&[0.95, 0.03, 0.01, 0.01], 2.0);
         let r = d.decide(&row, 3);
         assert!(r.out_of_scope && r.depth == 0 && r.tag.is_none() && r.actions.is_empty());
         assert!((r.oos_score - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
         // Below the cut: in scope, full depth, even though L1 < oos_min_l1.
-        *row.last_mut().unwrap() = 1.0;
-        let r = d.decide(&row, 3);
+        let r = d.decide(&with_z(&[0.95, 0.03, 0.01, 0.01], 1.0), 3);
         assert!(!r.out_of_scope && r.full_depth() && r.depth == 3);
         assert_eq!(r.top_path.to_string(), "returns/refund/refund_missing");
         // Back-off still applies to in-scope answers.
-        let mut unsure = logits(&[0.45, 0.45, 0.05, 0.05]);
-        unsure.push(-3.0);
-        let r = d.decide(&unsure, 3);
+        let r = d.decide(&with_z(&[0.45, 0.45, 0.05, 0.05], -3.0), 3);
         assert!(!r.out_of_scope);
         assert_eq!(r.depth, 2);
         // No cut fitted: never out of scope from the detector.
-        let mut d2 = decider(
+        let d2 = decider(
             false,
             Thresholds {
                 oos_detector_cut: None,
                 ..t.clone()
             },
         );
-        d2.detector = true;
-        let mut hot = logits(&[0.95, 0.03, 0.01, 0.01]);
-        hot.push(50.0);
-        assert!(!d2.decide(&hot, 0).out_of_scope);
+        assert!(
+            !d2.decide(&with_z(&[0.95, 0.03, 0.01, 0.01], 50.0), 0)
+                .out_of_scope
+        );
         // An explicit out-of-scope class wins over the detector.
-        let mut d3 = decider(true, t);
-        d3.detector = true;
-        let mut row = logits(&[0.9, 0.0, 0.0, 0.0, 0.1]);
-        row.push(9.0);
-        let r = d3.decide(&row, 0);
+        let d3 = decider(true, t.clone());
+        let r = d3.decide(&with_z(&[0.9, 0.0, 0.0, 0.0, 0.1], 9.0), 0);
         assert!(!r.out_of_scope);
         assert!((r.oos_score - 0.1).abs() < 1e-4);
+        // Judged as a batch, the batch cut applies (none fitted: never).
+        let judged = |d: &Decider, z: f32| {
+            d.decide_judged(&with_z(&[0.95, 0.03, 0.01, 0.01], z), 0, Judging::Batch)
+                .out_of_scope
+        };
+        assert!(!judged(&d, 2.0));
+        let d4 = decider(
+            false,
+            Thresholds {
+                oos_batch_cut: Some(3.0),
+                ..t
+            },
+        );
+        assert!(!judged(&d4, 2.0) && judged(&d4, 3.5));
+        assert!(
+            d4.decide(&with_z(&[0.95, 0.03, 0.01, 0.01], 2.0), 0)
+                .out_of_scope
+        );
     }
 
     #[test]
@@ -591,7 +636,7 @@ nodes:
     #[test]
     fn probabilities_are_consistent_across_levels() {
         let d = decider(false, th(0.5, 0.0));
-        let r = d.decide(&[0.3, -1.0, 2.0, 0.1], 4);
+        let r = d.decide(&vec![0.3, -1.0, 2.0, 0.1].into(), 4);
         for w in r.confidence.windows(2) {
             assert!(w[0] >= w[1] - 1e-6);
         }

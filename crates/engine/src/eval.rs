@@ -10,7 +10,7 @@ use casetag_core::metrics::{
 use casetag_core::TagPath;
 use serde::Serialize;
 
-use crate::decide::{Decider, Decision};
+use crate::decide::{Decider, Decision, Judging, Scores};
 
 /// Ground truth for one evaluated row, with its slice values.
 #[derive(Debug, Clone, Default)]
@@ -150,18 +150,29 @@ fn lname(k: usize) -> String {
 /// Evaluate decisions made from `logits` against `rows`.
 pub fn evaluate_logits(
     decider: &Decider,
+    judging: Judging,
     id: &str,
     kind: &str,
-    logits: &[Vec<f32>],
+    scores: &[Scores],
     rows: &[EvalRow],
     throughput: Option<f64>,
 ) -> ModelEval {
-    let decisions: Vec<Decision> = logits.iter().map(|l| decider.decide(l, 0)).collect();
+    let decisions: Vec<Decision> = scores
+        .iter()
+        .map(|l| decider.decide_judged(l, 0, judging))
+        .collect();
     let mut uncal = decider.clone();
     uncal.temperature = 1.0;
-    let raw_conf: Vec<f64> = logits
+    uncal.level_temperatures.clear();
+    let raw_conf: Vec<f64> = scores
         .iter()
-        .map(|l| *uncal.decide(l, 0).confidence.last().unwrap() as f64)
+        .map(|l| {
+            *uncal
+                .decide_judged(l, 0, judging)
+                .confidence
+                .last()
+                .unwrap() as f64
+        })
         .collect();
     evaluate_decisions(
         decider,
@@ -510,8 +521,8 @@ mod tests {
         )
     }
 
-    fn lg(p: [f32; 3]) -> Vec<f32> {
-        p.iter().map(|x| x.ln()).collect()
+    fn lg(p: [f32; 3]) -> Scores {
+        p.iter().map(|x| x.ln()).collect::<Vec<_>>().into()
     }
 
     #[test]
@@ -549,7 +560,7 @@ mod tests {
             lg([0.05, 0.05, 0.9]), // b, full depth (depth 1)
             lg([0.3, 0.25, 0.45]), // OOS row: l1 conf 0.55 -> not declared OOS? 0.55>=0.5
         ];
-        let e = evaluate_logits(&d, "m", "baseline", &logits, &rows, None);
+        let e = evaluate_logits(&d, Judging::PerCase, "m", "baseline", &logits, &rows, None);
         let s = &e.summary;
         assert_eq!(s.n, 5);
         assert_eq!(s.n_in_scope, 4);
@@ -585,7 +596,15 @@ mod tests {
         assert!(json["models"][0]["levels"]["l2"]["macro_f1"].is_number());
 
         // Without OOS rows the OOS keys are omitted.
-        let e2 = evaluate_logits(&d, "m", "baseline", &logits[..4], &rows[..4], None);
+        let e2 = evaluate_logits(
+            &d,
+            Judging::PerCase,
+            "m",
+            "baseline",
+            &logits[..4],
+            &rows[..4],
+            None,
+        );
         let j = serde_json::to_value(&e2.summary).unwrap();
         assert!(j.get("oos_recall").is_none());
     }
@@ -600,8 +619,8 @@ mod tests {
                 slices: vec![],
             })
             .collect();
-        let good: Vec<Vec<f32>> = (0..40).map(|_| lg([0.9, 0.05, 0.05])).collect();
-        let bad: Vec<Vec<f32>> = (0..40)
+        let good: Vec<Scores> = (0..40).map(|_| lg([0.9, 0.05, 0.05])).collect();
+        let bad: Vec<Scores> = (0..40)
             .map(|i| {
                 if i < 20 {
                     lg([0.05, 0.9, 0.05])
@@ -610,8 +629,8 @@ mod tests {
                 }
             })
             .collect();
-        let a = evaluate_logits(&d, "a", "baseline", &bad, &rows, None);
-        let b = evaluate_logits(&d, "b", "baseline", &good, &rows, None);
+        let a = evaluate_logits(&d, Judging::PerCase, "a", "baseline", &bad, &rows, None);
+        let b = evaluate_logits(&d, Judging::PerCase, "b", "baseline", &good, &rows, None);
         let c = compare(&[a, b], 500, 3);
         let l3 = c.iter().find(|c| c.level == "l3").unwrap();
         assert!((l3.delta_accuracy - 0.5).abs() < 1e-12);

@@ -243,7 +243,7 @@ impl Classifier for TransformerClassifier {
     }
 
     fn kind(&self) -> &str {
-        "transformer"
+        casetag_transformer::KIND
     }
 
     fn label_space(&self) -> &LabelSpace {

@@ -8,6 +8,7 @@
 //! out-of-scope, actions), runs the fallback chain and evaluates. The server
 //! and the CLI are thin layers over it.
 
+pub mod backend;
 pub mod calibrate;
 pub mod decide;
 pub mod drift;
@@ -22,7 +23,7 @@ pub mod train;
 pub use calibrate::DecisionParams;
 pub use decide::{Decider, Decision, Thresholds};
 pub use tagger::{load_model, LoadedModel, Tagged, Tagger};
-pub use train::{train, Example, ModelKind, TrainConfig};
+pub use train::{train, Example, TrainConfig};
 
 /// Errors of the engine. `Input` is the caller's fault (exit code 2, HTTP
 /// 4xx); the rest are internal.

@@ -7,7 +7,7 @@ use casetag_core::text::TextPipeline;
 use casetag_core::{Classifier, Transcript};
 use serde::Serialize;
 
-use crate::decide::{with_detector_logits, Decider, Decision, Thresholds};
+use crate::decide::{Decider, Decision, Judging, Scores, Thresholds};
 use crate::oos_meta::MetaDetector;
 use crate::{EngineError, Result};
 
@@ -18,8 +18,9 @@ pub struct LoadedModel {
     pub decider: Decider,
     /// The learned out-of-scope detector, when the bundle has one.
     pub detector: Option<MetaDetector>,
-    /// Whether each batch is judged as a whole ([`Self::enable_batch_novelty`]).
-    pub batch_novelty: bool,
+    /// How out of scope is judged ([`Self::enable_batch_novelty`] for
+    /// [`Judging::Batch`]); the thresholds are the bundle's either way.
+    pub judging: Judging,
 }
 
 impl LoadedModel {
@@ -41,9 +42,8 @@ impl LoadedModel {
             .as_ref()
             .is_some_and(MetaDetector::has_batch_rule);
         match (rule, self.decider.thresholds.oos_batch_cut) {
-            (true, Some(cut)) => {
-                self.decider.thresholds.oos_detector_cut = Some(cut);
-                self.batch_novelty = true;
+            (true, Some(_)) => {
+                self.judging = Judging::Batch;
                 Ok(())
             }
             _ => Err(EngineError::Input(format!(
@@ -78,13 +78,13 @@ impl LoadedModel {
     }
 
     /// Score raw cases for a batch, as the decision layer takes them: the
-    /// logits, then (with a detector) the detector's logit. Texts are
-    /// prepared first ([`Self::prepare`]).
-    pub fn scores(&self, cases: &[Transcript]) -> Result<Vec<Vec<f32>>> {
+    /// logits and, with a detector, its logit (the batch rule's under
+    /// [`Judging::Batch`]). Texts are prepared first ([`Self::prepare`]).
+    pub fn scores(&self, cases: &[Transcript]) -> Result<Vec<Scores>> {
         self.scores_prepared(&self.prepare(cases).0)
     }
 
-    fn scores_prepared(&self, cases: &[Transcript]) -> Result<Vec<Vec<f32>>> {
+    fn scores_prepared(&self, cases: &[Transcript]) -> Result<Vec<Scores>> {
         let fail = |e: &dyn std::fmt::Display| {
             EngineError::Internal(format!("model '{}': {e}", self.id()))
         };
@@ -96,10 +96,9 @@ impl LoadedModel {
                     .predict_embedded(cases)
                     .map_err(|e| fail(&e))?
                     .ok_or_else(|| fail(&"the bundle has an out-of-scope detector but the model gives no embeddings"))?;
-                let z = if self.batch_novelty {
-                    d.scores_batch(&emb)
-                } else {
-                    d.scores(&emb)
+                let z = match self.judging {
+                    Judging::Batch => d.scores_batch(&emb),
+                    Judging::PerCase => d.scores(&emb),
                 };
                 (s, Some(z.map_err(|e| fail(&e))?))
             }
@@ -120,8 +119,8 @@ impl LoadedModel {
             })
             .collect::<Result<_>>()?;
         Ok(match det {
-            None => rows,
-            Some(z) => with_detector_logits(rows, &z),
+            None => rows.into_iter().map(Scores::from).collect(),
+            Some(z) => Scores::with_detector(rows, &z),
         })
     }
 
@@ -142,7 +141,7 @@ impl LoadedModel {
         Ok((self.decide_logits(&logits, top_k), truncated))
     }
 
-    fn decide_logits(&self, logits: &[Vec<f32>], top_k: usize) -> Vec<Decision> {
+    fn decide_logits(&self, logits: &[Scores], top_k: usize) -> Vec<Decision> {
         // Decoding is a few microseconds per case; large batch-job chunks
         // spread it over the pool, small server batches stay on this thread.
         if logits.len() >= 1024 {
@@ -150,12 +149,12 @@ impl LoadedModel {
             return logits
                 .par_iter()
                 .with_min_len(256)
-                .map(|l| self.decider.decide(l, top_k))
+                .map(|l| self.decider.decide_judged(l, top_k, self.judging))
                 .collect();
         }
         logits
             .iter()
-            .map(|l| self.decider.decide(l, top_k))
+            .map(|l| self.decider.decide_judged(l, top_k, self.judging))
             .collect()
     }
 }
@@ -164,19 +163,9 @@ impl LoadedModel {
 pub fn load_model(dir: &Path) -> Result<LoadedModel> {
     let bundle = Bundle::open(dir)?;
     let m = &bundle.manifest;
-    let classifier: Box<dyn Classifier> = match m.kind.as_str() {
-        "baseline" => Box::new(
-            casetag_baseline::BaselineModel::load(dir, &m.id)
-                .map_err(|e| EngineError::Baseline(format!("{}: {e}", dir.display())))?,
-        ),
-        "transformer" => Box::new(crate::fusion::TransformerClassifier::load(dir, &m.id)?),
-        other => {
-            return Err(EngineError::Input(format!(
-                "{}: unknown model kind '{other}'",
-                dir.display()
-            )))
-        }
-    };
+    let classifier = crate::backend::backend(&m.kind)
+        .map_err(|e| EngineError::Input(format!("{}: {e}", dir.display())))?
+        .load(dir, &m.id)?;
     if classifier.label_space() != &m.label_space {
         return Err(EngineError::Input(format!(
             "{}: weights do not match the manifest's label space",
@@ -193,14 +182,13 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
         m.calibration.temperature,
         thresholds,
     );
-    decider.detector = detector.is_some();
     decider.level_temperatures = m.calibration.level_temperatures.clone();
     Ok(LoadedModel {
         bundle,
         classifier,
         decider,
         detector,
-        batch_novelty: false,
+        judging: Judging::PerCase,
     })
 }
 

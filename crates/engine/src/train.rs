@@ -10,34 +10,16 @@ use casetag_core::bundle::{now_rfc3339, Bundle, BundleWriter, Calibration, DataH
 use casetag_core::text::TextPipeline;
 use casetag_core::{Classifier, LabelSpace, TagPath, Taxonomy, Transcript};
 use casetag_transformer::TransformerParams;
-use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, FitData};
 use crate::calibrate::{
     ece_at, fit_level_temperatures, fit_temperature, fit_thresholds, DecisionParams, OosDetector,
 };
-use crate::decide::{with_detector_logits, Decider};
+use crate::decide::{Decider, Judging, Scores};
 use crate::eval::{evaluate_logits, EvalRow};
-use crate::fusion::{Fusion, FusionInfo, TransformerClassifier};
+use crate::fusion::{Fusion, FusionInfo};
 use crate::oos_meta::{MetaDetector, MetaInputs, MetaParams};
 use crate::{EngineError, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    Baseline,
-    Transformer,
-}
-
-impl std::str::FromStr for ModelKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "baseline" => Ok(Self::Baseline),
-            "transformer" => Ok(Self::Transformer),
-            o => Err(format!("unknown model kind '{o}' (baseline|transformer)")),
-        }
-    }
-}
 
 /// One labelled case; `row` is its 1-based row in the source file for errors.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +31,8 @@ pub struct Example {
 
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
-    pub kind: ModelKind,
+    /// The backend's kind ([`crate::backend::REGISTRY`]).
+    pub kind: String,
     /// Bundle id; defaults to `<kind>-<data hash prefix>`.
     pub id: Option<String>,
     pub taxonomy: Option<Taxonomy>,
@@ -75,7 +58,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            kind: ModelKind::Baseline,
+            kind: casetag_baseline::KIND.to_string(),
             id: None,
             taxonomy: None,
             baseline: BaselineParams::default(),
@@ -110,17 +93,16 @@ fn hash_rows(h: &mut DataHasher, rows: &[Example]) {
 /// were trained alike: the training and validation rows, every setting of
 /// the run (hyper-parameters, seed, encoder, decision targets, taxonomy)
 /// and the build ([`BUILD`]: version and git commit).
-fn default_id(kind: &str, data_hash: &str, val_rows: &[Example], cfg: &TrainConfig) -> String {
+fn default_id(
+    backend: &dyn Backend,
+    data_hash: &str,
+    val_rows: &[Example],
+    cfg: &TrainConfig,
+) -> String {
     let mut h = DataHasher::default();
     h.update(data_hash);
     hash_rows(&mut h, val_rows);
-    let params = match cfg.kind {
-        ModelKind::Baseline => format!("{:?}", cfg.baseline),
-        ModelKind::Transformer => format!(
-            "{:?} {:?} {:?} {:?} {:?}",
-            cfg.transformer, cfg.encoder, cfg.fusion, cfg.baseline, cfg.lexical_from
-        ),
-    };
+    let params = backend.settings(cfg);
     h.update(&format!(
         "{params} {:?} {:?} {} {} {} {}",
         cfg.decision,
@@ -130,7 +112,7 @@ fn default_id(kind: &str, data_hash: &str, val_rows: &[Example], cfg: &TrainConf
         cfg.min_oos_rows,
         BUILD
     ));
-    format!("{kind}-{}", &h.finish()[..12])
+    format!("{}-{}", backend.kind(), &h.finish()[..12])
 }
 
 /// Check every label against the taxonomy; one error lists up to 10 rows.
@@ -184,30 +166,6 @@ fn stratified_holdout(
     (tr, va)
 }
 
-/// A trained backend, before it is written.
-pub enum Fitted {
-    // Both boxed: the two models differ a lot in inline size.
-    Baseline(Box<casetag_baseline::BaselineModel>),
-    Transformer(Box<TransformerClassifier>),
-}
-
-impl Fitted {
-    pub fn classifier(&self) -> &dyn Classifier {
-        match self {
-            Fitted::Baseline(m) => m.as_ref(),
-            Fitted::Transformer(m) => m.as_ref(),
-        }
-    }
-    fn save(&self, dir: &Path) -> Result<()> {
-        match self {
-            Fitted::Baseline(m) => m
-                .save(dir)
-                .map_err(|e| EngineError::Baseline(e.to_string())),
-            Fitted::Transformer(m) => m.save(dir),
-        }
-    }
-}
-
 /// Indices of at most `cap` rows per class, spread evenly over each
 /// class's rows, in their original order.
 fn cap_per_class(targets: &[usize], cap: usize) -> Vec<usize> {
@@ -252,21 +210,21 @@ pub fn level_maps(tax: &Taxonomy, ls: &LabelSpace) -> Vec<Vec<usize>> {
 }
 
 /// What the lexical model of a fused transformer is fitted and checked on.
-struct Fit<'a> {
-    texts: &'a [&'a str],
-    targets: &'a [usize],
-    val: &'a [(&'a str, usize)],
-    label_space: &'a LabelSpace,
-    taxonomy: &'a Taxonomy,
-    data_hash: &'a str,
-    id: &'a str,
+pub(crate) struct Fit<'a> {
+    pub texts: &'a [&'a str],
+    pub targets: &'a [usize],
+    pub val: &'a [(&'a str, usize)],
+    pub label_space: &'a LabelSpace,
+    pub taxonomy: &'a Taxonomy,
+    pub data_hash: &'a str,
+    pub id: &'a str,
 }
 
 /// The lexical model a transformer is pooled with ([`crate::fusion`]):
 /// fitted on the same rows, or taken from `--lexical-from` after checking
 /// it was trained on them; then the weight chosen on validation. `None`
 /// (with a note) when there are no validation rows to choose it on.
-fn lexical_evidence(
+pub(crate) fn lexical_evidence(
     cfg: &TrainConfig,
     m: &casetag_transformer::TransformerModel,
     fit: Fit<'_>,
@@ -283,7 +241,7 @@ fn lexical_evidence(
             let refuse = |why: String| {
                 EngineError::Input(format!("--lexical-from {}: {why}", dir.display()))
             };
-            if man.kind != "baseline" {
+            if man.kind != casetag_baseline::KIND {
                 return Err(refuse(format!(
                     "a baseline bundle is needed, this one is '{}'",
                     man.kind
@@ -354,6 +312,8 @@ pub fn train(
     progress: &dyn Fn(&str),
 ) -> Result<Manifest> {
     let started = Instant::now();
+    let backend = crate::backend::backend(&cfg.kind)?;
+    backend.check(cfg)?;
     // The model learns from text prepared exactly as the engine will
     // prepare it at inference (a no-op for text `load_cases` prepared).
     let pipeline = TextPipeline::default();
@@ -434,10 +394,7 @@ pub fn train(
         .collect();
     progress(&format!(
         "training {} on {} rows ({} classes{}, {} validation rows{})",
-        match cfg.kind {
-            ModelKind::Baseline => "baseline",
-            ModelKind::Transformer => "transformer",
-        },
+        backend.kind(),
         texts.len(),
         label_space.n_paths,
         if label_space.oos_class {
@@ -452,84 +409,25 @@ pub fn train(
             String::new()
         }
     ));
-    let kind_name = match cfg.kind {
-        ModelKind::Baseline => "baseline",
-        ModelKind::Transformer => "transformer",
-    };
+    let kind_name = backend.kind();
     let id = cfg
         .id
         .clone()
-        .unwrap_or_else(|| default_id(kind_name, &data_hash, &val_rows, cfg));
-
-    let (fitted, hyper) = match cfg.kind {
-        ModelKind::Baseline => {
-            cfg.baseline
-                .check()
-                .map_err(|e| EngineError::Input(format!("baseline parameters: {e}")))?;
-            let m =
-                casetag_baseline::fit(&cfg.baseline, &texts, &targets, &label_space, &id, progress)
-                    .map_err(|e| EngineError::Baseline(e.to_string()))?;
-            (
-                Fitted::Baseline(Box::new(m)),
-                serde_json::to_value(&cfg.baseline).unwrap(),
-            )
-        }
-        ModelKind::Transformer => {
-            cfg.transformer
-                .check()
-                .map_err(|e| EngineError::Input(format!("transformer parameters: {e}")))?;
-            let enc = cfg.encoder.clone().ok_or_else(|| {
-                EngineError::Input("--encoder is required for --kind transformer".into())
-            })?;
-            let inputs = casetag_transformer::TrainInputs {
-                texts: texts.iter().map(|s| s.to_string()).collect(),
-                targets: targets.clone(),
-                val_texts: val_pairs.iter().map(|p| p.0.to_string()).collect(),
-                val_targets: val_pairs.iter().map(|p| p.1).collect(),
-                level_maps: level_maps(&taxonomy, &label_space),
-            };
-            let m = casetag_transformer::fit(
-                &cfg.transformer,
-                &enc,
-                &inputs,
-                &label_space,
-                &id,
-                progress,
-            )
-            .map_err(|e| EngineError::Transformer(e.to_string()))?;
-            let mut h = serde_json::to_value(&cfg.transformer).unwrap();
-            h["encoder"] = serde_json::Value::String(enc);
-            let lexical = match cfg.fusion {
-                Fusion::None => None,
-                Fusion::Lexical => lexical_evidence(
-                    cfg,
-                    &m,
-                    Fit {
-                        texts: &texts,
-                        targets: &targets,
-                        val: &val_pairs,
-                        label_space: &label_space,
-                        taxonomy: &taxonomy,
-                        data_hash: &data_hash,
-                        id: &id,
-                    },
-                    progress,
-                )?,
-            };
-            h["fusion"] = serde_json::to_value(cfg.fusion).unwrap();
-            if let Some((b, info)) = &lexical {
-                h["lexical"] = serde_json::to_value(b.params()).unwrap();
-                h["lexical_weight"] = serde_json::json!(info.weight);
-            }
-            (
-                Fitted::Transformer(Box::new(TransformerClassifier {
-                    transformer: m,
-                    lexical,
-                })),
-                h,
-            )
-        }
-    };
+        .unwrap_or_else(|| default_id(backend, &data_hash, &val_rows, cfg));
+    let fitted = backend.fit(
+        cfg,
+        &FitData {
+            texts: &texts,
+            targets: &targets,
+            val: &val_pairs,
+            label_space: &label_space,
+            taxonomy: &taxonomy,
+            data_hash: &data_hash,
+            id: &id,
+        },
+        progress,
+    )?;
+    let hyper = fitted.hyper_parameters();
     let fit_s = started.elapsed().as_secs_f64();
 
     // Calibration and thresholds on validation.
@@ -571,16 +469,13 @@ pub fn train(
     };
     // The learned out-of-scope detector, for models that embed and were
     // trained without out-of-scope rows.
-    let detector = match (&fitted, val_emb) {
-        (Fitted::Transformer(tc), Some(val_emb)) => {
-            let m = &tc.transformer;
+    let detector = match (fitted.embeds(), val_emb) {
+        (Some(m), Some(val_emb)) => {
             let mp = MetaParams::default();
             let keep = cap_per_class(&targets, mp.per_class(label_space.n_paths));
-            let terr =
-                |e: casetag_transformer::TransformerError| EngineError::Transformer(e.to_string());
             // Frozen mode kept the training embeddings; fine-tuning changed
             // the encoder, so its rows are embedded again.
-            let fit_x = match m.training_embeddings(&keep).map_err(terr)? {
+            let fit_x = match m.training_embeddings(&keep)? {
                 Some(x) => x,
                 None => {
                     progress(&format!(
@@ -588,7 +483,7 @@ pub fn train(
                         keep.len()
                     ));
                     let fit_texts: Vec<&str> = keep.iter().map(|&i| texts[i]).collect();
-                    m.embed(&fit_texts).map_err(terr)?.concat()
+                    m.embed(&fit_texts)?.concat()
                 }
             };
             let fit_y: Vec<u32> = keep.iter().map(|&i| targets[i] as u32).collect();
@@ -638,23 +533,20 @@ pub fn train(
         Default::default(),
     );
     let truth: Vec<Option<TagPath>> = val_rows.iter().map(|r| r.label.clone()).collect();
-    decider.level_temperatures = fit_level_temperatures(&decider, &val_logits, &truth);
+    // The detector's logit beside each row's logits; the batch rule's
+    // logits: the validation rows judged as one batch.
+    let (val_scores, batch_det) = match &detector {
+        None => (val_logits.into_iter().map(Scores::from).collect(), None),
+        Some((_, z, zb)) => (Scores::with_detector(val_logits, z), Some(zb.as_slice())),
+    };
+    decider.level_temperatures = fit_level_temperatures(&decider, &val_scores, &truth);
     let calibration = Calibration {
         temperature,
         ece_before: Some(ece_at(&cal_logits, &cal_targets, 1.0)),
         ece_after: Some(ece_at(&cal_logits, &cal_targets, temperature)),
         level_temperatures: decider.level_temperatures.clone(),
     };
-    // Score rows carry the detector's logit after the logits.
-    // The batch rule's logits: the validation rows judged as one batch.
-    let (val_logits, batch_det) = match &detector {
-        None => (val_logits, None),
-        Some((_, z, zb)) => {
-            decider.detector = true;
-            (with_detector_logits(val_logits, z), Some(zb.as_slice()))
-        }
-    };
-    let thresholds = fit_thresholds(&decider, &val_logits, &truth, batch_det, &cfg.decision);
+    let thresholds = fit_thresholds(&decider, &val_scores, &truth, batch_det, &cfg.decision);
     decider.thresholds = thresholds.clone();
     let eval_rows: Vec<EvalRow> = val_rows
         .iter()
@@ -663,14 +555,20 @@ pub fn train(
             slices: Vec::new(),
         })
         .collect();
-    let val_report = evaluate_logits(&decider, &id, kind_name, &val_logits, &eval_rows, None);
+    let val_report = evaluate_logits(
+        &decider,
+        Judging::PerCase,
+        &id,
+        kind_name,
+        &val_scores,
+        &eval_rows,
+        None,
+    );
     let mut vm = serde_json::to_value(&val_report.summary).unwrap();
     vm["fit_seconds"] = serde_json::json!(fit_s);
     vm["train_rows"] = serde_json::json!(texts.len());
-    if let Fitted::Transformer(tc) = &fitted {
-        if let Some((_, info)) = &tc.lexical {
-            vm["fusion"] = serde_json::to_value(info).unwrap();
-        }
+    for (k, v) in fitted.validation_notes() {
+        vm[k] = v;
     }
     vm["oos_detector"] = serde_json::json!(match (&detector, label_space.oos_class) {
         (_, true) => "class",

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use casetag_core::{TagPath, Taxonomy, Transcript};
 use casetag_engine::calibrate::OosDetector;
+use casetag_engine::decide::Judging;
 use casetag_engine::oos_meta::FILE;
-use casetag_engine::{load_model, Example, ModelKind, Tagger, Thresholds, TrainConfig};
+use casetag_engine::{load_model, Example, Tagger, Thresholds, TrainConfig};
 use casetag_transformer::fixtures::write_tiny_bert;
 
 const CLASSES: [(&str, &str); 5] = [
@@ -45,7 +46,7 @@ fn examples() -> Vec<Example> {
     rows
 }
 
-fn config(kind: ModelKind, encoder: &Path, detector: OosDetector) -> TrainConfig {
+fn config(kind: &str, encoder: &Path, detector: OosDetector) -> TrainConfig {
     let yaml = format!(
         "nodes: [{}]",
         CLASSES
@@ -55,7 +56,7 @@ fn config(kind: ModelKind, encoder: &Path, detector: OosDetector) -> TrainConfig
             .join(", ")
     );
     let mut cfg = TrainConfig {
-        kind,
+        kind: kind.into(),
         taxonomy: Some(Taxonomy::from_yaml_str(&yaml).unwrap()),
         encoder: Some(encoder.display().to_string()),
         val_fraction: 0.25,
@@ -73,7 +74,7 @@ fn transformer_bundle_carries_the_detector_and_decisions_use_it() {
     write_tiny_bert(enc.path(), 3).unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("meta");
-    let cfg = config(ModelKind::Transformer, enc.path(), OosDetector::Meta);
+    let cfg = config("transformer", enc.path(), OosDetector::Meta);
     let msgs = std::sync::Mutex::new(Vec::new());
     let m = casetag_engine::train(&cfg, examples(), None, &dir, &|s: &str| {
         msgs.lock().unwrap().push(s.to_string())
@@ -91,18 +92,22 @@ fn transformer_bundle_carries_the_detector_and_decisions_use_it() {
     assert!(msgs.iter().any(|s| s.contains("round 6/6")), "{msgs:?}");
 
     let loaded = load_model(&dir).unwrap();
-    assert!(loaded.detector.is_some() && loaded.decider.detector);
+    assert!(loaded.detector.is_some());
     let cases = vec![
         Transcript::new("[buyer] refund my money back please"),
         Transcript::new("[buyer] zzz qqq xxx"),
     ];
     let rows = loaded.scores(&cases).unwrap();
-    assert!(rows.iter().all(|r| r.len() == 6), "5 logits + the detector");
+    assert!(
+        rows.iter()
+            .all(|r| r.logits.len() == 5 && r.detector.is_some()),
+        "5 logits and the detector's"
+    );
     let tagger = Tagger::load(&dir, None).unwrap();
     let tagged = tagger.tag(&cases, 2).unwrap();
     for (t, row) in tagged.iter().zip(&rows) {
         let d = &t.decision;
-        let z = row[5];
+        let z = row.detector.unwrap();
         assert!((d.oos_score - 1.0 / (1.0 + (-z).exp())).abs() < 1e-6);
         assert_eq!(d.out_of_scope, z > cut);
     }
@@ -124,16 +129,18 @@ fn transformer_bundle_carries_the_detector_and_decisions_use_it() {
         .scores_batch(&emb)
         .unwrap();
     let rows_b = whole.scores(&cases).unwrap();
-    assert_eq!(rows_b[0][..5], rows[0][..5], "same logits");
+    assert_eq!(rows_b[0].logits, rows[0].logits, "same logits");
     for (row, z) in rows_b.iter().zip(&zb) {
-        assert_eq!(row[5], *z);
+        assert_eq!(row.detector, Some(*z));
     }
     for (d, z) in whole.decide(&cases, 2).unwrap().iter().zip(&zb) {
         assert_eq!(d.out_of_scope, *z > batch_cut);
     }
     let mut tagger = Tagger::load(&dir, None).unwrap();
     tagger.enable_batch_novelty().unwrap();
-    assert!(tagger.active().batch_novelty);
+    assert_eq!(tagger.active().judging, Judging::Batch);
+    // The thresholds stay the bundle's: the judging mode picks the cut.
+    assert_eq!(tagger.active().decider.thresholds, th);
 
     // A damaged detector file fails verification like any bundle file.
     let p = dir.join(FILE);
@@ -151,7 +158,7 @@ fn fine_tuning_fits_the_detector_on_the_tuned_encoder() {
     write_tiny_bert(enc.path(), 3).unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("ft");
-    let mut cfg = config(ModelKind::Transformer, enc.path(), OosDetector::Meta);
+    let mut cfg = config("transformer", enc.path(), OosDetector::Meta);
     cfg.transformer = casetag_transformer::TransformerParams {
         epochs: 2,
         ..casetag_transformer::TransformerParams::fine_tune()
@@ -162,7 +169,7 @@ fn fine_tuning_fits_the_detector_on_the_tuned_encoder() {
     let rows = loaded
         .scores(&[Transcript::new("[buyer] delivery is late")])
         .unwrap();
-    assert_eq!(rows[0].len(), 6);
+    assert!(rows[0].logits.len() == 5 && rows[0].detector.is_some());
 }
 
 #[test]
@@ -171,8 +178,8 @@ fn msp_and_the_baseline_keep_the_confidence_cut() {
     write_tiny_bert(enc.path(), 3).unwrap();
     let out = tempfile::tempdir().unwrap();
     for (name, kind, det) in [
-        ("msp", ModelKind::Transformer, OosDetector::Msp),
-        ("baseline", ModelKind::Baseline, OosDetector::Meta),
+        ("msp", "transformer", OosDetector::Msp),
+        ("baseline", "baseline", OosDetector::Meta),
     ] {
         let dir = out.path().join(name);
         let cfg = config(kind, enc.path(), det);
@@ -182,13 +189,16 @@ fn msp_and_the_baseline_keep_the_confidence_cut() {
         let th: Thresholds = serde_json::from_value(m.thresholds.clone()).unwrap();
         assert!(th.oos_detector_cut.is_none(), "{name}");
         let loaded = load_model(&dir).unwrap();
-        assert!(loaded.detector.is_none() && !loaded.decider.detector);
+        assert!(loaded.detector.is_none());
         let rows = loaded.scores(&[Transcript::new("[buyer] late")]).unwrap();
-        assert_eq!(rows[0].len(), 5, "{name}");
+        assert!(
+            rows[0].logits.len() == 5 && rows[0].detector.is_none(),
+            "{name}"
+        );
         assert!(th.oos_batch_cut.is_none(), "{name}");
         let mut loaded = loaded;
         let e = loaded.enable_batch_novelty().unwrap_err().to_string();
         assert!(e.contains("--batch-novelty"), "{name}: {e}");
-        assert!(!loaded.batch_novelty);
+        assert_eq!(loaded.judging, Judging::PerCase);
     }
 }

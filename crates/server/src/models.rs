@@ -76,14 +76,8 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, EngineError>) -> Result<
 fn load_fallback(what: &str, dir: &Path) -> Result<LoadedModel, ServerError> {
     // The verified manifest says the kind before any weights are read.
     let b = Bundle::open(dir).map_err(|e| ServerError::Model(e.into()))?;
-    if b.manifest.kind != "baseline" {
-        return Err(ServerError::Config(format!(
-            "--fallback {}: model '{}' is a {}; the fallback must be a baseline bundle",
-            dir.display(),
-            b.manifest.id,
-            b.manifest.kind
-        )));
-    }
+    casetag_engine::backend::check_fallback(dir, &b.manifest.id, &b.manifest.kind)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     guarded(what, || load_model(dir))
 }
 

@@ -43,6 +43,9 @@ pub use model::{ModelInfo, TrainSummary, TransformerModel};
 pub use text::{buyer_first, TextEncoder, Truncation};
 pub use train::fit;
 
+/// The model kind this crate's bundles record (`manifest.kind`).
+pub const KIND: &str = "transformer";
+
 /// What trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -288,7 +288,7 @@ impl Classifier for TransformerModel {
     }
 
     fn kind(&self) -> &str {
-        "transformer"
+        crate::KIND
     }
 
     fn label_space(&self) -> &LabelSpace {

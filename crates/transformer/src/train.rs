@@ -625,7 +625,7 @@ pub fn fit(
     let info = ModelInfo {
         format: 1,
         id: id.to_string(),
-        kind: "transformer".into(),
+        kind: crate::KIND.into(),
         params: params.clone(),
         label_space: label_space.clone(),
         pooling: "mean".into(),

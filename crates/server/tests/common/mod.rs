@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use casetag_core::{
     Classifier, ClassifierError, LabelSpace, LevelScores, TagPath, Taxonomy, Transcript,
 };
-use casetag_engine::{load_model, Example, LoadedModel, ModelKind, Tagger, TrainConfig};
+use casetag_engine::{load_model, Example, LoadedModel, Tagger, TrainConfig};
 use casetag_server::{AppState, Limits, ServerConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -103,7 +103,7 @@ fn examples() -> Vec<Example> {
 
 fn train(out: &Path, id: &str) {
     let mut cfg = TrainConfig {
-        kind: ModelKind::Baseline,
+        kind: "baseline".into(),
         id: Some(id.to_string()),
         taxonomy: Some(Taxonomy::from_yaml_str(TAXONOMY).unwrap()),
         val_fraction: 0.2,
@@ -241,7 +241,7 @@ pub fn wrapped(dir: &Path, gate: Option<Arc<Gate>>) -> LoadedModel {
         }),
         decider: m.decider,
         detector: m.detector,
-        batch_novelty: m.batch_novelty,
+        judging: m.judging,
     }
 }
 
