@@ -379,8 +379,10 @@ mod tests {
         assert_eq!(d.top_path.to_string(), "a/a1");
         assert!((d.confidence[0] - 0.95).abs() < 0.01, "{:?}", d.confidence);
         assert!((d.confidence[1] - 0.513).abs() < 0.03, "{:?}", d.confidence);
-        // The per-level alternatives report the same calibrated marginals.
+        // The per-level alternatives report the same calibrated marginals,
+        // and the best full path's probability is the deepest confidence.
         assert!((d.level_alternatives[0][0].probability - d.confidence[0]).abs() < 1e-6);
+        assert!((d.alternatives[0].probability - d.confidence[1]).abs() < 1e-6);
     }
 
     #[test]

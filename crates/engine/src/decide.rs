@@ -342,7 +342,14 @@ impl Decider {
             Vec::new()
         };
 
-        let alternatives = self.top_k(&in_scope, top_k);
+        // Full paths at the deepest level's temperature, so that the best
+        // one's probability is the deepest confidence.
+        let t_deepest = self.level_temperature(self.taxonomy.depth() - 1);
+        let alternatives = if t_deepest == self.temperature {
+            self.top_k(&in_scope, top_k)
+        } else {
+            self.top_k(&self.in_scope_probabilities(logits, t_deepest).0, top_k)
+        };
         let level_alternatives = self.top_k_per_level(&level_marg, top_k);
         Decision {
             tag,
