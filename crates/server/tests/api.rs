@@ -406,3 +406,122 @@ fn bad_address_and_bad_bundle_are_input_errors() {
         "{e}"
     );
 }
+
+/// Check `v` against an OpenAPI 3.0 schema (the subset `openapi.json` uses:
+/// `$ref`, `allOf`, `type`, `nullable`, `enum`, `properties`, `required`,
+/// `items`, `additionalProperties`). An object schema with `properties`
+/// and no `additionalProperties` is closed: a field the document does not
+/// declare is an error, so the document cannot fall behind the types.
+fn conforms(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        let target = &spec["components"]["schemas"][name];
+        assert!(target.is_object(), "dangling $ref {r}");
+        return conforms(spec, target, v, at, errs);
+    }
+    if v.is_null() && schema["nullable"] == true {
+        return;
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            conforms(spec, s, v, at, errs);
+        }
+    }
+    if let Some(e) = schema["enum"].as_array() {
+        if !e.contains(v) {
+            errs.push(format!("{at}: {v} not in {e:?}"));
+        }
+    }
+    let ok = match schema["type"].as_str() {
+        None => true,
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        Some("array") => v.is_array(),
+        Some("object") => v.is_object(),
+        Some(t) => panic!("{at}: type {t} not handled"),
+    };
+    if !ok {
+        errs.push(format!("{at}: {v} is not {}", schema["type"]));
+        return;
+    }
+    if let (Some(items), Some(a)) = (schema.get("items"), v.as_array()) {
+        for (i, x) in a.iter().enumerate() {
+            conforms(spec, items, x, &format!("{at}[{i}]"), errs);
+        }
+    }
+    if let Some(o) = v.as_object() {
+        for r in schema["required"].as_array().into_iter().flatten() {
+            if !o.contains_key(r.as_str().unwrap()) {
+                errs.push(format!("{at}: required '{r}' missing"));
+            }
+        }
+        if let Some(props) = schema["properties"].as_object() {
+            let open = schema.get("additionalProperties");
+            for (k, x) in o {
+                match props.get(k) {
+                    Some(p) => conforms(spec, p, x, &format!("{at}.{k}"), errs),
+                    None if open.is_some_and(|a| a != false) => {
+                        if let Some(s) = open.filter(|a| a.is_object()) {
+                            conforms(spec, s, x, &format!("{at}.{k}"), errs);
+                        }
+                    }
+                    None => errs.push(format!("{at}: '{k}' is not in the document")),
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_answer_as_served() {
+    let s = server().await;
+    let (_, spec) = s.get("/openapi.json").await;
+    let schema = |path: &str, method: &str, status: &str| -> Value {
+        let r = &spec["paths"][path][method]["responses"][status];
+        assert!(
+            r.is_object(),
+            "openapi.json: no {status} for {method} {path}"
+        );
+        r["content"]["application/json"]["schema"].clone()
+    };
+    let mut errs = Vec::new();
+    let mut check = |what: &str, sch: Value, v: &Value| conforms(&spec, &sch, v, what, &mut errs);
+    for top_k in [0, 3] {
+        let (st, v) = s
+            .post_json(
+                "/v1/tag",
+                &json!({"cases": [
+                    {"id": "a", "text": "the screen arrived cracked and broken, I want a refund"},
+                    {"text": "where is my order, the delivery is two weeks late"}
+                ], "top_k": top_k}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        check("POST /v1/tag 200", schema("/v1/tag", "post", "200"), &v);
+    }
+    // The request schema accepts what the server accepts.
+    check(
+        "TagRequest",
+        json!({"$ref": "#/components/schemas/TagRequest"}),
+        &json!({"cases": [{"id": "a", "text": "x"}], "top_k": 3}),
+    );
+    let (st, v) = s.post_json("/v1/tag", &json!({"cases": []})).await;
+    assert_eq!(st, 422);
+    check("POST /v1/tag 422", schema("/v1/tag", "post", "422"), &v);
+    let (st, v) = s.post_raw("/v1/tag", b"{not json".to_vec()).await;
+    assert_eq!(st, 400);
+    check("POST /v1/tag 400", schema("/v1/tag", "post", "400"), &v);
+    for path in ["/v1/model", "/v1/taxonomy", "/healthz", "/readyz"] {
+        let (st, v) = s.get(path).await;
+        assert_eq!(st, 200, "{path}: {v}");
+        check(&format!("GET {path} 200"), schema(path, "get", "200"), &v);
+    }
+    assert!(
+        errs.is_empty(),
+        "openapi.json and the answers disagree:\n{}",
+        errs.join("\n")
+    );
+    s.shutdown().await;
+}
