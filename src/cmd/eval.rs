@@ -20,9 +20,12 @@ use crate::{progress, CmdResult, Failure};
 /// With several models, the first is the reference (champion) for --gate.
 #[derive(Parser)]
 pub struct Args {
-    /// Model bundle directory (repeat to compare models side by side).
+    /// Model bundle directory, or NAME / NAME/VERSION in the registry
+    /// (repeat to compare models side by side).
     #[arg(long = "model", required = true)]
-    models: Vec<PathBuf>,
+    models: Vec<String>,
+    #[command(flatten)]
+    registry: super::models::Registry,
     /// Labelled table (any supported format).
     #[arg(long)]
     data: PathBuf,
@@ -159,7 +162,12 @@ pub fn run(a: Args) -> CmdResult {
     // Every model is loaded before any inference: two bundles with one id
     // could not be told apart in the report.
     let mut loaded = Vec::with_capacity(a.models.len());
-    for mp in &a.models {
+    let paths = a
+        .models
+        .iter()
+        .map(|m| a.registry.resolve(m))
+        .collect::<Result<Vec<PathBuf>, Failure>>()?;
+    for mp in &paths {
         let m = load_model(mp)?;
         if let Some((other, _)) = loaded
             .iter()

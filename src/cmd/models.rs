@@ -37,6 +37,22 @@ pub fn resolve(root: &Path, spec: &str) -> Result<PathBuf, Failure> {
     casetag_core::bundle::resolve_spec(root, spec).map_err(|e| Failure::input(e.message()))
 }
 
+/// Where the model flags of `tag`, `eval`, `serve` and `monitor` look up
+/// registry names (`NAME` for its champion, `NAME/VERSION`); a bundle
+/// directory is taken as it is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Registry {
+    /// Registry root for NAME-style models (a bundle directory is taken as it is).
+    #[arg(long = "models-root", env = "CASETAG_MODELS", default_value = "models")]
+    pub models_root: PathBuf,
+}
+
+impl Registry {
+    pub fn resolve(&self, spec: &str) -> Result<PathBuf, Failure> {
+        resolve(&self.models_root, spec)
+    }
+}
+
 fn champion(root: &Path, name: &str) -> Option<String> {
     std::fs::read_to_string(root.join(name).join("champion"))
         .ok()

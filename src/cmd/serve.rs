@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use clap::Parser;
 
 use crate::{CmdResult, Failure};
@@ -19,17 +17,16 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
-    /// Registry root for NAME-style models.
-    #[arg(long, env = "CASETAG_MODELS", default_value = "models")]
-    models_root: PathBuf,
+    #[command(flatten)]
+    registry: super::models::Registry,
     #[command(flatten)]
     limits: casetag_server::Limits,
 }
 
 pub fn run(a: Args) -> CmdResult {
-    let model = super::models::resolve(&a.models_root, &a.model)?;
+    let model = a.registry.resolve(&a.model)?;
     let fallback = match &a.fallback {
-        Some(f) => Some(super::models::resolve(&a.models_root, f)?),
+        Some(f) => Some(a.registry.resolve(f)?),
         None => None,
     };
     let cfg = casetag_server::ServerConfig {
@@ -37,7 +34,7 @@ pub fn run(a: Args) -> CmdResult {
         model,
         model_spec: a.model,
         fallback,
-        models_root: a.models_root,
+        models_root: a.registry.models_root,
         limits: a.limits,
     };
     casetag_server::serve_blocking(cfg).map_err(|e| {

@@ -39,12 +39,15 @@ const WARN_ROWS: usize = 10;
 /// row is written. A killed job continues with `--resume`.
 #[derive(Parser)]
 pub struct Args {
-    /// Model bundle directory.
+    /// Model bundle directory, or NAME / NAME/VERSION in the registry.
     #[arg(long)]
-    model: PathBuf,
-    /// Fallback bundle, a baseline, used when the model fails to load or errors.
+    model: String,
+    /// Fallback bundle (or registry name), a baseline, used when the model
+    /// fails to load or errors.
     #[arg(long)]
-    fallback: Option<PathBuf>,
+    fallback: Option<String>,
+    #[command(flatten)]
+    registry: super::models::Registry,
     /// Input table (.csv, .parquet, .jsonl/.ndjson) with a `text` column;
     /// or a directory or glob (`'DIR/*.parquet'`) of them, each tagged into
     /// its own file in the --output directory.
@@ -245,11 +248,17 @@ pub fn run(a: Args) -> CmdResult {
         }
     }
 
-    let tagger = load_tagger(&a.model, a.fallback.as_deref(), a.batch_novelty)?;
+    let model = a.registry.resolve(&a.model)?;
+    let fallback = a
+        .fallback
+        .as_deref()
+        .map(|f| a.registry.resolve(f))
+        .transpose()?;
+    let tagger = load_tagger(&model, fallback.as_deref(), a.batch_novelty)?;
     if tagger.primary.is_none() {
         progress::warn(&format!(
             "{}: the model did not load; every row is tagged by the fallback",
-            a.model.display()
+            model.display()
         ));
     }
     if single {

@@ -454,7 +454,12 @@ pub fn resolve_spec(root: &Path, spec: &str) -> Result<PathBuf> {
     if p.is_dir() {
         return Ok(p.to_path_buf());
     }
-    named?;
+    if let Err(e) = named {
+        return Err(Error::Invalid(format!(
+            "{}; nor is it a bundle directory",
+            e.message()
+        )));
+    }
     Err(Error::Invalid(format!(
         "model '{spec}': not a bundle directory, nor NAME/VERSION or a NAME with a champion under {}",
         root.display()

@@ -162,6 +162,16 @@ impl Model {
         fallback: Option<PathBuf>,
         batch_novelty: bool,
     ) -> PyResult<Self> {
+        // Registry names resolve as the CLI's do (root: CASETAG_MODELS,
+        // else `models`).
+        let root = std::env::var_os("CASETAG_MODELS")
+            .map_or_else(|| PathBuf::from("models"), PathBuf::from);
+        let resolve = |p: &PathBuf| {
+            casetag_core::bundle::resolve_spec(&root, &p.to_string_lossy())
+                .map_err(|e| PyValueError::new_err(e.message().to_string()))
+        };
+        let path = resolve(&path)?;
+        let fallback = fallback.as_ref().map(resolve).transpose()?;
         let tagger = py
             .detach(|| load_tagger(&path, fallback.as_deref(), batch_novelty))
             .map_err(engine_err)?;

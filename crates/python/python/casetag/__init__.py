@@ -56,7 +56,9 @@ class Model:
     """A casetag bundle loaded once (checksums verified exactly as the CLI does).
 
     Args:
-        path: the bundle directory (``casetag train --out``).
+        path: the bundle directory (``casetag train --out``), or a registry
+            name ``NAME`` (its champion) or ``NAME/VERSION`` under
+            ``$CASETAG_MODELS`` (default ``models``), as the CLI takes them.
         fallback: a baseline bundle that answers when ``path`` fails to load
             or fails on a batch (as ``casetag tag --fallback``).
         batch_novelty: judge out of scope over each batch as a whole (as
