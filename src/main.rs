@@ -27,13 +27,15 @@ enum Command {
     /// Clean, mask, validate and split a case table into Parquet splits.
     Prepare(cmd::prepare::Args),
     /// Train a baseline or transformer model and write a self-contained bundle.
-    Train(cmd::train::Args),
+    Train(Box<cmd::train::Args>),
     /// Evaluate one or more models on a labelled table; write report.json and report.html.
     Eval(cmd::eval::Args),
     /// Tag a case table in batch (streams the input, keeps every row).
     Tag(cmd::tag::Args),
     /// Compare a current tagged file with a reference one: label mix, confidence and rate drift.
     Monitor(cmd::monitor::Args),
+    /// Queue the tagged cases worth a human's time (uncertain, out of scope, disputed), near-duplicates grouped; CSV, Label Studio and Argilla exports.
+    Review(cmd::review::Args),
     /// Serve real-time tag lookups over HTTP.
     Serve(cmd::serve::Args),
     /// Manage the model registry under models/ (list, show, promote).
@@ -101,10 +103,11 @@ fn main() -> ExitCode {
         .init();
     let r = match cli.command {
         Command::Prepare(a) => cmd::prepare::run(a),
-        Command::Train(a) => cmd::train::run(a),
+        Command::Train(a) => cmd::train::run(*a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Tag(a) => cmd::tag::run(a),
         Command::Monitor(a) => cmd::monitor::run(a),
+        Command::Review(a) => cmd::review::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Models(a) => cmd::models::run(a),
         Command::Completions { shell } => {

@@ -109,7 +109,7 @@ fn baseline() -> &'static Path {
 #[test]
 fn help_for_every_subcommand() {
     for c in [
-        "prepare", "train", "eval", "tag", "serve", "models", "monitor",
+        "prepare", "train", "eval", "tag", "serve", "models", "monitor", "review",
     ] {
         let o = run(&[c, "--help"]);
         assert!(o.status.success(), "{c} --help");
@@ -130,7 +130,7 @@ fn train_tag_eval_on_bundled_data() {
     assert!(manifest["files"].as_object().unwrap().len() >= 2);
 
     let tmp = tempfile::tempdir().unwrap();
-    let test = root().join("data/aftersales/test.csv");
+    let test = self::root().join("data/aftersales/test.csv");
     let report = tmp.path().join("report");
     let o = run(&[
         "eval",
@@ -339,6 +339,158 @@ fn top_k_and_actions_are_lists_where_the_format_has_lists() {
 }
 
 #[test]
+fn review_queues_the_uncertain_cases_and_extra_trains_on_the_reviewed_ones() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let test = self::root().join("data/aftersales/test.csv");
+    let tagged = tmp.path().join("tagged.parquet");
+    assert!(tag(model, &test, &tagged, &["--top-k", "2"])
+        .status
+        .success());
+    let q = tmp.path().join("q");
+    let o = run(&[
+        "review",
+        "--input",
+        tagged.to_str().unwrap(),
+        "--budget",
+        "20",
+        "--out",
+        q.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(summary["items"], 20, "{summary}");
+    let queue = casetag_data::read_table(&q.join("queue.csv")).unwrap();
+    assert_eq!(queue.height(), 20);
+    let col = |n: &str| -> Vec<String> {
+        let c = queue
+            .column(n)
+            .unwrap()
+            .cast(&polars::prelude::DataType::String)
+            .unwrap();
+        c.str()
+            .unwrap()
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect()
+    };
+    // Ranked 1..20, every item with a reason, values not increasing.
+    assert_eq!(
+        col("rank"),
+        (1..=20).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert!(
+        col("reasons").iter().all(|r| !r.is_empty()),
+        "{:?}",
+        col("reasons")
+    );
+    let values: Vec<f64> = col("value").iter().map(|v| v.parse().unwrap()).collect();
+    assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
+    // The test split's out-of-scope cases are the most uncertain of all.
+    assert!(
+        col("reasons")[0].contains("out_of_scope"),
+        "{:?}",
+        col("reasons")
+    );
+    for (name, key) in [("label_studio.json", "data"), ("argilla.json", "fields")] {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(q.join(name)).unwrap()).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 20, "{name}");
+        assert!(v[0][key]["text"].is_string(), "{name}: {}", v[0]);
+    }
+    // A second model answering differently is a reason of its own.
+    let o = run(&[
+        "review",
+        "--input",
+        tagged.to_str().unwrap(),
+        "--compare",
+        test.to_str().unwrap(),
+        "--budget",
+        "5",
+        "--out",
+        tmp.path().join("q2").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "test.csv has no guess columns: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("guess_l1"), "{}", stderr(&o));
+
+    // The reviewer fills the queue: 17 with the true labels, one out of
+    // scope, two left empty; `--extra` trains on the 18 reviewed rows.
+    let truth = casetag_data::read_table(&test).unwrap();
+    let tcol = |n: &str| -> Vec<String> {
+        let c = truth.column(n).unwrap();
+        c.str()
+            .unwrap()
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect()
+    };
+    let (tid, tl) = (tcol("id"), [tcol("l1"), tcol("l2"), tcol("l3")]);
+    let mut reviewed = String::from("id,text,l1,l2,l3\n");
+    let (ids, texts) = (col("id"), col("text"));
+    for i in 0..20 {
+        let t = tid.iter().position(|x| *x == ids[i]).unwrap();
+        let labels = match i {
+            0 => ["out_of_scope".to_string(), String::new(), String::new()],
+            18 | 19 => [String::new(), String::new(), String::new()],
+            _ if tl[0][t].is_empty() => ["out_of_scope".to_string(), String::new(), String::new()],
+            _ => [tl[0][t].clone(), tl[1][t].clone(), tl[2][t].clone()],
+        };
+        reviewed.push_str(&format!(
+            "{},\"{}\",{},{},{}\n",
+            ids[i],
+            texts[i].replace('"', "\"\""),
+            labels[0],
+            labels[1],
+            labels[2]
+        ));
+    }
+    let extra = tmp.path().join("reviewed.csv");
+    std::fs::write(&extra, reviewed).unwrap();
+    let base = tmp.path().join("base");
+    let o = train_baseline(&base, 1024, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let more = tmp.path().join("more");
+    let r = self::root();
+    let o = run(&[
+        "train",
+        "--kind",
+        "baseline",
+        "--train",
+        r.join("data/aftersales/train.csv").to_str().unwrap(),
+        "--val",
+        r.join("data/aftersales/val.csv").to_str().unwrap(),
+        "--taxonomy",
+        r.join("data/taxonomy.yaml").to_str().unwrap(),
+        "--features",
+        "1024",
+        "--extra",
+        extra.to_str().unwrap(),
+        "--out",
+        more.to_str().unwrap(),
+        "--log",
+        "info",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("18 labelled row(s) added (2 without a label skipped)"),
+        "{}",
+        stderr(&o)
+    );
+    let rows = |m: &Path| -> i64 {
+        let man: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(m.join("manifest.json")).unwrap())
+                .unwrap();
+        man["validation_metrics"]["train_rows"].as_i64().unwrap()
+    };
+    assert_eq!(rows(&more), rows(&base) + 18);
+}
+
+#[test]
 fn formats_round_trip() {
     let model = baseline();
     let tmp = tempfile::tempdir().unwrap();
@@ -485,7 +637,7 @@ fn eval_gate_fails_with_exit_3() {
         "min:\n  levels.l1.accuracy: 0.999999\n  path_accuracy: 0.0\n",
     )
     .unwrap();
-    let test = root().join("data/aftersales/test.csv");
+    let test = self::root().join("data/aftersales/test.csv");
     let args = |g: &Path| {
         run(&[
             "eval",
@@ -586,6 +738,67 @@ fn registry_list_show_promote() {
             .trim(),
         "v2"
     );
+    // Every command that takes a model takes a registry name: `tag` and
+    // `eval` with the champion (v2) by name, `eval` with a version, and
+    // `monitor` with a bundle's reference sample by name.
+    let test = self::root().join("data/aftersales/test.csv");
+    let out = tmp.path().join("by_name.csv");
+    let o = run(&[
+        "tag",
+        "--models-root",
+        root,
+        "--model",
+        "tagger",
+        "--fallback",
+        "tagger/v1",
+        "--input",
+        test.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(count_csv_rows(&out), count_csv_rows(&test));
+    let report = tmp.path().join("by_name_report");
+    let o = run(&[
+        "eval",
+        "--models-root",
+        root,
+        "--model",
+        "tagger/v2",
+        "--data",
+        test.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        "monitor",
+        "--models-root",
+        root,
+        "--reference",
+        "tagger",
+        "--current",
+        out.to_str().unwrap(),
+        "--out",
+        tmp.path().join("drift").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A name that is in no registry, nor a directory, is one line.
+    let o = run(&[
+        "tag",
+        "--models-root",
+        root,
+        "--model",
+        "nobody",
+        "--input",
+        test.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("'nobody'"), "{}", stderr(&o));
+
     let o = models(&["promote", "tagger/v9"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));

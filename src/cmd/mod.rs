@@ -4,9 +4,11 @@ pub mod eval;
 pub mod models;
 pub mod monitor;
 pub mod prepare;
+pub mod review;
 pub mod serve;
 pub mod shards;
 pub mod tag;
+pub mod tagged_file;
 pub mod train;
 
 use std::path::Path;

@@ -1,10 +1,10 @@
 use std::path::{Path, PathBuf};
 
-use casetag_data::{printable, read_table};
+use casetag_data::printable;
 use casetag_engine::drift::{compare, render_html, Tagged, Thresholds, REFERENCE_FILE};
 use clap::Parser;
-use polars::prelude::{Column, DataType};
 
+use super::tagged_file::{filter, TaggedFile};
 use crate::{CmdResult, Failure};
 
 /// Compare a current tagged file with a reference one and say whether the
@@ -24,9 +24,12 @@ use crate::{CmdResult, Failure};
 #[derive(Parser)]
 pub struct Args {
     /// Reference: a tagged file (what normal looks like), or a model
-    /// bundle, whose sample of answers on its validation rows is used.
+    /// bundle (a directory or a registry name), whose sample of answers on
+    /// its validation rows is used.
     #[arg(long)]
     reference: PathBuf,
+    #[command(flatten)]
+    registry: super::models::Registry,
     /// Current tagged file (the traffic to judge).
     #[arg(long)]
     current: PathBuf,
@@ -79,10 +82,11 @@ pub fn run(a: Args) -> CmdResult {
             a.rate_change
         )));
     }
-    let (reference, ref_untagged) = if a.reference.is_dir() {
-        (bundle_reference(&a.reference)?, 0)
-    } else {
+    let (reference, ref_untagged) = if a.reference.is_file() {
         load(&a.reference, &a)?
+    } else {
+        let spec = a.reference.to_string_lossy();
+        (bundle_reference(&a.registry.resolve(&spec)?)?, 0)
     };
     let (current, cur_untagged) = load(&a.current, &a)?;
     let t = Thresholds {
@@ -155,65 +159,24 @@ fn bundle_reference(dir: &Path) -> Result<Tagged, Failure> {
 }
 
 /// A tagged file's columns for the comparison, and how many untagged rows
-/// were left out. Predictions are read from `pred_X` where `tag` had to
-/// rename them (the input had a column `X`), else from `X`.
+/// were left out.
 fn load(path: &Path, a: &Args) -> Result<(Tagged, usize), Failure> {
-    let df = read_table(path)?;
-    let names: Vec<String> = df
-        .get_column_names()
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
-    let has = |n: &str| names.iter().any(|c| c == n);
-    let tagged = |n: &str| -> Result<&Column, Failure> {
-        let pred = format!("pred_{n}");
-        let name = if has(&pred) { pred.as_str() } else { n };
-        df.column(name).map_err(|_| {
-            Failure::input(format!(
-                "{}: column '{n}': missing; is this a file written by `casetag tag`? (found: {})",
-                path.display(),
-                printable(&names.join(", "))
-            ))
-        })
-    };
-    // Rows `tag` could not tag carry an error and no answer.
-    let keep: Vec<bool> = match tagged("error") {
-        Ok(c) => strings(c, path)?.iter().map(Option::is_none).collect(),
-        Err(_) => vec![true; df.height()],
-    };
+    let f = TaggedFile::read(path)?;
+    let keep = f.answered()?;
     let untagged = keep.iter().filter(|k| !**k).count();
-    let pick = |v: Vec<Option<String>>| filter(v, &keep);
-    let labels = [
-        pick(strings(tagged("l1")?, path)?),
-        pick(strings(tagged("l2")?, path)?),
-        pick(strings(tagged("l3")?, path)?),
-    ];
+    let strings = |n: &str| -> Result<Vec<Option<String>>, Failure> {
+        Ok(filter(f.strings(f.output(n)?)?, &keep))
+    };
+    let labels = [strings("l1")?, strings("l2")?, strings("l3")?];
     let float = |n: &str| -> Result<Vec<Option<f64>>, Failure> {
-        let c = cast(tagged(n)?, &DataType::Float64, path)?;
-        Ok(filter(
-            c.f64().map_err(Failure::internal)?.iter().collect(),
-            &keep,
-        ))
+        Ok(filter(f.floats(f.output(n)?)?, &keep))
     };
     let conf = [float("conf_l1")?, float("conf_l2")?, float("conf_l3")?];
-    let depth = cast(tagged("depth")?, &DataType::Int64, path)?;
-    let depth = filter(
-        depth.i64().map_err(Failure::internal)?.iter().collect(),
-        &keep,
-    );
-    // CSV has no boolean type: `true`/`false` read as text.
-    let oos = strings(tagged("out_of_scope")?, path)?
-        .into_iter()
-        .map(|v| match v.as_deref() {
-            Some("true") => Some(true),
-            Some("false") => Some(false),
-            _ => None,
-        })
-        .collect();
-    let out_of_scope = filter(oos, &keep);
-    let text_chars = match df.column(&a.text_column) {
+    let depth = filter(f.ints(f.output("depth")?)?, &keep);
+    let out_of_scope = filter(f.bools(f.output("out_of_scope")?)?, &keep);
+    let text_chars = match f.input(&a.text_column, "") {
         Ok(c) => Some(filter(
-            strings(c, path)?
+            f.strings(c)?
                 .iter()
                 .map(|t| t.as_ref().map(|t| t.chars().count() as f64))
                 .collect(),
@@ -223,17 +186,7 @@ fn load(path: &Path, a: &Args) -> Result<(Tagged, usize), Failure> {
     };
     let slice = match &a.slice {
         None => None,
-        Some(s) => {
-            let c = df.column(s).map_err(|_| {
-                Failure::input(format!(
-                    "{}: --slice column '{}': missing (found: {})",
-                    path.display(),
-                    printable(s),
-                    printable(&names.join(", "))
-                ))
-            })?;
-            Some(filter(strings(c, path)?, &keep))
-        }
+        Some(s) => Some(filter(f.strings(f.input(s, "--slice ")?)?, &keep)),
     };
     Ok((
         Tagged {
@@ -246,30 +199,4 @@ fn load(path: &Path, a: &Args) -> Result<(Tagged, usize), Failure> {
         },
         untagged,
     ))
-}
-
-fn cast(c: &Column, to: &DataType, path: &Path) -> Result<Column, Failure> {
-    c.cast(to).map_err(|e| {
-        Failure::input(format!(
-            "{}: column '{}': cannot read as {to}: {e}",
-            path.display(),
-            printable(c.name())
-        ))
-    })
-}
-
-fn strings(c: &Column, path: &Path) -> Result<Vec<Option<String>>, Failure> {
-    let c = cast(c, &DataType::String, path)?;
-    Ok(c.str()
-        .map_err(Failure::internal)?
-        .iter()
-        .map(|v| v.map(str::to_string))
-        .collect())
-}
-
-fn filter<T>(v: Vec<T>, keep: &[bool]) -> Vec<T> {
-    v.into_iter()
-        .zip(keep)
-        .filter_map(|(x, k)| k.then_some(x))
-        .collect()
 }

@@ -6,6 +6,9 @@ use clap::Parser;
 
 use crate::{progress, CmdResult, Failure};
 
+/// What a reviewer writes in `l1` of an `--extra` row for a case no tag fits.
+const OUT_OF_SCOPE: &str = "out_of_scope";
+
 /// Train a model and write a self-contained bundle (manifest with checksums,
 /// taxonomy, hyper-parameters, validation metrics, calibration, thresholds).
 #[derive(Parser)]
@@ -21,6 +24,12 @@ pub struct Args {
     /// Validation table; when omitted, 10% of train is held out (stratified).
     #[arg(long)]
     val: Option<PathBuf>,
+    /// More labelled rows to train on with --train (repeatable), e.g. a
+    /// reviewed `casetag review` queue.csv: rows whose labels are all empty
+    /// (not reviewed) are skipped; `out_of_scope` in l1 marks a case no tag
+    /// fits.
+    #[arg(long, value_name = "FILE")]
+    extra: Vec<PathBuf>,
     /// Taxonomy YAML; inferred from the training labels when omitted.
     #[arg(long)]
     taxonomy: Option<PathBuf>,
@@ -113,7 +122,28 @@ pub fn run(a: Args) -> CmdResult {
         Some(p) => Some(Taxonomy::load(p).map_err(Failure::input)?),
         None => None,
     };
-    let (train_rows, _, _) = super::load_examples(&a.train, &labels)?;
+    let (mut train_rows, _, _) = super::load_examples(&a.train, &labels)?;
+    for path in &a.extra {
+        let (rows, _, _) = super::load_examples(path, &labels)?;
+        let n = rows.len();
+        let reviewed: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.label.is_some())
+            .map(|mut r| {
+                if r.label.as_ref().is_some_and(|l| l.l1 == OUT_OF_SCOPE) {
+                    r.label = None;
+                }
+                r
+            })
+            .collect();
+        progress::note(&format!(
+            "--extra {}: {} labelled row(s) added ({} without a label skipped)",
+            path.display(),
+            reviewed.len(),
+            n - reviewed.len()
+        ));
+        train_rows.extend(reviewed);
+    }
     let val_rows = match &a.val {
         Some(p) => Some(super::load_examples(p, &labels)?.0),
         None => None,

@@ -17,6 +17,7 @@ pub mod fusion;
 pub mod gate;
 pub mod oos_meta;
 pub mod report_html;
+pub mod review;
 pub mod tagger;
 pub mod train;
 
