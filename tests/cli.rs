@@ -1767,6 +1767,125 @@ fn eval_scores_labels_the_model_does_not_know_as_asked() {
     assert_eq!(r["unknown_labels"][0]["policy"], "drop");
 }
 
+/// Data labelled with another taxonomy version: a label map renames and
+/// merges tags before scoring; a split tag cannot be mapped and is named,
+/// in `eval` and in `monitor`.
+#[test]
+fn a_label_map_carries_labels_across_taxonomy_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("old_labels.csv");
+    std::fs::write(
+        &data,
+        "id,text,l1,l2,l3\n\
+         a,my refund was approved but the money never arrived,returns_refunds,refund_request,refund_missing_v1\n\
+         b,the refund never reached my card,returns_refunds,refund_request,refund_missing_v1\n\
+         c,where is my refund it has been two weeks,refunds_v1,refund_request,refund_not_received\n\
+         d,refund me in shop credit instead of to my card please,returns_refunds,refund_request,refund_other_v1\n",
+    )
+    .unwrap();
+    let map = tmp.path().join("map.yaml");
+    std::fs::write(
+        &map,
+        "refund_missing_v1: refund_not_received\nrefunds_v1: returns_refunds\n\
+         refund_other_v1: [refund_not_received, refund_wrong_method]\n",
+    )
+    .unwrap();
+    let m = baseline().to_str().unwrap();
+    let eval = |policy: &str, out: &str| {
+        let out = tmp.path().join(out);
+        let o = run(&[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--resamples",
+            "10",
+            "--label-map",
+            map.to_str().unwrap(),
+            "--unknown-labels",
+            policy,
+        ]);
+        let report = std::fs::read_to_string(out.join("report.json"))
+            .ok()
+            .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
+        (o, report)
+    };
+    // By default the split tag stops the run, named with what it became.
+    let (o, r) = eval("error", "r0");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("refund_other_v1") && e.contains("refund_wrong_method"),
+        "{e}"
+    );
+    assert!(r.is_none());
+    // Dropping it, the three mapped rows are scored as the new tags.
+    let (o, r) = eval("drop", "r1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = r.unwrap();
+    assert_eq!(r["models"][0]["n"], 3, "{}", r["unknown_labels"]);
+    let map_entry = r["unknown_labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u.get("label_map").is_some())
+        .expect("the report records the map");
+    assert_eq!(map_entry["unmapped_split_tags"]["refund_other_v1"], 1);
+    let mapped: u64 = map_entry["mapped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(mapped, 3);
+    // A bad map is one line naming the entry.
+    std::fs::write(&map, "refund_other_v1: [only_one]\n").unwrap();
+    let (o, _) = eval("drop", "r2");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("refund_other_v1"), "{}", stderr(&o));
+
+    // monitor: the reference's tags are mapped before comparing; a split
+    // tag is compared as it is and named.
+    let tagged = tmp.path().join("tagged.csv");
+    assert!(tag(baseline(), &data, &tagged, &[]).status.success());
+    let text = std::fs::read_to_string(&tagged).unwrap();
+    let renamed = text.replace(",refund_not_received,", ",refund_missing_v1,");
+    let reference = tmp.path().join("reference.csv");
+    std::fs::write(&reference, &renamed).unwrap();
+    std::fs::write(
+        &map,
+        "refund_missing_v1: refund_not_received\nreturns_refunds_v0: [returns_refunds, exchange_replacement]\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "monitor",
+        "--reference",
+        reference.to_str().unwrap(),
+        "--current",
+        tagged.to_str().unwrap(),
+        "--out",
+        tmp.path().join("drift").to_str().unwrap(),
+        "--label-map",
+        map.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let drift: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("drift/drift.json")).unwrap(),
+    )
+    .unwrap();
+    let notes = drift["notes"].to_string();
+    assert!(notes.contains("relabelled"), "{notes}");
+    assert!(
+        !drift["findings"].to_string().contains("refund_missing_v1"),
+        "mapped tags are not new or vanished: {}",
+        drift["findings"]
+    );
+}
+
 #[test]
 fn shell_completions() {
     for shell in ["bash", "zsh", "fish"] {

@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use casetag_core::label_map::{LabelMap, MapReport};
 use casetag_core::{TagPath, Transcript};
 use casetag_engine::eval::{
     compare, evaluate_logits, length_quartiles, report_json, EvalRow, ModelEval, LENGTH_SLICE,
@@ -58,6 +59,13 @@ pub struct Args {
     /// report says which rows and labels were affected (`unknown_labels`).
     #[arg(long, value_enum, default_value = "error")]
     unknown_labels: UnknownLabels,
+    /// Data labelled with another taxonomy version: a YAML map of node ids
+    /// to their new ids (`old: new` for a rename or merge, `old: [a, b]`
+    /// for a split, which cannot be mapped). Labels are mapped before
+    /// scoring; the report lists what was mapped and which split tags were
+    /// not (those rows then follow --unknown-labels).
+    #[arg(long, value_name = "FILE")]
+    label_map: Option<PathBuf>,
 }
 
 /// See `--unknown-labels`.
@@ -133,7 +141,45 @@ pub fn run(a: Args) -> CmdResult {
             columns.join(", ")
         )));
     }
-    let (examples, extra, kept) = super::load_examples(&a.data, &labels)?;
+    let (mut examples, extra, kept) = super::load_examples(&a.data, &labels)?;
+    let mut map_report = None;
+    if let Some(p) = &a.label_map {
+        let map = LabelMap::load(p).map_err(|e| Failure::input(e.message()))?;
+        let mut ls: Vec<Option<TagPath>> = examples.iter().map(|e| e.label.clone()).collect();
+        let (r, unmapped) = MapReport::map_all(&map, &mut ls);
+        for (e, l) in examples.iter_mut().zip(ls) {
+            e.label = l;
+        }
+        progress::note(&format!(
+            "--label-map {}: {} row(s) relabelled, {} with split tags left unmapped",
+            p.display(),
+            r.mapped.values().sum::<usize>(),
+            unmapped.len()
+        ));
+        if !unmapped.is_empty() && a.unknown_labels == UnknownLabels::Error {
+            let split: Vec<String> = r
+                .unmapped
+                .iter()
+                .map(|(id, n)| {
+                    format!(
+                        "{id} ({n} row(s); split into {})",
+                        map.split_targets(id).unwrap_or_default().join(", ")
+                    )
+                })
+                .collect();
+            return Err(Failure::input(format!(
+                "--label-map {}: tags split into several cannot be mapped: {}; \
+                 --unknown-labels wrong|parent|drop scores those rows",
+                p.display(),
+                split.join("; ")
+            )));
+        }
+        map_report = Some(serde_json::json!({
+            "label_map": p,
+            "mapped": r.mapped,
+            "unmapped_split_tags": r.unmapped,
+        }));
+    }
     if examples.is_empty() {
         return Err(Failure::input(format!(
             "{}: no rows to evaluate",
@@ -300,6 +346,7 @@ pub fn run(a: Args) -> CmdResult {
     }
     let comparisons = compare(&evals, a.resamples, 42);
     let verdict = gate.as_ref().map(|g| g.check(&evals));
+    unknown_report.extend(map_report);
     let unknown = (!unknown_report.is_empty()).then(|| serde_json::json!(unknown_report));
     write_reports(
         &a.out,

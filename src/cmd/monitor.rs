@@ -6,6 +6,8 @@ use clap::Parser;
 
 use super::tagged_file::{filter, TaggedFile};
 use crate::{CmdResult, Failure};
+use casetag_core::label_map::{LabelMap, MapReport};
+use casetag_core::TagPath;
 
 /// Compare a current tagged file with a reference one and say whether the
 /// traffic moved: per level the label mix (Jensen–Shannon distance and PSI),
@@ -30,6 +32,12 @@ pub struct Args {
     reference: PathBuf,
     #[command(flatten)]
     registry: super::models::Registry,
+    /// The reference was tagged with another taxonomy version: a YAML map
+    /// of node ids to their new ids (`old: new` for a rename or merge,
+    /// `old: [a, b]` for a split), applied to the reference's tags before
+    /// comparing; split tags are compared as they are and named in a note.
+    #[arg(long, value_name = "FILE")]
+    label_map: Option<PathBuf>,
     /// Current tagged file (the traffic to judge).
     #[arg(long)]
     current: PathBuf,
@@ -82,12 +90,17 @@ pub fn run(a: Args) -> CmdResult {
             a.rate_change
         )));
     }
-    let (reference, ref_untagged) = if a.reference.is_file() {
+    let (mut reference, ref_untagged) = if a.reference.is_file() {
         load(&a.reference, &a)?
     } else {
         let spec = a.reference.to_string_lossy();
         (bundle_reference(&a.registry.resolve(&spec)?)?, 0)
     };
+    let mut map_notes = Vec::new();
+    if let Some(p) = &a.label_map {
+        let map = LabelMap::load(p).map_err(|e| Failure::input(e.message()))?;
+        map_notes = map_reference(&map, &mut reference, p);
+    }
     let (current, cur_untagged) = load(&a.current, &a)?;
     let t = Thresholds {
         js: a.js,
@@ -97,6 +110,7 @@ pub fn run(a: Args) -> CmdResult {
         min_rows: a.min_slice_rows,
     };
     let mut report = compare(&reference, &current, &t);
+    report.notes.extend(map_notes);
     for (path, n) in [(&a.reference, ref_untagged), (&a.current, cur_untagged)] {
         if n > 0 {
             report.notes.push(format!(
@@ -199,4 +213,40 @@ fn load(path: &Path, a: &Args) -> Result<(Tagged, usize), Failure> {
         },
         untagged,
     ))
+}
+
+/// Map the reference's tags to the current taxonomy; the notes say what
+/// was mapped and which split tags were compared as they are.
+fn map_reference(map: &LabelMap, r: &mut Tagged, path: &Path) -> Vec<String> {
+    let n = r.labels[0].len();
+    let mut paths: Vec<Option<TagPath>> = (0..n)
+        .map(|i| {
+            let l1 = r.labels[0][i].clone()?;
+            Some(TagPath {
+                l1,
+                l2: r.labels[1][i].clone(),
+                l3: r.labels[2][i].clone(),
+            })
+        })
+        .collect();
+    let (rep, _) = MapReport::map_all(map, &mut paths);
+    for (i, p) in paths.into_iter().enumerate() {
+        if let Some(p) = p {
+            r.labels[0][i] = Some(p.l1);
+            r.labels[1][i] = p.l2;
+            r.labels[2][i] = p.l3;
+        }
+    }
+    let mut notes = vec![format!(
+        "--label-map {}: {} reference row(s) relabelled",
+        path.display(),
+        rep.mapped.values().sum::<usize>()
+    )];
+    for (id, k) in &rep.unmapped {
+        notes.push(format!(
+            "--label-map: '{id}' was split into {}; its {k} reference row(s) are compared as they are",
+            map.split_targets(id).unwrap_or_default().join(", ")
+        ));
+    }
+    notes
 }

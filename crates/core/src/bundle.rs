@@ -90,6 +90,13 @@ pub struct Manifest {
     /// recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
+    /// The taxonomy's own `version` and the sha256 of its file, recorded
+    /// when the bundle is written: data labelled with another taxonomy
+    /// version goes through `--label-map` in `eval` and `monitor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taxonomy_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taxonomy_sha256: Option<String>,
 }
 
 /// sha256 of a file, streamed.
@@ -197,8 +204,11 @@ impl BundleWriter {
     ) -> Result<Manifest> {
         let io = |p: &Path, e: std::io::Error| Error::Bundle(format!("{}: {e}", p.display()));
         let tax_path = self.tmp.join(TAXONOMY);
-        std::fs::write(&tax_path, taxonomy.to_yaml()).map_err(|e| io(&tax_path, e))?;
+        let yaml = taxonomy.to_yaml();
+        std::fs::write(&tax_path, &yaml).map_err(|e| io(&tax_path, e))?;
         manifest.taxonomy = TAXONOMY.into();
+        manifest.taxonomy_version = taxonomy.raw().version;
+        manifest.taxonomy_sha256 = Some(hex::encode(Sha256::digest(yaml.as_bytes())));
         manifest.format = FORMAT_VERSION;
         manifest.files.clear();
         for entry in std::fs::read_dir(&self.tmp).map_err(|e| io(&self.tmp, e))? {
@@ -489,6 +499,8 @@ mod tests {
             files: BTreeMap::new(),
             text: TextPipeline::default(),
             build: None,
+            taxonomy_version: None,
+            taxonomy_sha256: None,
         }
     }
 
@@ -574,6 +586,22 @@ mod tests {
         std::fs::write(dest.join(MANIFEST), text).unwrap();
         let digest = hex::encode(Sha256::digest(text.as_bytes()));
         std::fs::write(dest.join(MANIFEST_DIGEST), format!("{digest}\n")).unwrap();
+    }
+
+    #[test]
+    fn bundles_record_their_taxonomy_version_and_digest() {
+        let root = tempfile::tempdir().unwrap();
+        let tax = Taxonomy::from_yaml_str("version: 3\nnodes: [{id: a}, {id: b}]").unwrap();
+        let dest = root.path().join("m");
+        BundleWriter::new(&dest)
+            .unwrap()
+            .finish(manifest(), &tax, false)
+            .unwrap();
+        let b = Bundle::open(&dest).unwrap();
+        assert_eq!(b.manifest.taxonomy_version, Some(3));
+        let sha = b.manifest.taxonomy_sha256.as_deref().unwrap();
+        assert_eq!(sha, b.manifest.files[TAXONOMY]);
+        assert_eq!(sha, sha256_file(&dest.join(TAXONOMY)).unwrap());
     }
 
     #[test]

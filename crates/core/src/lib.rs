@@ -6,6 +6,7 @@
 //! decision layer, model bundles on disk, and evaluation metrics.
 
 pub mod bundle;
+pub mod label_map;
 pub mod metrics;
 pub mod taxonomy;
 pub mod text;

@@ -243,6 +243,8 @@ fn manifest() -> Manifest {
         files: BTreeMap::new(),
         text: Default::default(),
         build: Some("0.1.0+fuzz".into()),
+        taxonomy_version: None,
+        taxonomy_sha256: None,
     }
 }
 

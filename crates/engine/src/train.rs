@@ -607,6 +607,8 @@ pub fn train(
         files: BTreeMap::new(),
         text: pipeline,
         build: Some(BUILD.to_string()),
+        taxonomy_version: None,
+        taxonomy_sha256: None,
     };
     let m = writer.finish(manifest, &taxonomy, cfg.overwrite)?;
     progress(&format!(
