@@ -1688,6 +1688,28 @@ fn sharded_tag_equals_one_run() {
     assert!(stderr(&o).contains("directory or glob"), "{}", stderr(&o));
 }
 
+/// `eval` of the baseline fixture on `data` into `out` with `extra` flags:
+/// the output and the report, when one was written.
+fn eval_fixture(data: &Path, out: &Path, extra: &[&str]) -> (Output, Option<serde_json::Value>) {
+    let mut args = vec![
+        "eval",
+        "--model",
+        baseline().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resamples",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    let report = std::fs::read_to_string(out.join("report.json"))
+        .ok()
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
+    (o, report)
+}
+
 /// A test set with tags the model's taxonomy does not know (added after it
 /// was trained): refused by default with a hint, else scored as asked and
 /// said in the report.
@@ -1706,28 +1728,12 @@ fn eval_scores_labels_the_model_does_not_know_as_asked() {
          f,can I pay with bitcoin,crypto_payments,,\n",
     )
     .unwrap();
-    let m = baseline().to_str().unwrap();
     let eval = |policy: Option<&str>, out: &str| {
-        let out = tmp.path().join(out);
-        let mut args = vec![
-            "eval",
-            "--model",
-            m,
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--resamples",
-            "10",
-        ];
+        let mut extra = vec![];
         if let Some(p) = policy {
-            args.extend(["--unknown-labels", p]);
+            extra.extend(["--unknown-labels", p]);
         }
-        let o = run(&args);
-        let report = std::fs::read_to_string(out.join("report.json"))
-            .ok()
-            .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
-        (o, report)
+        eval_fixture(&data, &tmp.path().join(out), &extra)
     };
     let (o, r) = eval(None, "r0");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -1790,28 +1796,14 @@ fn a_label_map_carries_labels_across_taxonomy_versions() {
          refund_other_v1: [refund_not_received, refund_wrong_method]\n",
     )
     .unwrap();
-    let m = baseline().to_str().unwrap();
     let eval = |policy: &str, out: &str| {
-        let out = tmp.path().join(out);
-        let o = run(&[
-            "eval",
-            "--model",
-            m,
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--resamples",
-            "10",
+        let extra = [
             "--label-map",
             map.to_str().unwrap(),
             "--unknown-labels",
             policy,
-        ]);
-        let report = std::fs::read_to_string(out.join("report.json"))
-            .ok()
-            .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
-        (o, report)
+        ];
+        eval_fixture(&data, &tmp.path().join(out), &extra)
     };
     // By default the split tag stops the run, named with what it became.
     let (o, r) = eval("error", "r0");

@@ -14,7 +14,7 @@ use std::path::Path;
 use casetag_core::{Classifier, LabelSpace, Taxonomy};
 
 use crate::fusion::TransformerClassifier;
-use crate::train::{level_maps, lexical_evidence, Fit, TrainConfig};
+use crate::train::{level_maps, lexical_evidence, TrainConfig};
 use crate::{EngineError, Result};
 
 /// What a backend is fitted on: the training rows' texts and targets
@@ -124,6 +124,8 @@ pub fn check_fallback(path: &Path, id: &str, kind: &str) -> Result<()> {
     )))
 }
 
+const LEXICAL_FROM_ONLY: &str = "--lexical-from: only for --kind transformer with --fusion lexical";
+
 /// The linfa baseline: hashed word and character n-grams, softmax
 /// regression. Fast; the fallback.
 struct Baseline;
@@ -139,9 +141,7 @@ impl Backend for Baseline {
 
     fn check(&self, cfg: &TrainConfig) -> Result<()> {
         if cfg.lexical_from.is_some() {
-            return Err(EngineError::Input(
-                "--lexical-from: only for --kind transformer with --fusion lexical".into(),
-            ));
+            return Err(EngineError::Input(LEXICAL_FROM_ONLY.into()));
         }
         if cfg.transformer.precision != casetag_transformer::Precision::F32 {
             return Err(EngineError::Input(
@@ -223,9 +223,7 @@ impl Backend for Transformer {
 
     fn check(&self, cfg: &TrainConfig) -> Result<()> {
         if cfg.lexical_from.is_some() && cfg.fusion != crate::fusion::Fusion::Lexical {
-            return Err(EngineError::Input(
-                "--lexical-from: only for --kind transformer with --fusion lexical".into(),
-            ));
+            return Err(EngineError::Input(LEXICAL_FROM_ONLY.into()));
         }
         if cfg.encoder.is_none() {
             return Err(EngineError::Input(
@@ -273,20 +271,7 @@ impl Backend for Transformer {
         h["encoder"] = serde_json::Value::String(enc);
         let lexical = match cfg.fusion {
             crate::fusion::Fusion::None => None,
-            crate::fusion::Fusion::Lexical => lexical_evidence(
-                cfg,
-                &m,
-                Fit {
-                    texts: data.texts,
-                    targets: data.targets,
-                    val: data.val,
-                    label_space: data.label_space,
-                    taxonomy: data.taxonomy,
-                    data_hash: data.data_hash,
-                    id: data.id,
-                },
-                progress,
-            )?,
+            crate::fusion::Fusion::Lexical => lexical_evidence(cfg, &m, data, progress)?,
         };
         h["fusion"] = serde_json::to_value(cfg.fusion).unwrap_or_default();
         if let Some((b, info)) = &lexical {

@@ -276,14 +276,10 @@ pub fn label_studio(items: &[Item], cands: &[Candidate], model: &str) -> serde_j
         .iter()
         .map(|it| {
             let c = &cands[it.representative];
-            let result: Vec<serde_json::Value> = c
-                .guess
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| !g.is_empty())
-                .map(|(k, g)| {
+            let result: Vec<serde_json::Value> = guesses(c)
+                .map(|(k, g, _)| {
                     serde_json::json!({
-                        "from_name": format!("l{}", k + 1),
+                        "from_name": format!("l{k}"),
                         "to_name": "text",
                         "type": "choices",
                         "value": {"choices": [g]},
@@ -318,16 +314,12 @@ pub fn argilla(items: &[Item], cands: &[Candidate], model: &str) -> serde_json::
         .iter()
         .map(|it| {
             let c = &cands[it.representative];
-            let suggestions: Vec<serde_json::Value> = c
-                .guess
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| !g.is_empty())
-                .map(|(k, g)| {
+            let suggestions: Vec<serde_json::Value> = guesses(c)
+                .map(|(k, g, conf)| {
                     serde_json::json!({
-                        "question_name": format!("l{}", k + 1),
+                        "question_name": format!("l{k}"),
                         "value": g,
-                        "score": c.confidence.get(k).copied().unwrap_or(0.0),
+                        "score": conf,
                         "agent": model,
                     })
                 })
@@ -347,6 +339,21 @@ pub fn argilla(items: &[Item], cands: &[Candidate], model: &str) -> serde_json::
         })
         .collect();
     serde_json::Value::Array(records)
+}
+
+/// A candidate's guess per level: (level from 1, node, confidence).
+fn guesses(c: &Candidate) -> impl Iterator<Item = (usize, &str, f32)> {
+    c.guess
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(k, g)| {
+            (
+                k + 1,
+                g.as_str(),
+                c.confidence.get(k).copied().unwrap_or(0.0),
+            )
+        })
 }
 
 fn reason_names(r: &[Reason]) -> Vec<&'static str> {

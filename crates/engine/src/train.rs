@@ -209,17 +209,6 @@ pub fn level_maps(tax: &Taxonomy, ls: &LabelSpace) -> Vec<Vec<usize>> {
     maps
 }
 
-/// What the lexical model of a fused transformer is fitted and checked on.
-pub(crate) struct Fit<'a> {
-    pub texts: &'a [&'a str],
-    pub targets: &'a [usize],
-    pub val: &'a [(&'a str, usize)],
-    pub label_space: &'a LabelSpace,
-    pub taxonomy: &'a Taxonomy,
-    pub data_hash: &'a str,
-    pub id: &'a str,
-}
-
 /// The lexical model a transformer is pooled with ([`crate::fusion`]):
 /// fitted on the same rows, or taken from `--lexical-from` after checking
 /// it was trained on them; then the weight chosen on validation. `None`
@@ -227,7 +216,7 @@ pub(crate) struct Fit<'a> {
 pub(crate) fn lexical_evidence(
     cfg: &TrainConfig,
     m: &casetag_transformer::TransformerModel,
-    fit: Fit<'_>,
+    fit: &FitData<'_>,
     progress: &dyn Fn(&str),
 ) -> Result<Option<(casetag_baseline::BaselineModel, FusionInfo)>> {
     if fit.val.is_empty() {
