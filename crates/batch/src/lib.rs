@@ -8,7 +8,8 @@ use std::path::Path;
 
 use casetag_core::{ActionMode, Transcript};
 use casetag_data::Format;
-use casetag_engine::{EngineError, Result, Tagged, Tagger};
+use casetag_engine::record::Record;
+use casetag_engine::{EngineError, Result, Tagger};
 use polars::prelude::{
     Column, DataFrame, IntoColumn, IntoSeries, LargeListArray, NamedFrom, PlSmallStr, Series,
     StructChunked,
@@ -77,7 +78,8 @@ pub enum RowIssue<'a> {
 /// One chunk's answers: per row, its error or its place among the tagged.
 pub struct TaggedChunk {
     errors: Vec<Option<String>>,
-    tagged: Vec<Tagged>,
+    /// The tagged rows' records, the ones `serve` answers with.
+    tagged: Vec<Record>,
     /// Per-level alternatives asked for (`top_l1..top_l3` columns when > 0).
     top_k: usize,
 }
@@ -156,7 +158,7 @@ pub fn tag_chunk(
     counts.rows += errors.len();
     Ok(TaggedChunk {
         errors,
-        tagged,
+        tagged: tagged.into_iter().map(|t| Record::new(None, t)).collect(),
         top_k,
     })
 }
@@ -292,7 +294,7 @@ impl TaggedChunk {
     }
 
     /// Each row's answer, `None` for an untagged row.
-    fn rows(&self) -> impl Iterator<Item = Option<&Tagged>> {
+    fn rows(&self) -> impl Iterator<Item = Option<&Record>> {
         let mut answers = self.tagged.iter();
         self.errors.iter().map(move |e| match e {
             None => answers.next(),
@@ -319,36 +321,34 @@ impl TaggedChunk {
         });
         let mut served_by = Vec::with_capacity(n);
         let mut model_id = Vec::with_capacity(n);
-        for t in self.rows() {
-            let d = t.map(|t| &t.decision);
+        for r in self.rows() {
             for k in 0..3 {
-                l[k].push(d.and_then(|d| d.tag.as_ref().and_then(|p| p.level(k + 1))));
-                conf[k].push(d.and_then(|d| d.confidence.get(k).copied()));
-                guess[k].push(d.and_then(|d| d.top_path.level(k + 1)));
+                l[k].push(r.and_then(|r| r.tag.as_ref().and_then(|p| p.level(k + 1))));
+                conf[k].push(r.and_then(|r| r.confidence.level(k + 1)));
+                guess[k].push(r.and_then(|r| r.guess.level(k + 1)));
             }
-            depth.push(d.map(|d| d.depth as u32));
-            oos.push(d.map(|d| d.out_of_scope));
-            oos_score.push(d.map(|d| d.oos_score));
-            actions.rows.push(d.map(|d| {
-                d.actions
+            depth.push(r.map(|r| r.depth as u32));
+            oos.push(r.map(|r| r.out_of_scope));
+            oos_score.push(r.map(|r| r.oos_score));
+            actions.rows.push(r.map(|r| {
+                r.actions
                     .iter()
                     .map(|a| (a.id.clone(), mode_name(a.mode)))
                     .collect()
             }));
             if self.top_k > 0 {
                 for (k, col) in top.iter_mut().enumerate() {
-                    col.rows.push(d.map(|d| {
-                        d.level_alternatives
-                            .get(k)
-                            .into_iter()
-                            .flatten()
+                    col.rows.push(r.map(|r| {
+                        r.level_alternatives
+                            .level(k + 1)
+                            .iter()
                             .map(|a| (a.node.clone(), a.probability))
                             .collect()
                     }));
                 }
             }
-            served_by.push(t.map(|t| t.served_by.as_str()));
-            model_id.push(t.map(|t| t.model_id.as_str()));
+            served_by.push(r.map(|r| r.served_by.as_str()));
+            model_id.push(r.map(|r| r.model_id.as_str()));
         }
         let error: Vec<Option<&str>> = self.errors.iter().map(|e| e.as_deref()).collect();
         let [l1, l2, l3] = l;

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod fusion;
 pub mod gate;
 pub mod oos_meta;
+pub mod record;
 pub mod report_html;
 pub mod review;
 pub mod tagger;

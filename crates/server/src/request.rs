@@ -1,8 +1,7 @@
 //! The `/v1/tag` wire format: validating requests field by field (so a 422
 //! names the field at fault) and shaping responses.
 
-use casetag_core::{TagPath, Transcript};
-use casetag_engine::decide::{ActionOut, Alternative, LevelAlternative};
+use casetag_core::Transcript;
 use casetag_engine::Tagged;
 use serde::Serialize;
 use serde_json::Value;
@@ -109,52 +108,9 @@ pub fn parse_tag_request(body: &Value, limits: &Limits) -> Result<TagRequest, Ap
     Ok(out)
 }
 
-/// Per-level confidence of the most likely path.
-#[derive(Debug, Serialize)]
-pub struct LevelConfidence {
-    pub l1: f32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l2: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l3: Option<f32>,
-}
-
-/// Per-level alternatives; a level the taxonomy lacks is left out.
-#[derive(Debug, Serialize)]
-pub struct LevelAlternatives {
-    pub l1: Vec<LevelAlternative>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l2: Option<Vec<LevelAlternative>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub l3: Option<Vec<LevelAlternative>>,
-}
-
-/// One result of `POST /v1/tag`.
-#[derive(Debug, Serialize)]
-pub struct TagResult {
-    pub id: Option<String>,
-    /// The decided tag, backed off to `depth` levels; `null` when out of
-    /// scope or when not even L1 is confident.
-    pub tag: Option<TagPath>,
-    pub depth: usize,
-    /// The most likely full path before back-off (what a reviewer sees for
-    /// an abstained or backed-off case); `confidence` is this path's.
-    pub guess: TagPath,
-    pub confidence: LevelConfidence,
-    pub out_of_scope: bool,
-    pub oos_score: f32,
-    pub actions: Vec<ActionOut>,
-    pub alternatives: Vec<Alternative>,
-    /// Per level, the `top_k` most likely nodes of that level (marginal
-    /// probabilities), most likely first.
-    pub level_alternatives: LevelAlternatives,
-    /// `transformer` or `baseline`.
-    pub served_by: String,
-    pub model_id: String,
-    /// The text was longer than the model's text cap (the bundle's
-    /// `text.max_chars`) and was cut, head and tail kept.
-    pub truncated: bool,
-}
+/// One result of `POST /v1/tag`: the engine's record of a tagged case,
+/// the same one `casetag tag` writes as columns.
+pub use casetag_engine::record::Record as TagResult;
 
 #[derive(Debug, Serialize)]
 pub struct TagResponse {
@@ -163,32 +119,7 @@ pub struct TagResponse {
 }
 
 pub fn to_result(id: Option<String>, t: Tagged) -> TagResult {
-    let d = t.decision;
-    let c = &d.confidence;
-    let mut levels = d.level_alternatives.into_iter();
-    TagResult {
-        id,
-        tag: d.tag,
-        depth: d.depth,
-        guess: d.top_path,
-        confidence: LevelConfidence {
-            l1: c.first().copied().unwrap_or(0.0),
-            l2: c.get(1).copied(),
-            l3: c.get(2).copied(),
-        },
-        out_of_scope: d.out_of_scope,
-        oos_score: d.oos_score,
-        actions: d.actions,
-        alternatives: d.alternatives,
-        level_alternatives: LevelAlternatives {
-            l1: levels.next().unwrap_or_default(),
-            l2: levels.next(),
-            l3: levels.next(),
-        },
-        served_by: t.served_by,
-        model_id: t.model_id,
-        truncated: t.truncated,
-    }
+    TagResult::new(id, t)
 }
 
 #[cfg(test)]
