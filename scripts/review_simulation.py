@@ -10,7 +10,7 @@ answers with the true label. After each round the model is retrained with
 test split with `casetag eval`.
 
     python3 scripts/review_simulation.py [--kind baseline] [--rounds 5] [--budget 200]
-        [--seed 7] [--dup-threshold 0.9] [--dev] [--out out/review_sim] [--casetag target/release/casetag]
+        [--seed 7] [--dup-threshold 0.7] [--dev] [--out out/review_sim] [--casetag target/release/casetag]
 
 Prints one accuracy row per round for both strategies and writes
 OUT/results.json. The data is read from ../shared/data/banking77 and never
@@ -37,7 +37,7 @@ ap.add_argument("--seed-share", type=float, default=0.2)
 ap.add_argument("--rounds", type=int, default=5)
 ap.add_argument("--budget", type=int, default=200)
 ap.add_argument("--seed", type=int, default=7)
-ap.add_argument("--dup-threshold", type=float, default=0.9, help="casetag review --dup-threshold (above 1: no grouping)")
+ap.add_argument("--dup-threshold", type=float, default=0.7, help="casetag review --dup-threshold (above 1: no grouping)")
 ap.add_argument("--dev", action="store_true",
                 help="score on a development split (every 10th training row, kept out of seed and pool) instead of the test split")
 a = ap.parse_args()
