@@ -103,11 +103,13 @@ pub struct Args {
     /// validation rows), `none` answers with the transformer alone.
     #[arg(long, default_value = "lexical", value_name = "lexical|none")]
     fusion: casetag_engine::fusion::Fusion,
-    /// Transformer with `--fusion lexical`: reuse this baseline bundle,
-    /// trained on the same training rows, as the lexical model instead of
-    /// fitting one.
+    /// Transformer with `--fusion lexical`: reuse this baseline bundle (a
+    /// directory or a registry name), trained on the same training rows, as
+    /// the lexical model instead of fitting one.
     #[arg(long, value_name = "DIR")]
-    lexical_from: Option<PathBuf>,
+    lexical_from: Option<String>,
+    #[command(flatten)]
+    registry: super::models::Registry,
     /// Transformer: arithmetic of the encoder's dense layers at inference
     /// (and for frozen embeddings): f32, or int8 (weights per output channel,
     /// activations per row; AVX-512 VNNI or AVX2 kernels chosen at run time).
@@ -158,7 +160,11 @@ pub fn run(a: Args) -> CmdResult {
         ..TrainConfig::default()
     };
     cfg.fusion = a.fusion;
-    cfg.lexical_from = a.lexical_from;
+    cfg.lexical_from = a
+        .lexical_from
+        .as_deref()
+        .map(|s| a.registry.resolve(s))
+        .transpose()?;
     cfg.decision.target_precision = a.target_precision;
     cfg.decision.min_margin = a.min_margin;
     cfg.decision.oos_budget = a.oos_budget;
