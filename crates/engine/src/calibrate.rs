@@ -153,13 +153,12 @@ pub fn fit_level_temperatures(
     let tax = &decider.taxonomy;
     (1..=tax.depth())
         .map(|level| {
-            let n = decider.label_space.n_outputs();
             let rows: Vec<(&[f32], usize)> = scores
                 .iter()
                 .zip(truth)
                 .filter_map(|(s, t)| {
                     let node = tax.find(t.as_ref()?.level(level)?)?;
-                    Some((&s.logits[..n.min(s.logits.len())], node))
+                    Some((decider.label_logits(s), node))
                 })
                 .collect();
             if rows.len() < MIN_LEVEL_ROWS {

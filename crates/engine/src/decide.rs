@@ -198,11 +198,6 @@ impl Decider {
         }
     }
 
-    /// Calibrated probabilities over the label space.
-    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
-        softmax(logits, self.temperature)
-    }
-
     /// The in-scope probabilities of the leaf paths at temperature `t`
     /// (conditional on the case being in scope when the model has an
     /// out-of-scope class) and the out-of-scope class's probability.
@@ -284,29 +279,43 @@ impl Decider {
         self.decide_judged(scores, top_k, Judging::PerCase)
     }
 
+    /// A score row's logits over the label space (without anything a
+    /// backend may have appended).
+    pub fn label_logits<'a>(&self, scores: &'a Scores) -> &'a [f32] {
+        let n = self.label_space.n_outputs().min(scores.logits.len());
+        &scores.logits[..n]
+    }
+
     /// Turn one case's scores into a decision; `judging` says which
     /// out-of-scope cut the detector's logit is held to.
     pub fn decide_judged(&self, scores: &Scores, top_k: usize, judging: Judging) -> Decision {
-        let n = self.label_space.n_outputs().min(scores.logits.len());
-        let (logits, det) = (&scores.logits[..n], scores.detector);
+        let (logits, det) = (self.label_logits(scores), scores.detector);
         let (in_scope, p_oos) = self.in_scope_probabilities(logits, self.temperature);
         let marg = self.node_marginals(&in_scope);
         let (chain, stats) = self.decode(&marg);
         let leaf = *chain.last().expect("taxonomy has nodes");
         let top_path = self.taxonomy.path_of_node(leaf);
-        // Each level reports its own calibrated marginals.
-        let level_marg: Vec<std::borrow::Cow<[f32]>> = (0..chain.len())
+        // Each level reports at its own temperature: the in-scope
+        // probabilities and node marginals are computed once per distinct
+        // temperature (the decoding one first) and shared by the levels.
+        let mut views: Vec<(f32, Vec<f32>, Vec<f32>)> = vec![(self.temperature, in_scope, marg)];
+        let view_of: Vec<usize> = (0..self.taxonomy.depth())
             .map(|k| {
                 let t = self.level_temperature(k);
-                if t == self.temperature {
-                    std::borrow::Cow::Borrowed(marg.as_slice())
-                } else {
+                views.iter().position(|v| v.0 == t).unwrap_or_else(|| {
                     let (p, _) = self.in_scope_probabilities(logits, t);
-                    std::borrow::Cow::Owned(self.node_marginals(&p))
-                }
+                    let m = self.node_marginals(&p);
+                    views.push((t, p, m));
+                    views.len() - 1
+                })
             })
             .collect();
-        let confidence: Vec<f32> = chain.iter().zip(&level_marg).map(|(&n, m)| m[n]).collect();
+        let level_marg = |k: usize| views[view_of[k]].2.as_slice();
+        let confidence: Vec<f32> = chain
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| level_marg(k)[n])
+            .collect();
         let l1 = confidence[0];
 
         let (out_of_scope, oos_score) = if self.label_space.oos_class {
@@ -344,13 +353,9 @@ impl Decider {
 
         // Full paths at the deepest level's temperature, so that the best
         // one's probability is the deepest confidence.
-        let t_deepest = self.level_temperature(self.taxonomy.depth() - 1);
-        let alternatives = if t_deepest == self.temperature {
-            self.top_k(&in_scope, top_k)
-        } else {
-            self.top_k(&self.in_scope_probabilities(logits, t_deepest).0, top_k)
-        };
-        let level_alternatives = self.top_k_per_level(&level_marg, top_k);
+        let deepest = &views[view_of[self.taxonomy.depth() - 1]].1;
+        let alternatives = self.top_k(deepest, top_k);
+        let level_alternatives = self.top_k_per_level(level_marg, top_k);
         Decision {
             tag,
             depth,
@@ -399,18 +404,18 @@ impl Decider {
     }
 
     /// Per level, the `k` nodes of that level with the largest marginals
-    /// (`level_marg[level - 1]`; the deepest given serves deeper levels).
-    pub fn top_k_per_level<M: AsRef<[f32]>>(
+    /// (`level_marg(level - 1)`, the node marginals that level reports).
+    fn top_k_per_level<'a>(
         &self,
-        level_marg: &[M],
+        level_marg: impl Fn(usize) -> &'a [f32],
         k: usize,
     ) -> Vec<Vec<LevelAlternative>> {
-        if k == 0 || level_marg.is_empty() {
+        if k == 0 {
             return Vec::new();
         }
         (1..=self.taxonomy.depth())
             .map(|level| {
-                let marg = level_marg[(level - 1).min(level_marg.len() - 1)].as_ref();
+                let marg = level_marg(level - 1);
                 let mut nodes = self.taxonomy.level_nodes(level).to_vec();
                 nodes.sort_by(|&a, &b| marg[b].total_cmp(&marg[a]).then(a.cmp(&b)));
                 nodes.truncate(k);
