@@ -125,6 +125,15 @@ pub fn check_fallback(path: &Path, id: &str, kind: &str) -> Result<()> {
 }
 
 const LEXICAL_FROM_ONLY: &str = "--lexical-from: only for --kind transformer with --fusion lexical";
+const ENCODER_REQUIRED: &str = "--encoder is required for --kind transformer";
+
+/// The baseline's parameters, checked before any fitting: the baseline's
+/// own and those of a transformer's lexical model.
+fn check_baseline_params(cfg: &TrainConfig) -> Result<()> {
+    cfg.baseline
+        .check()
+        .map_err(|e| EngineError::Input(format!("baseline parameters: {e}")))
+}
 
 /// The linfa baseline: hashed word and character n-grams, softmax
 /// regression. Fast; the fallback.
@@ -149,9 +158,7 @@ impl Backend for Baseline {
                     .into(),
             ));
         }
-        cfg.baseline
-            .check()
-            .map_err(|e| EngineError::Input(format!("baseline parameters: {e}")))
+        check_baseline_params(cfg)
     }
 
     fn settings(&self, cfg: &TrainConfig) -> String {
@@ -173,10 +180,7 @@ impl Backend for Baseline {
             progress,
         )
         .map_err(|e| EngineError::Baseline(e.to_string()))?;
-        Ok(Box::new(FittedBaseline {
-            model: m,
-            hyper: serde_json::to_value(&cfg.baseline).unwrap_or_default(),
-        }))
+        Ok(Box::new(FittedBaseline(m)))
     }
 
     fn load(&self, dir: &Path, id: &str) -> Result<Box<dyn Classifier>> {
@@ -187,24 +191,21 @@ impl Backend for Baseline {
     }
 }
 
-struct FittedBaseline {
-    model: casetag_baseline::BaselineModel,
-    hyper: serde_json::Value,
-}
+struct FittedBaseline(casetag_baseline::BaselineModel);
 
 impl Fitted for FittedBaseline {
     fn classifier(&self) -> &dyn Classifier {
-        &self.model
+        &self.0
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
-        self.model
+        self.0
             .save(dir)
             .map_err(|e| EngineError::Baseline(e.to_string()))
     }
 
     fn hyper_parameters(&self) -> serde_json::Value {
-        self.hyper.clone()
+        serde_json::to_value(self.0.params()).unwrap_or_default()
     }
 }
 
@@ -226,9 +227,10 @@ impl Backend for Transformer {
             return Err(EngineError::Input(LEXICAL_FROM_ONLY.into()));
         }
         if cfg.encoder.is_none() {
-            return Err(EngineError::Input(
-                "--encoder is required for --kind transformer".into(),
-            ));
+            return Err(EngineError::Input(ENCODER_REQUIRED.into()));
+        }
+        if cfg.fusion == crate::fusion::Fusion::Lexical && cfg.lexical_from.is_none() {
+            check_baseline_params(cfg)?;
         }
         cfg.transformer
             .check()
@@ -248,9 +250,10 @@ impl Backend for Transformer {
         data: &FitData<'_>,
         progress: &dyn Fn(&str),
     ) -> Result<Box<dyn Fitted>> {
-        let enc = cfg.encoder.clone().ok_or_else(|| {
-            EngineError::Input("--encoder is required for --kind transformer".into())
-        })?;
+        let enc = cfg
+            .encoder
+            .clone()
+            .ok_or_else(|| EngineError::Input(ENCODER_REQUIRED.into()))?;
         let inputs = casetag_transformer::TrainInputs {
             texts: data.texts.iter().map(|s| s.to_string()).collect(),
             targets: data.targets.to_vec(),

@@ -252,9 +252,8 @@ pub(crate) fn lexical_evidence(
             (b, man.id.clone())
         }
         None => {
-            cfg.baseline
-                .check()
-                .map_err(|e| EngineError::Input(format!("baseline parameters: {e}")))?;
+            // Its parameters were checked with the transformer's
+            // (`Backend::check`), before anything was fitted.
             progress("lexical fusion: training the lexical model on the same rows");
             let b = casetag_baseline::fit(
                 &cfg.baseline,
