@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use casetag_core::{ActionMode, Transcript};
+use casetag_core::Transcript;
 use casetag_data::Format;
 use casetag_engine::record::Record;
 use casetag_engine::{EngineError, Result, Tagger};
@@ -194,14 +194,6 @@ pub fn output_name(input_columns: &[&str], name: &str) -> String {
     }
 }
 
-fn mode_name(m: ActionMode) -> &'static str {
-    if m == ActionMode::Auto {
-        "auto"
-    } else {
-        "suggest"
-    }
-}
-
 /// A list-valued output: per row (`None` for an untagged row) its items,
 /// each a (name, value) pair. `Flat` joins them as `name:value;...`;
 /// `Nested` makes a list of structs `{key_name, value_name}`.
@@ -209,15 +201,40 @@ struct ListOutput<V> {
     rows: Vec<Option<Vec<(String, V)>>>,
 }
 
-impl<V: Copy> ListOutput<V> {
+/// The value half of a list item: how it is written in CSV text and as a
+/// struct field.
+trait ListValue: Copy {
+    fn text(self) -> String;
+    fn series(name: &str, values: Vec<Self>) -> Series;
+}
+
+/// An action's mode.
+impl ListValue for &'static str {
+    fn text(self) -> String {
+        self.to_string()
+    }
+    fn series(name: &str, values: Vec<Self>) -> Series {
+        Series::new(name.into(), values)
+    }
+}
+
+/// A node's probability, four decimals in CSV.
+impl ListValue for f32 {
+    fn text(self) -> String {
+        format!("{self:.4}")
+    }
+    fn series(name: &str, values: Vec<Self>) -> Series {
+        Series::new(name.into(), values)
+    }
+}
+
+impl<V: ListValue> ListOutput<V> {
     fn column(
         self,
         name: PlSmallStr,
         shape: Shape,
         key_name: &str,
         value_name: &str,
-        text: impl Fn(V) -> String,
-        series: impl Fn(&str, Vec<V>) -> Series,
     ) -> Result<Column> {
         if shape == Shape::Flat {
             let cells: Vec<Option<String>> = self
@@ -227,7 +244,7 @@ impl<V: Copy> ListOutput<V> {
                     r.as_ref().map(|items| {
                         let parts: Vec<String> = items
                             .iter()
-                            .map(|(k, v)| format!("{k}:{}", text(*v)))
+                            .map(|(k, v)| format!("{k}:{}", v.text()))
                             .collect();
                         parts.join(";")
                     })
@@ -251,7 +268,7 @@ impl<V: Copy> ListOutput<V> {
         let n = keys.len();
         let fields = [
             Series::new(key_name.into(), keys),
-            series(value_name, values),
+            V::series(value_name, values),
         ];
         let label = name.to_string();
         let fail = |e: polars::prelude::PolarsError| {
@@ -333,7 +350,7 @@ impl TaggedChunk {
             actions.rows.push(r.map(|r| {
                 r.actions
                     .iter()
-                    .map(|a| (a.id.clone(), mode_name(a.mode)))
+                    .map(|a| (a.id.clone(), a.mode.as_str()))
                     .collect()
             }));
             if self.top_k > 0 {
@@ -355,14 +372,7 @@ impl TaggedChunk {
         let [c1, c2, c3] = conf;
         let [g1, g2, g3] = guess;
         let name = |i: usize| output_name(input_columns, OUTPUT_COLUMNS[i]).into();
-        let actions = actions.column(
-            name(12),
-            shape,
-            "id",
-            "mode",
-            |m: &str| m.to_string(),
-            |n, v| Series::new(n.into(), v),
-        )?;
+        let actions = actions.column(name(12), shape, "id", "mode")?;
         let mut columns = vec![
             Column::new(name(0), l1),
             Column::new(name(1), l2),
@@ -388,8 +398,6 @@ impl TaggedChunk {
                     shape,
                     "node",
                     "probability",
-                    |p| format!("{p:.4}"),
-                    |n, v| Series::new(n.into(), v),
                 )?);
             }
         }

@@ -25,6 +25,17 @@ pub enum ActionMode {
     Suggest,
 }
 
+impl ActionMode {
+    /// The name serde writes (`auto`, `suggest`), for outputs that are not
+    /// serialized through serde (`tag`'s columns).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionMode::Auto => "auto",
+            ActionMode::Suggest => "suggest",
+        }
+    }
+}
+
 /// An entry of the action library.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionDef {
@@ -452,6 +463,13 @@ fn add_node(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn action_mode_names_are_serdes() {
+        for m in [ActionMode::Auto, ActionMode::Suggest] {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+        }
+    }
+
     use super::*;
 
     const GOOD: &str = r#"
