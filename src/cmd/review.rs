@@ -55,6 +55,21 @@ struct Answered {
     model: Option<String>,
 }
 
+/// Per row of a tagged file, its best guess's levels (`guess_l1..guess_l3`,
+/// down to the first empty one).
+fn guesses(f: &TaggedFile) -> Result<Vec<Vec<String>>, Failure> {
+    let cols = (1..=3)
+        .map(|k| f.strings(f.output(&format!("guess_l{k}"))?))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((0..f.rows())
+        .map(|i| {
+            cols.iter()
+                .map_while(|c| c[i].clone().filter(|s| !s.is_empty()))
+                .collect()
+        })
+        .collect())
+}
+
 fn candidates(f: &TaggedFile, a: &Args) -> Result<Answered, Failure> {
     let keep = f.answered()?;
     let text = f.strings(f.input(&a.text_column, "--text-column ")?)?;
@@ -62,9 +77,7 @@ fn candidates(f: &TaggedFile, a: &Args) -> Result<Answered, Failure> {
         Ok(c) => f.strings(c)?,
         Err(_) => (1..=f.rows()).map(|i| Some(i.to_string())).collect(),
     };
-    let guess: Vec<Vec<Option<String>>> = (1..=3)
-        .map(|k| f.strings(f.output(&format!("guess_l{k}"))?))
-        .collect::<Result<_, _>>()?;
+    let mut guess = guesses(f)?;
     let conf: Vec<Vec<Option<f64>>> = (1..=3)
         .map(|k| f.floats(f.output(&format!("conf_l{k}"))?))
         .collect::<Result<_, _>>()?;
@@ -88,10 +101,7 @@ fn candidates(f: &TaggedFile, a: &Args) -> Result<Answered, Failure> {
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for i in (0..f.rows()).filter(|&i| keep[i]) {
-        let levels: Vec<String> = guess
-            .iter()
-            .map_while(|g| g[i].clone().filter(|s| !s.is_empty()))
-            .collect();
+        let levels = std::mem::take(&mut guess[i]);
         let confidence: Vec<f32> = conf
             .iter()
             .take(levels.len())
@@ -172,16 +182,9 @@ pub fn run(a: Args) -> CmdResult {
                 f.rows()
             )));
         }
-        let guess: Vec<Vec<Option<String>>> = (1..=3)
-            .map(|k| g.strings(g.output(&format!("guess_l{k}"))?))
-            .collect::<Result<_, _>>()?;
+        let mut other = guesses(&g)?;
         for (c, &i) in cands.iter_mut().zip(&rows) {
-            c.other_guess = Some(
-                guess
-                    .iter()
-                    .map_while(|l| l[i].clone().filter(|s| !s.is_empty()))
-                    .collect(),
-            );
+            c.other_guess = Some(std::mem::take(&mut other[i]));
         }
     }
     let items = queue(&cands, a.budget, a.dup_threshold);

@@ -74,13 +74,10 @@ impl Candidate {
         if self.out_of_scope || self.disagrees() {
             return 1.0;
         }
-        let Some(&p1) = self.confidence.last() else {
-            return 1.0;
-        };
-        let p2 = self.second.unwrap_or(1.0 - p1).min(p1);
-        f64::from(1.0 - (p1 - p2)).clamp(0.0, 1.0)
+        f64::from(1.0 - self.margin()).clamp(0.0, 1.0)
     }
 
+    /// `p1 - p2` at the deepest guessed level (0 without a guess).
     fn margin(&self) -> f32 {
         let p1 = self.confidence.last().copied().unwrap_or(0.0);
         p1 - self.second.unwrap_or(1.0 - p1).min(p1)
