@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use casetag_core::bundle::{check_registry_name, Bundle};
+use casetag_core::bundle::{check_registry_name, Bundle, DEFAULT_REGISTRY, REGISTRY_ENV};
 use clap::{Parser, Subcommand};
 
 use crate::{CmdResult, Failure};
@@ -11,7 +11,7 @@ use crate::{CmdResult, Failure};
 #[derive(Parser)]
 pub struct Args {
     /// Registry root.
-    #[arg(long, env = "CASETAG_MODELS", default_value = "models", global = true)]
+    #[arg(long, env = REGISTRY_ENV, default_value = DEFAULT_REGISTRY, global = true)]
     root: PathBuf,
     #[command(subcommand)]
     action: Action,
@@ -43,7 +43,7 @@ pub fn resolve(root: &Path, spec: &str) -> Result<PathBuf, Failure> {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Registry {
     /// Registry root for NAME-style models (a bundle directory is taken as it is).
-    #[arg(long = "models-root", env = "CASETAG_MODELS", default_value = "models")]
+    #[arg(long = "models-root", env = REGISTRY_ENV, default_value = DEFAULT_REGISTRY)]
     pub models_root: PathBuf,
 }
 

@@ -429,6 +429,17 @@ pub fn check_registry_name(spec: &str) -> Result<()> {
     }
 }
 
+/// The environment variable naming the model registry's root.
+pub const REGISTRY_ENV: &str = "CASETAG_MODELS";
+/// The registry's root when neither a flag nor [`REGISTRY_ENV`] names one.
+pub const DEFAULT_REGISTRY: &str = "models";
+
+/// The registry root from the environment: `$CASETAG_MODELS`, else `models`
+/// (the CLI's `--models-root` default).
+pub fn registry_root() -> PathBuf {
+    std::env::var_os(REGISTRY_ENV).map_or_else(|| PathBuf::from(DEFAULT_REGISTRY), PathBuf::from)
+}
+
 /// Resolve a `--model` spec: a bundle directory; else a registry name under
 /// `root`, `NAME/VERSION` or `NAME` (whose `champion` file names the live
 /// version); else a directory without a manifest (so that the loader

@@ -164,8 +164,7 @@ impl Model {
     ) -> PyResult<Self> {
         // Registry names resolve as the CLI's do (root: CASETAG_MODELS,
         // else `models`).
-        let root = std::env::var_os("CASETAG_MODELS")
-            .map_or_else(|| PathBuf::from("models"), PathBuf::from);
+        let root = casetag_core::bundle::registry_root();
         let resolve = |p: &PathBuf| {
             casetag_core::bundle::resolve_spec(&root, &p.to_string_lossy())
                 .map_err(|e| PyValueError::new_err(e.message().to_string()))

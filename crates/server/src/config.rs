@@ -131,7 +131,7 @@ impl ServerConfig {
             model_spec: model.to_string_lossy().into_owned(),
             model,
             fallback: None,
-            models_root: PathBuf::from("models"),
+            models_root: PathBuf::from(casetag_core::bundle::DEFAULT_REGISTRY),
             limits: Limits::default(),
         }
     }
