@@ -1,5 +1,9 @@
 //! A lean BERT encoder forward pass written with candle ops.
 //!
+//! XLM-RoBERTa and RoBERTa checkpoints share the architecture; they number
+//! positions from `pad_token_id + 1` ([`BertConfig::position_offset`]),
+//! which this forward and the packed one (`fast.rs`) both apply.
+//!
 //! Why not `candle_transformers::models::bert::BertModel`? Two reasons:
 //! * speed: it runs three Q/K/V matmuls and three transposes per layer, builds
 //!   the extended attention mask (`(1 - mask) * f32::MIN`) on every call even
@@ -48,7 +52,15 @@ pub struct BertConfig {
     pub model_type: Option<String>,
     #[serde(default)]
     pub position_embedding_type: Option<String>,
+    /// The padding token's id. RoBERTa-family models number positions from
+    /// `pad_token_id + 1` (see [`BertConfig::position_offset`]).
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
+
+/// `model_type`s whose position ids start after the padding index, as in
+/// Hugging Face's `create_position_ids_from_input_ids`.
+const ROBERTA_TYPES: &[&str] = &["xlm-roberta", "roberta"];
 
 fn default_act() -> String {
     "gelu".into()
@@ -88,10 +100,11 @@ impl BertConfig {
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         if let Some(t) = &self.model_type {
-            if t != "bert" {
+            if t != "bert" && !ROBERTA_TYPES.contains(&t.as_str()) {
                 return Err(format!(
                     "model_type '{t}' is not supported (only BERT-family encoders such as \
-                     all-MiniLM-L6-v2)"
+                     all-MiniLM-L6-v2, and XLM-RoBERTa/RoBERTa ones such as \
+                     paraphrase-multilingual-MiniLM-L12-v2)"
                 ));
             }
         }
@@ -118,6 +131,14 @@ impl BertConfig {
         if self.max_position_embeddings < 2 || self.type_vocab_size == 0 {
             return Err("max_position_embeddings must be >= 2 and type_vocab_size >= 1".into());
         }
+        if self.max_positions() < 2 {
+            return Err(format!(
+                "max_position_embeddings {} leaves fewer than 2 positions after the position \
+                 offset {} (pad_token_id + 1)",
+                self.max_position_embeddings,
+                self.position_offset()
+            ));
+        }
         self.act()?;
         Ok(())
     }
@@ -135,6 +156,51 @@ impl BertConfig {
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// Whether positions follow RoBERTa's numbering (XLM-R, RoBERTa).
+    pub fn roberta_positions(&self) -> bool {
+        self.model_type
+            .as_deref()
+            .is_some_and(|t| ROBERTA_TYPES.contains(&t))
+    }
+
+    /// The padding token's id: config.json's `pad_token_id`, else the
+    /// family's default (0 for BERT's `[PAD]`, 1 for RoBERTa's `<pad>`).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_token_id
+            .unwrap_or(if self.roberta_positions() { 1 } else { 0 })
+    }
+
+    /// Row of the position table that the first token reads: 0 for BERT,
+    /// `pad_token_id + 1` for RoBERTa-family models (token `i` reads row
+    /// `pad_token_id + 1 + i`).
+    pub fn position_offset(&self) -> usize {
+        if self.roberta_positions() {
+            self.pad_id() as usize + 1
+        } else {
+            0
+        }
+    }
+
+    /// The longest sequence (special tokens included) the encoder reads:
+    /// `max_position_embeddings` less the position offset.
+    pub fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.position_offset())
+    }
+
+    /// The sequence limit as messages name it: `max_position_embeddings N`
+    /// for BERT; the usable count and where it comes from otherwise.
+    pub fn positions_limit(&self) -> String {
+        match self.position_offset() {
+            0 => format!("max_position_embeddings {}", self.max_position_embeddings),
+            o => format!(
+                "{} positions (max_position_embeddings {} minus the position offset {o})",
+                self.max_positions(),
+                self.max_position_embeddings
+            ),
+        }
     }
 }
 
@@ -238,8 +304,9 @@ fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl Bert {
-    /// Load weights from a Hugging Face BERT safetensors file (with or
-    /// without the `bert.` prefix; pooler and MLM heads are ignored).
+    /// Load weights from a Hugging Face BERT or (XLM-)RoBERTa safetensors
+    /// file (with or without the `bert.`/`roberta.` prefix; pooler and MLM
+    /// heads are ignored).
     pub fn load(cfg: &BertConfig, weights: &Path, device: &Device) -> Result<Self> {
         let ts = candle_core::safetensors::load(weights, device).map_err(|e| {
             TransformerError::Encoder(format!(
@@ -259,11 +326,12 @@ impl Bert {
         let act = cfg
             .act()
             .map_err(|m| TransformerError::Encoder(format!("{file}: {m}")))?;
-        let prefix = if ts.contains_key("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
+        // Hugging Face heads save the encoder under `bert.` or `roberta.`;
+        // bare encoders (sentence-transformers) have no prefix.
+        let prefix = ["bert.", "roberta."]
+            .into_iter()
+            .find(|p| ts.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
+            .unwrap_or("");
         let h = cfg.hidden_size;
         let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let full = format!("{prefix}{name}");
@@ -562,15 +630,19 @@ impl Bert {
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let h = self.cfg.hidden_size;
-        if s > self.cfg.max_position_embeddings {
+        if s > self.cfg.max_positions() {
             return Err(TransformerError::Input(format!(
-                "sequence of {s} tokens exceeds max_position_embeddings {}",
-                self.cfg.max_position_embeddings
+                "sequence of {s} tokens exceeds {}",
+                self.cfg.positions_limit()
             )));
         }
         let grad_from = train.as_ref().map_or(usize::MAX, |t| t.grad_from);
-        // Token types are all 0 (single-segment input).
-        let pos = self.pos.narrow(0, 0, s)?.broadcast_add(&self.typ.get(0)?)?;
+        // Token types are all 0 (single-segment input). Token i reads
+        // position row offset + i (RoBERTa numbering; 0 + i for BERT).
+        let pos = self
+            .pos
+            .narrow(0, self.cfg.position_offset(), s)?
+            .broadcast_add(&self.typ.get(0)?)?;
         let x = self.word.index_select(&ids.flatten_all()?, 0)?;
         let x = x
             .reshape((b, s, h))?

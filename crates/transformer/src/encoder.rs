@@ -138,7 +138,7 @@ fn resolve_hf_cache(repo: &str) -> Result<PathBuf> {
     Ok(snap)
 }
 
-/// A loaded encoder: BERT weights and the tokenizer.
+/// A loaded encoder: BERT (or XLM-RoBERTa) weights and the tokenizer.
 #[derive(Clone)]
 pub struct Encoder {
     pub(crate) bert: Bert,
@@ -146,6 +146,9 @@ pub struct Encoder {
     pub(crate) files: EncoderFiles,
     /// The spec this encoder was loaded from (directory or `hf:` name).
     pub(crate) source: String,
+    /// The id padding slots of a batch hold (never attended to, never
+    /// pooled): the tokenizer's padding token, else config.json's.
+    pub(crate) pad_id: u32,
 }
 
 /// A batch padded to its longest sequence.
@@ -160,10 +163,11 @@ pub(crate) struct Padded {
 }
 
 impl Padded {
-    pub fn new(seqs: &[&[u32]], device: &Device) -> Result<Self> {
+    /// Pad `seqs` with `pad_id` to the longest one.
+    pub fn new(seqs: &[&[u32]], pad_id: u32, device: &Device) -> Result<Self> {
         let b = seqs.len();
         let s = seqs.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![0u32; b * s];
+        let mut ids = vec![pad_id; b * s];
         let mut mask = vec![0f32; b * s];
         let mut padded = false;
         for (i, seq) in seqs.iter().enumerate() {
@@ -245,9 +249,11 @@ impl Encoder {
             )));
         }
         let bert = Bert::load(&cfg, &files.weights, device)?;
+        let pad_id = text.pad_id().unwrap_or(cfg.pad_id());
         Ok(Self {
             bert,
             text,
+            pad_id,
             files: files.clone(),
             source: files
                 .config
@@ -273,9 +279,21 @@ impl Encoder {
         &self.source
     }
 
-    /// The largest usable `max_tokens`.
+    /// The largest usable `max_tokens`: `max_position_embeddings`, less
+    /// the position offset of RoBERTa-family models (514 - 2 = 512 for XLM-R).
     pub fn max_positions(&self) -> usize {
-        self.bert.cfg.max_position_embeddings
+        self.bert.cfg.max_positions()
+    }
+
+    /// The id that pads a batch: the tokenizer's padding token, else
+    /// config.json's `pad_token_id`.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// The tokenizer with the framing it adds.
+    pub fn text_encoder(&self) -> &TextEncoder {
+        &self.text
     }
 
     /// Token ids per text, special tokens included, at most `max_tokens`.
@@ -380,7 +398,7 @@ impl Encoder {
     /// Last hidden states (b, s, hidden) of one batch padded to its longest
     /// sequence (for checks against other implementations).
     pub fn hidden_states(&self, batch: &[&[u32]]) -> Result<Tensor> {
-        let p = Padded::new(batch, self.bert.device())?;
+        let p = Padded::new(batch, self.pad_id, self.bert.device())?;
         let h = self.bert.forward(&p.ids, p.bias.as_ref(), None)?;
         Ok(h.reshape((p.b, p.s, self.hidden_size()))?)
     }
@@ -398,7 +416,7 @@ impl Encoder {
         batch: &[&[u32]],
         train: Option<&mut TrainCtx<'_>>,
     ) -> Result<Tensor> {
-        let p = Padded::new(batch, self.bert.device())?;
+        let p = Padded::new(batch, self.pad_id, self.bert.device())?;
         let hidden = self.bert.forward(&p.ids, p.bias.as_ref(), train)?;
         p.mean_pool(&hidden)
     }

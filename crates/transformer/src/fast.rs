@@ -85,9 +85,13 @@ pub(crate) struct FastBert {
     eps: f32,
     act: Act,
     word: Vec<f32>,
-    /// Position embedding plus the token-type-0 embedding, per position.
+    /// Position embedding plus the token-type-0 embedding, per position
+    /// (already shifted by the position offset: row p is token p's).
     pos_type: Vec<f32>,
+    /// The longest sequence read; longer ones are cut.
     max_pos: usize,
+    /// Where ids beyond the vocabulary are mapped: the padding token.
+    oov_id: usize,
     ln_w: Vec<f32>,
     ln_b: Vec<f32>,
     layers: Vec<FastLayer>,
@@ -208,7 +212,12 @@ impl FastBert {
         t: &crate::bert::BertTensors<'_>,
         precision: Precision,
     ) -> Result<Self> {
-        let pos = t.pos.broadcast_add(&t.typ.get(0)?)?;
+        // Row p of `pos_type` is what token p reads: position row
+        // `offset + p` (RoBERTa numbering; `p` for BERT) plus token type 0.
+        let pos = t
+            .pos
+            .narrow(0, cfg.position_offset(), cfg.max_positions())?
+            .broadcast_add(&t.typ.get(0)?)?;
         let mut layers = Vec::with_capacity(t.layers.len());
         for l in &t.layers {
             layers.push(FastLayer {
@@ -234,7 +243,10 @@ impl FastBert {
             act,
             word: flat(t.word)?,
             pos_type: flat(&pos)?,
-            max_pos: cfg.max_position_embeddings,
+            max_pos: cfg.max_positions(),
+            oov_id: Some(cfg.pad_id() as usize)
+                .filter(|&p| p < cfg.vocab_size)
+                .unwrap_or(0),
             ln_w: flat(t.ln_w)?,
             ln_b: flat(t.ln_b)?,
             layers,
@@ -259,11 +271,11 @@ impl FastBert {
             starts.push(row);
             for (p, &id) in s.iter().enumerate() {
                 // Ids beyond the vocabulary cannot come from our tokenizer; map
-                // them to 0 ([PAD]) rather than read out of bounds.
+                // them to the padding token rather than read out of bounds.
                 let id = if (id as usize) < vocab {
                     id as usize
                 } else {
-                    0
+                    self.oov_id
                 };
                 let dst = &mut x[(row + p) * h..(row + p + 1) * h];
                 let w = &self.word[id * h..(id + 1) * h];

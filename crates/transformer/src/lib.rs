@@ -7,9 +7,11 @@
 //! [`casetag_core::Classifier`] trait; calibration, decoding into a path,
 //! back-off and actions happen once, in the engine.
 //!
-//! * [`Encoder`]: a BERT-family encoder (all-MiniLM-L6-v2 by default) from a
-//!   local Hugging Face directory or `hf:OWNER/NAME` in the Hugging Face cache,
-//!   run by our own lean forward pass ([`bert`]) with mean pooling.
+//! * [`Encoder`]: a BERT-family encoder (all-MiniLM-L6-v2 by default; also
+//!   XLM-RoBERTa ones such as paraphrase-multilingual-MiniLM-L12-v2, with
+//!   their SentencePiece tokenizer) from a local Hugging Face directory or
+//!   `hf:OWNER/NAME` in the Hugging Face cache, run by our own lean forward
+//!   pass ([`bert`]) with mean pooling.
 //! * [`fit`]: trains a hierarchical head (leaf-path cross-entropy plus
 //!   cross-entropy of the L1/L2 marginals), either on frozen, cached embeddings
 //!   ([`Mode::Frozen`], fast) or while fine-tuning all or the top N encoder
@@ -164,7 +166,8 @@ pub struct TransformerParams {
     /// Epochs without a better validation accuracy before stopping.
     pub patience: usize,
     /// Token budget per case, special tokens included (at most the
-    /// encoder's `max_position_embeddings`, 512 for BERT).
+    /// encoder's `max_position_embeddings`, 512 for BERT; less the position
+    /// offset for XLM-RoBERTa, 514 - 2 = 512).
     pub max_tokens: usize,
     pub truncation: Truncation,
     /// Optional hidden layer (GELU) in the head.

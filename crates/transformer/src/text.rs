@@ -3,8 +3,10 @@
 //! The tokenizer's own truncation and padding (all-MiniLM-L6-v2 ships with
 //! fixed padding to 128) are switched off: texts are encoded without special
 //! tokens, cut to the budget by the chosen strategy, then wrapped in the
-//! special tokens the tokenizer's post-processor would add ([CLS] .. [SEP]).
-//! Padding happens later, per sub-batch, to that sub-batch's longest sequence.
+//! special tokens the tokenizer's post-processor would add (`[CLS] .. [SEP]`
+//! for BERT's WordPiece, `<s> .. </s>` for XLM-R's SentencePiece). Padding
+//! happens later, per sub-batch, to that sub-batch's longest sequence, with
+//! the tokenizer's own padding token.
 
 use std::path::Path;
 
@@ -43,7 +45,16 @@ pub struct TextEncoder {
     tok: Tokenizer,
     prefix: Vec<u32>,
     suffix: Vec<u32>,
+    /// The padding token's id, when the tokenizer names one.
+    pad: Option<u32>,
 }
+
+/// Framing tokens to fall back on when the tokenizer has no
+/// post-processor: (BOS/CLS, EOS/SEP) of BERT and of (XLM-)RoBERTa.
+const FRAME_TOKENS: [(&str, &str); 2] = [("[CLS]", "[SEP]"), ("<s>", "</s>")];
+
+/// Padding tokens to look up when the tokenizer has no padding config.
+const PAD_TOKENS: [&str; 2] = ["[PAD]", "<pad>"];
 
 /// Reorder a transcript so that buyer lines come first. Lines look like
 /// `[speaker] utterance`; text without any buyer line is returned unchanged.
@@ -82,6 +93,12 @@ impl TextEncoder {
     }
 
     pub fn new(mut tok: Tokenizer) -> Result<Self> {
+        // The padding token: from the padding config (switched off below),
+        // else by name.
+        let pad = tok
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| PAD_TOKENS.iter().find_map(|t| tok.token_to_id(t)));
         tok.with_padding(None);
         tok.with_truncation(None)
             .map_err(|e| TransformerError::Tokenizer(e.to_string()))?;
@@ -99,19 +116,32 @@ impl TextEncoder {
             (Vec::new(), Vec::new())
         };
         if prefix.is_empty() && suffix.is_empty() {
-            // No post-processor: fall back to BERT's tokens when present.
-            prefix.extend(tok.token_to_id("[CLS]"));
-            suffix.extend(tok.token_to_id("[SEP]"));
+            // No post-processor: fall back to BERT's or RoBERTa's tokens,
+            // whichever pair the vocabulary has.
+            let (b, e) = FRAME_TOKENS
+                .iter()
+                .map(|(b, e)| (tok.token_to_id(b), tok.token_to_id(e)))
+                .find(|(b, e)| b.is_some() || e.is_some())
+                .unwrap_or_default();
+            prefix.extend(b);
+            suffix.extend(e);
         }
         Ok(Self {
             tok,
             prefix,
             suffix,
+            pad,
         })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tok
+    }
+
+    /// The padding token's id: the tokenizer's padding config, else the id
+    /// of `[PAD]` or `<pad>`; `None` when the tokenizer names none.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad
     }
 
     /// Special tokens before and after each sequence.
@@ -179,10 +209,10 @@ impl TextEncoder {
     }
 }
 
-/// The windows of one framed sequence (`[CLS] body [SEP]`) for an encoder
-/// that reads at most `max_tokens`: the body cut into consecutive pieces of
-/// `max_tokens - n_special` tokens, each framed again. A sequence that fits
-/// is its own single window.
+/// The windows of one framed sequence (`[CLS] body [SEP]` or
+/// `<s> body </s>`) for an encoder that reads at most `max_tokens`: the
+/// body cut into consecutive pieces of `max_tokens - n_special` tokens,
+/// each framed again. A sequence that fits is its own single window.
 pub(crate) fn windows(
     seq: &[u32],
     n_prefix: usize,
@@ -201,7 +231,8 @@ pub(crate) fn windows(
 }
 
 /// Very long transcripts are cut (in characters) before tokenizing: a
-/// WordPiece token is never shorter than one character, so keeping
+/// WordPiece or SentencePiece token is never shorter than one character
+/// (a lone `▁` stands for a space), so keeping
 /// `budget * 16` characters from the relevant end(s) is far more than
 /// enough and saves tokenizing megabytes that would be thrown away. The cut
 /// is the code base's one truncation, [`truncate_chars`].

@@ -380,9 +380,9 @@ pub fn fit(
     let n_layers = encoder.config().num_hidden_layers;
     if params.max_tokens > encoder.max_positions() {
         progress(&format!(
-            "max_tokens {} is capped at the encoder's max_position_embeddings {}",
+            "max_tokens {} is capped at the encoder's {}",
             params.max_tokens,
-            encoder.max_positions()
+            encoder.config().positions_limit()
         ));
     }
     let grad_from = match params.mode {

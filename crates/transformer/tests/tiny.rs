@@ -465,10 +465,10 @@ fn bad_inputs_and_encoders_give_one_line_errors() {
     write_tiny_bert(d.path(), 7).unwrap();
     let cfg = d.path().join("config.json");
     let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("\"bert\"", "\"xlm-roberta\"")).unwrap();
+    std::fs::write(&cfg, text.replace("\"bert\"", "\"deberta-v2\"")).unwrap();
     let e = Encoder::load(spec, &dev).err().unwrap().to_string();
     assert!(
-        e.contains("model_type 'xlm-roberta' is not supported"),
+        e.contains("model_type 'deberta-v2' is not supported"),
         "{e}"
     );
     std::fs::write(
