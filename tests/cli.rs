@@ -188,6 +188,8 @@ fn train_tag_eval_on_bundled_data() {
         "oos_score",
         "actions",
         "model_id",
+        "lang",
+        "note",
     ] {
         assert!(header.contains(c), "{c} missing from {header}");
     }
@@ -1130,7 +1132,7 @@ fn empty_input_gives_output_with_its_columns() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
-        "id,text,region,l1,l2,l3,depth,conf_l1,conf_l2,conf_l3,guess_l1,guess_l2,guess_l3,out_of_scope,oos_score,actions,served_by,model_id,error\n"
+        "id,text,region,l1,l2,l3,depth,conf_l1,conf_l2,conf_l3,guess_l1,guess_l2,guess_l3,out_of_scope,oos_score,actions,served_by,model_id,lang,note,error\n"
     );
     // Parquet output keeps the types too.
     let pq = tmp.path().join("o.parquet");
@@ -1141,7 +1143,7 @@ fn empty_input_gives_output_with_its_columns() {
         .finish()
         .unwrap();
     assert_eq!(df.height(), 0);
-    assert_eq!(df.width(), 19);
+    assert_eq!(df.width(), 21);
     assert_eq!(
         df.column("conf_l1").unwrap().dtype(),
         &polars::prelude::DataType::Float32

@@ -22,7 +22,8 @@ const WARN_ROWS: usize = 10;
 /// Tag a table of cases in batch. The input is streamed in chunks (never
 /// whole in memory); each chunk is tagged in parallel; the output has the
 /// input's format and columns plus l1, l2, l3, depth, conf_l1..conf_l3,
-/// out_of_scope, oos_score, actions, served_by, model_id and error.
+/// out_of_scope, oos_score, actions, served_by, model_id, lang, note and
+/// error.
 /// A turn-level table (case_id, turn, speaker, text) is read whole, and
 /// tagged one row per case with its turns joined, as `prepare` does.
 ///

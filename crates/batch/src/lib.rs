@@ -164,7 +164,7 @@ pub fn tag_chunk(
 }
 
 /// The names of the output columns, in order, before renaming.
-pub const OUTPUT_COLUMNS: [&str; 16] = [
+pub const OUTPUT_COLUMNS: [&str; 18] = [
     "l1",
     "l2",
     "l3",
@@ -180,6 +180,8 @@ pub const OUTPUT_COLUMNS: [&str; 16] = [
     "actions",
     "served_by",
     "model_id",
+    "lang",
+    "note",
     "error",
 ];
 
@@ -338,6 +340,8 @@ impl TaggedChunk {
         });
         let mut served_by = Vec::with_capacity(n);
         let mut model_id = Vec::with_capacity(n);
+        let mut lang = Vec::with_capacity(n);
+        let mut note = Vec::with_capacity(n);
         for r in self.rows() {
             for k in 0..3 {
                 l[k].push(r.and_then(|r| r.tag.as_ref().and_then(|p| p.level(k + 1))));
@@ -366,6 +370,8 @@ impl TaggedChunk {
             }
             served_by.push(r.map(|r| r.served_by.as_str()));
             model_id.push(r.map(|r| r.model_id.as_str()));
+            lang.push(r.map(|r| r.lang.as_str()));
+            note.push(r.and_then(|r| r.note.as_deref()));
         }
         let error: Vec<Option<&str>> = self.errors.iter().map(|e| e.as_deref()).collect();
         let [l1, l2, l3] = l;
@@ -389,7 +395,9 @@ impl TaggedChunk {
             actions,
             Column::new(name(13), served_by),
             Column::new(name(14), model_id),
-            Column::new(name(15), error),
+            Column::new(name(15), lang),
+            Column::new(name(16), note),
+            Column::new(name(17), error),
         ];
         if self.top_k > 0 {
             for (col, top_name) in top.into_iter().zip(TOP_COLUMNS) {

@@ -97,6 +97,11 @@ pub struct Manifest {
     pub taxonomy_version: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taxonomy_sha256: Option<String>,
+    /// Languages of the training cases as [`crate::lang::detect`] tells
+    /// them, with their counts; [`crate::lang::Coverage`] reads which ones
+    /// the model knows. Empty in bundles written before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub languages: BTreeMap<String, usize>,
 }
 
 /// sha256 of a file, streamed.
@@ -512,6 +517,7 @@ mod tests {
             build: None,
             taxonomy_version: None,
             taxonomy_sha256: None,
+            languages: BTreeMap::new(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod label_map;
+pub mod lang;
 pub mod metrics;
 pub mod taxonomy;
 pub mod text;

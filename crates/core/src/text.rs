@@ -31,8 +31,13 @@ pub struct TextPipeline {
     pub max_chars: usize,
 }
 
-/// The version of the rules this build applies.
-pub const PIPELINE_VERSION: u32 = 1;
+/// The version of the rules this build applies to new bundles. Version 2
+/// adds national id numbers (`<ID_NUMBER>`) and the phone shapes of Spain,
+/// Mexico, Singapore and Brazil that carry no trunk `0` or country code.
+pub const PIPELINE_VERSION: u32 = 2;
+
+/// The oldest version this build still applies, for bundles trained with it.
+pub const OLDEST_PIPELINE_VERSION: u32 = 1;
 
 /// Default cap: far above any real transcript, so it only guards against
 /// pathological inputs (a pasted log, a base64 attachment).
@@ -63,7 +68,7 @@ impl TextPipeline {
         let clean = |s: &str| {
             let n = normalize_text(s);
             if self.mask_pii {
-                mask_pii_owned(n)
+                mask_pii_owned(n, self.version)
             } else {
                 n
             }
@@ -104,9 +109,10 @@ impl TextPipeline {
 
     /// Check a pipeline read from a manifest against what this build can do.
     pub fn check(&self) -> Result<(), String> {
-        if self.version != PIPELINE_VERSION {
+        if !(OLDEST_PIPELINE_VERSION..=PIPELINE_VERSION).contains(&self.version) {
             return Err(format!(
-                "text pipeline version {} is not supported (this build applies version {PIPELINE_VERSION})",
+                "text pipeline version {} is not supported (this build applies versions \
+                 {OLDEST_PIPELINE_VERSION} to {PIPELINE_VERSION})",
                 self.version
             ));
         }
@@ -261,6 +267,7 @@ pub const EMAIL: &str = "<EMAIL>";
 pub const PHONE: &str = "<PHONE>";
 pub const CARD: &str = "<CARD>";
 pub const ORDER_ID: &str = "<ORDER_ID>";
+pub const ID_NUMBER: &str = "<ID_NUMBER>";
 
 static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b").unwrap()
@@ -313,6 +320,67 @@ static PHONE_RE: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap()
 });
 
+/// A national id keyword of the markets served (Indonesia's NIK/KTP,
+/// Vietnam's CCCD/CMND, Brazil's CPF, Spain's DNI/NIE, Mexico's CURP,
+/// Singapore's NRIC, Malaysia's MyKad/IC, the US SSN, the Philippines'
+/// PhilSys, China's 身份证, Thailand's เลขบัตรประชาชน/เลขประจำตัวประชาชน)
+/// followed by an id token; masked when the token holds at least six digits.
+/// Pipeline version 2.
+static ID_KEYWORD_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?ix)
+        (?P<kw>
+            \b(?:nik|ktp|cccd|cmnd|cpf|dni|nie|curp|nric|mykad|ic|ssn|philsys|psn|id
+                |identificaci[oó]n|documento)
+            (?:\s*(?:no\.?|num(?:ber)?\.?|number))?
+            (?:\s+(?:saya|aku|my|mi|của\s+(?:em|tôi|mình)|là|es|is))*
+            \s*:?\s*
+          | (?:身份证(?:号码|号)?|เลขบัตรประชาชน|เลขประจำตัวประชาชน)
+            (?:ของ(?:ฉัน|ผม))?(?:\s*(?:是|คือ))?\s*[:：]?\s*
+        )
+        (?P<id>[a-z0-9]+(?:[.\s-][0-9]+)*[a-z]?)",
+    )
+    .unwrap()
+});
+
+/// National id numbers recognisable by shape alone: Thai (`1-2345-67890-12-3`),
+/// Chinese (18 characters with a birth date), Brazilian CPF
+/// (`123.456.789-09`), Spanish DNI/NIE (`12345678Z`, `X1234567L`), Mexican
+/// CURP, Singapore NRIC (`S1234567D`), Malaysian MyKad (`900101-14-5678`),
+/// US SSN (`123-45-6789`) and UK National Insurance (`QQ 12 34 56 C`).
+/// Pipeline version 2.
+static ID_SHAPE_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?x)
+        \b[1-8]-\d{4}-\d{5}-\d{2}-\d\b
+      | \b\d{6}(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]\b
+      | \b\d{3}\.\d{3}\.\d{3}-\d{2}\b
+      | \b\d{8}-?[A-Z]\b
+      | \b[XYZ]-?\d{7}-?[A-Z]\b
+      | \b[A-Z]{4}\d{6}[HM][A-Z]{5}[A-Z0-9]\d\b
+      | \b[STFGM]\d{7}[A-Z]\b
+      | \b\d{6}-\d{2}-\d{4}\b
+      | \b\d{3}-\d{2}-\d{4}\b
+      | \b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b",
+    )
+    .unwrap()
+});
+
+/// Phone shapes without a trunk `0` or a country code: Spain
+/// (`612 345 678`, `612 34 56 78`), Mexico (`55 1234 5678`), Singapore
+/// (`9123 4567`) and Brazil (`(11) 91234-5678`). Pipeline version 2.
+static PHONE_V2_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?x)
+        \b[6-9]\d{2}[\s.-]\d{3}[\s.-]\d{3}\b
+      | \b[6-9]\d{2}\s\d{2}\s\d{2}\s\d{2}\b
+      | \b\d{2}[\s.-]\d{4}[\s.-]\d{4}\b
+      | \b[689]\d{3}[\s-]\d{4}\b
+      | \(\d{2}\)\s?9?\d{4}-\d{4}\b",
+    )
+    .unwrap()
+});
+
 fn digit_count(s: &str) -> usize {
     s.bytes().filter(u8::is_ascii_digit).count()
 }
@@ -322,10 +390,10 @@ fn digit_count(s: &str) -> usize {
 /// `<CARD>`, phone numbers -> `<PHONE>`. Ordinary numbers ("2 items",
 /// "$25.99", "2026-01-15") are left alone.
 pub fn mask_pii(s: &str) -> String {
-    mask_pii_owned(s.to_string())
+    mask_pii_owned(s.to_string(), PIPELINE_VERSION)
 }
 
-fn mask_pii_owned(mut s: String) -> String {
+fn mask_pii_owned(mut s: String, version: u32) -> String {
     // Cheap exits. Replacements only remove digits, '@' and '#' (the
     // placeholders have none), so counts on the input bound every later
     // step: a rule that needs six digits cannot fire on a text with five.
@@ -343,6 +411,18 @@ fn mask_pii_owned(mut s: String) -> String {
         return s;
     }
     mask_order_keywords(&mut s);
+    if version >= 2 {
+        // Before cards and phones: a 13-digit Thai id or a 12-digit MyKad
+        // has their shapes, and `12345678Z` that of a mixed order id.
+        replace_in(&mut s, &ID_KEYWORD_RE, |c: &Captures| {
+            if digit_count(&c["id"]) >= 6 {
+                format!("{}{ID_NUMBER}", &c["kw"])
+            } else {
+                c[0].to_string()
+            }
+        });
+        replace_in(&mut s, &ID_SHAPE_RE, ID_NUMBER);
+    }
     if hash {
         replace_where(&mut s, &HASH_ID_RE, |t| {
             (digit_count(t) >= 6).then_some(ORDER_ID)
@@ -357,6 +437,9 @@ fn mask_pii_owned(mut s: String) -> String {
         replace_where(&mut s, &PHONE_RE, |t| {
             (7..=15).contains(&digit_count(t)).then_some(PHONE)
         });
+        if version >= 2 {
+            replace_in(&mut s, &PHONE_V2_RE, PHONE);
+        }
     }
     if has_digit_run(&s, 6) {
         replace_where(&mut s, &MIXED_ID_RE, |t| {
@@ -435,6 +518,58 @@ mod tests {
         assert_eq!(normalize_text("a\u{200B}b\u{00A0}\u{00A0}c"), "ab c");
         assert_eq!(normalize_text("ﬁle №５"), "file No5");
         assert_eq!(normalize_text(" \n\t "), "");
+    }
+
+    #[test]
+    fn masks_national_ids_and_phones_of_each_market() {
+        for (raw, want) in [
+            ("NIK saya 3174012305900003 kak", "NIK saya <ID_NUMBER> kak"),
+            ("No KTP: 3174012305900003", "No KTP: <ID_NUMBER>"),
+            (
+                "เลขบัตรประชาชนของฉันคือ 1-1037-02345-67-1 ค่ะ",
+                "เลขบัตรประชาชนของฉันคือ <ID_NUMBER> ค่ะ",
+            ),
+            (
+                "Số CCCD của em là 001090012345 ạ.",
+                "Số CCCD của em là <ID_NUMBER> ạ.",
+            ),
+            (
+                "Mi número de identificación es 12345678Z, gracias",
+                "Mi número de identificación es <ID_NUMBER>, gracias",
+            ),
+            ("NIE X1234567L", "NIE <ID_NUMBER>"),
+            ("mi CURP GOMC900123HDFRRR05", "mi CURP <ID_NUMBER>"),
+            (
+                "我的身份证号是 110105199003071234。",
+                "我的身份证号是 <ID_NUMBER>。",
+            ),
+            ("CPF 123.456.789-09", "CPF <ID_NUMBER>"),
+            ("My ID number is S1234567D.", "My ID number is <ID_NUMBER>."),
+            ("IC 900101-14-5678", "IC <ID_NUMBER>"),
+            ("ssn 123-45-6789", "ssn <ID_NUMBER>"),
+            ("NI AB 12 34 56 C ok", "NI <ID_NUMBER> ok"),
+            ("llámame al 612 345 678", "llámame al <PHONE>"),
+            ("celular 55 1234 5678", "celular <PHONE>"),
+            ("call 9123 4567 pls", "call <PHONE> pls"),
+            ("whats (11) 91234-5678", "whats <PHONE>"),
+        ] {
+            assert_eq!(mask_pii(raw), want, "{raw}");
+        }
+        // Version 1 (bundles trained before) keeps its rules: a Thai id was
+        // a card number to it, and the Spanish mobile stays as written.
+        let v1 = |s: &str| mask_pii_owned(s.to_string(), 1);
+        assert_eq!(v1("id 1-1037-02345-67-1"), "id <CARD>");
+        assert_eq!(v1("llámame al 612 345 678"), "llámame al 612 345 678");
+        // Ordinary numbers stay.
+        for s in [
+            "2 items for $25.99",
+            "on 2026-01-15",
+            "Rp 125.000",
+            "450,000đ",
+            "id 12",
+        ] {
+            assert_eq!(mask_pii(s), s);
+        }
     }
 
     #[test]

@@ -245,6 +245,7 @@ fn manifest() -> Manifest {
         build: Some("0.1.0+fuzz".into()),
         taxonomy_version: None,
         taxonomy_sha256: None,
+        languages: Default::default(),
     }
 }
 

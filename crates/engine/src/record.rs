@@ -78,6 +78,12 @@ pub struct Record {
     /// The text was longer than the model's text cap (the bundle's
     /// `text.max_chars`) and was cut, head and tail kept.
     pub truncated: bool,
+    /// The case's language: ISO 639-1 (`en`, `id`, `th`, `vi`, `es`, `zh`,
+    /// ...) or `und` when there is too little text to tell.
+    pub lang: String,
+    /// Set when the case's language is not one the model was trained on
+    /// (or could not be told): a reason to check the tag, never silent.
+    pub note: Option<String>,
 }
 
 impl Record {
@@ -108,6 +114,8 @@ impl Record {
             served_by: t.served_by,
             model_id: t.model_id,
             truncated: t.truncated,
+            lang: t.lang.to_string(),
+            note: t.note,
         }
     }
 }

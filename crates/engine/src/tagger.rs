@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use casetag_core::bundle::Bundle;
+use casetag_core::lang::Coverage;
 use casetag_core::text::TextPipeline;
 use casetag_core::{Classifier, Transcript};
 use serde::Serialize;
@@ -21,6 +22,17 @@ pub struct LoadedModel {
     /// How out of scope is judged ([`Self::enable_batch_novelty`] for
     /// [`Judging::Batch`]); the thresholds are the bundle's either way.
     pub judging: Judging,
+    /// The languages the model was trained on (from the manifest).
+    pub coverage: Coverage,
+}
+
+/// What the engine notes about one case's text on the way in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextMarks {
+    /// The text was longer than the bundle's cap and was cut.
+    pub truncated: bool,
+    /// The case's language ([`casetag_core::lang::detect`]).
+    pub lang: &'static str,
 }
 
 impl LoadedModel {
@@ -54,19 +66,24 @@ impl LoadedModel {
         }
     }
 
-    /// The text this model sees for each raw case, and whether the length
-    /// cap cut it: the bundle's recorded [`TextPipeline`], the one text
-    /// contract every path (tag, eval, serve, the engine API) goes through.
-    pub fn prepare(&self, cases: &[Transcript]) -> (Vec<Transcript>, Vec<bool>) {
+    /// The text this model sees for each raw case, whether the length cap
+    /// cut it and its language: the bundle's recorded [`TextPipeline`], the
+    /// one text contract every path (tag, eval, serve, the engine API) goes
+    /// through.
+    pub fn prepare(&self, cases: &[Transcript]) -> (Vec<Transcript>, Vec<TextMarks>) {
         let pipeline: &TextPipeline = &self.bundle.manifest.text;
         let one = |c: &Transcript| {
             let p = pipeline.prepare(&c.text);
+            let lang = casetag_core::lang::detect(&p.text);
             (
                 Transcript {
                     id: c.id.clone(),
                     text: p.text,
                 },
-                p.truncated,
+                TextMarks {
+                    truncated: p.truncated,
+                    lang,
+                },
             )
         };
         if cases.len() >= 1024 {
@@ -129,16 +146,16 @@ impl LoadedModel {
         Ok(self.decide_marked(cases, top_k)?.0)
     }
 
-    /// Decisions for a batch of raw cases, with whether each text was cut
-    /// by the length cap.
+    /// Decisions for a batch of raw cases, with what was noted about each
+    /// text (cut by the length cap, language).
     pub fn decide_marked(
         &self,
         cases: &[Transcript],
         top_k: usize,
-    ) -> Result<(Vec<Decision>, Vec<bool>)> {
-        let (prepared, truncated) = self.prepare(cases);
+    ) -> Result<(Vec<Decision>, Vec<TextMarks>)> {
+        let (prepared, marks) = self.prepare(cases);
         let logits = self.scores_prepared(&prepared)?;
-        Ok((self.decide_logits(&logits, top_k), truncated))
+        Ok((self.decide_logits(&logits, top_k), marks))
     }
 
     fn decide_logits(&self, logits: &[Scores], top_k: usize) -> Vec<Decision> {
@@ -183,12 +200,14 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
         thresholds,
     );
     decider.level_temperatures = m.calibration.level_temperatures.clone();
+    let coverage = Coverage::new(&m.languages);
     Ok(LoadedModel {
         bundle,
         classifier,
         decider,
         detector,
         judging: Judging::PerCase,
+        coverage,
     })
 }
 
@@ -201,6 +220,10 @@ pub struct Tagged {
     pub model_id: String,
     /// Whether the text was longer than the bundle's cap and was cut.
     pub truncated: bool,
+    /// The case's language (ISO 639-1, or `und`).
+    pub lang: &'static str,
+    /// Set when the case's language is not one the model was trained on.
+    pub note: Option<String>,
 }
 
 /// The fallback chain: the primary model first; the fallback when the
@@ -274,14 +297,16 @@ impl Tagger {
     }
 }
 
-fn wrap(m: &LoadedModel, (d, truncated): (Vec<Decision>, Vec<bool>)) -> Vec<Tagged> {
+fn wrap(m: &LoadedModel, (d, marks): (Vec<Decision>, Vec<TextMarks>)) -> Vec<Tagged> {
     d.into_iter()
-        .zip(truncated)
-        .map(|(decision, truncated)| Tagged {
+        .zip(marks)
+        .map(|(decision, k)| Tagged {
             decision,
             served_by: m.kind().to_string(),
             model_id: m.id().to_string(),
-            truncated,
+            truncated: k.truncated,
+            lang: k.lang,
+            note: m.coverage.note(k.lang),
         })
         .collect()
 }

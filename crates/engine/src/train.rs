@@ -317,6 +317,7 @@ pub fn train(
     if train_rows.is_empty() {
         return Err(EngineError::Input("training data has no rows".into()));
     }
+    let languages = casetag_core::lang::count(train_rows.iter().map(|r| r.text.as_str()));
     let taxonomy = match &cfg.taxonomy {
         Some(t) => t.clone(),
         None => {
@@ -597,6 +598,7 @@ pub fn train(
         build: Some(BUILD.to_string()),
         taxonomy_version: None,
         taxonomy_sha256: None,
+        languages,
     };
     let m = writer.finish(manifest, &taxonomy, cfg.overwrite)?;
     progress(&format!(

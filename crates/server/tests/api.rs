@@ -26,11 +26,19 @@ async fn tag_returns_the_contract_fields() {
             &json!({"cases": [
                 {"id": "a", "text": "the screen arrived cracked and broken, I want a refund"},
                 {"id": "b", "text": "where is my order, the delivery is two weeks late"},
-                {"text": "no id on this one: item missing from the box"}
+                {"text": "no id on this one: item missing from the box"},
+                {"id": "th", "text": "ฉันยังไม่ได้รับสินค้าเลยค่ะ ช่วยตรวจสอบให้หน่อย"}
             ], "top_k": 2}),
         )
         .await;
     assert_eq!(st, 200, "{v}");
+    // Every case carries its language; the Thai one, a language the
+    // English-trained model never saw, says so instead of abstaining silently.
+    let mut v = v;
+    let thai = v["results"].as_array_mut().unwrap().pop().unwrap();
+    assert_eq!(thai["lang"], "th");
+    let note = thai["note"].as_str().unwrap();
+    assert!(note.contains("'th'") && note.contains("(en)"), "{note}");
     assert_eq!(v["model"]["id"], "tagger-v1");
     assert_eq!(v["model"]["kind"], "baseline");
     assert!(v["model"]["created"].is_string());
@@ -94,6 +102,8 @@ async fn tag_returns_the_contract_fields() {
         assert_eq!(r["served_by"], "baseline");
         assert_eq!(r["model_id"], "tagger-v1");
         assert_eq!(r["truncated"], false);
+        assert_eq!(r["lang"], "en");
+        assert!(r["note"].is_null(), "{r}");
     }
     // The trained model gets the obvious cases right at level 1.
     assert_eq!(results[0]["alternatives"][0]["tag"]["l1"], "returns");

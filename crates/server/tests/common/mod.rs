@@ -242,6 +242,7 @@ pub fn wrapped(dir: &Path, gate: Option<Arc<Gate>>) -> LoadedModel {
         decider: m.decider,
         detector: m.detector,
         judging: m.judging,
+        coverage: m.coverage,
     }
 }
 
