@@ -48,8 +48,38 @@ fn placeholder_end(bytes: &[u8], i: usize) -> Option<usize> {
 }
 
 #[inline]
-fn is_word_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_'
+fn is_word_char(c: char, unspaced_chars: bool) -> bool {
+    if unspaced_chars {
+        (c.is_alphanumeric() || c == '_' || combining_mark(c)) && !unspaced(c)
+    } else {
+        c.is_alphanumeric() || c == '_'
+    }
+}
+
+/// Scripts written without spaces between words (Thai, Lao, Khmer, Myanmar,
+/// Han, kana): a run of them is not one word. Their word "tokens" are single
+/// characters, so word unigrams and bigrams are character unigrams and
+/// bigrams, the usual units for these scripts; character n-grams cover
+/// longer spans.
+#[inline]
+fn unspaced(c: char) -> bool {
+    matches!(c,
+        '\u{0E00}'..='\u{0EFF}' | '\u{1000}'..='\u{109F}' | '\u{1780}'..='\u{17FF}' |
+        '\u{3040}'..='\u{30FF}' | '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}' |
+        '\u{F900}'..='\u{FAFF}')
+        && !combining_mark(c)
+}
+
+/// Vowel and tone marks that combine with the letter before them in the
+/// scripts above (`char::is_alphanumeric` is false for them, which would
+/// otherwise cut a Thai word at every vowel sign), and the general combining
+/// diacritics of decomposed Latin text.
+#[inline]
+fn combining_mark(c: char) -> bool {
+    matches!(c,
+        '\u{0300}'..='\u{036F}' | '\u{0E31}' | '\u{0E34}'..='\u{0E3A}' | '\u{0E47}'..='\u{0E4E}' |
+        '\u{0EB1}' | '\u{0EB4}'..='\u{0EBC}' | '\u{0EC8}'..='\u{0ECD}' | '\u{102B}'..='\u{103E}' |
+        '\u{17B4}'..='\u{17D3}')
 }
 
 /// Per-thread buffers, reused across cases.
@@ -75,6 +105,9 @@ pub(crate) struct Featurizer {
     pub(crate) bits: u32,
     pub(crate) word: (usize, usize),
     pub(crate) chars: (usize, usize),
+    /// Word tokens of unspaced scripts are single characters
+    /// (`BaselineParams::unspaced_chars`).
+    pub(crate) unspaced: bool,
 }
 
 impl Featurizer {
@@ -124,7 +157,7 @@ impl Featurizer {
 
         if self.word.0 > 0 {
             word_hashes.clear();
-            tokenize_words(lower, |tok| {
+            tokenize_words(lower, self.unspaced, |tok| {
                 word_hashes.push(fnv(FNV_OFFSET, tok.as_bytes()))
             });
             for n in self.word.0..=self.word.1 {
@@ -269,7 +302,7 @@ pub(crate) fn prefetch<T>(slice: &[T], i: usize) {
 /// Word tokens: placeholders `<...>` whole, else runs of alphanumerics and
 /// `_`. Like scikit-learn, one-letter ASCII tokens are dropped; a single
 /// non-ASCII character (often a CJK word) is kept.
-fn tokenize_words(text: &str, mut f: impl FnMut(&str)) {
+fn tokenize_words(text: &str, unspaced_chars: bool, mut f: impl FnMut(&str)) {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -281,14 +314,24 @@ fn tokenize_words(text: &str, mut f: impl FnMut(&str)) {
         let Some(c) = text[i..].chars().next() else {
             break;
         };
-        if !is_word_char(c) {
+        if unspaced_chars && unspaced(c) {
+            // One token per character and the marks that sit on it.
+            let start = i;
+            i += c.len_utf8();
+            for m in text[i..].chars().take_while(|&m| combining_mark(m)) {
+                i += m.len_utf8();
+            }
+            f(&text[start..i]);
+            continue;
+        }
+        if !is_word_char(c, unspaced_chars) {
             i += c.len_utf8();
             continue;
         }
         let start = i;
         let mut n_chars = 0;
         for c in text[start..].chars() {
-            if !is_word_char(c) {
+            if !is_word_char(c, unspaced_chars) {
                 break;
             }
             i += c.len_utf8();
@@ -316,6 +359,7 @@ mod tests {
         bits: 18,
         word: (1, 2),
         chars: (2, 5),
+        unspaced: true,
     };
 
     #[test]
@@ -346,13 +390,41 @@ mod tests {
         assert_eq!(total, 4);
     }
 
+    fn tokens(text: &str, unspaced: bool) -> Vec<String> {
+        let mut toks = Vec::new();
+        tokenize_words(text, unspaced, |t| toks.push(t.to_string()));
+        toks
+    }
+
     #[test]
     fn tokenizer_keeps_placeholders_and_drops_single_letters() {
-        let mut toks = Vec::new();
-        tokenize_words("i need <order_id>, a refund! 退款", |t| {
-            toks.push(t.to_string())
-        });
-        assert_eq!(toks, ["need", "<order_id>", "refund", "退款"]);
+        let text = "i need <order_id>, a refund! 退款";
+        assert_eq!(
+            tokens(text, false),
+            ["need", "<order_id>", "refund", "退款"]
+        );
+        assert_eq!(
+            tokens(text, true),
+            ["need", "<order_id>", "refund", "退", "款"]
+        );
+    }
+
+    #[test]
+    fn unspaced_scripts_give_one_token_per_character_with_its_marks() {
+        // Vowel and tone marks stay on their letter. Without the setting a
+        // Thai run is one word cut at every tone mark (those are not
+        // alphabetic, the vowel signs are).
+        assert_eq!(
+            tokens("ยังไม่ได้รับ ok", true),
+            ["ยั", "ง", "ไ", "ม่", "ไ", "ด้", "รั", "บ", "ok"]
+        );
+        assert_eq!(tokens("ยังไม่ได้รับ", false), ["ยังไม", "ได", "รับ"]);
+        // Latin text with diacritics is one word either way.
+        assert_eq!(tokens("chưa nhận được", true), ["chưa", "nhận", "được"]);
+        assert_eq!(
+            tokens("chưa nhận được", false),
+            tokens("chưa nhận được", true)
+        );
     }
 
     #[test]

@@ -68,6 +68,16 @@ pub struct BaselineParams {
     pub char_ngrams: (usize, usize),
     /// Seed of the stratified subsample.
     pub seed: u64,
+    /// Scripts written without spaces (Thai, Han, kana, Lao, Khmer,
+    /// Myanmar) give one word token per character, so word n-grams are
+    /// character unigrams and bigrams there. Models saved before this
+    /// existed read `false`: they keep the features they were trained on.
+    #[serde(default = "old_tokens")]
+    pub unspaced_chars: bool,
+}
+
+fn old_tokens() -> bool {
+    false
 }
 
 impl Default for BaselineParams {
@@ -84,6 +94,7 @@ impl Default for BaselineParams {
             word_ngrams: (1, 2),
             char_ngrams: (2, 5),
             seed: 42,
+            unspaced_chars: true,
         }
     }
 }

@@ -95,6 +95,7 @@ fn featurizer(p: &BaselineParams) -> Featurizer {
         bits: p.hash_bits,
         word: p.word_ngrams,
         chars: p.char_ngrams,
+        unspaced: p.unspaced_chars,
     }
 }
 
