@@ -1352,13 +1352,13 @@ ASIDE_POST = ["", " but that one is sorted now.", " but forget that, it's resolv
               " - never mind that, it got fixed."]
 
 
-def register_wrap(rng, text, register):
+def wrap_register(rng, text, register, C):
     if register == "angry":
-        return rng.choice(ANGRY_PRE) + text + rng.choice(ANGRY_POST)
+        return rng.choice(C.ANGRY_PRE) + text + rng.choice(C.ANGRY_POST)
     if register == "polite":
-        if text[:2].lower() in ("hi", "he", "de", "go"):
-            return text + rng.choice(POLITE_POST)
-        return rng.choice(POLITE_PRE) + text + rng.choice(POLITE_POST)
+        if C.LANG == "en" and text[:2].lower() in ("hi", "he", "de", "go"):
+            return text + rng.choice(C.POLITE_POST)
+        return rng.choice(C.POLITE_PRE) + text + rng.choice(C.POLITE_POST)
     return text
 
 
@@ -1435,6 +1435,142 @@ def lower_app(rng, text, channel):
     return text
 
 
+# ============================================================== languages and markets
+# Set by --langs: cases carry a language, a market and a `lang` column. The
+# default English corpus never takes these paths, so it stays as it was.
+MULTI = False
+MIX_SHARE = 0.2
+SELLER_ADD = ["Let me add the seller to this conversation.", "I've asked the seller to respond here."]
+SELLER_GENERIC = ["Hello, we are checking.", "Please wait for our reply.", "Dear buyer, thank you for your patience."]
+AMBIG_PRE = "Or maybe it's more that "
+# A buyer giving a national id or a phone number (multilingual corpus only):
+# exercises PII masking with each market's formats.
+ID_LINE = {
+    "en": ["My ID number is {idno}, in case you need to verify me.", "For verification: ID {idno}."],
+    "id": ["NIK saya {idno} kak, buat verifikasi.", "No KTP: {idno}"],
+    "th": ["เลขบัตรประชาชนของฉันคือ {idno} ค่ะ", "เลขประจำตัวประชาชน {idno} ครับ"],
+    "vi": ["Số CCCD của em là {idno} ạ.", "CCCD: {idno}"],
+    "es": ["Mi número de identificación es {idno}, por si lo necesitan.", "Documento: {idno}"],
+    "zh": ["我的身份证号是 {idno}。", "身份证号码：{idno}"],
+}
+PHONE_LINE = {
+    "en": ["You can call me on {phone}.", "My number is {phone}, please call me."],
+    "id": ["Bisa hubungi saya di {phone} ya kak.", "Nomor HP saya {phone}"],
+    "th": ["โทรหาฉันได้ที่ {phone} ค่ะ", "เบอร์โทรของผม {phone} ครับ"],
+    "vi": ["Shop gọi em số {phone} nhé.", "Số điện thoại của em là {phone}"],
+    "es": ["Pueden llamarme al {phone}.", "Mi teléfono es {phone}"],
+    "zh": ["可以打我电话 {phone}。", "我的手机号是 {phone}"],
+}
+# Markets each language is written in (the `region` column of the multilingual corpus).
+MARKETS = {"en": ["US", "UK", "SG", "PH"], "id": ["ID"], "th": ["TH"], "vi": ["VN"], "es": ["ES", "MX"],
+           "zh": ["CN", "SG", "MY"]}
+MONEY_REGION = {"US": "US", "UK": "EU", "SG": "APAC", "PH": "APAC", "ID": "APAC", "TH": "APAC", "VN": "APAC",
+                "ES": "EU", "MX": "LATAM", "CN": "APAC", "MY": "APAC"}
+
+
+def digits(rng, n):
+    return "".join(str(rng.randint(0, 9)) for _ in range(n))
+
+
+# Per market: currency (format, scale to the local unit), carriers, cities,
+# phone numbers and national id numbers in the shapes people write them.
+MARKET = {
+    "US": ("${:.2f}", 1, ["UPS", "USPS", "FedEx"], ["Chicago", "Austin", "Seattle"]),
+    "UK": ("£{:.2f}", 0.8, ["Royal Mail", "Evri", "DPD"], ["London", "Leeds", "Bristol"]),
+    "SG": ("S${:.2f}", 1.3, ["Ninja Van", "SingPost", "J&T Express"], ["Singapore", "Jurong", "Tampines"]),
+    "PH": ("₱{:,.0f}", 56, ["LBC", "J&T Express", "Ninja Van"], ["Manila", "Cebu", "Davao"]),
+    "ID": ("Rp {:,.0f}", 15500, ["J&T Express", "JNE", "SiCepat", "AnterAja"], ["Jakarta", "Surabaya", "Bandung"]),
+    "TH": ("฿{:,.0f}", 35, ["Kerry Express", "Flash Express", "Thailand Post"], ["กรุงเทพ", "เชียงใหม่", "ขอนแก่น"]),
+    "VN": ("{:,.0f}đ", 25000, ["GHN", "GHTK", "Viettel Post"], ["Hà Nội", "TP.HCM", "Đà Nẵng"]),
+    "ES": ("{:.2f} €", 0.92, ["Correos", "SEUR", "MRW"], ["Madrid", "Sevilla", "Valencia"]),
+    "MX": ("${:,.0f} MXN", 18, ["Estafeta", "DHL", "Paquetexpress"], ["CDMX", "Guadalajara", "Monterrey"]),
+    "CN": ("¥{:.2f}", 7.2, ["顺丰", "中通", "圆通"], ["上海", "广州", "成都"]),
+    "MY": ("RM {:.2f}", 4.6, ["Pos Laju", "J&T Express", "Ninja Van"], ["Kuala Lumpur", "Penang", "Johor Bahru"]),
+}
+
+
+def market_phone(rng, m):
+    d = lambda n: digits(rng, n)  # noqa: E731
+    return rng.choice({
+        "US": ["+1 ({}) {}-{}".format(rng.randint(201, 989), rng.randint(200, 999), d(4)), "({}) {}-{}".format(rng.randint(201, 989), rng.randint(200, 999), d(4))],
+        "UK": ["+44 7{} {}".format(d(3), d(6)), "07{} {}".format(d(3), d(6))],
+        "SG": ["+65 9{} {}".format(d(3), d(4)), "8{} {}".format(d(3), d(4))],
+        "PH": ["+63 917 {} {}".format(d(3), d(4)), "0917 {} {}".format(d(3), d(4))],
+        "ID": ["+62 812-{}-{}".format(d(4), d(4)), "0812-{}-{}".format(d(4), d(4)), "08{}{}".format(d(2), d(8))],
+        "TH": ["+66 81 {} {}".format(d(3), d(4)), "08{}-{}-{}".format(d(1), d(3), d(4))],
+        "VN": ["+84 90 {} {}".format(d(3), d(4)), "09{} {} {}".format(d(1), d(3), d(4))],
+        "ES": ["+34 6{} {} {}".format(d(2), d(3), d(3)), "6{} {} {}".format(d(2), d(3), d(3))],
+        "MX": ["+52 55 {} {}".format(d(4), d(4)), "55 {} {}".format(d(4), d(4))],
+        "CN": ["+86 138 {} {}".format(d(4), d(4)), "1{}{}".format(rng.randint(3, 9), d(9))],
+        "MY": ["+60 12-{} {}".format(d(3), d(4)), "012-{} {}".format(d(3), d(4))],
+    }[m])
+
+
+def market_id(rng, m):
+    d = lambda n: digits(rng, n)  # noqa: E731
+    letters = "ABCDEFGHJKLMNPQRSTVWXYZ"
+    L = lambda n: "".join(rng.choice(letters) for _ in range(n))  # noqa: E731
+    return rng.choice({
+        "US": ["{}-{}-{}".format(d(3), d(2), d(4))],
+        "UK": ["{}{} {} {} {} {}".format(rng.choice("ABCEGHJKLMNPRSTWXYZ"), rng.choice("ABCEGHJKLMNPRSTWXYZ"), d(2), d(2), d(2), rng.choice("ABCD"))],
+        "SG": ["S{}{}".format(d(7), L(1)), "T{}{}".format(d(7), L(1))],
+        "PH": ["{}-{}-{}-{}".format(d(4), d(4), d(4), d(4))],
+        "ID": ["3{}".format(d(15))],
+        "TH": ["{}-{}-{}-{}-{}".format(rng.randint(1, 8), d(4), d(5), d(2), d(1))],
+        "VN": ["0{}".format(d(11))],
+        "ES": ["{}{}".format(d(8), L(1)), "{}{}{}".format(rng.choice("XYZ"), d(7), L(1))],
+        "MX": ["{}{}{}{}{}".format(L(4), d(6), rng.choice("HM"), L(5), d(2))],
+        "CN": ["{}{}{:02d}{:02d}{}{}".format(d(6), rng.randint(1960, 2005), rng.randint(1, 12), rng.randint(1, 28),
+                                             d(3), rng.choice("0123456789X"))],
+        "MY": ["{}-{}-{}".format(d(6), d(2), d(4))],
+    }[m])
+
+
+def market_slots(rng, sl, C, m):
+    """Local currency, carriers, cities, phones, ids and (for other languages)
+    products, colours and numeric dates."""
+    fmt, scale, carriers, cities = MARKET[m]
+    v = rng.uniform(8.0, 480.0)
+    sl["amount"] = fmt.format(v * scale)
+    sl["amount2"] = fmt.format(v * rng.uniform(0.1, 0.7) * scale)
+    sl["carrier"] = rng.choice(carriers)
+    sl["city"] = rng.choice(cities)
+    sl["phone"] = market_phone(rng, m)
+    sl["idno"] = market_id(rng, m)
+    if C.LANG != "en":
+        sl["product"] = rng.choice(C.PRODUCTS)
+        sl["colour"], sl["colour2"] = rng.sample(C.COLOURS, 2)
+        day, month = rng.randint(1, 28), rng.randint(1, 12)
+        sl["date"] = rng.choice(["{:02d}/{:02d}".format(day, month), "2026-{:02d}-{:02d}".format(month, day),
+                                 "{}/{}".format(day, month)])
+
+
+_CONTENT = {}
+
+
+def content(lang):
+    """The lines of one language: English from this file, others from synth_i18n."""
+    if lang not in _CONTENT:
+        import types
+        if lang == "en":
+            g = globals()
+            c = types.SimpleNamespace(**{k: g[k] for k in (
+                "LEAVES", "OOS", "OOS_FOLLOW", "OOS_AGENT", "NOISE", "VAGUE", "BUYER_CLOSE", "GENERIC_L2",
+                "ASIDE_PRE", "ASIDE_POST", "GREET_AGENT", "EMAIL_GREET_AGENT", "AGENT_ASK", "AGENT_CLOSE",
+                "ANGRY_PRE", "ANGRY_POST", "POLITE_PRE", "POLITE_POST", "SELLER_ADD", "SELLER_GENERIC",
+                "AMBIG_PRE", "PRODUCTS", "COLOURS")})
+            c.L2_NAMES = NAMES
+        else:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            import synth_i18n
+            c = synth_i18n.load(lang)
+        c.LANG = lang
+        c.ID_LINE = ID_LINE[lang]
+        c.PHONE_LINE = PHONE_LINE[lang]
+        _CONTENT[lang] = c
+    return _CONTENT[lang]
+
+
 # ============================================================== case assembly
 REGIONS = ["EU", "US", "APAC", "LATAM"]
 REGION_W = [0.35, 0.3, 0.2, 0.15]
@@ -1442,23 +1578,53 @@ CHANNELS = ["chat", "email", "app"]
 CHANNEL_W = [0.5, 0.2, 0.3]
 
 
-def make_case(rng, leaf, leaf_ids):
-    """Return (turns, region, channel); turns is a list of (speaker, text)."""
-    region = rng.choices(REGIONS, REGION_W)[0]
-    channel = rng.choices(CHANNELS, CHANNEL_W)[0]
-    sl = make_slots(rng, region)
+def make_case(rng, leaf, leaf_ids, lang="en"):
+    """Return (turns, region, channel); turns is a list of (speaker, text).
+
+    `lang` other than "en" (only with --langs) takes the buyer's lines from
+    that language's module; in a share of those cases (MIX_SHARE) the agent
+    answers in English and the buyer switches to English once, as in chats
+    with cross-border support teams.
+    """
+    C = content(lang)
+    if lang == "en" and not MULTI:
+        region = rng.choices(REGIONS, REGION_W)[0]
+        channel = rng.choices(CHANNELS, CHANNEL_W)[0]
+        sl = make_slots(rng, region)
+    else:
+        region = rng.choice(MARKETS[lang])
+        channel = rng.choices(CHANNELS, CHANNEL_W)[0]
+        sl = make_slots(rng, MONEY_REGION[region])
+        market_slots(rng, sl, C, region)
+    A = C
+    mixed = lang != "en" and rng.random() < MIX_SHARE
+    if mixed:
+        A = content("en")
     sl["agent"] = rng.choice(AGENT_NAMES)
     register = rng.choices(["neutral", "polite", "angry"], [0.5, 0.3, 0.2])[0]
     trate = rng.choice([0.0, 0.0, 0.02, 0.04, 0.08])
+    if lang in ("th", "zh"):
+        trate = 0.0  # keyboard typos of Latin script; IME slips are another matter
     turns = []
 
     def buyer(t):
-        t = paraphrase(rng, fill(t, sl), 0.5)
+        t = fill(t, sl)
+        if lang == "en":
+            t = paraphrase(rng, t, 0.5)
         t = lower_app(rng, typo(rng, t, trate), channel)
         turns.append(("buyer", t))
 
     def agent(t):
         turns.append(("agent", fill(t, sl)))
+
+    LEAVES, OOS, OOS_FOLLOW, OOS_AGENT = C.LEAVES, C.OOS, C.OOS_FOLLOW, C.OOS_AGENT
+    NOISE, VAGUE, BUYER_CLOSE, GENERIC_L2 = C.NOISE, C.VAGUE, C.BUYER_CLOSE, C.GENERIC_L2
+    ASIDE_PRE, ASIDE_POST = C.ASIDE_PRE, C.ASIDE_POST
+    GREET_AGENT, EMAIL_GREET_AGENT, AGENT_ASK = A.GREET_AGENT, A.EMAIL_GREET_AGENT, A.AGENT_ASK
+    AGENT_CLOSE, OOS_AGENT = A.AGENT_CLOSE, A.OOS_AGENT
+
+    def register_wrap(rng, text, register):
+        return wrap_register(rng, text, register, C)
 
     if leaf is None:  # out of scope
         if channel != "email" and rng.random() < 0.6:
@@ -1486,7 +1652,7 @@ def make_case(rng, leaf, leaf_ids):
     vague = mode < 0.5
     if mode < 0.25:
         # generic opener at L2 level; the specifics come in the follow-up details
-        buyer(register_wrap(rng, rng.choice(GENERIC_L2).replace("{x}", NAMES[TAX[leaf][1]].lower()), register))
+        buyer(register_wrap(rng, rng.choice(GENERIC_L2).replace("{x}", C.L2_NAMES[TAX[leaf][1]].lower()), register))
         agent(rng.choice(AGENT_ASK))
         buyer(main if rng.random() < 0.8 else rng.choice(c["d"][:2]) + " " + main)
     elif vague:
@@ -1506,6 +1672,13 @@ def make_case(rng, leaf, leaf_ids):
             o = fill(rng.choice(LEAVES[other]["o"]), sl)
             o = o[0].lower() + o[1:]
             buyer(rng.choice(ASIDE_PRE) + o.rstrip(".") + rng.choice(ASIDE_POST))
+    if MULTI:
+        if rng.random() < 0.08:
+            buyer(rng.choice(C.ID_LINE))
+        if rng.random() < 0.08:
+            buyer(rng.choice(C.PHONE_LINE))
+        if mixed and rng.random() < 0.5:
+            turns.append(("buyer", fill(rng.choice(content("en").LEAVES[leaf]["d"]), sl)))
     # middle
     if not vague or rng.random() < 0.5:
         agent(rng.choice(AGENT_ASK))
@@ -1518,15 +1691,14 @@ def make_case(rng, leaf, leaf_ids):
     elif rng.random() < 0.2:
         turns.append(("system", rng.choice(["[system] Customer tier: gold", "[system] Previous contacts: 2",
                                               "[system] Conversation transferred from virtual assistant",
-                                              "[system] Customer tier: standard", "[system] Language: en"])))
+                                              "[system] Customer tier: standard", "[system] Language: " + lang])))
     if "sel" in c and rng.random() < 0.3:
-        agent(rng.choice(["Let me add the seller to this conversation.", "I've asked the seller to respond here."]))
+        agent(rng.choice(A.SELLER_ADD))
         turns.append(("seller", fill(rng.choice(c["sel"]), sl)))
         if rng.random() < 0.6:
             buyer(register_wrap(rng, rng.choice(c["d"]), register))
     elif rng.random() < 0.06:
-        turns.append(("seller", rng.choice(["Hello, we are checking.", "Please wait for our reply.",
-                                             "Dear buyer, thank you for your patience."])))
+        turns.append(("seller", fill(rng.choice(C.SELLER_GENERIC), sl)))
     if rng.random() < 0.12 and len(c["d"]) > 1:
         buyer(rng.choice(c["d"]))
     # resolution
@@ -1537,7 +1709,7 @@ def make_case(rng, leaf, leaf_ids):
         sib = [l for l in leaf_ids if l != leaf and TAX[l][:2] == TAX[leaf][:2]]
         if sib:
             amb = fill(rng.choice(LEAVES[rng.choice(sib)]["d"]), sl)
-            buyer("Or maybe it's more that " + amb[0].lower() + amb[1:])
+            buyer(C.AMBIG_PRE + amb[0].lower() + amb[1:])
     agent(rng.choice(AGENT_CLOSE))
     if rng.random() < 0.55:
         buyer(rng.choice(BUYER_CLOSE))
@@ -1577,12 +1749,18 @@ def plan(rng, leaf_ids, n_cases, oos_share):
     return items
 
 
-def iter_cases(rng, leaf_ids, n_cases, oos_share, id_prefix):
+def pick_lang(rng, langs):
+    """The language of the next case: English alone draws nothing."""
+    return langs[0] if len(langs) == 1 else rng.choice(langs)
+
+
+def iter_cases(rng, leaf_ids, n_cases, oos_share, id_prefix, langs=("en",)):
     """Stream cases without materialising the corpus (for --format turn with huge N)."""
     for i in range(n_cases):
         leaf = None if rng.random() < oos_share else leaf_ids[rng.randrange(len(leaf_ids))]
-        turns, region, channel = make_case(rng, leaf, leaf_ids)
-        yield "{}{:07d}".format(id_prefix, i + 1), leaf, turns, region, channel
+        lang = pick_lang(rng, langs)
+        turns, region, channel = make_case(rng, leaf, leaf_ids, lang)
+        yield "{}{:07d}".format(id_prefix, i + 1), leaf, turns, region, channel, lang
 
 
 def labels(leaf):
@@ -1593,18 +1771,22 @@ CASE_COLS = ["id", "text", "l1", "l2", "l3", "region", "channel"]
 TURN_COLS = ["case_id", "turn", "speaker", "text", "l1", "l2", "l3", "region", "channel"]
 
 
+def lang_col(lang):
+    return [lang] if MULTI else []
+
+
 def write_case_rows(w, cases):
-    for cid, leaf, turns, region, channel in cases:
-        w.writerow([cid, transcript(turns), *labels(leaf), region, channel])
+    for cid, leaf, turns, region, channel, lang in cases:
+        w.writerow([cid, transcript(turns), *labels(leaf), region, channel, *lang_col(lang)])
 
 
 def write_turn_rows(w, cases):
-    for cid, leaf, turns, region, channel in cases:
+    for cid, leaf, turns, region, channel, lang in cases:
         lab = labels(leaf)
         for k, (sp, t) in enumerate(turns):
             if sp == "system" and t.startswith("[system] "):
                 t = t[len("[system] "):]
-            w.writerow([cid, k, sp, t.replace("\n", " "), *lab, region, channel])
+            w.writerow([cid, k, sp, t.replace("\n", " "), *lab, region, channel, *lang_col(lang)])
 
 
 def open_out(path):
@@ -1636,7 +1818,24 @@ def main(argv=None):
     ap.add_argument("--oos-share", type=float, default=0.06, help="share of out-of-scope cases (default 0.06)")
     ap.add_argument("--sample-turns", metavar="FILE", help="with --splits: also write a turn-level sample of test cases")
     ap.add_argument("--sample-cases", type=int, default=50, help="cases in --sample-turns (default 50)")
+    ap.add_argument("--langs", metavar="CODES",
+                    help="comma-separated languages, e.g. en,id,th,vi,es,zh: each case draws one, buyers write "
+                         "in it with their market's money, phones and ids, and a `lang` column is added "
+                         "(default: English only, no `lang` column)")
+    ap.add_argument("--mix-share", type=float, default=0.2,
+                    help="with --langs: share of non-English cases where the agent answers in English and "
+                         "the buyer switches to English once (default 0.2)")
     args = ap.parse_args(argv)
+    langs = ["en"]
+    if args.langs:
+        global MULTI, MIX_SHARE
+        sys.path.insert(0, here)
+        import synth_i18n
+        langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+        bad = [x for x in langs if x != "en" and x not in synth_i18n.LANGS]
+        if bad or not langs:
+            sys.exit("synth.py: --langs: unknown language(s) {}; known: en, {}".format(bad, ", ".join(synth_i18n.LANGS)))
+        MULTI, MIX_SHARE = True, args.mix_share
 
     TAX.update(load_taxonomy(args.taxonomy))
     leaf_ids = sorted(TAX)
@@ -1644,17 +1843,26 @@ def main(argv=None):
     extra = [l for l in LEAVES if l not in TAX]
     if missing or extra:
         sys.exit("synth.py: taxonomy/content mismatch: missing content for {}, unknown ids {}".format(missing, extra))
+    if MULTI:
+        l2_ids = sorted({v[1] for v in TAX.values()})
+        for lang in langs:
+            if lang != "en":
+                errs = synth_i18n.validate(synth_i18n.load(lang), leaf_ids, l2_ids)
+                if errs:
+                    sys.exit("synth.py: synth_i18n/{}.py: {} (and {} more)".format(lang, errs[0], len(errs) - 1))
+    case_cols = CASE_COLS + lang_col("lang")
+    turn_cols = TURN_COLS + lang_col("lang")
     rng = __import__("random").Random(args.seed)
 
     if not args.splits:
         out = open_out(args.out)
         w = csv.writer(out, lineterminator="\n")
         if args.format == "case":
-            w.writerow(CASE_COLS)
-            write_case_rows(w, iter_cases(rng, leaf_ids, args.cases, args.oos_share, "C"))
+            w.writerow(case_cols)
+            write_case_rows(w, iter_cases(rng, leaf_ids, args.cases, args.oos_share, "C", langs))
         else:
-            w.writerow(TURN_COLS)
-            write_turn_rows(w, iter_cases(rng, leaf_ids, args.cases, args.oos_share, "C"))
+            w.writerow(turn_cols)
+            write_turn_rows(w, iter_cases(rng, leaf_ids, args.cases, args.oos_share, "C", langs))
         out.flush()
         if out is not sys.stdout:
             out.close()
@@ -1666,11 +1874,13 @@ def main(argv=None):
     items = plan(rng, leaf_ids, args.cases, args.oos_share)
     cases = []
     for i, leaf in enumerate(items):
-        turns, region, channel = make_case(rng, leaf, leaf_ids)
-        cases.append(("AS{:06d}".format(i + 1), leaf, turns, region, channel))
+        lang = pick_lang(rng, langs)
+        turns, region, channel = make_case(rng, leaf, leaf_ids, lang)
+        cases.append(("AS{:06d}".format(i + 1), leaf, turns, region, channel, lang))
     by = {}
     for c in cases:
-        by.setdefault(c[1] or "", []).append(c)
+        # stratified by leaf, and by language too in a multilingual corpus
+        by.setdefault((c[1] or "", c[5] if MULTI else ""), []).append(c)
     parts = {"train": [], "val": [], "test": []}
     for key in sorted(by):
         grp = by[key]
@@ -1685,14 +1895,14 @@ def main(argv=None):
         rows.sort(key=lambda c: c[0])
         with open(os.path.join(args.splits, name + ".csv"), "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(CASE_COLS)
+            w.writerow(case_cols)
             write_case_rows(w, rows)
         print("{}: {} cases".format(os.path.join(args.splits, name + ".csv"), len(rows)), file=sys.stderr)
     if args.sample_turns:
         sample = parts["test"][:args.sample_cases]
         with open(args.sample_turns, "w", encoding="utf-8", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(TURN_COLS)
+            w.writerow(turn_cols)
             write_turn_rows(w, sample)
         print("{}: {} cases".format(args.sample_turns, len(sample)), file=sys.stderr)
     return 0
