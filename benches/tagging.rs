@@ -5,7 +5,8 @@
 //! Models: the quickstart bundles (`bash scripts/quickstart.sh` writes
 //! `out/quickstart/models/{baseline,transformer}`), or the directory in
 //! `CASETAG_BENCH_MODELS`; a missing bundle is skipped with a note.
-//! Run: `cargo bench --bench tagging`.
+//! Run: `cargo bench --bench tagging`. `detect_lang/*`: the language
+//! detector alone on 1,000 cases of each bundled split.
 //!
 //! `oos_detector`: the learned out-of-scope detector's cost on top of the
 //! transformer (features over its nearest-neighbour memory plus the linear
@@ -50,6 +51,30 @@ fn bench_tagging(c: &mut Criterion) {
     g.bench_function("clean_texts", |b| {
         b.iter(|| black_box(chunk_texts(&df, "text").unwrap()))
     });
+    // Language detection, which every tagged case goes through, on the
+    // English split and on the multilingual one (Thai and Chinese included).
+    for (name, path) in [
+        ("detect_lang/english", "data/aftersales/test.csv"),
+        (
+            "detect_lang/multilingual",
+            "data/aftersales_multilingual/test.csv",
+        ),
+    ] {
+        let mut r = ChunkReader::open(&root().join(path), N).expect("open split");
+        let texts: Vec<String> =
+            chunk_texts(&r.next_chunk().expect("read").expect("rows").df, "text")
+                .unwrap()
+                .into_iter()
+                .map(|t| t.unwrap_or_default())
+                .collect();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for t in &texts {
+                    black_box(casetag_core::lang::detect(t));
+                }
+            })
+        });
+    }
     for kind in ["baseline", "transformer"] {
         let dir = models_dir().join(kind);
         if !dir.join("manifest.json").is_file() {
