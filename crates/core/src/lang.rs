@@ -82,17 +82,45 @@ const WORDS: &[(&str, &[&str])] = &[
     ("il che non per sono mio ordine grazie ciao della", &["it"]),
 ];
 
-/// Word -> bit set over [`LATIN`]. A word listed for several languages (e.g.
-/// `reembolso` for both Spanish and Portuguese) counts for each.
-static TABLE: LazyLock<HashMap<&'static str, u16>> = LazyLock::new(|| {
-    let mut m: HashMap<&'static str, u16> = HashMap::new();
+/// Longest listed word in bytes; longer words are not looked up.
+const MAX_WORD: usize = 16;
+
+/// FNV-1a over a word's bytes: the table's keys are a few hundred short
+/// words, where SipHash's setup would cost more than the lookup.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+type Table = HashMap<&'static [u8], u16, std::hash::BuildHasherDefault<Fnv>>;
+
+/// Word (lowercase UTF-8 bytes) -> bit set over [`LATIN`]. A word listed for
+/// several languages (e.g. `reembolso` for both Spanish and Portuguese)
+/// counts for each.
+static TABLE: LazyLock<Table> = LazyLock::new(|| {
+    let mut m = Table::default();
     for (words, langs) in WORDS {
         let bits = langs
             .iter()
             .map(|l| 1u16 << LATIN.iter().position(|x| x == l).expect("listed language"))
             .fold(0, |a, b| a | b);
         for w in words.split_whitespace() {
-            *m.entry(w).or_default() |= bits;
+            debug_assert!(w.len() <= MAX_WORD, "{w}");
+            *m.entry(w.as_bytes()).or_default() |= bits;
         }
     }
     m
@@ -155,52 +183,92 @@ impl Script {
     }
 }
 
-/// The part of `text` that speaks for the customer: the `[buyer]` lines of a
-/// transcript that has them, otherwise the whole text.
-fn customer_text(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.contains("[buyer]") {
-        return text.into();
-    }
-    let mut out = String::new();
-    for line in text.lines() {
-        if let Some(rest) = line.trim_start().strip_prefix("[buyer]") {
-            out.push_str(rest);
-            out.push('\n');
-        }
-    }
-    out.into()
+/// Evidence gathered from a text, one character at a time.
+#[derive(Default)]
+struct Scan {
+    script_chars: [usize; Script::ALL.len()],
+    latin: [usize; LATIN.len()],
+    vi_letters: usize,
+    /// The current word, lowercased; `len > MAX_WORD` means too long to
+    /// be listed.
+    word: [u8; MAX_WORD],
+    len: usize,
+    seen: usize,
 }
 
-/// The language of one case as an ISO 639-1 code (`en`, `id`, `th`, `zh`,
-/// ...) or [`UNDETERMINED`].
-pub fn detect(text: &str) -> &'static str {
-    let text = customer_text(text);
-    let mut script_chars = [0usize; Script::ALL.len()];
-    let mut latin = [0usize; LATIN.len()];
-    let mut vi_letters = 0usize;
-    let mut word = String::new();
-    let score_word = |w: &mut String, latin: &mut [usize; LATIN.len()]| {
-        if !w.is_empty() {
-            if let Some(bits) = TABLE.get(w.as_str()) {
-                for (k, n) in latin.iter_mut().enumerate() {
+impl Scan {
+    fn end_word(&mut self) {
+        if (1..=MAX_WORD).contains(&self.len) {
+            if let Some(bits) = TABLE.get(&self.word[..self.len]) {
+                for (k, n) in self.latin.iter_mut().enumerate() {
                     *n += usize::from(bits >> k & 1 == 1);
                 }
             }
-            w.clear();
         }
-    };
-    for c in text.chars().take(MAX_CHARS) {
-        if let Some(s) = Script::of(c) {
-            script_chars[s as usize] += 1;
-            score_word(&mut word, &mut latin);
-        } else if c.is_alphabetic() {
-            vi_letters += usize::from(vietnamese_letter(c));
-            word.extend(c.to_lowercase());
-        } else {
-            score_word(&mut word, &mut latin);
+        self.len = 0;
+    }
+
+    fn push_letter(&mut self, c: char) {
+        let mut buf = [0u8; 4];
+        for l in c.to_lowercase() {
+            let b = l.encode_utf8(&mut buf).as_bytes();
+            if self.len + b.len() <= MAX_WORD {
+                self.word[self.len..self.len + b.len()].copy_from_slice(b);
+            }
+            self.len += b.len();
         }
     }
-    score_word(&mut word, &mut latin);
+
+    /// Read `text` until [`MAX_CHARS`] characters have been read in all.
+    fn feed(&mut self, text: &str) {
+        for c in text.chars() {
+            if self.seen == MAX_CHARS {
+                break;
+            }
+            self.seen += 1;
+            if c.is_ascii() {
+                if c.is_ascii_alphabetic() {
+                    if self.len < MAX_WORD {
+                        self.word[self.len] = c.to_ascii_lowercase() as u8;
+                    }
+                    self.len += 1;
+                } else {
+                    self.end_word();
+                }
+            } else if let Some(s) = Script::of(c) {
+                self.script_chars[s as usize] += 1;
+                self.end_word();
+            } else if c.is_alphabetic() {
+                self.vi_letters += usize::from(vietnamese_letter(c));
+                self.push_letter(c);
+            } else {
+                self.end_word();
+            }
+        }
+        self.end_word();
+    }
+}
+
+/// The language of one case as an ISO 639-1 code (`en`, `id`, `th`, `zh`,
+/// ...) or [`UNDETERMINED`]. In a transcript with `[buyer]` lines only
+/// those are read: the case's language is the customer's.
+pub fn detect(text: &str) -> &'static str {
+    let mut scan = Scan::default();
+    if text.contains("[buyer]") {
+        for line in text.lines() {
+            if let Some(rest) = line.trim_start().strip_prefix("[buyer]") {
+                scan.feed(rest);
+            }
+        }
+    } else {
+        scan.feed(text);
+    }
+    let Scan {
+        script_chars,
+        mut latin,
+        vi_letters,
+        ..
+    } = scan;
     // Vietnamese letters are evidence of their own (a word holds one or two).
     latin[4] += vi_letters.div_ceil(2);
 
