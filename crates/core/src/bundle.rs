@@ -82,8 +82,8 @@ pub struct Manifest {
     /// How raw text becomes model input (normalisation rules, masking,
     /// length cap); the engine applies it to every text it is given.
     /// Bundles written before it was recorded were trained with the
-    /// default pipeline of version 1.
-    #[serde(default)]
+    /// default pipeline of version 1 ([`TextPipeline::first`]).
+    #[serde(default = "TextPipeline::first")]
     pub text: TextPipeline,
     /// The casetag build that trained the bundle: version and git commit
     /// (`0.1.0+3f2c1d9a0b7e`). Absent in bundles written before it was

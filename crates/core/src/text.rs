@@ -61,6 +61,15 @@ pub struct Prepared {
 }
 
 impl TextPipeline {
+    /// The pipeline of bundles written before the manifest recorded one:
+    /// version 1's rules with the default masking and cap.
+    pub fn first() -> Self {
+        Self {
+            version: OLDEST_PIPELINE_VERSION,
+            ..Self::default()
+        }
+    }
+
     /// Normalise, mask (when on) and cap one raw text. Idempotent: a
     /// prepared text prepares to itself, so text cleaned on the way in
     /// (`casetag prepare`'s output) is not changed by the engine's pass.
@@ -570,6 +579,46 @@ mod tests {
         ] {
             assert_eq!(mask_pii(s), s);
         }
+    }
+
+    #[test]
+    fn versions_are_kept_and_checked() {
+        // A manifest without a pipeline was trained with version 1's rules.
+        #[derive(serde::Deserialize)]
+        struct M {
+            #[serde(default = "TextPipeline::first")]
+            text: TextPipeline,
+        }
+        let m: M = serde_json::from_str("{}").unwrap();
+        assert_eq!(m.text.version, 1);
+        assert_eq!(TextPipeline::default().version, PIPELINE_VERSION);
+        for v in [OLDEST_PIPELINE_VERSION, PIPELINE_VERSION] {
+            let p = TextPipeline {
+                version: v,
+                ..TextPipeline::default()
+            };
+            assert!(p.check().is_ok());
+        }
+        for v in [0, PIPELINE_VERSION + 1] {
+            let p = TextPipeline {
+                version: v,
+                ..TextPipeline::default()
+            };
+            let e = p.check().unwrap_err();
+            assert!(e.contains("not supported"), "{e}");
+        }
+        // Each version applies its own rules.
+        let v1 = TextPipeline::first();
+        assert_eq!(
+            v1.prepare("llámame al 612 345 678").text,
+            "llámame al 612 345 678"
+        );
+        assert_eq!(
+            TextPipeline::default()
+                .prepare("llámame al 612 345 678")
+                .text,
+            "llámame al <PHONE>"
+        );
     }
 
     #[test]
