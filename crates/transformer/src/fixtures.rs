@@ -234,14 +234,6 @@ pub fn write_tiny_xlmr(dir: &Path, seed: u64, prefix: &str) -> std::io::Result<(
         "eos_token_id": 2,
         "position_embedding_type": "absolute"
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        serde_json::to_string(&unigram_tokenizer_json(&vocab))?,
-    )?;
     let dims = Dims {
         vocab: vocab.len(),
         h,
@@ -250,7 +242,35 @@ pub fn write_tiny_xlmr(dir: &Path, seed: u64, prefix: &str) -> std::io::Result<(
         max_pos,
         type_vocab: 1,
     };
-    write_weights(dir, seed, &dims, prefix)
+    write_model_dir(
+        dir,
+        &config,
+        &unigram_tokenizer_json(&vocab),
+        seed,
+        &dims,
+        prefix,
+    )
+}
+
+/// `config.json`, `tokenizer.json` and random weights of the given shapes
+/// into `dir`.
+fn write_model_dir(
+    dir: &Path,
+    config: &serde_json::Value,
+    tokenizer: &serde_json::Value,
+    seed: u64,
+    dims: &Dims,
+    prefix: &str,
+) -> std::io::Result<()> {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(config)?,
+    )?;
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string(tokenizer)?,
+    )?;
+    write_weights(dir, seed, dims, prefix)
 }
 
 /// Approximately normal samples (sum of 4 uniforms), cheap and seedable.
@@ -282,15 +302,6 @@ pub fn write_tiny_bert(dir: &Path, seed: u64) -> std::io::Result<()> {
         "pad_token_id": 0,
         "position_embedding_type": "absolute"
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        serde_json::to_string(&tokenizer_json(&vocab))?,
-    )?;
-
     let dims = Dims {
         vocab: vocab.len(),
         h,
@@ -299,7 +310,7 @@ pub fn write_tiny_bert(dir: &Path, seed: u64) -> std::io::Result<()> {
         max_pos,
         type_vocab: 2,
     };
-    write_weights(dir, seed, &dims, "")
+    write_model_dir(dir, &config, &tokenizer_json(&vocab), seed, &dims, "")
 }
 
 /// Shapes of a tiny encoder's weights.
