@@ -90,6 +90,9 @@ pub async fn tag(State(st): State<AppState>, req: Request) -> Result<Json<TagRes
     if n_cut > 0 {
         st.inner.metrics.truncated(n_cut);
     }
+    st.inner
+        .metrics
+        .languages(answer.tagged.iter().map(|t| (t.lang, t.note.is_some())));
     let results = answer
         .tagged
         .into_iter()

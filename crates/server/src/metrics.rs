@@ -90,6 +90,10 @@ pub struct Metrics {
     batch_seconds: Mutex<Histogram>,
     cases: AtomicU64,
     truncated: AtomicU64,
+    /// Tagged cases by language (`lang`), and those that got a note (a
+    /// language the model was not trained on, or none could be told).
+    by_language: Mutex<BTreeMap<&'static str, u64>>,
+    noted: AtomicU64,
     fallback_deadline: AtomicU64,
     fallback_error: AtomicU64,
     fallback_unavailable: AtomicU64,
@@ -111,6 +115,8 @@ impl Default for Metrics {
             batch_seconds: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
             cases: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
+            by_language: Mutex::default(),
+            noted: AtomicU64::new(0),
             fallback_deadline: AtomicU64::new(0),
             fallback_error: AtomicU64::new(0),
             fallback_unavailable: AtomicU64::new(0),
@@ -190,6 +196,19 @@ impl Metrics {
         self.truncated.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Count answered cases by language, and those with a language note.
+    /// The codes come from the detector's fixed set, so the label's
+    /// cardinality is bounded.
+    pub fn languages(&self, cases: impl Iterator<Item = (&'static str, bool)>) {
+        let mut m = lock(&self.by_language);
+        for (lang, noted) in cases {
+            *m.entry(lang).or_default() += 1;
+            if noted {
+                self.noted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     pub fn dropped_job(&self) {
         self.dropped_jobs.fetch_add(1, Ordering::Relaxed);
     }
@@ -260,6 +279,17 @@ impl Metrics {
             "casetag_texts_truncated_total",
             "Case texts cut to the model's text cap.",
             self.truncated.load(Ordering::Relaxed),
+        );
+        o.push_str("# HELP casetag_cases_by_language_total Tagged cases by detected language.\n");
+        o.push_str("# TYPE casetag_cases_by_language_total counter\n");
+        for (lang, n) in lock(&self.by_language).iter() {
+            let _ = writeln!(o, "casetag_cases_by_language_total{{lang=\"{lang}\"}} {n}");
+        }
+        counter(
+            &mut o,
+            "casetag_cases_language_noted_total",
+            "Tagged cases in a language the model was not trained on, or undetermined.",
+            self.noted.load(Ordering::Relaxed),
         );
         o.push_str("# HELP casetag_fallback_total Requests answered by the fallback model.\n");
         o.push_str("# TYPE casetag_fallback_total counter\n");

@@ -108,6 +108,17 @@ async fn tag_returns_the_contract_fields() {
     // The trained model gets the obvious cases right at level 1.
     assert_eq!(results[0]["alternatives"][0]["tag"]["l1"], "returns");
     assert_eq!(results[1]["alternatives"][0]["tag"]["l1"], "logistics");
+    // Operations see the language mix and the noted cases on /metrics.
+    let (_, m) = s.get_text("/metrics").await;
+    assert!(
+        m.contains("casetag_cases_by_language_total{lang=\"en\"} 3\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("casetag_cases_by_language_total{lang=\"th\"} 1\n"),
+        "{m}"
+    );
+    assert!(m.contains("casetag_cases_language_noted_total 1\n"), "{m}");
     s.shutdown().await;
 }
 
