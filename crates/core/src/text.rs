@@ -419,17 +419,11 @@ fn mask_pii_owned(mut s: String, version: u32) -> String {
     if digits < 6 {
         return s;
     }
-    mask_order_keywords(&mut s);
+    mask_after_keyword(&mut s, &ORDER_KEYWORD_RE, ORDER_ID);
     if version >= 2 {
         // Before cards and phones: a 13-digit Thai id or a 12-digit MyKad
         // has their shapes, and `12345678Z` that of a mixed order id.
-        replace_in(&mut s, &ID_KEYWORD_RE, |c: &Captures| {
-            if digit_count(&c["id"]) >= 6 {
-                format!("{}{ID_NUMBER}", &c["kw"])
-            } else {
-                c[0].to_string()
-            }
-        });
+        mask_after_keyword(&mut s, &ID_KEYWORD_RE, ID_NUMBER);
         replace_in(&mut s, &ID_SHAPE_RE, ID_NUMBER);
     }
     if hash {
@@ -458,11 +452,13 @@ fn mask_pii_owned(mut s: String, version: u32) -> String {
     s
 }
 
-/// `order no. AB123456` -> `order no. <ORDER_ID>` when the id has 6+ digits.
-fn mask_order_keywords(s: &mut String) {
-    replace_in(s, &ORDER_KEYWORD_RE, |c: &Captures| {
+/// `order no. AB123456` -> `order no. <ORDER_ID>` (and `NIK 3174...` ->
+/// `NIK <ID_NUMBER>`): the `id` group after the `kw` group of `re` becomes
+/// `placeholder` when it holds at least six digits.
+fn mask_after_keyword(s: &mut String, re: &Regex, placeholder: &str) {
+    replace_in(s, re, |c: &Captures| {
         if digit_count(&c["id"]) >= 6 {
-            format!("{}{ORDER_ID}", &c["kw"])
+            format!("{}{placeholder}", &c["kw"])
         } else {
             c[0].to_string()
         }
@@ -728,7 +724,9 @@ mod tests {
         if digits < 6 {
             return s;
         }
-        mask_order_keywords(&mut s);
+        mask_after_keyword(&mut s, &ORDER_KEYWORD_RE, ORDER_ID);
+        mask_after_keyword(&mut s, &ID_KEYWORD_RE, ID_NUMBER);
+        replace_in(&mut s, &ID_SHAPE_RE, ID_NUMBER);
         replace_in(&mut s, &HASH_ID_RE, |c: &Captures| {
             if digit_count(&c[0]) >= 6 {
                 ORDER_ID.to_string()
@@ -744,6 +742,7 @@ mod tests {
                 c[0].to_string()
             }
         });
+        replace_in(&mut s, &PHONE_V2_RE, PHONE);
         replace_in(&mut s, &MIXED_ID_RE, |c: &Captures| {
             let t = &c[0];
             if digit_count(t) >= 6 && t.bytes().any(|b| b.is_ascii_alphabetic()) {
