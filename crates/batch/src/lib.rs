@@ -370,7 +370,7 @@ impl TaggedChunk {
             }
             served_by.push(r.map(|r| r.served_by.as_str()));
             model_id.push(r.map(|r| r.model_id.as_str()));
-            lang.push(r.map(|r| r.lang.as_str()));
+            lang.push(r.map(|r| r.lang));
             note.push(r.and_then(|r| r.note.as_deref()));
         }
         let error: Vec<Option<&str>> = self.errors.iter().map(|e| e.as_deref()).collect();

@@ -80,7 +80,7 @@ pub struct Record {
     pub truncated: bool,
     /// The case's language: ISO 639-1 (`en`, `id`, `th`, `vi`, `es`, `zh`,
     /// ...) or `und` when there is too little text to tell.
-    pub lang: String,
+    pub lang: &'static str,
     /// Set when the case's language is not one the model was trained on
     /// (or could not be told): a reason to check the tag, never silent.
     pub note: Option<String>,
@@ -114,7 +114,7 @@ impl Record {
             served_by: t.served_by,
             model_id: t.model_id,
             truncated: t.truncated,
-            lang: t.lang.to_string(),
+            lang: t.lang,
             note: t.note,
         }
     }
