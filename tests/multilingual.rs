@@ -18,31 +18,28 @@ fn path(p: &str) -> String {
     root().join(p).to_str().unwrap().to_string()
 }
 
-fn casetag(args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_casetag"))
-        .args(args)
-        .output()
-        .expect("run casetag");
+/// Run `cmd` (from the repository root), requiring success.
+fn succeed(mut cmd: Command) -> Output {
+    let o = cmd.current_dir(root()).output().expect("run the command");
     assert!(
         o.status.success(),
-        "casetag {args:?}: {}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
     o
 }
 
+fn casetag(args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_casetag"));
+    c.args(args);
+    succeed(c)
+}
+
+/// python3 is a prerequisite (README).
 fn python(args: &[&str]) -> Output {
-    let o = Command::new("python3")
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("python3 is a prerequisite");
-    assert!(
-        o.status.success(),
-        "python3 {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
+    let mut c = Command::new("python3");
+    c.args(args);
+    succeed(c)
 }
 
 /// A baseline trained on `train` (small and quick), written under `dir`.
