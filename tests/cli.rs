@@ -2112,3 +2112,65 @@ fn monitor_flags_a_shifted_label_mix_and_not_a_fresh_sample() {
         "{e}"
     );
 }
+
+/// Flag errors clap finds (a value outside a flag's choices, a missing
+/// flag, an unknown command) are one line naming the flag and the choices,
+/// exit 2; `--help` still prints the full help and exits 0.
+#[test]
+fn usage_errors_are_one_line() {
+    let train = [
+        "train",
+        "--kind",
+        "transformer",
+        "--train",
+        "t.csv",
+        "--out",
+        "o",
+    ];
+    for (extra, names) in [
+        (
+            &["--mode", "warm"][..],
+            &["--mode", "frozen", "finetune"][..],
+        ),
+        (
+            &["--truncation", "tail"][..],
+            &["--truncation", "head-tail", "windows"][..],
+        ),
+        (
+            &["--precision", "int4"][..],
+            &["--precision", "f32", "int8"][..],
+        ),
+        (
+            &["--fusion", "late"][..],
+            &["--fusion", "lexical", "none"][..],
+        ),
+        (
+            &["--oos-detector", "knn"][..],
+            &["--oos-detector", "meta", "msp"][..],
+        ),
+    ] {
+        let o = run(&[&train[..], extra].concat());
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{extra:?}: {e}");
+        for n in names {
+            assert!(e.contains(n), "{extra:?} should name {n}: {e}");
+        }
+    }
+    for args in [&["tag", "--model", "m"][..], &["frob"][..]] {
+        let o = run(args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{args:?}: {e}");
+        assert!(e.starts_with("error: "), "{e}");
+    }
+    let e = stderr(&run(&["tag", "--model", "m"]));
+    assert!(e.contains("--input") && e.contains("--output"), "{e}");
+    let o = run(&["train", "--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.lines().count() > 20 && help.contains("finetune"),
+        "{help}"
+    );
+}

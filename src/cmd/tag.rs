@@ -66,10 +66,10 @@ pub struct Args {
     /// Number of shards the input files are split into.
     #[arg(long, default_value_t = 1, value_name = "N")]
     shards: usize,
-    /// With a directory or glob --input: format of every output file
-    /// (csv, parquet, jsonl); by default each input's own.
-    #[arg(long, value_name = "csv|parquet|jsonl")]
-    output_format: Option<String>,
+    /// With a directory or glob --input: format of every output file;
+    /// by default each input's own.
+    #[arg(long, value_enum)]
+    output_format: Option<Format>,
     /// The column holding each case's text. A turn-level table (columns
     /// case_id, turn, speaker, text) is tagged one row per case, its turns
     /// joined as `prepare` joins them; it is read whole into memory.
@@ -200,17 +200,7 @@ fn plan(a: &Args) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
             a.shards.saturating_sub(1)
         )));
     }
-    let format = match &a.output_format {
-        Some(f) => Some(
-            Format::from_path(Path::new(&format!("x.{f}"))).map_err(|_| {
-                Failure::input(format!(
-                    "--output-format '{}': expected csv, parquet or jsonl",
-                    printable(f)
-                ))
-            })?,
-        ),
-        None => None,
-    };
+    let format = a.output_format;
     let Some(files) = super::shards::list_inputs(&a.input)? else {
         if a.shards > 1 || format.is_some() {
             return Err(Failure::input(

@@ -67,14 +67,14 @@ pub struct Args {
     /// Without out-of-scope training rows: `meta` learns a detector by
     /// hiding known classes (transformer; the baseline uses `msp`), `msp`
     /// cuts on the L1 confidence.
-    #[arg(long, default_value = "meta", value_name = "meta|msp")]
+    #[arg(long, value_enum, default_value_t)]
     oos_detector: casetag_engine::calibrate::OosDetector,
     /// Rename a source column to a label column, e.g. `category=l1` (repeatable).
     #[arg(long = "label-column", value_name = "SRC=l1|l2|l3")]
     label_columns: Vec<String>,
     /// Transformer: frozen (cached embeddings, head only) or finetune.
-    #[arg(long, default_value = "frozen")]
-    mode: String,
+    #[arg(long, value_enum, default_value_t)]
+    mode: TrainMode,
     /// Transformer fine-tuning: train only the top N encoder layers.
     #[arg(long)]
     top_layers: Option<usize>,
@@ -84,11 +84,10 @@ pub struct Args {
     /// Transformer: maximum tokens per case (per window with `--truncation windows`).
     #[arg(long)]
     max_tokens: Option<usize>,
-    /// Transformer: long transcripts: head, head-tail, buyer-first (keep
-    /// `--max-tokens` of them) or windows (read whole, up to 8 windows of
-    /// `--max-tokens`, embeddings averaged; frozen mode only).
-    #[arg(long)]
-    truncation: Option<String>,
+    /// Transformer: which tokens of a transcript longer than `--max-tokens`
+    /// are read (windows: frozen mode only).
+    #[arg(long, value_enum)]
+    truncation: Option<casetag_transformer::Truncation>,
     /// Transformer: learning rate (encoder when fine-tuning).
     #[arg(long)]
     lr: Option<f64>,
@@ -101,7 +100,7 @@ pub struct Args {
     /// Transformer: `lexical` pools its scores with a lexical model (the
     /// baseline's features, trained on the same rows; weight chosen on the
     /// validation rows), `none` answers with the transformer alone.
-    #[arg(long, default_value = "lexical", value_name = "lexical|none")]
+    #[arg(long, value_enum, default_value_t)]
     fusion: casetag_engine::fusion::Fusion,
     /// Transformer with `--fusion lexical`: reuse this baseline bundle (a
     /// directory or a registry name), trained on the same training rows, as
@@ -114,8 +113,20 @@ pub struct Args {
     /// (and for frozen embeddings): f32, or int8 (weights per output channel,
     /// activations per row; AVX-512 VNNI or AVX2 kernels chosen at run time).
     /// Recorded in the bundle.
-    #[arg(long, default_value = "f32", value_name = "f32|int8")]
+    #[arg(long, value_enum, default_value_t)]
     precision: casetag_transformer::Precision,
+}
+
+/// `--mode`: which of the transformer's two recipes trains.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum TrainMode {
+    /// The encoder frozen (cached embeddings), the head alone trains.
+    #[default]
+    Frozen,
+    /// The encoder trains with the head (its own defaults for epochs and
+    /// learning rates).
+    #[value(alias = "fine-tune")]
+    Finetune,
 }
 
 pub fn run(a: Args) -> CmdResult {
@@ -175,9 +186,9 @@ pub fn run(a: Args) -> CmdResult {
         cfg.baseline.n_features = k;
     }
     let t = &mut cfg.transformer;
-    match a.mode.as_str() {
-        "frozen" => t.mode = casetag_transformer::Mode::Frozen,
-        "finetune" | "fine-tune" => {
+    match a.mode {
+        TrainMode::Frozen => t.mode = casetag_transformer::Mode::Frozen,
+        TrainMode::Finetune => {
             // Fine-tuning has its own defaults (epochs, learning rates,
             // linear probe first); the flags below override them.
             *t = casetag_transformer::TransformerParams {
@@ -186,11 +197,6 @@ pub fn run(a: Args) -> CmdResult {
                 },
                 ..casetag_transformer::TransformerParams::fine_tune()
             };
-        }
-        o => {
-            return Err(Failure::input(format!(
-                "--mode '{o}': expected frozen or finetune"
-            )))
         }
     }
     t.seed = a.seed;
@@ -207,18 +213,8 @@ pub fn run(a: Args) -> CmdResult {
     if let Some(v) = a.batch_size {
         t.batch_size = v;
     }
-    if let Some(v) = &a.truncation {
-        t.truncation = match v.as_str() {
-            "head" => casetag_transformer::Truncation::Head,
-            "head-tail" => casetag_transformer::Truncation::HeadTail,
-            "buyer-first" => casetag_transformer::Truncation::BuyerFirst,
-            "windows" => casetag_transformer::Truncation::Windows,
-            o => {
-                return Err(Failure::input(format!(
-                    "--truncation '{o}': expected head, head-tail, buyer-first or windows"
-                )))
-            }
-        };
+    if let Some(v) = a.truncation {
+        t.truncation = v;
     }
     let m = train(&cfg, train_rows, val_rows, &a.out, &|s: &str| {
         progress::note(s)

@@ -12,6 +12,7 @@ use crate::error::{DataError, Result};
 
 /// Table formats, chosen by file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Format {
     Csv,
     Parquet,

@@ -12,6 +12,7 @@ use crate::decide::{Decider, Scores, Thresholds};
 
 /// How a model trained without out-of-scope rows detects them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OosDetector {
     /// The learned leave-classes-out detector ([`crate::oos_meta`]) for
@@ -20,17 +21,6 @@ pub enum OosDetector {
     Meta,
     /// A cut on the calibrated L1 confidence.
     Msp,
-}
-
-impl std::str::FromStr for OosDetector {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "meta" => Ok(Self::Meta),
-            "msp" => Ok(Self::Msp),
-            o => Err(format!("unknown out-of-scope detector '{o}' (meta|msp)")),
-        }
-    }
 }
 
 /// Knobs for deriving thresholds.

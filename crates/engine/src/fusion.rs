@@ -39,6 +39,7 @@ const TIE: f64 = 1e-5;
 
 /// How a transformer is trained: alone, or pooled with the lexical model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Fusion {
     /// Pool with a lexical model trained on the same rows (the default).
@@ -46,17 +47,6 @@ pub enum Fusion {
     Lexical,
     /// The transformer alone.
     None,
-}
-
-impl std::str::FromStr for Fusion {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "lexical" => Ok(Self::Lexical),
-            "none" => Ok(Self::None),
-            o => Err(format!("unknown fusion '{o}' (lexical|none)")),
-        }
-    }
 }
 
 /// Contents of `fusion.json`.

@@ -64,10 +64,12 @@ pub enum Mode {
 /// frozen mode's embeddings). Attention, softmax, LayerNorm and GELU are
 /// fp32 either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// fp32 weights and activations: the reference.
     #[default]
+    #[cfg_attr(feature = "cli", value(alias = "fp32"))]
     F32,
     /// int8 weights (symmetric, per output channel) and activations
     /// (per row, at run time), int32 sums: see [`int8_kernel`].
@@ -79,17 +81,6 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "int8" => Ok(Precision::Int8),
-            _ => Err(format!("precision '{s}': expected f32 or int8")),
         }
     }
 }

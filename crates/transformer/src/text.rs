@@ -18,6 +18,7 @@ use crate::error::{Result, TransformerError};
 
 /// Which tokens to keep when a transcript is longer than `max_tokens`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Truncation {
     /// The first tokens: the opening usually states the problem.
@@ -28,7 +29,7 @@ pub enum Truncation {
     HeadTail,
     /// Buyer lines first (in order), then all other lines, then the head.
     BuyerFirst,
-    /// The whole transcript (up to [`MAX_WINDOWS`] windows): cut into
+    /// The whole transcript, up to eight windows (`MAX_WINDOWS`): cut into
     /// consecutive windows of `max_tokens`, each encoded on its own, their
     /// embeddings averaged weighted by their token counts. Costs one
     /// forward pass per window; frozen encoders only.
