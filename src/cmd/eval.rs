@@ -357,7 +357,7 @@ pub fn run(a: Args) -> CmdResult {
         unknown.as_ref(),
     )?;
     let report = report_json(&evals, &comparisons, verdict.as_ref());
-    let runtime = runtime();
+    let runtime = casetag_transformer::runtime_report();
     super::say(
         serde_json::to_string_pretty(&serde_json::json!({
             "models": report["models"],
@@ -407,7 +407,7 @@ fn write_reports(
     if let Some(u) = unknown_labels {
         json["unknown_labels"] = u.clone();
     }
-    json["runtime"] = runtime();
+    json["runtime"] = casetag_transformer::runtime_report();
     let p = out.join("report.json");
     std::fs::write(&p, serde_json::to_string_pretty(&json).unwrap_or_default())
         .map_err(|e| Failure::internal(format!("{}: {e}", p.display())))?;
@@ -424,16 +424,4 @@ fn write_reports(
         out.display()
     ));
     Ok(())
-}
-
-/// The machine paths the throughput figures ran on: the transformer's fp32
-/// dense layers (AVX2/FMA or portable), its int8 kernel (for bundles
-/// trained with `--precision int8`) and the threads.
-fn runtime() -> serde_json::Value {
-    serde_json::json!({
-        "f32_kernel": casetag_transformer::f32_kernel(),
-        "int8_kernel": casetag_transformer::int8_kernel(),
-        "int8_kernel_note": casetag_transformer::int8_kernel_note(),
-        "threads": rayon::current_num_threads(),
-    })
 }

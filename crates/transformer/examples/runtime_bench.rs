@@ -169,16 +169,6 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &str) -> Res<T> {
     serde_json::from_str(&text).map_err(|e| format!("{path}: not the expected JSON: {e}"))
 }
 
-/// The machine paths this process runs on (as `casetag eval` reports them).
-fn runtime_info() -> Value {
-    json!({
-        "f32_kernel": casetag_transformer::f32_kernel(),
-        "int8_kernel": casetag_transformer::int8_kernel(),
-        "int8_kernel_note": casetag_transformer::int8_kernel_note(),
-        "threads": rayon::current_num_threads(),
-    })
-}
-
 fn load(dir: &str, precision: Precision) -> Res<Encoder> {
     let mut e = Encoder::load(dir, &Device::Cpu).map_err(|e| e.to_string())?;
     e.set_precision(precision);
@@ -240,13 +230,13 @@ fn shapes(dir: &str, path: &str) -> Res<Value> {
             out.push(json!({"name": case.name, "precision": p.name(), "times_ms": times}));
         }
     }
-    Ok(json!({"runtime": runtime_info(), "results": out}))
+    Ok(json!({"runtime": casetag_transformer::runtime_report(), "results": out}))
 }
 
 fn embed(dir: &str, path: &str) -> Res<Value> {
     let file: EmbedFile = read_json(path)?;
     let refs: Vec<&str> = file.texts.iter().map(String::as_str).collect();
-    let mut out = json!({"runtime": runtime_info()});
+    let mut out = json!({"runtime": casetag_transformer::runtime_report()});
     for p in PRECISIONS {
         let e = load(dir, p)?;
         let ids = e
@@ -324,7 +314,7 @@ fn e2e(dir: &str, path: &str) -> Res<Value> {
             }));
         }
     }
-    Ok(json!({"runtime": runtime_info(), "results": out}))
+    Ok(json!({"runtime": casetag_transformer::runtime_report(), "results": out}))
 }
 
 fn run() -> Res<Value> {
@@ -340,7 +330,7 @@ fn run() -> Res<Value> {
         Mode::Info => {
             // Load once so that a bad encoder directory fails here too.
             let e = load(&dir, Precision::F32)?;
-            Ok(json!({"runtime": runtime_info(), "hidden": e.hidden_size()}))
+            Ok(json!({"runtime": casetag_transformer::runtime_report(), "hidden": e.hidden_size()}))
         }
         Mode::Shapes(f) => shapes(&dir, &f),
         Mode::Embed(f) => embed(&dir, &f),

@@ -8,7 +8,7 @@
 //!   tokens of the batch (no padding at all), attention runs per sequence
 //!   over its own length;
 //! * every dense layer is one product on weights packed at load
-//!   ([`crate::sgemm`]; `gemm` for widths it cannot pack) that accumulates
+//!   ([`crate::kernels::Dense`]; `gemm` for widths it cannot pack) that accumulates
 //!   into a buffer pre-filled with the bias (and the residual, for the two
 //!   output projections), so bias and residual adds cost no extra pass;
 //! * attention reads Q, K and V in place from the fused QKV output (strided
@@ -19,48 +19,16 @@
 //!   parallelism at a time, never nested.
 //!
 //! Numerics match candle's ops to about 1e-6 (exact-erf GELU and softmax's
-//! exp from [`crate::vmath`], vectorized); the test against
+//! exp from [`crate::kernels::vmath`], vectorized); the test against
 //! candle-transformers' `BertModel` covers this path.
 
 use candle_core::Tensor;
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::bert::Act;
 use crate::error::Result;
-use crate::int8::{matmul_acc_q, QuantW};
-use crate::sgemm::{matmul_acc, PackedW};
+use crate::kernels::{vmath, Dense, SendPtr};
 use crate::Precision;
-
-/// A dense layer's weights: packed once for [`crate::sgemm`] when the width
-/// allows (every BERT layer), or quantized for [`crate::int8`] at int8
-/// precision; else row-major for `gemm`.
-enum Dense {
-    Packed(PackedW),
-    Quant(QuantW),
-    Flat(Vec<f32>),
-}
-
-impl Dense {
-    fn new(t: &Tensor, precision: Precision) -> Result<Self> {
-        let (o, k) = t.dims2()?;
-        let w = flat(t)?;
-        Ok(match precision {
-            Precision::Int8 if QuantW::fits(o) => Dense::Quant(QuantW::new(&w, o, k)),
-            _ if PackedW::fits(o) => Dense::Packed(PackedW::new(&w, o, k)),
-            _ => Dense::Flat(w),
-        })
-    }
-
-    /// `out (n, o) += x (n, k) · Wᵀ`.
-    fn acc(&self, out: &mut [f32], x: &[f32], n: usize, k: usize, o: usize) {
-        match self {
-            Dense::Packed(w) => matmul_acc(out, x, w, n),
-            Dense::Quant(w) => matmul_acc_q(out, x, w, n),
-            Dense::Flat(w) => gemm_acc(out, x, w, n, k, o),
-        }
-    }
-}
 
 struct FastLayer {
     qkv_w: Dense,
@@ -101,60 +69,6 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Raw pointer that may cross into rayon tasks writing disjoint regions.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: the pointer is only dereferenced by tasks that write disjoint
-// regions of one buffer that outlives them (see each use), so sharing or
-// sending it between threads creates no data race.
-unsafe impl Send for SendPtr {}
-// SAFETY: as for `Send`: no two tasks touch the same element.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// A method (not the field) so closures capture the whole `Send` wrapper.
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-fn threads() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
-/// `out (n, o) += x (n, k) @ w (o, k)^T`; `out` holds the bias (and maybe
-/// the residual) on entry.
-fn gemm_acc(out: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, o: usize) {
-    debug_assert!(out.len() == n * o && x.len() == n * k && w.len() == o * k);
-    // SAFETY: the slices have exactly the sizes the strides describe.
-    unsafe {
-        gemm::gemm(
-            n,
-            o,
-            k,
-            out.as_mut_ptr(),
-            1,
-            o as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            threads(),
-        )
-    }
-}
-
 fn fill_rows(out: &mut [f32], row: &[f32]) {
     for r in out.chunks_exact_mut(row.len()) {
         r.copy_from_slice(row);
@@ -189,7 +103,7 @@ fn layer_norm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
 fn activation(x: &mut [f32], act: Act, width: usize) {
     x.par_chunks_mut(width * ROWS_PER_TASK)
         .for_each(|block| match act {
-            Act::GeluErf => crate::vmath::gelu_slice(block),
+            Act::GeluErf => vmath::gelu_slice(block),
             Act::GeluTanh => {
                 for v in block {
                     let x = *v;
@@ -294,20 +208,20 @@ impl FastBert {
         let mut inter = vec![0f32; n * self.inter];
         for l in &self.layers {
             fill_rows(&mut qkv, &l.qkv_b);
-            l.qkv_w.acc(&mut qkv, &x, n, h, 3 * h);
+            l.qkv_w.acc(&mut qkv, &x, n);
             self.attention(&qkv, &mut ctx, &starts, &lens);
             // a = x + b_o + ctx @ W_o^T, then LayerNorm.
             a.copy_from_slice(&x);
             add_rows(&mut a, &l.o_b);
-            l.o_w.acc(&mut a, &ctx, n, h, h);
+            l.o_w.acc(&mut a, &ctx, n);
             layer_norm_rows(&mut a, &l.ln1_w, &l.ln1_b, self.eps);
             fill_rows(&mut inter, &l.i_b);
-            l.i_w.acc(&mut inter, &a, n, h, self.inter);
+            l.i_w.acc(&mut inter, &a, n);
             activation(&mut inter, self.act, self.inter);
             // x = a + b_f + inter @ W_f^T, then LayerNorm.
             x.copy_from_slice(&a);
             add_rows(&mut x, &l.f_b);
-            l.f_w.acc(&mut x, &inter, n, self.inter, h);
+            l.f_w.acc(&mut x, &inter, n);
             layer_norm_rows(&mut x, &l.ln2_w, &l.ln2_b, self.eps);
         }
         x
@@ -381,11 +295,11 @@ impl FastBert {
                         false,
                         false,
                         false,
-                        Parallelism::None,
+                        gemm::Parallelism::None,
                     );
                     for r in scores.chunks_exact_mut(len) {
                         let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        crate::vmath::exp_sub_slice(r, m);
+                        vmath::exp_sub_slice(r, m);
                         let inv = 1.0 / r.iter().sum::<f32>();
                         r.iter_mut().for_each(|v| *v *= inv);
                     }
@@ -410,7 +324,7 @@ impl FastBert {
                         false,
                         false,
                         false,
-                        Parallelism::None,
+                        gemm::Parallelism::None,
                     );
                 }
             });

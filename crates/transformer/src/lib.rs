@@ -30,14 +30,14 @@ mod error;
 mod fast;
 pub mod fixtures;
 mod head;
-mod int8;
+mod kernels;
 mod model;
-mod sgemm;
 mod text;
 mod train;
-mod vmath;
 
 use serde::{Deserialize, Serialize};
+
+use kernels::KernelPath;
 
 pub use encoder::{hf_cache_dir, Encoder, EncoderFiles};
 pub use error::{Result, TransformerError};
@@ -88,18 +88,37 @@ impl Precision {
 /// The int8 kernel this process runs (`avx512vnni`, `avx2` or `scalar`),
 /// chosen once from the CPU, or by `CASETAG_INT8_PATH`.
 pub fn int8_kernel() -> &'static str {
-    int8::int8_path()
+    kernels::int8::dispatch().path.name()
 }
 
 /// The f32 dense-layer kernel this process runs (`avx512f`, `avx2+fma` or
 /// `portable`), chosen once from the CPU, or by `CASETAG_F32_PATH`.
 pub fn f32_kernel() -> &'static str {
-    sgemm::f32_path()
+    kernels::sgemm::dispatch().path.name()
 }
 
 /// Why [`int8_kernel`] is not the path `CASETAG_INT8_PATH` asked for.
 pub fn int8_kernel_note() -> Option<&'static str> {
-    int8::int8_path_note()
+    kernels::int8::dispatch().note.as_deref()
+}
+
+/// Why [`f32_kernel`] is not the path `CASETAG_F32_PATH` asked for.
+pub fn f32_kernel_note() -> Option<&'static str> {
+    kernels::sgemm::dispatch().note.as_deref()
+}
+
+/// The machine paths this process runs on, as `casetag eval` reports them
+/// with its throughput and the runtime benchmark with its timings: the f32
+/// and int8 kernels (with why, when they are not what the environment
+/// asked for) and rayon's threads.
+pub fn runtime_report() -> serde_json::Value {
+    serde_json::json!({
+        "f32_kernel": f32_kernel(),
+        "f32_kernel_note": f32_kernel_note(),
+        "int8_kernel": int8_kernel(),
+        "int8_kernel_note": int8_kernel_note(),
+        "threads": rayon::current_num_threads(),
+    })
 }
 
 /// One dense layer's weights as the encoder holds them: packed for the f32
@@ -107,8 +126,8 @@ pub fn int8_kernel_note() -> Option<&'static str> {
 /// the encoder's forward runs ([`f32_kernel`], [`int8_kernel`]), on their
 /// own, for the kernel benchmarks (`cargo bench --bench encoder -- dense`).
 pub struct DenseLayer {
-    f32: sgemm::PackedW,
-    int8: int8::QuantW,
+    f32: kernels::sgemm::PackedW,
+    int8: kernels::int8::QuantW,
     /// Output and input widths.
     pub o: usize,
     pub k: usize,
@@ -119,8 +138,8 @@ impl DenseLayer {
     /// of 16, as BERT widths are.
     pub fn new(w: &[f32], o: usize, k: usize) -> Self {
         Self {
-            f32: sgemm::PackedW::new(w, o, k),
-            int8: int8::QuantW::new(w, o, k),
+            f32: kernels::sgemm::PackedW::new(w, o, k),
+            int8: kernels::int8::QuantW::new(w, o, k),
             o,
             k,
         }
@@ -128,12 +147,12 @@ impl DenseLayer {
 
     /// `out (n × o) += x (n × k) · Wᵀ` on the f32 kernel.
     pub fn f32(&self, out: &mut [f32], x: &[f32], n: usize) {
-        sgemm::matmul_acc(out, x, &self.f32, n);
+        kernels::sgemm::matmul_acc(out, x, &self.f32, n);
     }
 
     /// The same on the int8 kernel (activations quantized per row).
     pub fn int8(&self, out: &mut [f32], x: &[f32], n: usize) {
-        int8::matmul_acc_q(out, x, &self.int8, n);
+        kernels::int8::matmul_acc_q(out, x, &self.int8, n);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Dense layers in int8: `out (n, o) += x (n, k) · Wᵀ`, the contract of
-//! [`crate::sgemm::matmul_acc`], with `W` quantized once at load and `x`
+//! [`super::sgemm::matmul_acc`], with `W` quantized once at load and `x`
 //! quantized per call.
 //!
 //! # Quantization
@@ -45,7 +45,7 @@
 //! broadcast four bytes of a row per line.
 //! * AVX-512 VNNI: 6 rows × 4 panels (64 columns) in 24 zmm accumulators;
 //!   per line 4 weight loads, 6 broadcasts, 24 vpdpbusd.
-//! * AVX2 (with FMA, as [`has_avx2_fma`] reports): 4 rows × 1 panel in 8 ymm
+//! * AVX2 (with FMA, as [`super::missing_avx2_fma`] checks): 4 rows × 1 panel in 8 ymm
 //!   accumulators; per line and row a broadcast, two vpmaddubsw, two
 //!   vpmaddwd (by ones) and two vpaddd.
 //! * Portable: the same sums in plain integer loops.
@@ -60,16 +60,14 @@
 //! run on rayon when the product is large enough. The kernel is chosen once
 //! per process: the best the CPU has, or `CASETAG_INT8_PATH=scalar|avx2|
 //! avx512vnni`; a requested path the CPU lacks falls back to the best one
-//! below it, the reason in [`int8_path_note`].
+//! below it, with the reason (the rule of [`crate::kernels`]).
 
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use casetag_core::has_avx2_fma;
-
-use crate::fast::SendPtr;
+use super::{Dispatch, KernelPath, SendPtr};
 
 /// Output columns per panel (one zmm of int32 sums).
 pub(crate) const NR: usize = 16;
@@ -475,10 +473,11 @@ pub(crate) enum Path {
     Avx512Vnni,
 }
 
-impl Path {
-    pub(crate) const ALL: [Path; 3] = [Path::Scalar, Path::Avx2, Path::Avx512Vnni];
+impl KernelPath for Path {
+    const ALL: &'static [Self] = &[Path::Scalar, Path::Avx2, Path::Avx512Vnni];
+    const ENV: &'static str = "CASETAG_INT8_PATH";
 
-    pub(crate) fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Path::Scalar => "scalar",
             Path::Avx2 => "avx2",
@@ -486,20 +485,16 @@ impl Path {
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Option<Path> {
-        Path::ALL.into_iter().find(|p| p.name() == s)
-    }
-
-    /// `None` when this CPU can run the path, else why not.
-    pub(crate) fn missing(self) -> Option<&'static str> {
+    fn missing(self) -> Option<&'static str> {
         match self {
             Path::Scalar => None,
-            Path::Avx2 if has_avx2_fma() => None,
-            Path::Avx2 => Some("the CPU lacks AVX2/FMA (or this is not an x86_64 build)"),
-            Path::Avx512Vnni => vnni_missing(),
+            Path::Avx2 => super::missing_avx2_fma(),
+            Path::Avx512Vnni => super::missing_avx512_vnni(),
         }
     }
+}
 
+impl Path {
     /// Kernel tile: rows × panels.
     fn tile(self) -> (usize, usize) {
         match self {
@@ -510,95 +505,10 @@ impl Path {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn vnni_missing() -> Option<&'static str> {
-    use std::arch::is_x86_feature_detected as has;
-    if !has!("avx512f") {
-        Some("the CPU lacks AVX-512F")
-    } else if !has!("avx512bw") {
-        Some("the CPU lacks AVX-512BW")
-    } else if !has!("avx512vnni") {
-        Some("the CPU lacks AVX-512 VNNI")
-    } else {
-        None
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn vnni_missing() -> Option<&'static str> {
-    Some("not an x86_64 build")
-}
-
-/// The path chosen for this process and, when it is not the one asked for,
-/// why.
-struct Dispatch {
-    path: Path,
-    note: Option<String>,
-}
-
-/// Pick a path: `requested` (the env var's value) if the CPU has it;
-/// `missing` is [`Path::missing`] (a stand-in in tests).
-fn choose(requested: Option<&str>, missing: impl Fn(Path) -> Option<&'static str>) -> Dispatch {
-    let best_upto = |top: Path| {
-        Path::ALL
-            .into_iter()
-            .filter(|&p| p <= top && missing(p).is_none())
-            .max()
-            .unwrap_or(Path::Scalar)
-    };
-    let best = best_upto(Path::Avx512Vnni);
-    let Some(req) = requested.map(str::trim).filter(|s| !s.is_empty()) else {
-        return Dispatch {
-            path: best,
-            note: None,
-        };
-    };
-    match Path::parse(req) {
-        None => Dispatch {
-            path: best,
-            note: Some(format!(
-                "CASETAG_INT8_PATH={req:?} is not scalar|avx2|avx512vnni; using {}",
-                best.name()
-            )),
-        },
-        Some(p) => match missing(p) {
-            None => Dispatch {
-                path: p,
-                note: None,
-            },
-            Some(why) => {
-                let fb = best_upto(p);
-                Dispatch {
-                    path: fb,
-                    note: Some(format!(
-                        "CASETAG_INT8_PATH={req}: {why}; using {}",
-                        fb.name()
-                    )),
-                }
-            }
-        },
-    }
-}
-
-fn dispatch() -> &'static Dispatch {
-    static D: OnceLock<Dispatch> = OnceLock::new();
-    D.get_or_init(|| {
-        choose(
-            std::env::var("CASETAG_INT8_PATH").ok().as_deref(),
-            Path::missing,
-        )
-    })
-}
-
-/// The name of the int8 kernel this process runs: `scalar`, `avx2` or
-/// `avx512vnni`.
-pub(crate) fn int8_path() -> &'static str {
-    dispatch().path.name()
-}
-
-/// Why [`int8_path`] is not what `CASETAG_INT8_PATH` asked for, if it isn't.
-pub(crate) fn int8_path_note() -> Option<&'static str> {
-    dispatch().note.as_deref()
+/// The int8 path this process runs.
+pub(crate) fn dispatch() -> &'static Dispatch<Path> {
+    static D: OnceLock<Dispatch<Path>> = OnceLock::new();
+    super::once(&D)
 }
 
 /// `out (n, o) += x (n, k) · Wᵀ`, dequantized; `out` holds the bias (and
@@ -916,8 +826,8 @@ mod vnni {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::values;
     use super::*;
-    use crate::sgemm::tests::values;
 
     /// Deterministic standard normal values (Box–Muller).
     fn gaussian(n: usize, seed: u32) -> Vec<f32> {
@@ -1187,7 +1097,7 @@ mod tests {
             let (rel, want) = ((se / sy).sqrt(), (predicted / sy).sqrt());
             eprintln!(
                 "int8 {} n={n} k={k} o={o}: relative RMS error {:.3} % (predicted {:.3} %), max {:.3} % of RMS",
-                int8_path(),
+                dispatch().path.name(),
                 rel * 100.0,
                 want * 100.0,
                 emax / rms_y * 100.0
@@ -1201,27 +1111,11 @@ mod tests {
         }
     }
 
+    /// The dispatch rule (tested in general in `kernels`) on this family:
+    /// a CPU without VNNI runs AVX2, one without SIMD the scalar loops.
     #[test]
     fn dispatch_falls_back_with_a_reason() {
-        let here = Path::missing;
-        assert_eq!(choose(Some("scalar"), here).path, Path::Scalar);
-        assert!(choose(Some("scalar"), here).note.is_none());
-        let best = choose(None, here).path;
-        assert!(best.missing().is_none());
-        let bogus = choose(Some("sse9"), here);
-        assert_eq!(bogus.path, best);
-        assert!(bogus.note.unwrap().contains("sse9"));
-        for p in Path::ALL {
-            let d = choose(Some(p.name()), here);
-            match p.missing() {
-                None => assert!(d.path == p && d.note.is_none()),
-                Some(why) => {
-                    assert!(d.path < p && d.path.missing().is_none());
-                    assert!(d.note.unwrap().contains(why));
-                }
-            }
-        }
-        // CPUs without VNNI, and without any SIMD.
+        use super::super::choose;
         let no_vnni = |p: Path| (p == Path::Avx512Vnni).then_some("no VNNI here");
         let d = choose(Some("avx512vnni"), no_vnni);
         assert_eq!(d.path, Path::Avx2);
@@ -1231,12 +1125,8 @@ mod tests {
         for req in [None, Some("avx2"), Some("avx512vnni")] {
             assert_eq!(choose(req, bare).path, Path::Scalar);
         }
-        assert!(choose(Some("avx2"), bare)
-            .note
-            .unwrap()
-            .contains("no SIMD here"));
-        assert!(Path::parse(int8_path()).is_some());
-        eprintln!("int8 path: {} ({:?})", int8_path(), int8_path_note());
+        let d = choose(Some("sse9"), Path::missing);
+        assert!(d.note.unwrap().contains("scalar|avx2|avx512vnni"));
     }
 
     #[test]

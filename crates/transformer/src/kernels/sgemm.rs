@@ -16,29 +16,30 @@
 //! instruction. Panels are split across rayon's threads; each thread writes
 //! its own columns of every output row. Without either, a portable loop
 //! computes the same sums in the same order, so every path gives the same
-//! floats. The path is chosen once per process ([`f32_path`]):
-//! the best the CPU has, or `CASETAG_F32_PATH=portable|avx2|avx512` where
-//! the CPU has it.
+//! floats. The path is chosen once per process by the rule in
+//! [`crate::kernels`]: the best the CPU has, or
+//! `CASETAG_F32_PATH=portable|avx2|avx512` where the CPU has it.
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use casetag_core::has_avx2_fma;
-
-use crate::fast::SendPtr;
+use super::{Dispatch, KernelPath, SendPtr};
 
 /// Output columns per panel (two 8-float vectors).
 pub(crate) const NR: usize = 16;
 /// The f32 kernels, best last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Path {
     Portable,
     Avx2,
     Avx512,
 }
 
-impl Path {
+impl KernelPath for Path {
+    const ALL: &'static [Self] = &[Path::Portable, Path::Avx2, Path::Avx512];
+    const ENV: &'static str = "CASETAG_F32_PATH";
+
     fn name(self) -> &'static str {
         match self {
             Path::Portable => "portable",
@@ -47,6 +48,24 @@ impl Path {
         }
     }
 
+    fn env_name(self) -> &'static str {
+        match self {
+            Path::Portable => "portable",
+            Path::Avx2 => "avx2",
+            Path::Avx512 => "avx512",
+        }
+    }
+
+    fn missing(self) -> Option<&'static str> {
+        match self {
+            Path::Portable => None,
+            Path::Avx2 => super::missing_avx2_fma(),
+            Path::Avx512 => super::missing_avx512f(),
+        }
+    }
+}
+
+impl Path {
     /// Output rows (tokens) per kernel call.
     fn rows(self) -> usize {
         match self {
@@ -54,43 +73,13 @@ impl Path {
             _ => 6,
         }
     }
-
-    fn available(self) -> bool {
-        match self {
-            Path::Portable => true,
-            Path::Avx2 => has_avx2_fma(),
-            #[cfg(target_arch = "x86_64")]
-            Path::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
-            Path::Avx512 => false,
-        }
-    }
 }
 
-/// The kernel this process runs: `CASETAG_F32_PATH` when the CPU has it,
-/// else the best the CPU has.
-fn dispatch() -> Path {
-    static P: OnceLock<Path> = OnceLock::new();
-    *P.get_or_init(|| {
-        let asked = match std::env::var("CASETAG_F32_PATH").as_deref() {
-            Ok("portable") => Some(Path::Portable),
-            Ok("avx2") => Some(Path::Avx2),
-            Ok("avx512") => Some(Path::Avx512),
-            _ => None,
-        };
-        asked.filter(|p| p.available()).unwrap_or_else(|| {
-            [Path::Avx512, Path::Avx2]
-                .into_iter()
-                .find(|p| p.available())
-                .unwrap_or(Path::Portable)
-        })
-    })
-}
-
-/// The name of the f32 kernel this process runs: `portable`, `avx2+fma`
-/// or `avx512f`.
-pub(crate) fn f32_path() -> &'static str {
-    dispatch().name()
+/// The f32 path this process runs (also [`super::vmath`]'s: AVX2 builds
+/// run from [`Path::Avx2`] up).
+pub(crate) fn dispatch() -> &'static Dispatch<Path> {
+    static D: OnceLock<Dispatch<Path>> = OnceLock::new();
+    super::once(&D)
 }
 
 /// One input's `NR` weights in a panel: exactly one 64-byte cache line, and
@@ -148,7 +137,7 @@ pub(crate) fn matmul_acc(out: &mut [f32], x: &[f32], w: &PackedW, n: usize) {
     let (o, k) = (w.o, w.k);
     assert!(out.len() == n * o && x.len() == n * k, "matmul shapes");
     let panels = o / NR;
-    let path = dispatch();
+    let path = dispatch().path;
     // The panel tasks write disjoint columns through one shared pointer.
     let dst = SendPtr(out.as_mut_ptr());
     let run = |p: usize| {
@@ -316,32 +305,9 @@ mod avx512 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::super::tests::{reference, values};
     use super::*;
-
-    /// Deterministic values in [-1, 1) (shared with the int8 tests).
-    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    fn reference(out: &mut [f32], x: &[f32], w: &[f32], n: usize, k: usize, o: usize) {
-        for i in 0..n {
-            for c in 0..o {
-                let dot: f64 = (0..k)
-                    .map(|j| f64::from(x[i * k + j]) * f64::from(w[c * k + j]))
-                    .sum();
-                out[i * o + c] += dot as f32;
-            }
-        }
-    }
 
     #[test]
     fn matches_a_plain_product_for_every_row_remainder() {
@@ -392,8 +358,8 @@ pub(crate) mod tests {
             };
             let want = run(Path::Portable);
             for path in [Path::Avx2, Path::Avx512] {
-                if !path.available() {
-                    eprintln!("skipped: the CPU lacks the {} kernel", path.name());
+                if let Some(why) = path.missing() {
+                    eprintln!("SKIPPED f32 path {}: {why}", path.name());
                     continue;
                 }
                 assert_eq!(run(path), want, "{} n={n}", path.name());

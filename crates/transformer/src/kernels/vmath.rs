@@ -2,7 +2,8 @@
 //! vectorizes it: `exp` by range reduction and a polynomial, exact-erf GELU
 //! by Abramowitz & Stegun 7.1.26 (|error of erf| ≤ 1.5e-7). libm's scalar
 //! `erff`/`expf` were about a fifth of the encoder's time. On x86-64 the
-//! loops are compiled a second time for AVX2 and picked at run time.
+//! loops are compiled a second time for AVX2, run when the f32 dense path
+//! ([`super::sgemm::dispatch`]) is AVX2 or better.
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two (Cody & Waite): LN2_HI has few mantissa bits, so
@@ -73,11 +74,18 @@ unsafe fn exp_sub_avx2(v: &mut [f32], m: f32) {
     exp_sub_loop(v, m)
 }
 
+/// Whether the AVX2 builds run: the f32 path is AVX2+FMA or better.
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    super::sgemm::dispatch().path >= super::sgemm::Path::Avx2
+}
+
 /// GELU (erf) in place.
 pub(crate) fn gelu_slice(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if casetag_core::has_avx2() {
-        // SAFETY: the CPU reports AVX2.
+    if avx2() {
+        // SAFETY: the f32 path is AVX2+FMA or better, which it is only on
+        // a CPU with AVX2 (`KernelPath::missing`).
         return unsafe { gelu_avx2(v) };
     }
     gelu_loop(v)
@@ -86,8 +94,8 @@ pub(crate) fn gelu_slice(v: &mut [f32]) {
 /// `v[i] = e^(v[i] - m)` in place.
 pub(crate) fn exp_sub_slice(v: &mut [f32], m: f32) {
     #[cfg(target_arch = "x86_64")]
-    if casetag_core::has_avx2() {
-        // SAFETY: the CPU reports AVX2.
+    if avx2() {
+        // SAFETY: as in `gelu_slice`.
         return unsafe { exp_sub_avx2(v, m) };
     }
     exp_sub_loop(v, m)
@@ -132,13 +140,29 @@ mod tests {
     #[test]
     fn vector_and_scalar_paths_agree() {
         let xs: Vec<f32> = grid().step_by(97).collect();
+        let gelu_want: Vec<f32> = xs.iter().map(|&x| gelu_erf(x)).collect();
+        let exp_want: Vec<f32> = xs.iter().map(|&x| exp(x - 3.0)).collect();
+        // The dispatched path.
         let mut a = xs.clone();
         gelu_slice(&mut a);
-        let b: Vec<f32> = xs.iter().map(|&x| gelu_erf(x)).collect();
-        assert_eq!(a, b);
+        assert_eq!(a, gelu_want);
         let mut a = xs.clone();
         exp_sub_slice(&mut a, 3.0);
-        let b: Vec<f32> = xs.iter().map(|&x| exp(x - 3.0)).collect();
-        assert_eq!(a, b);
+        assert_eq!(a, exp_want);
+        // The AVX2 build itself, whatever the dispatch chose.
+        #[cfg(target_arch = "x86_64")]
+        match super::super::missing_avx2_fma() {
+            Some(why) => eprintln!("SKIPPED vmath AVX2 build: {why}"),
+            None => {
+                let mut a = xs.clone();
+                // SAFETY: the CPU has AVX2 (checked just above).
+                unsafe { gelu_avx2(&mut a) };
+                assert_eq!(a, gelu_want);
+                let mut a = xs.clone();
+                // SAFETY: as above.
+                unsafe { exp_sub_avx2(&mut a, 3.0) };
+                assert_eq!(a, exp_want);
+            }
+        }
     }
 }
