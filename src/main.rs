@@ -90,6 +90,16 @@ impl From<casetag_data::DataError> for Failure {
     }
 }
 
+impl From<casetag_batch::job::JobError> for Failure {
+    fn from(e: casetag_batch::job::JobError) -> Self {
+        if e.is_input() {
+            Failure::input(e)
+        } else {
+            Failure::internal(e)
+        }
+    }
+}
+
 pub type CmdResult = Result<(), Failure>;
 
 /// A usage error as one line: clap's message with its indented details

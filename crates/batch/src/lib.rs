@@ -1,7 +1,10 @@
 //! Tagging tables: the rows of one chunk in, the columns `casetag tag`
-//! writes out. The CLI's `tag` (files, streamed in chunks) and the Python
-//! package (Arrow batches) both go through here, so a case gets the same
-//! columns, names, types and per-row errors whichever way it is tagged.
+//! writes out. The CLI's `tag` (files, streamed in chunks by [`job`]) and
+//! the Python package (Arrow batches) both go through here, so a case gets
+//! the same columns, names, types and per-row errors whichever way it is
+//! tagged.
+
+pub mod job;
 
 use std::collections::BTreeMap;
 use std::path::Path;
