@@ -322,16 +322,7 @@ pub fn run(a: Args) -> CmdResult {
         progress::note(&format!("evaluating {} on {} rows", m.id(), cases.len()));
         let pb = crate::progress::bar(Some(cases.len() as u64), m.id());
         let t0 = Instant::now();
-        let mut logits = Vec::with_capacity(cases.len());
-        let batch = if m.judging == casetag_engine::decide::Judging::Batch {
-            super::tag::CHUNK_ROWS
-        } else {
-            1024
-        };
-        for chunk in cases.chunks(batch) {
-            logits.extend(m.scores(chunk)?);
-            pb.inc(chunk.len() as u64);
-        }
+        let logits = m.scores_chunked(&cases, |n| pb.inc(n as u64))?;
         pb.finish_and_clear();
         let tput = cases.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         evals.push(evaluate_logits(

@@ -4,14 +4,11 @@ use std::time::Instant;
 use casetag_batch::job::{open_input, tag_file, FileDone, JobEvent, JobOptions, Opened};
 use casetag_batch::{load_tagger, RowIssue, EMPTY_TEXT};
 use casetag_data::{printable, Format};
+use casetag_engine::tagger::CHUNK_ROWS;
 use casetag_engine::Tagger;
 use clap::Parser;
 
 use crate::{progress, CmdResult, Failure};
-
-/// Rows per chunk by default; also the batch `eval --batch-novelty` judges
-/// as a whole, so a batch job can be evaluated the way it runs.
-pub const CHUNK_ROWS: usize = 50_000;
 
 /// Warnings printed per kind of bad row; the summary counts them all.
 const WARN_ROWS: usize = 10;

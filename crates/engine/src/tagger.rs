@@ -35,6 +35,10 @@ pub struct TextMarks {
     pub lang: &'static str,
 }
 
+/// Rows per chunk of a batch job by default (`tag --chunk-rows`); also the
+/// batch `eval --batch-novelty` judges as a whole.
+pub const CHUNK_ROWS: usize = 50_000;
+
 impl LoadedModel {
     pub fn id(&self) -> &str {
         &self.bundle.manifest.id
@@ -99,6 +103,27 @@ impl LoadedModel {
     /// [`Judging::Batch`]). Texts are prepared first ([`Self::prepare`]).
     pub fn scores(&self, cases: &[Transcript]) -> Result<Vec<Scores>> {
         self.scores_prepared(&self.prepare(cases).0)
+    }
+
+    /// Score a whole table in batches (for evaluation), telling `done` how
+    /// many cases each batch held. Per-case judging scores 1,024 cases at a
+    /// time; [`Judging::Batch`] judges [`CHUNK_ROWS`] at a time, the chunk a
+    /// batch job judges as a whole, so a job is evaluated the way it runs.
+    pub fn scores_chunked(
+        &self,
+        cases: &[Transcript],
+        mut done: impl FnMut(usize),
+    ) -> Result<Vec<Scores>> {
+        let batch = match self.judging {
+            Judging::Batch => CHUNK_ROWS,
+            Judging::PerCase => 1024,
+        };
+        let mut out = Vec::with_capacity(cases.len());
+        for chunk in cases.chunks(batch) {
+            out.extend(self.scores(chunk)?);
+            done(chunk.len());
+        }
+        Ok(out)
     }
 
     fn scores_prepared(&self, cases: &[Transcript]) -> Result<Vec<Scores>> {
