@@ -1,14 +1,25 @@
-//! Prometheus metrics, written by hand in the text exposition format (a few
-//! counters and histograms do not justify a metrics framework).
+//! Prometheus metrics through `prometheus-client` (the Prometheus project's
+//! Rust client), exposed in the Prometheus text format 0.0.4.
 //!
-//! Label values come only from the router's own paths (or `unmatched`), so
-//! a client cannot blow up the series count with random URLs.
+//! The long-lived counters and histograms live in [`Metrics`]; at each
+//! scrape they are registered, with the gauges read from their owners at
+//! that moment ([`Gauges`], the drift window), in a fresh registry that is
+//! encoded once. Label values come only from the router's own paths (or
+//! `unmatched`), the detector's fixed language codes and fixed reason
+//! names, so a client cannot blow up the series count.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of `GET /metrics`.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Request latency buckets, seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -17,56 +28,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Batch size buckets, cases.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// A cumulative histogram with fixed buckets.
-#[derive(Debug, Clone)]
-struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
+/// A label set: (name, value) pairs.
+pub type Labels = Vec<(&'static str, String)>;
 
-    fn observe(&mut self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cum = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cum += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = |l: &str| {
-            if l.is_empty() {
-                String::new()
-            } else {
-                format!("{{{l}}}")
-            }
-        };
-        let _ = writeln!(out, "{name}_sum{} {}", braces(labels), self.sum);
-        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
-    }
-}
+/// A float gauge (the drift statistics).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Why a request was answered by the fallback model.
 #[derive(Debug, Clone, Copy)]
@@ -79,62 +49,79 @@ pub enum FallbackReason {
     PrimaryUnavailable,
 }
 
-/// All server metrics. Cheap to update from handlers and the batcher thread.
+impl FallbackReason {
+    const ALL: [FallbackReason; 3] = [
+        FallbackReason::Deadline,
+        FallbackReason::PrimaryError,
+        FallbackReason::PrimaryUnavailable,
+    ];
+
+    fn label(self) -> Labels {
+        let name = match self {
+            FallbackReason::Deadline => "deadline",
+            FallbackReason::PrimaryError => "primary_error",
+            FallbackReason::PrimaryUnavailable => "primary_unavailable",
+        };
+        vec![("reason", name.to_string())]
+    }
+}
+
+fn reload_label(ok: bool) -> Labels {
+    vec![("result", if ok { "ok" } else { "error" }.to_string())]
+}
+
+/// All server metrics. Cheap to update from handlers and the batcher thread
+/// (atomics; a family takes a read lock to find its series).
 #[derive(Debug)]
 pub struct Metrics {
-    /// (endpoint, status) -> count.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    /// endpoint -> latency histogram.
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    batch_size: Mutex<Histogram>,
-    batch_seconds: Mutex<Histogram>,
-    cases: AtomicU64,
-    truncated: AtomicU64,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    batch_size: Histogram,
+    batch_seconds: Histogram,
+    cases: Counter,
+    truncated: Counter,
     /// Tagged cases by language (`lang`), and those that got a note (a
     /// language the model was not trained on, or none could be told).
-    by_language: Mutex<BTreeMap<&'static str, u64>>,
-    noted: AtomicU64,
-    fallback_deadline: AtomicU64,
-    fallback_error: AtomicU64,
-    fallback_unavailable: AtomicU64,
-    connections_open: AtomicU64,
-    connections_refused: AtomicU64,
-    header_timeouts: AtomicU64,
-    reload_ok: AtomicU64,
-    reload_error: AtomicU64,
-    dropped_jobs: AtomicU64,
-    model_panics: AtomicU64,
+    by_language: Family<Labels, Counter>,
+    noted: Counter,
+    fallback: Family<Labels, Counter>,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    header_timeouts: Counter,
+    reloads: Family<Labels, Counter>,
+    dropped_jobs: Counter,
+    model_panics: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
-            requests: Mutex::default(),
-            latency: Mutex::default(),
-            batch_size: Mutex::new(Histogram::new(BATCH_BUCKETS)),
-            batch_seconds: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
-            cases: AtomicU64::new(0),
-            truncated: AtomicU64::new(0),
-            by_language: Mutex::default(),
-            noted: AtomicU64::new(0),
-            fallback_deadline: AtomicU64::new(0),
-            fallback_error: AtomicU64::new(0),
-            fallback_unavailable: AtomicU64::new(0),
-            connections_open: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
-            header_timeouts: AtomicU64::new(0),
-            reload_ok: AtomicU64::new(0),
-            reload_error: AtomicU64::new(0),
-            dropped_jobs: AtomicU64::new(0),
-            model_panics: AtomicU64::new(0),
+        let m = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            batch_size: Histogram::new(BATCH_BUCKETS.iter().copied()),
+            batch_seconds: latency_histogram(),
+            cases: Counter::default(),
+            truncated: Counter::default(),
+            by_language: Family::default(),
+            noted: Counter::default(),
+            fallback: Family::default(),
+            connections_open: Gauge::default(),
+            connections_refused: Counter::default(),
+            header_timeouts: Counter::default(),
+            reloads: Family::default(),
+            dropped_jobs: Counter::default(),
+            model_panics: Counter::default(),
+        };
+        // Every reason and result is exposed from the start, at 0, so a
+        // rate over them never starts from a missing series.
+        for r in FallbackReason::ALL {
+            let _ = m.fallback.get_or_create(&r.label());
         }
+        for ok in [true, false] {
+            let _ = m.reloads.get_or_create(&reload_label(ok));
+        }
+        m
     }
-}
-
-/// A poisoned metrics lock only means a panic happened mid-update of a
-/// counter; the numbers are still good enough to keep serving.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Gauges read at scrape time from their owners.
@@ -153,239 +140,203 @@ pub struct OpenConnection<'a>(&'a Metrics);
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.0.connections_open.dec();
     }
+}
+
+/// A gauge holding `v` now, to register for one scrape.
+pub fn gauge_at(v: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(v);
+    g
 }
 
 impl Metrics {
     pub fn observe_request(&self, endpoint: &str, status: u16, elapsed: Duration) {
-        *lock(&self.requests)
-            .entry((endpoint.to_string(), status))
-            .or_default() += 1;
-        lock(&self.latency)
-            .entry(endpoint.to_string())
-            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+        self.requests
+            .get_or_create(&vec![
+                ("endpoint", endpoint.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("endpoint", endpoint.to_string())])
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_batch(&self, cases: usize, elapsed: Duration) {
-        lock(&self.batch_size).observe(cases as f64);
-        lock(&self.batch_seconds).observe(elapsed.as_secs_f64());
-        self.cases.fetch_add(cases as u64, Ordering::Relaxed);
+        self.batch_size.observe(cases as f64);
+        self.batch_seconds.observe(elapsed.as_secs_f64());
+        self.cases.inc_by(cases as u64);
     }
 
     pub fn fallback(&self, reason: FallbackReason) {
-        let c = match reason {
-            FallbackReason::Deadline => &self.fallback_deadline,
-            FallbackReason::PrimaryError => &self.fallback_error,
-            FallbackReason::PrimaryUnavailable => &self.fallback_unavailable,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        self.fallback.get_or_create(&reason.label()).inc();
     }
 
     pub fn reload(&self, ok: bool) {
-        let c = if ok {
-            &self.reload_ok
-        } else {
-            &self.reload_error
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        self.reloads.get_or_create(&reload_label(ok)).inc();
     }
 
     pub fn truncated(&self, n: usize) {
-        self.truncated.fetch_add(n as u64, Ordering::Relaxed);
+        self.truncated.inc_by(n as u64);
     }
 
     /// Count answered cases by language, and those with a language note.
     /// The codes come from the detector's fixed set, so the label's
     /// cardinality is bounded.
     pub fn languages(&self, cases: impl Iterator<Item = (&'static str, bool)>) {
-        let mut m = lock(&self.by_language);
         for (lang, noted) in cases {
-            *m.entry(lang).or_default() += 1;
+            self.by_language
+                .get_or_create(&vec![("lang", lang.to_string())])
+                .inc();
             if noted {
-                self.noted.fetch_add(1, Ordering::Relaxed);
+                self.noted.inc();
             }
         }
     }
 
     pub fn dropped_job(&self) {
-        self.dropped_jobs.fetch_add(1, Ordering::Relaxed);
+        self.dropped_jobs.inc();
     }
 
     pub fn connection_opened(&self) -> OpenConnection<'_> {
-        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.connections_open.inc();
         OpenConnection(self)
     }
 
     /// Connections open now.
     pub fn connections_open(&self) -> u64 {
-        self.connections_open.load(Ordering::Relaxed)
+        self.connections_open.get().max(0) as u64
     }
 
     pub fn connection_refused(&self) {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+        self.connections_refused.inc();
     }
 
     pub fn header_timeout(&self) {
-        self.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.header_timeouts.inc();
     }
 
     pub fn model_panic(&self) {
-        self.model_panics.fetch_add(1, Ordering::Relaxed);
+        self.model_panics.inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, g: &Gauges) -> String {
-        let mut o = String::with_capacity(8192);
-        o.push_str("# HELP casetag_http_requests_total HTTP requests by endpoint and status.\n");
-        o.push_str("# TYPE casetag_http_requests_total counter\n");
-        for ((ep, st), n) in lock(&self.requests).iter() {
-            let _ = writeln!(
-                o,
-                "casetag_http_requests_total{{endpoint=\"{ep}\",status=\"{st}\"}} {n}"
-            );
-        }
-        o.push_str("# HELP casetag_http_request_duration_seconds Request latency by endpoint.\n");
-        o.push_str("# TYPE casetag_http_request_duration_seconds histogram\n");
-        for (ep, h) in lock(&self.latency).iter() {
-            h.write(
-                &mut o,
-                "casetag_http_request_duration_seconds",
-                &format!("endpoint=\"{ep}\""),
-            );
-        }
-        o.push_str("# HELP casetag_batch_size_cases Cases per model batch.\n");
-        o.push_str("# TYPE casetag_batch_size_cases histogram\n");
-        lock(&self.batch_size).write(&mut o, "casetag_batch_size_cases", "");
-        o.push_str("# HELP casetag_batch_duration_seconds Model time per batch.\n");
-        o.push_str("# TYPE casetag_batch_duration_seconds histogram\n");
-        lock(&self.batch_seconds).write(&mut o, "casetag_batch_duration_seconds", "");
-
-        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        counter(
-            &mut o,
-            "casetag_cases_tagged_total",
-            "Cases run through the model batcher.",
-            self.cases.load(Ordering::Relaxed),
+    /// The Prometheus text exposition: these metrics, the gauges `g`, and
+    /// whatever `more` registers (the drift gauges).
+    pub fn render(&self, g: &Gauges, more: impl FnOnce(&mut Registry)) -> String {
+        let mut r = Registry::default();
+        // Counters are registered without `_total`, which the encoder adds.
+        r.register(
+            "casetag_http_requests",
+            "HTTP requests by endpoint and status",
+            self.requests.clone(),
         );
-        counter(
-            &mut o,
-            "casetag_texts_truncated_total",
-            "Case texts cut to the model's text cap.",
-            self.truncated.load(Ordering::Relaxed),
+        r.register(
+            "casetag_http_request_duration_seconds",
+            "Request latency by endpoint",
+            self.latency.clone(),
         );
-        o.push_str("# HELP casetag_cases_by_language_total Tagged cases by detected language.\n");
-        o.push_str("# TYPE casetag_cases_by_language_total counter\n");
-        for (lang, n) in lock(&self.by_language).iter() {
-            let _ = writeln!(o, "casetag_cases_by_language_total{{lang=\"{lang}\"}} {n}");
-        }
-        counter(
-            &mut o,
-            "casetag_cases_language_noted_total",
-            "Tagged cases in a language the model was not trained on, or undetermined.",
-            self.noted.load(Ordering::Relaxed),
+        r.register(
+            "casetag_batch_size_cases",
+            "Cases per model batch",
+            self.batch_size.clone(),
         );
-        o.push_str("# HELP casetag_fallback_total Requests answered by the fallback model.\n");
-        o.push_str("# TYPE casetag_fallback_total counter\n");
-        let _ = writeln!(
-            o,
-            "casetag_fallback_total{{reason=\"deadline\"}} {}",
-            self.fallback_deadline.load(Ordering::Relaxed)
+        r.register(
+            "casetag_batch_duration_seconds",
+            "Model time per batch",
+            self.batch_seconds.clone(),
         );
-        let _ = writeln!(
-            o,
-            "casetag_fallback_total{{reason=\"primary_error\"}} {}",
-            self.fallback_error.load(Ordering::Relaxed)
+        r.register(
+            "casetag_cases_tagged",
+            "Cases run through the model batcher",
+            self.cases.clone(),
         );
-        let _ = writeln!(
-            o,
-            "casetag_fallback_total{{reason=\"primary_unavailable\"}} {}",
-            self.fallback_unavailable.load(Ordering::Relaxed)
+        r.register(
+            "casetag_texts_truncated",
+            "Case texts cut to the model's text cap",
+            self.truncated.clone(),
         );
-        o.push_str("# HELP casetag_reloads_total Model reloads by result.\n");
-        o.push_str("# TYPE casetag_reloads_total counter\n");
-        let _ = writeln!(
-            o,
-            "casetag_reloads_total{{result=\"ok\"}} {}",
-            self.reload_ok.load(Ordering::Relaxed)
+        r.register(
+            "casetag_cases_by_language",
+            "Tagged cases by detected language",
+            self.by_language.clone(),
         );
-        let _ = writeln!(
-            o,
-            "casetag_reloads_total{{result=\"error\"}} {}",
-            self.reload_error.load(Ordering::Relaxed)
+        r.register(
+            "casetag_cases_language_noted",
+            "Tagged cases in a language the model was not trained on, or undetermined",
+            self.noted.clone(),
         );
-        counter(
-            &mut o,
-            "casetag_dropped_jobs_total",
-            "Queued requests dropped because their caller had gone.",
-            self.dropped_jobs.load(Ordering::Relaxed),
+        r.register(
+            "casetag_fallback",
+            "Requests answered by the fallback model",
+            self.fallback.clone(),
         );
-        counter(
-            &mut o,
-            "casetag_model_panics_total",
-            "Model batches that panicked (caught; the model thread lives on).",
-            self.model_panics.load(Ordering::Relaxed),
+        r.register(
+            "casetag_reloads",
+            "Model reloads by result",
+            self.reloads.clone(),
         );
-        gauge(
-            &mut o,
-            "casetag_queue_depth_cases",
-            "Cases waiting for the model.",
-            g.queue_depth as u64,
+        r.register(
+            "casetag_dropped_jobs",
+            "Queued requests dropped because their caller had gone",
+            self.dropped_jobs.clone(),
         );
-        gauge(
-            &mut o,
-            "casetag_queue_capacity_cases",
-            "Queue capacity (--queue-capacity).",
-            g.queue_capacity as u64,
+        r.register(
+            "casetag_model_panics",
+            "Model batches that panicked (caught; the model thread lives on)",
+            self.model_panics.clone(),
         );
-        gauge(
-            &mut o,
-            "casetag_in_flight_cases",
-            "Cases admitted and not yet answered (queued or in the model).",
-            g.in_flight_cases as u64,
-        );
-        gauge(
-            &mut o,
-            "casetag_ready",
-            "1 when a model is loaded and the server is not draining.",
-            g.ready as u64,
-        );
-        gauge(
-            &mut o,
-            "casetag_degraded",
-            "1 when the primary model is not loaded and the fallback serves alone.",
-            g.degraded as u64,
-        );
-        gauge(
-            &mut o,
+        r.register(
             "casetag_connections_open",
-            "HTTP connections open now.",
-            self.connections_open(),
+            "HTTP connections open now",
+            self.connections_open.clone(),
         );
-        counter(
-            &mut o,
-            "casetag_connections_refused_total",
-            "Connections refused with 503 because --max-connections were open.",
-            self.connections_refused.load(Ordering::Relaxed),
+        r.register(
+            "casetag_connections_refused",
+            "Connections refused with 503 because --max-connections were open",
+            self.connections_refused.clone(),
         );
-        counter(
-            &mut o,
-            "casetag_header_timeouts_total",
-            "Connections closed for not sending a request head within --header-timeout-ms (stalled or idle).",
-            self.header_timeouts.load(Ordering::Relaxed),
+        r.register(
+            "casetag_header_timeouts",
+            "Connections closed for not sending a request head within --header-timeout-ms (stalled or idle)",
+            self.header_timeouts.clone(),
         );
-        gauge(
-            &mut o,
+        let now = |v: usize| gauge_at(i64::try_from(v).unwrap_or(i64::MAX));
+        r.register(
+            "casetag_queue_depth_cases",
+            "Cases waiting for the model",
+            now(g.queue_depth),
+        );
+        r.register(
+            "casetag_queue_capacity_cases",
+            "Queue capacity (--queue-capacity)",
+            now(g.queue_capacity),
+        );
+        r.register(
+            "casetag_in_flight_cases",
+            "Cases admitted and not yet answered (queued or in the model)",
+            now(g.in_flight_cases),
+        );
+        r.register(
+            "casetag_ready",
+            "1 when a model is loaded and the server is not draining",
+            gauge_at(i64::from(g.ready)),
+        );
+        r.register(
+            "casetag_degraded",
+            "1 when the primary model is not loaded and the fallback serves alone",
+            gauge_at(i64::from(g.degraded)),
+        );
+        r.register(
             "casetag_model_generation",
-            "Models installed so far (1 after startup, +1 per successful reload).",
-            g.model_generation,
+            "Models installed so far (1 after startup, +1 per successful reload)",
+            gauge_at(i64::try_from(g.model_generation).unwrap_or(i64::MAX)),
         );
+        more(&mut r);
+        let mut o = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut o, &r);
         o
     }
 }
@@ -408,7 +359,7 @@ mod tests {
             degraded: false,
             model_generation: 1,
         };
-        let t = m.render(&g);
+        let t = m.render(&g, |_| {});
         assert!(
             t.contains("casetag_batch_size_cases_bucket{le=\"1\"} 1\n"),
             "{t}"
@@ -421,7 +372,7 @@ mod tests {
             t.contains("casetag_batch_size_cases_bucket{le=\"+Inf\"} 3\n"),
             "{t}"
         );
-        assert!(t.contains("casetag_batch_size_cases_sum 1004\n"), "{t}");
+        assert!(t.contains("casetag_batch_size_cases_sum 1004.0\n"), "{t}");
         assert!(t.contains("casetag_batch_size_cases_count 3\n"), "{t}");
         assert!(t.contains("casetag_cases_tagged_total 1004\n"), "{t}");
     }
@@ -440,10 +391,75 @@ mod tests {
             degraded: false,
             model_generation: 1,
         };
-        let t = m.render(&g);
+        let t = m.render(&g, |_| {});
         assert!(t.contains("casetag_http_requests_total{endpoint=\"/v1/tag\",status=\"200\"} 2\n"));
         assert!(t.contains(
             "casetag_http_request_duration_seconds_bucket{endpoint=\"/v1/tag\",le=\"0.005\"} 3\n"
         ));
+    }
+
+    /// Every sample line is `name{labels} value` with a float value, and
+    /// every name belongs to a family declared by `# TYPE` before it (the
+    /// families a scraper would otherwise drop or misread).
+    #[test]
+    fn exposition_is_well_formed() {
+        let m = Metrics::default();
+        m.observe_request("/v1/tag", 200, Duration::from_millis(3));
+        m.observe_batch(2, Duration::from_millis(4));
+        m.languages([("en", false), ("th", true)].into_iter());
+        m.fallback(FallbackReason::Deadline);
+        let _open = m.connection_opened();
+        let g = Gauges {
+            queue_depth: 3,
+            queue_capacity: 8,
+            in_flight_cases: 4,
+            ready: true,
+            degraded: false,
+            model_generation: 2,
+        };
+        let t = m.render(&g, |r| {
+            let f = Family::<Labels, FloatGauge>::default();
+            f.get_or_create(&vec![("level", "l1".to_string())])
+                .set(0.25);
+            r.register("casetag_extra", "An extra family", f);
+        });
+        let mut families = Vec::new();
+        let mut samples = 0;
+        for line in t.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                families.push(name.to_string());
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let name = series.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| families.iter().any(|x| x == f))
+                .unwrap_or(name);
+            assert!(families.iter().any(|f| f == family), "undeclared: {line}");
+            samples += 1;
+        }
+        assert!(samples > 40, "{t}");
+        for line in [
+            "casetag_queue_depth_cases 3",
+            "casetag_in_flight_cases 4",
+            "casetag_model_generation 2",
+            "casetag_connections_open 1",
+            "casetag_cases_by_language_total{lang=\"th\"} 1",
+            "casetag_cases_language_noted_total 1",
+            "casetag_fallback_total{reason=\"deadline\"} 1",
+            "casetag_fallback_total{reason=\"primary_error\"} 0",
+            "casetag_reloads_total{result=\"error\"} 0",
+            "casetag_extra{level=\"l1\"} 0.25",
+        ] {
+            assert!(t.lines().any(|l| l == line), "no {line:?} in\n{t}");
+        }
     }
 }

@@ -160,16 +160,17 @@ impl AppState {
     /// The Prometheus exposition.
     pub fn render_metrics(&self) -> String {
         let b = &self.inner.batcher;
-        let mut o = self.inner.metrics.render(&Gauges {
+        let gauges = Gauges {
             queue_depth: b.queue_depth(),
             queue_capacity: b.capacity(),
             in_flight_cases: b.in_flight(),
             ready: self.is_ready(),
             degraded: self.is_degraded(),
             model_generation: self.inner.models.generation(),
-        });
-        self.inner.drift.render(&mut o);
-        o
+        };
+        self.inner
+            .metrics
+            .render(&gauges, |r| self.inner.drift.register(r))
     }
 
     /// Re-resolve `--model` (a registry NAME follows its champion), load it

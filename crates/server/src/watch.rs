@@ -6,12 +6,15 @@
 //! out-of-scope flag, text length): never a text.
 
 use std::collections::VecDeque;
-use std::fmt::Write;
 use std::sync::Mutex;
 
 use casetag_engine::decide::Decision;
 use casetag_engine::drift::{compare, Tagged, Thresholds, REFERENCE_FILE};
 use casetag_engine::{LoadedModel, Tagged as Answer};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::{gauge_at, FloatGauge, Labels};
 
 /// Fewest recent answers before the gauges are computed.
 pub const MIN_WINDOW: usize = 50;
@@ -88,15 +91,15 @@ impl DriftWatch {
         }
     }
 
-    /// The gauges in the Prometheus text format (nothing until the window
-    /// holds [`MIN_WINDOW`] answers of a model with a reference).
-    pub fn render(&self, o: &mut String) {
+    /// Register the gauges for one scrape (the window's size always; the
+    /// statistics once the window holds [`MIN_WINDOW`] answers of a model
+    /// with a reference).
+    pub fn register(&self, reg: &mut Registry) {
         let w = self.lock();
-        let _ = writeln!(
-            o,
-            "# HELP casetag_drift_window_cases Recent primary-model answers held for the drift gauges.\n\
-             # TYPE casetag_drift_window_cases gauge\ncasetag_drift_window_cases {}",
-            w.recent.len()
+        reg.register(
+            "casetag_drift_window_cases",
+            "Recent primary-model answers held for the drift gauges",
+            gauge_at(i64::try_from(w.recent.len()).unwrap_or(i64::MAX)),
         );
         let Some(reference) = &w.reference else {
             return;
@@ -109,23 +112,25 @@ impl DriftWatch {
             current.push(d, *chars);
         }
         let r = compare(reference, &current, &Thresholds::default());
-        let mut gauge = |name: &str, help: &str, rows: Vec<(String, Option<f64>)>| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+        reg.register(
+            "casetag_drift_detected",
+            "1 when any drift statistic of the recent answers clears its threshold and its noise level",
+            gauge_at(i64::from(r.drift)),
+        );
+        // A family of float gauges with the finite values of `rows`.
+        let mut gauge = |name: &str, help: &str, rows: Vec<(Labels, Option<f64>)>| {
+            let family = Family::<Labels, FloatGauge>::default();
             for (labels, v) in rows {
                 if let Some(v) = v.filter(|v| v.is_finite()) {
-                    let _ = writeln!(o, "{name}{labels} {v}");
+                    family.get_or_create(&labels).set(v);
                 }
             }
+            reg.register(name, help, family);
         };
-        gauge(
-            "casetag_drift_detected",
-            "1 when any drift statistic of the recent answers clears its threshold and its noise level.",
-            vec![(String::new(), Some(if r.drift { 1.0 } else { 0.0 }))],
-        );
-        let level = |i: usize| format!("{{level=\"l{}\"}}", i + 1);
+        let level = |i: usize| vec![("level", format!("l{}", i + 1))];
         gauge(
             "casetag_drift_label_js_distance",
-            "Jensen-Shannon distance of the recent label mix from the validation answers', per level.",
+            "Jensen-Shannon distance of the recent label mix from the validation answers', per level",
             r.levels
                 .iter()
                 .enumerate()
@@ -134,7 +139,7 @@ impl DriftWatch {
         );
         gauge(
             "casetag_drift_label_psi",
-            "PSI of the recent label mix against the validation answers', per level.",
+            "PSI of the recent label mix against the validation answers', per level",
             r.levels
                 .iter()
                 .enumerate()
@@ -143,7 +148,7 @@ impl DriftWatch {
         );
         gauge(
             "casetag_drift_confidence_wasserstein",
-            "Normed Wasserstein distance of recent confidences from the validation answers', per level.",
+            "Normed Wasserstein distance of recent confidences from the validation answers', per level",
             r.confidence
                 .iter()
                 .enumerate()
@@ -152,25 +157,25 @@ impl DriftWatch {
         );
         gauge(
             "casetag_drift_text_length_wasserstein",
-            "Normed Wasserstein distance of recent text lengths from the validation texts'.",
+            "Normed Wasserstein distance of recent text lengths from the validation texts'",
             vec![(
-                String::new(),
+                Labels::new(),
                 r.text_length.as_ref().and_then(|t| t.normed_wasserstein),
             )],
         );
         gauge(
             "casetag_drift_rate",
-            "Abstention, back-off and out-of-scope rates of the recent answers (window=current) and the validation answers (window=reference).",
+            "Abstention, back-off and out-of-scope rates of the recent answers (window=current) and the validation answers (window=reference)",
             r.rates
                 .iter()
                 .flat_map(|x| {
                     [
                         (
-                            format!("{{rate=\"{}\",window=\"current\"}}", x.name),
+                            vec![("rate", x.name.to_string()), ("window", "current".to_string())],
                             x.current,
                         ),
                         (
-                            format!("{{rate=\"{}\",window=\"reference\"}}", x.name),
+                            vec![("rate", x.name.to_string()), ("window", "reference".to_string())],
                             x.reference,
                         ),
                     ]

@@ -185,7 +185,7 @@ async fn queued_requests_are_batched_together() {
         m.contains("casetag_batch_size_cases_bucket{le=\"1\"} 1\n"),
         "{m}"
     );
-    assert!(m.contains("casetag_batch_size_cases_sum 3\n"), "{m}");
+    assert!(m.contains("casetag_batch_size_cases_sum 3.0\n"), "{m}");
 }
 
 /// Two groups of clients taking turns on the model merge back into one batch:
@@ -233,7 +233,7 @@ async fn a_waiting_group_waits_for_the_client_just_answered() {
     // without sitting out the whole wait.
     let (_, m) = s.get_text("/metrics").await;
     assert!(m.contains("casetag_batch_size_cases_count 2\n"), "{m}");
-    assert!(m.contains("casetag_batch_size_cases_sum 4\n"), "{m}");
+    assert!(m.contains("casetag_batch_size_cases_sum 4.0\n"), "{m}");
     assert!(
         m.contains("casetag_batch_size_cases_bucket{le=\"1\"} 1\n"),
         "{m}"
