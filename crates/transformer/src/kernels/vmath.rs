@@ -2,8 +2,12 @@
 //! vectorizes it: `exp` by range reduction and a polynomial, exact-erf GELU
 //! by Abramowitz & Stegun 7.1.26 (|error of erf| ≤ 1.5e-7). libm's scalar
 //! `erff`/`expf` were about a fifth of the encoder's time. On x86-64 the
-//! loops are compiled a second time for AVX2, run when the f32 dense path
-//! ([`super::sgemm::dispatch`]) is AVX2 or better.
+//! loops are compiled again for AVX2 and for AVX-512F (the same IEEE
+//! operations per lane, no fused multiply-add, so every build gives the same
+//! floats); the build that runs follows the f32 dense path
+//! ([`super::sgemm::dispatch`]).
+
+use super::sgemm::Path;
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two (Cody & Waite): LN2_HI has few mantissa bits, so
@@ -74,31 +78,43 @@ unsafe fn exp_sub_avx2(v: &mut [f32], m: f32) {
     exp_sub_loop(v, m)
 }
 
-/// Whether the AVX2 builds run: the f32 path is AVX2+FMA or better.
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    super::sgemm::dispatch().path >= super::sgemm::Path::Avx2
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_avx512(v: &mut [f32]) {
+    gelu_loop(v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_sub_avx512(v: &mut [f32], m: f32) {
+    exp_sub_loop(v, m)
 }
 
 /// GELU (erf) in place.
 pub(crate) fn gelu_slice(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the f32 path is AVX2+FMA or better, which it is only on
-        // a CPU with AVX2 (`KernelPath::missing`).
-        return unsafe { gelu_avx2(v) };
+    match super::sgemm::dispatch().path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the f32 path is AVX-512F only on a CPU with AVX-512F
+        // (`KernelPath::missing`).
+        Path::Avx512 => unsafe { gelu_avx512(v) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the f32 path is AVX2+FMA only on a CPU with AVX2.
+        Path::Avx2 => unsafe { gelu_avx2(v) },
+        _ => gelu_loop(v),
     }
-    gelu_loop(v)
 }
 
 /// `v[i] = e^(v[i] - m)` in place.
 pub(crate) fn exp_sub_slice(v: &mut [f32], m: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    match super::sgemm::dispatch().path {
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `gelu_slice`.
-        return unsafe { exp_sub_avx2(v, m) };
+        Path::Avx512 => unsafe { exp_sub_avx512(v, m) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gelu_slice`.
+        Path::Avx2 => unsafe { exp_sub_avx2(v, m) },
+        _ => exp_sub_loop(v, m),
     }
-    exp_sub_loop(v, m)
 }
 
 #[cfg(test)]
@@ -149,20 +165,30 @@ mod tests {
         let mut a = xs.clone();
         exp_sub_slice(&mut a, 3.0);
         assert_eq!(a, exp_want);
-        // The AVX2 build itself, whatever the dispatch chose.
+        // Each SIMD build itself, whatever the dispatch chose.
         #[cfg(target_arch = "x86_64")]
-        match super::super::missing_avx2_fma() {
-            Some(why) => eprintln!("SKIPPED vmath AVX2 build: {why}"),
-            None => {
-                let mut a = xs.clone();
-                // SAFETY: the CPU has AVX2 (checked just above).
-                unsafe { gelu_avx2(&mut a) };
-                assert_eq!(a, gelu_want);
-                let mut a = xs.clone();
-                // SAFETY: as above.
-                unsafe { exp_sub_avx2(&mut a, 3.0) };
-                assert_eq!(a, exp_want);
+        for path in [Path::Avx2, Path::Avx512] {
+            use super::super::KernelPath;
+            if let Some(why) = path.missing() {
+                eprintln!("SKIPPED vmath {} build: {why}", path.name());
+                continue;
             }
+            let (mut g, mut e) = (xs.clone(), xs.clone());
+            // SAFETY: the CPU has the path's features (checked just above).
+            unsafe {
+                match path {
+                    Path::Avx2 => {
+                        gelu_avx2(&mut g);
+                        exp_sub_avx2(&mut e, 3.0);
+                    }
+                    _ => {
+                        gelu_avx512(&mut g);
+                        exp_sub_avx512(&mut e, 3.0);
+                    }
+                }
+            }
+            assert_eq!(g, gelu_want, "{}", path.name());
+            assert_eq!(e, exp_want, "{}", path.name());
         }
     }
 }
