@@ -1669,6 +1669,25 @@ fn sharded_tag_equals_one_run() {
     let names: Vec<String> = dir_files(&glob).into_keys().collect();
     assert_eq!(names.len(), 5, "{names:?}");
     assert!(names.iter().all(|n| n.ends_with(".parquet")), "{names:?}");
+    // The extensions' other spellings name the same formats.
+    let ndjson = tmp.path().join("ndjson");
+    let o = run(&[
+        "tag",
+        "--model",
+        m,
+        "--input",
+        input.join("part-?.csv").to_str().unwrap(),
+        "--output",
+        ndjson.to_str().unwrap(),
+        "--output-format",
+        "ndjson",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = dir_files(&ndjson).into_keys().collect();
+    assert!(
+        names.len() == 5 && names.iter().all(|n| n.ends_with(".jsonl")),
+        "{names:?}"
+    );
     // Usage errors are one line, exit 2.
     for extra in [
         &["--shard", "4", "--shards", "4"][..],

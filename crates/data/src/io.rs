@@ -15,7 +15,9 @@ use crate::error::{DataError, Result};
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Format {
     Csv,
+    #[cfg_attr(feature = "cli", value(alias = "pq"))]
     Parquet,
+    #[cfg_attr(feature = "cli", value(alias = "ndjson"))]
     Jsonl,
 }
 
