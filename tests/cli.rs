@@ -1654,40 +1654,26 @@ fn sharded_tag_equals_one_run() {
         "brackets are not a glob: {}",
         stderr(&o)
     );
-    let o = run(&[
-        "tag",
-        "--model",
-        m,
-        "--input",
-        input.join("part-?.csv").to_str().unwrap(),
-        "--output",
-        glob.to_str().unwrap(),
-        "--output-format",
-        "parquet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let names: Vec<String> = dir_files(&glob).into_keys().collect();
-    assert_eq!(names.len(), 5, "{names:?}");
-    assert!(names.iter().all(|n| n.ends_with(".parquet")), "{names:?}");
-    // The extensions' other spellings name the same formats.
-    let ndjson = tmp.path().join("ndjson");
-    let o = run(&[
-        "tag",
-        "--model",
-        m,
-        "--input",
-        input.join("part-?.csv").to_str().unwrap(),
-        "--output",
-        ndjson.to_str().unwrap(),
-        "--output-format",
-        "ndjson",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let names: Vec<String> = dir_files(&ndjson).into_keys().collect();
-    assert!(
-        names.len() == 5 && names.iter().all(|n| n.ends_with(".jsonl")),
-        "{names:?}"
-    );
+    // One format for every output, by its name or the extension's other
+    // spelling.
+    for (format, ext) in [("parquet", ".parquet"), ("ndjson", ".jsonl")] {
+        let out = tmp.path().join(format);
+        let o = run(&[
+            "tag",
+            "--model",
+            m,
+            "--input",
+            input.join("part-?.csv").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--output-format",
+            format,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let names: Vec<String> = dir_files(&out).into_keys().collect();
+        assert_eq!(names.len(), 5, "{names:?}");
+        assert!(names.iter().all(|n| n.ends_with(ext)), "{names:?}");
+    }
     // Usage errors are one line, exit 2.
     for extra in [
         &["--shard", "4", "--shards", "4"][..],

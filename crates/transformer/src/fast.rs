@@ -69,6 +69,13 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// A dense layer's weight tensor (`o × k`) in the kernels' form for
+/// `precision`.
+fn dense(t: &Tensor, precision: Precision) -> Result<Dense> {
+    let (o, k) = t.dims2()?;
+    Ok(Dense::from_rows(flat(t)?, o, k, precision))
+}
+
 fn fill_rows(out: &mut [f32], row: &[f32]) {
     for r in out.chunks_exact_mut(row.len()) {
         r.copy_from_slice(row);
@@ -135,15 +142,15 @@ impl FastBert {
         let mut layers = Vec::with_capacity(t.layers.len());
         for l in &t.layers {
             layers.push(FastLayer {
-                qkv_w: Dense::new(l[0], precision)?,
+                qkv_w: dense(l[0], precision)?,
                 qkv_b: flat(l[1])?,
-                o_w: Dense::new(l[2], precision)?,
+                o_w: dense(l[2], precision)?,
                 o_b: flat(l[3])?,
                 ln1_w: flat(l[4])?,
                 ln1_b: flat(l[5])?,
-                i_w: Dense::new(l[6], precision)?,
+                i_w: dense(l[6], precision)?,
                 i_b: flat(l[7])?,
-                f_w: Dense::new(l[8], precision)?,
+                f_w: dense(l[8], precision)?,
                 f_b: flat(l[9])?,
                 ln2_w: flat(l[10])?,
                 ln2_b: flat(l[11])?,

@@ -33,9 +33,6 @@ pub(crate) mod int8;
 pub(crate) mod sgemm;
 pub(crate) mod vmath;
 
-use candle_core::Tensor;
-
-use crate::error::Result;
 use crate::Precision;
 
 /// A kernel family's implementations, ordered worst to best.
@@ -187,14 +184,8 @@ pub(crate) enum Dense {
 }
 
 impl Dense {
-    pub(crate) fn new(t: &Tensor, precision: Precision) -> Result<Self> {
-        let (o, k) = t.dims2()?;
-        let w = t.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self::from_rows(w, o, k, precision))
-    }
-
     /// From `w` (`o × k`, row-major).
-    fn from_rows(w: Vec<f32>, o: usize, k: usize, precision: Precision) -> Self {
+    pub(crate) fn from_rows(w: Vec<f32>, o: usize, k: usize, precision: Precision) -> Self {
         match precision {
             Precision::Int8 if int8::QuantW::fits(o) => Dense::Quant(int8::QuantW::new(&w, o, k)),
             _ if sgemm::PackedW::fits(o) => Dense::Packed(sgemm::PackedW::new(&w, o, k)),
