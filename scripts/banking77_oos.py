@@ -1,14 +1,28 @@
 #!/usr/bin/env python3
-"""Make the BANKING77 out-of-scope hold-out used to measure OOS detection.
+"""Make the BANKING77 hold-out of ten intents used to measure out-of-scope
+detection and adding new tags from a few examples.
 
 Ten intents (chosen with a fixed seed) are removed from training and kept in
 the test split with empty labels, so they count as out of scope at test time.
 
     python3 scripts/banking77_oos.py [--seed 7] [--held-out 10] [--out out/banking77_oos]
+                                     [--add 10] [--dev]
 
 Writes OUT/train.csv (67 intents) and OUT/test.csv (all 3,080 test rows; the
-held-out intents have an empty l1) with columns text,l1. The data is read from
-../shared/data/banking77 and never copied into the repository.
+held-out intents have an empty l1) with columns text,l1.
+
+With --add N it also writes OUT/add.csv, N training rows of each held-out
+intent (drawn with the seed; what `casetag train --from M --add` learns the
+new tags from), OUT/retrain.csv (train.csv plus add.csv, for the full
+retrain to compare with) and OUT/test_all.csv, every test row with its true
+intent and a column `set` (`old` or `new`) to slice `casetag eval` by.
+
+With --dev the test rows come from the training file instead of the test
+split (a stratified 15% of each old intent, and the held-out intents' rows
+not in add.csv), so that methods are chosen without touching the test split.
+
+The data is read from ../shared/data/banking77 and never copied into the
+repository.
 """
 import argparse
 import csv
@@ -20,27 +34,50 @@ ap.add_argument("--src", default=os.path.join(os.path.dirname(__file__), "..", "
 ap.add_argument("--out", default="out/banking77_oos")
 ap.add_argument("--seed", type=int, default=7)
 ap.add_argument("--held-out", type=int, default=10)
+ap.add_argument("--add", type=int, default=0, metavar="N", help="examples per held-out intent for add.csv")
+ap.add_argument("--dev", action="store_true", help="test rows from the training file (development)")
 a = ap.parse_args()
 
 
 def read(name):
     with open(os.path.join(a.src, name), newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [(r["text"], r["category"]) for r in csv.DictReader(f)]
+
+
+def write(name, rows, header=("text", "l1")):
+    with open(os.path.join(a.out, name), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
 
 
 train, test = read("train.csv"), read("test.csv")
-intents = sorted({r["category"] for r in train})
+intents = sorted({c for _, c in train})
 held = set(random.Random(a.seed).sample(intents, a.held_out))
+rng = random.Random(a.seed + 1000)
+add = []
+for c in sorted(held):
+    rows = [r for r in train if r[1] == c]
+    add.extend(rng.sample(rows, min(a.add, len(rows))))
+old = [r for r in train if r[1] not in held]
+if a.dev:
+    by = {}
+    for r in old:
+        by.setdefault(r[1], []).append(r)
+    dev = []
+    for c in sorted(by):
+        rows = by[c][:]
+        rng.shuffle(rows)
+        dev.extend(rows[: round(0.15 * len(rows))])
+    dev_set = set(map(id, dev))
+    old = [r for r in old if id(r) not in dev_set]
+    taken = set(add)
+    test = dev + [r for r in train if r[1] in held and r not in taken]
 os.makedirs(a.out, exist_ok=True)
-with open(os.path.join(a.out, "train.csv"), "w", newline="", encoding="utf-8") as f:
-    w = csv.writer(f)
-    w.writerow(["text", "l1"])
-    for r in train:
-        if r["category"] not in held:
-            w.writerow([r["text"], r["category"]])
-with open(os.path.join(a.out, "test.csv"), "w", newline="", encoding="utf-8") as f:
-    w = csv.writer(f)
-    w.writerow(["text", "l1"])
-    for r in test:
-        w.writerow([r["text"], "" if r["category"] in held else r["category"]])
+write("train.csv", old)
+write("test.csv", [(t, "" if c in held else c) for t, c in test])
+if a.add:
+    write("add.csv", add)
+    write("retrain.csv", old + add)
+    write("test_all.csv", [(t, c, "new" if c in held else "old") for t, c in test], ("text", "l1", "set"))
 print("held out:", ", ".join(sorted(held)))

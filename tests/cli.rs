@@ -2179,3 +2179,58 @@ fn usage_errors_are_one_line() {
         "{help}"
     );
 }
+
+/// `train --from M --add FILE` writes a bundle that knows the new tag and
+/// names its parent in the manifest, `models show` and `eval`'s report;
+/// `--add` alone is a usage error.
+#[test]
+fn new_tags_are_added_from_a_few_examples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tiny_transformer(tmp.path());
+    let add = tmp.path().join("add.csv");
+    let mut body = String::from("text,l1\n");
+    for i in 0..6 {
+        body.push_str(&format!("the item arrived broken damaged {i},damaged\n"));
+    }
+    std::fs::write(&add, &body).unwrap();
+    let child = tmp.path().join("child");
+    let o = run(&[
+        "train",
+        "--from",
+        parent.to_str().unwrap(),
+        "--add",
+        add.to_str().unwrap(),
+        "--out",
+        child.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = manifest(&child);
+    assert_eq!(m["parent"]["id"], manifest(&parent)["id"]);
+    assert_eq!(m["parent"]["added"], serde_json::json!(["damaged"]));
+    assert_eq!(summary(&o)["parent"]["examples"]["damaged"], 6);
+    let o = run(&["models", "show", child.to_str().unwrap()]);
+    assert!(stdout(&o).contains("\"added\""), "{}", stdout(&o));
+
+    let data = tmp.path().join("test.csv");
+    std::fs::write(&data, format!("{body}refund my money back please,refund\n")).unwrap();
+    let out = tmp.path().join("report");
+    let o = run(&[
+        "eval",
+        "--model",
+        child.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["models"][0]["parent"]["added"][0], "damaged");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("+ damaged"), "the report names the added tag");
+
+    let o = run(&["train", "--add", add.to_str().unwrap(), "--out", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+}

@@ -325,7 +325,7 @@ pub fn run(a: Args) -> CmdResult {
         let logits = m.scores_chunked(&cases, |n| pb.inc(n as u64))?;
         pb.finish_and_clear();
         let tput = cases.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        evals.push(evaluate_logits(
+        let mut ev = evaluate_logits(
             &m.decider,
             m.judging,
             m.id(),
@@ -333,7 +333,9 @@ pub fn run(a: Args) -> CmdResult {
             &logits,
             rows,
             Some(tput),
-        ));
+        );
+        ev.summary.parent = m.bundle.manifest.parent.clone();
+        evals.push(ev);
     }
     let comparisons = compare(&evals, a.resamples, 42);
     let verdict = gate.as_ref().map(|g| g.check(&evals));

@@ -16,11 +16,21 @@ pub struct Args {
     /// Model kind: baseline (linfa, fast, the fallback) or transformer
     /// (candle encoder + hierarchical head); the choices are the engine's
     /// registered backends.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(casetag_engine::backend::kinds()))]
-    kind: String,
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(casetag_engine::backend::kinds()), required_unless_present = "from")]
+    kind: Option<String>,
     /// Training table (any supported format; case- or turn-level).
-    #[arg(long)]
-    train: PathBuf,
+    #[arg(long, required_unless_present = "from")]
+    train: Option<PathBuf>,
+    /// Add new tags to this transformer bundle (a directory or a registry
+    /// name) instead of training a new model: with `--add`, its old
+    /// training rows are not embedded again and its encoder is not trained.
+    #[arg(long, value_name = "BUNDLE", requires = "add", conflicts_with_all = ["kind", "train", "val", "extra", "taxonomy"])]
+    from: Option<String>,
+    /// With `--from`: examples of the new tags (at least 5 each; labels in
+    /// l1/l2/l3 as for training, each row's path ending at a tag the bundle
+    /// does not have, under a tag that is not a leaf).
+    #[arg(long, value_name = "FILE", requires = "from")]
+    add: Option<PathBuf>,
     /// Validation table; when omitted, 10% of train is held out (stratified).
     #[arg(long)]
     val: Option<PathBuf>,
@@ -131,11 +141,28 @@ enum TrainMode {
 
 pub fn run(a: Args) -> CmdResult {
     let labels = super::parse_label_columns(&a.label_columns)?;
+    if let (Some(from), Some(add)) = (&a.from, &a.add) {
+        let parent = a.registry.resolve(from)?;
+        let (rows, _, _) = super::load_examples(add, &labels)?;
+        let cfg = casetag_engine::add::AddConfig {
+            id: a.id,
+            overwrite: a.force,
+        };
+        let m = casetag_engine::add::add_tags(&parent, rows, &cfg, &a.out, &|s: &str| {
+            progress::note(s)
+        })?;
+        return say_trained(&m, &a.out);
+    }
+    let (Some(kind), Some(train_path)) = (a.kind, &a.train) else {
+        return Err(Failure::input(
+            "--kind and --train are needed (or --from and --add)",
+        ));
+    };
     let taxonomy = match &a.taxonomy {
         Some(p) => Some(Taxonomy::load(p).map_err(Failure::input)?),
         None => None,
     };
-    let (mut train_rows, _, _) = super::load_examples(&a.train, &labels)?;
+    let (mut train_rows, _, _) = super::load_examples(train_path, &labels)?;
     for path in &a.extra {
         let (rows, _, _) = super::load_examples(path, &labels)?;
         let n = rows.len();
@@ -162,7 +189,7 @@ pub fn run(a: Args) -> CmdResult {
         None => None,
     };
     let mut cfg = TrainConfig {
-        kind: a.kind,
+        kind,
         id: a.id,
         taxonomy,
         encoder: a.encoder,
@@ -219,16 +246,22 @@ pub fn run(a: Args) -> CmdResult {
     let m = train(&cfg, train_rows, val_rows, &a.out, &|s: &str| {
         progress::note(s)
     })?;
-    super::say(
-        serde_json::to_string_pretty(&serde_json::json!({
-            "id": m.id,
-            "kind": m.kind,
-            "out": a.out,
-            "validation_metrics": m.validation_metrics,
-            "calibration": m.calibration,
-        }))
-        .unwrap_or_default(),
-    );
+    say_trained(&m, &a.out)
+}
+
+/// The summary `train` prints of the bundle it wrote.
+fn say_trained(m: &casetag_core::bundle::Manifest, out: &std::path::Path) -> CmdResult {
+    let mut v = serde_json::json!({
+        "id": m.id,
+        "kind": m.kind,
+        "out": out,
+        "validation_metrics": m.validation_metrics,
+        "calibration": m.calibration,
+    });
+    if let Some(p) = &m.parent {
+        v["parent"] = serde_json::to_value(p).unwrap_or_default();
+    }
+    super::say(serde_json::to_string_pretty(&v).unwrap_or_default());
     Ok(())
 }
 

@@ -102,6 +102,22 @@ pub struct Manifest {
     /// the model knows. Empty in bundles written before it was recorded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub languages: BTreeMap<String, usize>,
+    /// For a bundle made by adding tags to another (`train --from --add`):
+    /// that bundle and the taxonomy diff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+}
+
+/// The bundle another was made from by adding tags, and what was added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parent {
+    pub id: String,
+    /// sha256 of the parent's manifest file: which bundle exactly.
+    pub manifest_sha256: String,
+    /// The nodes added to the parent's taxonomy (paths, root first).
+    pub added: Vec<String>,
+    /// Training examples per added leaf tag.
+    pub examples: BTreeMap<String, usize>,
 }
 
 /// sha256 of a file, streamed.
@@ -197,6 +213,11 @@ impl BundleWriter {
     /// Where the backend writes its files.
     pub fn dir(&self) -> &Path {
         &self.tmp
+    }
+
+    /// Where the bundle will be.
+    pub fn dest(&self) -> &Path {
+        &self.dest
     }
 
     /// Checksum every file, write the manifest and move the bundle into place.
@@ -518,6 +539,7 @@ mod tests {
             taxonomy_version: None,
             taxonomy_sha256: None,
             languages: BTreeMap::new(),
+            parent: None,
         }
     }
 

@@ -387,6 +387,68 @@ impl Taxonomy {
     pub fn action_library(&self) -> &BTreeMap<String, ActionDef> {
         &self.raw.actions
     }
+
+    /// This tree with the nodes of `paths` that it lacks, and those new
+    /// nodes' paths (the taxonomy diff), in the order first seen. Every
+    /// path must end at a new node, and a new node goes under a node that
+    /// is not a leaf of this tree (a leaf is a class some model answers
+    /// with; a child would take its place). The version goes up by one.
+    pub fn with_added(&self, paths: &[TagPath]) -> Result<(Self, Vec<TagPath>)> {
+        let err = |m: String| Err(Error::Taxonomy(m));
+        let mut raw = self.raw.clone();
+        let mut added: Vec<TagPath> = Vec::new();
+        let mut parent_of: HashMap<String, Option<String>> = HashMap::new();
+        for p in paths {
+            let ids = p.ids();
+            if self.resolve(p).is_ok() {
+                return err(format!("tag '{p}' is already in the taxonomy"));
+            }
+            for (k, id) in ids.iter().enumerate() {
+                let parent = (k > 0).then(|| ids[k - 1].to_string());
+                if let Some(&i) = self.index.get(*id) {
+                    let was = self.nodes[i].parent.map(|j| self.nodes[j].id.clone());
+                    if was != parent || k + 1 == ids.len() {
+                        return err(format!(
+                            "tag '{p}': '{id}' is already in the taxonomy under '{}'",
+                            was.as_deref().unwrap_or("<root>")
+                        ));
+                    }
+                    continue;
+                }
+                match parent_of.get(*id) {
+                    Some(prev) if *prev != parent => {
+                        return err(format!(
+                            "tag '{p}': new node '{id}' appears under '{}' and '{}'",
+                            prev.as_deref().unwrap_or("<root>"),
+                            parent.as_deref().unwrap_or("<root>")
+                        ))
+                    }
+                    Some(_) => continue,
+                    None => {}
+                }
+                if let Some(&pi) = parent.as_ref().and_then(|q| self.index.get(q)) {
+                    if self.nodes[pi].children.is_empty() {
+                        return err(format!(
+                            "tag '{p}': '{}' is a leaf tag the model answers with; a new tag cannot go under it",
+                            self.nodes[pi].id
+                        ));
+                    }
+                }
+                parent_of.insert(id.to_string(), parent.clone());
+                added.push(TagPath::from_ids(&ids[..=k]));
+                raw.nodes.push(NodeRaw {
+                    id: id.to_string(),
+                    name: id.to_string(),
+                    description: String::new(),
+                    children: vec![],
+                    actions: vec![],
+                    parent,
+                });
+            }
+        }
+        raw.version = Some(raw.version.unwrap_or(1) + 1);
+        Ok((Self::from_raw(raw)?, added))
+    }
 }
 
 fn add_node(
@@ -592,5 +654,35 @@ nodes:
             .unwrap_err()
             .to_string()
             .contains("node 'x' appears under"));
+    }
+
+    #[test]
+    fn added_tags_extend_the_tree_and_keep_the_old_classes() {
+        let t = Taxonomy::infer(&[
+            TagPath::new("a", Some("a1"), None),
+            TagPath::new("a", Some("a2"), None),
+            TagPath::new("b", None, None),
+        ])
+        .unwrap();
+        let (u, diff) = t
+            .with_added(&[
+                TagPath::new("a", Some("a3"), None),
+                TagPath::new("c", Some("c1"), None),
+                TagPath::new("c", Some("c2"), None),
+            ])
+            .unwrap();
+        let want: Vec<String> = ["a/a3", "c", "c/c1", "c/c2"].map(String::from).to_vec();
+        assert_eq!(diff.iter().map(|p| p.to_string()).collect::<Vec<_>>(), want);
+        assert_eq!(u.n_paths(), 6);
+        assert_eq!(u.raw().version, Some(2));
+        for c in 0..t.n_paths() {
+            assert!(u.class_of(&t.path_of(c)).is_some());
+        }
+        let msg = |p: TagPath| t.with_added(&[p]).unwrap_err().to_string();
+        assert!(msg(TagPath::new("a", Some("a1"), None)).contains("already in the taxonomy"));
+        assert!(msg(TagPath::new("b", Some("b1"), None)).contains("leaf tag"));
+        assert!(
+            msg(TagPath::new("c", Some("a1"), None)).contains("already in the taxonomy under 'a'")
+        );
     }
 }

@@ -246,6 +246,7 @@ fn manifest() -> Manifest {
         taxonomy_version: None,
         taxonomy_sha256: None,
         languages: Default::default(),
+        parent: None,
     }
 }
 

@@ -92,6 +92,10 @@ pub struct Summary {
     pub n_out_of_scope: usize,
     /// Depth of the decided answer -> share of in-scope rows.
     pub depth_distribution: BTreeMap<String, f64>,
+    /// For a model made by adding tags to another: that model and the
+    /// taxonomy diff (from its manifest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<casetag_core::bundle::Parent>,
 }
 
 /// A confused pair at one level.
@@ -362,6 +366,7 @@ pub fn evaluate_decisions(
             .into_iter()
             .map(|(k, v)| (k, v as f64 / n_in))
             .collect(),
+        parent: None,
     };
 
     // Slices.

@@ -69,6 +69,12 @@ pub struct FusionInfo {
     /// `trained` (fitted with the transformer) or the id of the baseline
     /// bundle the lexical model was taken from.
     pub lexical_source: String,
+    /// For a model with added tags (`train --from --add`): per output, the
+    /// lexical model's output it pools with, or `None` for a tag the
+    /// lexical model never learned, where the transformer's own
+    /// log-probability stands alone. Absent: the outputs are the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lexical_outputs: Option<Vec<Option<usize>>>,
 }
 
 fn log_softmax(z: &[f32], t: f32) -> Vec<f32> {
@@ -88,13 +94,36 @@ fn pool(zt: &[f32], zb: &[f32], w: f32, tt: f32, tb: f32) -> Vec<f32> {
 impl FusionInfo {
     /// The fused score row for one case.
     pub fn fuse(&self, transformer: &[f32], lexical: &[f32]) -> Vec<f32> {
-        pool(
-            transformer,
-            lexical,
+        let (w, tt, tb) = (
             self.weight,
             self.transformer_temperature,
             self.lexical_temperature,
-        )
+        );
+        let Some(map) = &self.lexical_outputs else {
+            return pool(transformer, lexical, w, tt, tb);
+        };
+        let lb = log_softmax(lexical, tb);
+        log_softmax(transformer, tt)
+            .into_iter()
+            .zip(map)
+            .map(|(a, o)| match o {
+                Some(i) => w * a + (1.0 - w) * lb[*i],
+                None => a,
+            })
+            .collect()
+    }
+
+    /// The same fusion after the transformer's outputs became `outputs`
+    /// (each the index of an output before, or `None` for a new tag).
+    pub fn extended(&self, outputs: &[Option<usize>]) -> Self {
+        let before = |c: usize| match &self.lexical_outputs {
+            Some(map) => map[c],
+            None => Some(c),
+        };
+        Self {
+            lexical_outputs: Some(outputs.iter().map(|o| o.and_then(before)).collect()),
+            ..self.clone()
+        }
     }
 
     /// Choose the weight on validation rows (score rows of both models and
@@ -142,6 +171,7 @@ impl FusionInfo {
             val_nll_lexical: scored[0].1,
             n_val: targets.len(),
             lexical_source: lexical_source.to_string(),
+            lexical_outputs: None,
         })
     }
 }
@@ -178,7 +208,15 @@ impl TransformerClassifier {
             }
             let b = BaselineModel::load(dir, id)
                 .map_err(|e| EngineError::Baseline(format!("{}: {e}", dir.display())))?;
-            if b.label_space() != transformer.label_space() {
+            let fits = match &info.lexical_outputs {
+                None => b.label_space() == transformer.label_space(),
+                Some(map) => {
+                    let n = b.label_space().n_outputs();
+                    map.len() == transformer.label_space().n_outputs()
+                        && map.iter().flatten().all(|&i| i < n)
+                }
+            };
+            if !fits {
                 return Err(bad(
                     "the lexical model's label space differs from the transformer's".into(),
                 ));

@@ -8,6 +8,7 @@
 //! out-of-scope, actions), runs the fallback chain and evaluates. The server
 //! and the CLI are thin layers over it.
 
+pub mod add;
 pub mod backend;
 pub mod calibrate;
 pub mod decide;

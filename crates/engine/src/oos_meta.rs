@@ -839,6 +839,32 @@ impl MetaDetector {
         })
     }
 
+    /// The same detector after tags were added (`train --from --add`): its
+    /// rules stay, its base model is fitted again on its memory (classes
+    /// renumbered by `remap`) and the new tags' examples (`new_x`,
+    /// row-major, classes `new_y`), over `k` classes in all.
+    pub fn extended(&self, remap: &[u32], new_x: &[f32], new_y: &[u32], k: usize) -> Result<Self> {
+        let d = self.base.d;
+        if remap.len() != self.base.k || new_x.len() != new_y.len() * d {
+            return Err(EngineError::Internal(
+                "detector extension: shape mismatch".into(),
+            ));
+        }
+        let mut x = self.base.mem.clone();
+        x.extend_from_slice(new_x);
+        let y: Vec<u32> = self
+            .base
+            .mem_y
+            .iter()
+            .map(|&c| remap[c as usize])
+            .chain(new_y.iter().copied())
+            .collect();
+        Ok(Self {
+            base: Base::fit(&x, &y, k, d, self.params.base_c)?,
+            ..self.clone()
+        })
+    }
+
     /// Whether this detector can judge a whole batch (`scores_batch`).
     pub fn has_batch_rule(&self) -> bool {
         self.batch.is_some()

@@ -236,9 +236,20 @@ th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.plots{{
     h.push_str("<th>path acc</th><th>hier. F1</th><th>ECE (raw → cal.)</th><th>in-scope acc</th><th>coverage</th><th>selective acc</th><th>OOS recall</th><th>OOS precision</th><th>cases/s</th></tr>");
     for m in models {
         let s = &m.summary;
+        let lineage = s
+            .parent
+            .as_ref()
+            .map(|p| {
+                format!(
+                    "<br><small>from {} + {}</small>",
+                    esc(&p.id),
+                    esc(&p.added.join(", "))
+                )
+            })
+            .unwrap_or_default();
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td>",
+            "<tr><td>{}{lineage}</td><td>{}</td><td>{}</td>",
             esc(&s.id),
             esc(&s.kind),
             s.n

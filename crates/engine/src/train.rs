@@ -456,26 +456,42 @@ pub fn train(
             ),
         }
     };
-    // The learned out-of-scope detector, for models that embed and were
-    // trained without out-of-scope rows.
-    let detector = match (fitted.embeds(), val_emb) {
-        (Some(m), Some(val_emb)) => {
-            let mp = MetaParams::default();
-            let keep = cap_per_class(&targets, mp.per_class(label_space.n_paths));
+    // What a model that embeds keeps of its training rows, class-spread:
+    // the memory new tags are later learned against (`train --from --add`)
+    // and the out-of-scope detector's nearest-neighbour memory.
+    let memory = match fitted.embeds() {
+        Some(m) => {
+            let keep = cap_per_class(
+                &targets,
+                MetaParams::default().per_class(label_space.n_paths),
+            );
             // Frozen mode kept the training embeddings; fine-tuning changed
             // the encoder, so its rows are embedded again.
-            let fit_x = match m.training_embeddings(&keep)? {
+            let x = match m.training_embeddings(&keep)? {
                 Some(x) => x,
                 None => {
                     progress(&format!(
-                        "out-of-scope detector: embedding {} training rows",
+                        "keeping a memory of {} training rows: embedding them",
                         keep.len()
                     ));
                     let fit_texts: Vec<&str> = keep.iter().map(|&i| texts[i]).collect();
                     m.embed(&fit_texts)?.concat()
                 }
             };
-            let fit_y: Vec<u32> = keep.iter().map(|&i| targets[i] as u32).collect();
+            Some(casetag_transformer::Memory {
+                dim: x.len() / keep.len().max(1),
+                x,
+                y: keep.iter().map(|&i| targets[i] as u32).collect(),
+            })
+        }
+        None => None,
+    };
+    // The learned out-of-scope detector, for models that embed and were
+    // trained without out-of-scope rows.
+    let detector = match (&memory, val_emb) {
+        (Some(memory), Some(val_emb)) => {
+            let mp = MetaParams::default();
+            let (fit_x, fit_y) = (&memory.x, &memory.y);
             let (mut val_x, mut val_y) = (Vec::new(), Vec::new());
             for (r, e) in val_rows.iter().zip(&val_emb) {
                 if let Some(t) = target_of(r) {
@@ -486,8 +502,8 @@ pub fn train(
             let inputs = MetaInputs {
                 d: val_emb.first().map_or(0, Vec::len),
                 k: label_space.n_paths,
-                fit_x: &fit_x,
-                fit_y: &fit_y,
+                fit_x,
+                fit_y,
                 val_x: &val_x,
                 val_y: &val_y,
             };
@@ -581,6 +597,10 @@ pub fn train(
     if let Some((det, _, _)) = &detector {
         det.save(writer.dir())?;
     }
+    if let Some(m) = &memory {
+        m.save(writer.dir())
+            .map_err(|e| EngineError::Transformer(e.to_string()))?;
+    }
     let manifest = Manifest {
         format: 0,
         id,
@@ -599,8 +619,29 @@ pub fn train(
         taxonomy_version: None,
         taxonomy_sha256: None,
         languages,
+        parent: None,
     };
-    let m = writer.finish(manifest, &taxonomy, cfg.overwrite)?;
+    finish(
+        writer,
+        manifest,
+        &taxonomy,
+        cfg.overwrite,
+        started,
+        progress,
+    )
+}
+
+/// Seal the bundle `writer` holds and say how long writing it took.
+pub(crate) fn finish(
+    writer: BundleWriter,
+    manifest: Manifest,
+    taxonomy: &Taxonomy,
+    overwrite: bool,
+    started: Instant,
+    progress: &dyn Fn(&str),
+) -> Result<Manifest> {
+    let out = writer.dest().to_path_buf();
+    let m = writer.finish(manifest, taxonomy, overwrite)?;
     progress(&format!(
         "wrote {} in {:.1}s",
         out.display(),

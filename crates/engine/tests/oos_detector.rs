@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+mod common;
+
 use casetag_core::{TagPath, Taxonomy, Transcript};
 use casetag_engine::calibrate::OosDetector;
 use casetag_engine::decide::Judging;
@@ -21,19 +23,9 @@ const CLASSES: [(&str, &str); 5] = [
 ];
 
 fn examples() -> Vec<Example> {
-    let fillers = [
-        "",
-        " please",
-        " hello",
-        " thanks",
-        " order 12",
-        " now",
-        " today",
-        " help",
-    ];
     let mut rows = Vec::new();
     for (label, text) in CLASSES {
-        for (i, f) in fillers.iter().enumerate() {
+        for (i, f) in common::FILLERS.iter().enumerate() {
             for speaker in ["[buyer] ", "[agent] hello\n[buyer] "] {
                 rows.push(Example {
                     text: format!("{speaker}{text}{f}{}", " ok".repeat(i % 3)),

@@ -80,13 +80,42 @@ impl Head {
         if let Some(r) = rng.as_deref_mut() {
             x = dropout(&x, self.dropout, r)?;
         }
-        if let Some((w, b)) = &self.hidden {
-            x = x.matmul(&w.t()?)?.broadcast_add(b)?.gelu_erf()?;
+        if self.hidden.is_some() {
+            x = self.features(&x)?;
             if let Some(r) = rng {
                 x = dropout(&x, self.dropout, r)?;
             }
         }
         Ok(x.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)?)
+    }
+
+    /// What the output layer reads: the hidden layer's activations, or the
+    /// embeddings themselves without one (inference, no dropout).
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.hidden {
+            Some((w, b)) => Ok(x.matmul(&w.t()?)?.broadcast_add(b)?.gelu_erf()?),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The output layer's rows (one per output) and biases.
+    pub fn output_layer(&self) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+        Ok((self.out_w.to_vec2()?, self.out_b.to_vec1()?))
+    }
+
+    /// Replace the output layer (any number of outputs, the same width).
+    pub fn set_output_layer(&mut self, rows: &[Vec<f32>], bias: &[f32]) -> Result<()> {
+        let width = self.out_w.dims()[1];
+        if rows.len() != bias.len() || rows.iter().any(|r| r.len() != width) {
+            return Err(TransformerError::Input(format!(
+                "output layer: {} rows of width {width} and as many biases are needed",
+                rows.len()
+            )));
+        }
+        let dev = self.out_w.device().clone();
+        self.out_w = Tensor::from_vec(rows.concat(), (rows.len(), width), &dev)?;
+        self.out_b = Tensor::from_vec(bias.to_vec(), rows.len(), &dev)?;
+        Ok(())
     }
 
     fn params_mut(&mut self) -> Vec<(&'static str, &mut Tensor)> {

@@ -31,6 +31,7 @@ mod fast;
 pub mod fixtures;
 mod head;
 mod kernels;
+mod memory;
 mod model;
 mod text;
 mod train;
@@ -41,6 +42,7 @@ use kernels::KernelPath;
 
 pub use encoder::{hf_cache_dir, Encoder, EncoderFiles};
 pub use error::{Result, TransformerError};
+pub use memory::{Memory, Output, MEMORY_FILE};
 pub use model::{ModelInfo, TrainSummary, TransformerModel};
 pub use text::{buyer_first, TextEncoder, Truncation};
 pub use train::fit;

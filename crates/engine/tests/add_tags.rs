@@ -1,0 +1,189 @@
+//! New tags from a few examples (`train --from --add`) end to end on a
+//! tiny random BERT built in code: the new bundle knows the new tag and
+//! answers its examples with it, keeps the old answers, records its parent
+//! and the taxonomy diff, and bad additions are refused in one line.
+
+use std::path::Path;
+
+mod common;
+
+use casetag_core::bundle::Bundle;
+use casetag_core::{TagPath, Taxonomy, Transcript};
+use casetag_engine::add::{add_tags, AddConfig};
+use casetag_engine::{load_model, Example, TrainConfig};
+use casetag_transformer::fixtures::write_tiny_bert;
+
+const TAXONOMY: &str = "nodes: [{id: delivery, children: [{id: late}, {id: lost}]}, \
+                        {id: refund, children: [{id: money}, {id: wrong_size}]}]";
+const CLASSES: [(&str, &str, &str); 4] = [
+    ("delivery", "late", "delivery is late still waiting"),
+    ("delivery", "lost", "tracking says parcel lost"),
+    ("refund", "money", "refund my money back"),
+    ("refund", "wrong_size", "the size was wrong"),
+];
+
+fn rows(l1: &str, l2: &str, text: &str, n: usize) -> Vec<Example> {
+    (0..n)
+        .map(|i| Example {
+            text: format!(
+                "[buyer] {text}{}{}",
+                common::FILLERS[i % 8],
+                " ok".repeat(i / 8)
+            ),
+            label: Some(TagPath::new(l1, Some(l2), None)),
+            row: i + 2,
+        })
+        .collect()
+}
+
+fn train_parent(encoder: &Path, dir: &Path, kind: &str) {
+    let mut cfg = TrainConfig {
+        kind: kind.into(),
+        taxonomy: Some(Taxonomy::from_yaml_str(TAXONOMY).unwrap()),
+        encoder: Some(encoder.display().to_string()),
+        val_fraction: 0.25,
+        ..Default::default()
+    };
+    cfg.transformer.epochs = 30;
+    cfg.baseline.n_features = 256;
+    let examples: Vec<Example> = CLASSES
+        .iter()
+        .flat_map(|(a, b, t)| rows(a, b, t, 16))
+        .collect();
+    casetag_engine::train(&cfg, examples, None, dir, &|_| {}).unwrap();
+}
+
+fn leaf(m: &casetag_engine::LoadedModel, text: &str) -> TagPath {
+    m.decide(&[Transcript::new(text)], 0).unwrap()[0]
+        .top_path
+        .clone()
+}
+
+#[test]
+fn added_tag_is_learned_and_old_answers_stay() {
+    let enc = tempfile::tempdir().unwrap();
+    write_tiny_bert(enc.path(), 3).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let parent = out.path().join("parent");
+    train_parent(enc.path(), &parent, "transformer");
+    assert!(parent.join(casetag_transformer::MEMORY_FILE).is_file());
+
+    let child = out.path().join("child");
+    let new = rows(
+        "delivery",
+        "damaged",
+        "the package arrived broken damaged",
+        6,
+    );
+    let notes = std::sync::Mutex::new(Vec::new());
+    let m = add_tags(&parent, new.clone(), &AddConfig::default(), &child, &|s| {
+        notes.lock().unwrap().push(s.to_string())
+    })
+    .unwrap();
+    let p = m.parent.as_ref().expect("the parent is recorded");
+    let pb = Bundle::open(&parent).unwrap();
+    assert_eq!(p.id, pb.manifest.id);
+    assert_eq!(p.added, vec!["delivery/damaged".to_string()]);
+    assert_eq!(p.examples["delivery/damaged"], 6);
+    assert_ne!(m.id, pb.manifest.id);
+    assert_eq!(m.label_space.n_paths, 5);
+    assert_eq!(m.taxonomy_version, Some(2));
+    let notes = notes.into_inner().unwrap();
+    assert!(notes.iter().any(|s| s.contains("memory of")), "{notes:?}");
+
+    let old = load_model(&parent).unwrap();
+    let grown = load_model(&child).unwrap();
+    assert!(grown.detector.is_some(), "the detector comes along");
+    let new_tag = TagPath::new("delivery", Some("damaged"), None);
+    for r in &new {
+        assert_eq!(leaf(&grown, &r.text), new_tag, "{}", r.text);
+    }
+    let mut same = 0;
+    let mut total = 0;
+    for (a, b, t) in CLASSES {
+        for r in rows(a, b, t, 16) {
+            total += 1;
+            same += usize::from(leaf(&old, &r.text) == leaf(&grown, &r.text));
+        }
+    }
+    assert!(same * 10 >= total * 9, "{same} of {total} old answers kept");
+
+    // Tags can be added to a grown bundle again.
+    let again = out.path().join("again");
+    let more = rows("refund", "dispute", "cancel dispute with seller system", 5);
+    let m2 = add_tags(&child, more.clone(), &AddConfig::default(), &again, &|_| {}).unwrap();
+    assert_eq!(m2.parent.as_ref().unwrap().id, m.id);
+    assert_eq!(m2.label_space.n_paths, 6);
+    let twice = load_model(&again).unwrap();
+    let dispute = TagPath::new("refund", Some("dispute"), None);
+    let hits = more
+        .iter()
+        .filter(|r| leaf(&twice, &r.text) == dispute)
+        .count();
+    assert!(
+        hits >= 4,
+        "{hits} of 5 examples answered with the second new tag"
+    );
+    assert_eq!(leaf(&twice, &new[0].text), new_tag);
+}
+
+#[test]
+fn bad_additions_are_refused_in_one_line() {
+    let enc = tempfile::tempdir().unwrap();
+    write_tiny_bert(enc.path(), 3).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let parent = out.path().join("parent");
+    train_parent(enc.path(), &parent, "transformer");
+    let err = |rows: Vec<Example>| {
+        add_tags(
+            &parent,
+            rows,
+            &AddConfig::default(),
+            &out.path().join("x"),
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let cases = [
+        (
+            rows("delivery", "late", "late again", 6),
+            "already in the taxonomy",
+        ),
+        (rows("delivery", "damaged", "broken", 3), "needs at least 5"),
+        (
+            rows("refund", "money", "x", 1)
+                .into_iter()
+                .map(|mut r| {
+                    r.label = Some(TagPath::new("refund", Some("money"), Some("cash")));
+                    r
+                })
+                .chain(rows("refund", "money", "y", 5).into_iter().map(|mut r| {
+                    r.label = Some(TagPath::new("refund", Some("money"), Some("cash")));
+                    r
+                }))
+                .collect(),
+            "leaf tag",
+        ),
+        (Vec::new(), "no rows"),
+    ];
+    for (rows, want) in cases {
+        let e = err(rows);
+        assert!(e.contains(want), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+    assert!(!out.path().join("x").exists(), "nothing written");
+
+    let base = out.path().join("baseline");
+    train_parent(enc.path(), &base, "baseline");
+    let e = add_tags(
+        &base,
+        rows("delivery", "damaged", "broken", 6),
+        &AddConfig::default(),
+        &out.path().join("y"),
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("transformer bundles only"), "{e}");
+}
