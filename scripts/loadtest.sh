@@ -16,6 +16,10 @@
 # --deadline-ms defaults to 0 (off) so that the numbers measure the model
 # under test and not a fallback answering missed deadlines; pass the
 # production value to see the combined behaviour.
+#
+# --texts FILE: one text per line. With wrk, requests cycle through them
+# (each request the next --cases texts), so a file of real transcripts
+# gives the real length mix; oha sends the first request only.
 set -euo pipefail
 
 usage() {
@@ -126,7 +130,8 @@ esac
 
 # --- the request body -------------------------------------------------------
 BODY="$WORK/body.json"
-python3 - "$CASES" "$TEXTS" >"$BODY" <<'PY'
+BODIES="$WORK/bodies.jsonl"
+python3 - "$CASES" "$TEXTS" "$BODIES" >"$BODY" <<'PY'
 import json, sys
 n, path = int(sys.argv[1]), sys.argv[2]
 if path:
@@ -146,8 +151,15 @@ else:
         "buyer: I was charged twice for order 88213. system: duplicate payment detected. "
         "agent: The second charge will be reversed within 5 working days.",
     ]
-cases = [{"id": f"c{i}", "text": texts[i % len(texts)]} for i in range(n)]
-json.dump({"cases": cases, "top_k": 3}, sys.stdout, ensure_ascii=False)
+def body(start):
+    cases = [{"id": f"c{i}", "text": texts[(start + i) % len(texts)]} for i in range(n)]
+    return json.dumps({"cases": cases, "top_k": 3}, ensure_ascii=False)
+print(body(0))
+# With more texts than one request holds, wrk sends a different request each
+# time (up to 2,000), cycling through the texts in order.
+with open(sys.argv[3], "w", encoding="utf-8") as f:
+    for start in range(0, min(len(texts), 2000 * n), n):
+        f.write(body(start) + "\n")
 PY
 
 free_port() {
@@ -220,6 +232,12 @@ PY
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open("$BODY", "rb"); wrk.body = f:read("*a"); f:close()
+local bodies, at = {}, 0
+for line in io.lines("$BODIES") do bodies[#bodies + 1] = line end
+request = function()
+  at = at % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[at])
+end
 done = function(summary, latency, requests)
   local errs = summary.errors.status + summary.errors.connect + summary.errors.read
              + summary.errors.write + summary.errors.timeout
