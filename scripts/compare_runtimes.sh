@@ -100,7 +100,7 @@ bash "$ROOT/scripts/fetch_encoder.sh"
 if [[ $SKIP_BUILD -eq 0 ]]; then
   cargo build --release --workspace --all-targets
 fi
-BIN="$ROOT/target/release/examples/runtime_bench"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/runtime_bench"
 if [[ ! -x "$BIN" ]]; then
   echo "compare_runtimes: $BIN is missing (run without --skip-build)" >&2
   exit 1

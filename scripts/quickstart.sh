@@ -9,7 +9,7 @@ OUT=out/quickstart
 mkdir -p "$OUT"
 bash scripts/fetch_encoder.sh
 cargo build --release --bin casetag
-CT=target/release/casetag
+CT="${CARGO_TARGET_DIR:-target}/release/casetag"
 DATA=data/aftersales
 echo "== prepare (clean, mask, validate, split) =="
 $CT prepare --input "$DATA/train.csv" --taxonomy data/taxonomy.yaml --out "$OUT/prepared" --split 0.9,0.1,0 >/dev/null

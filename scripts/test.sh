@@ -14,5 +14,5 @@ else
   cargo test --release --workspace --no-fail-fast "$@" || status=$?
 fi
 bash scripts/python_env.sh
-CASETAG_BIN="$PWD/target/release/casetag" .venv/bin/python -m pytest -q -p no:cacheprovider crates/python/tests || status=$?
+CASETAG_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/casetag" .venv/bin/python -m pytest -q -p no:cacheprovider crates/python/tests || status=$?
 exit $status

@@ -7,20 +7,15 @@
 //! `<ORDER_ID>` are one token for word n-grams and one unit for character
 //! n-grams, so masked values never leak into the features as letter soup.
 
-/// FNV-1a 64-bit offset basis and prime.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+use casetag_core::hash::{fnv1a, FNV_OFFSET, FNV_PRIME};
+
 /// Namespaces keep a word "ab" and a character bigram "ab" in different buckets.
 const NS_WORD: u64 = 0x9e37_79b9_7f4a_7c15;
 const NS_CHAR: u64 = 0xc2b2_ae3d_27d4_eb4f;
 
 #[inline]
-fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    fnv1a(h, bytes.iter().map(|&b| u64::from(b)))
 }
 
 /// murmur3 `fmix64`: FNV's low bits are weak, and buckets take the high bits.

@@ -91,7 +91,7 @@ struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+        Self(crate::hash::FNV_OFFSET)
     }
 }
 
@@ -100,9 +100,7 @@ impl std::hash::Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        self.0 = crate::hash::fnv1a(self.0, bytes.iter().map(|&b| u64::from(b)));
     }
 }
 

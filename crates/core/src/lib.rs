@@ -6,6 +6,7 @@
 //! decision layer, model bundles on disk, and evaluation metrics.
 
 pub mod bundle;
+pub mod hash;
 pub mod label_map;
 pub mod lang;
 pub mod metrics;

@@ -181,12 +181,8 @@ fn splitmix(mut x: u64) -> u64 {
 
 /// FNV-1a over the shingle's characters: stable across runs and platforms.
 fn fnv(chars: &[char]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for &c in chars {
-        h ^= u64::from(c);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    use casetag_core::hash::{fnv1a, FNV_OFFSET};
+    fnv1a(FNV_OFFSET, chars.iter().map(|&c| u64::from(c)))
 }
 
 /// The MinHash signature of a text's character 5-grams (lowercased,

@@ -151,6 +151,11 @@ pub fn gauge_at(v: i64) -> Gauge {
     g
 }
 
+/// A gauge set to a count (saturating at `i64::MAX`).
+pub fn gauge_of<T: TryInto<i64>>(n: T) -> Gauge {
+    gauge_at(n.try_into().unwrap_or(i64::MAX))
+}
+
 impl Metrics {
     pub fn observe_request(&self, endpoint: &str, status: u16, elapsed: Duration) {
         self.requests
@@ -302,21 +307,20 @@ impl Metrics {
             "Connections closed for not sending a request head within --header-timeout-ms (stalled or idle)",
             self.header_timeouts.clone(),
         );
-        let now = |v: usize| gauge_at(i64::try_from(v).unwrap_or(i64::MAX));
         r.register(
             "casetag_queue_depth_cases",
             "Cases waiting for the model",
-            now(g.queue_depth),
+            gauge_of(g.queue_depth),
         );
         r.register(
             "casetag_queue_capacity_cases",
             "Queue capacity (--queue-capacity)",
-            now(g.queue_capacity),
+            gauge_of(g.queue_capacity),
         );
         r.register(
             "casetag_in_flight_cases",
             "Cases admitted and not yet answered (queued or in the model)",
-            now(g.in_flight_cases),
+            gauge_of(g.in_flight_cases),
         );
         r.register(
             "casetag_ready",
@@ -331,7 +335,7 @@ impl Metrics {
         r.register(
             "casetag_model_generation",
             "Models installed so far (1 after startup, +1 per successful reload)",
-            gauge_at(i64::try_from(g.model_generation).unwrap_or(i64::MAX)),
+            gauge_of(g.model_generation),
         );
         more(&mut r);
         let mut o = String::with_capacity(8192);

@@ -14,7 +14,7 @@ use casetag_engine::{LoadedModel, Tagged as Answer};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{gauge_at, FloatGauge, Labels};
+use crate::metrics::{gauge_at, gauge_of, FloatGauge, Labels};
 
 /// Fewest recent answers before the gauges are computed.
 pub const MIN_WINDOW: usize = 50;
@@ -99,7 +99,7 @@ impl DriftWatch {
         reg.register(
             "casetag_drift_window_cases",
             "Recent primary-model answers held for the drift gauges",
-            gauge_at(i64::try_from(w.recent.len()).unwrap_or(i64::MAX)),
+            gauge_of(w.recent.len()),
         );
         let Some(reference) = &w.reference else {
             return;
