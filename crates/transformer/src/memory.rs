@@ -25,8 +25,9 @@ pub const MEMORY_FILE: &str = "memory.safetensors";
 
 /// Full-batch Adam steps and step size for the new rows, from their
 /// imprinted start: the step count, with [`ANCHOR_L2`], is what keeps ten
-/// examples from pulling a row far from what they share. Chosen on the BANKING77 development
-/// hold-out (seed 1, rows of the training file only; `docs/training.md`).
+/// examples from pulling a row far from what they share. Chosen on the
+/// BANKING77 development hold-out (seed 1, rows of the training file only;
+/// `docs/training.md`).
 const STEPS: usize = 600;
 const LR: f32 = 0.02;
 /// L2 pull of a new row towards its imprinted start (per unit of the
