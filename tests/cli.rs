@@ -2233,4 +2233,24 @@ fn new_tags_are_added_from_a_few_examples() {
     let o = run(&["train", "--add", add.to_str().unwrap(), "--out", "x"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    // A new model's settings are refused, not silently ignored.
+    let (p, a) = (parent.to_str().unwrap(), add.to_str().unwrap());
+    let o = run(&[
+        "train",
+        "--from",
+        p,
+        "--add",
+        a,
+        "--out",
+        "y",
+        "--precision",
+        "int8",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("--precision") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+    assert!(!Path::new("y").exists());
 }

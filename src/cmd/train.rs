@@ -24,7 +24,14 @@ pub struct Args {
     /// Add new tags to this transformer bundle (a directory or a registry
     /// name) instead of training a new model: with `--add`, its old
     /// training rows are not embedded again and its encoder is not trained.
-    #[arg(long, value_name = "BUNDLE", requires = "add", conflicts_with_all = ["kind", "train", "val", "extra", "taxonomy"])]
+    /// The bundle's own settings stay: the flags that set a new model's
+    /// (`--kind`, `--train`, `--mode`, `--precision`, ...) are refused.
+    #[arg(long, value_name = "BUNDLE", requires = "add", conflicts_with_all = [
+        "kind", "train", "val", "extra", "taxonomy", "seed", "target_precision", "min_margin",
+        "oos_budget", "oos_batch_budget", "oos_detector", "mode", "top_layers", "epochs",
+        "max_tokens", "truncation", "lr", "batch_size", "features", "fusion", "lexical_from",
+        "precision",
+    ])]
     from: Option<String>,
     /// With `--from`: examples of the new tags (at least 5 each; labels in
     /// l1/l2/l3 as for training, each row's path ending at a tag the bundle
