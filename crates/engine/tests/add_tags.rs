@@ -37,6 +37,10 @@ fn rows(l1: &str, l2: &str, text: &str, n: usize) -> Vec<Example> {
 }
 
 fn train_parent(encoder: &Path, dir: &Path, kind: &str) {
+    train_parent_with(encoder, dir, kind, Vec::new());
+}
+
+fn train_parent_with(encoder: &Path, dir: &Path, kind: &str, extra: Vec<Example>) {
     let mut cfg = TrainConfig {
         kind: kind.into(),
         taxonomy: Some(Taxonomy::from_yaml_str(TAXONOMY).unwrap()),
@@ -46,10 +50,11 @@ fn train_parent(encoder: &Path, dir: &Path, kind: &str) {
     };
     cfg.transformer.epochs = 30;
     cfg.baseline.n_features = 256;
-    let examples: Vec<Example> = CLASSES
+    let mut examples: Vec<Example> = CLASSES
         .iter()
         .flat_map(|(a, b, t)| rows(a, b, t, 16))
         .collect();
+    examples.extend(extra);
     casetag_engine::train(&cfg, examples, None, dir, &|_| {}).unwrap();
 }
 
@@ -186,4 +191,62 @@ fn bad_additions_are_refused_in_one_line() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("transformer bundles only"), "{e}");
+}
+
+/// A parent trained with out-of-scope rows has an out-of-scope output: it
+/// stays the last output, and its answers stay.
+#[test]
+fn the_out_of_scope_output_stays_last_and_keeps_answering() {
+    let enc = tempfile::tempdir().unwrap();
+    write_tiny_bert(enc.path(), 3).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let parent = out.path().join("parent");
+    let oos: Vec<Example> = (0..16)
+        .map(|i| Example {
+            text: format!("[buyer] hello thanks color{}", " a".repeat(i % 4)),
+            label: None,
+            row: 100 + i,
+        })
+        .collect();
+    train_parent_with(enc.path(), &parent, "transformer", oos.clone());
+    let pm = Bundle::open(&parent).unwrap().manifest;
+    assert!(
+        pm.label_space.oos_class,
+        "trained with an out-of-scope class"
+    );
+    let child = out.path().join("child");
+    let new = rows(
+        "delivery",
+        "damaged",
+        "the package arrived broken damaged",
+        6,
+    );
+    let m = add_tags(&parent, new.clone(), &AddConfig::default(), &child, &|_| {}).unwrap();
+    assert!(m.label_space.oos_class);
+    assert_eq!(m.label_space.n_paths, pm.label_space.n_paths + 1);
+    let (old, grown) = (load_model(&parent).unwrap(), load_model(&child).unwrap());
+    let decide = |m: &casetag_engine::LoadedModel, t: &str| {
+        m.decide(&[Transcript::new(t)], 0).unwrap().remove(0)
+    };
+    let (mut kept, mut flagged) = (0, 0);
+    for r in &oos {
+        let (a, b) = (decide(&old, &r.text), decide(&grown, &r.text));
+        flagged += usize::from(a.out_of_scope);
+        kept += usize::from(a.out_of_scope == b.out_of_scope);
+    }
+    assert!(
+        flagged * 2 >= oos.len(),
+        "the parent flags its out-of-scope rows ({flagged})"
+    );
+    assert!(
+        kept * 10 >= oos.len() * 9,
+        "{kept} of {} out-of-scope answers kept",
+        oos.len()
+    );
+    let new_tag = TagPath::new("delivery", Some("damaged"), None);
+    let hits = new
+        .iter()
+        .filter(|r| leaf(&grown, &r.text) == new_tag)
+        .count();
+    assert!(hits >= 5, "{hits} of 6 examples answered with the new tag");
 }
