@@ -194,11 +194,7 @@ impl Featurizer {
                     bytes[u - 1]
                 }
             };
-            self.unit_ngrams(
-                m + 2,
-                |h, u| (h ^ u64::from(unit(u))).wrapping_mul(FNV_PRIME),
-                emit,
-            );
+            self.unit_ngrams(m + 2, |h, u| fnv1a(h, [u64::from(unit(u))]), emit);
             return;
         }
         // Unit boundaries inside `w`; unit 0 and unit m+1 are the padding

@@ -83,34 +83,38 @@ fn log_softmax(z: &[f32], t: f32) -> Vec<f32> {
     z.iter().map(|&x| x / t - lse).collect()
 }
 
-fn pool(zt: &[f32], zb: &[f32], w: f32, tt: f32, tb: f32) -> Vec<f32> {
+/// Pool the two rows; with `map`, output `j` pools with the lexical
+/// output `map[j]`, or takes the transformer's alone where that is `None`.
+fn pool(
+    zt: &[f32],
+    zb: &[f32],
+    w: f32,
+    tt: f32,
+    tb: f32,
+    map: Option<&[Option<usize>]>,
+) -> Vec<f32> {
+    let lb = log_softmax(zb, tb);
     log_softmax(zt, tt)
         .into_iter()
-        .zip(log_softmax(zb, tb))
-        .map(|(a, b)| w * a + (1.0 - w) * b)
+        .enumerate()
+        .map(|(j, a)| match map.map_or(Some(j), |m| m[j]) {
+            Some(i) => w * a + (1.0 - w) * lb[i],
+            None => a,
+        })
         .collect()
 }
 
 impl FusionInfo {
     /// The fused score row for one case.
     pub fn fuse(&self, transformer: &[f32], lexical: &[f32]) -> Vec<f32> {
-        let (w, tt, tb) = (
+        pool(
+            transformer,
+            lexical,
             self.weight,
             self.transformer_temperature,
             self.lexical_temperature,
-        );
-        let Some(map) = &self.lexical_outputs else {
-            return pool(transformer, lexical, w, tt, tb);
-        };
-        let lb = log_softmax(lexical, tb);
-        log_softmax(transformer, tt)
-            .into_iter()
-            .zip(map)
-            .map(|(a, o)| match o {
-                Some(i) => w * a + (1.0 - w) * lb[*i],
-                None => a,
-            })
-            .collect()
+            self.lexical_outputs.as_deref(),
+        )
     }
 
     /// The same fusion after the transformer's outputs became `outputs`
@@ -146,7 +150,7 @@ impl FusionInfo {
             let rows: Vec<Vec<f32>> = transformer
                 .iter()
                 .zip(lexical)
-                .map(|(a, b)| pool(a, b, w, tt, tb))
+                .map(|(a, b)| pool(a, b, w, tt, tb, None))
                 .collect();
             nll(&rows, targets, fit_temperature(&rows, targets))
         };
@@ -304,10 +308,10 @@ mod tests {
     #[test]
     fn pooled_rows_are_log_probabilities_between_the_two() {
         let (a, b) = (vec![2.0, 0.0, -1.0], vec![-1.0, 3.0, 0.0]);
-        let p = pool(&a, &b, 0.5, 1.0, 1.0);
+        let p = pool(&a, &b, 0.5, 1.0, 1.0, None);
         // Both ends are the models alone.
-        assert_eq!(pool(&a, &b, 1.0, 1.0, 1.0), log_softmax(&a, 1.0));
-        assert_eq!(pool(&a, &b, 0.0, 1.0, 1.0), log_softmax(&b, 1.0));
+        assert_eq!(pool(&a, &b, 1.0, 1.0, 1.0, None), log_softmax(&a, 1.0));
+        assert_eq!(pool(&a, &b, 0.0, 1.0, 1.0, None), log_softmax(&b, 1.0));
         assert!(p.iter().all(|x| x.is_finite() && *x <= 0.0));
         assert_eq!(
             p.iter()

@@ -86,7 +86,14 @@ impl Head {
                 x = dropout(&x, self.dropout, r)?;
             }
         }
-        Ok(x.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)?)
+        self.output(&x)
+    }
+
+    /// The output layer alone: logits from what [`Self::features`] gives.
+    pub fn output(&self, features: &Tensor) -> Result<Tensor> {
+        Ok(features
+            .matmul(&self.out_w.t()?)?
+            .broadcast_add(&self.out_b)?)
     }
 
     /// What the output layer reads: the hidden layer's activations, or the

@@ -164,7 +164,7 @@ impl TransformerModel {
         let dev = Device::Cpu;
         let xt = Tensor::from_vec(x, (t.len(), d), &dev)?;
         let feats = self.head.features(&xt)?;
-        let old_logits: Vec<Vec<f32>> = self.head.forward(&xt, None)?.to_vec2()?;
+        let old_logits: Vec<Vec<f32>> = self.head.output(&feats)?.to_vec2()?;
         let phi: Vec<Vec<f32>> = feats.to_vec2()?;
         let (w_old, b_old): (Vec<Vec<f32>>, Vec<f32>) = self.head.output_layer()?;
         let (w, b) = fit_new_rows(&phi, &old_logits, &t, n_old, n_new, &w_old, &b_old);
