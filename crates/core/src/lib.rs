@@ -230,6 +230,13 @@ pub trait Classifier: Send + Sync {
     ) -> std::result::Result<Option<Embedded>, ClassifierError> {
         Ok(None)
     }
+
+    /// Tokens the model's encoder runs for each (prepared) case, every
+    /// window counted: what a batch of these cases costs. `None` for models
+    /// that do not tokenize (the server then bounds batches in characters).
+    fn tokens(&self, _cases: &[Transcript]) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 /// Numerically stable softmax with a temperature.

@@ -299,6 +299,10 @@ impl Classifier for TransformerClassifier {
             None => Ok(None),
         }
     }
+
+    fn tokens(&self, cases: &[Transcript]) -> Option<Vec<usize>> {
+        self.transformer.tokens(cases)
+    }
 }
 
 #[cfg(test)]

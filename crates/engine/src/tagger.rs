@@ -314,6 +314,15 @@ impl Tagger {
         Ok(wrap(f, f.decide_marked(cases, top_k)?))
     }
 
+    /// Tokens the primary model's encoder runs for these raw cases (their
+    /// prepared text, every window counted); `None` when the primary does
+    /// not tokenize or is not loaded.
+    pub fn tokens(&self, cases: &[Transcript]) -> Option<usize> {
+        let m = self.primary.as_ref()?;
+        let counts = m.classifier.tokens(&m.prepare(cases).0)?;
+        Some(counts.iter().sum())
+    }
+
     /// Tag with the fallback only (used when the primary cannot meet a deadline).
     pub fn tag_fallback(&self, cases: &[Transcript], top_k: usize) -> Option<Result<Vec<Tagged>>> {
         self.fallback

@@ -5,7 +5,7 @@
 //! Handlers admit a request through a semaphore counted in *cases* (full:
 //! 429 at once, so the queue is bounded), push it on a channel and await a
 //! oneshot. The thread takes the first waiting request, gathers more until
-//! the batch budget (cases or characters) is reached or `max_wait` has passed
+//! the batch budget (cases, characters or encoder tokens) is reached or `max_wait` has passed
 //! since the first was queued or the model became free (waiting only while
 //! more requests are expected, see `model_loop`), runs the model once, and
 //! answers each request.
@@ -43,6 +43,8 @@ struct Job {
     id: u64,
     cases: Arc<Vec<Transcript>>,
     chars: usize,
+    /// Encoder tokens of the cases (0 for a model that does not tokenize).
+    tokens: usize,
     top_k: usize,
     queued_at: Instant,
     reply: oneshot::Sender<Reply>,
@@ -186,6 +188,8 @@ impl Drop for Pending {
 /// The handlers' side of the batcher.
 pub(crate) struct Batcher {
     queue: Arc<Queue>,
+    /// To count a request's tokens with the model that will run it.
+    models: Arc<ModelSlot>,
     permits: Arc<Semaphore>,
     capacity: usize,
     metrics: Arc<Metrics>,
@@ -202,6 +206,7 @@ impl Drop for Batcher {
 struct Budget {
     cases: usize,
     chars: usize,
+    tokens: usize,
     wait: Duration,
     batching: bool,
 }
@@ -218,15 +223,17 @@ impl Batcher {
         let budget = Budget {
             cases: limits.max_batch_cases,
             chars: limits.max_batch_chars,
+            tokens: limits.max_batch_tokens,
             wait: Duration::from_millis(limits.max_wait_ms),
             batching: !limits.no_batching,
         };
-        let (q, m) = (queue.clone(), metrics.clone());
+        let (q, m, slot) = (queue.clone(), metrics.clone(), models.clone());
         std::thread::Builder::new()
             .name("casetag-model".into())
-            .spawn(move || model_loop(&q, models, m, budget))?;
+            .spawn(move || model_loop(&q, slot, m, budget))?;
         Ok(Self {
             queue,
+            models,
             permits: Arc::new(Semaphore::new(limits.queue_capacity)),
             capacity: limits.queue_capacity,
             metrics,
@@ -252,6 +259,13 @@ impl Batcher {
             })?;
         let (reply, rx) = oneshot::channel();
         let chars = cases.iter().map(|c| c.text.chars().count()).sum();
+        // Counted here, on the handler's thread, so the model thread only
+        // runs the model.
+        let tokens = self
+            .models
+            .get()
+            .and_then(|t| t.tokens(&cases))
+            .unwrap_or(0);
         let mut st = self.queue.lock();
         if st.closed {
             return Err(ApiError::internal("the model thread has stopped"));
@@ -263,6 +277,7 @@ impl Batcher {
             id,
             cases,
             chars,
+            tokens,
             top_k,
             queued_at: Instant::now(),
             reply,
@@ -315,7 +330,7 @@ fn model_loop(queue: &Queue, models: Arc<ModelSlot>, metrics: Arc<Metrics>, budg
             metrics.dropped_job();
             continue;
         }
-        let (mut cases, mut chars) = (first.cases.len(), first.chars);
+        let (mut cases, mut chars, mut tokens) = (first.cases.len(), first.chars, first.tokens);
         // Waiting for company costs latency, so it is only worth it while
         // company is expected: the batch waits (at most `wait` after its
         // first request was queued or the model became free, whichever is
@@ -328,7 +343,11 @@ fn model_loop(queue: &Queue, models: Arc<ModelSlot>, metrics: Arc<Metrics>, budg
         // batch holds both and they are in step again.
         let until = first.queued_at.max(last_end) + budget.wait;
         let mut batch = vec![first];
-        while budget.batching && cases < budget.cases && chars < budget.chars {
+        while budget.batching
+            && cases < budget.cases
+            && chars < budget.chars
+            && tokens < budget.tokens
+        {
             let now = Instant::now();
             let next = if batch.len() >= expected || now >= until {
                 queue.try_pop()
@@ -340,12 +359,16 @@ fn model_loop(queue: &Queue, models: Arc<ModelSlot>, metrics: Arc<Metrics>, budg
                 metrics.dropped_job();
                 continue;
             }
-            if cases + next.cases.len() > budget.cases || chars + next.chars > budget.chars {
+            if cases + next.cases.len() > budget.cases
+                || chars + next.chars > budget.chars
+                || tokens + next.tokens > budget.tokens
+            {
                 carry = Some(next);
                 break;
             }
             cases += next.cases.len();
             chars += next.chars;
+            tokens += next.tokens;
             batch.push(next);
         }
         let gathered = batch.len();
@@ -432,13 +455,18 @@ fn run_batch(tagger: &Arc<Tagger>, batch: Vec<Job>, metrics: &Metrics) {
     let started = Instant::now();
     let top_k = batch.iter().map(|j| j.top_k).max().unwrap_or(0);
     let n_cases: usize = batch.iter().map(|j| j.cases.len()).sum();
+    let n_tokens: usize = batch.iter().map(|j| j.tokens).sum();
     let result = if batch.len() == 1 {
         guarded_tag(tagger, &batch[0].cases, top_k, metrics)
     } else {
         let all: Vec<Transcript> = batch.iter().flat_map(|j| j.cases.iter().cloned()).collect();
         guarded_tag(tagger, &all, top_k, metrics)
     };
-    metrics.observe_batch(n_cases, started.elapsed());
+    metrics.observe_batch(
+        n_cases,
+        (n_tokens > 0).then_some(n_tokens),
+        started.elapsed(),
+    );
     match result {
         Ok(tagged) => {
             let mut it = tagged.into_iter();

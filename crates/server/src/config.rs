@@ -22,6 +22,12 @@ pub struct Limits {
     /// request still runs, alone).
     #[arg(long, default_value_t = 32_768)]
     pub max_batch_chars: usize,
+    /// Dynamic batching: most encoder tokens in one batch, every window of
+    /// a long transcript counted (models that tokenize; a single larger
+    /// request still runs, alone). Bounds a batch's compute whatever the
+    /// language's characters per token.
+    #[arg(long, default_value_t = 512)]
+    pub max_batch_tokens: usize,
     /// Dynamic batching: longest time the first request of a batch waits for
     /// company, in milliseconds.
     #[arg(long, default_value_t = 2)]
@@ -89,8 +95,11 @@ impl Limits {
         if self.max_connections == 0 {
             return bad("--max-connections must be at least 1".into());
         }
-        if self.max_batch_cases == 0 || self.max_batch_chars == 0 {
-            return bad("--max-batch-cases and --max-batch-chars must be at least 1".into());
+        if self.max_batch_cases == 0 || self.max_batch_chars == 0 || self.max_batch_tokens == 0 {
+            return bad(
+                "--max-batch-cases, --max-batch-chars and --max-batch-tokens must be at least 1"
+                    .into(),
+            );
         }
         // A request larger than the whole queue could never be admitted and
         // would get 429 forever, which reads as "retry later" but is not.

@@ -27,6 +27,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Batch size buckets, cases.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Encoder tokens per batch: one short query up to a full default budget
+/// and beyond.
+const TOKEN_BUCKETS: &[f64] = &[
+    64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+];
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS.iter().copied())
@@ -77,6 +82,7 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     batch_size: Histogram,
+    batch_tokens: Histogram,
     batch_seconds: Histogram,
     cases: Counter,
     truncated: Counter,
@@ -99,6 +105,7 @@ impl Default for Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             batch_size: Histogram::new(BATCH_BUCKETS.iter().copied()),
+            batch_tokens: Histogram::new(TOKEN_BUCKETS.iter().copied()),
             batch_seconds: latency_histogram(),
             cases: Counter::default(),
             truncated: Counter::default(),
@@ -169,8 +176,13 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_batch(&self, cases: usize, elapsed: Duration) {
+    /// One model batch: its cases, its encoder tokens (`None` for a model
+    /// that does not tokenize) and how long the model took.
+    pub fn observe_batch(&self, cases: usize, tokens: Option<usize>, elapsed: Duration) {
         self.batch_size.observe(cases as f64);
+        if let Some(t) = tokens {
+            self.batch_tokens.observe(t as f64);
+        }
         self.batch_seconds.observe(elapsed.as_secs_f64());
         self.cases.inc_by(cases as u64);
     }
@@ -246,6 +258,11 @@ impl Metrics {
             "casetag_batch_size_cases",
             "Cases per model batch",
             self.batch_size.clone(),
+        );
+        r.register(
+            "casetag_batch_size_tokens",
+            "Encoder tokens per model batch (models that tokenize)",
+            self.batch_tokens.clone(),
         );
         r.register(
             "casetag_batch_duration_seconds",
@@ -352,9 +369,9 @@ mod tests {
     #[test]
     fn histogram_is_cumulative() {
         let m = Metrics::default();
-        m.observe_batch(1, Duration::from_millis(1));
-        m.observe_batch(3, Duration::from_millis(1));
-        m.observe_batch(1000, Duration::from_millis(1));
+        m.observe_batch(1, None, Duration::from_millis(1));
+        m.observe_batch(3, Some(40), Duration::from_millis(1));
+        m.observe_batch(1000, Some(9000), Duration::from_millis(1));
         let g = Gauges {
             queue_depth: 0,
             queue_capacity: 8,
@@ -379,6 +396,13 @@ mod tests {
         assert!(t.contains("casetag_batch_size_cases_sum 1004.0\n"), "{t}");
         assert!(t.contains("casetag_batch_size_cases_count 3\n"), "{t}");
         assert!(t.contains("casetag_cases_tagged_total 1004\n"), "{t}");
+        // Tokens only for the batches of a model that tokenizes.
+        assert!(t.contains("casetag_batch_size_tokens_count 2\n"), "{t}");
+        assert!(
+            t.contains("casetag_batch_size_tokens_bucket{le=\"64\"} 1\n"),
+            "{t}"
+        );
+        assert!(t.contains("casetag_batch_size_tokens_sum 9040.0\n"), "{t}");
     }
 
     #[test]
@@ -409,7 +433,7 @@ mod tests {
     fn exposition_is_well_formed() {
         let m = Metrics::default();
         m.observe_request("/v1/tag", 200, Duration::from_millis(3));
-        m.observe_batch(2, Duration::from_millis(4));
+        m.observe_batch(2, None, Duration::from_millis(4));
         m.languages([("en", false), ("th", true)].into_iter());
         m.fallback(FallbackReason::Deadline);
         let _open = m.connection_opened();

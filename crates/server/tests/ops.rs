@@ -151,12 +151,13 @@ async fn a_panicking_primary_falls_back() {
     s.shutdown().await;
 }
 
-/// While the model is busy, two requests queue up; with batching they run
-/// as one batch, without it as two.
-async fn batches_after_a_busy_model(no_batching: bool) -> String {
+/// While the model is busy, two requests of two words (tokens, for the test
+/// classifier) each queue up; with batching they run as one batch, without
+/// it as two.
+async fn batches_after_a_busy_model(limits: impl FnOnce(&mut Limits)) -> String {
     let fx = fixture();
     let mut cfg = config(&fx.v1);
-    cfg.limits.no_batching = no_batching;
+    limits(&mut cfg.limits);
     let (gate, mut entered) = Gate::new();
     let state = AppState::with_tagger(&cfg, tagger(&fx.v1, Some(gate.clone()), None)).unwrap();
     let s = Arc::new(TestServer::start(state).await);
@@ -179,13 +180,29 @@ async fn batches_after_a_busy_model(no_batching: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queued_requests_are_batched_together() {
-    let m = batches_after_a_busy_model(false).await;
+    let m = batches_after_a_busy_model(|_| {}).await;
     assert!(m.contains("casetag_batch_size_cases_count 2\n"), "{m}");
     assert!(
         m.contains("casetag_batch_size_cases_bucket{le=\"1\"} 1\n"),
         "{m}"
     );
     assert!(m.contains("casetag_batch_size_cases_sum 3.0\n"), "{m}");
+    // "item missing", then "parcel late" + "screen cracked".
+    assert!(m.contains("casetag_batch_size_tokens_sum 6.0\n"), "{m}");
+}
+
+/// The batch budget in tokens: two queued requests of two tokens each do
+/// not share a batch of at most three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_token_budget_splits_batches() {
+    let m = batches_after_a_busy_model(|l| l.max_batch_tokens = 3).await;
+    assert!(m.contains("casetag_batch_size_cases_count 3\n"), "{m}");
+    assert!(
+        m.contains("casetag_batch_size_cases_bucket{le=\"1\"} 3\n"),
+        "{m}"
+    );
+    assert!(m.contains("casetag_batch_size_tokens_count 3\n"), "{m}");
+    assert!(m.contains("casetag_batch_size_tokens_sum 6.0\n"), "{m}");
 }
 
 /// Two groups of clients taking turns on the model merge back into one batch:
@@ -246,7 +263,7 @@ async fn a_waiting_group_waits_for_the_client_just_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_batching_runs_each_request_alone() {
-    let m = batches_after_a_busy_model(true).await;
+    let m = batches_after_a_busy_model(|l| l.no_batching = true).await;
     assert!(m.contains("casetag_batch_size_cases_count 3\n"), "{m}");
     assert!(
         m.contains("casetag_batch_size_cases_bucket{le=\"1\"} 3\n"),

@@ -395,6 +395,21 @@ impl Encoder {
         Ok(Tensor::from_vec(out, (seqs.len(), h), self.bert.device())?)
     }
 
+    /// Tokens the encoder runs for one tokenized sequence: its own length,
+    /// or its windows' total when [`embed_windowed`](Self::embed_windowed)
+    /// cuts it.
+    pub fn run_tokens(&self, seq: &[u32], max_tokens: usize) -> usize {
+        let max_tokens = max_tokens.min(self.max_positions());
+        if seq.len() <= max_tokens {
+            return seq.len();
+        }
+        let (np, ns) = self.text.frame_sizes();
+        crate::text::windows(seq, np, ns, max_tokens)
+            .iter()
+            .map(Vec::len)
+            .sum()
+    }
+
     /// Last hidden states (b, s, hidden) of one batch padded to its longest
     /// sequence (for checks against other implementations).
     pub fn hidden_states(&self, batch: &[&[u32]]) -> Result<Tensor> {
@@ -490,6 +505,11 @@ mod tests {
         let (np, ns) = e.text.frame_sizes();
         let wins = crate::text::windows(&whole[0], np, ns, 16);
         assert!(wins.len() > 2 && wins.iter().all(|w| w.len() <= 16));
+        // What a batch costs: every window's tokens, frames included.
+        let body = whole[0].len() - np - ns;
+        assert_eq!(e.run_tokens(&whole[0], 16), body + wins.len() * (np + ns));
+        assert_eq!(e.run_tokens(&whole[1], 16), whole[1].len());
+        assert_eq!(e.run_tokens(&head[0], 16), 16);
         let rows = e.embed_ids(&wins, 4).unwrap().to_vec2::<f32>().unwrap();
         let weights: Vec<f32> = wins.iter().map(|w| (w.len() - np - ns) as f32).collect();
         let total: f32 = weights.iter().sum();

@@ -245,6 +245,17 @@ impl TransformerModel {
         }
     }
 
+    /// Tokens the encoder runs for each text (tokenized and cut as for
+    /// inference, every window counted).
+    pub fn token_counts(&self, texts: &[&str]) -> Result<Vec<usize>> {
+        let p = &self.info.params;
+        let ids = self.encoder.tokenize(texts, p.max_tokens, p.truncation)?;
+        Ok(ids
+            .iter()
+            .map(|s| self.encoder.run_tokens(s, p.max_tokens))
+            .collect())
+    }
+
     /// Logits from embeddings as returned by [`embed`](Self::embed): the head
     /// alone (benches, sweeps over cached embeddings).
     pub fn head_logits(&self, embeddings: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
@@ -319,6 +330,10 @@ impl Classifier for TransformerModel {
             .map(|logits| LevelScores { logits })
             .collect();
         Ok(Some((scores, emb)))
+    }
+
+    fn tokens(&self, cases: &[Transcript]) -> Option<Vec<usize>> {
+        guarded(cases, |texts| self.token_counts(texts)).ok()
     }
 }
 

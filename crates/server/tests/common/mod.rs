@@ -203,7 +203,7 @@ impl Gate {
 }
 
 /// Wraps a real classifier: waits at an optional gate, panics on texts
-/// containing `PANIC`.
+/// containing `PANIC`, counts a token per word.
 pub struct TestClassifier {
     inner: Box<dyn Classifier>,
     gate: Option<Arc<Gate>>,
@@ -228,6 +228,15 @@ impl Classifier for TestClassifier {
             panic!("test classifier asked to panic on {:?}", c.text);
         }
         self.inner.predict(cases)
+    }
+    /// A stand-in tokenizer: one token per word.
+    fn tokens(&self, cases: &[Transcript]) -> Option<Vec<usize>> {
+        Some(
+            cases
+                .iter()
+                .map(|c| c.text.split_whitespace().count())
+                .collect(),
+        )
     }
 }
 
