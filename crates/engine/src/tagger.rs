@@ -314,12 +314,14 @@ impl Tagger {
         Ok(wrap(f, f.decide_marked(cases, top_k)?))
     }
 
-    /// Tokens the primary model's encoder runs for these raw cases (their
-    /// prepared text, every window counted); `None` when the primary does
-    /// not tokenize or is not loaded.
+    /// About the tokens the primary model's encoder runs for these raw
+    /// cases, every window counted: their raw text is counted, which
+    /// differs from the prepared text's count only by what normalisation
+    /// and masking change (enough for a batch budget, and a model that does
+    /// not tokenize costs nothing). `None` when the primary does not
+    /// tokenize or is not loaded.
     pub fn tokens(&self, cases: &[Transcript]) -> Option<usize> {
-        let m = self.primary.as_ref()?;
-        let counts = m.classifier.tokens(&m.prepare(cases).0)?;
+        let counts = self.primary.as_ref()?.classifier.tokens(cases)?;
         Some(counts.iter().sum())
     }
 
