@@ -6,7 +6,7 @@ Ten intents (chosen with a fixed seed) are removed from training and kept in
 the test split with empty labels, so they count as out of scope at test time.
 
     python3 scripts/banking77_oos.py [--seed 7] [--held-out 10] [--out out/banking77_oos]
-                                     [--add 10] [--dev]
+                                     [--add 10] [--add-intents K] [--dev]
 
 Writes OUT/train.csv (67 intents) and OUT/test.csv (all 3,080 test rows; the
 held-out intents have an empty l1) with columns text,l1.
@@ -15,7 +15,10 @@ With --add N it also writes OUT/add.csv, N training rows of each held-out
 intent (drawn with the seed; what `casetag train --from M --add` learns the
 new tags from), OUT/retrain.csv (train.csv plus add.csv, for the full
 retrain to compare with) and OUT/test_all.csv, every test row with its true
-intent and a column `set` (`old` or `new`) to slice `casetag eval` by.
+intent and a column `set` (`old` or `new`) to slice `casetag eval` by. With
+--add-intents K only K of the held-out intents (the first K by name) get
+examples; the others stay out of scope: empty l1 in test_all.csv, set `oos`
+(what an added tag does to out-of-scope detection).
 
 With --dev the test rows come from the training file instead of the test
 split (a stratified 15% of each old intent, and the held-out intents' rows
@@ -35,6 +38,8 @@ ap.add_argument("--out", default="out/banking77_oos")
 ap.add_argument("--seed", type=int, default=7)
 ap.add_argument("--held-out", type=int, default=10)
 ap.add_argument("--add", type=int, default=0, metavar="N", help="examples per held-out intent for add.csv")
+ap.add_argument("--add-intents", type=int, default=None, metavar="K",
+                help="how many held-out intents get --add examples (default: all)")
 ap.add_argument("--dev", action="store_true", help="test rows from the training file (development)")
 a = ap.parse_args()
 
@@ -55,8 +60,9 @@ train, test = read("train.csv"), read("test.csv")
 intents = sorted({c for _, c in train})
 held = set(random.Random(a.seed).sample(intents, a.held_out))
 rng = random.Random(a.seed + 1000)
+added = set(sorted(held)[: a.add_intents]) if a.add_intents is not None else held
 add = []
-for c in sorted(held):
+for c in sorted(added):
     rows = [r for r in train if r[1] == c]
     add.extend(rng.sample(rows, min(a.add, len(rows))))
 old = [r for r in train if r[1] not in held]
@@ -79,5 +85,6 @@ write("test.csv", [(t, "" if c in held else c) for t, c in test])
 if a.add:
     write("add.csv", add)
     write("retrain.csv", old + add)
-    write("test_all.csv", [(t, c, "new" if c in held else "old") for t, c in test], ("text", "l1", "set"))
+    kind = lambda c: "old" if c not in held else "new" if c in added else "oos"
+    write("test_all.csv", [(t, "" if kind(c) == "oos" else c, kind(c)) for t, c in test], ("text", "l1", "set"))
 print("held out:", ", ".join(sorted(held)))

@@ -29,6 +29,7 @@
 //! detector C = 0.1) were chosen on BANKING77 hold-outs other than the
 //! reported one; `research/oos_pseudo.py` is the Python reference.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -203,10 +204,62 @@ fn map_gram<T: Send>(
     parts.into_iter().flatten().collect()
 }
 
+/// How often each row enters the base model's fit when tags are added:
+/// the memory's rows (classes `mem_y`) once, each new tag's examples
+/// (classes `new_y`) as often as makes them weigh what the median old
+/// class's rows weigh. A new tag has a few examples where an old one has its
+/// share of the memory; fitted once each, its cases would be judged unknown
+/// for being rare.
+fn fit_copies(mem_y: &[u32], new_y: &[u32]) -> Vec<usize> {
+    let count = |ys: &[u32]| {
+        let mut n: BTreeMap<u32, usize> = BTreeMap::new();
+        for &c in ys {
+            *n.entry(c).or_default() += 1;
+        }
+        n
+    };
+    let mut sizes: Vec<usize> = count(mem_y).into_values().collect();
+    sizes.sort_unstable();
+    let typical = sizes.get(sizes.len() / 2).copied().unwrap_or(1) as f64;
+    let per_new = count(new_y);
+    let mut copies = vec![1usize; mem_y.len()];
+    copies.extend(
+        new_y
+            .iter()
+            .map(|c| (typical / per_new[c] as f64).round().max(1.0) as usize),
+    );
+    copies
+}
+
 impl Base {
     fn fit(x: &[f32], y: &[u32], k: usize, d: usize, c: f64) -> Result<Self> {
+        Self::fit_with(x, y, k, d, c, &[])
+    }
+
+    /// [`Self::fit`] where row `i` enters the multinomial fit `copies[i]`
+    /// times (rows past the end of `copies` once); the neighbour statistics
+    /// see every row once.
+    fn fit_with(
+        x: &[f32],
+        y: &[u32],
+        k: usize,
+        d: usize,
+        c: f64,
+        copies: &[usize],
+    ) -> Result<Self> {
         let mem = unit_rows(x, d);
-        let (w, b) = fit_multinomial(&mem, y, k, d, c)?;
+        let (w, b) = if copies.iter().all(|&n| n == 1) {
+            fit_multinomial(&mem, y, k, d, c)?
+        } else {
+            let (mut fx, mut fy) = (Vec::new(), Vec::new());
+            for (i, (row, &cls)) in mem.chunks(d).zip(y).enumerate() {
+                for _ in 0..copies.get(i).copied().unwrap_or(1) {
+                    fx.extend_from_slice(row);
+                    fy.push(cls);
+                }
+            }
+            fit_multinomial(&fx, &fy, k, d, c)?
+        };
         // Leave-one-out neighbour statistics over the memory.
         // (nearest other row, nearest other row of the same class, mean of
         // the three nearest of the same class)
@@ -842,7 +895,8 @@ impl MetaDetector {
     /// The same detector after tags were added (`train --from --add`): its
     /// rules stay, its base model is fitted again on its memory (classes
     /// renumbered by `remap`) and the new tags' examples (`new_x`,
-    /// row-major, classes `new_y`), over `k` classes in all.
+    /// row-major, classes `new_y`, weighted as [`fit_copies`] says), over
+    /// `k` classes in all.
     pub fn extended(&self, remap: &[u32], new_x: &[f32], new_y: &[u32], k: usize) -> Result<Self> {
         let d = self.base.d;
         if remap.len() != self.base.k || new_x.len() != new_y.len() * d {
@@ -859,8 +913,9 @@ impl MetaDetector {
             .map(|&c| remap[c as usize])
             .chain(new_y.iter().copied())
             .collect();
+        let copies = fit_copies(&self.base.mem_y, new_y);
         Ok(Self {
-            base: Base::fit(&x, &y, k, d, self.params.base_c)?,
+            base: Base::fit_with(&x, &y, k, d, self.params.base_c, &copies)?,
             ..self.clone()
         })
     }
@@ -1240,6 +1295,70 @@ mod tests {
         let old = MetaDetector::load(dir.path()).unwrap().unwrap();
         assert!(!old.has_batch_rule());
         assert_eq!(old.scores_batch(&batch).unwrap(), per_case);
+    }
+
+    #[test]
+    fn added_tags_weigh_like_the_median_old_class() {
+        let mem_y: Vec<u32> = [(0, 60), (1, 60), (2, 30)]
+            .iter()
+            .flat_map(|&(c, n)| std::iter::repeat_n(c, n))
+            .collect();
+        let new_y = [3, 3, 3, 3, 4, 4, 4, 4, 4, 4];
+        let copies = fit_copies(&mem_y, &new_y);
+        assert_eq!(copies.len(), mem_y.len() + new_y.len());
+        assert!(copies[..mem_y.len()].iter().all(|&n| n == 1));
+        assert_eq!(
+            &copies[mem_y.len()..],
+            &[15, 15, 15, 15, 10, 10, 10, 10, 10, 10]
+        );
+        // A tag with more examples than the median class keeps them once.
+        assert_eq!(fit_copies(&[0, 0, 1, 1], &[2, 2, 2, 2, 2])[4..], [1; 5]);
+    }
+
+    /// A class of four rows beside two of sixty: fitted once each, the
+    /// base model gives its fresh cases less probability than when its
+    /// rows weigh like the others'; the neighbour statistics are the same.
+    #[test]
+    fn copies_weigh_a_small_class_in_the_base_fit() {
+        let d = 24;
+        let mut rng = Rng(0xADD5);
+        let centres = random_centres(&mut rng, 3, d);
+        let (mut x, mut y) = blobs(&mut rng, &centres[..2], 60, 0.35);
+        let (sx, sy) = blobs(&mut rng, &centres[2..], 4, 0.35);
+        x.extend_from_slice(&sx);
+        y.extend(sy.iter().map(|_| 2u32));
+        let (fresh, _) = blobs(&mut rng, &centres[2..], 50, 0.35);
+        let once = Base::fit(&x, &y, 3, d, 10.0).unwrap();
+        let mut copies = vec![1; 120];
+        copies.extend([15; 4]);
+        let weighed = Base::fit_with(&x, &y, 3, d, 10.0, &copies).unwrap();
+        let p_small = |b: &Base| {
+            let p: f32 = fresh
+                .chunks(d)
+                .map(|r| {
+                    let z: Vec<f32> = (0..3)
+                        .map(|c| {
+                            b.b[c]
+                                + r.iter()
+                                    .enumerate()
+                                    .map(|(i, v)| v * b.w[i * 3 + c])
+                                    .sum::<f32>()
+                        })
+                        .collect();
+                    let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = z.iter().map(|v| (v - m).exp()).collect();
+                    e[2] / e.iter().sum::<f32>()
+                })
+                .sum();
+            p / 50.0
+        };
+        let (a, b) = (p_small(&once), p_small(&weighed));
+        assert!(b > a + 0.05, "copies {b} vs once {a}");
+        assert_eq!(once.nn_loo, weighed.nn_loo);
+        assert_eq!(once.q_nn, weighed.q_nn);
+        // All ones is the plain fit.
+        let ones = Base::fit_with(&x, &y, 3, d, 10.0, &[1; 124]).unwrap();
+        assert_eq!((ones.w, ones.b), (once.w.clone(), once.b.clone()));
     }
 
     #[test]
