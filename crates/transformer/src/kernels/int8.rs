@@ -14,6 +14,9 @@
 //!   z, 0, 127)`.
 //! * Then `out[i][c] += (acc[i][c] - z_i · colsum_c) · (s_i · scale_c)` with
 //!   `acc[i][c] = Σ_j q[i][j] · wq[c][j]` in exact int32 arithmetic.
+//! * The encoder smooths the inputs of its QKV and FFN-in layers before
+//!   they get here (per channel, into the weights: `crate::fast`), so that
+//!   a LayerNorm's few large channels do not set every row's step.
 //!
 //! Why 7 bits: vpdpbusd (AVX-512 VNNI) and vpmaddubsw (AVX2) both multiply
 //! u8 by i8, and vpmaddubsw adds each pair of products into a *saturating*
