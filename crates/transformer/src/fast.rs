@@ -163,12 +163,7 @@ fn smoothed(w: &Tensor, xmax: &[f32], precision: Precision) -> Result<(Vec<f32>,
 /// The smoothing factors of a weight matrix (`o × k`, row-major) for input
 /// maxima `xmax`; 1 for a channel where either side is zero.
 fn smoothing(w: &[f32], k: usize, xmax: &[f32], alpha: f32) -> Vec<f32> {
-    let mut wmax = vec![0f32; k];
-    for row in w.chunks(k) {
-        for (m, v) in wmax.iter_mut().zip(row) {
-            *m = m.max(v.abs());
-        }
-    }
+    let wmax = column_max(w, k);
     xmax.iter()
         .zip(&wmax)
         .map(|(&a, &b)| {
@@ -180,6 +175,17 @@ fn smoothing(w: &[f32], k: usize, xmax: &[f32], alpha: f32) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// The largest |value| of each column of a row-major matrix `width` wide.
+fn column_max(rows: &[f32], width: usize) -> Vec<f32> {
+    let mut m = vec![0f32; width];
+    for r in rows.chunks_exact(width) {
+        for (a, v) in m.iter_mut().zip(r) {
+            *a = a.max(v.abs());
+        }
+    }
+    m
 }
 
 /// The calibration batch: fixed pseudo-random ids from the upper part of
@@ -329,15 +335,6 @@ impl FastBert {
         let mut ctx = vec![0f32; n * h];
         let mut a = vec![0f32; n * h];
         let mut inter = vec![0f32; n * self.inter];
-        let colmax = |x: &[f32], w: usize| {
-            let mut m = vec![0f32; w];
-            for r in x.chunks_exact(w) {
-                for (a, v) in m.iter_mut().zip(r) {
-                    *a = a.max(v.abs());
-                }
-            }
-            m
-        };
         let mut xs = Vec::new();
         let scaled = |xs: &mut Vec<f32>, x: &[f32], inv: &[f32]| {
             xs.clear();
@@ -349,7 +346,7 @@ impl FastBert {
             }
         };
         for l in &self.layers {
-            let qkv_max = stats.as_ref().map(|_| colmax(&x, h));
+            let qkv_max = stats.as_ref().map(|_| column_max(&x, h));
             fill_rows(&mut qkv, &l.qkv_b);
             match &l.qkv_in {
                 Some(inv) => {
@@ -365,7 +362,7 @@ impl FastBert {
             l.o_w.acc(&mut a, &ctx, n);
             layer_norm_rows(&mut a, &l.ln1_w, &l.ln1_b, self.eps);
             if let (Some(st), Some(q)) = (stats.as_mut(), qkv_max) {
-                st.push((q, colmax(&a, h)));
+                st.push((q, column_max(&a, h)));
             }
             fill_rows(&mut inter, &l.i_b);
             match &l.i_in {
@@ -519,13 +516,7 @@ mod tests {
                 r[j] *= 20.0;
             }
         }
-        let mut xmax = vec![0f32; k];
-        for r in x.chunks(k) {
-            for (m, v) in xmax.iter_mut().zip(r) {
-                *m = m.max(v.abs());
-            }
-        }
-        let s = smoothing(&w, k, &xmax, SMOOTH_ALPHA);
+        let s = smoothing(&w, k, &column_max(&x, k), SMOOTH_ALPHA);
         assert!(s[5] > 3.0 * s[6], "outlier channels get the larger factors");
         let ws: Vec<f32> = w
             .chunks(k)
