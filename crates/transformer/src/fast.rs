@@ -102,14 +102,44 @@ fn layer_norm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let h = w.len();
     x.par_chunks_mut(h * ROWS_PER_TASK).for_each(|block| {
         for r in block.chunks_exact_mut(h) {
-            let mean = r.iter().sum::<f32>() / h as f32;
-            let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
-            let inv = 1.0 / (var + eps).sqrt();
-            for ((v, g), bb) in r.iter_mut().zip(w).zip(b) {
-                *v = (*v - mean) * inv * g + bb;
-            }
+            layer_norm_row(r, w, b, eps);
         }
     });
+}
+
+fn layer_norm_row(r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let h = w.len();
+    let mean = r.iter().sum::<f32>() / h as f32;
+    let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+    let inv = 1.0 / (var + eps).sqrt();
+    for ((v, g), bb) in r.iter_mut().zip(w).zip(b) {
+        *v = (*v - mean) * inv * g + bb;
+    }
+}
+
+/// [`layer_norm_rows`], and, with `smooth = (inv, xs)`, the next int8
+/// layer's input in the same pass: `xs = x · inv` per channel.
+fn layer_norm_smoothed(
+    x: &mut [f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+    smooth: Option<(&[f32], &mut [f32])>,
+) {
+    let Some((inv, xs)) = smooth else {
+        return layer_norm_rows(x, w, b, eps);
+    };
+    let h = w.len();
+    x.par_chunks_mut(h * ROWS_PER_TASK)
+        .zip(xs.par_chunks_mut(h * ROWS_PER_TASK))
+        .for_each(|(block, out)| {
+            for (r, o) in block.chunks_exact_mut(h).zip(out.chunks_exact_mut(h)) {
+                layer_norm_row(r, w, b, eps);
+                for ((d, v), s) in o.iter_mut().zip(r.iter()).zip(inv) {
+                    *d = v * s;
+                }
+            }
+        });
 }
 
 fn activation(x: &mut [f32], act: Act, width: usize) {
@@ -329,55 +359,62 @@ impl FastBert {
             }
             row += s.len();
         }
-        layer_norm_rows(&mut x, &self.ln_w, &self.ln_b, self.eps);
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let mut qkv = vec![0f32; n * 3 * h];
         let mut ctx = vec![0f32; n * h];
         let mut a = vec![0f32; n * h];
         let mut inter = vec![0f32; n * self.inter];
-        let mut xs = Vec::new();
-        let scaled = |xs: &mut Vec<f32>, x: &[f32], inv: &[f32]| {
-            xs.clear();
-            xs.extend_from_slice(x);
-            for r in xs.chunks_exact_mut(inv.len()) {
-                for (v, s) in r.iter_mut().zip(inv) {
-                    *v *= s;
-                }
-            }
+        // The smoothed input of the next int8 layer, written by the
+        // LayerNorm before it (layers without smoothing read `x` or `a`).
+        let mut xs = if self.layers.iter().any(|l| l.qkv_in.is_some()) {
+            vec![0f32; n * h]
+        } else {
+            Vec::new()
         };
-        for l in &self.layers {
+        let first = self.layers.first().and_then(|l| l.qkv_in.as_deref());
+        layer_norm_smoothed(
+            &mut x,
+            &self.ln_w,
+            &self.ln_b,
+            self.eps,
+            first.map(|inv| (inv, xs.as_mut_slice())),
+        );
+        for (li, l) in self.layers.iter().enumerate() {
             let qkv_max = stats.as_ref().map(|_| column_max(&x, h));
             fill_rows(&mut qkv, &l.qkv_b);
-            match &l.qkv_in {
-                Some(inv) => {
-                    scaled(&mut xs, &x, inv);
-                    l.qkv_w.acc(&mut qkv, &xs, n);
-                }
-                None => l.qkv_w.acc(&mut qkv, &x, n),
-            }
+            l.qkv_w
+                .acc(&mut qkv, if l.qkv_in.is_some() { &xs } else { &x }, n);
             self.attention(&qkv, &mut ctx, &starts, &lens);
             // a = x + b_o + ctx @ W_o^T, then LayerNorm.
             a.copy_from_slice(&x);
             add_rows(&mut a, &l.o_b);
             l.o_w.acc(&mut a, &ctx, n);
-            layer_norm_rows(&mut a, &l.ln1_w, &l.ln1_b, self.eps);
+            layer_norm_smoothed(
+                &mut a,
+                &l.ln1_w,
+                &l.ln1_b,
+                self.eps,
+                l.i_in.as_deref().map(|inv| (inv, xs.as_mut_slice())),
+            );
             if let (Some(st), Some(q)) = (stats.as_mut(), qkv_max) {
                 st.push((q, column_max(&a, h)));
             }
             fill_rows(&mut inter, &l.i_b);
-            match &l.i_in {
-                Some(inv) => {
-                    scaled(&mut xs, &a, inv);
-                    l.i_w.acc(&mut inter, &xs, n);
-                }
-                None => l.i_w.acc(&mut inter, &a, n),
-            }
+            l.i_w
+                .acc(&mut inter, if l.i_in.is_some() { &xs } else { &a }, n);
             activation(&mut inter, self.act, self.inter);
             // x = a + b_f + inter @ W_f^T, then LayerNorm.
             x.copy_from_slice(&a);
             add_rows(&mut x, &l.f_b);
             l.f_w.acc(&mut x, &inter, n);
-            layer_norm_rows(&mut x, &l.ln2_w, &l.ln2_b, self.eps);
+            let next = self.layers.get(li + 1).and_then(|l| l.qkv_in.as_deref());
+            layer_norm_smoothed(
+                &mut x,
+                &l.ln2_w,
+                &l.ln2_b,
+                self.eps,
+                next.map(|inv| (inv, xs.as_mut_slice())),
+            );
         }
         x
     }
