@@ -239,6 +239,25 @@ pub trait Classifier: Send + Sync {
     }
 }
 
+/// Dot product with eight independent accumulators (vectorizes without a
+/// serial dependency on one sum).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Numerically stable softmax with a temperature.
 pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let t = temperature.max(1e-3);

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use casetag_core::LabelSpace;
+use casetag_core::{dot, LabelSpace};
 
 use crate::error::{Result, TransformerError};
 use crate::model::TransformerModel;
@@ -197,10 +197,6 @@ impl TransformerModel {
             y,
         })
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The new rows: each new tag's weights start as the direction of its
