@@ -231,8 +231,8 @@ pub trait Classifier: Send + Sync {
         Ok(None)
     }
 
-    /// Tokens the model's encoder runs for each (prepared) case, every
-    /// window counted: what a batch of these cases costs. `None` for models
+    /// Tokens the model's encoder runs for each case's text, every window
+    /// counted: what a batch of these cases costs. `None` for models
     /// that do not tokenize (the server then bounds batches in characters).
     fn tokens(&self, _cases: &[Transcript]) -> Option<Vec<usize>> {
         None

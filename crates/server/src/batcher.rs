@@ -42,9 +42,8 @@ pub(crate) type Reply = Result<Answer, ApiError>;
 struct Job {
     id: u64,
     cases: Arc<Vec<Transcript>>,
-    chars: usize,
-    /// Encoder tokens of the cases (0 for a model that does not tokenize).
-    tokens: usize,
+    /// What the job weighs against the batch budget.
+    load: Load,
     top_k: usize,
     queued_at: Instant,
     reply: oneshot::Sender<Reply>,
@@ -201,12 +200,39 @@ impl Drop for Batcher {
     }
 }
 
+/// What a batch holds, in the units its budget counts.
+#[derive(Clone, Copy, Default)]
+struct Load {
+    cases: usize,
+    chars: usize,
+    /// Encoder tokens (0 for a model that does not tokenize).
+    tokens: usize,
+}
+
+impl Load {
+    fn plus(self, o: Load) -> Load {
+        Load {
+            cases: self.cases + o.cases,
+            chars: self.chars + o.chars,
+            tokens: self.tokens + o.tokens,
+        }
+    }
+
+    /// Within `max` in every unit.
+    fn within(self, max: Load) -> bool {
+        self.cases <= max.cases && self.chars <= max.chars && self.tokens <= max.tokens
+    }
+
+    /// Below `max` in every unit: room for more.
+    fn below(self, max: Load) -> bool {
+        self.cases < max.cases && self.chars < max.chars && self.tokens < max.tokens
+    }
+}
+
 /// Budget of one batch.
 #[derive(Clone, Copy)]
 struct Budget {
-    cases: usize,
-    chars: usize,
-    tokens: usize,
+    max: Load,
     wait: Duration,
     batching: bool,
 }
@@ -221,9 +247,11 @@ impl Batcher {
     ) -> std::io::Result<Self> {
         let queue = Arc::new(Queue::default());
         let budget = Budget {
-            cases: limits.max_batch_cases,
-            chars: limits.max_batch_chars,
-            tokens: limits.max_batch_tokens,
+            max: Load {
+                cases: limits.max_batch_cases,
+                chars: limits.max_batch_chars,
+                tokens: limits.max_batch_tokens,
+            },
             wait: Duration::from_millis(limits.max_wait_ms),
             batching: !limits.no_batching,
         };
@@ -258,14 +286,17 @@ impl Batcher {
                 )
             })?;
         let (reply, rx) = oneshot::channel();
-        let chars = cases.iter().map(|c| c.text.chars().count()).sum();
-        // Counted here, on the handler's thread, so the model thread only
-        // runs the model.
-        let tokens = self
-            .models
-            .get()
-            .and_then(|t| t.tokens(&cases))
-            .unwrap_or(0);
+        let load = Load {
+            cases: cases.len(),
+            chars: cases.iter().map(|c| c.text.chars().count()).sum(),
+            // Counted here, on the handler's thread, so the model thread
+            // only runs the model.
+            tokens: self
+                .models
+                .get()
+                .and_then(|t| t.tokens(&cases))
+                .unwrap_or(0),
+        };
         let mut st = self.queue.lock();
         if st.closed {
             return Err(ApiError::internal("the model thread has stopped"));
@@ -276,8 +307,7 @@ impl Batcher {
         st.jobs.push_back(Job {
             id,
             cases,
-            chars,
-            tokens,
+            load,
             top_k,
             queued_at: Instant::now(),
             reply,
@@ -330,7 +360,7 @@ fn model_loop(queue: &Queue, models: Arc<ModelSlot>, metrics: Arc<Metrics>, budg
             metrics.dropped_job();
             continue;
         }
-        let (mut cases, mut chars, mut tokens) = (first.cases.len(), first.chars, first.tokens);
+        let mut load = first.load;
         // Waiting for company costs latency, so it is only worth it while
         // company is expected: the batch waits (at most `wait` after its
         // first request was queued or the model became free, whichever is
@@ -343,11 +373,7 @@ fn model_loop(queue: &Queue, models: Arc<ModelSlot>, metrics: Arc<Metrics>, budg
         // batch holds both and they are in step again.
         let until = first.queued_at.max(last_end) + budget.wait;
         let mut batch = vec![first];
-        while budget.batching
-            && cases < budget.cases
-            && chars < budget.chars
-            && tokens < budget.tokens
-        {
+        while budget.batching && load.below(budget.max) {
             let now = Instant::now();
             let next = if batch.len() >= expected || now >= until {
                 queue.try_pop()
@@ -359,16 +385,12 @@ fn model_loop(queue: &Queue, models: Arc<ModelSlot>, metrics: Arc<Metrics>, budg
                 metrics.dropped_job();
                 continue;
             }
-            if cases + next.cases.len() > budget.cases
-                || chars + next.chars > budget.chars
-                || tokens + next.tokens > budget.tokens
-            {
+            let with = load.plus(next.load);
+            if !with.within(budget.max) {
                 carry = Some(next);
                 break;
             }
-            cases += next.cases.len();
-            chars += next.chars;
-            tokens += next.tokens;
+            load = with;
             batch.push(next);
         }
         let gathered = batch.len();
@@ -455,7 +477,7 @@ fn run_batch(tagger: &Arc<Tagger>, batch: Vec<Job>, metrics: &Metrics) {
     let started = Instant::now();
     let top_k = batch.iter().map(|j| j.top_k).max().unwrap_or(0);
     let n_cases: usize = batch.iter().map(|j| j.cases.len()).sum();
-    let n_tokens: usize = batch.iter().map(|j| j.tokens).sum();
+    let n_tokens: usize = batch.iter().map(|j| j.load.tokens).sum();
     let result = if batch.len() == 1 {
         guarded_tag(tagger, &batch[0].cases, top_k, metrics)
     } else {
