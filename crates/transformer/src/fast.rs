@@ -174,10 +174,17 @@ const SMOOTH_ALPHA: f32 = 0.6;
 const CALIBRATION_SEQS: usize = 8;
 const CALIBRATION_LEN: usize = 64;
 
-/// A dense layer for `precision` whose input channel `j` is smoothed for
-/// the input maxima `xmax`: the weights' column `j` times `s_j`; returns
-/// `1 / s`, what the input is multiplied by before the product.
-fn smoothed(w: &Tensor, xmax: &[f32], precision: Precision) -> Result<(Vec<f32>, Dense)> {
+/// A dense layer for `precision`; with input maxima `xmax`, its input
+/// channel `j` is smoothed: the weights' column `j` times `s_j`, and the
+/// returned `1 / s` is what the input is multiplied by before the product.
+fn smoothed(
+    w: &Tensor,
+    xmax: Option<&[f32]>,
+    precision: Precision,
+) -> Result<(Option<Vec<f32>>, Dense)> {
+    let Some(xmax) = xmax else {
+        return Ok((None, dense(w, precision)?));
+    };
     let (o, k) = w.dims2()?;
     let mut wf = flat(w)?;
     let s = smoothing(&wf, k, xmax, SMOOTH_ALPHA);
@@ -187,7 +194,7 @@ fn smoothed(w: &Tensor, xmax: &[f32], precision: Precision) -> Result<(Vec<f32>,
         }
     }
     let inv = s.iter().map(|s| 1.0 / s).collect();
-    Ok((inv, Dense::from_rows(wf, o, k, precision)))
+    Ok((Some(inv), Dense::from_rows(wf, o, k, precision)))
 }
 
 /// The smoothing factors of a weight matrix (`o × k`, row-major) for input
@@ -274,17 +281,9 @@ impl FastBert {
             .broadcast_add(&t.typ.get(0)?)?;
         let mut layers = Vec::with_capacity(t.layers.len());
         for (li, l) in t.layers.iter().enumerate() {
-            let ((qkv_in, qkv_w), (i_in, i_w)) = match smooth {
-                Some(st) => {
-                    let (a, b) = smoothed(l[0], &st[li].0, precision)?;
-                    let (c, d) = smoothed(l[6], &st[li].1, precision)?;
-                    ((Some(a), b), (Some(c), d))
-                }
-                None => (
-                    (None, dense(l[0], precision)?),
-                    (None, dense(l[6], precision)?),
-                ),
-            };
+            let maxima = smooth.map(|st| &st[li]);
+            let (qkv_in, qkv_w) = smoothed(l[0], maxima.map(|m| m.0.as_slice()), precision)?;
+            let (i_in, i_w) = smoothed(l[6], maxima.map(|m| m.1.as_slice()), precision)?;
             layers.push(FastLayer {
                 qkv_in,
                 i_in,
