@@ -8,18 +8,24 @@
 //!   tokens of the batch (no padding at all), attention runs per sequence
 //!   over its own length;
 //! * every dense layer is one product on weights packed at load
-//!   ([`crate::kernels::Dense`]; `gemm` for widths it cannot pack) that accumulates
-//!   into a buffer pre-filled with the bias (and the residual, for the two
-//!   output projections), so bias and residual adds cost no extra pass;
-//! * attention reads Q, K and V in place from the fused QKV output (strided
-//!   gemm, no permute copies), folds the 1/sqrt(d) scale into the gemm, and
-//!   writes each head's context straight into its columns of the output;
-//! * (sequence, head) attention tasks run on rayon with single-threaded gemms
-//!   inside, the dense layers split their panels over rayon: one level of
-//!   parallelism at a time, never nested.
+//!   ([`crate::kernels::Dense`]; `gemm` for widths it cannot pack) whose
+//!   epilogue starts each output tile from the bias (and the residual, for
+//!   the two output projections) and applies the activation to FFN-in's
+//!   tiles while they are in cache, so bias, residual and GELU cost no pass
+//!   over memory of their own;
+//! * attention reads Q, K and V in place from the fused QKV output: per
+//!   (sequence, head) Kᵀ and V are packed into small aligned panels and both
+//!   products run on the dense layers' kernel; the softmax takes the
+//!   1/sqrt(d) scale and writes each head's context straight into its
+//!   columns of the output;
+//! * (sequence, head) attention tasks run on rayon with single-threaded
+//!   products inside, the dense layers split their panels over rayon: one
+//!   level of parallelism at a time, never nested;
+//! * the work buffers of a finished forward are kept for the next one (a
+//!   fresh 60 MB allocation paid a page fault per 4 KiB).
 //!
-//! Numerics match candle's ops to about 1e-6 (exact-erf GELU and softmax's
-//! exp from [`crate::kernels::vmath`], vectorized); the test against
+//! Numerics match candle's ops to about 1e-6 (exact-erf GELU, softmax and
+//! LayerNorm from [`crate::kernels::vmath`], vectorized); the test against
 //! candle-transformers' `BertModel` covers this path.
 
 use candle_core::Tensor;
@@ -27,7 +33,7 @@ use rayon::prelude::*;
 
 use crate::bert::Act;
 use crate::error::Result;
-use crate::kernels::{vmath, Dense, SendPtr};
+use crate::kernels::{sgemm, vmath, Dense, Epilogue, SendPtr, Start};
 use crate::Precision;
 
 struct FastLayer {
@@ -68,6 +74,32 @@ pub(crate) struct FastBert {
     ln_w: Vec<f32>,
     ln_b: Vec<f32>,
     layers: Vec<FastLayer>,
+    /// Work buffers of finished forwards, for the next ones: a fresh
+    /// allocation of tens of MB costs a page fault per 4 KiB on its first
+    /// pass. One set per concurrent forward, up to [`KEEP_BYTES`] each.
+    spare: std::sync::Mutex<Vec<Buffers>>,
+}
+
+/// A forward's work buffers (every one is fully written before it is read,
+/// so stale contents never matter).
+#[derive(Default)]
+struct Buffers {
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    a: Vec<f32>,
+    inter: Vec<f32>,
+    xs: Vec<f32>,
+}
+
+/// The largest set of buffers kept for reuse (32 × 128 tokens of MiniLM
+/// need about 60 MB); larger ones are freed.
+const KEEP_BYTES: usize = 256 << 20;
+
+impl Buffers {
+    fn bytes(&self) -> usize {
+        let floats = [&self.qkv, &self.ctx, &self.a, &self.inter, &self.xs];
+        floats.iter().map(|v| v.capacity()).sum::<usize>() * 4
+    }
 }
 
 fn flat(t: &Tensor) -> Result<Vec<f32>> {
@@ -81,44 +113,12 @@ fn dense(t: &Tensor, precision: Precision) -> Result<Dense> {
     Ok(Dense::from_rows(flat(t)?, o, k, precision))
 }
 
-fn fill_rows(out: &mut [f32], row: &[f32]) {
-    for r in out.chunks_exact_mut(row.len()) {
-        r.copy_from_slice(row);
-    }
-}
-
-fn add_rows(out: &mut [f32], row: &[f32]) {
-    for r in out.chunks_exact_mut(row.len()) {
-        for (a, b) in r.iter_mut().zip(row) {
-            *a += b;
-        }
-    }
-}
-
 /// Rows per rayon task for element-wise passes: big enough to amortize.
 const ROWS_PER_TASK: usize = 32;
 
-fn layer_norm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    let h = w.len();
-    x.par_chunks_mut(h * ROWS_PER_TASK).for_each(|block| {
-        for r in block.chunks_exact_mut(h) {
-            layer_norm_row(r, w, b, eps);
-        }
-    });
-}
-
-fn layer_norm_row(r: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    let h = w.len();
-    let mean = r.iter().sum::<f32>() / h as f32;
-    let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((v, g), bb) in r.iter_mut().zip(w).zip(b) {
-        *v = (*v - mean) * inv * g + bb;
-    }
-}
-
-/// [`layer_norm_rows`], and, with `smooth = (inv, xs)`, the next int8
-/// layer's input in the same pass: `xs = x · inv` per channel.
+/// LayerNorm of every row of `x` (width `w.len()`) in place, and, with
+/// `smooth = (inv, xs)`, the next int8 layer's input in the same pass: `xs
+/// = x · inv` per channel.
 fn layer_norm_smoothed(
     x: &mut [f32],
     w: &[f32],
@@ -126,39 +126,57 @@ fn layer_norm_smoothed(
     eps: f32,
     smooth: Option<(&[f32], &mut [f32])>,
 ) {
-    let Some((inv, xs)) = smooth else {
-        return layer_norm_rows(x, w, b, eps);
-    };
     let h = w.len();
+    let Some((inv, xs)) = smooth else {
+        x.par_chunks_mut(h * ROWS_PER_TASK).for_each(|block| {
+            for r in block.chunks_exact_mut(h) {
+                vmath::layer_norm(r, w, b, eps, None);
+            }
+        });
+        return;
+    };
     x.par_chunks_mut(h * ROWS_PER_TASK)
         .zip(xs.par_chunks_mut(h * ROWS_PER_TASK))
         .for_each(|(block, out)| {
             for (r, o) in block.chunks_exact_mut(h).zip(out.chunks_exact_mut(h)) {
-                layer_norm_row(r, w, b, eps);
-                for ((d, v), s) in o.iter_mut().zip(r.iter()).zip(inv) {
-                    *d = v * s;
-                }
+                vmath::layer_norm(r, w, b, eps, Some((inv, o)));
             }
         });
 }
 
-fn activation(x: &mut [f32], act: Act, width: usize) {
-    x.par_chunks_mut(width * ROWS_PER_TASK)
-        .for_each(|block| match act {
-            Act::GeluErf => vmath::gelu_slice(block),
-            Act::GeluTanh => {
-                for v in block {
-                    let x = *v;
-                    let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
-                    *v = 0.5 * x * (1.0 + inner.tanh());
-                }
+/// The activation in place, on any run of values (a tile's row).
+fn activate(v: &mut [f32], act: Act) {
+    match act {
+        Act::GeluErf => vmath::gelu_slice(v),
+        Act::GeluTanh => {
+            for v in v {
+                let x = *v;
+                let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                *v = 0.5 * x * (1.0 + inner.tanh());
             }
-            Act::Relu => {
-                for v in block {
-                    *v = v.max(0.0);
-                }
+        }
+        Act::Relu => {
+            for v in v {
+                *v = v.max(0.0);
             }
-        });
+        }
+    }
+}
+
+/// A dense layer's output starting from its bias.
+fn bias(b: &[f32]) -> Epilogue<'_> {
+    Epilogue {
+        start: Start::Bias(b),
+        then: None,
+    }
+}
+
+/// A dense layer's output starting from `residual + bias`.
+fn residual<'a>(r: &'a [f32], b: &'a [f32]) -> Epilogue<'a> {
+    Epilogue {
+        start: Start::ResidualBias(r, b),
+        then: None,
+    }
 }
 
 /// Per layer, the largest |value| of each input channel of QKV and FFN-in.
@@ -316,6 +334,7 @@ impl FastBert {
             ln_w: flat(t.ln_w)?,
             ln_b: flat(t.ln_b)?,
             layers,
+            spare: Default::default(),
         })
     }
 
@@ -359,63 +378,85 @@ impl FastBert {
             row += s.len();
         }
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let mut qkv = vec![0f32; n * 3 * h];
-        let mut ctx = vec![0f32; n * h];
-        let mut a = vec![0f32; n * h];
-        let mut inter = vec![0f32; n * self.inter];
+        let mut bufs = self.spare_buffers();
+        let Buffers {
+            qkv,
+            ctx,
+            a,
+            inter,
+            xs,
+        } = &mut bufs;
+        qkv.resize(n * 3 * h, 0.0);
+        ctx.resize(n * h, 0.0);
+        a.resize(n * h, 0.0);
+        inter.resize(n * self.inter, 0.0);
         // The smoothed input of the next int8 layer, written by the
         // LayerNorm before it (layers without smoothing read `x` or `a`).
-        let mut xs = if self.layers.iter().any(|l| l.qkv_in.is_some()) {
-            vec![0f32; n * h]
-        } else {
-            Vec::new()
-        };
+        if self.layers.iter().any(|l| l.qkv_in.is_some()) {
+            xs.resize(n * h, 0.0);
+        }
+        let (qkv, ctx, a, inter) = (&mut qkv[..], &mut ctx[..], &mut a[..], &mut inter[..]);
+        let xs = &mut xs[..];
         let first = self.layers.first().and_then(|l| l.qkv_in.as_deref());
         layer_norm_smoothed(
             &mut x,
             &self.ln_w,
             &self.ln_b,
             self.eps,
-            first.map(|inv| (inv, xs.as_mut_slice())),
+            first.map(|inv| (inv, &mut *xs)),
         );
+        let act = |v: &mut [f32]| activate(v, self.act);
         for (li, l) in self.layers.iter().enumerate() {
             let qkv_max = stats.as_ref().map(|_| column_max(&x, h));
-            fill_rows(&mut qkv, &l.qkv_b);
-            l.qkv_w
-                .acc(&mut qkv, if l.qkv_in.is_some() { &xs } else { &x }, n);
-            self.attention(&qkv, &mut ctx, &starts, &lens);
-            // a = x + b_o + ctx @ W_o^T, then LayerNorm.
-            a.copy_from_slice(&x);
-            add_rows(&mut a, &l.o_b);
-            l.o_w.acc(&mut a, &ctx, n);
+            let input: &[f32] = if l.qkv_in.is_some() { xs } else { &x };
+            l.qkv_w.apply(qkv, input, n, &bias(&l.qkv_b));
+            self.attention(qkv, ctx, &starts, &lens);
+            // a = (x + b_o) + ctx @ W_o^T, then LayerNorm.
+            l.o_w.apply(a, ctx, n, &residual(&x, &l.o_b));
             layer_norm_smoothed(
-                &mut a,
+                a,
                 &l.ln1_w,
                 &l.ln1_b,
                 self.eps,
-                l.i_in.as_deref().map(|inv| (inv, xs.as_mut_slice())),
+                l.i_in.as_deref().map(|inv| (inv, &mut *xs)),
             );
             if let (Some(st), Some(q)) = (stats.as_mut(), qkv_max) {
-                st.push((q, column_max(&a, h)));
+                st.push((q, column_max(a, h)));
             }
-            fill_rows(&mut inter, &l.i_b);
-            l.i_w
-                .acc(&mut inter, if l.i_in.is_some() { &xs } else { &a }, n);
-            activation(&mut inter, self.act, self.inter);
-            // x = a + b_f + inter @ W_f^T, then LayerNorm.
-            x.copy_from_slice(&a);
-            add_rows(&mut x, &l.f_b);
-            l.f_w.acc(&mut x, &inter, n);
+            // inter = act(b_i + a @ W_i^T), the activation on each tile.
+            let input: &[f32] = if l.i_in.is_some() { xs } else { a };
+            let epi = Epilogue {
+                then: Some(&act),
+                ..bias(&l.i_b)
+            };
+            l.i_w.apply(inter, input, n, &epi);
+            // x = (a + b_f) + inter @ W_f^T, then LayerNorm.
+            l.f_w.apply(&mut x, inter, n, &residual(a, &l.f_b));
             let next = self.layers.get(li + 1).and_then(|l| l.qkv_in.as_deref());
             layer_norm_smoothed(
                 &mut x,
                 &l.ln2_w,
                 &l.ln2_b,
                 self.eps,
-                next.map(|inv| (inv, xs.as_mut_slice())),
+                next.map(|inv| (inv, &mut *xs)),
             );
         }
+        self.keep_buffers(bufs);
         x
+    }
+
+    /// A finished forward's buffers, or empty ones.
+    fn spare_buffers(&self) -> Buffers {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.pop().unwrap_or_default()
+    }
+
+    /// Keep `bufs` for the next forward, unless they are too large.
+    fn keep_buffers(&self, bufs: Buffers) {
+        if bufs.bytes() <= KEEP_BYTES {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            spare.push(bufs);
+        }
     }
 
     /// Mean-pooled embeddings (b, hidden) as one flat buffer.
@@ -441,23 +482,32 @@ impl FastBert {
 
     /// Multi-head self-attention of every sequence, reading Q/K/V in place
     /// from the fused (n, 3h) projection and writing (n, h) context.
+    ///
+    /// Each (sequence, head) task packs its Kᵀ and V into aligned panels
+    /// and runs both products on the dense layers' kernel
+    /// ([`sgemm::Panels`]), single-threaded; a head width that is not a
+    /// multiple of the panel width goes through the `gemm` crate instead.
     fn attention(&self, qkv: &[f32], ctx: &mut [f32], starts: &[usize], lens: &[usize]) {
         let (h, nh) = (self.h, self.nh);
         let dh = h / nh;
         let scale = 1.0 / (dh as f32).sqrt();
+        let packed = dh % sgemm::NR == 0;
         let out = SendPtr(ctx.as_mut_ptr());
         let tasks: Vec<(usize, usize)> = (0..lens.len())
             .flat_map(|s| (0..nh).map(move |hd| (s, hd)))
             .collect();
         tasks
             .par_iter()
-            .for_each_init(Vec::new, |scores, &(si, hd)| {
+            .for_each_init(AttentionScratch::default, |scratch, &(si, hd)| {
                 let (start, len) = (starts[si], lens[si]);
                 if len == 0 {
                     return;
                 }
-                scores.clear();
-                scores.resize(len * len, 0.0);
+                let AttentionScratch {
+                    scores,
+                    keys,
+                    values,
+                } = scratch;
                 let base = qkv[start * 3 * h..].as_ptr();
                 // SAFETY: all pointers stay inside `qkv`/`ctx` for `len` rows
                 // of this sequence; each (sequence, head) task writes a disjoint
@@ -466,6 +516,22 @@ impl FastBert {
                     let q = base.add(hd * dh);
                     let k = base.add(h + hd * dh);
                     let v = base.add(2 * h + hd * dh);
+                    let dst = out.get().add(start * h + hd * dh);
+                    if packed {
+                        // scores (len, width) = Q Kᵀ, key columns padded to
+                        // the panel width; softmax over the first len.
+                        let width = len.div_ceil(sgemm::NR) * sgemm::NR;
+                        scores.resize(len * width, 0.0);
+                        keys.pack(k, len, dh, 3 * h, 1);
+                        keys.product(scores.as_mut_ptr(), width, q, 3 * h, len);
+                        vmath::softmax_rows(scores, width, len, scale);
+                        // ctx (len, dh) = P V
+                        values.pack(v, dh, len, 1, 3 * h);
+                        values.product(dst, h, scores.as_ptr(), width, len);
+                        return;
+                    }
+                    scores.clear();
+                    scores.resize(len * len, 0.0);
                     // scores (len, len) = scale * Q K^T
                     gemm::gemm(
                         len,
@@ -488,14 +554,8 @@ impl FastBert {
                         false,
                         gemm::Parallelism::None,
                     );
-                    for r in scores.chunks_exact_mut(len) {
-                        let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        vmath::exp_sub_slice(r, m);
-                        let inv = 1.0 / r.iter().sum::<f32>();
-                        r.iter_mut().for_each(|v| *v *= inv);
-                    }
+                    vmath::softmax_rows(scores, len, len, 1.0);
                     // ctx rows of this sequence, this head's columns = P V
-                    let dst = out.get().add(start * h + hd * dh);
                     gemm::gemm(
                         len,
                         dh,
@@ -520,6 +580,14 @@ impl FastBert {
                 }
             });
     }
+}
+
+/// One attention task's buffers, kept per rayon thread between tasks.
+#[derive(Default)]
+struct AttentionScratch {
+    scores: Vec<f32>,
+    keys: sgemm::Panels,
+    values: sgemm::Panels,
 }
 
 #[cfg(test)]

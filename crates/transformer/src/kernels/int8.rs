@@ -70,7 +70,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Dispatch, KernelPath, SendPtr};
+use super::{Dispatch, Epilogue, KernelPath, SendPtr, Start};
 
 /// Output columns per panel (one zmm of int32 sums).
 pub(crate) const NR: usize = 16;
@@ -283,19 +283,38 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
     (s, z as i32)
 }
 
-/// `out[c] += (acc[c] - z · colsum[c]) · (s · scale[c])` for one row of a
-/// tile; compiled per path like [`quantize_row`], same operations in every
-/// build.
+/// `out[c] = start[c] + (acc[c] - z · colsum[c]) · (s · scale[c])` for one
+/// row of a tile, `start` being `out` itself, the bias or residual + bias
+/// (this row's slices); compiled per path like [`quantize_row`], same
+/// operations in every build.
 #[inline(always)]
-fn dequant_row(out: &mut [f32], acc: &[i32], colsum: &[i32], scale: &[f32], s: f32, z: i32) {
-    for (((d, &a), &cs), &ws) in out.iter_mut().zip(acc).zip(colsum).zip(scale) {
-        *d += (a - z * cs) as f32 * (s * ws);
+fn dequant_row(
+    out: &mut [f32],
+    acc: &[i32],
+    colsum: &[i32],
+    scale: &[f32],
+    s: f32,
+    z: i32,
+    start: Start,
+) {
+    let sums = acc.iter().zip(colsum).zip(scale);
+    let value = |((&a, &cs), &ws): ((&i32, &i32), &f32)| (a - z * cs) as f32 * (s * ws);
+    match start {
+        Start::Out => out.iter_mut().zip(sums).for_each(|(d, v)| *d += value(v)),
+        Start::Bias(b) => {
+            let rows = out.iter_mut().zip(b).zip(sums);
+            rows.for_each(|((d, &b), v)| *d = b + value(v));
+        }
+        Start::ResidualBias(r, b) => {
+            let rows = out.iter_mut().zip(r.iter().zip(b)).zip(sums);
+            rows.for_each(|((d, (&r, &b)), v)| *d = (r + b) + value(v));
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod simd_build {
-    use super::{code, lanes_tail, row_params, A_MAX, L};
+    use super::{code, lanes_tail, row_params, Start, A_MAX, L};
     use std::arch::x86_64::*;
 
     /// [`super::quantize_row`] with AVX2: the same lanes (two ymm) and the
@@ -407,8 +426,9 @@ mod simd_build {
         scale: &[f32],
         s: f32,
         z: i32,
+        start: Start,
     ) {
-        super::dequant_row(out, acc, colsum, scale, s, z)
+        super::dequant_row(out, acc, colsum, scale, s, z, start)
     }
 
     /// # Safety
@@ -421,8 +441,9 @@ mod simd_build {
         scale: &[f32],
         s: f32,
         z: i32,
+        start: Start,
     ) {
-        super::dequant_row(out, acc, colsum, scale, s, z)
+        super::dequant_row(out, acc, colsum, scale, s, z, start)
     }
 }
 
@@ -446,6 +467,7 @@ unsafe fn quantize_row_on(path: Path, x: &[f32], q: &mut [u8]) -> (f32, i32) {
 ///
 /// # Safety
 /// The CPU has `path`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn dequant_row_on(
     path: Path,
     out: &mut [f32],
@@ -454,17 +476,18 @@ unsafe fn dequant_row_on(
     scale: &[f32],
     s: f32,
     z: i32,
+    start: Start,
 ) {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (caller).
-        Path::Avx2 => unsafe { simd_build::dequant_row_avx2(out, acc, colsum, scale, s, z) },
+        Path::Avx2 => unsafe { simd_build::dequant_row_avx2(out, acc, colsum, scale, s, z, start) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
         Path::Avx512Vnni => unsafe {
-            simd_build::dequant_row_avx512(out, acc, colsum, scale, s, z)
+            simd_build::dequant_row_avx512(out, acc, colsum, scale, s, z, start)
         },
-        _ => dequant_row(out, acc, colsum, scale, s, z),
+        _ => dequant_row(out, acc, colsum, scale, s, z, start),
     }
 }
 
@@ -514,17 +537,36 @@ pub(crate) fn dispatch() -> &'static Dispatch<Path> {
     super::once(&D)
 }
 
-/// `out (n, o) += x (n, k) · Wᵀ`, dequantized; `out` holds the bias (and
-/// maybe the residual) on entry. Runs on rayon's threads when there is
-/// enough work.
+/// `out (n, o) = start + x (n, k) · Wᵀ`, dequantized, then `epi.then` on
+/// each finished tile (see [`Epilogue`]). Runs on rayon's threads when
+/// there is enough work.
+pub(crate) fn matmul_q(out: &mut [f32], x: &[f32], w: &QuantW, n: usize, epi: &Epilogue) {
+    matmul_q_on(dispatch().path, out, x, w, n, epi);
+}
+
+/// `out (n, o) += x (n, k) · Wᵀ`: [`matmul_q`] starting from `out`.
 pub(crate) fn matmul_acc_q(out: &mut [f32], x: &[f32], w: &QuantW, n: usize) {
-    matmul_acc_q_on(dispatch().path, out, x, w, n);
+    matmul_q(out, x, w, n, &Epilogue::ACC);
 }
 
 /// [`matmul_acc_q`] on a given path (which the CPU must have).
+#[cfg(test)]
 pub(crate) fn matmul_acc_q_on(path: Path, out: &mut [f32], x: &[f32], w: &QuantW, n: usize) {
+    matmul_q_on(path, out, x, w, n, &Epilogue::ACC);
+}
+
+/// [`matmul_q`] on a given path (which the CPU must have).
+pub(crate) fn matmul_q_on(
+    path: Path,
+    out: &mut [f32],
+    x: &[f32],
+    w: &QuantW,
+    n: usize,
+    epi: &Epilogue,
+) {
     let (o, k) = (w.o, w.k);
     assert!(out.len() == n * o && x.len() == n * k, "matmul shapes");
+    epi.check(n, o);
     if let Some(why) = path.missing() {
         panic!("int8 path {} unavailable: {why}", path.name());
     }
@@ -547,23 +589,39 @@ pub(crate) fn matmul_acc_q_on(path: Path, out: &mut [f32], x: &[f32], w: &QuantW
             let (colsum, scale) = (&w.colsum[c0..c0 + ldc], &w.scale[c0..c0 + ldc]);
             for i in 0..nr {
                 let (s, z) = (xq.scale[r + i], xq.zero[r + i]);
+                let at = (r + i) * o + c0;
+                let start = match epi.start {
+                    Start::Out => Start::Out,
+                    Start::Bias(b) => Start::Bias(&b[c0..c0 + ldc]),
+                    Start::ResidualBias(res, b) => {
+                        Start::ResidualBias(&res[at..at + ldc], &b[c0..c0 + ldc])
+                    }
+                };
                 // SAFETY: `out` is n × o and row r + i < n, columns
                 // c0..c0 + ldc ≤ o; this task alone writes these rows of
                 // these columns (tasks split rows and columns disjointly),
                 // and `out` outlives the tasks.
-                let d =
-                    unsafe { std::slice::from_raw_parts_mut(dst.get().add((r + i) * o + c0), ldc) };
+                let d = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at), ldc) };
+                let acc = &acc[i * ldc..(i + 1) * ldc];
                 // SAFETY: `path` was checked available above.
-                unsafe {
-                    dequant_row_on(path, d, &acc[i * ldc..(i + 1) * ldc], colsum, scale, s, z)
-                };
+                unsafe { dequant_row_on(path, d, acc, colsum, scale, s, z, start) };
+                if let Some(f) = epi.then {
+                    f(d);
+                }
             }
-            // The next tile's rows of `out` (its bias) load while its sums
-            // are computed: for layers larger than L2 that read otherwise
-            // stalls the epilogue.
-            for row in r + 2 * nr..(r + 3 * nr).min(rows.end) {
-                for line in (0..ldc).step_by(16) {
-                    prefetch(dst.get().wrapping_add(row * o + c0 + line));
+            // The next tile's rows of what the epilogue reads (`out` or the
+            // residual) load while its sums are computed: for layers larger
+            // than L2 that read otherwise stalls the epilogue.
+            let ahead = match epi.start {
+                Start::ResidualBias(res, _) => res.as_ptr(),
+                Start::Out => dst.get().cast_const(),
+                Start::Bias(_) => std::ptr::null(),
+            };
+            if !ahead.is_null() {
+                for row in r + 2 * nr..(r + 3 * nr).min(rows.end) {
+                    for line in (0..ldc).step_by(16) {
+                        prefetch(ahead.wrapping_add(row * o + c0 + line));
+                    }
                 }
             }
         };

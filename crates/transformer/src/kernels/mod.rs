@@ -174,6 +174,84 @@ impl SendPtr {
     }
 }
 
+/// Applied in place to each finished tile of a layer's output while it is
+/// still in cache (the activation after FFN-in), a few rows of one column
+/// block at a time.
+pub(crate) type Then<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
+
+/// What a dense layer's output starts from before the product is added.
+#[derive(Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// `out`'s own contents: `out += product`.
+    Out,
+    /// The bias, per column: `out = bias + product` (`out` is not read).
+    Bias(&'a [f32]),
+    /// `out = (residual + bias) + product`; the residual is `n × o`, like
+    /// `out`. The same floats as filling `out` with the residual, adding
+    /// the bias and then the product, without those two passes.
+    ResidualBias(&'a [f32], &'a [f32]),
+}
+
+/// How a dense layer finishes: where it starts, and what then.
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    pub(crate) start: Start<'a>,
+    pub(crate) then: Option<Then<'a>>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// `out += product`.
+    pub(crate) const ACC: Epilogue<'static> = Epilogue {
+        start: Start::Out,
+        then: None,
+    };
+
+    /// Panics unless the operands fit an `n × o` output.
+    pub(crate) fn check(&self, n: usize, o: usize) {
+        let fits = match self.start {
+            Start::Out => true,
+            Start::Bias(b) => b.len() == o,
+            Start::ResidualBias(r, b) => b.len() == o && r.len() == n * o,
+        };
+        assert!(fits, "epilogue operands do not fit {n} × {o}");
+    }
+}
+
+impl Start<'_> {
+    /// As pointers at column `col` of row 0.
+    pub(crate) fn at(&self, col: usize) -> Base {
+        match *self {
+            Start::Out => Base::Out,
+            Start::Bias(b) => Base::Bias(b[col..].as_ptr()),
+            Start::ResidualBias(r, b) => Base::ResidualBias(r[col..].as_ptr(), b[col..].as_ptr()),
+        }
+    }
+}
+
+/// [`Start`] as the kernels read it: pointers at a tile's first column (the
+/// residual also at its first row; rows at the output's stride).
+#[derive(Clone, Copy)]
+pub(crate) enum Base {
+    /// Nothing: `out = product`.
+    Zero,
+    Out,
+    Bias(*const f32),
+    ResidualBias(*const f32, *const f32),
+}
+
+impl Base {
+    /// The same, `rows_down` floats further down the residual.
+    ///
+    /// # Safety
+    /// The residual holds that offset.
+    pub(crate) unsafe fn down(self, rows_down: usize) -> Base {
+        match self {
+            Base::ResidualBias(r, b) => Base::ResidualBias(r.add(rows_down), b),
+            other => other,
+        }
+    }
+}
+
 /// A dense layer's weights: packed once for [`sgemm`] when the width allows
 /// (every BERT layer), or quantized for [`int8`] at int8 precision; else
 /// row-major for the `gemm` crate.
@@ -193,13 +271,36 @@ impl Dense {
         }
     }
 
-    /// `out (n, o) += x (n, k) · Wᵀ`; `out` holds the bias (and maybe the
-    /// residual) on entry.
+    /// `out (n, o) += x (n, k) · Wᵀ`.
+    #[cfg(test)]
     pub(crate) fn acc(&self, out: &mut [f32], x: &[f32], n: usize) {
+        self.apply(out, x, n, &Epilogue::ACC)
+    }
+
+    /// `out (n, o) = start + x (n, k) · Wᵀ`, then `epi.then` (see
+    /// [`Epilogue`]).
+    pub(crate) fn apply(&self, out: &mut [f32], x: &[f32], n: usize, epi: &Epilogue) {
         match self {
-            Dense::Packed(w) => sgemm::matmul_acc(out, x, w, n),
-            Dense::Quant(w) => int8::matmul_acc_q(out, x, w, n),
-            Dense::Flat { w, o, k } => gemm_acc(out, x, w, n, *k, *o),
+            Dense::Packed(w) => sgemm::matmul(out, x, w, n, epi),
+            Dense::Quant(w) => int8::matmul_q(out, x, w, n, epi),
+            Dense::Flat { w, o, k } => {
+                epi.check(n, *o);
+                match epi.start {
+                    Start::Out => {}
+                    Start::Bias(b) => out.chunks_exact_mut(*o).for_each(|r| r.copy_from_slice(b)),
+                    Start::ResidualBias(res, b) => {
+                        for (r, s) in out.chunks_exact_mut(*o).zip(res.chunks_exact(*o)) {
+                            for ((d, &v), &bb) in r.iter_mut().zip(s).zip(b) {
+                                *d = v + bb;
+                            }
+                        }
+                    }
+                }
+                gemm_acc(out, x, w, n, *k, *o);
+                if let Some(f) = epi.then {
+                    f(out);
+                }
+            }
         }
     }
 }

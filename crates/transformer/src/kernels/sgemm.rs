@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Dispatch, KernelPath, SendPtr};
+use super::{Base, Dispatch, Epilogue, KernelPath, SendPtr, Then};
 
 /// Output columns per panel (two 8-float vectors).
 pub(crate) const NR: usize = 16;
@@ -131,21 +131,118 @@ impl PackedW {
     }
 }
 
-/// `out (n, o) += x (n, k) · Wᵀ`; `out` holds the bias (and maybe the
-/// residual) on entry. Runs on rayon's threads when there is enough work.
-pub(crate) fn matmul_acc(out: &mut [f32], x: &[f32], w: &PackedW, n: usize) {
+/// Panels packed for one product only, for a right-hand side that changes
+/// every call (attention's Kᵀ and V): the same aligned layout as
+/// [`PackedW`], reused between calls so it is allocated once per thread.
+#[derive(Default)]
+pub(crate) struct Panels {
+    k: usize,
+    count: usize,
+    lines: Vec<Line>,
+}
+
+impl Panels {
+    /// Pack a `k × cols` right-hand side whose input `j` of output column
+    /// `c` is at `src[c * col_stride + j * k_stride]`; columns past `cols`
+    /// (up to a multiple of [`NR`]) are zeros.
+    ///
+    /// # Safety
+    /// Every such element, for `c < cols` and `j < k`, is readable.
+    pub(crate) unsafe fn pack(
+        &mut self,
+        src: *const f32,
+        cols: usize,
+        k: usize,
+        col_stride: usize,
+        k_stride: usize,
+    ) {
+        self.k = k;
+        self.count = cols.div_ceil(NR);
+        // Every lane is written below, so old contents need no clearing.
+        self.lines.resize(self.count * k, Line([0.0; NR]));
+        for p in 0..self.count {
+            let panel = &mut self.lines[p * k..(p + 1) * k];
+            let width = NR.min(cols - p * NR);
+            let first = src.add(p * NR * col_stride);
+            if width < NR {
+                panel.iter_mut().for_each(|line| line.0[width..].fill(0.0));
+            }
+            if col_stride == 1 {
+                // Each input's columns are contiguous: one copy per line.
+                for (j, line) in panel.iter_mut().enumerate() {
+                    let from = std::slice::from_raw_parts(first.add(j * k_stride), width);
+                    line.0[..width].copy_from_slice(from);
+                }
+            } else {
+                for (j, line) in panel.iter_mut().enumerate() {
+                    let at = first.add(j * k_stride);
+                    for (l, v) in line.0[..width].iter_mut().enumerate() {
+                        *v = *at.add(l * col_stride);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `c (n, count · NR at stride ldc) = x (n rows of k at stride ldx) ·
+    /// panels`, on the calling thread (`c` is only written).
+    ///
+    /// # Safety
+    /// `c` has `n` rows of `count · NR` writable floats at stride `ldc`, `x`
+    /// has `n` rows of `k` readable floats at stride `ldx`.
+    pub(crate) unsafe fn product(
+        &self,
+        c: *mut f32,
+        ldc: usize,
+        x: *const f32,
+        ldx: usize,
+        n: usize,
+    ) {
+        let path = dispatch().path;
+        for p in 0..self.count {
+            let lines = &self.lines[p * self.k..(p + 1) * self.k];
+            // SAFETY: as for `PackedW::panel`.
+            let panel = std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * NR);
+            panel_rows(
+                c.add(p * NR),
+                ldc,
+                x,
+                ldx,
+                self.k,
+                panel,
+                n,
+                path,
+                Base::Zero,
+                None,
+            );
+        }
+    }
+}
+
+/// `out (n, o) = start + x (n, k) · Wᵀ`, then `epi.then` on each finished
+/// tile (see [`Epilogue`]). Runs on rayon's threads when there is enough
+/// work.
+pub(crate) fn matmul(out: &mut [f32], x: &[f32], w: &PackedW, n: usize, epi: &Epilogue) {
     let (o, k) = (w.o, w.k);
     assert!(out.len() == n * o && x.len() == n * k, "matmul shapes");
+    epi.check(n, o);
     let panels = o / NR;
     let path = dispatch().path;
     // The panel tasks write disjoint columns through one shared pointer.
     let dst = SendPtr(out.as_mut_ptr());
     let run = |p: usize| {
+        let start = epi.start.at(p * NR);
         // SAFETY: `out` is n × o, this task writes only columns
-        // p*NR..(p+1)*NR of each row, and no other task writes them.
-        unsafe { panel_rows(dst.get().add(p * NR), o, x, k, w.panel(p), n, path) }
+        // p*NR..(p+1)*NR of each row, and no other task writes them; the
+        // epilogue's operands were checked to be as large.
+        unsafe {
+            let c = dst.get().add(p * NR);
+            panel_rows(c, o, x.as_ptr(), k, k, w.panel(p), n, path, start, epi.then);
+        }
     };
-    // Below ~1 MFLOP a thread hand-off costs more than it saves.
+    // Below ~1 MFLOP a thread hand-off costs more than it saves. (Blocking
+    // the rows so a block's inputs stay in L2 across panels measured the
+    // same, 2026-12-01: the kernel, not the input stream, is the limit.)
     if rayon::current_num_threads() > 1 && n * o * k >= 1 << 20 {
         (0..panels).into_par_iter().for_each(run);
     } else {
@@ -153,65 +250,92 @@ pub(crate) fn matmul_acc(out: &mut [f32], x: &[f32], w: &PackedW, n: usize) {
     }
 }
 
+/// `out (n, o) += x (n, k) · Wᵀ`: [`matmul`] starting from `out`.
+pub(crate) fn matmul_acc(out: &mut [f32], x: &[f32], w: &PackedW, n: usize) {
+    matmul(out, x, w, n, &Epilogue::ACC);
+}
+
 /// All `n` rows of one panel's `NR` columns, a kernel tile of rows at a
 /// time.
 ///
 /// # Safety
-/// `c` points at column `p * NR` of a row-major `(n, ldc)` matrix; `path`
-/// is available on this CPU.
+/// `c` points at `n` rows of `NR` writable floats at stride `ldc`; `x` at
+/// `n` rows of `k` readable floats at stride `ldx`; `path` is available on
+/// this CPU; `start`'s pointers are valid for these `n` rows (residual at
+/// stride `ldc`).
+#[allow(clippy::too_many_arguments)]
 unsafe fn panel_rows(
     c: *mut f32,
     ldc: usize,
-    x: &[f32],
+    x: *const f32,
+    ldx: usize,
     k: usize,
     panel: &[f32],
     n: usize,
     path: Path,
+    start: Base,
+    then: Option<Then>,
 ) {
     let mut r = 0;
     while r < n {
         let rows = (n - r).min(path.rows());
-        let xr = &x[r * k..(r + rows) * k];
+        let xr = x.add(r * ldx);
         let cr = c.add(r * ldc);
+        let base = start.down(r * ldc);
         match path {
             #[cfg(target_arch = "x86_64")]
             Path::Avx512 => match rows {
-                14 => avx512::tile::<14>(cr, ldc, xr, k, panel),
-                13 => avx512::tile::<13>(cr, ldc, xr, k, panel),
-                12 => avx512::tile::<12>(cr, ldc, xr, k, panel),
-                11 => avx512::tile::<11>(cr, ldc, xr, k, panel),
-                10 => avx512::tile::<10>(cr, ldc, xr, k, panel),
-                9 => avx512::tile::<9>(cr, ldc, xr, k, panel),
-                8 => avx512::tile::<8>(cr, ldc, xr, k, panel),
-                7 => avx512::tile::<7>(cr, ldc, xr, k, panel),
-                6 => avx512::tile::<6>(cr, ldc, xr, k, panel),
-                5 => avx512::tile::<5>(cr, ldc, xr, k, panel),
-                4 => avx512::tile::<4>(cr, ldc, xr, k, panel),
-                3 => avx512::tile::<3>(cr, ldc, xr, k, panel),
-                2 => avx512::tile::<2>(cr, ldc, xr, k, panel),
-                _ => avx512::tile::<1>(cr, ldc, xr, k, panel),
+                14 => avx512::tile::<14>(cr, ldc, xr, ldx, k, panel, base),
+                13 => avx512::tile::<13>(cr, ldc, xr, ldx, k, panel, base),
+                12 => avx512::tile::<12>(cr, ldc, xr, ldx, k, panel, base),
+                11 => avx512::tile::<11>(cr, ldc, xr, ldx, k, panel, base),
+                10 => avx512::tile::<10>(cr, ldc, xr, ldx, k, panel, base),
+                9 => avx512::tile::<9>(cr, ldc, xr, ldx, k, panel, base),
+                8 => avx512::tile::<8>(cr, ldc, xr, ldx, k, panel, base),
+                7 => avx512::tile::<7>(cr, ldc, xr, ldx, k, panel, base),
+                6 => avx512::tile::<6>(cr, ldc, xr, ldx, k, panel, base),
+                5 => avx512::tile::<5>(cr, ldc, xr, ldx, k, panel, base),
+                4 => avx512::tile::<4>(cr, ldc, xr, ldx, k, panel, base),
+                3 => avx512::tile::<3>(cr, ldc, xr, ldx, k, panel, base),
+                2 => avx512::tile::<2>(cr, ldc, xr, ldx, k, panel, base),
+                _ => avx512::tile::<1>(cr, ldc, xr, ldx, k, panel, base),
             },
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => match rows {
-                6 => avx::tile::<6>(cr, ldc, xr, k, panel),
-                5 => avx::tile::<5>(cr, ldc, xr, k, panel),
-                4 => avx::tile::<4>(cr, ldc, xr, k, panel),
-                3 => avx::tile::<3>(cr, ldc, xr, k, panel),
-                2 => avx::tile::<2>(cr, ldc, xr, k, panel),
-                _ => avx::tile::<1>(cr, ldc, xr, k, panel),
+                6 => avx::tile::<6>(cr, ldc, xr, ldx, k, panel, base),
+                5 => avx::tile::<5>(cr, ldc, xr, ldx, k, panel, base),
+                4 => avx::tile::<4>(cr, ldc, xr, ldx, k, panel, base),
+                3 => avx::tile::<3>(cr, ldc, xr, ldx, k, panel, base),
+                2 => avx::tile::<2>(cr, ldc, xr, ldx, k, panel, base),
+                _ => avx::tile::<1>(cr, ldc, xr, ldx, k, panel, base),
             },
-            _ => portable_tile(cr, ldc, xr, rows, k, panel),
+            _ => portable_tile(cr, ldc, xr, ldx, rows, k, panel, base),
+        }
+        if let Some(f) = then {
+            for i in 0..rows {
+                f(std::slice::from_raw_parts_mut(cr.add(i * ldc), NR));
+            }
         }
         r += rows;
     }
 }
 
 /// The kernel's sums without SIMD: per output, inputs in order, fused
-/// multiply-add, added to the output at the end.
-unsafe fn portable_tile(c: *mut f32, ldc: usize, x: &[f32], rows: usize, k: usize, panel: &[f32]) {
+/// multiply-add, added to the start value at the end.
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_tile(
+    c: *mut f32,
+    ldc: usize,
+    x: *const f32,
+    ldx: usize,
+    rows: usize,
+    k: usize,
+    panel: &[f32],
+    base: Base,
+) {
     for i in 0..rows {
         let mut acc = [0f32; NR];
-        let xi = &x[i * k..(i + 1) * k];
+        let xi = std::slice::from_raw_parts(x.add(i * ldx), k);
         for (j, &xv) in xi.iter().enumerate() {
             let wj = &panel[j * NR..(j + 1) * NR];
             for (a, &wv) in acc.iter_mut().zip(wj) {
@@ -220,55 +344,73 @@ unsafe fn portable_tile(c: *mut f32, ldc: usize, x: &[f32], rows: usize, k: usiz
         }
         let ci = c.add(i * ldc);
         for (l, a) in acc.iter().enumerate() {
-            *ci.add(l) += a;
+            let start = match base {
+                Base::Zero => 0.0,
+                Base::Out => *ci.add(l),
+                Base::Bias(b) => *b.add(l),
+                Base::ResidualBias(r, b) => *r.add(i * ldc + l) + *b.add(l),
+            };
+            *ci.add(l) = start + a;
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    use super::NR;
+    use super::{Base, NR};
     use std::arch::x86_64::*;
 
     /// One `R × NR` tile: `c[i][0..NR] += Σ_j x[i][j] · panel[j][0..NR]`.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `c` has `R` rows of `NR` writable floats at
-    /// stride `ldc`; `x` is `R × k`; `panel` is `k × NR`, 32-byte aligned.
+    /// stride `ldc`; `x` has `R` rows of `k` floats at stride `ldx`;
+    /// `panel` is `k × NR`, 32-byte aligned.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile<const R: usize>(
         c: *mut f32,
         ldc: usize,
-        x: &[f32],
+        xp: *const f32,
+        ldx: usize,
         k: usize,
         panel: &[f32],
+        base: Base,
     ) {
-        debug_assert!(x.len() == R * k && panel.len() == k * NR);
+        debug_assert!(panel.len() == k * NR);
         debug_assert!(panel.as_ptr().cast::<u8>().align_offset(32) == 0);
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let xp = x.as_ptr();
         let wp = panel.as_ptr();
         for j in 0..k {
             // Aligned: each input's weights are one cache line.
             let w0 = _mm256_load_ps(wp.add(j * NR));
             let w1 = _mm256_load_ps(wp.add(j * NR + 8));
             for (i, a) in acc.iter_mut().enumerate() {
-                let xv = _mm256_broadcast_ss(&*xp.add(i * k + j));
+                let xv = _mm256_broadcast_ss(&*xp.add(i * ldx + j));
                 a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
                 a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
             }
         }
         for (i, a) in acc.iter().enumerate() {
             let ci = c.add(i * ldc);
-            _mm256_storeu_ps(ci, _mm256_add_ps(_mm256_loadu_ps(ci), a[0]));
-            _mm256_storeu_ps(ci.add(8), _mm256_add_ps(_mm256_loadu_ps(ci.add(8)), a[1]));
+            for (h, &v) in a.iter().enumerate() {
+                let start = match base {
+                    Base::Zero => _mm256_setzero_ps(),
+                    Base::Out => _mm256_loadu_ps(ci.add(8 * h)),
+                    Base::Bias(b) => _mm256_loadu_ps(b.add(8 * h)),
+                    Base::ResidualBias(r, b) => _mm256_add_ps(
+                        _mm256_loadu_ps(r.add(i * ldc + 8 * h)),
+                        _mm256_loadu_ps(b.add(8 * h)),
+                    ),
+                };
+                _mm256_storeu_ps(ci.add(8 * h), _mm256_add_ps(start, v));
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::NR;
+    use super::{Base, NR};
     use std::arch::x86_64::*;
 
     /// One `R × NR` tile: `c[i][0..NR] += Σ_j x[i][j] · panel[j][0..NR]`,
@@ -276,30 +418,40 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU has AVX-512F; `c` has `R` rows of `NR` writable floats at
-    /// stride `ldc`; `x` is `R × k`; `panel` is `k × NR`, 64-byte aligned.
+    /// stride `ldc`; `x` has `R` rows of `k` floats at stride `ldx`;
+    /// `panel` is `k × NR`, 64-byte aligned.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile<const R: usize>(
         c: *mut f32,
         ldc: usize,
-        x: &[f32],
+        xp: *const f32,
+        ldx: usize,
         k: usize,
         panel: &[f32],
+        base: Base,
     ) {
-        debug_assert!(x.len() == R * k && panel.len() == k * NR);
+        debug_assert!(panel.len() == k * NR);
         debug_assert!(panel.as_ptr().cast::<u8>().align_offset(64) == 0);
         let mut acc = [_mm512_setzero_ps(); R];
-        let xp = x.as_ptr();
         let wp = panel.as_ptr();
         for j in 0..k {
             // Aligned: each input's weights are one cache line.
             let w = _mm512_load_ps(wp.add(j * NR));
             for (i, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(i * k + j)), w, *a);
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*xp.add(i * ldx + j)), w, *a);
             }
         }
         for (i, a) in acc.iter().enumerate() {
             let ci = c.add(i * ldc);
-            _mm512_storeu_ps(ci, _mm512_add_ps(_mm512_loadu_ps(ci), *a));
+            let start = match base {
+                Base::Zero => _mm512_setzero_ps(),
+                Base::Out => _mm512_loadu_ps(ci),
+                Base::Bias(b) => _mm512_loadu_ps(b),
+                Base::ResidualBias(r, b) => {
+                    _mm512_add_ps(_mm512_loadu_ps(r.add(i * ldc)), _mm512_loadu_ps(b))
+                }
+            };
+            _mm512_storeu_ps(ci, _mm512_add_ps(start, *a));
         }
     }
 }
@@ -351,7 +503,9 @@ mod tests {
                 // available (checked by the caller).
                 unsafe {
                     for p in 0..o / NR {
-                        panel_rows(c.as_mut_ptr().add(p * NR), o, &x, k, w.panel(p), n, path);
+                        let c = c.as_mut_ptr().add(p * NR);
+                        let base = Base::Out;
+                        panel_rows(c, o, x.as_ptr(), k, k, w.panel(p), n, path, base, None);
                     }
                 }
                 c
@@ -363,6 +517,38 @@ mod tests {
                     continue;
                 }
                 assert_eq!(run(path), want, "{} n={n}", path.name());
+            }
+        }
+    }
+
+    /// Scratch panels from strided sources give the plain product, with the
+    /// padding columns zero, whatever the buffers held before.
+    #[test]
+    fn scratch_panels_multiply_strided_operands() {
+        let (n, k, cols, ld): (usize, usize, usize, usize) = (19, 24, 21, 40);
+        // x: n rows of k at stride ld; B[j][c] at b[c * 1 + j * ld].
+        let x = values(n * ld, 3);
+        let b = values(k * ld, 4);
+        let mut panels = Panels::default();
+        let width = cols.div_ceil(NR) * NR;
+        // Stale contents, in `c` and in the reused panels, must not show.
+        let mut c = vec![f32::NAN; n * width];
+        // SAFETY: b holds k rows of ld ≥ cols floats; x n rows of ld ≥ k; c
+        // is n × width.
+        unsafe {
+            panels.pack(b.as_ptr(), NR * 2, k, 1, ld);
+            panels.pack(b.as_ptr(), cols, k, 1, ld);
+            panels.product(c.as_mut_ptr(), width, x.as_ptr(), ld, n);
+        }
+        for i in 0..n {
+            for col in 0..width {
+                let want: f32 = if col < cols {
+                    (0..k).map(|j| x[i * ld + j] * b[j * ld + col]).sum()
+                } else {
+                    0.0
+                };
+                let got = c[i * width + col];
+                assert!((got - want).abs() < 1e-5, "[{i}][{col}]: {got} vs {want}");
             }
         }
     }
