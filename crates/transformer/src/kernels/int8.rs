@@ -7,36 +7,35 @@
 //!   |W[c][j]| / 127`, `wq = round(W / scale_c)` in `-127..=127` (0 stays 0;
 //!   -128 is never produced; 127 is [`W_MAX`]). Per channel the integer column sum `Σ_j wq[c][j]`
 //!   is kept for the zero-point correction.
-//! * **Activations**: per row at run time, asymmetric and **7-bit**: the row's
-//!   range widened to hold 0, `[lo, hi] = [min(0, min x), max(0, max x)]`,
-//!   maps onto `0..=127` (127 is [`A_MAX`]): `s = (hi - lo) / 127`, zero
-//!   point `z = round(-lo / s)` (so 0.0 is exact), `q = clamp(round(x / s) +
-//!   z, 0, 127)`.
+//! * **Activations**: per row at run time, asymmetric, **8-bit** where the
+//!   kernel sums products in int32 (AVX-512 VNNI, the scalar loops) and
+//!   **7-bit** on AVX2: the row's range widened to hold 0, `[lo, hi] =
+//!   [min(0, min x), max(0, max x)]`, maps onto `0..=T` (`T` = [`A_MAX`] =
+//!   255, or [`A_MAX_AVX2`] = 127): `s = (hi - lo) / T`, zero point `z =
+//!   round(-lo / s)` (so 0.0 is exact), `q = clamp(round(x / s) + z, 0, T)`.
 //! * Then `out[i][c] += (acc[i][c] - z_i · colsum_c) · (s_i · scale_c)` with
 //!   `acc[i][c] = Σ_j q[i][j] · wq[c][j]` in exact int32 arithmetic.
 //! * The encoder smooths the inputs of its QKV and FFN-in layers before
 //!   they get here (per channel, into the weights: `crate::fast`), so that
 //!   a LayerNorm's few large channels do not set every row's step.
 //!
-//! Why 7 bits: vpdpbusd (AVX-512 VNNI) and vpmaddubsw (AVX2) both multiply
-//! u8 by i8, and vpmaddubsw adds each pair of products into a *saturating*
-//! i16: `2 · 255 · 127 = 64770` would clip, `2 · 127 · 127 = 32258` never
-//! does. The same codes are used on every path (VNNI accumulates in i32 and
-//! would not need it), so every path computes exactly the same int32
-//! accumulators and, through one shared epilogue, bit-identical outputs.
+//! Why AVX2 takes 7 bits: vpdpbusd (AVX-512 VNNI) and vpmaddubsw (AVX2) both
+//! multiply u8 by i8, but vpmaddubsw adds each pair of products into a
+//! *saturating* i16: `2 · 255 · 127 = 64770` would clip, `2 · 127 · 127 =
+//! 32258` never does. Every path computes exactly the scalar reference's
+//! int32 accumulators at its own code range (tested), and through one shared
+//! epilogue bit-identical outputs; an AVX2 machine and a VNNI one differ by
+//! that one bit of activation resolution (MiniLM embeddings: cosine to fp32
+//! 0.9989 at 7 bits, 0.9995 at 8 bits on the bundled training texts).
 //!
-//! The cost is one bit of activation resolution. An element's rounding
-//! noise is `step / √12`: for a Gaussian row of 384 (range ≈ 6σ) 1.4 % of σ
-//! instead of 0.7 % with 8 bits; with the weights' ≈ 0.7 % the outputs'
-//! relative RMS error is ≈ 1.5 % (measured 1.54 %, 1.78 % at k = 1536; the
-//! tests check the prediction). The other split that never saturates,
-//! 8-bit activations and `|wq| ≤ 63` (set [`A_MAX`] = 255, [`W_MAX`] = 63:
-//! nothing else changes, every test passes with it), measures 1.60 % on
-//! Gaussian data but holds up better when a few channels are outliers
-//! (LayerNorm-style: 2 of 384 channels ×10: 2.1 % vs 3.0 %; 4 ×20: 2.6 % vs
-//! 4.4 %). It is the one to switch to if a real model's activations show
-//! such outliers. Non-finite inputs give meaningless outputs (never a panic
-//! or undefined behaviour).
+//! An element's rounding noise is `step / √12`: for a Gaussian row of 384
+//! (range ≈ 6σ) 0.7 % of σ with 8 bits, 1.4 % with 7; with the weights'
+//! ≈ 0.7 % the outputs' relative RMS error is ≈ 1.0 % at 8 bits and 1.5 %
+//! at 7 (measured 0.99 % and 1.54 %, 1.13 % and 1.78 % at k = 1536; the
+//! tests check the prediction). Splitting the 16 bits the other way for
+//! AVX2, 8-bit activations and `|wq| ≤ 63`, measured worse on the real
+//! encoder (cosine 0.9980 against 0.9989). Non-finite inputs give
+//! meaningless outputs (never a panic or undefined behaviour).
 //!
 //! # Layout and kernels
 //! The weights are packed in panels of [`NR`] = 16 output columns; a panel is
@@ -76,13 +75,15 @@ use super::{Dispatch, Epilogue, KernelPath, SendPtr, Start};
 pub(crate) const NR: usize = 16;
 /// Inputs per packed group (one vpdpbusd dword).
 const KG: usize = 4;
-/// Largest activation code (7 bits; see the module docs for the
-/// alternative 255 with [`W_MAX`] = 63).
-const A_MAX: i32 = 127;
+/// Largest activation code where products are summed in int32 (AVX-512
+/// VNNI and the scalar loops): 8 bits.
+const A_MAX: i32 = 255;
+/// Largest activation code on AVX2: 7 bits (see the module docs).
+const A_MAX_AVX2: i32 = 127;
 /// Largest weight code in magnitude.
 const W_MAX: i32 = 127;
 // vpmaddubsw's i16 pair sums must never saturate.
-const _: () = assert!(2 * A_MAX * W_MAX <= i16::MAX as i32);
+const _: () = assert!(2 * A_MAX_AVX2 * W_MAX <= i16::MAX as i32);
 /// Largest `k` whose int32 sums (and their zero-point correction) cannot
 /// overflow: `|acc|, |z · colsum| ≤ A_MAX · W_MAX · k`.
 const MAX_K: usize = (i32::MAX / (2 * A_MAX * W_MAX)) as usize;
@@ -176,12 +177,15 @@ struct QuantX {
 }
 
 impl QuantX {
-    /// Quantize `x` (`n × k`) with `path`'s build of [`quantize_row`].
+    /// Quantize `x` (`n × k`) to codes `0..=a_max` with `path`'s build of
+    /// [`quantize_row`].
     ///
     /// # Safety
     /// The CPU has `path`.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn new(
         path: Path,
+        a_max: i32,
         x: &[f32],
         n: usize,
         k: usize,
@@ -194,7 +198,7 @@ impl QuantX {
         if k > 0 {
             let job = |((qr, xr), sz): RowJob| {
                 // SAFETY: the CPU has `path` (caller).
-                *sz = unsafe { quantize_row_on(path, xr, qr) };
+                *sz = unsafe { quantize_row_on(path, xr, qr, a_max) };
             };
             if parallel {
                 let rows = q.par_chunks_mut(ld).zip(x.par_chunks(k));
@@ -241,16 +245,16 @@ fn lanes_tail(tail: &[f32], lo: &mut [f32; L], hi: &mut [f32; L]) {
 /// A row's quantization from its lanes: `(s, 1/s, z, z + 0.5)`, or `None`
 /// for a row of zeros (or non-finite values): codes 0, scale 0, the row
 /// adds nothing.
-fn row_params(lo: &[f32; L], hi: &[f32; L]) -> Option<(f32, f32, f32, f32)> {
+fn row_params(lo: &[f32; L], hi: &[f32; L], top: f32) -> Option<(f32, f32, f32, f32)> {
     let lo = lo.iter().fold(0f32, |m, &v| if v < m { v } else { m });
     let hi = hi.iter().fold(0f32, |m, &v| if v > m { v } else { m });
     let range = hi - lo;
     if !(range > 0.0 && range.is_finite()) {
         return None;
     }
-    let s = range / A_MAX as f32;
-    let inv = A_MAX as f32 / range;
-    let z = (-lo * inv).round().clamp(0.0, A_MAX as f32);
+    let s = range / top;
+    let inv = top / range;
+    let z = (-lo * inv).round().clamp(0.0, top);
     Some((s, inv, z, z + 0.5))
 }
 
@@ -259,10 +263,10 @@ fn row_params(lo: &[f32; L], hi: &[f32; L]) -> Option<(f32, f32, f32, f32)> {
 /// `maxps(t, 0)`, `minps(t, A_MAX)` and truncation: the SIMD builds do the
 /// same operations.
 #[inline(always)]
-fn code(v: f32, inv: f32, zh: f32) -> u8 {
+fn code(v: f32, inv: f32, zh: f32, top: f32) -> u8 {
     let t = v * inv + zh;
     let t = if t > 0.0 { t } else { 0.0 };
-    let t = if t < A_MAX as f32 { t } else { A_MAX as f32 };
+    let t = if t < top { t } else { top };
     // SAFETY: `t` is in [0, A_MAX], not NaN, so truncating it to i32 is
     // defined.
     unsafe { t.to_int_unchecked::<i32>() as u8 }
@@ -271,14 +275,15 @@ fn code(v: f32, inv: f32, zh: f32) -> u8 {
 /// Quantize one row into `q` (its first `x.len()` bytes); returns the
 /// row's scale and zero point. The reference: the SIMD builds
 /// ([`quantize_row_on`]) give identical codes, scale and zero point.
-fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
+fn quantize_row(x: &[f32], q: &mut [u8], a_max: i32) -> (f32, i32) {
+    let top = a_max as f32;
     let (lo, hi) = row_lanes(x);
-    let Some((s, inv, z, zh)) = row_params(&lo, &hi) else {
+    let Some((s, inv, z, zh)) = row_params(&lo, &hi, top) else {
         q[..x.len()].fill(0);
         return (0.0, 0);
     };
     for (d, &v) in q.iter_mut().zip(x) {
-        *d = code(v, inv, zh);
+        *d = code(v, inv, zh, top);
     }
     (s, z as i32)
 }
@@ -314,7 +319,7 @@ fn dequant_row(
 
 #[cfg(target_arch = "x86_64")]
 mod simd_build {
-    use super::{code, lanes_tail, row_params, Start, A_MAX, L};
+    use super::{code, lanes_tail, row_params, Start, L};
     use std::arch::x86_64::*;
 
     /// [`super::quantize_row`] with AVX2: the same lanes (two ymm) and the
@@ -323,7 +328,8 @@ mod simd_build {
     /// # Safety
     /// The CPU has AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8]) -> (f32, i32) {
+    pub(super) unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8], a_max: i32) -> (f32, i32) {
+        let top = a_max as f32;
         let n = x.len();
         assert!(q.len() >= n);
         let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
@@ -345,15 +351,15 @@ mod simd_build {
         _mm256_storeu_ps(hi.as_mut_ptr(), hi0);
         _mm256_storeu_ps(hi.as_mut_ptr().add(8), hi1);
         lanes_tail(&x[whole..], &mut lo, &mut hi);
-        let Some((s, inv, z, zh)) = row_params(&lo, &hi) else {
+        let Some((s, inv, z, zh)) = row_params(&lo, &hi, top) else {
             q[..n].fill(0);
             return (0.0, 0);
         };
         let (vi, vz) = (_mm256_set1_ps(inv), _mm256_set1_ps(zh));
-        let (zero, top) = (_mm256_setzero_ps(), _mm256_set1_ps(A_MAX as f32));
+        let (zero, vtop) = (_mm256_setzero_ps(), _mm256_set1_ps(top));
         let conv = |p: *const f32| {
             let t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p), vi), vz);
-            _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, zero), top))
+            _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, zero), vtop))
         };
         // 32 codes at a time: i32 → i16 → u8 (values are in 0..=127, the
         // packs are exact), then undo the packs' lane interleave.
@@ -369,7 +375,7 @@ mod simd_build {
             j += 32;
         }
         for (d, &v) in q[j..n].iter_mut().zip(&x[j..]) {
-            *d = code(v, inv, zh);
+            *d = code(v, inv, zh, top);
         }
         (s, z as i32)
     }
@@ -380,7 +386,8 @@ mod simd_build {
     /// # Safety
     /// The CPU has AVX-512 F and BW.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> (f32, i32) {
+    pub(super) unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8], a_max: i32) -> (f32, i32) {
+        let top = a_max as f32;
         let n = x.len();
         assert!(q.len() >= n);
         let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
@@ -397,21 +404,21 @@ mod simd_build {
         _mm512_storeu_ps(lo.as_mut_ptr(), lo0);
         _mm512_storeu_ps(hi.as_mut_ptr(), hi0);
         lanes_tail(&x[whole..], &mut lo, &mut hi);
-        let Some((s, inv, z, zh)) = row_params(&lo, &hi) else {
+        let Some((s, inv, z, zh)) = row_params(&lo, &hi, top) else {
             q[..n].fill(0);
             return (0.0, 0);
         };
         let (vi, vz) = (_mm512_set1_ps(inv), _mm512_set1_ps(zh));
-        let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(A_MAX as f32));
+        let (zero, vtop) = (_mm512_setzero_ps(), _mm512_set1_ps(top));
         let mut j = 0;
         while j < whole {
             let t = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(xp.add(j)), vi), vz);
-            let t = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(t, zero), top));
+            let t = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(t, zero), vtop));
             _mm_storeu_si128(qp.add(j).cast(), _mm512_cvtepi32_epi8(t));
             j += L;
         }
         for (d, &v) in q[whole..n].iter_mut().zip(&x[whole..]) {
-            *d = code(v, inv, zh);
+            *d = code(v, inv, zh, top);
         }
         (s, z as i32)
     }
@@ -451,15 +458,15 @@ mod simd_build {
 ///
 /// # Safety
 /// The CPU has `path`.
-unsafe fn quantize_row_on(path: Path, x: &[f32], q: &mut [u8]) -> (f32, i32) {
+unsafe fn quantize_row_on(path: Path, x: &[f32], q: &mut [u8], a_max: i32) -> (f32, i32) {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (caller).
-        Path::Avx2 => unsafe { simd_build::quantize_row_avx2(x, q) },
+        Path::Avx2 => unsafe { simd_build::quantize_row_avx2(x, q, a_max) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
-        Path::Avx512Vnni => unsafe { simd_build::quantize_row_avx512(x, q) },
-        _ => quantize_row(x, q),
+        Path::Avx512Vnni => unsafe { simd_build::quantize_row_avx512(x, q, a_max) },
+        _ => quantize_row(x, q, a_max),
     }
 }
 
@@ -521,6 +528,15 @@ impl KernelPath for Path {
 }
 
 impl Path {
+    /// Largest activation code this path's kernel takes without
+    /// saturating; its activations are quantized to it.
+    fn a_max(self) -> i32 {
+        match self {
+            Path::Avx2 => A_MAX_AVX2,
+            Path::Scalar | Path::Avx512Vnni => A_MAX,
+        }
+    }
+
     /// Kernel tile: rows × panels.
     fn tile(self) -> (usize, usize) {
         match self {
@@ -549,10 +565,18 @@ pub(crate) fn matmul_acc_q(out: &mut [f32], x: &[f32], w: &QuantW, n: usize) {
     matmul_q(out, x, w, n, &Epilogue::ACC);
 }
 
-/// [`matmul_acc_q`] on a given path (which the CPU must have).
+/// [`matmul_acc_q`] on a given path (which the CPU must have), with
+/// activation codes `0..=a_max`.
 #[cfg(test)]
-pub(crate) fn matmul_acc_q_on(path: Path, out: &mut [f32], x: &[f32], w: &QuantW, n: usize) {
-    matmul_q_on(path, out, x, w, n, &Epilogue::ACC);
+pub(crate) fn matmul_acc_q_on(
+    path: Path,
+    a_max: i32,
+    out: &mut [f32],
+    x: &[f32],
+    w: &QuantW,
+    n: usize,
+) {
+    matmul_q_codes(path, a_max, out, x, w, n, &Epilogue::ACC);
 }
 
 /// [`matmul_q`] on a given path (which the CPU must have).
@@ -564,6 +588,25 @@ pub(crate) fn matmul_q_on(
     n: usize,
     epi: &Epilogue,
 ) {
+    matmul_q_codes(path, path.a_max(), out, x, w, n, epi)
+}
+
+/// [`matmul_q_on`] with activations quantized to `0..=a_max` (at most the
+/// path's own [`Path::a_max`]).
+fn matmul_q_codes(
+    path: Path,
+    a_max: i32,
+    out: &mut [f32],
+    x: &[f32],
+    w: &QuantW,
+    n: usize,
+    epi: &Epilogue,
+) {
+    assert!(
+        a_max > 0 && a_max <= path.a_max(),
+        "activation codes 0..={a_max} on {}",
+        path.name()
+    );
     let (o, k) = (w.o, w.k);
     assert!(out.len() == n * o && x.len() == n * k, "matmul shapes");
     epi.check(n, o);
@@ -574,7 +617,7 @@ pub(crate) fn matmul_q_on(
     // (int8 runs several times faster than sgemm, whose bar is 1M).
     let parallel = rayon::current_num_threads() > 1 && n * o * k >= 1 << 21;
     // SAFETY: `path` was checked available above.
-    let xq = unsafe { QuantX::new(path, x, n, k, w.groups, parallel && n * k >= 1 << 16) };
+    let xq = unsafe { QuantX::new(path, a_max, x, n, k, w.groups, parallel && n * k >= 1 << 16) };
     let cols = path.tile().1;
     let col_blocks = (o / NR).div_ceil(cols);
     let row_blocks = n.div_ceil(MC);
@@ -903,11 +946,11 @@ mod tests {
     }
 
     /// The int32 sums (before zero-point correction) of `path` for all of
-    /// `x · Wᵀ`.
-    fn accumulators(path: Path, x: &[f32], w: &QuantW, n: usize) -> Vec<i32> {
+    /// `x · Wᵀ`, activations quantized to `0..=a_max`.
+    fn accumulators(path: Path, a_max: i32, x: &[f32], w: &QuantW, n: usize) -> Vec<i32> {
         assert!(path.missing().is_none());
         // SAFETY: the path was checked available just above.
-        let xq = unsafe { QuantX::new(path, x, n, w.k, w.groups, false) };
+        let xq = unsafe { QuantX::new(path, a_max, x, n, w.k, w.groups, false) };
         let o = w.o;
         let mut acc = vec![i32::MIN; n * o];
         let mut emit = |r: usize, c0: usize, nr: usize, ldc: usize, t: &[i32]| {
@@ -954,12 +997,12 @@ mod tests {
             let x = values(n * k, 1 + n as u32);
             let wf = values(o * k, 7 + k as u32);
             let w = QuantW::new(&wf, o, k);
-            let want = accumulators(Path::Scalar, &x, &w, n);
+            let want = accumulators(Path::Scalar, A_MAX, &x, &w, n);
             // The reference against plain loops on unpacked codes (checks
             // the packing too).
             let mut xq = vec![0u8; k];
             for i in 0..n {
-                quantize_row(&x[i * k..(i + 1) * k], &mut xq);
+                quantize_row(&x[i * k..(i + 1) * k], &mut xq, A_MAX);
                 for c in 0..o {
                     let inv = if w.scale[c] > 0.0 {
                         W_MAX as f32
@@ -980,7 +1023,9 @@ mod tests {
                 }
             }
             for &p in &paths {
-                let got = accumulators(p, &x, &w, n);
+                // Each path against the reference at its own code range.
+                let want = accumulators(Path::Scalar, p.a_max(), &x, &w, n);
+                let got = accumulators(p, p.a_max(), &x, &w, n);
                 assert!(
                     got == want,
                     "{} vs scalar sums differ at n={n} k={k} o={o}",
@@ -996,11 +1041,11 @@ mod tests {
         for &(n, k, o) in &SHAPES {
             let x = values(n * k, 3 + n as u32);
             let w = QuantW::new(&values(o * k, 5 + k as u32), o, k);
-            let mut want = values(n * o, 11);
-            matmul_acc_q_on(Path::Scalar, &mut want, &x, &w, n);
             for &p in &paths {
+                let mut want = values(n * o, 11);
+                matmul_acc_q_on(Path::Scalar, p.a_max(), &mut want, &x, &w, n);
                 let mut got = values(n * o, 11);
-                matmul_acc_q_on(p, &mut got, &x, &w, n);
+                matmul_acc_q_on(p, p.a_max(), &mut got, &x, &w, n);
                 let same = got
                     .iter()
                     .zip(&want)
@@ -1017,8 +1062,8 @@ mod tests {
     #[test]
     fn worst_case_inputs_do_not_saturate() {
         // Every activation at the top code and weights ±127 with equal signs
-        // in each pair: 8-bit activations would make vpmaddubsw clip
-        // (2·255·127 > 32767).
+        // in each pair: AVX2's vpmaddubsw would clip 8-bit codes
+        // (2·255·127 > 32767), so its codes stop at 127.
         let paths = simd_paths();
         let (n, k, o) = (7, 388, 64);
         for sign_x in [1.0f32, -1.0] {
@@ -1027,20 +1072,19 @@ mod tests {
                 .map(|i| if (i / k) % 2 == 0 { 0.5 } else { -0.5 })
                 .collect();
             let w = QuantW::new(&w, o, k);
-            let want = accumulators(Path::Scalar, &x, &w, n);
-            let top = if sign_x > 0.0 { A_MAX } else { 0 };
-            for (i, &a) in want.iter().enumerate() {
-                let c = i % o;
-                let sign = if c % 2 == 0 { 1 } else { -1 };
-                assert_eq!(a, sign * top * W_MAX * k as i32, "scalar sum [{i}]");
-            }
-            for &p in &paths {
-                assert!(accumulators(p, &x, &w, n) == want, "{} saturated", p.name());
+            for &p in [Path::Scalar].iter().chain(&paths) {
+                let top = if sign_x > 0.0 { p.a_max() } else { 0 };
+                for (i, &a) in accumulators(p, p.a_max(), &x, &w, n).iter().enumerate() {
+                    let c = i % o;
+                    let sign = if c % 2 == 0 { 1 } else { -1 };
+                    let want = sign * top * W_MAX * k as i32;
+                    assert_eq!(a, want, "{} sum [{i}] (saturated?)", p.name());
+                }
             }
             // And the dequantized product is exact up to float rounding.
             for &p in Path::ALL.iter().filter(|p| p.missing().is_none()) {
                 let mut out = vec![0f32; n * o];
-                matmul_acc_q_on(p, &mut out, &x, &w, n);
+                matmul_acc_q_on(p, p.a_max(), &mut out, &x, &w, n);
                 for (i, &v) in out.iter().enumerate() {
                     let sign = if (i % o) % 2 == 0 { 1.0 } else { -1.0 };
                     let exact = sign * 1.5 * sign_x * k as f32;
@@ -1073,12 +1117,13 @@ mod tests {
         odd[66] = 1.0;
         rows.push(odd);
         for x in &rows {
-            let mut want = vec![0u8; x.len()];
-            let wp = quantize_row(x, &mut want);
-            for &p in &paths {
+            // Every build at both code ranges.
+            for (&p, a_max) in paths.iter().flat_map(|p| [(p, A_MAX), (p, A_MAX_AVX2)]) {
+                let mut want = vec![0u8; x.len()];
+                let wp = quantize_row(x, &mut want, a_max);
                 let mut got = vec![7u8; x.len()];
                 // SAFETY: `simd_paths` lists only paths this CPU has.
-                let gp = unsafe { quantize_row_on(p, x, &mut got) };
+                let gp = unsafe { quantize_row_on(p, x, &mut got, a_max) };
                 assert!(
                     got == want && gp.0.to_bits() == wp.0.to_bits() && gp.1 == wp.1,
                     "{} quantizes a row of {} differently",
@@ -1102,28 +1147,31 @@ mod tests {
         assert_eq!(q.colsum[0], -W_MAX + half + quarter);
         assert_eq!(q.scale[0], 2.0 / W_MAX as f32);
         assert_eq!((q.scale[1], q.colsum[1]), (0.0, 0));
-        // Activations: 0 is exact, the range ends map to 0 and A_MAX.
-        let x = [-1.0, 0.0, 3.0, 1.0];
-        let mut c = [9u8; 4];
-        let (s, z) = quantize_row(&x, &mut c);
-        let z_want = (A_MAX + 2) / 4;
-        assert_eq!((s, z), (4.0 / A_MAX as f32, z_want));
-        let c: Vec<i32> = c.iter().map(|&v| i32::from(v)).collect();
-        assert_eq!(c, [0, z_want, A_MAX, 2 * z_want]);
-        let mut c = [9u8; 4];
-        // A zero row adds nothing.
-        assert_eq!(quantize_row(&[0.0; 3], &mut c[..3]), (0.0, 0));
-        // Non-finite input: no panic.
-        let _ = quantize_row(&[f32::NAN, f32::INFINITY, 1.0], &mut c[..3]);
+        // Activations: 0 is exact, the range ends map to 0 and the top code.
+        for top in [A_MAX, A_MAX_AVX2] {
+            let x = [-1.0, 0.0, 3.0, 1.0];
+            let mut c = [9u8; 4];
+            let (s, z) = quantize_row(&x, &mut c, top);
+            let z_want = (top + 2) / 4;
+            assert_eq!((s, z), (4.0 / top as f32, z_want));
+            let c: Vec<i32> = c.iter().map(|&v| i32::from(v)).collect();
+            assert_eq!(c, [0, z_want, top, 2 * z_want]);
+            let mut c = [9u8; 4];
+            // A zero row adds nothing.
+            assert_eq!(quantize_row(&[0.0; 3], &mut c[..3], top), (0.0, 0));
+            // Non-finite input: no panic.
+            let _ = quantize_row(&[f32::NAN, f32::INFINITY, 1.0], &mut c[..3], top);
+        }
     }
 
     /// Gaussian x and W: relative RMS error of the int8 product against the
     /// f64 product. Rounding errors are uniform and independent: an
     /// activation's has variance `s_i²/12`, a weight's `scale_c²/12`, so
     /// output `(i, c)`'s error has variance `≈ s_i²/12 · Σ_j W[c][j]² +
-    /// scale_c²/12 · Σ_j x[i][j]²`. With `s ≈ 6–7σ/A_MAX` (the range of a
-    /// Gaussian row of 384–1536) and `scale ≈ 3–3.4σ/W_MAX` that is a
-    /// relative RMS error of ≈ 1.5–1.85 % (either split). Assert the measured error is within 20 % of
+    /// scale_c²/12 · Σ_j x[i][j]²`. With `s ≈ 6–7σ/T` (the range of a
+    /// Gaussian row of 384–1536 over the path's top code) and `scale ≈
+    /// 3–3.4σ/W_MAX` that is a relative RMS error of ≈ 1.0–1.15 % at 8 bits,
+    /// 1.5–1.85 % at 7. Assert the measured error is within 20 % of
     /// that prediction and < 2 %, and every error < 10 % of the outputs' RMS
     /// (> 5.5 standard deviations of the error).
     #[test]
@@ -1138,7 +1186,8 @@ mod tests {
             let (mut se, mut sy, mut emax, mut predicted) = (0f64, 0f64, 0f64, 0f64);
             for i in 0..n {
                 let xi = &x[i * k..(i + 1) * k];
-                let s_i = f64::from(quantize_row(xi, &mut vec![0; k]).0);
+                let a_max = dispatch().path.a_max();
+                let s_i = f64::from(quantize_row(xi, &mut vec![0; k], a_max).0);
                 for c in 0..o {
                     let wc = &wf[c * k..(c + 1) * k];
                     let y: f64 = xi
