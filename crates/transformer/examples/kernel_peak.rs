@@ -42,67 +42,86 @@ mod probes {
     use super::ITERS;
     use std::arch::asm;
 
-    /// 24 independent `vfmadd231ps` chains, `ITERS` times.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn fma512() {
-        asm!(
-            "2:",
-            "vfmadd231ps zmm0, zmm30, zmm31",
-            "vfmadd231ps zmm1, zmm30, zmm31",
-            "vfmadd231ps zmm2, zmm30, zmm31",
-            "vfmadd231ps zmm3, zmm30, zmm31",
-            "vfmadd231ps zmm4, zmm30, zmm31",
-            "vfmadd231ps zmm5, zmm30, zmm31",
-            "vfmadd231ps zmm6, zmm30, zmm31",
-            "vfmadd231ps zmm7, zmm30, zmm31",
-            "vfmadd231ps zmm8, zmm30, zmm31",
-            "vfmadd231ps zmm9, zmm30, zmm31",
-            "vfmadd231ps zmm10, zmm30, zmm31",
-            "vfmadd231ps zmm11, zmm30, zmm31",
-            "vfmadd231ps zmm12, zmm30, zmm31",
-            "vfmadd231ps zmm13, zmm30, zmm31",
-            "vfmadd231ps zmm14, zmm30, zmm31",
-            "vfmadd231ps zmm15, zmm30, zmm31",
-            "vfmadd231ps zmm16, zmm30, zmm31",
-            "vfmadd231ps zmm17, zmm30, zmm31",
-            "vfmadd231ps zmm18, zmm30, zmm31",
-            "vfmadd231ps zmm19, zmm30, zmm31",
-            "vfmadd231ps zmm20, zmm30, zmm31",
-            "vfmadd231ps zmm21, zmm30, zmm31",
-            "vfmadd231ps zmm22, zmm30, zmm31",
-            "vfmadd231ps zmm23, zmm30, zmm31",
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) ITERS => _,
-            out("zmm0") _,
-            out("zmm1") _,
-            out("zmm2") _,
-            out("zmm3") _,
-            out("zmm4") _,
-            out("zmm5") _,
-            out("zmm6") _,
-            out("zmm7") _,
-            out("zmm8") _,
-            out("zmm9") _,
-            out("zmm10") _,
-            out("zmm11") _,
-            out("zmm12") _,
-            out("zmm13") _,
-            out("zmm14") _,
-            out("zmm15") _,
-            out("zmm16") _,
-            out("zmm17") _,
-            out("zmm18") _,
-            out("zmm19") _,
-            out("zmm20") _,
-            out("zmm21") _,
-            out("zmm22") _,
-            out("zmm23") _,
-            out("zmm30") _,
-            out("zmm31") _,
-            options(nostack),
-        );
+    /// A probe of 24 independent chains of the `zmm` instruction `$op`
+    /// (accumulators zmm0–zmm23, sources zmm30 and zmm31), `ITERS` times.
+    macro_rules! zmm_probe {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $op:literal) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name() {
+                asm!(
+                "2:",
+                concat!($op, " zmm0, zmm30, zmm31"),
+                concat!($op, " zmm1, zmm30, zmm31"),
+                concat!($op, " zmm2, zmm30, zmm31"),
+                concat!($op, " zmm3, zmm30, zmm31"),
+                concat!($op, " zmm4, zmm30, zmm31"),
+                concat!($op, " zmm5, zmm30, zmm31"),
+                concat!($op, " zmm6, zmm30, zmm31"),
+                concat!($op, " zmm7, zmm30, zmm31"),
+                concat!($op, " zmm8, zmm30, zmm31"),
+                concat!($op, " zmm9, zmm30, zmm31"),
+                concat!($op, " zmm10, zmm30, zmm31"),
+                concat!($op, " zmm11, zmm30, zmm31"),
+                concat!($op, " zmm12, zmm30, zmm31"),
+                concat!($op, " zmm13, zmm30, zmm31"),
+                concat!($op, " zmm14, zmm30, zmm31"),
+                concat!($op, " zmm15, zmm30, zmm31"),
+                concat!($op, " zmm16, zmm30, zmm31"),
+                concat!($op, " zmm17, zmm30, zmm31"),
+                concat!($op, " zmm18, zmm30, zmm31"),
+                concat!($op, " zmm19, zmm30, zmm31"),
+                concat!($op, " zmm20, zmm30, zmm31"),
+                concat!($op, " zmm21, zmm30, zmm31"),
+                concat!($op, " zmm22, zmm30, zmm31"),
+                concat!($op, " zmm23, zmm30, zmm31"),
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) ITERS => _,
+                out("zmm0") _,
+                out("zmm1") _,
+                out("zmm2") _,
+                out("zmm3") _,
+                out("zmm4") _,
+                out("zmm5") _,
+                out("zmm6") _,
+                out("zmm7") _,
+                out("zmm8") _,
+                out("zmm9") _,
+                out("zmm10") _,
+                out("zmm11") _,
+                out("zmm12") _,
+                out("zmm13") _,
+                out("zmm14") _,
+                out("zmm15") _,
+                out("zmm16") _,
+                out("zmm17") _,
+                out("zmm18") _,
+                out("zmm19") _,
+                out("zmm20") _,
+                out("zmm21") _,
+                out("zmm22") _,
+                out("zmm23") _,
+                out("zmm30") _,
+                out("zmm31") _,
+                options(nostack),
+                );
+            }
+        };
     }
+
+    zmm_probe!(
+        /// fp32 fused multiply-add, 16 lanes.
+        fma512,
+        "avx512f",
+        "vfmadd231ps"
+    );
+    zmm_probe!(
+        /// u8 × i8 dot products of 4 into i32, 16 lanes.
+        vnni512,
+        "avx512f,avx512vnni",
+        "vpdpbusd"
+    );
 
     /// 12 independent `vfmadd231ps` chains, `ITERS` times.
     #[target_feature(enable = "avx2,fma")]
@@ -138,68 +157,6 @@ mod probes {
             out("ymm11") _,
             out("ymm14") _,
             out("ymm15") _,
-            options(nostack),
-        );
-    }
-
-    /// 24 independent `vpdpbusd` chains, `ITERS` times.
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    pub unsafe fn vnni512() {
-        asm!(
-            "2:",
-            "vpdpbusd zmm0, zmm30, zmm31",
-            "vpdpbusd zmm1, zmm30, zmm31",
-            "vpdpbusd zmm2, zmm30, zmm31",
-            "vpdpbusd zmm3, zmm30, zmm31",
-            "vpdpbusd zmm4, zmm30, zmm31",
-            "vpdpbusd zmm5, zmm30, zmm31",
-            "vpdpbusd zmm6, zmm30, zmm31",
-            "vpdpbusd zmm7, zmm30, zmm31",
-            "vpdpbusd zmm8, zmm30, zmm31",
-            "vpdpbusd zmm9, zmm30, zmm31",
-            "vpdpbusd zmm10, zmm30, zmm31",
-            "vpdpbusd zmm11, zmm30, zmm31",
-            "vpdpbusd zmm12, zmm30, zmm31",
-            "vpdpbusd zmm13, zmm30, zmm31",
-            "vpdpbusd zmm14, zmm30, zmm31",
-            "vpdpbusd zmm15, zmm30, zmm31",
-            "vpdpbusd zmm16, zmm30, zmm31",
-            "vpdpbusd zmm17, zmm30, zmm31",
-            "vpdpbusd zmm18, zmm30, zmm31",
-            "vpdpbusd zmm19, zmm30, zmm31",
-            "vpdpbusd zmm20, zmm30, zmm31",
-            "vpdpbusd zmm21, zmm30, zmm31",
-            "vpdpbusd zmm22, zmm30, zmm31",
-            "vpdpbusd zmm23, zmm30, zmm31",
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) ITERS => _,
-            out("zmm0") _,
-            out("zmm1") _,
-            out("zmm2") _,
-            out("zmm3") _,
-            out("zmm4") _,
-            out("zmm5") _,
-            out("zmm6") _,
-            out("zmm7") _,
-            out("zmm8") _,
-            out("zmm9") _,
-            out("zmm10") _,
-            out("zmm11") _,
-            out("zmm12") _,
-            out("zmm13") _,
-            out("zmm14") _,
-            out("zmm15") _,
-            out("zmm16") _,
-            out("zmm17") _,
-            out("zmm18") _,
-            out("zmm19") _,
-            out("zmm20") _,
-            out("zmm21") _,
-            out("zmm22") _,
-            out("zmm23") _,
-            out("zmm30") _,
-            out("zmm31") _,
             options(nostack),
         );
     }
