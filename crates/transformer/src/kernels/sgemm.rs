@@ -94,12 +94,11 @@ pub(crate) fn dispatch() -> &'static Dispatch<Path> {
 #[repr(C, align(64))]
 struct Line([f32; NR]);
 
-/// A `(o, k)` row-major weight matrix, packed into `o / NR` panels.
+/// A `(o, k)` row-major weight matrix, packed once into `o / NR` panels:
+/// panel `p`, input `j`, lane `l` is `W[p * NR + l][j]`.
 pub(crate) struct PackedW {
     o: usize,
-    k: usize,
-    /// Panel `p`, input `j`, lane `l` is `W[p * NR + l][j]`.
-    lines: Vec<Line>,
+    panels: Panels,
 }
 
 impl PackedW {
@@ -107,37 +106,23 @@ impl PackedW {
     /// (BERT widths are); see [`PackedW::fits`].
     pub fn new(w: &[f32], o: usize, k: usize) -> Self {
         assert!(Self::fits(o) && w.len() == o * k, "weight shape {o}×{k}");
-        let mut lines = vec![Line([0.0; NR]); o / NR * k];
-        for p in 0..o / NR {
-            let panel = &mut lines[p * k..(p + 1) * k];
-            for l in 0..NR {
-                let row = &w[(p * NR + l) * k..(p * NR + l + 1) * k];
-                for (line, &v) in panel.iter_mut().zip(row) {
-                    line.0[l] = v;
-                }
-            }
-        }
-        Self { o, k, lines }
+        let mut panels = Panels::default();
+        // SAFETY: output column c, input j is w[c * k + j], inside `w` for
+        // every c < o and j < k (checked above).
+        unsafe { panels.pack(w.as_ptr(), o, k, k, 1) };
+        Self { o, panels }
     }
 
     /// Whether a layer `o` wide can be packed.
     pub fn fits(o: usize) -> bool {
         o > 0 && o.is_multiple_of(NR)
     }
-
-    /// Panel `p` as `k × NR` floats.
-    fn panel(&self, p: usize) -> &[f32] {
-        let lines = &self.lines[p * self.k..(p + 1) * self.k];
-        // SAFETY: `Line` is `repr(C)` over `[f32; NR]` with no padding (its
-        // size, 64 bytes, equals its alignment), so `k` lines are `k * NR`
-        // contiguous floats.
-        unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * NR) }
-    }
 }
 
-/// Panels packed for one product only, for a right-hand side that changes
-/// every call (attention's Kᵀ and V): the same aligned layout as
-/// [`PackedW`], reused between calls so it is allocated once per thread.
+/// A right-hand side in panels of [`NR`] columns, each input's `NR` values
+/// one aligned [`Line`]: a weight matrix packed once ([`PackedW`]), or one
+/// that changes every call (attention's Kᵀ and V), reused between calls so
+/// it is allocated once per thread.
 #[derive(Default)]
 pub(crate) struct Panels {
     k: usize,
@@ -188,6 +173,15 @@ impl Panels {
         }
     }
 
+    /// Panel `p` as `k × NR` floats.
+    fn panel(&self, p: usize) -> &[f32] {
+        let lines = &self.lines[p * self.k..(p + 1) * self.k];
+        // SAFETY: `Line` is `repr(C)` over `[f32; NR]` with no padding (its
+        // size, 64 bytes, equals its alignment), so `k` lines are `k * NR`
+        // contiguous floats.
+        unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * NR) }
+    }
+
     /// `c (n, count · NR at stride ldc) = x (n rows of k at stride ldx) ·
     /// panels`, on the calling thread (`c` is only written).
     ///
@@ -203,14 +197,9 @@ impl Panels {
         n: usize,
     ) {
         let path = dispatch().path;
-        let panel = |p: usize| {
-            let lines = &self.lines[p * self.k..(p + 1) * self.k];
-            // SAFETY: as for `PackedW::panel`.
-            unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * NR) }
-        };
         for first in (0..self.count).step_by(MAX_P) {
             let count = MAX_P.min(self.count - first);
-            let block = Block::new(count, |i| (panel(first + i), Base::Zero));
+            let block = Block::new(count, |i| (self.panel(first + i), Base::Zero));
             panel_rows(
                 c.add(first * NR),
                 ldc,
@@ -230,7 +219,7 @@ impl Panels {
 /// tile (see [`Epilogue`]). Runs on rayon's threads when there is enough
 /// work.
 pub(crate) fn matmul(out: &mut [f32], x: &[f32], w: &PackedW, n: usize, epi: &Epilogue) {
-    let (o, k) = (w.o, w.k);
+    let (o, k, w) = (w.o, w.panels.k, &w.panels);
     assert!(out.len() == n * o && x.len() == n * k, "matmul shapes");
     epi.check(n, o);
     let panels = o / NR;
@@ -577,7 +566,8 @@ mod tests {
                             1 => Base::Bias(bias[p * NR..].as_ptr()),
                             _ => Base::Zero,
                         };
-                        let block = Block::new(np, |i| (w.panel(first + i), start(first + i)));
+                        let block =
+                            Block::new(np, |i| (w.panels.panel(first + i), start(first + i)));
                         panel_rows(c, o, x.as_ptr(), k, k, &block, n, path, None);
                     }
                 }
