@@ -532,7 +532,7 @@ impl FastBert {
                     }
                     scores.clear();
                     scores.resize(len * len, 0.0);
-                    // scores (len, len) = scale * Q K^T
+                    // scores (len, len) = Q K^T
                     gemm::gemm(
                         len,
                         len,
@@ -548,13 +548,13 @@ impl FastBert {
                         3 * h as isize,
                         1,
                         0.0f32,
-                        scale,
+                        1.0f32,
                         false,
                         false,
                         false,
                         gemm::Parallelism::None,
                     );
-                    vmath::softmax_rows(scores, len, len, 1.0);
+                    vmath::softmax_rows(scores, len, len, scale);
                     // ctx rows of this sequence, this head's columns = P V
                     gemm::gemm(
                         len,
