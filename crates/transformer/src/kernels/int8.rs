@@ -319,7 +319,7 @@ fn dequant_row(
 
 #[cfg(target_arch = "x86_64")]
 mod simd_build {
-    use super::{code, lanes_tail, row_params, Start, L};
+    use super::{code, lanes_tail, row_params, L};
     use std::arch::x86_64::*;
 
     /// [`super::quantize_row`] with AVX2: the same lanes (two ymm) and the
@@ -422,37 +422,21 @@ mod simd_build {
         }
         (s, z as i32)
     }
-
-    /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dequant_row_avx2(
-        out: &mut [f32],
-        acc: &[i32],
-        colsum: &[i32],
-        scale: &[f32],
-        s: f32,
-        z: i32,
-        start: Start,
-    ) {
-        super::dequant_row(out, acc, colsum, scale, s, z, start)
-    }
-
-    /// # Safety
-    /// The CPU has AVX-512 F and BW.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn dequant_row_avx512(
-        out: &mut [f32],
-        acc: &[i32],
-        colsum: &[i32],
-        scale: &[f32],
-        s: f32,
-        z: i32,
-        start: Start,
-    ) {
-        super::dequant_row(out, acc, colsum, scale, s, z, start)
-    }
 }
+
+// The dequantizing epilogue for AVX2 and AVX-512 (the features of the int8
+// paths that call them).
+simd_builds!(dequant_row =>
+    dequant_row_avx2: "avx2,fma",
+    dequant_row_avx512: "avx512f,avx512bw" (
+    out: &mut [f32],
+    acc: &[i32],
+    colsum: &[i32],
+    scale: &[f32],
+    s: f32,
+    z: i32,
+    start: Start,
+));
 
 /// [`quantize_row`] built for `path`.
 ///
@@ -488,12 +472,10 @@ unsafe fn dequant_row_on(
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (caller).
-        Path::Avx2 => unsafe { simd_build::dequant_row_avx2(out, acc, colsum, scale, s, z, start) },
+        Path::Avx2 => unsafe { dequant_row_avx2(out, acc, colsum, scale, s, z, start) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
-        Path::Avx512Vnni => unsafe {
-            simd_build::dequant_row_avx512(out, acc, colsum, scale, s, z, start)
-        },
+        Path::Avx512Vnni => unsafe { dequant_row_avx512(out, acc, colsum, scale, s, z, start) },
         _ => dequant_row(out, acc, colsum, scale, s, z, start),
     }
 }

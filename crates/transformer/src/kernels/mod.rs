@@ -29,6 +29,28 @@
 
 use std::sync::OnceLock;
 
+/// `$avx2` and `$avx512`: the plain function `$body` compiled again with
+/// each build's target features (`$f2`, `$f512`), so the compiler
+/// vectorizes it for that ISA. `$body` does the same IEEE operations in
+/// every build, so each gives its floats. Calling one is `unsafe`: the CPU
+/// must have its features.
+macro_rules! simd_builds {
+    ($body:ident => $avx2:ident: $f2:literal, $avx512:ident: $f512:literal
+     ($($arg:ident: $ty:ty),* $(,)?)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $f2)]
+        unsafe fn $avx2($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $f512)]
+        unsafe fn $avx512($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+    };
+}
+
 pub(crate) mod int8;
 pub(crate) mod sgemm;
 pub(crate) mod vmath;

@@ -143,27 +143,9 @@ fn layer_norm_loop(
     }
 }
 
-/// `$avx2` and `$avx512`: `$body` compiled again for AVX2 and for AVX-512F
-/// (the same IEEE operations per lane, so the same floats as `$body`).
-macro_rules! simd_builds {
-    ($body:ident => $avx2:ident, $avx512:ident ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $avx2($($arg: $ty),*) {
-            $body($($arg),*)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn $avx512($($arg: $ty),*) {
-            $body($($arg),*)
-        }
-    };
-}
-
-simd_builds!(gelu_loop => gelu_avx2, gelu_avx512(v: &mut [f32]));
-simd_builds!(softmax_loop => softmax_avx2, softmax_avx512(v: &mut [f32], scale: f32));
-simd_builds!(layer_norm_loop => layer_norm_avx2, layer_norm_avx512(
+simd_builds!(gelu_loop => gelu_avx2: "avx2", gelu_avx512: "avx512f" (v: &mut [f32]));
+simd_builds!(softmax_loop => softmax_avx2: "avx2", softmax_avx512: "avx512f" (v: &mut [f32], scale: f32));
+simd_builds!(layer_norm_loop => layer_norm_avx2: "avx2", layer_norm_avx512: "avx512f" (
     r: &mut [f32],
     w: &[f32],
     b: &[f32],
