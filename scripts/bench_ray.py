@@ -3,6 +3,12 @@
 (one process, every core) and by Ray Data through the casetag wheel (1 and 2
 actors), in one run on one machine. Prints one JSON line per run and a table.
 
+Two Ray Data jobs are timed: `casetag.ray.tag_files` (files in, files out:
+each actor tags whole files, only their names pass through Ray) and
+`casetag.ray.tag_dataset` (`read_parquet` -> actors -> `write_parquet`, every
+row through Ray's object store). Timing starts once the local cluster is up
+and idle, as on a running cluster.
+
     .venv/bin/python scripts/bench_ray.py --model out/quickstart/models/baseline --rows 1000000
     .venv/bin/python scripts/bench_ray.py --model out/quickstart/models/transformer --rows 3000
 
@@ -103,24 +109,33 @@ def main() -> int:
             raise SystemExit(r.stderr)
         results.append({"engine": "casetag tag (CLI)", "workers": 1, "rows": a.rows, "seconds": secs})
 
+        cpus_total = os.cpu_count()
         extra = 1 if a.full_actor else 0
-        ray.init(num_cpus=os.cpu_count() + extra, include_dashboard=False, log_to_driver=False)
-        # As on a cluster of os.cpu_count() CPUs: one CPU left to reads and writes.
-        runs = [(n, max(0.25, (os.cpu_count() - 1.0) / n)) for n in (1, 2)]
+        ray.init(num_cpus=cpus_total + extra, include_dashboard=False, log_to_driver=False)
+        # Let the workers Ray starts with finish booting before timing.
+        ray.get([ray.remote(lambda: 0).remote() for _ in range(cpus_total)])
+        time.sleep(3)
+        # Files: the actors hold every CPU (nothing else in the job needs one).
+        runs = [("files", n, cpus_total / n) for n in (1, 2)]
+        # Rows: as on a cluster of cpus_total CPUs, one left to reads and writes.
+        runs += [("rows", n, max(0.25, (cpus_total - 1.0) / n)) for n in (1, 2)]
         if a.full_actor:
-            runs.append((1, float(os.cpu_count())))
-        for actors, cpus in runs:
-            out = work / f"ray{actors}-{cpus}"
-            # By default actors share the machine's CPUs, one left to reads and writes.
+            runs.append(("rows", 1, float(cpus_total)))
+        for job, actors, cpus in runs:
+            out = work / f"ray-{job}-{actors}-{cpus}"
             with RssWatch() as w:
                 t0 = time.perf_counter()
-                ds = ray.data.read_parquet(str(src))
-                casetag.ray.tag_dataset(ds, a.model, batch_size=a.batch_size, concurrency=actors,
-                                        num_cpus=cpus).write_parquet(str(out))
+                if job == "files":
+                    casetag.ray.tag_files(src, out, a.model, concurrency=actors, num_cpus=cpus)
+                else:
+                    ds = ray.data.read_parquet(str(src))
+                    casetag.ray.tag_dataset(ds, a.model, batch_size=a.batch_size, concurrency=actors,
+                                            num_cpus=cpus).write_parquet(str(out))
                 secs = time.perf_counter() - t0
             n = ray.data.read_parquet(str(out)).count()
             assert n == a.rows, (n, a.rows)
-            results.append({"engine": "Ray Data + wheel", "workers": actors, "rows": n, "seconds": secs,
+            engine = "Ray Data tag_files" if job == "files" else "Ray Data tag_dataset"
+            results.append({"engine": engine, "workers": actors, "rows": n, "seconds": secs,
                             "actor_cpus": cpus, "peak_rss_per_actor_mib": round(w.peak / 2**20)})
         ray.shutdown()
 

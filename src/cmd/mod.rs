@@ -6,7 +6,6 @@ pub mod monitor;
 pub mod prepare;
 pub mod review;
 pub mod serve;
-pub mod shards;
 pub mod tag;
 pub mod tagged_file;
 pub mod train;

@@ -95,46 +95,11 @@ pub struct Args {
     top_k: u16,
 }
 
-/// The (input, output) pairs of this job: the one file, or this shard's
-/// files of a directory or glob with their outputs in the --output
-/// directory.
-fn plan(a: &Args) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
-    if a.shards == 0 || a.shard >= a.shards {
-        return Err(Failure::input(format!(
-            "--shard {} --shards {}: the shard index must be below the number of shards (0..{})",
-            a.shard,
-            a.shards,
-            a.shards.saturating_sub(1)
-        )));
-    }
-    let format = a.output_format;
-    let Some(files) = super::shards::list_inputs(&a.input)? else {
-        if a.shards > 1 || format.is_some() {
-            return Err(Failure::input(
-                "--shards and --output-format need a directory or glob --input",
-            ));
-        }
-        Format::from_path(&a.output)?;
-        return Ok(vec![(a.input.clone(), a.output.clone())]);
-    };
-    if a.output.is_file() {
-        return Err(Failure::input(format!(
-            "--output {}: with a directory or glob --input the output is a directory, and this is a file",
-            a.output.display()
-        )));
-    }
-    let outs = super::shards::outputs(&files, &a.output, format)?;
-    let pairs: Vec<(PathBuf, PathBuf)> = files.into_iter().zip(outs).collect();
-    std::fs::create_dir_all(&a.output)
-        .map_err(|e| Failure::input(format!("--output {}: {e}", a.output.display())))?;
-    Ok(super::shards::assign(&pairs, a.shard, a.shards))
-}
-
 pub fn run(a: Args) -> CmdResult {
     if a.chunk_rows == 0 {
         return Err(Failure::input("--chunk-rows must be at least 1"));
     }
-    let jobs = plan(&a)?;
+    let jobs = casetag_batch::files::plan(&a.input, &a.output, a.output_format, a.shard, a.shards)?;
     let single = jobs.len() == 1 && jobs[0].0 == a.input;
     let options = JobOptions {
         chunk_rows: a.chunk_rows,
@@ -172,7 +137,8 @@ pub fn run(a: Args) -> CmdResult {
         // On stdout, like every other command's result; progress and
         // warnings stay on stderr.
         super::say(printable(
-            &serde_json::to_string(&summary(&done, &a, &tagger, output)).unwrap_or_default(),
+            &serde_json::to_string(&done.summary(&tagger, a.batch_novelty, output))
+                .unwrap_or_default(),
         ));
         return Ok(());
     }
@@ -207,7 +173,7 @@ pub fn run(a: Args) -> CmdResult {
         total.add(&done);
     }
     total.secs = t0.elapsed().as_secs_f64();
-    let mut summary = summary(&total, &a, &tagger, &a.output);
+    let mut summary = total.summary(&tagger, a.batch_novelty, &a.output);
     summary["shard"] = serde_json::json!(a.shard);
     summary["shards"] = serde_json::json!(a.shards);
     summary["files"] = serde_json::json!(files);
@@ -215,28 +181,6 @@ pub fn run(a: Args) -> CmdResult {
         &serde_json::to_string(&summary).unwrap_or_default(),
     ));
     Ok(())
-}
-
-/// The job's result line: rows by outcome and by model, speed, output.
-fn summary(done: &FileDone, a: &Args, tagger: &Tagger, output: &Path) -> serde_json::Value {
-    let counts = &done.counts;
-    let untagged = counts.untagged();
-    serde_json::json!({
-        "rows": counts.rows,
-        "tagged_rows": counts.rows - untagged,
-        "untagged_rows": untagged,
-        "bad_input_rows": counts.bad_input,
-        "empty_text_rows": counts.empty_text,
-        "rows_by_model": counts.by_model,
-        "fallback_rows": counts.fallback,
-        "model": tagger.active().id(),
-        "primary_loaded": tagger.primary.is_some(),
-        "resumed_rows": done.resumed_rows,
-        "batch_novelty": a.batch_novelty,
-        "seconds": done.secs,
-        "cases_per_s": (counts.rows - done.resumed_rows) as f64 / done.secs.max(1e-9),
-        "output": output,
-    })
 }
 
 /// Tag one input file into one output file with a progress bar, warning

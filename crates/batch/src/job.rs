@@ -102,6 +102,34 @@ impl FileDone {
         self.counts.add(&o.counts);
         self.resumed_rows += o.resumed_rows;
     }
+
+    /// The job's result line (`casetag tag` prints it; the Python package
+    /// returns it per file): rows by outcome and by model, speed, output.
+    pub fn summary(
+        &self,
+        tagger: &Tagger,
+        batch_novelty: bool,
+        output: &Path,
+    ) -> serde_json::Value {
+        let counts = &self.counts;
+        let untagged = counts.untagged();
+        serde_json::json!({
+            "rows": counts.rows,
+            "tagged_rows": counts.rows - untagged,
+            "untagged_rows": untagged,
+            "bad_input_rows": counts.bad_input,
+            "empty_text_rows": counts.empty_text,
+            "rows_by_model": counts.by_model,
+            "fallback_rows": counts.fallback,
+            "model": tagger.active().id(),
+            "primary_loaded": tagger.primary.is_some(),
+            "resumed_rows": self.resumed_rows,
+            "batch_novelty": batch_novelty,
+            "seconds": self.secs,
+            "cases_per_s": (counts.rows - self.resumed_rows) as f64 / self.secs.max(1e-9),
+            "output": output,
+        })
+    }
 }
 
 /// What is committed with each chunk: the job it belongs to, where the

@@ -4,6 +4,7 @@
 //! the same columns, names, types and per-row errors whichever way it is
 //! tagged.
 
+pub mod files;
 pub mod job;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,7 @@
 use std::ffi::CString;
 use std::path::PathBuf;
 
+use casetag_batch::job::{open_input, tag_file, JobError, JobOptions};
 use casetag_batch::{load_tagger, tag_chunk, Counts, Shape};
 use casetag_engine::Tagger;
 use polars::prelude::{Column, CompatLevel, PlSmallStr, Series};
@@ -40,11 +41,34 @@ fn data_err(e: casetag_data::DataError) -> PyErr {
     py_err(e.is_input(), &e.to_string())
 }
 
+fn job_err(e: JobError) -> PyErr {
+    py_err(e.is_input(), &e.to_string())
+}
+
+/// The (input, output) pairs `casetag tag --input INPUT --output OUTPUT
+/// [--output-format F]` tags: a single table, or every table of a
+/// directory or glob with its output `OUTPUT/STEM.EXT` (the directory is
+/// created).
+#[pyfunction]
+#[pyo3(signature = (input, output, output_format=None))]
+fn plan_files(
+    input: PathBuf,
+    output: PathBuf,
+    output_format: Option<&str>,
+) -> PyResult<Vec<(PathBuf, PathBuf)>> {
+    let format = output_format
+        .map(|f| casetag_data::Format::from_path(std::path::Path::new(&format!("output.{f}"))))
+        .transpose()
+        .map_err(data_err)?;
+    casetag_batch::files::plan(&input, &output, format, 0, 1).map_err(job_err)
+}
+
 /// A loaded model chain: a bundle, its optional baseline fallback, checked
 /// exactly as `casetag tag --model M --fallback F` checks them.
 #[pyclass(frozen, module = "casetag._casetag")]
 struct Model {
     tagger: Tagger,
+    batch_novelty: bool,
 }
 
 /// A C data interface struct that may travel inside a capsule. The structs
@@ -174,7 +198,10 @@ impl Model {
         let tagger = py
             .detach(|| load_tagger(&path, fallback.as_deref(), batch_novelty))
             .map_err(engine_err)?;
-        Ok(Self { tagger })
+        Ok(Self {
+            tagger,
+            batch_novelty,
+        })
     }
 
     /// The answering bundle's manifest (checksums verified at load), as JSON.
@@ -192,6 +219,41 @@ impl Model {
     /// document `GET /v1/taxonomy` serves.
     fn taxonomy_json(&self) -> String {
         casetag_server::taxonomy_json(self.tagger.active()).to_string()
+    }
+
+    /// Tag the table `input` into `output` as `casetag tag --input INPUT
+    /// --output OUTPUT` does (the same reader, chunks, columns and atomic
+    /// write), with the GIL released; returns its result line as JSON.
+    #[pyo3(signature = (input, output, text_column="text", chunk_rows=casetag_engine::tagger::CHUNK_ROWS, top_k=0))]
+    fn tag_file(
+        &self,
+        py: Python<'_>,
+        input: PathBuf,
+        output: PathBuf,
+        text_column: &str,
+        chunk_rows: usize,
+        top_k: usize,
+    ) -> PyResult<String> {
+        if chunk_rows == 0 || top_k > 50 {
+            return Err(PyValueError::new_err(format!(
+                "chunk_rows must be at least 1 and top_k at most 50 (got {chunk_rows} and {top_k})"
+            )));
+        }
+        let options = JobOptions {
+            chunk_rows,
+            text_column: text_column.to_string(),
+            batch_novelty: self.batch_novelty,
+            top_k,
+            resume: false,
+        };
+        py.detach(|| {
+            let opened = open_input(&input, &options)?;
+            let done = tag_file(&options, &self.tagger, opened, &output, &mut |_| {})?;
+            Ok(done
+                .summary(&self.tagger, self.batch_novelty, &output)
+                .to_string())
+        })
+        .map_err(job_err)
     }
 
     /// Tag `text`, the Arrow array of column `text_column` of a batch whose
@@ -244,10 +306,22 @@ impl Model {
     }
 }
 
+/// Size the process's compute pool to `threads` (at least 1) if no tagging
+/// has started it yet; returns the number of threads it runs.
+#[pyfunction]
+fn set_threads(threads: usize) -> usize {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build_global();
+    rayon::current_num_threads()
+}
+
 #[pymodule]
 fn _casetag(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_class::<ArrowColumn>()?;
+    m.add_function(wrap_pyfunction!(plan_files, m)?)?;
+    m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("OUTPUT_COLUMNS", casetag_batch::OUTPUT_COLUMNS.to_vec())?;
     Ok(())

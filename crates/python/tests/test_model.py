@@ -170,3 +170,48 @@ def test_the_gil_is_released_while_tagging(baseline, data_dir):
     # thousands of loop turns, where a held GIL would allow a handful.
     assert ticks[0] > 0.05, f"tagging took {ticks[0]:.3f} s, too short to tell"
     assert n > 200, f"only {n} loop turns while tagging ran {ticks[0]:.2f} s"
+
+
+def test_tag_file_writes_the_clis_file(casetag_bin, baseline, data_dir, tmp_path):
+    src = data_dir / "test.csv"
+    cli = cli_tag(casetag_bin, baseline, src, tmp_path / "cli.parquet")
+    done = casetag.Model(baseline).tag_file(src, tmp_path / "ours.parquet")
+    assert done["rows"] == done["tagged_rows"] == 1197 and done["output"] == str(tmp_path / "ours.parquet")
+    assert pq.read_table(tmp_path / "ours.parquet").equals(cli)
+    # Turn-level tables are joined, as the CLI joins them.
+    turns = tmp_path / "turns.csv"
+    turns.write_text("case_id,turn,speaker,text\nc1,1,buyer,where is my parcel\nc1,2,agent,checking\nc2,1,buyer,refund\n")
+    assert casetag.Model(baseline).tag_file(turns, tmp_path / "turns.jsonl")["rows"] == 2
+
+
+def test_tag_file_errors_are_the_clis(casetag_bin, baseline, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("id,body\n1,where is my parcel\n")
+    r = run_cli(casetag_bin, "tag", "--model", baseline, "--input", src, "--output", tmp_path / "cli.csv")
+    assert r.returncode == 2
+    with pytest.raises(ValueError) as e:
+        casetag.Model(baseline).tag_file(src, tmp_path / "ours.csv")
+    assert str(e.value) in r.stderr
+    assert not (tmp_path / "ours.csv").exists()
+    assert casetag.Model(baseline).tag_file(src, tmp_path / "ours.csv", text_column="body")["rows"] == 1
+
+
+def test_plan_files_names_outputs_as_the_cli(tmp_path):
+    for n in ["b.csv", "a.parquet", "notes.txt"]:
+        (tmp_path / n).write_text("text\nx\n")
+    out = tmp_path / "out"
+    assert casetag.plan_files(tmp_path, out) == [
+        (str(tmp_path / "a.parquet"), str(out / "a.parquet")),
+        (str(tmp_path / "b.csv"), str(out / "b.csv")),
+    ]
+    assert out.is_dir()
+    assert casetag.plan_files(tmp_path / "*.csv", out, "jsonl") == [(str(tmp_path / "b.csv"), str(out / "b.jsonl"))]
+    with pytest.raises(ValueError, match="no .csv"):
+        casetag.plan_files(tmp_path / "*.pq", out)
+
+
+def test_set_threads_reports_the_pool(baseline):
+    casetag.Model(baseline).tag(["parcel never arrived"])
+    # The pool is running now: asking for another size changes nothing.
+    n = casetag.set_threads(1)
+    assert n >= 1 and casetag.set_threads(n + 1) == n

@@ -77,23 +77,56 @@ def test_ray_data_job_equals_the_cli(cluster, shards, baseline, casetag_bin, tmp
     check(out, n, cli_tags(casetag_bin, baseline, in_dir, tmp_path))
 
 
+def arm(marker):
+    """The next actor to start a batch exits hard, once (see casetag.ray)."""
+    marker.unlink(missing_ok=True)
+    Path(str(marker) + ".arm").touch()
+
+
 def test_an_actor_dying_mid_job_loses_no_row(cluster, shards, baseline, casetag_bin, tmp_path):
     in_dir, n = shards
-    marker = cluster
-    Path(str(marker) + ".arm").touch()  # the hook fires only once armed
+    arm(cluster)
     out = run_job(baseline, in_dir)
-    assert marker.exists(), "no actor died: the fault was not injected"
+    assert cluster.exists(), "no actor died: the fault was not injected"
     check(out, n, cli_tags(casetag_bin, baseline, in_dir, tmp_path))
 
 
-def test_script_reads_and_writes_a_directory_of_shards(cluster, shards, baseline, tmp_path):
+def read_dir(d):
+    return pa.concat_tables([pq.read_table(p) for p in sorted(d.glob("*.parquet"))])
+
+
+def test_file_job_writes_the_clis_files(cluster, shards, baseline, casetag_bin, tmp_path):
+    in_dir, n = shards
+    done = casetag.ray.tag_files(in_dir, tmp_path / "ray", baseline, concurrency=2)
+    assert [Path(d["input"]).name for d in done] == [f"part-{s:02}.parquet" for s in range(SHARDS)]
+    assert sum(d["rows"] for d in done) == n and all(d["untagged_rows"] == 0 for d in done)
+    expected = cli_tags(casetag_bin, baseline, in_dir, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(p.name for p in (tmp_path / "cli").iterdir())
+    out = read_dir(tmp_path / "ray")
+    assert out.schema.names == read_dir(tmp_path / "cli").schema.names
+    check(out, n, expected)
+
+
+def test_an_actor_dying_mid_file_job_loses_no_row(cluster, shards, baseline, casetag_bin, tmp_path):
+    in_dir, n = shards
+    arm(cluster)
+    done = casetag.ray.tag_files(in_dir, tmp_path / "ray", baseline, concurrency=2)
+    assert cluster.exists(), "no actor died: the fault was not injected"
+    assert len(done) == SHARDS
+    # Only finished outputs are in place: no partial file or job directory left.
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [f"part-{s:02}.parquet" for s in range(SHARDS)]
+    check(read_dir(tmp_path / "ray"), n, cli_tags(casetag_bin, baseline, in_dir, tmp_path))
+
+
+@pytest.mark.parametrize("job", [[], ["--rows"]], ids=["files", "rows"])
+def test_script_reads_and_writes_a_directory_of_shards(cluster, shards, baseline, tmp_path, job):
     import subprocess, sys
     in_dir, n = shards
     out_dir = tmp_path / "out"
     root = Path(__file__).resolve().parents[3]
     r = subprocess.run(
         [sys.executable, str(root / "scripts" / "ray_tag.py"), str(in_dir), str(out_dir), "--model", str(baseline),
-         "--address", "auto"],
+         "--address", "auto", *job],
         capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
     )
     assert r.returncode == 0, r.stderr[-2000:]

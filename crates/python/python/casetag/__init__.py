@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 
 from . import _casetag
 
-__all__ = ["Model", "OUTPUT_COLUMNS", "__version__"]
+__all__ = ["Model", "OUTPUT_COLUMNS", "plan_files", "set_threads", "__version__"]
 
 __version__: str = _casetag.__version__
 
@@ -50,6 +50,32 @@ def _as_batch(data: ArrowLike) -> pa.RecordBatch:
         f"expected a pyarrow.RecordBatch, pyarrow.Table or an object with the Arrow "
         f"PyCapsule interface, got {type(data).__name__}"
     )
+
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def set_threads(threads: int) -> int:
+    """Size this process's compute pool (default: one thread per core, or
+    ``RAYON_NUM_THREADS``). Takes effect only before the process first tags
+    anything; returns the number of threads the pool runs."""
+    return _casetag.set_threads(int(threads))
+
+
+def plan_files(input: PathLike, output: PathLike, output_format: Optional[str] = None) -> List[Tuple[str, str]]:
+    """The (input, output) file pairs ``casetag tag --input INPUT --output
+    OUTPUT`` tags: a single table, or every table of a directory or glob
+    (sorted), each written to ``OUTPUT/STEM.EXT`` (the directory is created).
+
+    Args:
+        output_format: ``"parquet"``, ``"csv"`` or ``"jsonl"`` for every
+            output file (default: each input's own format).
+
+    Raises:
+        ValueError: no tables there, two inputs sharing an output name, or
+            an output that is a file, with the CLI's one-line message.
+    """
+    return [(str(i), str(o)) for i, o in _casetag.plan_files(os.fspath(input), os.fspath(output), output_format)]
 
 
 class Model:
@@ -122,6 +148,20 @@ class Model:
         out = self._inner.tag_arrow_column(text_column, text, names, id_column, top_k)
         arrays = list(rb.columns) + [pa.array(c) for c in out]
         return pa.RecordBatch.from_arrays(arrays, names=names + [c.name for c in out])
+
+    def tag_file(self, input: PathLike, output: PathLike, text_column: str = "text", top_k: int = 0) -> Dict[str, Any]:
+        """Tag the table ``input`` (CSV, Parquet or JSONL; case- or
+        turn-level) into ``output`` (its extension picks the format) exactly
+        as ``casetag tag --input INPUT --output OUTPUT`` does: read, tagged
+        and written in chunks, the output moved into place only when
+        complete. Returns the CLI's result line (``rows``,
+        ``untagged_rows``, ``seconds``, ...).
+
+        Raises:
+            ValueError: an unreadable input, a missing text column or an
+                unwritable output, with the CLI's one-line message.
+        """
+        return json.loads(self._inner.tag_file(os.fspath(input), os.fspath(output), text_column, top_k=top_k))
 
     def tag(self, texts: Sequence[Optional[str]], top_k: int = 0) -> List[Dict[str, Any]]:
         """Tag a list of texts; one dict of the output columns per text."""

@@ -1,11 +1,14 @@
-//! Many input files for one `tag` job: a directory or a glob, split
-//! deterministically between `--shards N` processes.
+//! Many input files for one job: a directory or a glob, each file tagged
+//! into its own output, split deterministically between shards (`casetag
+//! tag --shard I --shards N`, or the Python package's Ray file jobs).
 
 use std::path::{Path, PathBuf};
 
 use casetag_data::{printable, Format};
 
-use crate::Failure;
+use crate::job::JobError;
+
+type Result<T> = std::result::Result<T, JobError>;
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of
 /// characters and `?` for one.
@@ -40,7 +43,7 @@ fn is_table(p: &Path) -> bool {
 /// for a directory, every table in it (`.csv`, `.parquet`, `.pq`,
 /// `.jsonl`, `.ndjson`; not recursive; hidden files skipped); for a path
 /// whose last part has `*` or `?`, the tables whose names match it.
-pub fn list_inputs(spec: &Path) -> Result<Option<Vec<PathBuf>>, Failure> {
+pub fn list_inputs(spec: &Path) -> Result<Option<Vec<PathBuf>>> {
     let name = spec
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -57,7 +60,7 @@ pub fn list_inputs(spec: &Path) -> Result<Option<Vec<PathBuf>>, Failure> {
         return Ok(None);
     };
     let entries = std::fs::read_dir(&dir).map_err(|e| {
-        Failure::input(format!(
+        JobError::Input(format!(
             "--input {}: {e}",
             printable(&spec.display().to_string())
         ))
@@ -76,7 +79,7 @@ pub fn list_inputs(spec: &Path) -> Result<Option<Vec<PathBuf>>, Failure> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Failure::input(format!(
+        return Err(JobError::Input(format!(
             "--input {}: no .csv, .parquet, .jsonl or .ndjson files there",
             printable(&spec.display().to_string())
         )));
@@ -99,11 +102,7 @@ pub fn assign<T: Clone>(files: &[T], shard: usize, shards: usize) -> Vec<T> {
 /// Where each input's output goes: `out_dir/STEM.EXT`, with the input's
 /// format unless `format` is given. Refuses two inputs that would share an
 /// output name.
-pub fn outputs(
-    inputs: &[PathBuf],
-    out_dir: &Path,
-    format: Option<Format>,
-) -> Result<Vec<PathBuf>, Failure> {
+pub fn outputs(inputs: &[PathBuf], out_dir: &Path, format: Option<Format>) -> Result<Vec<PathBuf>> {
     let mut seen = std::collections::BTreeMap::new();
     let mut out = Vec::with_capacity(inputs.len());
     for i in inputs {
@@ -117,7 +116,7 @@ pub fn outputs(
             .unwrap_or_default();
         let o = out_dir.join(format!("{stem}.{}", f.extension()));
         if let Some(prev) = seen.insert(o.clone(), i.clone()) {
-            return Err(Failure::input(format!(
+            return Err(JobError::Input(format!(
                 "--input: {} and {} would both be written to {}; use --output-format or rename one",
                 printable(&prev.display().to_string()),
                 printable(&i.display().to_string()),
@@ -127,6 +126,45 @@ pub fn outputs(
         out.push(o);
     }
     Ok(out)
+}
+
+/// The (input, output) pairs of a job: `input` a single table (then
+/// `output` is its output file), or a directory or glob whose tables are
+/// each written to `output` (a directory, created) as `STEM.EXT`; only
+/// shard `shard` of `shards` of them.
+pub fn plan(
+    input: &Path,
+    output: &Path,
+    format: Option<Format>,
+    shard: usize,
+    shards: usize,
+) -> Result<Vec<(PathBuf, PathBuf)>> {
+    if shards == 0 || shard >= shards {
+        return Err(JobError::Input(format!(
+            "--shard {shard} --shards {shards}: the shard index must be below the number of shards (0..{})",
+            shards.saturating_sub(1)
+        )));
+    }
+    let Some(files) = list_inputs(input)? else {
+        if shards > 1 || format.is_some() {
+            return Err(JobError::Input(
+                "--shards and --output-format need a directory or glob --input".into(),
+            ));
+        }
+        Format::from_path(output)?;
+        return Ok(vec![(input.to_path_buf(), output.to_path_buf())]);
+    };
+    if output.is_file() {
+        return Err(JobError::Input(format!(
+            "--output {}: with a directory or glob --input the output is a directory, and this is a file",
+            output.display()
+        )));
+    }
+    let outs = outputs(&files, output, format)?;
+    let pairs: Vec<(PathBuf, PathBuf)> = files.into_iter().zip(outs).collect();
+    std::fs::create_dir_all(output)
+        .map_err(|e| JobError::Input(format!("--output {}: {e}", output.display())))?;
+    Ok(assign(&pairs, shard, shards))
 }
 
 #[cfg(test)]
@@ -172,7 +210,9 @@ mod tests {
         let glob = list_inputs(&tmp.path().join("*.csv")).unwrap().unwrap();
         assert_eq!(glob.len(), 1);
         assert!(list_inputs(&tmp.path().join("b.csv")).unwrap().is_none());
-        let e = list_inputs(&tmp.path().join("*.pq")).unwrap_err().message;
+        let e = list_inputs(&tmp.path().join("*.pq"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no .csv"), "{e}");
         let outs = outputs(&all, Path::new("o"), None).unwrap();
         assert_eq!(outs[0], Path::new("o/a.parquet"));
@@ -182,7 +222,7 @@ mod tests {
         let all = list_inputs(tmp.path()).unwrap().unwrap();
         let e = outputs(&all, Path::new("o"), Some(Format::Csv))
             .unwrap_err()
-            .message;
+            .to_string();
         assert!(e.contains("both be written"), "{e}");
     }
 }
