@@ -48,19 +48,38 @@ fn job_err(e: JobError) -> PyErr {
 /// The (input, output) pairs `casetag tag --input INPUT --output OUTPUT
 /// [--output-format F]` tags: a single table, or every table of a
 /// directory or glob with its output `OUTPUT/STEM.EXT` (the directory is
-/// created).
+/// created). With `text_column`, every input is opened and its columns
+/// checked first, as the CLI checks them before loading a model.
 #[pyfunction]
-#[pyo3(signature = (input, output, output_format=None))]
+#[pyo3(signature = (input, output, output_format=None, text_column=None))]
 fn plan_files(
+    py: Python<'_>,
     input: PathBuf,
     output: PathBuf,
     output_format: Option<&str>,
+    text_column: Option<&str>,
 ) -> PyResult<Vec<(PathBuf, PathBuf)>> {
     let format = output_format
         .map(|f| casetag_data::Format::from_path(std::path::Path::new(&format!("output.{f}"))))
         .transpose()
         .map_err(data_err)?;
-    casetag_batch::files::plan(&input, &output, format, 0, 1).map_err(job_err)
+    let pairs = casetag_batch::files::plan(&input, &output, format, 0, 1).map_err(job_err)?;
+    if let Some(text_column) = text_column {
+        let options = JobOptions {
+            chunk_rows: casetag_engine::tagger::CHUNK_ROWS,
+            text_column: text_column.to_string(),
+            batch_novelty: false,
+            top_k: 0,
+            resume: false,
+        };
+        py.detach(|| {
+            pairs
+                .iter()
+                .try_for_each(|(i, _)| open_input(i, &options).map(drop))
+        })
+        .map_err(job_err)?;
+    }
+    Ok(pairs)
 }
 
 /// A loaded model chain: a bundle, its optional baseline fallback, checked

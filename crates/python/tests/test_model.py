@@ -215,3 +215,11 @@ def test_set_threads_reports_the_pool(baseline):
     # The pool is running now: asking for another size changes nothing.
     n = casetag.set_threads(1)
     assert n >= 1 and casetag.set_threads(n + 1) == n
+
+
+def test_plan_files_checks_every_input_when_asked(tmp_path):
+    (tmp_path / "a.csv").write_text("text\nparcel never arrived\n")
+    (tmp_path / "b.csv").write_text("id,body\n1,refund\n")
+    assert len(casetag.plan_files(tmp_path, tmp_path / "out")) == 2
+    with pytest.raises(ValueError, match="b.csv"):
+        casetag.plan_files(tmp_path, tmp_path / "out", text_column="text")

@@ -132,3 +132,13 @@ def test_script_reads_and_writes_a_directory_of_shards(cluster, shards, baseline
     assert r.returncode == 0, r.stderr[-2000:]
     t = pa.concat_tables([pq.read_table(p) for p in sorted(out_dir.glob("*.parquet"))])
     assert t.num_rows == n and len(set(t.column("id").to_pylist())) == n
+
+
+def test_a_file_job_checks_every_input_before_any_actor_starts(cluster, baseline, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.csv").write_text("text\nparcel never arrived\n")
+    (src / "b.csv").write_text("id,body\n1,refund\n")
+    with pytest.raises(ValueError, match="b.csv"):
+        casetag.ray.tag_files(src, tmp_path / "out", baseline, concurrency=2)
+    assert not any((tmp_path / "out").iterdir())

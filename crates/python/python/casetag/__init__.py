@@ -62,7 +62,9 @@ def set_threads(threads: int) -> int:
     return _casetag.set_threads(int(threads))
 
 
-def plan_files(input: PathLike, output: PathLike, output_format: Optional[str] = None) -> List[Tuple[str, str]]:
+def plan_files(
+    input: PathLike, output: PathLike, output_format: Optional[str] = None, text_column: Optional[str] = None
+) -> List[Tuple[str, str]]:
     """The (input, output) file pairs ``casetag tag --input INPUT --output
     OUTPUT`` tags: a single table, or every table of a directory or glob
     (sorted), each written to ``OUTPUT/STEM.EXT`` (the directory is created).
@@ -70,12 +72,16 @@ def plan_files(input: PathLike, output: PathLike, output_format: Optional[str] =
     Args:
         output_format: ``"parquet"``, ``"csv"`` or ``"jsonl"`` for every
             output file (default: each input's own format).
+        text_column: when given, every input is opened and its columns
+            checked, as ``casetag tag`` checks them before loading a model.
 
     Raises:
-        ValueError: no tables there, two inputs sharing an output name, or
-            an output that is a file, with the CLI's one-line message.
+        ValueError: no tables there, two inputs sharing an output name, an
+            output that is a file, or (with ``text_column``) an unreadable
+            input or one without the column, with the CLI's one-line message.
     """
-    return [(str(i), str(o)) for i, o in _casetag.plan_files(os.fspath(input), os.fspath(output), output_format)]
+    pairs = _casetag.plan_files(os.fspath(input), os.fspath(output), output_format, text_column)
+    return [(str(i), str(o)) for i, o in pairs]
 
 
 class Model:

@@ -198,13 +198,14 @@ def tag_files(
             else in the job needs a CPU).
 
     Raises:
-        ValueError: no tables at ``input``, or a bad bundle, before any
-            actor starts (the CLI's one-line messages).
+        ValueError: no tables at ``input``, an input without the text
+            column, or a bad bundle, before any actor starts (the CLI's
+            one-line messages).
     """
     import ray
     from ray.data import ActorPoolStrategy
 
-    pairs = plan_files(input, output, output_format)
+    pairs = plan_files(input, output, output_format, text_column=text_column)
     Model(model_path, fallback=fallback)
     if not ray.is_initialized():
         ray.init()
