@@ -104,12 +104,30 @@ def _without_views(rb: pa.RecordBatch) -> pa.RecordBatch:
 
 def default_actor_cpus(concurrency: int) -> float:
     """CPUs per actor when none are given: the cluster's CPUs less one, shared."""
+    total = _cluster_cpus()
+    return max(0.25, (total - 1.0) / max(1, concurrency)) if total > 1 else 0.5
+
+
+def _cluster_cpus() -> float:
+    """The CPUs of the Ray cluster (started locally when none is running)."""
     import ray
 
     if not ray.is_initialized():
         ray.init()
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    return max(0.25, (total - 1.0) / max(1, concurrency)) if total > 1 else 0.5
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def _actor_kwargs(model_path: Any, fallback: Any, text_column: str, cpus: float, **extra: Any) -> Dict[str, Any]:
+    """The constructor arguments of a casetag actor holding ``cpus`` CPUs:
+    its compute pool gets as many threads (at least one), not one per core
+    of the machine."""
+    return {
+        "model_path": str(model_path),
+        "fallback": None if fallback is None else str(fallback),
+        "text_column": text_column,
+        "threads": max(1, math.ceil(cpus)),
+        **extra,
+    }
 
 
 def tag_dataset(
@@ -141,19 +159,11 @@ def tag_dataset(
     # Fail before any actor starts if the bundle is bad (same ValueError as the CLI).
     Model(model_path, fallback=fallback)
     cpus = default_actor_cpus(concurrency) if num_cpus is None else float(num_cpus)
-    threads = max(1, math.ceil(cpus))
     from ray.data import ActorPoolStrategy
 
     return ds.map_batches(
         CasetagTagger,
-        fn_constructor_kwargs={
-            "model_path": str(model_path),
-            "fallback": None if fallback is None else str(fallback),
-            "text_column": text_column,
-            # The actor's compute pool: as many threads as the CPUs Ray gave
-            # it, not one per core of the machine.
-            "threads": threads,
-        },
+        fn_constructor_kwargs=_actor_kwargs(model_path, fallback, text_column, cpus),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=concurrency),
@@ -207,21 +217,12 @@ def tag_files(
 
     pairs = plan_files(input, output, output_format, text_column=text_column)
     Model(model_path, fallback=fallback)
-    if not ray.is_initialized():
-        ray.init()
     if num_cpus is None:
-        num_cpus = max(0.25, float(ray.cluster_resources().get("CPU", 1.0)) / max(1, concurrency))
-    threads = max(1, math.ceil(num_cpus))
+        num_cpus = max(0.25, _cluster_cpus() / max(1, concurrency))
     ds = ray.data.from_items([{"input": i, "output": o} for i, o in pairs], override_num_blocks=len(pairs))
     done = ds.map_batches(
         CasetagFileTagger,
-        fn_constructor_kwargs={
-            "model_path": str(model_path),
-            "fallback": None if fallback is None else str(fallback),
-            "text_column": text_column,
-            "top_k": top_k,
-            "threads": threads,
-        },
+        fn_constructor_kwargs=_actor_kwargs(model_path, fallback, text_column, num_cpus, top_k=top_k),
         batch_size=1,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=concurrency),
