@@ -4,9 +4,11 @@
 //! LayerNorm with their sums in [`LANES`] partial lanes. libm's scalar
 //! `erff`/`expf` were about a fifth of the encoder's time; scalar sums and
 //! a float-to-int cast that did not vectorize cost another tenth. On x86-64 the
-//! loops are compiled again for AVX2 and for AVX-512F (the same IEEE
-//! operations per lane, no fused multiply-add, so every build gives the same
-//! floats); the build that runs follows the f32 dense path
+//! loops are compiled again for AVX2+FMA and for AVX-512F. Polynomials are
+//! evaluated with fused multiply-adds (`mul_add`, one rounding per step),
+//! which every build has: the SIMD builds as an instruction, the portable
+//! one as an exactly rounded library call, so every build gives the same
+//! floats. The build that runs follows the f32 dense path
 //! ([`super::sgemm::dispatch`]).
 
 use super::sgemm::Path;
@@ -19,6 +21,13 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 to the nearest integer.
 const ROUND: f32 = 12_582_912.0;
 
+/// `c[0]·x^(n-1) + … + c[n-1]` by Horner's rule, one fused multiply-add a
+/// step (the loop unrolls: `c` is a constant array at every call).
+#[inline(always)]
+fn horner(x: f32, c: &[f32]) -> f32 {
+    c[1..].iter().fold(c[0], |acc, &k| acc.mul_add(x, k))
+}
+
 /// e^x with a relative error of a few 1e-7 for x in [-87, 88] (clamped
 /// outside: e^-87 ≈ 1.6e-38 stands in for 0).
 #[inline(always)]
@@ -27,16 +36,23 @@ pub(crate) fn exp(x: f32) -> f32 {
     // t = ROUND + n: its low mantissa bits hold n in two's complement, so n
     // comes out as an integer without a float-to-int cast (Rust's saturating
     // cast does not vectorize: it was one scalar conversion per lane).
-    let t = x * LOG2E + ROUND;
+    let t = x.mul_add(LOG2E, ROUND);
     let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     // Taylor to degree 7 on |r| ≤ ln2/2: truncation error < 2e-8 relative.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = horner(
+        r,
+        &[
+            1.0 / 5040.0,
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ],
+    );
     // n is in [-126, 127] after the clamp, so n + 127 is a normal exponent.
     let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     p * scale
@@ -53,10 +69,11 @@ pub(crate) fn gelu_erf(x: f32) -> f32 {
     const A5: f32 = 1.061_405_4;
     let z = x * std::f32::consts::FRAC_1_SQRT_2;
     let a = z.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = t * (A1 + t * (A2 + t * (A3 + t * (A4 + t * A5))));
-    let erf_abs = 1.0 - poly * exp(-a * a);
-    0.5 * x * (1.0 + erf_abs.copysign(z))
+    let t = 1.0 / P.mul_add(a, 1.0);
+    let poly = t * horner(t, &[A5, A4, A3, A2, A1]);
+    let erf_abs = (-poly).mul_add(exp(-a * a), 1.0);
+    let half_x = 0.5 * x;
+    half_x.mul_add(erf_abs.copysign(z), half_x)
 }
 
 #[inline(always)]
@@ -87,17 +104,18 @@ fn softmax_loop(v: &mut [f32], scale: f32) {
         .iter()
         .chain(&lane_max)
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let shift = -m * scale;
     let mut lane_sum = [0f32; LANES];
     let mut chunks = v.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (s, x) in lane_sum.iter_mut().zip(c) {
-            *x = exp((*x - m) * scale);
+            *x = exp(x.mul_add(scale, shift));
             *s += *x;
         }
     }
     let mut sum = 0f32;
     for x in chunks.into_remainder() {
-        *x = exp((*x - m) * scale);
+        *x = exp(x.mul_add(scale, shift));
         sum += *x;
     }
     let inv = 1.0 / (sum + lane_sum.iter().sum::<f32>());
@@ -143,9 +161,9 @@ fn layer_norm_loop(
     }
 }
 
-simd_builds!(gelu_loop => gelu_avx2: "avx2", gelu_avx512: "avx512f" (v: &mut [f32]));
-simd_builds!(softmax_loop => softmax_avx2: "avx2", softmax_avx512: "avx512f" (v: &mut [f32], scale: f32));
-simd_builds!(layer_norm_loop => layer_norm_avx2: "avx2", layer_norm_avx512: "avx512f" (
+simd_builds!(gelu_loop => gelu_avx2: "avx2,fma", gelu_avx512: "avx512f,fma" (v: &mut [f32]));
+simd_builds!(softmax_loop => softmax_avx2: "avx2,fma", softmax_avx512: "avx512f,fma" (v: &mut [f32], scale: f32));
+simd_builds!(layer_norm_loop => layer_norm_avx2: "avx2,fma", layer_norm_avx512: "avx512f,fma" (
     r: &mut [f32],
     w: &[f32],
     b: &[f32],
@@ -161,7 +179,7 @@ pub(crate) fn gelu_slice(v: &mut [f32]) {
         // (`KernelPath::missing`).
         Path::Avx512 => unsafe { gelu_avx512(v) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the f32 path is AVX2+FMA only on a CPU with AVX2.
+        // SAFETY: the f32 path is AVX2+FMA only on a CPU with both.
         Path::Avx2 => unsafe { gelu_avx2(v) },
         _ => gelu_loop(v),
     }
