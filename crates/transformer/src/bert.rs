@@ -270,6 +270,8 @@ pub struct Bert {
     training: bool,
     /// The packed forward's dense-layer arithmetic.
     precision: crate::Precision,
+    /// Token ids of the texts the int8 forward is calibrated on.
+    calibration: Option<Vec<Vec<u32>>>,
 }
 
 /// Borrowed view of all weights, layer parameters in [`Layer::params_mut`]
@@ -396,6 +398,7 @@ impl Bert {
             layers,
             fast: OnceLock::new(),
             precision: crate::Precision::F32,
+            calibration: None,
             training: false,
         })
     }
@@ -406,6 +409,19 @@ impl Bert {
             self.precision = p;
             self.fast = OnceLock::new();
         }
+    }
+
+    /// The int8 forward's calibration texts (token ids; see
+    /// [`FastBert::new`]), rebuilt on next use.
+    pub(crate) fn set_calibration(&mut self, ids: Option<Vec<Vec<u32>>>) {
+        if self.calibration != ids {
+            self.calibration = ids;
+            self.fast = OnceLock::new();
+        }
+    }
+
+    pub(crate) fn calibration(&self) -> Option<&[Vec<u32>]> {
+        self.calibration.as_deref()
     }
 
     /// The packed inference forward (see [`crate::fast`]) over the current
@@ -434,6 +450,7 @@ impl Bert {
                 self.act,
                 &view,
                 self.precision,
+                self.calibration.as_deref(),
             )?))
         };
         if self.training {

@@ -33,7 +33,7 @@ use rayon::prelude::*;
 
 use crate::bert::Act;
 use crate::error::Result;
-use crate::kernels::{sgemm, vmath, Dense, Epilogue, SendPtr, Start};
+use crate::kernels::{gptq, sgemm, vmath, Dense, Epilogue, SendPtr, Start};
 use crate::Precision;
 
 struct FastLayer {
@@ -106,13 +106,6 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// A dense layer's weight tensor (`o × k`) in the kernels' form for
-/// `precision`.
-fn dense(t: &Tensor, precision: Precision) -> Result<Dense> {
-    let (o, k) = t.dims2()?;
-    Ok(Dense::from_rows(flat(t)?, o, k, precision))
-}
-
 /// Rows per rayon task for element-wise passes: big enough to amortize.
 const ROWS_PER_TASK: usize = 32;
 
@@ -182,6 +175,15 @@ fn residual<'a>(r: &'a [f32], b: &'a [f32]) -> Epilogue<'a> {
 /// Per layer, the largest |value| of each input channel of QKV and FFN-in.
 type ChannelMax = Vec<(Vec<f32>, Vec<f32>)>;
 
+/// What the calibration forward records: per layer, the input maxima of
+/// QKV and FFN-in, and, when `grams` is set, the Gram matrix of each dense
+/// layer's input (QKV, output, FFN-in, FFN-out; unsmoothed).
+#[derive(Default)]
+struct Calibration {
+    maxima: ChannelMax,
+    grams: Option<Vec<[Vec<f32>; 4]>>,
+}
+
 /// Smoothing strength: an int8 layer's input channel `j` is divided by
 /// `s_j = max|x_j|^α / max_c |W[c][j]|^(1−α)` and its weights' column
 /// multiplied by it (SmoothQuant). 0.6 gave the int8 embeddings closest to
@@ -198,21 +200,29 @@ const CALIBRATION_LEN: usize = 64;
 fn smoothed(
     w: &Tensor,
     xmax: Option<&[f32]>,
+    gram: Option<&[f32]>,
     precision: Precision,
 ) -> Result<(Option<Vec<f32>>, Dense)> {
-    let Some(xmax) = xmax else {
-        return Ok((None, dense(w, precision)?));
-    };
     let (o, k) = w.dims2()?;
     let mut wf = flat(w)?;
+    let Some(xmax) = xmax else {
+        return Ok((None, Dense::from_rows_with(wf, o, k, precision, gram)));
+    };
     let s = smoothing(&wf, k, xmax, SMOOTH_ALPHA);
     for row in wf.chunks_mut(k) {
         for (v, s) in row.iter_mut().zip(&s) {
             *v *= s;
         }
     }
-    let inv = s.iter().map(|s| 1.0 / s).collect();
-    Ok((Some(inv), Dense::from_rows(wf, o, k, precision)))
+    let inv: Vec<f32> = s.iter().map(|s| 1.0 / s).collect();
+    // The smoothed input is x · diag(1/s): its Gram matrix likewise.
+    let gram = gram.map(|g| {
+        let mut g = g.to_vec();
+        crate::kernels::gptq::scale_gram(&mut g, &inv);
+        g
+    });
+    let dense = Dense::from_rows_with(wf, o, k, precision, gram.as_deref());
+    Ok((Some(inv), dense))
 }
 
 /// The smoothing factors of a weight matrix (`o × k`, row-major) for input
@@ -266,22 +276,35 @@ impl FastBert {
     /// The forward for `precision`. For int8, the inputs of QKV and FFN-in
     /// (LayerNorm outputs, where a few channels run far larger than the
     /// rest) are smoothed first: their per-channel maxima come from an fp32
-    /// forward of a calibration batch at load.
+    /// forward of a calibration batch at load. That batch is `calibration`
+    /// (token ids of real texts, which a bundle trained at int8 keeps),
+    /// and then every dense layer's codes are also chosen by
+    /// error-compensating rounding against its inputs there
+    /// ([`crate::kernels::gptq`]); without it, pseudo-random ids and
+    /// rounding to the nearest step.
     pub fn new(
         cfg: &crate::bert::BertConfig,
         act: Act,
         t: &crate::bert::BertTensors<'_>,
         precision: Precision,
+        calibration: Option<&[Vec<u32>]>,
     ) -> Result<Self> {
         if precision == Precision::F32 {
             return Self::build(cfg, act, t, precision, None);
         }
         let reference = Self::build(cfg, act, t, Precision::F32, None)?;
-        let ids = calibration_ids(reference.word.len() / reference.h);
+        let texts = calibration.filter(|c| !c.is_empty());
+        let ids = match texts {
+            Some(c) => c.to_vec(),
+            None => calibration_ids(reference.word.len() / reference.h),
+        };
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-        let mut maxima = Vec::new();
-        reference.hidden_impl(&refs, Some(&mut maxima));
-        Self::build(cfg, act, t, precision, Some(&maxima))
+        let mut calib = Calibration {
+            maxima: Vec::new(),
+            grams: texts.map(|_| Vec::new()),
+        };
+        reference.hidden_impl(&refs, Some(&mut calib));
+        Self::build(cfg, act, t, precision, Some(&calib))
     }
 
     fn build(
@@ -289,7 +312,7 @@ impl FastBert {
         act: Act,
         t: &crate::bert::BertTensors<'_>,
         precision: Precision,
-        smooth: Option<&ChannelMax>,
+        calib: Option<&Calibration>,
     ) -> Result<Self> {
         // Row p of `pos_type` is what token p reads: position row
         // `offset + p` (RoBERTa numbering; `p` for BERT) plus token type 0.
@@ -299,21 +322,26 @@ impl FastBert {
             .broadcast_add(&t.typ.get(0)?)?;
         let mut layers = Vec::with_capacity(t.layers.len());
         for (li, l) in t.layers.iter().enumerate() {
-            let maxima = smooth.map(|st| &st[li]);
-            let (qkv_in, qkv_w) = smoothed(l[0], maxima.map(|m| m.0.as_slice()), precision)?;
-            let (i_in, i_w) = smoothed(l[6], maxima.map(|m| m.1.as_slice()), precision)?;
+            let maxima = calib.map(|c| &c.maxima[li]);
+            let grams = calib.and_then(|c| c.grams.as_ref()).map(|g| &g[li]);
+            let gram = |i: usize| grams.map(|g| g[i].as_slice());
+            let (qkv_in, qkv_w) =
+                smoothed(l[0], maxima.map(|m| m.0.as_slice()), gram(0), precision)?;
+            let (i_in, i_w) = smoothed(l[6], maxima.map(|m| m.1.as_slice()), gram(2), precision)?;
+            let (_, o_w) = smoothed(l[2], None, gram(1), precision)?;
+            let (_, f_w) = smoothed(l[8], None, gram(3), precision)?;
             layers.push(FastLayer {
                 qkv_in,
                 i_in,
                 qkv_w,
                 qkv_b: flat(l[1])?,
-                o_w: dense(l[2], precision)?,
+                o_w,
                 o_b: flat(l[3])?,
                 ln1_w: flat(l[4])?,
                 ln1_b: flat(l[5])?,
                 i_w,
                 i_b: flat(l[7])?,
-                f_w: dense(l[8], precision)?,
+                f_w,
                 f_b: flat(l[9])?,
                 ln2_w: flat(l[10])?,
                 ln2_b: flat(l[11])?,
@@ -354,7 +382,7 @@ impl FastBert {
 
     /// [`Self::hidden`], recording into `stats` (when given) each layer's
     /// input maxima of QKV and FFN-in.
-    fn hidden_impl(&self, seqs: &[&[u32]], mut stats: Option<&mut ChannelMax>) -> Vec<f32> {
+    fn hidden_impl(&self, seqs: &[&[u32]], mut stats: Option<&mut Calibration>) -> Vec<f32> {
         let h = self.h;
         // The tokenizer never exceeds the positions; cut defensively anyway.
         let seqs: Vec<&[u32]> = seqs
@@ -416,9 +444,16 @@ impl FastBert {
         let act = |v: &mut [f32]| activate(v, self.act);
         for (li, l) in self.layers.iter().enumerate() {
             let qkv_max = stats.as_ref().map(|_| column_max(&x, h));
+            let mut grams = stats
+                .as_ref()
+                .and_then(|s| s.grams.as_ref())
+                .map(|_| vec![gptq::gram(&x, n, h)]);
             let input: &[f32] = if l.qkv_in.is_some() { xs } else { &x };
             l.qkv_w.apply(qkv, input, n, &bias(&l.qkv_b));
             self.attention(qkv, ctx, &starts, &lens);
+            if let Some(g) = grams.as_mut() {
+                g.push(gptq::gram(ctx, n, h));
+            }
             // a = (x + b_o) + ctx @ W_o^T, then LayerNorm.
             l.o_w.apply(a, ctx, n, &residual(&x, &l.o_b));
             layer_norm_smoothed(
@@ -429,7 +464,10 @@ impl FastBert {
                 l.i_in.as_deref().map(|inv| (inv, &mut *xs)),
             );
             if let (Some(st), Some(q)) = (stats.as_mut(), qkv_max) {
-                st.push((q, column_max(a, h)));
+                st.maxima.push((q, column_max(a, h)));
+            }
+            if let Some(g) = grams.as_mut() {
+                g.push(gptq::gram(a, n, h));
             }
             // inter = act(b_i + a @ W_i^T), the activation on each tile.
             let input: &[f32] = if l.i_in.is_some() { xs } else { a };
@@ -438,6 +476,12 @@ impl FastBert {
                 ..bias(&l.i_b)
             };
             l.i_w.apply(inter, input, n, &epi);
+            if let (Some(st), Some(mut g)) = (stats.as_mut(), grams) {
+                g.push(gptq::gram(inter, n, self.inter));
+                if let (Some(all), Ok(four)) = (st.grams.as_mut(), g.try_into()) {
+                    all.push(four);
+                }
+            }
             // x = (a + b_f) + inter @ W_f^T, then LayerNorm.
             l.f_w.apply(&mut x, inter, n, &residual(a, &l.f_b));
             let next = self.layers.get(li + 1).and_then(|l| l.qkv_in.as_deref());

@@ -40,10 +40,10 @@ use serde::{Deserialize, Serialize};
 
 use kernels::KernelPath;
 
-pub use encoder::{hf_cache_dir, Encoder, EncoderFiles};
+pub use encoder::{calibration_sample, hf_cache_dir, Encoder, EncoderFiles};
 pub use error::{Result, TransformerError};
 pub use memory::{Memory, Output, MEMORY_FILE};
-pub use model::{ModelInfo, TrainSummary, TransformerModel};
+pub use model::{ModelInfo, TrainSummary, TransformerModel, CALIBRATION_FILE};
 pub use text::{buyer_first, TextEncoder, Truncation};
 pub use train::fit;
 

@@ -31,6 +31,10 @@ pub const HEAD_FILE: &str = "head.safetensors";
 pub const ENCODER_FILE: &str = "encoder.safetensors";
 pub const ENCODER_CONFIG_FILE: &str = "encoder_config.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Token ids of the training texts the int8 forward is calibrated on
+/// (written by a bundle trained with `--precision int8`; a JSON array of
+/// arrays). Bundles without it calibrate on pseudo-random ids.
+pub const CALIBRATION_FILE: &str = "int8_calibration.json";
 const FORMAT: u32 = 1;
 
 /// What happened during training (for the manifest's validation metrics).
@@ -141,6 +145,18 @@ impl TransformerModel {
         }
         copy_file(&files.config, &dir.join(ENCODER_CONFIG_FILE))?;
         copy_file(&files.tokenizer, &dir.join(TOKENIZER_FILE))?;
+        let c = dir.join(CALIBRATION_FILE);
+        match self.encoder.int8_calibration() {
+            Some(ids) => {
+                let json = serde_json::to_string(ids)
+                    .map_err(|e| TransformerError::Model(format!("{}: {e}", c.display())))?;
+                std::fs::write(&c, json).map_err(|e| TransformerError::io(&c, e))?;
+            }
+            None if c.exists() => {
+                std::fs::remove_file(&c).map_err(|e| TransformerError::io(&c, e))?
+            }
+            None => {}
+        }
         let p = dir.join(INFO_FILE);
         let json = serde_json::to_string_pretty(&self.info)
             .map_err(|e| TransformerError::Model(format!("{}: {e}", p.display())))?;
@@ -178,6 +194,13 @@ impl TransformerModel {
         let device = Device::Cpu;
         let mut encoder = Encoder::from_files(&files, &device)?;
         encoder.source = info.encoder_source.clone();
+        let c = dir.join(CALIBRATION_FILE);
+        if c.is_file() {
+            let text = std::fs::read_to_string(&c).map_err(|e| TransformerError::io(&c, e))?;
+            let ids: Vec<Vec<u32>> = serde_json::from_str(&text)
+                .map_err(|e| TransformerError::Model(format!("{}: corrupt: {e}", c.display())))?;
+            encoder.set_int8_calibration(Some(ids));
+        }
         encoder.set_precision(info.params.precision);
         let head = Head::load(&file_in(dir, HEAD_FILE)?, info.params.dropout, &device)?;
         if head.input_dim() != encoder.hidden_size() {

@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 
 use crate::bert::TrainCtx;
-use crate::encoder::{l2_normalize, Encoder};
+use crate::encoder::{calibration_sample, l2_normalize, Encoder};
 use crate::error::{Result, TransformerError};
 use crate::head::Head;
 use crate::model::{ModelInfo, TrainSummary, TransformerModel};
@@ -220,18 +220,35 @@ struct EmbedCache {
 }
 
 impl EmbedCache {
-    fn open(dir: &Path, weights_sha: &str, p: &TransformerParams, dim: usize) -> Result<Self> {
+    /// `calibration`: the int8 forward's calibration ids, which change its
+    /// embeddings (a file per sample).
+    fn open(
+        dir: &Path,
+        weights_sha: &str,
+        p: &TransformerParams,
+        dim: usize,
+        calibration: Option<&[Vec<u32>]>,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| TransformerError::io(dir, e))?;
         let trunc = serde_json::to_string(&p.truncation).unwrap_or_default();
+        let precision = match (p.precision, calibration) {
+            (crate::Precision::F32, _) => String::new(),
+            (crate::Precision::Int8, None) => "-int8".into(),
+            (crate::Precision::Int8, Some(ids)) => {
+                let mut h = Sha256::new();
+                for (i, id) in ids.iter().flatten().enumerate() {
+                    h.update(id.to_le_bytes());
+                    h.update((i as u32).to_le_bytes());
+                }
+                let d = h.finalize();
+                format!("-int8-{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+            }
+        };
         let name = format!(
-            "emb-{}-{}-{}-{dim}{}.bin",
+            "emb-{}-{}-{}-{dim}{precision}.bin",
             &weights_sha[..16],
             trunc.trim_matches('"'),
             p.max_tokens,
-            match p.precision {
-                crate::Precision::F32 => "",
-                crate::Precision::Int8 => "-int8",
-            }
         );
         let path = dir.join(name);
         let mut map = HashMap::new();
@@ -413,6 +430,17 @@ pub fn fit(
         val_texts.len(),
         lens.iter().sum::<usize>() as f64 / lens.len() as f64
     ));
+    if params.precision == crate::Precision::Int8 {
+        // The int8 forward is calibrated on training texts (kept in the
+        // bundle): channel maxima and the inputs its codes are rounded to.
+        let sample = calibration_sample(&train_ids, params.max_tokens);
+        progress(&format!(
+            "int8: calibrating on {} training texts ({} tokens)",
+            sample.len(),
+            sample.iter().map(Vec::len).sum::<usize>()
+        ));
+        encoder.set_int8_calibration(Some(sample));
+    }
 
     let norm = |x: Tensor| -> Result<Tensor> {
         if params.normalize {
@@ -431,6 +459,7 @@ pub fn fit(
                     &weights_sha,
                     params,
                     encoder.hidden_size(),
+                    encoder.int8_calibration(),
                 )?),
                 None => None,
             };

@@ -524,6 +524,15 @@ fn embedding_cache_gives_the_same_model() {
     assert_eq!(first.logits(&t).unwrap(), second.logits(&t).unwrap());
 }
 
+/// Whether saving `m` writes an int8 calibration file.
+fn f32_bundle_has_calibration(m: &TransformerModel) -> bool {
+    let out = tempfile::tempdir().unwrap();
+    m.save(out.path()).unwrap();
+    out.path()
+        .join(casetag_transformer::CALIBRATION_FILE)
+        .exists()
+}
+
 #[test]
 fn int8_bundles_record_their_precision_and_stay_close_to_fp32() {
     use casetag_transformer::Precision;
@@ -565,5 +574,15 @@ fn int8_bundles_record_their_precision_and_stay_close_to_fp32() {
     let l = TransformerModel::load(&dir, "q").unwrap();
     assert_eq!(l.params().precision, Precision::Int8);
     assert_eq!(l.logits(&texts).unwrap(), q.logits(&texts).unwrap());
+    // The int8 forward is calibrated on training texts the bundle keeps;
+    // without them (an older bundle) it calibrates on pseudo-random ids
+    // and rounds to the nearest step, which answers differently.
+    let cal = dir.join(casetag_transformer::CALIBRATION_FILE);
+    let ids: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    assert!(!ids.is_empty() && ids.iter().all(|s| !s.is_empty()));
+    std::fs::remove_file(&cal).unwrap();
+    let old = TransformerModel::load(&dir, "old").unwrap();
+    assert_ne!(old.logits(&texts).unwrap(), q.logits(&texts).unwrap());
+    assert!(!f32_bundle_has_calibration(&f));
     assert!(["avx512vnni", "avx2", "scalar"].contains(&casetag_transformer::int8_kernel()));
 }

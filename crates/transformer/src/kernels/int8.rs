@@ -119,26 +119,52 @@ impl QuantW {
     /// [`NR`] (BERT widths are; see [`QuantW::fits`]) and `k` at most
     /// [`MAX_K`] (66576).
     pub fn new(w: &[f32], o: usize, k: usize) -> Self {
+        Self::build(w, o, k, None)
+    }
+
+    /// [`QuantW::new`] with each row's codes chosen by error-compensating
+    /// rounding against the inputs' Gram matrix ([`super::gptq`]; `u` its
+    /// inverse factor, `k × k`).
+    pub fn new_compensated(w: &[f32], o: usize, k: usize, u: &[f32]) -> Self {
+        assert_eq!(u.len(), k * k, "inverse factor shape");
+        Self::build(w, o, k, Some(u))
+    }
+
+    fn build(w: &[f32], o: usize, k: usize, u: Option<&[f32]>) -> Self {
         assert!(Self::fits(o) && w.len() == o * k, "weight shape {o}×{k}");
         assert!(k <= MAX_K, "k = {k} > {MAX_K} could overflow int32 sums");
         let groups = k.div_ceil(KG);
+        // Per channel: the step (an all-zero channel keeps 0 and codes 0)
+        // and the codes.
+        let rows: Vec<(f32, Vec<i8>)> = w
+            .par_chunks_exact(k)
+            .map(|row| {
+                let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let (s, inv) = if amax > 0.0 {
+                    (amax / W_MAX as f32, W_MAX as f32 / amax)
+                } else {
+                    (0.0, 0.0)
+                };
+                let mut codes = vec![0i8; k];
+                match u {
+                    Some(u) => super::gptq::round_row(row, s, W_MAX, u, &mut codes),
+                    None => {
+                        for (q, &v) in codes.iter_mut().zip(row) {
+                            *q = (v * inv).round().clamp(-W_MAX as f32, W_MAX as f32) as i8;
+                        }
+                    }
+                }
+                (s, codes)
+            })
+            .collect();
         let mut lines = vec![Line([0; NR * KG]); o / NR * groups];
         let mut scale = vec![0f32; o];
         let mut colsum = vec![0i32; o];
-        for c in 0..o {
-            let row = &w[c * k..(c + 1) * k];
-            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            // An all-zero channel keeps scale 0 and codes 0.
-            let (s, inv) = if amax > 0.0 {
-                (amax / W_MAX as f32, W_MAX as f32 / amax)
-            } else {
-                (0.0, 0.0)
-            };
+        for (c, (s, codes)) in rows.into_iter().enumerate() {
             scale[c] = s;
             let (p, l) = (c / NR, c % NR);
             let panel = &mut lines[p * groups..(p + 1) * groups];
-            for (j, &v) in row.iter().enumerate() {
-                let q = (v * inv).round().clamp(-W_MAX as f32, W_MAX as f32) as i8;
+            for (j, &q) in codes.iter().enumerate() {
                 panel[j / KG].0[l * KG + j % KG] = q;
                 colsum[c] += i32::from(q);
             }

@@ -51,6 +51,7 @@ macro_rules! simd_builds {
     };
 }
 
+pub(crate) mod gptq;
 pub(crate) mod int8;
 pub(crate) mod sgemm;
 pub(crate) mod vmath;
@@ -290,6 +291,24 @@ impl Dense {
             Precision::Int8 if int8::QuantW::fits(o) => Dense::Quant(int8::QuantW::new(&w, o, k)),
             _ if sgemm::PackedW::fits(o) => Dense::Packed(sgemm::PackedW::new(&w, o, k)),
             _ => Dense::Flat { w, o, k },
+        }
+    }
+
+    /// [`Dense::from_rows`], int8 codes chosen against the inputs' Gram
+    /// matrix when one is given (`gram`, `k × k`; see [`gptq`]).
+    pub(crate) fn from_rows_with(
+        w: Vec<f32>,
+        o: usize,
+        k: usize,
+        precision: Precision,
+        gram: Option<&[f32]>,
+    ) -> Self {
+        match gram {
+            Some(h) if precision == Precision::Int8 && int8::QuantW::fits(o) => {
+                let u = gptq::inverse_factor(h, k);
+                Dense::Quant(int8::QuantW::new_compensated(&w, o, k, &u))
+            }
+            _ => Self::from_rows(w, o, k, precision),
         }
     }
 
