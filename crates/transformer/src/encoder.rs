@@ -280,6 +280,12 @@ impl Encoder {
         self.bert.set_calibration(ids);
     }
 
+    /// Build the packed inference forward for the current weights and
+    /// precision now rather than on first use.
+    pub fn prepare(&self) -> Result<()> {
+        self.bert.fast().map(|_| ())
+    }
+
     /// The int8 calibration ids set by [`Self::set_int8_calibration`].
     pub fn int8_calibration(&self) -> Option<&[Vec<u32>]> {
         self.bert.calibration()

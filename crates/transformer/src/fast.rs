@@ -320,8 +320,9 @@ impl FastBert {
             .pos
             .narrow(0, cfg.position_offset(), cfg.max_positions())?
             .broadcast_add(&t.typ.get(0)?)?;
-        let mut layers = Vec::with_capacity(t.layers.len());
-        for (li, l) in t.layers.iter().enumerate() {
+        // Layers are built in parallel: an int8 layer calibrated on real
+        // texts factors four Gram matrices, single-threaded each.
+        let build_layer = |li: usize, l: &[&Tensor; 12]| -> Result<FastLayer> {
             let maxima = calib.map(|c| &c.maxima[li]);
             let grams = calib.and_then(|c| c.grams.as_ref()).map(|g| &g[li]);
             let gram = |i: usize| grams.map(|g| g[i].as_slice());
@@ -330,7 +331,7 @@ impl FastBert {
             let (i_in, i_w) = smoothed(l[6], maxima.map(|m| m.1.as_slice()), gram(2), precision)?;
             let (_, o_w) = smoothed(l[2], None, gram(1), precision)?;
             let (_, f_w) = smoothed(l[8], None, gram(3), precision)?;
-            layers.push(FastLayer {
+            Ok(FastLayer {
                 qkv_in,
                 i_in,
                 qkv_w,
@@ -345,8 +346,14 @@ impl FastBert {
                 f_b: flat(l[9])?,
                 ln2_w: flat(l[10])?,
                 ln2_b: flat(l[11])?,
-            });
-        }
+            })
+        };
+        let layers = t
+            .layers
+            .par_iter()
+            .enumerate()
+            .map(|(li, l)| build_layer(li, l))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             h: cfg.hidden_size,
             nh: cfg.num_attention_heads,

@@ -202,6 +202,9 @@ impl TransformerModel {
             encoder.set_int8_calibration(Some(ids));
         }
         encoder.set_precision(info.params.precision);
+        // The packed forward (and, for int8, its calibration) is built now,
+        // so the first cases tagged do not pay for it.
+        encoder.prepare()?;
         let head = Head::load(&file_in(dir, HEAD_FILE)?, info.params.dropout, &device)?;
         if head.input_dim() != encoder.hidden_size() {
             return Err(TransformerError::Model(format!(

@@ -13,11 +13,17 @@
 //! (`H⁻¹ = UᵀU`), and rounding column `j` updates the later columns by
 //! `w_t −= (w_j − ŵ_j) / U_jj · U_jt`.
 
-use rayon::prelude::*;
-
 use casetag_core::dot;
 
-use super::sgemm::{self, PackedW};
+use super::sgemm::{self, PackedW, Path};
+
+simd_builds!(round_row_loop => round_row_avx2: "avx2,fma", round_row_avx512: "avx512f,fma" (
+    w: &mut [f32],
+    scale: f32,
+    max: i32,
+    u: &[f32],
+    out: &mut [i8]
+));
 
 /// Dampening added to the diagonal, as a fraction of its mean: keeps the
 /// factorization stable when calibration rows are fewer than inputs.
@@ -59,70 +65,87 @@ pub(crate) fn scale_gram(h: &mut [f32], d: &[f32]) {
 }
 
 /// The upper factor `U` (`k × k`, row-major, zero below the diagonal) of
-/// `(H + λI)⁻¹ = UᵀU`. A channel no calibration row
-/// reached (zero diagonal) gets a unit diagonal.
+/// `(H + λI)⁻¹ = UᵀU`. A channel no calibration row reached (zero
+/// diagonal) gets a unit diagonal. Single-threaded: the layers of a model
+/// are factored in parallel instead.
 pub(crate) fn inverse_factor(h: &[f32], k: usize) -> Vec<f32> {
     assert_eq!(h.len(), k * k, "inverse_factor shapes");
     let mean = (0..k).map(|i| h[i * k + i] as f64).sum::<f64>() / k as f64;
     let damp = (DAMP * mean).max(f64::from(f32::MIN_POSITIVE)) as f32;
-    // The reversed matrix G = P H P (P reverses the order), lower
-    // Cholesky G = L Lᵀ; then H = R Rᵀ with R = P L P upper.
-    let mut l = vec![0f32; k * k];
+    // G = P (H + λI) P, P reversing the order (upper triangle used).
+    let mut g = vec![0f32; k * k];
     for i in 0..k {
-        for j in 0..=i {
+        for j in i..k {
             let (ri, rj) = (k - 1 - i, k - 1 - j);
             let mut v = h[ri * k + rj];
             if i == j {
-                v += damp;
-                if h[ri * k + ri] <= 0.0 {
-                    v = 1.0;
-                }
+                v = if h[ri * k + ri] > 0.0 { v + damp } else { 1.0 };
             }
-            l[i * k + j] = v;
+            g[i * k + j] = v;
         }
     }
-    // Left-looking Cholesky, column by column; column j's rows in parallel.
+    match sgemm::dispatch().path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the f32 path is AVX-512F only on a CPU with AVX-512F.
+        Path::Avx512 => unsafe { factor_avx512(&mut g, k) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the f32 path is AVX2+FMA only on a CPU with both.
+        Path::Avx2 => unsafe { factor_avx2(&mut g, k) },
+        _ => factor_loop(&mut g, k),
+    }
+}
+
+simd_builds!(factor_loop => factor_avx2: "avx2,fma", factor_avx512: "avx512f,fma" (
+    g: &mut [f32],
+    k: usize
+) -> Vec<f32>);
+
+/// `y += a · x`.
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// [`inverse_factor`] from `g` (the reversed, dampened matrix; its upper
+/// triangle is read and overwritten).
+///
+/// Cholesky `G = SᵀS` (`S` upper), row by row: row `j` of `S` is row `j` of
+/// what is left divided by its pivot's root, and is then taken out of the
+/// rows below (`y -= s_ji · s_j`, contiguous). Then `W = S⁻¹` (upper) by
+/// back substitution, row by row from the last. Since `G = P H P`, `H =
+/// (P Sᵀ P)(P S P)` with `P Sᵀ P` upper, and `U = (P Sᵀ P)⁻¹ = P Wᵀ P`.
+#[inline(always)]
+fn factor_loop(g: &mut [f32], k: usize) -> Vec<f32> {
     for j in 0..k {
-        let rest = &mut l[j * k..];
-        let (row_j, below) = rest.split_at_mut(k);
-        let d = (row_j[j] - dot(&row_j[..j], &row_j[..j])).max(1e-30).sqrt();
-        row_j[j] = d;
-        let lj = &row_j[..j];
-        below
-            .par_chunks_exact_mut(k)
-            .with_min_len(64)
-            .for_each(|row_i| {
-                row_i[j] = (row_i[j] - dot(&row_i[..j], lj)) / d;
-            });
-    }
-    // R = P L P is upper; U = R⁻¹ is upper. With P L P's inverse being
-    // P L⁻¹ P, invert the lower L (column by column, forward substitution)
-    // and reverse back.
-    let mut linv = vec![0f32; k * k];
-    // Column c of L⁻¹: solve L y = e_c (y_i = 0 for i < c). Written as rows
-    // of the transpose for contiguous access, then transposed.
-    let cols: Vec<Vec<f32>> = (0..k)
-        .into_par_iter()
-        .map(|c| {
-            let mut y = vec![0f32; k];
-            for i in c..k {
-                let row = &l[i * k..i * k + i];
-                let s = if i == c { 1.0 } else { 0.0 } - dot(&row[c..i], &y[c..i]);
-                y[i] = s / l[i * k + i];
-            }
-            y
-        })
-        .collect();
-    for (c, y) in cols.iter().enumerate() {
-        for i in c..k {
-            linv[i * k + c] = y[i];
+        let (done, rest) = g.split_at_mut((j + 1) * k);
+        let row = &mut done[j * k..];
+        let d = row[j].max(1e-30).sqrt();
+        row[j..].iter_mut().for_each(|v| *v /= d);
+        for (i, below) in rest.chunks_exact_mut(k).enumerate() {
+            let i = j + 1 + i;
+            axpy(&mut below[i..], -row[i], &row[i..]);
         }
     }
-    // U[a][b] = L⁻¹[k-1-a][k-1-b].
+    // W = S⁻¹: row i = (e_i − Σ_{t>i} S_it · W_t) / S_ii.
+    let mut w = vec![0f32; k * k];
+    for i in (0..k).rev() {
+        let (upper, lower) = w.split_at_mut((i + 1) * k);
+        let row = &mut upper[i * k..];
+        row[i] = 1.0;
+        for (t, wt) in lower.chunks_exact(k).enumerate() {
+            let t = i + 1 + t;
+            axpy(&mut row[t..], -g[i * k + t], &wt[t..]);
+        }
+        let d = g[i * k + i];
+        row[i..].iter_mut().for_each(|v| *v /= d);
+    }
+    // U[a][b] = W[k-1-b][k-1-a].
     let mut u = vec![0f32; k * k];
     for a in 0..k {
         for b in a..k {
-            u[a * k + b] = linv[(k - 1 - a) * k + (k - 1 - b)];
+            u[a * k + b] = w[(k - 1 - b) * k + (k - 1 - a)];
         }
     }
     u
@@ -132,8 +155,22 @@ pub(crate) fn inverse_factor(h: &[f32], k: usize) -> Vec<f32> {
 /// column after column with each error spread over the later columns by
 /// `u` (from [`inverse_factor`]).
 pub(crate) fn round_row(row: &[f32], scale: f32, max: i32, u: &[f32], out: &mut [i8]) {
-    let k = row.len();
     let mut w = row.to_vec();
+    match sgemm::dispatch().path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `inverse_factor`.
+        Path::Avx512 => unsafe { round_row_avx512(&mut w, scale, max, u, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `inverse_factor`.
+        Path::Avx2 => unsafe { round_row_avx2(&mut w, scale, max, u, out) },
+        _ => round_row_loop(&mut w, scale, max, u, out),
+    }
+}
+
+/// [`round_row`] on a working copy `w` of the row.
+#[inline(always)]
+fn round_row_loop(w: &mut [f32], scale: f32, max: i32, u: &[f32], out: &mut [i8]) {
+    let k = w.len();
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     let lim = max as f32;
     for j in 0..k {
@@ -144,9 +181,7 @@ pub(crate) fn round_row(row: &[f32], scale: f32, max: i32, u: &[f32], out: &mut 
             continue;
         }
         let err = (w[j] - q * scale) / ujj;
-        for (wt, ut) in w[j + 1..].iter_mut().zip(&u[j * k + j + 1..(j + 1) * k]) {
-            *wt -= err * ut;
-        }
+        axpy(&mut w[j + 1..], -err, &u[j * k + j + 1..(j + 1) * k]);
     }
 }
 

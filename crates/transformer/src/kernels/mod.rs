@@ -36,16 +36,16 @@ use std::sync::OnceLock;
 /// must have its features.
 macro_rules! simd_builds {
     ($body:ident => $avx2:ident: $f2:literal, $avx512:ident: $f512:literal
-     ($($arg:ident: $ty:ty),* $(,)?)) => {
+     ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $f2)]
-        unsafe fn $avx2($($arg: $ty),*) {
+        unsafe fn $avx2($($arg: $ty),*) $(-> $ret)? {
             $body($($arg),*)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $f512)]
-        unsafe fn $avx512($($arg: $ty),*) {
+        unsafe fn $avx512($($arg: $ty),*) $(-> $ret)? {
             $body($($arg),*)
         }
     };
