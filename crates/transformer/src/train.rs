@@ -220,32 +220,12 @@ struct EmbedCache {
 }
 
 impl EmbedCache {
-    /// `calibration`: the int8 forward's calibration ids, which change its
-    /// embeddings (a file per sample).
-    fn open(
-        dir: &Path,
-        weights_sha: &str,
-        p: &TransformerParams,
-        dim: usize,
-        calibration: Option<&[Vec<u32>]>,
-    ) -> Result<Self> {
+    fn open(dir: &Path, weights_sha: &str, p: &TransformerParams, dim: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| TransformerError::io(dir, e))?;
         let trunc = serde_json::to_string(&p.truncation).unwrap_or_default();
-        let precision = match (p.precision, calibration) {
-            (crate::Precision::F32, _) => String::new(),
-            (crate::Precision::Int8, None) => "-int8".into(),
-            (crate::Precision::Int8, Some(ids)) => {
-                let mut h = Sha256::new();
-                for (i, id) in ids.iter().flatten().enumerate() {
-                    h.update(id.to_le_bytes());
-                    h.update((i as u32).to_le_bytes());
-                }
-                let d = h.finalize();
-                format!("-int8-{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
-            }
-        };
+        // Training embeds at fp32 at every precision (see `fit`).
         let name = format!(
-            "emb-{}-{}-{}-{dim}{precision}.bin",
+            "emb-{}-{}-{}-{dim}.bin",
             &weights_sha[..16],
             trunc.trim_matches('"'),
             p.max_tokens,
@@ -392,8 +372,10 @@ pub fn fit(
     let n_out = label_space.n_outputs();
     check_inputs(inputs, n_out)?;
     let dev = Device::Cpu;
+    // Training runs at fp32 whatever the precision: an int8 bundle has the
+    // fp32 bundle's weights and head, and only its inference (and so the
+    // validation calibration its caller fits on it) runs int8.
     let mut encoder = Encoder::load(encoder_spec, &dev)?;
-    encoder.set_precision(params.precision);
     let n_layers = encoder.config().num_hidden_layers;
     if params.max_tokens > encoder.max_positions() {
         progress(&format!(
@@ -433,6 +415,7 @@ pub fn fit(
     if params.precision == crate::Precision::Int8 {
         // The int8 forward is calibrated on training texts (kept in the
         // bundle): channel maxima and the inputs its codes are rounded to.
+        // It runs from the end of training on.
         let sample = calibration_sample(&train_ids, params.max_tokens);
         progress(&format!(
             "int8: calibrating on {} training texts ({} tokens)",
@@ -459,7 +442,6 @@ pub fn fit(
                     &weights_sha,
                     params,
                     encoder.hidden_size(),
-                    encoder.int8_calibration(),
                 )?),
                 None => None,
             };
@@ -650,6 +632,7 @@ pub fn fit(
     }
     head.freeze();
     encoder.bert.freeze();
+    encoder.set_precision(params.precision);
     summary.seconds = t_start.elapsed().as_secs_f64();
     let info = ModelInfo {
         format: 1,
