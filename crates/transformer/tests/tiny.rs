@@ -584,5 +584,12 @@ fn int8_bundles_record_their_precision_and_stay_close_to_fp32() {
     let old = TransformerModel::load(&dir, "old").unwrap();
     assert_ne!(old.logits(&texts).unwrap(), q.logits(&texts).unwrap());
     assert!(!f32_bundle_has_calibration(&f));
+    // Quantized after training: the same head as the fp32 bundle's.
+    let fdir = out.path().join("f32");
+    f.save(&fdir).unwrap();
+    assert_eq!(
+        std::fs::read(fdir.join("head.safetensors")).unwrap(),
+        std::fs::read(dir.join("head.safetensors")).unwrap()
+    );
     assert!(["avx512vnni", "avx2", "scalar"].contains(&casetag_transformer::int8_kernel()));
 }
