@@ -217,7 +217,7 @@ impl Padded {
 /// sequences of 128 tokens; a few hundred short queries) brought the int8
 /// embeddings as close to fp32 as 13,500 on held-out training texts of both
 /// bundled data sets (benches/README.md, "Rounding the int8 weights against
-/// real inputs"), and cost about 1.5 s at load.
+/// real inputs"), and cost about 1.7 s at load.
 const CALIBRATION_TOKENS: usize = 4096;
 
 /// A fixed sample of tokenized texts for [`Encoder::set_int8_calibration`]:

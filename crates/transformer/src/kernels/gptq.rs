@@ -187,20 +187,8 @@ fn round_row_loop(w: &mut [f32], scale: f32, max: i32, u: &[f32], out: &mut [i8]
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::values as noise;
     use super::*;
-
-    /// Deterministic pseudo-random values in [-1, 1).
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// Inputs with correlated channels (a few shared factors plus noise).
     fn inputs(n: usize, k: usize) -> Vec<f32> {
