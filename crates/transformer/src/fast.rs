@@ -177,11 +177,30 @@ type ChannelMax = Vec<(Vec<f32>, Vec<f32>)>;
 
 /// What the calibration forward records: per layer, the input maxima of
 /// QKV and FFN-in, and, when `grams` is set, the Gram matrix of each dense
-/// layer's input (QKV, output, FFN-in, FFN-out; unsmoothed).
+/// layer's input (unsmoothed), [`GRAMS_PER_LAYER`] a layer in the order
+/// QKV, output, FFN-in, FFN-out.
 #[derive(Default)]
 struct Calibration {
     maxima: ChannelMax,
-    grams: Option<Vec<[Vec<f32>; 4]>>,
+    grams: Option<Vec<Vec<f32>>>,
+}
+
+const GRAMS_PER_LAYER: usize = 4;
+
+impl Calibration {
+    /// Records the Gram matrix of the next dense layer's input `x` (`n × k`)
+    /// when Gram matrices are asked for.
+    fn record_gram(&mut self, x: &[f32], n: usize, k: usize) {
+        if let Some(g) = self.grams.as_mut() {
+            g.push(gptq::gram(x, n, k));
+        }
+    }
+
+    /// Layer `li`'s Gram matrices, in [`Calibration`]'s order.
+    fn layer_grams(&self, li: usize) -> Option<&[Vec<f32>]> {
+        let g = self.grams.as_ref()?;
+        Some(&g[li * GRAMS_PER_LAYER..(li + 1) * GRAMS_PER_LAYER])
+    }
 }
 
 /// Smoothing strength: an int8 layer's input channel `j` is divided by
@@ -218,7 +237,7 @@ fn smoothed(
     // The smoothed input is x · diag(1/s): its Gram matrix likewise.
     let gram = gram.map(|g| {
         let mut g = g.to_vec();
-        crate::kernels::gptq::scale_gram(&mut g, &inv);
+        gptq::scale_gram(&mut g, &inv);
         g
     });
     let dense = Dense::from_rows_with(wf, o, k, precision, gram.as_deref());
@@ -324,7 +343,7 @@ impl FastBert {
         // texts factors four Gram matrices, single-threaded each.
         let build_layer = |li: usize, l: &[&Tensor; 12]| -> Result<FastLayer> {
             let maxima = calib.map(|c| &c.maxima[li]);
-            let grams = calib.and_then(|c| c.grams.as_ref()).map(|g| &g[li]);
+            let grams = calib.and_then(|c| c.layer_grams(li));
             let gram = |i: usize| grams.map(|g| g[i].as_slice());
             let (qkv_in, qkv_w) =
                 smoothed(l[0], maxima.map(|m| m.0.as_slice()), gram(0), precision)?;
@@ -388,7 +407,7 @@ impl FastBert {
     }
 
     /// [`Self::hidden`], recording into `stats` (when given) each layer's
-    /// input maxima of QKV and FFN-in.
+    /// input maxima of QKV and FFN-in, and the Gram matrices it asks for.
     fn hidden_impl(&self, seqs: &[&[u32]], mut stats: Option<&mut Calibration>) -> Vec<f32> {
         let h = self.h;
         // The tokenizer never exceeds the positions; cut defensively anyway.
@@ -451,15 +470,14 @@ impl FastBert {
         let act = |v: &mut [f32]| activate(v, self.act);
         for (li, l) in self.layers.iter().enumerate() {
             let qkv_max = stats.as_ref().map(|_| column_max(&x, h));
-            let mut grams = stats
-                .as_ref()
-                .and_then(|s| s.grams.as_ref())
-                .map(|_| vec![gptq::gram(&x, n, h)]);
+            if let Some(st) = stats.as_mut() {
+                st.record_gram(&x, n, h);
+            }
             let input: &[f32] = if l.qkv_in.is_some() { xs } else { &x };
             l.qkv_w.apply(qkv, input, n, &bias(&l.qkv_b));
             self.attention(qkv, ctx, &starts, &lens);
-            if let Some(g) = grams.as_mut() {
-                g.push(gptq::gram(ctx, n, h));
+            if let Some(st) = stats.as_mut() {
+                st.record_gram(ctx, n, h);
             }
             // a = (x + b_o) + ctx @ W_o^T, then LayerNorm.
             l.o_w.apply(a, ctx, n, &residual(&x, &l.o_b));
@@ -472,9 +490,7 @@ impl FastBert {
             );
             if let (Some(st), Some(q)) = (stats.as_mut(), qkv_max) {
                 st.maxima.push((q, column_max(a, h)));
-            }
-            if let Some(g) = grams.as_mut() {
-                g.push(gptq::gram(a, n, h));
+                st.record_gram(a, n, h);
             }
             // inter = act(b_i + a @ W_i^T), the activation on each tile.
             let input: &[f32] = if l.i_in.is_some() { xs } else { a };
@@ -483,11 +499,8 @@ impl FastBert {
                 ..bias(&l.i_b)
             };
             l.i_w.apply(inter, input, n, &epi);
-            if let (Some(st), Some(mut g)) = (stats.as_mut(), grams) {
-                g.push(gptq::gram(inter, n, self.inter));
-                if let (Some(all), Ok(four)) = (st.grams.as_mut(), g.try_into()) {
-                    all.push(four);
-                }
+            if let Some(st) = stats.as_mut() {
+                st.record_gram(inter, n, self.inter);
             }
             // x = (a + b_f) + inter @ W_f^T, then LayerNorm.
             l.f_w.apply(&mut x, inter, n, &residual(a, &l.f_b));
