@@ -95,6 +95,14 @@ fn file_in(dir: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
+/// A JSON file of the bundle, parsed; unreadable or corrupt is one error
+/// naming the file.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| TransformerError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TransformerError::Model(format!("{}: corrupt: {e}", path.display())))
+}
+
 /// Copy unless source and destination are the same file (saving a model
 /// into the directory it was loaded from must not truncate it).
 fn copy_file(src: &Path, dst: &Path) -> Result<()> {
@@ -173,11 +181,7 @@ impl TransformerModel {
             )));
         }
         let info_path = file_in(dir, INFO_FILE)?;
-        let text =
-            std::fs::read_to_string(&info_path).map_err(|e| TransformerError::io(&info_path, e))?;
-        let mut info: ModelInfo = serde_json::from_str(&text).map_err(|e| {
-            TransformerError::Model(format!("{}: corrupt: {e}", info_path.display()))
-        })?;
+        let mut info: ModelInfo = read_json(&info_path)?;
         if info.format != FORMAT {
             return Err(TransformerError::Model(format!(
                 "{}: format {} is not supported (expected {FORMAT})",
@@ -196,15 +200,9 @@ impl TransformerModel {
         encoder.source = info.encoder_source.clone();
         let c = dir.join(CALIBRATION_FILE);
         if c.is_file() {
-            let text = std::fs::read_to_string(&c).map_err(|e| TransformerError::io(&c, e))?;
-            let ids: Vec<Vec<u32>> = serde_json::from_str(&text)
-                .map_err(|e| TransformerError::Model(format!("{}: corrupt: {e}", c.display())))?;
-            encoder.set_int8_calibration(Some(ids));
+            encoder.set_int8_calibration(Some(read_json(&c)?));
         }
         encoder.set_precision(info.params.precision);
-        // The packed forward (and, for int8, its calibration) is built now,
-        // so the first cases tagged do not pay for it.
-        encoder.prepare()?;
         let head = Head::load(&file_in(dir, HEAD_FILE)?, info.params.dropout, &device)?;
         if head.input_dim() != encoder.hidden_size() {
             return Err(TransformerError::Model(format!(
@@ -222,6 +220,10 @@ impl TransformerModel {
                 info.label_space.n_outputs()
             )));
         }
+        // The packed forward (and, for int8, its calibration) is built now,
+        // once the bundle is known to be whole, so the first cases tagged do
+        // not pay for it.
+        encoder.prepare()?;
         Ok(Self {
             info,
             encoder,
