@@ -18,21 +18,36 @@
 //!   products run on the dense layers' kernel; the softmax takes the
 //!   1/sqrt(d) scale and writes each head's context straight into its
 //!   columns of the output;
+//! * at int8 the activations go from one product to the next as int8 codes
+//!   ([`crate::kernels::int8::Codes`]), quantized by whatever produced them
+//!   while each row is in cache: the LayerNorm before QKV and FFN-in, FFN-in
+//!   itself (GELU, then the codes of FFN-out's input, in tasks that own
+//!   whole rows: no fp32 `n × 4h` matrix in memory), and QKV, which hands
+//!   attention its operands (queries per token like an input, keys and
+//!   values per token like weights; no fp32 `n × 3h` either). Both
+//!   attention products then run on the int8 kernel too: the softmax stays
+//!   fp32, its exponentials are quantized per row with each value row's
+//!   step folded in. Only the context, before the output projection, is
+//!   quantized by a pass of its own;
 //! * (sequence, head) attention tasks run on rayon with single-threaded
 //!   products inside, the dense layers split their panels over rayon: one
 //!   level of parallelism at a time, never nested;
 //! * the work buffers of a finished forward are kept for the next one (a
 //!   fresh 60 MB allocation paid a page fault per 4 KiB).
 //!
-//! Numerics match candle's ops to about 1e-6 (exact-erf GELU, softmax and
-//! LayerNorm from [`crate::kernels::vmath`], vectorized); the test against
-//! candle-transformers' `BertModel` covers this path.
+//! Numerics match candle's ops to about 1e-6 at fp32 (exact-erf GELU,
+//! softmax and LayerNorm from [`crate::kernels::vmath`], vectorized); the
+//! test against candle-transformers' `BertModel` covers this path. The int8
+//! forward's error is measured against it (`examples/int8_fidelity.rs`).
 
 use candle_core::Tensor;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::bert::Act;
 use crate::error::Result;
+use crate::kernels::int8::{self, Codes, QuantW, SymRows};
 use crate::kernels::{gptq, sgemm, vmath, Dense, Epilogue, SendPtr, Start};
 use crate::Precision;
 
@@ -74,6 +89,8 @@ pub(crate) struct FastBert {
     ln_w: Vec<f32>,
     ln_b: Vec<f32>,
     layers: Vec<FastLayer>,
+    /// Attention's two products in int8 too (an int8 forward).
+    int8_attention: bool,
     /// Work buffers of finished forwards, for the next ones: a fresh
     /// allocation of tens of MB costs a page fault per 4 KiB on its first
     /// pass. One set per concurrent forward, up to [`KEEP_BYTES`] each.
@@ -88,7 +105,14 @@ struct Buffers {
     ctx: Vec<f32>,
     a: Vec<f32>,
     inter: Vec<f32>,
-    xs: Vec<f32>,
+    /// int8 only: the quantized inputs of the next product (a LayerNorm's
+    /// output, or the context and the FFN's inner activations).
+    norm_codes: Codes,
+    codes: Codes,
+    /// int8 only: attention's operands, from the QKV product.
+    queries: Codes,
+    keys: SymRows,
+    values: SymRows,
 }
 
 /// The largest set of buffers kept for reuse (32 × 128 tokens of MiniLM
@@ -97,8 +121,10 @@ const KEEP_BYTES: usize = 256 << 20;
 
 impl Buffers {
     fn bytes(&self) -> usize {
-        let floats = [&self.qkv, &self.ctx, &self.a, &self.inter, &self.xs];
-        floats.iter().map(|v| v.capacity()).sum::<usize>() * 4
+        let floats = [&self.qkv, &self.ctx, &self.a, &self.inter];
+        let codes = self.norm_codes.bytes() + self.codes.bytes() + self.queries.bytes();
+        let codes = codes + self.keys.bytes() + self.values.bytes();
+        floats.iter().map(|v| v.capacity()).sum::<usize>() * 4 + codes
     }
 }
 
@@ -110,17 +136,17 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
 const ROWS_PER_TASK: usize = 32;
 
 /// LayerNorm of every row of `x` (width `w.len()`) in place, and, with
-/// `smooth = (inv, xs)`, the next int8 layer's input in the same pass: `xs
-/// = x · inv` per channel.
-fn layer_norm_smoothed(
+/// `next = (inv, codes)`, the next int8 layer's input in the same pass: `x ·
+/// inv` per channel, quantized into `codes` while the row is in cache.
+fn layer_norm_next(
     x: &mut [f32],
     w: &[f32],
     b: &[f32],
     eps: f32,
-    smooth: Option<(&[f32], &mut [f32])>,
+    next: Option<(&[f32], &mut Codes)>,
 ) {
     let h = w.len();
-    let Some((inv, xs)) = smooth else {
+    let Some((inv, codes)) = next else {
         x.par_chunks_mut(h * ROWS_PER_TASK).for_each(|block| {
             for r in block.chunks_exact_mut(h) {
                 vmath::layer_norm(r, w, b, eps, None);
@@ -128,13 +154,43 @@ fn layer_norm_smoothed(
         });
         return;
     };
+    codes.reset(x.len() / h, h);
     x.par_chunks_mut(h * ROWS_PER_TASK)
-        .zip(xs.par_chunks_mut(h * ROWS_PER_TASK))
-        .for_each(|(block, out)| {
-            for (r, o) in block.chunks_exact_mut(h).zip(out.chunks_exact_mut(h)) {
-                vmath::layer_norm(r, w, b, eps, Some((inv, o)));
+        .zip(codes.blocks_mut(ROWS_PER_TASK))
+        .for_each_init(Vec::new, |smooth, (block, mut codes)| {
+            for (i, r) in block.chunks_exact_mut(h).enumerate() {
+                norm_row(r, (w, b), eps, Some((inv, smooth)));
+                codes.set(i, smooth);
             }
         });
+}
+
+/// LayerNorm of one row in place (`(w, b)`), and with `smooth = (inv,
+/// out)` the next int8 layer's input `row · inv` in `out` (resized); returns
+/// whether it wrote that.
+fn norm_row(
+    r: &mut [f32],
+    (w, b): (&[f32], &[f32]),
+    eps: f32,
+    smooth: Option<(&[f32], &mut Vec<f32>)>,
+) -> bool {
+    match smooth {
+        Some((inv, out)) => {
+            out.resize(r.len(), 0.0);
+            vmath::layer_norm(r, w, b, eps, Some((inv, out)));
+            true
+        }
+        None => {
+            vmath::layer_norm(r, w, b, eps, None);
+            false
+        }
+    }
+}
+
+/// The int8 weights of a layer whose input is smoothed (only int8 layers'
+/// are: [`smoothed`]).
+fn quant(d: &Dense) -> &QuantW {
+    d.quant().expect("a smoothed input feeds an int8 layer")
 }
 
 /// The activation in place, on any run of values (a tile's row).
@@ -224,7 +280,10 @@ fn smoothed(
 ) -> Result<(Option<Vec<f32>>, Dense)> {
     let (o, k) = w.dims2()?;
     let mut wf = flat(w)?;
-    let Some(xmax) = xmax else {
+    // Only an int8 layer's input is smoothed (the forward quantizes it as
+    // it smooths it).
+    let int8 = precision == Precision::Int8 && QuantW::fits(o);
+    let Some(xmax) = xmax.filter(|_| int8) else {
         return Ok((None, Dense::from_rows_with(wf, o, k, precision, gram)));
     };
     let s = smoothing(&wf, k, xmax, SMOOTH_ALPHA);
@@ -388,6 +447,10 @@ impl FastBert {
             ln_w: flat(t.ln_w)?,
             ln_b: flat(t.ln_b)?,
             layers,
+            // A head a whole number of panels wide (every BERT's).
+            int8_attention: precision == Precision::Int8
+                && (cfg.hidden_size / cfg.num_attention_heads).is_multiple_of(int8::NR)
+                && std::env::var("CASETAG_F32_ATTENTION").is_err(),
             spare: Default::default(),
         })
     }
@@ -446,26 +509,22 @@ impl FastBert {
             ctx,
             a,
             inter,
-            xs,
+            norm_codes,
+            codes,
+            queries,
+            keys,
+            values,
         } = &mut bufs;
-        qkv.resize(n * 3 * h, 0.0);
         ctx.resize(n * h, 0.0);
         a.resize(n * h, 0.0);
-        inter.resize(n * self.inter, 0.0);
-        // The smoothed input of the next int8 layer, written by the
-        // LayerNorm before it (layers without smoothing read `x` or `a`).
-        if self.layers.iter().any(|l| l.qkv_in.is_some()) {
-            xs.resize(n * h, 0.0);
-        }
-        let (qkv, ctx, a, inter) = (&mut qkv[..], &mut ctx[..], &mut a[..], &mut inter[..]);
-        let xs = &mut xs[..];
+        let (ctx, a) = (&mut ctx[..], &mut a[..]);
         let first = self.layers.first().and_then(|l| l.qkv_in.as_deref());
-        layer_norm_smoothed(
+        layer_norm_next(
             &mut x,
             &self.ln_w,
             &self.ln_b,
             self.eps,
-            first.map(|inv| (inv, &mut *xs)),
+            first.map(|inv| (inv, &mut *norm_codes)),
         );
         let act = |v: &mut [f32]| activate(v, self.act);
         for (li, l) in self.layers.iter().enumerate() {
@@ -473,45 +532,89 @@ impl FastBert {
             if let Some(st) = stats.as_mut() {
                 st.record_gram(&x, n, h);
             }
-            let input: &[f32] = if l.qkv_in.is_some() { xs } else { &x };
-            l.qkv_w.apply(qkv, input, n, &bias(&l.qkv_b));
-            self.attention(qkv, ctx, &starts, &lens);
+            // An int8 layer's input was quantized by the LayerNorm before it.
+            let ops = match (l.qkv_in.is_some(), self.int8_attention) {
+                (true, true) => {
+                    let heads = (&mut *queries, &mut *keys, &mut *values);
+                    int8::matmul_qkv_codes(norm_codes, quant(&l.qkv_w), &l.qkv_b, heads);
+                    Operands::Int8(queries, keys, values)
+                }
+                (codes_in, _) => {
+                    qkv.resize(n * 3 * h, 0.0);
+                    if codes_in {
+                        int8::matmul_codes(qkv, norm_codes, quant(&l.qkv_w), &bias(&l.qkv_b));
+                    } else {
+                        l.qkv_w.apply(qkv, &x, n, &bias(&l.qkv_b));
+                    }
+                    Operands::F32(qkv)
+                }
+            };
+            self.attention(ops, ctx, &starts, &lens);
             if let Some(st) = stats.as_mut() {
                 st.record_gram(ctx, n, h);
             }
-            // a = (x + b_o) + ctx @ W_o^T, then LayerNorm.
-            l.o_w.apply(a, ctx, n, &residual(&x, &l.o_b));
-            layer_norm_smoothed(
-                a,
-                &l.ln1_w,
-                &l.ln1_b,
-                self.eps,
-                l.i_in.as_deref().map(|inv| (inv, &mut *xs)),
-            );
+            // a = LayerNorm((x + b_o) + ctx @ W_o^T); an int8 FFN-in's
+            // input codes from the same pass.
+            let eps = self.eps;
+            let (ln1, ln2) = ((&l.ln1_w[..], &l.ln1_b[..]), (&l.ln2_w[..], &l.ln2_b[..]));
+            match (l.o_w.quant(), l.i_in.as_deref()) {
+                (Some(o_w), Some(inv)) if stats.is_none() => {
+                    int8::quantize_input(codes, ctx, n, o_w);
+                    let start = Start::ResidualBias(&x, &l.o_b);
+                    int8::matmul_norm_codes(codes, o_w, start, a, norm_codes, |row, smooth| {
+                        norm_row(row, ln1, eps, Some((inv, smooth)))
+                    });
+                }
+                _ => {
+                    l.o_w.apply_reusing(a, ctx, n, &residual(&x, &l.o_b), codes);
+                    let next = l.i_in.as_deref().map(|inv| (inv, &mut *norm_codes));
+                    layer_norm_next(a, ln1.0, ln1.1, eps, next);
+                }
+            }
             if let (Some(st), Some(q)) = (stats.as_mut(), qkv_max) {
                 st.maxima.push((q, column_max(a, h)));
                 st.record_gram(a, n, h);
             }
-            // inter = act(b_i + a @ W_i^T), the activation on each tile.
-            let input: &[f32] = if l.i_in.is_some() { xs } else { a };
-            let epi = Epilogue {
-                then: Some(&act),
-                ..bias(&l.i_b)
-            };
-            l.i_w.apply(inter, input, n, &epi);
-            if let Some(st) = stats.as_mut() {
-                st.record_gram(inter, n, self.inter);
-            }
-            // x = (a + b_f) + inter @ W_f^T, then LayerNorm.
-            l.f_w.apply(&mut x, inter, n, &residual(a, &l.f_b));
+            // x = LayerNorm((a + b_f) + act(b_i + a @ W_i^T) @ W_f^T), and
+            // the next layer's input codes when it is int8.
             let next = self.layers.get(li + 1).and_then(|l| l.qkv_in.as_deref());
-            layer_norm_smoothed(
-                &mut x,
-                &l.ln2_w,
-                &l.ln2_b,
-                self.eps,
-                next.map(|inv| (inv, &mut *xs)),
-            );
+            match (l.i_in.is_some(), l.f_w.quant()) {
+                // int8 to int8: the activated inner rows go straight from
+                // FFN-in's output tiles to FFN-out's input codes.
+                (true, Some(f_w)) if stats.is_none() => {
+                    int8::matmul_act_codes(norm_codes, quant(&l.i_w), &l.i_b, &act, codes);
+                    let start = Start::ResidualBias(a, &l.f_b);
+                    int8::matmul_norm_codes(
+                        codes,
+                        f_w,
+                        start,
+                        &mut x,
+                        norm_codes,
+                        |row, smooth| norm_row(row, ln2, eps, next.map(|inv| (inv, smooth))),
+                    );
+                }
+                (codes_in, _) => {
+                    // inter = act(b_i + a @ W_i^T), the activation on each
+                    // tile.
+                    inter.resize(n * self.inter, 0.0);
+                    let epi = Epilogue {
+                        then: Some(&act),
+                        ..bias(&l.i_b)
+                    };
+                    if codes_in {
+                        int8::matmul_codes(inter, norm_codes, quant(&l.i_w), &epi);
+                    } else {
+                        l.i_w.apply(inter, a, n, &epi);
+                    }
+                    if let Some(st) = stats.as_mut() {
+                        st.record_gram(inter, n, self.inter);
+                    }
+                    l.f_w
+                        .apply_reusing(&mut x, inter, n, &residual(a, &l.f_b), codes);
+                    let next = next.map(|inv| (inv, &mut *norm_codes));
+                    layer_norm_next(&mut x, ln2.0, ln2.1, eps, next);
+                }
+            }
         }
         self.keep_buffers(bufs);
         x
@@ -559,99 +662,133 @@ impl FastBert {
     /// and runs both products on the dense layers' kernel
     /// ([`sgemm::Panels`]), single-threaded; a head width that is not a
     /// multiple of the panel width goes through the `gemm` crate instead.
-    fn attention(&self, qkv: &[f32], ctx: &mut [f32], starts: &[usize], lens: &[usize]) {
-        let (h, nh) = (self.h, self.nh);
-        let dh = h / nh;
-        let scale = 1.0 / (dh as f32).sqrt();
-        let packed = dh % sgemm::NR == 0;
-        let out = SendPtr(ctx.as_mut_ptr());
-        let tasks: Vec<(usize, usize)> = (0..lens.len())
-            .flat_map(|s| (0..nh).map(move |hd| (s, hd)))
-            .collect();
-        tasks
-            .par_iter()
-            .for_each_init(AttentionScratch::default, |scratch, &(si, hd)| {
-                let (start, len) = (starts[si], lens[si]);
-                if len == 0 {
+    fn attention(&self, ops: Operands, ctx: &mut [f32], starts: &[usize], lens: &[usize]) {
+        attention(self.h, self.nh, ops, ctx, starts, lens);
+    }
+}
+
+/// [`FastBert::attention`] for `nh` heads of a model `h` wide.
+fn attention(
+    h: usize,
+    nh: usize,
+    ops: Operands,
+    ctx: &mut [f32],
+    starts: &[usize],
+    lens: &[usize],
+) {
+    let dh = h / nh;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let packed = dh.is_multiple_of(sgemm::NR);
+    let out = SendPtr(ctx.as_mut_ptr());
+    let tasks: Vec<(usize, usize)> = (0..lens.len())
+        .flat_map(|s| (0..nh).map(move |hd| (s, hd)))
+        .collect();
+    tasks
+        .par_iter()
+        .for_each_init(AttentionScratch::default, |scratch, &(si, hd)| {
+            let (start, len) = (starts[si], lens[si]);
+            if len == 0 {
+                return;
+            }
+            let qkv = match ops {
+                Operands::F32(qkv) => qkv,
+                Operands::Int8(q, k, v) => {
+                    let head = (start..start + len, hd * dh..(hd + 1) * dh);
+                    // SAFETY: rows start..start + len of ctx, this
+                    // head's columns, are this task's alone (tasks
+                    // split sequences and heads), inside ctx (n × h).
+                    unsafe {
+                        let dst = out.get().add(start * h + hd * dh);
+                        scratch.int8((q, k, v), head, scale, (dst, h));
+                    }
                     return;
                 }
-                let AttentionScratch {
-                    scores,
-                    keys,
-                    values,
-                } = scratch;
-                let base = qkv[start * 3 * h..].as_ptr();
-                // SAFETY: all pointers stay inside `qkv`/`ctx` for `len` rows
-                // of this sequence; each (sequence, head) task writes a disjoint
-                // block of `ctx` (its rows, its head's columns).
-                unsafe {
-                    let q = base.add(hd * dh);
-                    let k = base.add(h + hd * dh);
-                    let v = base.add(2 * h + hd * dh);
-                    let dst = out.get().add(start * h + hd * dh);
-                    if packed {
-                        // scores (len, width) = Q Kᵀ, key columns padded to
-                        // the panel width; softmax over the first len.
-                        let width = len.div_ceil(sgemm::NR) * sgemm::NR;
-                        scores.resize(len * width, 0.0);
-                        keys.pack(k, len, dh, 3 * h, 1);
-                        keys.product(scores.as_mut_ptr(), width, q, 3 * h, len);
-                        vmath::softmax_rows(scores, width, len, scale);
-                        // ctx (len, dh) = P V
-                        values.pack(v, dh, len, 1, 3 * h);
-                        values.product(dst, h, scores.as_ptr(), width, len);
-                        return;
-                    }
-                    scores.clear();
-                    scores.resize(len * len, 0.0);
-                    // scores (len, len) = Q K^T
-                    gemm::gemm(
-                        len,
-                        len,
-                        dh,
-                        scores.as_mut_ptr(),
-                        1,
-                        len as isize,
-                        false,
-                        q,
-                        1,
-                        3 * h as isize,
-                        k,
-                        3 * h as isize,
-                        1,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                    vmath::softmax_rows(scores, len, len, scale);
-                    // ctx rows of this sequence, this head's columns = P V
-                    gemm::gemm(
-                        len,
-                        dh,
-                        len,
-                        dst,
-                        1,
-                        h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        len as isize,
-                        v,
-                        1,
-                        3 * h as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+            };
+            let AttentionScratch {
+                scores,
+                keys,
+                values,
+                ..
+            } = scratch;
+            let base = qkv[start * 3 * h..].as_ptr();
+            // SAFETY: all pointers stay inside `qkv`/`ctx` for `len` rows
+            // of this sequence; each (sequence, head) task writes a disjoint
+            // block of `ctx` (its rows, its head's columns).
+            unsafe {
+                let q = base.add(hd * dh);
+                let k = base.add(h + hd * dh);
+                let v = base.add(2 * h + hd * dh);
+                let dst = out.get().add(start * h + hd * dh);
+                if packed {
+                    // scores (len, width) = Q Kᵀ, key columns padded to
+                    // the panel width; softmax over the first len.
+                    let width = len.div_ceil(sgemm::NR) * sgemm::NR;
+                    scores.resize(len * width, 0.0);
+                    keys.pack(k, len, dh, 3 * h, 1);
+                    keys.product(scores.as_mut_ptr(), width, q, 3 * h, len);
+                    vmath::softmax_rows(scores, width, len, scale);
+                    // ctx (len, dh) = P V
+                    values.pack(v, dh, len, 1, 3 * h);
+                    values.product(dst, h, scores.as_ptr(), width, len);
+                    return;
                 }
-            });
-    }
+                scores.clear();
+                scores.resize(len * len, 0.0);
+                // scores (len, len) = Q K^T
+                gemm::gemm(
+                    len,
+                    len,
+                    dh,
+                    scores.as_mut_ptr(),
+                    1,
+                    len as isize,
+                    false,
+                    q,
+                    1,
+                    3 * h as isize,
+                    k,
+                    3 * h as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                vmath::softmax_rows(scores, len, len, scale);
+                // ctx rows of this sequence, this head's columns = P V
+                gemm::gemm(
+                    len,
+                    dh,
+                    len,
+                    dst,
+                    1,
+                    h as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    len as isize,
+                    v,
+                    1,
+                    3 * h as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+}
+
+/// What attention reads: the fp32 QKV output (`n × 3h`), or its int8 codes
+/// ([`int8::matmul_qkv_codes`]).
+#[derive(Clone, Copy)]
+enum Operands<'a> {
+    F32(&'a [f32]),
+    Int8(&'a Codes, &'a SymRows, &'a SymRows),
 }
 
 /// One attention task's buffers, kept per rayon thread between tasks.
@@ -660,6 +797,59 @@ struct AttentionScratch {
     scores: Vec<f32>,
     keys: sgemm::Panels,
     values: sgemm::Panels,
+    /// int8: the head's keys and values packed as weights, and the
+    /// probabilities quantized per row.
+    key_codes: QuantW,
+    prob_codes: Codes,
+    value_codes: QuantW,
+    /// int8: the softmax's sums.
+    sums: Vec<f32>,
+}
+
+impl AttentionScratch {
+    /// One (sequence, head) of attention in int8: the sequence is rows
+    /// `rows` of the QKV product's codes ([`int8::matmul_qkv_codes`]), the
+    /// head columns `cols` of each; the context goes to `dst`, row `j` at
+    /// `dst + j · h`. The queries are an input quantized per token, the keys
+    /// weights quantized per key; the softmax is fp32, its exponentials
+    /// quantized per row against the values (quantized per token, their
+    /// steps folded into the probabilities). Both products run on the dense
+    /// layers' int8 kernel, on this thread.
+    ///
+    /// # Safety
+    /// `dst` holds `rows.len()` rows of `cols.len()` floats at stride `h`,
+    /// which no one else reads or writes meanwhile.
+    unsafe fn int8(
+        &mut self,
+        (queries, keys, values): (&Codes, &SymRows, &SymRows),
+        (rows, cols): (Range<usize>, Range<usize>),
+        scale: f32,
+        (dst, h): (*mut f32, usize),
+    ) {
+        let len = rows.len();
+        let query = queries.head(rows.clone(), cols.clone());
+        self.key_codes
+            .pack_rows_of(keys, rows.clone(), cols.clone());
+        // scores (len, width) = Q Kᵀ, keys padded to the panel width; the
+        // softmax over the first len, its division left to the codes.
+        let width = self.key_codes.width();
+        self.scores.resize(len * width, 0.0);
+        int8::matmul_view(&mut self.scores, query, &self.key_codes, &Epilogue::ZERO);
+        self.sums.resize(len, 0.0);
+        vmath::exp_rows(&mut self.scores, width, len, scale, &mut self.sums);
+        // context (len, dh) = P V, into this head's columns.
+        self.prob_codes.reset(len, len);
+        let mut prob = self.prob_codes.rows_mut(0..len);
+        let steps = values.steps(rows.clone());
+        let exps = self.scores.chunks_exact(width).zip(&self.sums);
+        for (j, (e, &sum)) in exps.enumerate() {
+            prob.set_probabilities(j, &e[..len], sum, steps);
+        }
+        self.value_codes.pack_columns_of(values, rows, cols);
+        // SAFETY: `dst` holds len rows of dh (the values' width) at stride
+        // h, this task's alone (caller).
+        unsafe { int8::matmul_view_to(dst, h, self.prob_codes.view(), &self.value_codes) };
+    }
 }
 
 #[cfg(test)]
@@ -725,5 +915,40 @@ mod tests {
             .iter()
             .flatten()
             .all(|&i| (20..40).contains(&i)));
+    }
+
+    #[test]
+    fn int8_attention_stays_close_to_fp32_attention() {
+        // Two heads of 32; sequences of one key panel, a short one, and
+        // one longer than 128 keys with a partial last panel.
+        let (h, nh) = (64, 2);
+        let lens = [37, 5, 130];
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |at, &l| Some(std::mem::replace(at, *at + l)))
+            .collect();
+        let n: usize = lens.iter().sum();
+        let mut qkv = values(n * 3 * h, 7);
+        // Larger queries make the softmax peaked, as trained heads' are.
+        for row in qkv.chunks_exact_mut(3 * h) {
+            row[..h].iter_mut().for_each(|v| *v *= 4.0);
+        }
+        let mut want = vec![0f32; n * h];
+        attention(h, nh, Operands::F32(&qkv), &mut want, &starts, &lens);
+        let (mut q, mut k, mut v) = (Codes::default(), SymRows::default(), SymRows::default());
+        int8::qkv_codes(&qkv, h, (&mut q, &mut k, &mut v));
+        let mut got = vec![f32::NAN; n * h];
+        attention(h, nh, Operands::Int8(&q, &k, &v), &mut got, &starts, &lens);
+        let all = rel_err(&got, &want);
+        let worst = got
+            .chunks_exact(h)
+            .zip(want.chunks_exact(h))
+            .map(|(g, w)| rel_err(g, w))
+            .fold(0f32, f32::max);
+        eprintln!("int8 attention: relative error {all}, worst row {worst}");
+        assert!(
+            all < 0.02 && worst < 0.05,
+            "relative error {all}, worst row {worst}"
+        );
     }
 }

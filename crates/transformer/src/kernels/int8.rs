@@ -55,8 +55,27 @@
 //! Row quantization (min/max, codes) and the dequantizing epilogue have an
 //! AVX2 and an AVX-512 build next to the portable one, doing the same IEEE
 //! operations (no fused multiply-add, `minps`-exact selects), so they too are
-//! bit-identical across paths. The epilogue prefetches the `out` rows two
-//! tiles ahead: on layers larger than L2 reading the bias stalled it.
+//! bit-identical across paths. On AVX-512 VNNI the epilogue runs on the
+//! kernel's accumulators in registers (no int32 tile in memory); elsewhere
+//! on the tile the kernel stored. It prefetches the rows it reads two tiles
+//! ahead: on layers larger than L2 reading the residual stalled it.
+//!
+//! # Activations between products
+//! [`Codes`] are a product's quantized input rows, kept by the caller and
+//! written by whatever produces them: [`Codes::quantize`] from an fp32
+//! matrix, a LayerNorm row by row ([`Codes::blocks_mut`]), or another
+//! product: [`matmul_act_codes`] (FFN-in: GELU, then FFN-out's codes) and
+//! [`matmul_qkv_codes`] (QKV: attention's operands) run tasks that own
+//! whole rows, whose fp32 outputs stay in an L2-sized scratch block.
+//!
+//! # Attention
+//! Its products take one operand as weights, packed per call: keys per key
+//! ([`QuantW::pack_rows_of`]) and values per head dimension
+//! ([`QuantW::pack_columns_of`]), from rows quantized symmetrically per token
+//! ([`SymRows`]). A value row's step cannot be factored out of a sum over
+//! tokens, so it goes into the probabilities instead: row `i`'s codes
+//! quantize `e_ij · step_j` (the softmax's exponentials), and its scale
+//! carries `1 / Σ_j e_ij` ([`CodeRows::set_probabilities`]).
 //!
 //! Work is split into tasks of [`MC`] rows × one kernel-width column block,
 //! run on rayon when the product is large enough. The kernel is chosen once
@@ -69,7 +88,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Dispatch, Epilogue, KernelPath, SendPtr, Start};
+use super::vmath::ROUND;
+use super::{Dispatch, Epilogue, KernelPath, SendPtr, Start, Then};
 
 /// Output columns per panel (one zmm of int32 sums).
 pub(crate) const NR: usize = 16;
@@ -132,51 +152,126 @@ impl QuantW {
 
     fn build(w: &[f32], o: usize, k: usize, u: Option<&[f32]>) -> Self {
         assert!(Self::fits(o) && w.len() == o * k, "weight shape {o}×{k}");
-        assert!(k <= MAX_K, "k = {k} > {MAX_K} could overflow int32 sums");
-        let groups = k.div_ceil(KG);
         // Per channel: the step (an all-zero channel keeps 0 and codes 0)
         // and the codes.
         let rows: Vec<(f32, Vec<i8>)> = w
             .par_chunks_exact(k)
             .map(|row| {
-                let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let (s, inv) = if amax > 0.0 {
-                    (amax / W_MAX as f32, W_MAX as f32 / amax)
-                } else {
-                    (0.0, 0.0)
-                };
+                let (s, inv) = step(row.iter().fold(0f32, |m, v| m.max(v.abs())));
                 let mut codes = vec![0i8; k];
                 match u {
                     Some(u) => super::gptq::round_row(row, s, W_MAX, u, &mut codes),
                     None => {
                         for (q, &v) in codes.iter_mut().zip(row) {
-                            *q = (v * inv).round().clamp(-W_MAX as f32, W_MAX as f32) as i8;
+                            *q = nearest(v, inv);
                         }
                     }
                 }
                 (s, codes)
             })
             .collect();
-        let mut lines = vec![Line([0; NR * KG]); o / NR * groups];
-        let mut scale = vec![0f32; o];
-        let mut colsum = vec![0i32; o];
+        let mut w = Self::default();
+        w.reset(o, k);
         for (c, (s, codes)) in rows.into_iter().enumerate() {
-            scale[c] = s;
-            let (p, l) = (c / NR, c % NR);
-            let panel = &mut lines[p * groups..(p + 1) * groups];
-            for (j, &q) in codes.iter().enumerate() {
-                panel[j / KG].0[l * KG + j % KG] = q;
-                colsum[c] += i32::from(q);
+            w.put_channel(c, s, &codes);
+        }
+        w
+    }
+
+    /// Empty, `o` channels of `k` inputs (all codes and scales 0; `o` a
+    /// multiple of [`NR`]), reusing the allocations.
+    fn reset(&mut self, o: usize, k: usize) {
+        assert!(k <= MAX_K, "k = {k} > {MAX_K} could overflow int32 sums");
+        self.o = o;
+        self.k = k;
+        self.groups = k.div_ceil(KG);
+        self.lines.clear();
+        self.lines.resize(o / NR * self.groups, Line([0; NR * KG]));
+        self.scale.clear();
+        self.scale.resize(o, 0.0);
+        self.colsum.clear();
+        self.colsum.resize(o, 0);
+    }
+
+    /// Channel `c`'s step and codes, packed.
+    fn put_channel(&mut self, c: usize, step: f32, codes: &[i8]) {
+        self.scale[c] = step;
+        let (p, l) = (c / NR, c % NR);
+        let panel = &mut self.lines[p * self.groups..(p + 1) * self.groups];
+        let lanes = l * KG..(l + 1) * KG;
+        let mut fours = codes.chunks_exact(KG);
+        for (line, four) in panel.iter_mut().zip(&mut fours) {
+            line.0[lanes.clone()].copy_from_slice(four);
+        }
+        let tail = fours.remainder();
+        if let Some(line) = panel.get_mut(codes.len() / KG) {
+            line.0[l * KG..l * KG + tail.len()].copy_from_slice(tail);
+        }
+        self.colsum[c] = codes.iter().map(|&q| i32::from(q)).sum();
+    }
+
+    /// Attention's keys as weights, packed again in place (the
+    /// allocations are kept for the next call): channel `c` is row
+    /// `rows.start + c` of `codes`, its inputs the columns `cols` (one
+    /// head's), its step the row's. Channels are padded with zeros up to a
+    /// multiple of [`NR`] (their outputs are 0).
+    pub(crate) fn pack_rows_of(&mut self, codes: &SymRows, rows: Range<usize>, cols: Range<usize>) {
+        let k = cols.len();
+        self.reset(rows.len().div_ceil(NR) * NR, k);
+        for (c, r) in rows.enumerate() {
+            let at = r * codes.k + cols.start;
+            self.put_channel(c, codes.scale[r], &codes.q[at..at + k]);
+        }
+    }
+
+    /// Attention's values as weights, packed again in place: channel `c` is
+    /// column `cols.start + c` of `codes`, its inputs the rows `rows` (the
+    /// tokens), every step 1: the rows' own steps are left to the other
+    /// operand ([`CodeRows::set_probabilities`] takes them).
+    pub(crate) fn pack_columns_of(
+        &mut self,
+        codes: &SymRows,
+        rows: Range<usize>,
+        cols: Range<usize>,
+    ) {
+        let (o, k, groups) = (cols.len(), rows.len(), rows.len().div_ceil(KG));
+        self.reset(o.div_ceil(NR) * NR, k);
+        self.scale[..o].fill(1.0);
+        let row = |j: usize| {
+            let at = (rows.start + j) * codes.k + cols.start;
+            &codes.q[at..at + o]
+        };
+        for j in 0..k {
+            for (sum, &q) in self.colsum.iter_mut().zip(row(j)) {
+                *sum += i32::from(q);
             }
         }
-        Self {
-            o,
-            k,
-            groups,
-            lines,
-            scale,
-            colsum,
+        let whole = o / NR * NR;
+        for g in 0..groups {
+            // Four inputs' codes, interleaved into the panels' line `g`
+            // (past `k`, zeros).
+            let four: [&[i8]; KG] = std::array::from_fn(|t| match g * KG + t {
+                j if j < k => row(j),
+                _ => &[0; 64][..o.min(64)],
+            });
+            if o <= 64 {
+                for p in 0..whole / NR {
+                    let line = &mut self.lines[p * groups + g];
+                    interleave(&four.map(|r| &r[p * NR..(p + 1) * NR]), line);
+                }
+            }
+            let from = if o <= 64 { whole } else { 0 };
+            for c in from..o {
+                let bytes = four.map(|r| r.get(c).copied().unwrap_or(0));
+                let (p, l) = (c / NR, c % NR);
+                self.lines[p * groups + g].0[l * KG..(l + 1) * KG].copy_from_slice(&bytes);
+            }
         }
+    }
+
+    /// Output channels (a multiple of [`NR`]).
+    pub(crate) fn width(&self) -> usize {
+        self.o
     }
 
     /// Whether a layer `o` wide can be packed.
@@ -190,52 +285,424 @@ impl QuantW {
     }
 }
 
-/// One row to quantize: its codes, its values, its (scale, zero point).
-type RowJob<'a> = ((&'a mut [u8], &'a [f32]), &'a mut (f32, i32));
+impl Default for QuantW {
+    /// No channels.
+    fn default() -> Self {
+        Self {
+            o: 0,
+            k: 0,
+            groups: 0,
+            lines: Vec::new(),
+            scale: Vec::new(),
+            colsum: Vec::new(),
+        }
+    }
+}
 
-/// Activation rows quantized for one call.
-struct QuantX {
-    /// Row-major `n × ld` codes, `ld = 4⌈k/4⌉`, zero-padded.
-    q: Vec<u8>,
+/// A channel's step and its inverse for its largest |value| (an all-zero
+/// channel keeps 0 and codes 0).
+fn step(amax: f32) -> (f32, f32) {
+    if amax > 0.0 {
+        (amax / W_MAX as f32, W_MAX as f32 / amax)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
+/// A weight's code: the nearest step, in `-W_MAX..=W_MAX`.
+fn nearest(v: f32, inv: f32) -> i8 {
+    (v * inv).round().clamp(-W_MAX as f32, W_MAX as f32) as i8
+}
+
+/// `round(t)` (ties to even) for `t` already clamped to `[-2^22, 2^22]`,
+/// through [`ROUND`]'s bits (a float-to-int cast did not vectorize).
+#[inline(always)]
+fn round_small(t: f32) -> i32 {
+    (t + ROUND).to_bits() as i32 - ROUND.to_bits() as i32
+}
+
+/// A weight's code for operands quantized at run time: `v · inv` to the
+/// nearest integer (ties to even) in `-W_MAX..=W_MAX` (NaN to `-W_MAX`).
+#[inline(always)]
+fn run_time_code(v: f32, inv: f32) -> i8 {
+    let top = W_MAX as f32;
+    let t = v * inv;
+    let t = if t > -top { t } else { -top };
+    let t = if t < top { t } else { top };
+    round_small(t) as i8
+}
+
+/// The largest |value| of `v` (0 for none; NaN is skipped), in [`L`]
+/// lanes.
+#[inline(always)]
+fn abs_max(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; L];
+    let mut chunks = v.chunks_exact(L);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            let a = x.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    let tail = chunks.remainder().iter().map(|x| x.abs());
+    tail.chain(lanes)
+        .fold(0f32, |m, a| if a > m { a } else { m })
+}
+
+/// One line from four inputs' codes for a panel's [`NR`] columns: byte `4l
+/// + t` is `rows[t][l]`.
+#[inline]
+fn interleave(rows: &[&[i8]; KG], line: &mut Line) {
+    let rows = rows.map(|r| &r[..NR]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86_64; every row holds NR = 16 bytes
+        // (sliced above) and the line 64.
+        unsafe {
+            let [a, b, c, d] = rows.map(|r| _mm_loadu_si128(r.as_ptr().cast()));
+            let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+            let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+            let out = line.0.as_mut_ptr().cast::<__m128i>();
+            _mm_storeu_si128(out, _mm_unpacklo_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128(out.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128(out.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+            _mm_storeu_si128(out.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (l, bytes) in line.0.chunks_exact_mut(KG).enumerate() {
+        for (t, b) in bytes.iter_mut().enumerate() {
+            *b = rows[t][l];
+        }
+    }
+}
+
+/// One row quantized symmetrically: codes `round(x / s)` in
+/// `-W_MAX..=W_MAX` (ties to even) for `s = max |x| / W_MAX`; returns `s`
+/// (0 for a row of zeros).
+#[inline(always)]
+fn symmetric_row(x: &[f32], q: &mut [i8]) -> f32 {
+    let (s, inv) = step(abs_max(x));
+    for (d, &v) in q.iter_mut().zip(x) {
+        *d = run_time_code(v, inv);
+    }
+    s
+}
+
+/// Probability codes against weighted values: `x_j = e_j · w_j` (the
+/// softmax's exponentials times each value row's step), `q_j = round(x_j ·
+/// top / max x)` (zero point 0; clamped, NaN to 0); returns `max x`.
+#[inline(always)]
+fn probability_codes(e: &[f32], w: &[f32], q: &mut [u8], top: f32) -> f32 {
+    let mut lanes = [0f32; L];
+    let mut chunks = e.chunks_exact(L).zip(w.chunks_exact(L));
+    for (e, w) in &mut chunks {
+        for ((m, &e), &w) in lanes.iter_mut().zip(e).zip(w) {
+            let x = e * w;
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let whole = e.len() / L * L;
+    let tail = e[whole..].iter().zip(&w[whole..]).map(|(&e, &w)| e * w);
+    let max = tail
+        .chain(lanes)
+        .fold(0f32, |m, x| if x > m { x } else { m });
+    let inv = if max > 0.0 { top / max } else { 0.0 };
+    for ((d, &e), &w) in q.iter_mut().zip(e).zip(w) {
+        let t = e * w * inv;
+        let t = if t > 0.0 { t } else { 0.0 };
+        let t = if t < top { t } else { top };
+        *d = round_small(t) as u8;
+    }
+    max
+}
+
+/// Rows quantized symmetrically, one step per row (codes in
+/// `-W_MAX..=W_MAX`): attention's keys and values, which its products take
+/// as weights. Row `i` is `q[i · k..(i + 1) · k]`, its step `scale[i]`.
+#[derive(Default)]
+pub(crate) struct SymRows {
+    k: usize,
+    q: Vec<i8>,
+    scale: Vec<f32>,
+}
+
+impl SymRows {
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.q.capacity() + self.scale.capacity() * 4
+    }
+
+    /// Room for `n` rows of `k` (contents unspecified until written).
+    fn reset(&mut self, n: usize, k: usize) {
+        self.k = k;
+        self.q.resize(n * k, 0);
+        self.scale.resize(n, 0.0);
+    }
+
+    /// The rows in blocks of `rows`, each written by [`SymBlock::set`].
+    fn blocks_mut(&mut self, rows: usize) -> impl IndexedParallelIterator<Item = SymBlock<'_>> {
+        let (k, path) = (self.k, dispatch().path);
+        self.q
+            .par_chunks_mut(rows * k)
+            .zip(self.scale.par_chunks_mut(rows))
+            .map(move |(q, scale)| SymBlock { path, k, q, scale })
+    }
+
+    /// Rows `rows` as one block.
+    #[cfg(test)]
+    fn block(&mut self, rows: Range<usize>) -> SymBlock<'_> {
+        SymBlock {
+            path: dispatch().path,
+            k: self.k,
+            q: &mut self.q[rows.start * self.k..rows.end * self.k],
+            scale: &mut self.scale[rows],
+        }
+    }
+
+    /// Row steps `rows`.
+    pub(crate) fn steps(&self, rows: Range<usize>) -> &[f32] {
+        &self.scale[rows]
+    }
+}
+
+/// A block of [`SymRows`], writable on its own thread.
+pub(crate) struct SymBlock<'a> {
+    path: Path,
+    k: usize,
+    q: &'a mut [i8],
+    scale: &'a mut [f32],
+}
+
+impl SymBlock<'_> {
+    /// Quantize `x` (one row of `k`) into row `i`.
+    fn set(&mut self, i: usize, x: &[f32]) {
+        assert_eq!(x.len(), self.k, "a row of {} values", self.k);
+        let q = &mut self.q[i * self.k..(i + 1) * self.k];
+        // SAFETY: `path` is the process's int8 path, which the CPU has.
+        self.scale[i] = unsafe { symmetric_row_on(self.path, x, q) };
+    }
+}
+
+/// Activation rows quantized for a product, on one path: row `i`'s codes
+/// are `q[i * ld..i * ld + k]` (`ld = 4⌈k/4⌉`; the bytes past `k` meet zero
+/// weights, so their value never matters), with its scale and zero point.
+///
+/// A forward keeps its `Codes` between products and calls: the producer of
+/// a layer's input (a LayerNorm, the FFN-in product) writes the codes
+/// directly, row by row while the row is in cache, instead of an fp32
+/// matrix that a separate pass reads again ([`Codes::blocks_mut`],
+/// [`matmul_act_codes`]).
+pub(crate) struct Codes {
+    /// The path whose kernel reads these codes; the CPU has it (every
+    /// constructor checks).
+    path: Path,
+    a_max: i32,
+    n: usize,
+    k: usize,
     ld: usize,
+    q: Vec<u8>,
     scale: Vec<f32>,
     zero: Vec<i32>,
 }
 
-impl QuantX {
-    /// Quantize `x` (`n × k`) to codes `0..=a_max` with `path`'s build of
-    /// [`quantize_row`].
+impl Default for Codes {
+    /// No rows, for the path this process runs.
+    fn default() -> Self {
+        let path = dispatch().path;
+        Self::on(path, path.a_max())
+    }
+}
+
+impl Codes {
+    /// No rows, for `path` with codes `0..=a_max`.
     ///
-    /// # Safety
-    /// The CPU has `path`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn new(
-        path: Path,
-        a_max: i32,
-        x: &[f32],
-        n: usize,
-        k: usize,
-        groups: usize,
-        parallel: bool,
-    ) -> Self {
-        let ld = groups * KG;
-        let mut q = vec![0u8; n * ld];
-        let mut sz = vec![(0f32, 0i32); n];
-        if k > 0 {
-            let job = |((qr, xr), sz): RowJob| {
-                // SAFETY: the CPU has `path` (caller).
-                *sz = unsafe { quantize_row_on(path, xr, qr, a_max) };
-            };
-            if parallel {
-                let rows = q.par_chunks_mut(ld).zip(x.par_chunks(k));
-                rows.zip(sz.par_iter_mut()).for_each(job);
-            } else {
-                let rows = q.chunks_mut(ld).zip(x.chunks(k));
-                rows.zip(sz.iter_mut()).for_each(job);
-            }
+    /// # Panics
+    /// If the CPU lacks `path`, or `a_max` is not in `1..=path.a_max()`.
+    fn on(path: Path, a_max: i32) -> Self {
+        if let Some(why) = path.missing() {
+            panic!("int8 path {} unavailable: {why}", path.name());
         }
-        let (scale, zero) = sz.into_iter().unzip();
-        Self { q, ld, scale, zero }
+        assert!(
+            a_max > 0 && a_max <= path.a_max(),
+            "activation codes 0..={a_max} on {}",
+            path.name()
+        );
+        Self {
+            path,
+            a_max,
+            n: 0,
+            k: 0,
+            ld: 0,
+            q: Vec::new(),
+            scale: Vec::new(),
+            zero: Vec::new(),
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.q.capacity() + (self.scale.capacity() + self.zero.capacity()) * 4
+    }
+
+    /// Room for `n` rows of `k` inputs (contents unspecified until written).
+    pub(crate) fn reset(&mut self, n: usize, k: usize) {
+        assert!(k <= MAX_K, "int8 inputs of width {k} (at most {MAX_K})");
+        self.n = n;
+        self.k = k;
+        self.ld = k.div_ceil(KG) * KG;
+        self.q.resize(n * self.ld, 0);
+        self.scale.resize(n, 0.0);
+        self.zero.resize(n, 0);
+    }
+
+    /// Quantize `x` (`n × k`), on rayon's threads when `parallel`.
+    pub(crate) fn quantize(&mut self, x: &[f32], n: usize, k: usize, parallel: bool) {
+        assert_eq!(x.len(), n * k, "quantize shapes");
+        self.reset(n, k);
+        if k == 0 {
+            return;
+        }
+        let job = |(mut b, xs): (CodeRows, &[f32])| {
+            for (i, xr) in xs.chunks_exact(k).enumerate() {
+                b.set(i, xr);
+            }
+        };
+        if parallel {
+            let rows = ROWS_PER_BLOCK;
+            self.blocks_mut(rows)
+                .zip(x.par_chunks(rows * k))
+                .for_each(job);
+        } else {
+            job((self.rows_mut(0..n), x));
+        }
+    }
+
+    /// The rows in blocks of `rows` (the last one shorter), to be written in
+    /// parallel: each block's [`CodeRows::set`] quantizes its rows.
+    pub(crate) fn blocks_mut(
+        &mut self,
+        rows: usize,
+    ) -> impl IndexedParallelIterator<Item = CodeRows<'_>> {
+        let (path, a_max, k, ld) = (self.path, self.a_max, self.k, self.ld);
+        self.q
+            .par_chunks_mut(rows * ld)
+            .zip(self.scale.par_chunks_mut(rows))
+            .zip(self.zero.par_chunks_mut(rows))
+            .map(move |((q, scale), zero)| CodeRows {
+                path,
+                a_max,
+                k,
+                ld,
+                q,
+                scale,
+                zero,
+            })
+    }
+
+    /// Rows `rows` as one block.
+    pub(crate) fn rows_mut(&mut self, rows: Range<usize>) -> CodeRows<'_> {
+        let ld = self.ld;
+        CodeRows {
+            path: self.path,
+            a_max: self.a_max,
+            k: self.k,
+            ld,
+            q: &mut self.q[rows.start * ld..rows.end * ld],
+            scale: &mut self.scale[rows.clone()],
+            zero: &mut self.zero[rows],
+        }
+    }
+}
+
+/// Rows of [`Codes`] as a product reads them: all of them, or a block of
+/// rows and columns (one attention head's queries) in place.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    path: Path,
+    n: usize,
+    k: usize,
+    ld: usize,
+    /// Row `i`'s codes start at `q[i · ld]`.
+    q: &'a [u8],
+    scale: &'a [f32],
+    zero: &'a [i32],
+}
+
+impl Codes {
+    /// Every row.
+    pub(crate) fn view(&self) -> View<'_> {
+        self.head(0..self.n, 0..self.k)
+    }
+
+    /// Rows `rows`, columns `cols` (a multiple of 4 wide, at a multiple of 4,
+    /// or ending at `k`).
+    pub(crate) fn head(&self, rows: Range<usize>, cols: Range<usize>) -> View<'_> {
+        assert!(
+            rows.end <= self.n && cols.end <= self.k,
+            "rows and columns of the codes"
+        );
+        assert!(
+            cols.start.is_multiple_of(KG),
+            "a view starts at a group of {KG} codes"
+        );
+        View {
+            path: self.path,
+            n: rows.len(),
+            k: cols.len(),
+            ld: self.ld,
+            q: &self.q[rows.start * self.ld + cols.start..],
+            scale: &self.scale[rows.clone()],
+            zero: &self.zero[rows],
+        }
+    }
+}
+
+/// Rows per block when [`Codes::quantize`] runs in parallel.
+const ROWS_PER_BLOCK: usize = 32;
+
+/// A block of [`Codes`] rows, writable on its own thread.
+pub(crate) struct CodeRows<'a> {
+    path: Path,
+    a_max: i32,
+    k: usize,
+    ld: usize,
+    q: &'a mut [u8],
+    scale: &'a mut [f32],
+    zero: &'a mut [i32],
+}
+
+impl CodeRows<'_> {
+    /// Row `i` from a softmax before its division
+    /// ([`super::vmath::exp_rows`]): `e` (`k` values in `[0, 1]`) with its
+    /// sum, against values whose rows have the steps `steps` (a
+    /// [`SymRows`]' packed with [`QuantW::pack_columns_of`], steps 1). The
+    /// codes quantize `e_j · steps_j` (zero point 0), and the row's scale
+    /// carries the division: the product with them is the product of the
+    /// probabilities `e / sum` with the values.
+    pub(crate) fn set_probabilities(&mut self, i: usize, e: &[f32], sum: f32, steps: &[f32]) {
+        assert!(
+            e.len() == self.k && steps.len() == self.k,
+            "a row of {} values",
+            self.k
+        );
+        let top = self.a_max as f32;
+        let q = &mut self.q[i * self.ld..(i + 1) * self.ld];
+        // SAFETY: `path` is available: every `Codes` constructor checks.
+        let max = unsafe { probability_codes_on(self.path, e, steps, q, top) };
+        self.scale[i] = max / (top * sum);
+        self.zero[i] = 0;
+    }
+
+    /// Quantize `x` (one row of `k` values) into this block's row `i`.
+    pub(crate) fn set(&mut self, i: usize, x: &[f32]) {
+        assert_eq!(x.len(), self.k, "a row of {} values", self.k);
+        let q = &mut self.q[i * self.ld..(i + 1) * self.ld];
+        // SAFETY: `path` is available: every `Codes` constructor checks.
+        let (s, z) = unsafe { quantize_row_on(self.path, x, q, self.a_max) };
+        self.scale[i] = s;
+        self.zero[i] = z;
     }
 }
 
@@ -271,9 +738,13 @@ fn lanes_tail(tail: &[f32], lo: &mut [f32; L], hi: &mut [f32; L]) {
 /// A row's quantization from its lanes: `(s, 1/s, z, z + 0.5)`, or `None`
 /// for a row of zeros (or non-finite values): codes 0, scale 0, the row
 /// adds nothing.
+#[inline(always)]
 fn row_params(lo: &[f32; L], hi: &[f32; L], top: f32) -> Option<(f32, f32, f32, f32)> {
-    let lo = lo.iter().fold(0f32, |m, &v| if v < m { v } else { m });
-    let hi = hi.iter().fold(0f32, |m, &v| if v > m { v } else { m });
+    // The lanes hold no NaN (their selects skip it) and both hold 0, so a
+    // tree of selects gives the row's extremes (a chain of sixteen
+    // dependent selects cost more than the rest of a short row).
+    let lo = fold_lanes(*lo, |a, b| if b < a { b } else { a });
+    let hi = fold_lanes(*hi, |a, b| if b > a { b } else { a });
     let range = hi - lo;
     if !(range > 0.0 && range.is_finite()) {
         return None;
@@ -282,6 +753,20 @@ fn row_params(lo: &[f32; L], hi: &[f32; L], top: f32) -> Option<(f32, f32, f32, 
     let inv = top / range;
     let z = (-lo * inv).round().clamp(0.0, top);
     Some((s, inv, z, z + 0.5))
+}
+
+/// `pick` over the lanes by halves: lane `i` against lane `i + L/2`, and so
+/// on down to one.
+#[inline(always)]
+fn fold_lanes(mut v: [f32; L], pick: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut half = L / 2;
+    while half > 0 {
+        for i in 0..half {
+            v[i] = pick(v[i], v[i + half]);
+        }
+        half /= 2;
+    }
+    v[0]
 }
 
 /// One code: `round(v / s) + z` as `floor(v · inv + zh)`, clamped to
@@ -331,6 +816,7 @@ fn dequant_row(
     let sums = acc.iter().zip(colsum).zip(scale);
     let value = |((&a, &cs), &ws): ((&i32, &i32), &f32)| (a - z * cs) as f32 * (s * ws);
     match start {
+        Start::Zero => out.iter_mut().zip(sums).for_each(|(d, v)| *d = value(v)),
         Start::Out => out.iter_mut().zip(sums).for_each(|(d, v)| *d += value(v)),
         Start::Bias(b) => {
             let rows = out.iter_mut().zip(b).zip(sums);
@@ -340,6 +826,27 @@ fn dequant_row(
             let rows = out.iter_mut().zip(r.iter().zip(b)).zip(sums);
             rows.for_each(|((d, (&r, &b)), v)| *d = (r + b) + value(v));
         }
+    }
+}
+
+/// [`dequant_row`] for each row of a tile: `out[i]` from sums `acc[i · ldc..]`
+/// (`ldc = colsum.len()`), with that row's scale `s[i]`, zero point `z[i]`
+/// and start `start[i]`. One call a tile, so the per-path build is entered
+/// once for up to [`MAX_R`] rows.
+#[inline(always)]
+fn dequant_tile(
+    out: &mut [&mut [f32]],
+    acc: &[i32],
+    colsum: &[i32],
+    scale: &[f32],
+    s: &[f32],
+    z: &[i32],
+    start: &[Start],
+) {
+    let ldc = colsum.len();
+    for (i, d) in out.iter_mut().enumerate() {
+        let acc = &acc[i * ldc..(i + 1) * ldc];
+        dequant_row(d, acc, colsum, scale, s[i], z[i], start[i]);
     }
 }
 
@@ -452,16 +959,16 @@ mod simd_build {
 
 // The dequantizing epilogue for AVX2 and AVX-512 (the features of the int8
 // paths that call them).
-simd_builds!(dequant_row =>
-    dequant_row_avx2: "avx2,fma",
-    dequant_row_avx512: "avx512f,avx512bw" (
-    out: &mut [f32],
+simd_builds!(dequant_tile =>
+    dequant_tile_avx2: "avx2,fma",
+    dequant_tile_avx512: "avx512f,avx512bw" (
+    out: &mut [&mut [f32]],
     acc: &[i32],
     colsum: &[i32],
     scale: &[f32],
-    s: f32,
-    z: i32,
-    start: Start,
+    s: &[f32],
+    z: &[i32],
+    start: &[Start],
 ));
 
 /// [`quantize_row`] built for `path`.
@@ -480,29 +987,68 @@ unsafe fn quantize_row_on(path: Path, x: &[f32], q: &mut [u8], a_max: i32) -> (f
     }
 }
 
-/// [`dequant_row`] built for `path`.
+/// [`dequant_tile`] built for `path`.
 ///
 /// # Safety
 /// The CPU has `path`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn dequant_row_on(
+unsafe fn dequant_tile_on(
     path: Path,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
     acc: &[i32],
     colsum: &[i32],
     scale: &[f32],
-    s: f32,
-    z: i32,
-    start: Start,
+    s: &[f32],
+    z: &[i32],
+    start: &[Start],
 ) {
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX2 and FMA (caller).
-        Path::Avx2 => unsafe { dequant_row_avx2(out, acc, colsum, scale, s, z, start) },
+        Path::Avx2 => unsafe { dequant_tile_avx2(out, acc, colsum, scale, s, z, start) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
-        Path::Avx512Vnni => unsafe { dequant_row_avx512(out, acc, colsum, scale, s, z, start) },
-        _ => dequant_row(out, acc, colsum, scale, s, z, start),
+        Path::Avx512Vnni => unsafe { dequant_tile_avx512(out, acc, colsum, scale, s, z, start) },
+        _ => dequant_tile(out, acc, colsum, scale, s, z, start),
+    }
+}
+
+simd_builds!(symmetric_row =>
+    symmetric_row_avx2: "avx2,fma",
+    symmetric_row_avx512: "avx512f,avx512bw" (x: &[f32], q: &mut [i8]) -> f32);
+simd_builds!(probability_codes =>
+    probability_codes_avx2: "avx2,fma",
+    probability_codes_avx512: "avx512f,avx512bw" (e: &[f32], w: &[f32], q: &mut [u8], top: f32) -> f32);
+
+/// [`symmetric_row`] built for `path`.
+///
+/// # Safety
+/// The CPU has `path`.
+unsafe fn symmetric_row_on(path: Path, x: &[f32], q: &mut [i8]) -> f32 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (caller).
+        Path::Avx2 => unsafe { symmetric_row_avx2(x, q) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
+        Path::Avx512Vnni => unsafe { symmetric_row_avx512(x, q) },
+        _ => symmetric_row(x, q),
+    }
+}
+
+/// [`probability_codes`] built for `path`.
+///
+/// # Safety
+/// The CPU has `path`.
+unsafe fn probability_codes_on(path: Path, e: &[f32], w: &[f32], q: &mut [u8], top: f32) -> f32 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (caller).
+        Path::Avx2 => unsafe { probability_codes_avx2(e, w, q, top) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
+        Path::Avx512Vnni => unsafe { probability_codes_avx512(e, w, q, top) },
+        _ => probability_codes(e, w, q, top),
     }
 }
 
@@ -610,55 +1156,113 @@ fn matmul_q_codes(
     n: usize,
     epi: &Epilogue,
 ) {
+    matmul_q_into(out, x, w, n, epi, &mut Codes::on(path, a_max));
+}
+
+/// [`matmul_q`] quantizing `x` into `xq` (kept by the caller for the next
+/// call: no allocation), on `xq`'s path.
+pub(crate) fn matmul_q_into(
+    out: &mut [f32],
+    x: &[f32],
+    w: &QuantW,
+    n: usize,
+    epi: &Epilogue,
+    xq: &mut Codes,
+) {
+    quantize_input(xq, x, n, w);
+    matmul_codes(out, xq, w, epi);
+}
+
+/// Quantize `x` (`n` rows) into `xq` as the input of a product with `w`
+/// (on rayon's threads when that product is).
+pub(crate) fn quantize_input(xq: &mut Codes, x: &[f32], n: usize, w: &QuantW) {
+    assert!(x.len() == n * w.k, "matmul shapes");
+    let parallel = parallel_product(n, w) && n * w.k >= 1 << 16;
+    xq.quantize(x, n, w.k, parallel);
+}
+
+/// Whether a product of `n` rows with `w` is worth rayon's threads: below
+/// ~2M multiply-adds a thread hand-off costs more than it saves (int8 runs
+/// several times faster than sgemm, whose bar is 1M).
+fn parallel_product(n: usize, w: &QuantW) -> bool {
+    rayon::current_num_threads() > 1 && n * w.o * w.k >= 1 << 21
+}
+
+/// `out (n, o) = start + x · Wᵀ` from the quantized rows `xq` (`n × k`),
+/// dequantized, then `epi.then` on each finished tile (see [`Epilogue`]).
+/// Runs on rayon's threads when there is enough work.
+pub(crate) fn matmul_codes(out: &mut [f32], xq: &Codes, w: &QuantW, epi: &Epilogue) {
+    product(out, xq.view(), w, epi, parallel_product(xq.n, w));
+}
+
+/// [`matmul_codes`] for a view of the rows, on the calling thread only
+/// (inside a parallel task).
+pub(crate) fn matmul_view(out: &mut [f32], xq: View, w: &QuantW, epi: &Epilogue) {
+    product(out, xq, w, epi, false);
+}
+
+/// [`matmul_view`] into rows `ldo` apart from `dst` (`xq.n` rows of `w`'s
+/// width), starting from zero: attention's context, written into its
+/// head's columns.
+///
+/// # Safety
+/// `dst` holds those rows, which no one else reads or writes meanwhile.
+pub(crate) unsafe fn matmul_view_to(dst: *mut f32, ldo: usize, xq: View, w: &QuantW) {
+    // SAFETY: the caller's.
+    unsafe { product_to(SendPtr(dst), ldo, xq, w, &Epilogue::ZERO, false) };
+}
+
+fn product(out: &mut [f32], xq: View, w: &QuantW, epi: &Epilogue, parallel: bool) {
+    assert_eq!(out.len(), xq.n * w.o, "matmul shapes");
+    // SAFETY: `out` holds the n × o outputs and is borrowed mutably here.
+    unsafe { product_to(SendPtr(out.as_mut_ptr()), w.o, xq, w, epi, parallel) };
+}
+
+/// `out = start + x · Wᵀ` into `dst`, output rows `ldo` apart.
+///
+/// # Safety
+/// `dst` holds `xq.n` rows of `w.o` floats `ldo` apart, which no one
+/// else reads or writes meanwhile.
+unsafe fn product_to(
+    dst: SendPtr,
+    ldo: usize,
+    xq: View,
+    w: &QuantW,
+    epi: &Epilogue,
+    parallel: bool,
+) {
+    let (path, n, o) = (xq.path, xq.n, w.o);
+    let residual = matches!(epi.start, Start::ResidualBias(..));
     assert!(
-        a_max > 0 && a_max <= path.a_max(),
-        "activation codes 0..={a_max} on {}",
-        path.name()
+        xq.k == w.k && ldo >= o && !(residual && ldo != o),
+        "matmul shapes"
     );
-    let (o, k) = (w.o, w.k);
-    assert!(out.len() == n * o && x.len() == n * k, "matmul shapes");
     epi.check(n, o);
-    if let Some(why) = path.missing() {
-        panic!("int8 path {} unavailable: {why}", path.name());
-    }
-    // Below ~2M multiply-adds a thread hand-off costs more than it saves
-    // (int8 runs several times faster than sgemm, whose bar is 1M).
-    let parallel = rayon::current_num_threads() > 1 && n * o * k >= 1 << 21;
-    // SAFETY: `path` was checked available above.
-    let xq = unsafe { QuantX::new(path, a_max, x, n, k, w.groups, parallel && n * k >= 1 << 16) };
     let cols = path.tile().1;
     let col_blocks = (o / NR).div_ceil(cols);
     let row_blocks = n.div_ceil(MC);
     // Each task writes rows `rb*MC..` × its column block of `out`, through
     // one shared pointer.
-    let dst = SendPtr(out.as_mut_ptr());
     let run = |t: usize| {
         let (rb, cb) = (t / col_blocks, t % col_blocks);
         let rows = rb * MC..((rb + 1) * MC).min(n);
         let panels = cb * cols..((cb + 1) * cols).min(o / NR);
         let mut emit = |r: usize, c0: usize, nr: usize, ldc: usize, acc: &[i32]| {
-            let (colsum, scale) = (&w.colsum[c0..c0 + ldc], &w.scale[c0..c0 + ldc]);
-            for i in 0..nr {
-                let (s, z) = (xq.scale[r + i], xq.zero[r + i]);
-                let at = (r + i) * o + c0;
-                let start = match epi.start {
-                    Start::Out => Start::Out,
-                    Start::Bias(b) => Start::Bias(&b[c0..c0 + ldc]),
-                    Start::ResidualBias(res, b) => {
-                        Start::ResidualBias(&res[at..at + ldc], &b[c0..c0 + ldc])
-                    }
+            let mut d: [&mut [f32]; MAX_R] = Default::default();
+            let mut starts = [Start::Out; MAX_R];
+            for (i, (d, start)) in d.iter_mut().zip(&mut starts).take(nr).enumerate() {
+                *start = epi.start.row(r + i, o, c0..c0 + ldc);
+                // SAFETY: `dst` holds n rows of o, ldo apart, and row r + i
+                // < n, columns c0..c0 + ldc ≤ o; this task alone writes
+                // these rows of these columns (tasks split rows and columns
+                // disjointly), and `dst` outlives the tasks (caller).
+                *d = unsafe {
+                    std::slice::from_raw_parts_mut(dst.get().add((r + i) * ldo + c0), ldc)
                 };
-                // SAFETY: `out` is n × o and row r + i < n, columns
-                // c0..c0 + ldc ≤ o; this task alone writes these rows of
-                // these columns (tasks split rows and columns disjointly),
-                // and `out` outlives the tasks.
-                let d = unsafe { std::slice::from_raw_parts_mut(dst.get().add(at), ldc) };
-                let acc = &acc[i * ldc..(i + 1) * ldc];
-                // SAFETY: `path` was checked available above.
-                unsafe { dequant_row_on(path, d, acc, colsum, scale, s, z, start) };
-                if let Some(f) = epi.then {
-                    f(d);
-                }
+            }
+            dequant(xq, w, (r, c0, ldc), &mut d[..nr], acc, &starts[..nr]);
+            if let Some(f) = epi.then {
+                d[..nr].iter_mut().for_each(|d| f(d));
             }
             // The next tile's rows of what the epilogue reads (`out` or the
             // residual) load while its sums are computed: for layers larger
@@ -666,18 +1270,31 @@ fn matmul_q_codes(
             let ahead = match epi.start {
                 Start::ResidualBias(res, _) => res.as_ptr(),
                 Start::Out => dst.get().cast_const(),
-                Start::Bias(_) => std::ptr::null(),
+                Start::Zero | Start::Bias(_) => std::ptr::null(),
+            };
+            let stride = if matches!(epi.start, Start::Out) {
+                ldo
+            } else {
+                o
             };
             if !ahead.is_null() {
                 for row in r + 2 * nr..(r + 3 * nr).min(rows.end) {
                     for line in (0..ldc).step_by(16) {
-                        prefetch(ahead.wrapping_add(row * o + c0 + line));
+                        prefetch(ahead.wrapping_add(row * stride + c0 + line));
                     }
                 }
             }
         };
-        // SAFETY: `path` was checked available above.
-        unsafe { for_each_tile(path, &xq, w, rows.clone(), panels, &mut emit) };
+        if epi.then.is_none() {
+            let into = (dst, 0, ldo);
+            // SAFETY: `dst` holds these rows, this task's columns of them
+            // its alone (caller; tasks split rows and columns).
+            let done = unsafe { tiles_into(xq, w, rows.clone(), panels.clone(), into, epi.start) };
+            if done {
+                return;
+            }
+        }
+        for_each_tile(xq, w, rows.clone(), panels, &mut emit);
     };
     let tasks = row_blocks * col_blocks;
     if parallel {
@@ -685,6 +1302,204 @@ fn matmul_q_codes(
     } else {
         (0..tasks).for_each(run);
     }
+}
+
+/// A tile of the product dequantized into `out` (one slice per row):
+/// rows `r..` of `xq`, columns `c0..c0 + ldc` of `w`, from their int32 sums
+/// `acc` (row-major, `ldc` wide), each row starting from its `start`.
+fn dequant(
+    xq: View,
+    w: &QuantW,
+    (r, c0, ldc): (usize, usize, usize),
+    out: &mut [&mut [f32]],
+    acc: &[i32],
+    start: &[Start],
+) {
+    let (colsum, scale) = (&w.colsum[c0..c0 + ldc], &w.scale[c0..c0 + ldc]);
+    let rows = r..r + out.len();
+    let (s, z) = (&xq.scale[rows.clone()], &xq.zero[rows]);
+    // SAFETY: `xq.path` is available: every `Codes` constructor checks
+    // (a view's too).
+    unsafe { dequant_tile_on(xq.path, out, acc, colsum, scale, s, z, start) };
+}
+
+/// The next product's input straight from this one: `act(bias + x · Wᵀ)`
+/// for the quantized rows `xq`, quantized again into `next` (`n × o`),
+/// without an fp32 `n × o` matrix in memory (see [`matmul_rows`]; `act`,
+/// the FFN's GELU, runs on each full row). `next` gets the same codes as
+/// [`Codes::quantize`] of the fp32 outputs that [`matmul_codes`] and `act`
+/// would give.
+pub(crate) fn matmul_act_codes(xq: &Codes, w: &QuantW, bias: &[f32], act: Then, next: &mut Codes) {
+    assert!(next.path == xq.path, "codes for another int8 path");
+    next.reset(xq.n, w.o);
+    let rows = row_block(xq, w);
+    let start = Start::Bias(bias);
+    matmul_rows(
+        xq,
+        w,
+        start,
+        rows,
+        next.blocks_mut(rows),
+        |codes, i, row, _| {
+            act(row);
+            codes.set(i, row);
+        },
+    );
+}
+
+/// Attention's operands straight from the QKV product: of each output row
+/// `bias + x · Wᵀ` (`3h` wide: query, key, value), the query quantized
+/// into `q` like an input ([`Codes`]), the key and the value into `k` and
+/// `v` like weights, one step per row ([`SymRows`]). Nothing fp32 `n × 3h`
+/// goes to memory (see [`matmul_rows`]).
+pub(crate) fn matmul_qkv_codes(
+    xq: &Codes,
+    w: &QuantW,
+    bias: &[f32],
+    (q, k, v): (&mut Codes, &mut SymRows, &mut SymRows),
+) {
+    let (n, h) = (xq.n, w.o / 3);
+    assert!(w.o == 3 * h && q.path == xq.path, "a QKV product");
+    q.reset(n, h);
+    k.reset(n, h);
+    v.reset(n, h);
+    let rows = row_block(xq, w);
+    let blocks = q
+        .blocks_mut(rows)
+        .zip(k.blocks_mut(rows))
+        .zip(v.blocks_mut(rows));
+    let start = Start::Bias(bias);
+    matmul_rows(xq, w, start, rows, blocks, |qkv, i, row, _| {
+        split_qkv(qkv, i, row)
+    });
+}
+
+/// Row `i` of attention's operands from one QKV output row (`3h`).
+fn split_qkv(((q, k), v): &mut ((CodeRows, SymBlock), SymBlock), i: usize, row: &[f32]) {
+    let h = row.len() / 3;
+    q.set(i, &row[..h]);
+    k.set(i, &row[h..2 * h]);
+    v.set(i, &row[2 * h..]);
+}
+
+/// [`matmul_qkv_codes`]' operands from an fp32 QKV output (`n × 3h`).
+#[cfg(test)]
+pub(crate) fn qkv_codes(
+    qkv: &[f32],
+    h: usize,
+    (q, k, v): (&mut Codes, &mut SymRows, &mut SymRows),
+) {
+    let n = qkv.len() / (3 * h);
+    q.reset(n, h);
+    k.reset(n, h);
+    v.reset(n, h);
+    let mut rows = ((q.rows_mut(0..n), k.block(0..n)), v.block(0..n));
+    for (i, row) in qkv.chunks_exact(3 * h).enumerate() {
+        split_qkv(&mut rows, i, row);
+    }
+}
+
+/// An output projection and what follows it, row by row: `out = norm(start
+/// + x · Wᵀ)` (`start` the residual and bias), where `norm(row, aux)`
+/// normalizes the row in place and may leave the next product's input in
+/// `aux` (the smoothed row), then quantized into `next` unless `norm`
+/// returns `false` (the last layer). Nothing fp32 goes through memory
+/// between the product and the LayerNorm (see [`matmul_rows`]).
+pub(crate) fn matmul_norm_codes(
+    xq: &Codes,
+    w: &QuantW,
+    start: Start,
+    out: &mut [f32],
+    next: &mut Codes,
+    norm: impl Fn(&mut [f32], &mut Vec<f32>) -> bool + Sync,
+) {
+    let (n, o) = (xq.n, w.o);
+    assert_eq!(out.len(), n * o, "matmul shapes");
+    next.reset(n, o);
+    let rows = row_block(xq, w);
+    let blocks = out.par_chunks_mut(rows * o).zip(next.blocks_mut(rows));
+    matmul_rows(xq, w, start, rows, blocks, |(out, codes), i, row, aux| {
+        let quantize = norm(row, aux);
+        out[i * o..(i + 1) * o].copy_from_slice(row);
+        if quantize {
+            codes.set(i, aux);
+        }
+    });
+}
+
+/// Rows per task of [`matmul_rows`]: at least two blocks a thread when the
+/// product is shared out (a batch of one short text is a few dozen rows),
+/// at most [`MC`].
+fn row_block(xq: &Codes, w: &QuantW) -> usize {
+    let mr = xq.path.tile().0;
+    let rows = if parallel_product(xq.n, w) {
+        xq.n.div_ceil(2 * rayon::current_num_threads()).div_ceil(mr) * mr
+    } else {
+        MC
+    };
+    rows.clamp(mr, MC)
+}
+
+/// `bias + x · Wᵀ` for the quantized rows `xq`, by tasks that own whole
+/// rows: a block of `rows` output rows (all columns) goes to a scratch
+/// block that stays in L2, then `finish(out, i, row)` takes each of its
+/// rows in turn (`i` counted from the block's first), `out` being the
+/// block's item of `blocks` (the consumer's rows, one item per block, in
+/// order). Runs on rayon's threads when the product is large enough.
+fn matmul_rows<B: Send>(
+    xq: &Codes,
+    w: &QuantW,
+    start: Start,
+    rows: usize,
+    blocks: impl IndexedParallelIterator<Item = B>,
+    finish: impl Fn(&mut B, usize, &mut [f32], &mut Vec<f32>) + Sync,
+) {
+    let (n, o) = (xq.n, w.o);
+    let epi = Epilogue { start, then: None };
+    assert!(xq.k == w.k && !matches!(start, Start::Out), "matmul shapes");
+    epi.check(n, o);
+    assert_eq!(
+        blocks.len(),
+        n.div_ceil(rows),
+        "one consumer block per row block"
+    );
+    let xq = xq.view();
+    let job = |(scratch, aux): &mut (Vec<f32>, Vec<f32>), (b, mut out): (usize, B)| {
+        let block = b * rows..((b + 1) * rows).min(n);
+        scratch.resize(block.len() * o, 0.0);
+        let into = (SendPtr(scratch.as_mut_ptr()), block.start, o);
+        // SAFETY: `scratch` holds the block's rows, o apart, and is this
+        // task's.
+        let done = unsafe { tiles_into(xq, w, block.clone(), 0..o / NR, into, start) };
+        if !done {
+            let mut emit = |r: usize, c0: usize, nr: usize, ldc: usize, acc: &[i32]| {
+                let mut d: [&mut [f32]; MAX_R] = Default::default();
+                let mut starts = [Start::Zero; MAX_R];
+                let rows = scratch[(r - block.start) * o..].chunks_mut(o);
+                for (i, ((d, row), st)) in
+                    d.iter_mut().zip(rows).zip(&mut starts).take(nr).enumerate()
+                {
+                    *d = &mut row[c0..c0 + ldc];
+                    *st = start.row(r + i, o, c0..c0 + ldc);
+                }
+                dequant(xq, w, (r, c0, ldc), &mut d[..nr], acc, &starts[..nr]);
+            };
+            for_each_tile(xq, w, block.clone(), 0..o / NR, &mut emit);
+        }
+        for (i, row) in scratch.chunks_exact_mut(o).enumerate() {
+            finish(&mut out, i, row, aux);
+        }
+    };
+    // Small products stay on this thread: one piece, no split.
+    let min_len = if parallel_product(n, w) {
+        1
+    } else {
+        usize::MAX
+    };
+    blocks
+        .enumerate()
+        .with_min_len(min_len)
+        .for_each_init(Default::default, job);
 }
 
 /// A hint to load `p`'s cache line (no effect elsewhere than x86_64).
@@ -705,16 +1520,15 @@ fn prefetch(p: *const f32) {
 /// to `emit(first row, first column, rows, columns, sums)` (row-major, stride
 /// = columns).
 ///
-/// # Safety
-/// The CPU has `path` (`path.missing()` is `None`).
-unsafe fn for_each_tile(
-    path: Path,
-    xq: &QuantX,
+/// The path is `xq`'s (which the CPU has: every `Codes` constructor checks).
+fn for_each_tile(
+    xq: View,
     w: &QuantW,
     rows: Range<usize>,
     panels: Range<usize>,
     emit: &mut impl FnMut(usize, usize, usize, usize, &[i32]),
 ) {
+    let path = xq.path;
     let (mr, mp) = path.tile();
     let mut buf = [0i32; MAX_R * MAX_P * NR];
     let mut p = panels.start;
@@ -725,14 +1539,85 @@ unsafe fn for_each_tile(
         let mut r = rows.start;
         while r < rows.end {
             let nr = (rows.end - r).min(mr);
-            let x = &xq.q[r * xq.ld..(r + nr) * xq.ld];
+            let x = &xq.q[r * xq.ld..(r + nr - 1) * xq.ld + w.groups * KG];
             let c = &mut buf[..nr * ldc];
-            kernel(path, c, ldc, x, xq.ld, wp, w.groups, nr, np);
+            // SAFETY: the CPU has `path` (above).
+            unsafe { kernel(path, c, ldc, x, xq.ld, wp, w.groups, nr, np) };
             emit(r, p * NR, nr, ldc, c);
             r += nr;
         }
         p += np;
     }
+}
+
+/// [`for_each_tile`] with each tile dequantized straight from the
+/// kernel's registers into `dst` (row `r` at `dst + (r - row0) · ldo`; the
+/// residual, if any, `n × ldo`) from `start` (at row 0, column 0), when `xq`'s path has such a
+/// kernel (AVX-512 VNNI): `false` (and nothing done) otherwise. The same
+/// floats as [`dequant`] on the tiles of [`for_each_tile`].
+///
+/// # Safety
+/// `dst` holds rows `rows` of the `w.o` outputs, `ldo` apart, which no one
+/// else writes meanwhile (nor reads: these rows × `panels`' columns).
+unsafe fn tiles_into(
+    xq: View,
+    w: &QuantW,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    (dst, row0, ldo): (SendPtr, usize, usize),
+    start: Start,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if xq.path == Path::Avx512Vnni {
+        let (mr, mp) = xq.path.tile();
+        let mut p = panels.start;
+        while p < panels.end {
+            let np = (panels.end - p).min(mp);
+            let (c0, ldc) = (p * NR, np * NR);
+            let base = start.at(c0);
+            let ahead = match start {
+                Start::ResidualBias(res, _) => res.as_ptr(),
+                Start::Out => dst.get().cast_const(),
+                Start::Zero | Start::Bias(_) => std::ptr::null(),
+            };
+            let mut r = rows.start;
+            while r < rows.end {
+                let nr = (rows.end - r).min(mr);
+                // The next tiles' rows of what the epilogue reads load while
+                // this one's sums are computed.
+                if !ahead.is_null() {
+                    for row in r + 2 * nr..(r + 3 * nr).min(rows.end) {
+                        for line in (0..ldc).step_by(16) {
+                            prefetch(ahead.wrapping_add((row - row0) * ldo + c0 + line));
+                        }
+                    }
+                }
+                let x = &xq.q[r * xq.ld..(r + nr - 1) * xq.ld + w.groups * KG];
+                let into = vnni::Into {
+                    // SAFETY: row r < n, column c0 < o of `dst` (caller); the
+                    // residual is n × o at the same stride.
+                    out: unsafe { dst.get().add((r - row0) * ldo + c0) },
+                    ldo,
+                    colsum: w.colsum[c0..c0 + ldc].as_ptr(),
+                    scale: w.scale[c0..c0 + ldc].as_ptr(),
+                    s: xq.scale[r..r + nr].as_ptr(),
+                    z: xq.zero[r..r + nr].as_ptr(),
+                    // SAFETY: as above.
+                    base: unsafe { base.down(r * ldo) },
+                };
+                let wp = w.panels(p, np);
+                // SAFETY: the CPU has AVX-512 VNNI (a view's path is
+                // available); `x` holds nr rows of the groups' codes, `wp`
+                // np panels, `into` the tile's outputs and factors.
+                unsafe { vnni::tiles_into(nr, np, x.as_ptr(), xq.ld, wp.as_ptr(), w.groups, into) };
+                r += nr;
+            }
+            p += np;
+        }
+        return true;
+    }
+    let _ = (xq, w, rows, panels, dst, row0, ldo, start);
+    false
 }
 
 /// `c[i][p*NR + l] = Σ_g Σ_t x[i][4g + t] · line(p, g)[4l + t]` for `rows`
@@ -874,8 +1759,104 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
+    use super::super::Base;
     use super::{Line, KG, NR};
     use std::arch::x86_64::*;
+
+    /// Where a tile's dequantization reads its per-column and per-row
+    /// factors and writes its outputs (see [`tile_into`]).
+    #[derive(Clone, Copy)]
+    pub(super) struct Into {
+        /// The tile's first output, rows `ldo` apart (the residual too).
+        pub out: *mut f32,
+        pub ldo: usize,
+        /// The tile's first column's `Σ wq` and weight step.
+        pub colsum: *const i32,
+        pub scale: *const f32,
+        /// The tile's first row's step and zero point.
+        pub s: *const f32,
+        pub z: *const i32,
+        /// What the outputs start from, at the tile's first row and column.
+        pub base: Base,
+    }
+
+    /// [`tile_into`] for `rows` (1 to 6) rows and `np` (1 to 4) panels.
+    ///
+    /// # Safety
+    /// As for [`tile_into`].
+    pub(super) unsafe fn tiles_into(
+        rows: usize,
+        np: usize,
+        x: *const u8,
+        ldx: usize,
+        w: *const Line,
+        groups: usize,
+        into: Into,
+    ) {
+        macro_rules! by_panels {
+            ($r:literal) => {
+                match np {
+                    4 => tile_into::<$r, 4>(x, ldx, w, groups, into),
+                    3 => tile_into::<$r, 3>(x, ldx, w, groups, into),
+                    2 => tile_into::<$r, 2>(x, ldx, w, groups, into),
+                    _ => tile_into::<$r, 1>(x, ldx, w, groups, into),
+                }
+            };
+        }
+        match rows {
+            6 => by_panels!(6),
+            5 => by_panels!(5),
+            4 => by_panels!(4),
+            3 => by_panels!(3),
+            2 => by_panels!(2),
+            _ => by_panels!(1),
+        }
+    }
+
+    /// [`tile`], then each sum dequantized in its register and written:
+    /// `out = start + (acc - z · colsum) · (s · scale)`, the operations and
+    /// their order of [`super::dequant_row`] (bit-identical outputs), with
+    /// no int32 tile in memory in between.
+    ///
+    /// # Safety
+    /// As for [`tile`], and `into`'s pointers hold `R` rows (`ldo` apart) of
+    /// `P · NR` outputs (and residuals), `P · NR` column factors and `R`
+    /// row factors.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile_into<const R: usize, const P: usize>(
+        x: *const u8,
+        ldx: usize,
+        w: *const Line,
+        groups: usize,
+        into: Into,
+    ) {
+        let acc = sums::<R, P>(x, ldx, w, groups);
+        for (p, a) in (0..P).map(|p| (p, acc.map(|row| row[p]))) {
+            let colsum = _mm512_loadu_si512(into.colsum.add(p * NR).cast());
+            let scale = _mm512_loadu_ps(into.scale.add(p * NR));
+            let bias = match into.base {
+                Base::Bias(b) | Base::ResidualBias(_, b) => _mm512_loadu_ps(b.add(p * NR)),
+                _ => _mm512_setzero_ps(),
+            };
+            for (i, &v) in a.iter().enumerate() {
+                let z = _mm512_set1_epi32(*into.z.add(i));
+                let s = _mm512_set1_ps(*into.s.add(i));
+                let v = _mm512_sub_epi32(v, _mm512_mullo_epi32(z, colsum));
+                let v = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(s, scale));
+                let out = into.out.add(i * into.ldo + p * NR);
+                let v = match into.base {
+                    Base::Zero => v,
+                    Base::Out => _mm512_add_ps(_mm512_loadu_ps(out), v),
+                    Base::Bias(_) => _mm512_add_ps(bias, v),
+                    Base::ResidualBias(r, _) => {
+                        let r = _mm512_loadu_ps(r.add(i * into.ldo + p * NR));
+                        _mm512_add_ps(_mm512_add_ps(r, bias), v)
+                    }
+                };
+                _mm512_storeu_ps(out, v);
+            }
+        }
+    }
 
     /// [`tile`] for `np` (1 to 4) panels.
     ///
@@ -915,6 +1896,26 @@ mod vnni {
         w: *const Line,
         groups: usize,
     ) {
+        let acc = sums::<R, P>(x, ldx, w, groups);
+        for (i, a) in acc.iter().enumerate() {
+            for (p, &v) in a.iter().enumerate() {
+                _mm512_storeu_si512(c.add(i * ldc + p * NR).cast(), v);
+            }
+        }
+    }
+
+    /// The int32 sums of `R` rows × `P` panels, in registers: per line,
+    /// `P` weight loads, `R` broadcasts of four codes, `R · P` vpdpbusd.
+    ///
+    /// # Safety
+    /// As for [`tile`].
+    #[inline(always)]
+    unsafe fn sums<const R: usize, const P: usize>(
+        x: *const u8,
+        ldx: usize,
+        w: *const Line,
+        groups: usize,
+    ) -> [[__m512i; P]; R] {
         let mut acc = [[_mm512_setzero_si512(); P]; R];
         for g in 0..groups {
             let mut wv = [_mm512_setzero_si512(); P];
@@ -928,11 +1929,7 @@ mod vnni {
                 }
             }
         }
-        for (i, a) in acc.iter().enumerate() {
-            for (p, &v) in a.iter().enumerate() {
-                _mm512_storeu_si512(c.add(i * ldc + p * NR).cast(), v);
-            }
-        }
+        acc
     }
 }
 
@@ -956,9 +1953,8 @@ mod tests {
     /// The int32 sums (before zero-point correction) of `path` for all of
     /// `x · Wᵀ`, activations quantized to `0..=a_max`.
     fn accumulators(path: Path, a_max: i32, x: &[f32], w: &QuantW, n: usize) -> Vec<i32> {
-        assert!(path.missing().is_none());
-        // SAFETY: the path was checked available just above.
-        let xq = unsafe { QuantX::new(path, a_max, x, n, w.k, w.groups, false) };
+        let mut xq = Codes::on(path, a_max);
+        xq.quantize(x, n, w.k, false);
         let o = w.o;
         let mut acc = vec![i32::MIN; n * o];
         let mut emit = |r: usize, c0: usize, nr: usize, ldc: usize, t: &[i32]| {
@@ -967,8 +1963,7 @@ mod tests {
                     .copy_from_slice(&t[i * ldc..(i + 1) * ldc]);
             }
         };
-        // SAFETY: as above.
-        unsafe { for_each_tile(path, &xq, w, 0..n, 0..o / NR, &mut emit) };
+        for_each_tile(xq.view(), w, 0..n, 0..o / NR, &mut emit);
         acc
     }
 
@@ -1044,25 +2039,112 @@ mod tests {
     }
 
     #[test]
-    fn simd_outputs_are_bit_identical_including_threads() {
+    fn simd_outputs_are_bit_identical_for_every_start_including_threads() {
+        // The AVX-512 VNNI path dequantizes in the kernel's registers, the
+        // others from an int32 tile: the same floats either way.
         let paths = simd_paths();
         for &(n, k, o) in &SHAPES {
             let x = values(n * k, 3 + n as u32);
             let w = QuantW::new(&values(o * k, 5 + k as u32), o, k);
-            for &p in &paths {
-                let mut want = values(n * o, 11);
-                matmul_acc_q_on(Path::Scalar, p.a_max(), &mut want, &x, &w, n);
-                let mut got = values(n * o, 11);
-                matmul_acc_q_on(p, p.a_max(), &mut got, &x, &w, n);
-                let same = got
+            let (bias, res) = (values(o, 17), values(n * o, 19));
+            let starts = [
+                Start::Zero,
+                Start::Out,
+                Start::Bias(&bias),
+                Start::ResidualBias(&res, &bias),
+            ];
+            for (start, &p) in starts
+                .into_iter()
+                .flat_map(|s| paths.iter().map(move |p| (s, p)))
+            {
+                let epi = Epilogue { start, then: None };
+                let out = |path: Path| {
+                    let mut out = values(n * o, 11);
+                    let mut codes = Codes::on(path, p.a_max());
+                    matmul_q_into(&mut out, &x, &w, n, &epi, &mut codes);
+                    out
+                };
+                let same = out(p)
                     .iter()
-                    .zip(&want)
+                    .zip(out(Path::Scalar))
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
                     same,
                     "{} vs scalar outputs differ at n={n} k={k} o={o}",
                     p.name()
                 );
+            }
+        }
+    }
+
+    /// ReLU, an activation with a simple reference.
+    fn relu(v: &mut [f32]) {
+        v.iter_mut().for_each(|x| *x = x.max(0.0));
+    }
+
+    #[test]
+    fn fused_codes_are_the_codes_of_the_product() {
+        for (n, k, h) in [(1, 32, 16), (37, 96, 32), (200, 384, 128)] {
+            let o = 3 * h;
+            let x = values(n * k, 23 + n as u32);
+            let w = QuantW::new(&values(o * k, 29), o, k);
+            let bias = values(o, 31);
+            let mut xq = Codes::default();
+            xq.quantize(&x, n, k, false);
+            // The fp32 product, then its codes, against the fused product.
+            let mut out = vec![0f32; n * o];
+            matmul_codes(
+                &mut out,
+                &xq,
+                &w,
+                &Epilogue {
+                    start: Start::Bias(&bias),
+                    then: None,
+                },
+            );
+            let mut relu_out = out.clone();
+            relu_out.chunks_exact_mut(o).for_each(relu);
+            let mut want = Codes::default();
+            want.quantize(&relu_out, n, o, false);
+            let mut got = Codes::default();
+            matmul_act_codes(&xq, &w, &bias, &relu, &mut got);
+            let codes = |c: &Codes| (c.q[..n * c.ld].to_vec(), c.scale.clone(), c.zero.clone());
+            assert!(
+                codes(&got) == codes(&want),
+                "activated codes at n={n} k={k}"
+            );
+            let (mut q, mut kk, mut v) = (Codes::default(), SymRows::default(), SymRows::default());
+            qkv_codes(&out, h, (&mut q, &mut kk, &mut v));
+            let (mut q2, mut k2, mut v2) =
+                (Codes::default(), SymRows::default(), SymRows::default());
+            matmul_qkv_codes(&xq, &w, &bias, (&mut q2, &mut k2, &mut v2));
+            assert!(codes(&q) == codes(&q2), "query codes at n={n} k={k}");
+            assert!(
+                kk.q == k2.q && kk.scale == k2.scale,
+                "key codes at n={n} k={k}"
+            );
+            assert!(
+                v.q == v2.q && v.scale == v2.scale,
+                "value codes at n={n} k={k}"
+            );
+            // Symmetric rows: the largest |value| at ±127, 0 exact.
+            let row = &out[h..2 * h];
+            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(kk.scale[0], amax / W_MAX as f32);
+            assert!(kk.q[..h].iter().any(|&c| c.unsigned_abs() as i32 == W_MAX));
+        }
+    }
+
+    #[test]
+    fn interleaved_lines_hold_four_inputs_per_column() {
+        let rows: Vec<Vec<i8>> = (0..KG)
+            .map(|t| (0..NR).map(|l| (t * 16 + l) as i8 - 30).collect())
+            .collect();
+        let mut line = Line([0; NR * KG]);
+        interleave(&std::array::from_fn(|t| rows[t].as_slice()), &mut line);
+        for (l, bytes) in line.0.chunks_exact(KG).enumerate() {
+            for (t, &b) in bytes.iter().enumerate() {
+                assert_eq!(b, rows[t][l]);
             }
         }
     }

@@ -27,6 +27,7 @@
 //! tested against its family's portable or scalar reference: exact integer
 //! sums for int8, the same floats for f32.
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// `$avx2` and `$avx512`: the plain function `$body` compiled again with
@@ -205,6 +206,8 @@ pub(crate) type Then<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
 /// What a dense layer's output starts from before the product is added.
 #[derive(Clone, Copy)]
 pub(crate) enum Start<'a> {
+    /// Nothing: `out = product` (`out` is not read).
+    Zero,
     /// `out`'s own contents: `out += product`.
     Out,
     /// The bias, per column: `out = bias + product` (`out` is not read).
@@ -229,10 +232,16 @@ impl<'a> Epilogue<'a> {
         then: None,
     };
 
+    /// `out = product`.
+    pub(crate) const ZERO: Epilogue<'static> = Epilogue {
+        start: Start::Zero,
+        then: None,
+    };
+
     /// Panics unless the operands fit an `n × o` output.
     pub(crate) fn check(&self, n: usize, o: usize) {
         let fits = match self.start {
-            Start::Out => true,
+            Start::Zero | Start::Out => true,
             Start::Bias(b) => b.len() == o,
             Start::ResidualBias(r, b) => b.len() == o && r.len() == n * o,
         };
@@ -240,10 +249,24 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-impl Start<'_> {
+impl<'a> Start<'a> {
+    /// The same for columns `cols` of row `row` alone (the residual being
+    /// `width` wide).
+    pub(crate) fn row(&self, row: usize, width: usize, cols: Range<usize>) -> Start<'a> {
+        match *self {
+            Start::Bias(b) => Start::Bias(&b[cols]),
+            Start::ResidualBias(res, b) => {
+                let at = row * width;
+                Start::ResidualBias(&res[at + cols.start..at + cols.end], &b[cols])
+            }
+            other => other,
+        }
+    }
+
     /// As pointers at column `col` of row 0.
     pub(crate) fn at(&self, col: usize) -> Base {
         match *self {
+            Start::Zero => Base::Zero,
             Start::Out => Base::Out,
             Start::Bias(b) => Base::Bias(b[col..].as_ptr()),
             Start::ResidualBias(r, b) => Base::ResidualBias(r[col..].as_ptr(), b[col..].as_ptr()),
@@ -318,6 +341,30 @@ impl Dense {
         self.apply(out, x, n, &Epilogue::ACC)
     }
 
+    /// [`Dense::apply`]; an int8 layer quantizes `x` into `codes`, kept by
+    /// the caller for the next call.
+    pub(crate) fn apply_reusing(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        n: usize,
+        epi: &Epilogue,
+        codes: &mut int8::Codes,
+    ) {
+        match self {
+            Dense::Quant(w) => int8::matmul_q_into(out, x, w, n, epi, codes),
+            _ => self.apply(out, x, n, epi),
+        }
+    }
+
+    /// The int8 weights of an int8 layer.
+    pub(crate) fn quant(&self) -> Option<&int8::QuantW> {
+        match self {
+            Dense::Quant(w) => Some(w),
+            _ => None,
+        }
+    }
+
     /// `out (n, o) = start + x (n, k) · Wᵀ`, then `epi.then` (see
     /// [`Epilogue`]).
     pub(crate) fn apply(&self, out: &mut [f32], x: &[f32], n: usize, epi: &Epilogue) {
@@ -327,6 +374,7 @@ impl Dense {
             Dense::Flat { w, o, k } => {
                 epi.check(n, *o);
                 match epi.start {
+                    Start::Zero => out.fill(0.0),
                     Start::Out => {}
                     Start::Bias(b) => out.chunks_exact_mut(*o).for_each(|r| r.copy_from_slice(b)),
                     Start::ResidualBias(res, b) => {

@@ -19,7 +19,7 @@ const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 to the nearest integer.
-const ROUND: f32 = 12_582_912.0;
+pub(crate) const ROUND: f32 = 12_582_912.0;
 
 /// `c[0]·x^(n-1) + … + c[n-1]` by Horner's rule, one fused multiply-add a
 /// step (the loop unrolls: `c` is a constant array at every call).
@@ -92,6 +92,17 @@ const LANES: usize = 16;
 /// summed.
 #[inline(always)]
 fn softmax_loop(v: &mut [f32], scale: f32) {
+    let inv = 1.0 / exp_loop(v, scale);
+    for x in v {
+        *x *= inv;
+    }
+}
+
+/// The softmax before its division: `v = e^(scale · v - max)` in place,
+/// returning the sum (in [`LANES`] partial lanes, a fixed order). The
+/// largest value becomes 1 (up to the rounding of its shift).
+#[inline(always)]
+fn exp_loop(v: &mut [f32], scale: f32) -> f32 {
     let mut lane_max = [f32::NEG_INFINITY; LANES];
     let mut chunks = v.chunks_exact(LANES);
     for c in &mut chunks {
@@ -118,10 +129,7 @@ fn softmax_loop(v: &mut [f32], scale: f32) {
         *x = exp(x.mul_add(scale, shift));
         sum += *x;
     }
-    let inv = 1.0 / (sum + lane_sum.iter().sum::<f32>());
-    for x in v {
-        *x *= inv;
-    }
+    sum + lane_sum.iter().sum::<f32>()
 }
 
 /// Sum of `v` in [`LANES`] partial lanes (the order every build keeps).
@@ -163,6 +171,7 @@ fn layer_norm_loop(
 
 simd_builds!(gelu_loop => gelu_avx2: "avx2,fma", gelu_avx512: "avx512f,fma" (v: &mut [f32]));
 simd_builds!(softmax_loop => softmax_avx2: "avx2,fma", softmax_avx512: "avx512f,fma" (v: &mut [f32], scale: f32));
+simd_builds!(exp_loop => exp_avx2: "avx2,fma", exp_avx512: "avx512f,fma" (v: &mut [f32], scale: f32) -> f32);
 simd_builds!(layer_norm_loop => layer_norm_avx2: "avx2,fma", layer_norm_avx512: "avx512f,fma" (
     r: &mut [f32],
     w: &[f32],
@@ -221,6 +230,25 @@ pub(crate) fn softmax_rows(v: &mut [f32], stride: usize, len: usize, scale: f32)
             Path::Avx2 => unsafe { softmax_avx2(row, scale) },
             _ => softmax_loop(row, scale),
         }
+    }
+}
+
+/// [`softmax_rows`] before its division: the first `len` values of each
+/// `stride`-long row become `e^(scale · v - max)` (the largest 1), and
+/// `sums` (one per row) gets each row's sum.
+pub(crate) fn exp_rows(v: &mut [f32], stride: usize, len: usize, scale: f32, sums: &mut [f32]) {
+    let path = super::sgemm::dispatch().path;
+    for (row, sum) in v.chunks_exact_mut(stride).zip(sums) {
+        let row = &mut row[..len];
+        *sum = match path {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `gelu_slice`.
+            Path::Avx512 => unsafe { exp_avx512(row, scale) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `gelu_slice`.
+            Path::Avx2 => unsafe { exp_avx2(row, scale) },
+            _ => exp_loop(row, scale),
+        };
     }
 }
 
