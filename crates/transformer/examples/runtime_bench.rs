@@ -18,7 +18,8 @@
 //! * `--shapes`: `{"cases": [{"name": "1x16", "ids": [[101, ..., 102]],
 //!   "warmup": 5, "runs": 50}, ...]}`. Each case's batch goes through
 //!   `Encoder::embed_ids` (forward plus mean pooling) `warmup` times untimed
-//!   and then `runs` times timed, at fp32 and then at int8. Output: every
+//!   and then `runs` times timed, at fp32 and then at int8 (or only at
+//!   `--precision f32|int8`, e.g. to profile one of them). Output: every
 //!   run's milliseconds per case and precision (statistics are left to the
 //!   caller).
 //! * `--embed`: `{"texts": [...], "max_tokens": 128, "batch_size": 32}`.
@@ -45,8 +46,7 @@ use serde_json::{json, Value};
 /// What went wrong, as one line for stderr.
 type Res<T> = std::result::Result<T, String>;
 
-const USAGE: &str =
-    "usage: runtime_bench --encoder DIR (--info | --shapes FILE | --embed FILE | --e2e FILE)";
+const USAGE: &str = "usage: runtime_bench --encoder DIR (--info | --shapes FILE [--precision f32|int8] | --embed FILE | --e2e FILE)";
 
 /// One synthetic batch to time (`--shapes`).
 #[derive(Deserialize)]
@@ -124,7 +124,8 @@ struct E2eFile {
 enum Mode {
     Help,
     Info,
-    Shapes(String),
+    /// The shapes file and the precisions to time.
+    Shapes(String, Vec<Precision>),
     Embed(String),
     E2e(String),
 }
@@ -132,6 +133,7 @@ enum Mode {
 fn parse_args(args: &[String]) -> Res<(String, Mode)> {
     let mut encoder = None;
     let mut mode = None;
+    let mut precision = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |flag: &str| {
@@ -145,7 +147,13 @@ fn parse_args(args: &[String]) -> Res<(String, Mode)> {
                 continue;
             }
             "--info" => Mode::Info,
-            "--shapes" => Mode::Shapes(value("--shapes")?),
+            "--shapes" => Mode::Shapes(value("--shapes")?, PRECISIONS.to_vec()),
+            "--precision" => {
+                let v = value("--precision")?;
+                let p = PRECISIONS.into_iter().find(|p| p.name() == v);
+                precision = Some(p.ok_or_else(|| format!("--precision {v}: f32 or int8"))?);
+                continue;
+            }
             "--embed" => Mode::Embed(value("--embed")?),
             "--e2e" => Mode::E2e(value("--e2e")?),
             "-h" | "--help" => Mode::Help,
@@ -155,7 +163,12 @@ fn parse_args(args: &[String]) -> Res<(String, Mode)> {
             return Err(format!("give exactly one mode; {USAGE}"));
         }
     }
-    let mode = mode.ok_or_else(|| format!("no mode given; {USAGE}"))?;
+    let mut mode = mode.ok_or_else(|| format!("no mode given; {USAGE}"))?;
+    match (&mut mode, precision) {
+        (Mode::Shapes(_, ps), Some(p)) => *ps = vec![p],
+        (_, Some(_)) => return Err(format!("--precision goes with --shapes; {USAGE}")),
+        _ => {}
+    }
     if matches!(mode, Mode::Help) {
         return Ok((String::new(), mode));
     }
@@ -192,10 +205,10 @@ const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Int8];
 /// set): enough to pack the weights and size the buffers.
 const WARMUP_BATCHES: usize = 4;
 
-fn shapes(dir: &str, path: &str) -> Res<Value> {
+fn shapes(dir: &str, path: &str, precisions: &[Precision]) -> Res<Value> {
     let file: ShapesFile = read_json(path)?;
     let mut out = Vec::new();
-    for p in PRECISIONS {
+    for &p in precisions {
         let e = load(dir, p)?;
         let vocab = e.config().vocab_size as u32;
         let max_len = e.max_positions();
@@ -332,7 +345,7 @@ fn run() -> Res<Value> {
             let e = load(&dir, Precision::F32)?;
             Ok(json!({"runtime": casetag_transformer::runtime_report(), "hidden": e.hidden_size()}))
         }
-        Mode::Shapes(f) => shapes(&dir, &f),
+        Mode::Shapes(f, precisions) => shapes(&dir, &f, &precisions),
         Mode::Embed(f) => embed(&dir, &f),
         Mode::E2e(f) => e2e(&dir, &f),
     }
