@@ -449,8 +449,7 @@ impl FastBert {
             layers,
             // A head a whole number of panels wide (every BERT's).
             int8_attention: precision == Precision::Int8
-                && (cfg.hidden_size / cfg.num_attention_heads).is_multiple_of(int8::NR)
-                && std::env::var("CASETAG_F32_ATTENTION").is_err(),
+                && (cfg.hidden_size / cfg.num_attention_heads).is_multiple_of(int8::NR),
             spare: Default::default(),
         })
     }
