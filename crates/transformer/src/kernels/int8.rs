@@ -925,14 +925,26 @@ mod simd_build {
         assert!(q.len() >= n);
         let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
         let whole = n / L * L;
+        // Two chains of extremes, every other chunk: a min or max of
+        // values (never NaN: each step keeps its second operand then) is
+        // the same in any order, so the lanes are those of `row_lanes`.
         let (mut lo0, mut hi0) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let (mut lo1, mut hi1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         let mut j = 0;
-        while j < whole {
+        while j + 2 * L <= whole {
+            let (v0, v1) = (_mm512_loadu_ps(xp.add(j)), _mm512_loadu_ps(xp.add(j + L)));
+            lo0 = _mm512_min_ps(v0, lo0);
+            hi0 = _mm512_max_ps(v0, hi0);
+            lo1 = _mm512_min_ps(v1, lo1);
+            hi1 = _mm512_max_ps(v1, hi1);
+            j += 2 * L;
+        }
+        if j < whole {
             let v = _mm512_loadu_ps(xp.add(j));
             lo0 = _mm512_min_ps(v, lo0);
             hi0 = _mm512_max_ps(v, hi0);
-            j += L;
         }
+        let (lo0, hi0) = (_mm512_min_ps(lo1, lo0), _mm512_max_ps(hi1, hi0));
         let (mut lo, mut hi) = ([0f32; L], [0f32; L]);
         _mm512_storeu_ps(lo.as_mut_ptr(), lo0);
         _mm512_storeu_ps(hi.as_mut_ptr(), hi0);
@@ -1464,9 +1476,17 @@ fn matmul_rows<B: Send>(
         "one consumer block per row block"
     );
     let xq = xq.view();
-    let job = |(scratch, aux): &mut (Vec<f32>, Vec<f32>), (b, mut out): (usize, B)| {
+    let job = |(b, mut out): (usize, B)| {
         let block = b * rows..((b + 1) * rows).min(n);
-        scratch.resize(block.len() * o, 0.0);
+        // Taken, not borrowed: a task that found them taken would start
+        // empty ones.
+        let mut buffers = ROW_SCRATCH.with(|s| s.take());
+        let (scratch, aux) = &mut buffers;
+        // The tiles write every value of the block: no need to clear it.
+        if scratch.len() < block.len() * o {
+            scratch.resize(block.len() * o, 0.0);
+        }
+        let scratch = &mut scratch[..block.len() * o];
         let into = (SendPtr(scratch.as_mut_ptr()), block.start, o);
         // SAFETY: `scratch` holds the block's rows, o apart, and is this
         // task's.
@@ -1489,6 +1509,7 @@ fn matmul_rows<B: Send>(
         for (i, row) in scratch.chunks_exact_mut(o).enumerate() {
             finish(&mut out, i, row, aux);
         }
+        ROW_SCRATCH.with(|s| s.set(buffers));
     };
     // Small products stay on this thread: one piece, no split.
     let min_len = if parallel_product(n, w) {
@@ -1496,10 +1517,15 @@ fn matmul_rows<B: Send>(
     } else {
         usize::MAX
     };
-    blocks
-        .enumerate()
-        .with_min_len(min_len)
-        .for_each_init(Default::default, job);
+    blocks.enumerate().with_min_len(min_len).for_each(job);
+}
+
+thread_local! {
+    /// [`matmul_rows`]' scratch block and its consumer's row buffer, kept
+    /// by each thread from one product to the next (a block of FFN-in
+    /// outputs is over half a megabyte: allocating and clearing it per
+    /// block cost page faults and a `memset` of every output).
+    static ROW_SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> = Default::default();
 }
 
 /// A hint to load `p`'s cache line (no effect elsewhere than x86_64).
@@ -1575,20 +1601,28 @@ unsafe fn tiles_into(
             let np = (panels.end - p).min(mp);
             let (c0, ldc) = (p * NR, np * NR);
             let base = start.at(c0);
+            // What the epilogue reads, at row 0 (the residual has every row,
+            // `dst` from `row0` on).
             let ahead = match start {
                 Start::ResidualBias(res, _) => res.as_ptr(),
-                Start::Out => dst.get().cast_const(),
+                Start::Out => dst.get().cast_const().wrapping_sub(row0 * ldo),
                 Start::Zero | Start::Bias(_) => std::ptr::null(),
             };
             let mut r = rows.start;
             while r < rows.end {
                 let nr = (rows.end - r).min(mr);
-                // The next tiles' rows of what the epilogue reads load while
-                // this one's sums are computed.
+                // What the epilogue of the tile two ahead reads (in the next
+                // panels' columns once these rows run out) loads while this
+                // tile's sums are computed.
                 if !ahead.is_null() {
-                    for row in r + 2 * nr..(r + 3 * nr).min(rows.end) {
-                        for line in (0..ldc).step_by(16) {
-                            prefetch(ahead.wrapping_add((row - row0) * ldo + c0 + line));
+                    let (mut ar, mut ac) = (r + 2 * mr, c0);
+                    if ar >= rows.end {
+                        (ar, ac) = (rows.start + (ar - rows.end), c0 + ldc);
+                    }
+                    let cols = ac..(ac + ldc).min(panels.end * NR);
+                    for row in ar..(ar + mr).min(rows.end) {
+                        for line in cols.clone().step_by(16) {
+                            prefetch(ahead.wrapping_add(row * ldo + line));
                         }
                     }
                 }
@@ -1830,27 +1864,57 @@ mod vnni {
         groups: usize,
         into: Into,
     ) {
+        // One body per start, so that no output vector branches on it.
+        match into.base {
+            Base::Zero => finish::<R, P, ZERO>(x, ldx, w, groups, into),
+            Base::Out => finish::<R, P, OUT>(x, ldx, w, groups, into),
+            Base::Bias(_) => finish::<R, P, BIAS>(x, ldx, w, groups, into),
+            Base::ResidualBias(..) => finish::<R, P, RESIDUAL_BIAS>(x, ldx, w, groups, into),
+        }
+    }
+
+    /// [`Base`]'s variants, as a const parameter of [`finish`].
+    const ZERO: u8 = 0;
+    const OUT: u8 = 1;
+    const BIAS: u8 = 2;
+    const RESIDUAL_BIAS: u8 = 3;
+
+    /// [`tile_into`]'s body for the start `B` (`into.base`'s variant).
+    #[inline(always)]
+    unsafe fn finish<const R: usize, const P: usize, const B: u8>(
+        x: *const u8,
+        ldx: usize,
+        w: *const Line,
+        groups: usize,
+        into: Into,
+    ) {
+        let (bias, residual) = match into.base {
+            Base::Bias(b) => (b, std::ptr::null()),
+            Base::ResidualBias(r, b) => (b, r),
+            Base::Zero | Base::Out => (std::ptr::null(), std::ptr::null()),
+        };
         let acc = sums::<R, P>(x, ldx, w, groups);
-        for (p, a) in (0..P).map(|p| (p, acc.map(|row| row[p]))) {
+        for p in 0..P {
             let colsum = _mm512_loadu_si512(into.colsum.add(p * NR).cast());
             let scale = _mm512_loadu_ps(into.scale.add(p * NR));
-            let bias = match into.base {
-                Base::Bias(b) | Base::ResidualBias(_, b) => _mm512_loadu_ps(b.add(p * NR)),
-                _ => _mm512_setzero_ps(),
+            let b = if B >= BIAS {
+                _mm512_loadu_ps(bias.add(p * NR))
+            } else {
+                _mm512_setzero_ps()
             };
-            for (i, &v) in a.iter().enumerate() {
+            for (i, a) in acc.iter().enumerate() {
                 let z = _mm512_set1_epi32(*into.z.add(i));
                 let s = _mm512_set1_ps(*into.s.add(i));
-                let v = _mm512_sub_epi32(v, _mm512_mullo_epi32(z, colsum));
+                let v = _mm512_sub_epi32(a[p], _mm512_mullo_epi32(z, colsum));
                 let v = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(s, scale));
                 let out = into.out.add(i * into.ldo + p * NR);
-                let v = match into.base {
-                    Base::Zero => v,
-                    Base::Out => _mm512_add_ps(_mm512_loadu_ps(out), v),
-                    Base::Bias(_) => _mm512_add_ps(bias, v),
-                    Base::ResidualBias(r, _) => {
-                        let r = _mm512_loadu_ps(r.add(i * into.ldo + p * NR));
-                        _mm512_add_ps(_mm512_add_ps(r, bias), v)
+                let v = match B {
+                    ZERO => v,
+                    OUT => _mm512_add_ps(_mm512_loadu_ps(out), v),
+                    BIAS => _mm512_add_ps(b, v),
+                    _ => {
+                        let r = _mm512_loadu_ps(residual.add(i * into.ldo + p * NR));
+                        _mm512_add_ps(_mm512_add_ps(r, b), v)
                     }
                 };
                 _mm512_storeu_ps(out, v);
