@@ -1439,17 +1439,28 @@ pub(crate) fn matmul_norm_codes(
     });
 }
 
-/// Rows per task of [`matmul_rows`]: at least two blocks a thread when the
-/// product is shared out (a batch of one short text is a few dozen rows),
-/// at most [`MC`].
+/// Rows per task of [`matmul_rows`], at most [`MC`]. A product shared out
+/// gets a multiple of the thread count of blocks: equal shares when there
+/// is one block a thread (a batch of one short text is a few dozen rows;
+/// blocks rounded up to whole tiles left one thread 12 of 16 rows), whole
+/// tiles when there are more. No block is smaller than a tile.
 fn row_block(xq: &Codes, w: &QuantW) -> usize {
-    let mr = xq.path.tile().0;
-    let rows = if parallel_product(xq.n, w) {
-        xq.n.div_ceil(2 * rayon::current_num_threads()).div_ceil(mr) * mr
+    if !parallel_product(xq.n, w) {
+        return MC;
+    }
+    let (n, mr) = (xq.n, xq.path.tile().0);
+    let threads = rayon::current_num_threads();
+    let blocks = if n < threads * mr {
+        n.div_ceil(mr)
     } else {
-        MC
+        threads * n.div_ceil(threads * MC)
     };
-    rows.clamp(mr, MC)
+    let rows = n.div_ceil(blocks);
+    if blocks > threads {
+        (rows.div_ceil(mr) * mr).min(MC)
+    } else {
+        rows
+    }
 }
 
 /// `bias + x · Wᵀ` for the quantized rows `xq`, by tasks that own whole
