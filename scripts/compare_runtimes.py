@@ -78,6 +78,10 @@ def parse_args() -> argparse.Namespace:
                    help="timed runs per throughput shape (default: 7)")
     p.add_argument("--e2e-runs", type=int, default=3,
                    help="timed end-to-end runs per dataset (default: 3)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds over all runtimes; each shape's and data set's runs are split "
+                        "between them and pooled, so that a burst of load from other "
+                        "processes falls on every runtime alike (default: 3)")
     p.add_argument("--warmup", type=int, default=5,
                    help="untimed runs before each latency/throughput shape (default: 5)")
     p.add_argument("--seed", type=int, default=42, help="seed of the token ids and the head")
@@ -95,7 +99,7 @@ def parse_args() -> argparse.Namespace:
     a = p.parse_args()
     if a.runs < 30:
         die(f"--runs {a.runs}: needs at least 30 timed runs for the latency medians")
-    for name in ("threads", "tp_runs", "e2e_runs"):
+    for name in ("threads", "tp_runs", "e2e_runs", "rounds"):
         if getattr(a, name) < 1:
             die(f"--{name.replace('_', '-')} must be >= 1")
     if a.warmup < 0:
@@ -340,6 +344,12 @@ class CasetagRunner:
 # ---------------------------------------------------------------- timing
 
 
+def per_round(runs: int, rounds: int) -> int:
+    """Each round's share of `runs` timed runs (rounded up: the pooled total
+    is at least `runs`)."""
+    return -(-runs // rounds)
+
+
 def time_runs(fn, warmup: int, runs: int) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -531,20 +541,28 @@ def main() -> None:
                    for _ in range(b)]
             cases.append({"name": f"{b}x{s}", "kind": kind, "b": b, "ids": ids,
                           "warmup": a.warmup, "runs": runs})
-    # One shape at a time, every runtime in turn: a burst of load from other
-    # processes then hits all runtimes of a shape alike.
-    times: dict[str, dict[str, list[float]]] = {r: {} for r in RUNTIMES}
+    # One shape at a time, every runtime in turn, and the whole in rounds
+    # (each with its share of the runs, pooled): a burst of load from other
+    # processes then hits all runtimes alike.
     for c in cases:
-        for r in ("torch_fp32", "ort_fp32", "ort_int8"):
-            if r in missing:
-                continue
-            times[r][c["name"]] = time_runs(lambda: rts[r].pooled(c["ids"]), c["warmup"], c["runs"])
-            note(f"{LABELS[r]} {c['name']}: median {med(times[r][c['name']]):.2f} ms")
-        res = casetag.call("shapes", {"cases": [{k: c[k] for k in ("name", "ids", "warmup", "runs")}]})
-        for x in res["results"]:
-            r = "casetag_fp32" if x["precision"] == "f32" else "casetag_int8"
-            times[r][x["name"]] = x["times_ms"]
-            note(f"{LABELS[r]} {x['name']}: median {med(x['times_ms']):.2f} ms")
+        c["runs"] = per_round(c["runs"], a.rounds) * a.rounds
+    times: dict[str, dict[str, list[float]]] = {r: {c["name"]: [] for c in cases} for r in RUNTIMES}
+    for rnd in range(1, a.rounds + 1):
+        for c in cases:
+            runs = c["runs"] // a.rounds
+            for r in ("torch_fp32", "ort_fp32", "ort_int8"):
+                if r in missing:
+                    continue
+                t = time_runs(lambda: rts[r].pooled(c["ids"]), c["warmup"], runs)
+                times[r][c["name"]] += t
+                note(f"round {rnd}: {LABELS[r]} {c['name']}: median {med(t):.2f} ms")
+            one = {k: c[k] for k in ("name", "ids", "warmup")}
+            res = casetag.call("shapes", {"cases": [dict(one, runs=runs)]})
+            for x in res["results"]:
+                r = "casetag_fp32" if x["precision"] == "f32" else "casetag_int8"
+                times[r][x["name"]] += x["times_ms"]
+                note(f"round {rnd}: {LABELS[r]} {x['name']}: median {med(x['times_ms']):.2f} ms")
+    times = {r: {k: t for k, t in v.items() if t} for r, v in times.items()}
 
     # ------------------------------------------------ end to end
     n_classes, hidden = 77, ref.shape[1]
@@ -553,26 +571,32 @@ def main() -> None:
     head_b = (0.01 * hrng.standard_normal(n_classes)).astype(np.float32)
     e2e: dict = {r: {} for r in RUNTIMES}
     head = {"weight": head_w.tolist(), "bias": head_b.tolist()}
-    for name, texts in data.items():
-        for r in ("torch_fp32", "ort_fp32", "ort_int8"):
-            if r in missing:
-                continue
-            # Warm-up: the first WARMUP_BATCHES batches (as runtime_bench does).
-            e2e_python(rts[r], tok, texts[:WARMUP_BATCHES * 32], head_w, head_b, 32)
-            ts, pred, ntok = [], None, 0
-            for _ in range(a.e2e_runs):
-                t = time.perf_counter()
-                pred, ntok = e2e_python(rts[r], tok, texts, head_w, head_b, 32)
-                ts.append((time.perf_counter() - t) * 1e3)
-            e2e[r][name] = {"times_ms": ts, "pred": pred.tolist(), "tokens": ntok, "n": len(texts)}
-            note(f"{LABELS[r]} e2e {name}: median {med(ts) / 1e3:.2f} s")
-        res = casetag.call("e2e", {"max_tokens": 128, "batch_size": 32, "warmup": 1,
-                                   "runs": a.e2e_runs,
-                                   "datasets": [{"name": name, "texts": texts, "head": head}]})
-        for x in res["results"]:
-            r = "casetag_fp32" if x["precision"] == "f32" else "casetag_int8"
-            e2e[r][x["name"]] = {k: x[k] for k in ("times_ms", "pred", "tokens", "n")}
-            note(f"{LABELS[r]} e2e {x['name']}: median {med(x['times_ms']) / 1e3:.2f} s")
+    e2e_runs = per_round(a.e2e_runs, a.rounds)
+    for rnd in range(1, a.rounds + 1):
+        for name, texts in data.items():
+            for r in ("torch_fp32", "ort_fp32", "ort_int8"):
+                if r in missing:
+                    continue
+                # Warm-up: the first WARMUP_BATCHES batches (as runtime_bench does).
+                e2e_python(rts[r], tok, texts[:WARMUP_BATCHES * 32], head_w, head_b, 32)
+                ts, pred, ntok = [], None, 0
+                for _ in range(e2e_runs):
+                    t = time.perf_counter()
+                    pred, ntok = e2e_python(rts[r], tok, texts, head_w, head_b, 32)
+                    ts.append((time.perf_counter() - t) * 1e3)
+                got = e2e[r].setdefault(name, {"times_ms": [], "tokens": ntok, "n": len(texts)})
+                got["times_ms"] += ts
+                got["pred"] = pred.tolist()
+                note(f"round {rnd}: {LABELS[r]} e2e {name}: median {med(ts) / 1e3:.2f} s")
+            res = casetag.call("e2e", {"max_tokens": 128, "batch_size": 32, "warmup": 1,
+                                       "runs": e2e_runs,
+                                       "datasets": [{"name": name, "texts": texts, "head": head}]})
+            for x in res["results"]:
+                r = "casetag_fp32" if x["precision"] == "f32" else "casetag_int8"
+                got = e2e[r].setdefault(x["name"], {k: x[k] for k in ("tokens", "n")})
+                got["times_ms"] = got.get("times_ms", []) + x["times_ms"]
+                got["pred"] = x["pred"]
+                note(f"round {rnd}: {LABELS[r]} e2e {x['name']}: median {med(x['times_ms']) / 1e3:.2f} s")
 
     # ------------------------------------------------ table and JSON
     metrics = []
@@ -594,7 +618,7 @@ def main() -> None:
         vals = {r: (e2e[r][name]["n"] / (med(e2e[r][name]["times_ms"]) / 1e3)
                     if name in e2e[r] else None) for r in RUNTIMES}
         metrics.append({"label": f"e2e {name} ({len(data[name])})", "key": f"e2e_{name}",
-                        "unit": "seq/s", "values": vals, "runs": a.e2e_runs, "warmup": 1})
+                        "unit": "seq/s", "values": vals, "runs": e2e_runs * a.rounds, "warmup": 1})
 
     table = build_table(metrics)
     agree = {}
@@ -629,11 +653,13 @@ def main() -> None:
     for r, why in missing.items():
         print(f"{LABELS[r]}: missing: {why}")
     print(f"tokenizers {info['tokenizers']}, numpy {info['numpy']}, python {info['python']}")
-    print(f"policy: latency = median of {a.runs} runs after {a.warmup} warm-up; throughput = "
-          f"batch / median of {a.tp_runs} runs after {a.warmup} warm-up; e2e = tokenize (max 128, "
+    lat_runs, tp_runs = (per_round(n, a.rounds) * a.rounds for n in (a.runs, a.tp_runs))
+    print(f"policy: {a.rounds} rounds over all runtimes, each with its share of the runs, pooled; "
+          f"latency = median of {lat_runs} runs, {a.warmup} warm-up a round; throughput = "
+          f"batch / median of {tp_runs} runs, {a.warmup} warm-up a round; e2e = tokenize (max 128, "
           f"head truncation) + sort by length + batches of 32 padded to their longest (casetag: "
           f"packed, no padding) + mean pool + seeded random 384x{n_classes} linear head + argmax, "
-          f"median of {a.e2e_runs} runs after 1 warm-up on the first {WARMUP_BATCHES} batches; "
+          f"median of {e2e_runs * a.rounds} runs, a warm-up on the first {WARMUP_BATCHES} batches a round; "
           f"runtimes take turns shape by shape and dataset by dataset")
     print(f"checks: token ids identical on {checks['n_texts']} texts; min cosine to casetag fp32: "
           + ", ".join(f"{LABELS[r]} {v['min']:.6f}" for r, v in checks["cosine_to_casetag_fp32"].items()))
@@ -651,8 +677,9 @@ def main() -> None:
     print(f"wall time of the comparison: {wall:.0f} s")
 
     result = {"system": info, "missing": missing, "checks": checks,
-              "policy": {"threads": a.threads, "latency_runs": a.runs, "throughput_runs": a.tp_runs,
-                         "e2e_runs": a.e2e_runs, "warmup": a.warmup, "seed": a.seed,
+              "policy": {"threads": a.threads, "rounds": a.rounds, "latency_runs": lat_runs,
+                         "throughput_runs": tp_runs, "e2e_runs": e2e_runs * a.rounds,
+                         "warmup": a.warmup, "seed": a.seed,
                          "max_tokens": 128, "truncation": "head", "batch_size": 32,
                          "sorted_by_length": True, "head": f"{n_classes}x{hidden} random normal/sqrt(h)",
                          "ort_optimizer": a.ort_optimizer,

@@ -3,7 +3,7 @@
 # ONNX Runtime fp32 and int8 (dynamic quantization of the same weights,
 # exported here), casetag fp32 and int8, all with the same thread count.
 #
-#   scripts/compare_runtimes.sh [--runs N] [--tp-runs N] [--e2e-runs N]
+#   scripts/compare_runtimes.sh [--runs N] [--tp-runs N] [--e2e-runs N] [--rounds N]
 #       [--warmup N] [--threads N] [--out DIR] [--skip-build] [--skip-install]
 #       [--ort-optimizer bert|none] [--ort-int8-per-tensor] [--no-torch]
 #
@@ -32,6 +32,9 @@ options:
   --runs N             timed runs per latency shape, >= 30 (default 50)
   --tp-runs N          timed runs per throughput shape (default 7)
   --e2e-runs N         timed end-to-end runs per dataset (default 3)
+  --rounds N           rounds over all runtimes, the runs split between them
+                       and pooled, so a burst of load from other processes
+                       falls on every runtime alike (default 3)
   --warmup N           untimed runs before each shape (default 5)
   --threads N          threads for every runtime (default 2)
   --out DIR            output directory (default out/compare_runtimes)
@@ -58,7 +61,7 @@ while [[ $# -gt 0 ]]; do
     --skip-build) SKIP_BUILD=1 ;;
     --skip-install) SKIP_INSTALL=1 ;;
     --no-torch|--ort-int8-per-tensor) PY_ARGS+=("$1") ;;
-    --runs|--tp-runs|--e2e-runs|--warmup|--threads|--out|--ort-optimizer)
+    --runs|--tp-runs|--e2e-runs|--rounds|--warmup|--threads|--out|--ort-optimizer)
       if [[ $# -lt 2 ]]; then
         echo "compare_runtimes: $1 needs a value (see --help)" >&2
         exit 2
