@@ -125,6 +125,24 @@ def read_texts(path: str, name: str) -> list[str]:
     return texts
 
 
+def cpu_times() -> list[int] | None:
+    """The aggregate `cpu` line of /proc/stat (user, nice, system, idle,
+    iowait, irq, softirq, steal, ...), or None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(start: list[int] | None, end: list[int] | None) -> float | None:
+    """Steal time's share of all CPU time between two `cpu_times()`."""
+    if not start or not end or len(start) < 8 or len(end) < 8:
+        return None
+    d = [b - a for a, b in zip(start, end)]
+    return d[7] / sum(d) if sum(d) > 0 else None
+
+
 def system_info(threads: int) -> dict:
     info: dict = {"python": platform.python_version(), "threads": threads}
     try:
@@ -453,6 +471,7 @@ def main() -> None:
 
     info = system_info(a.threads)
     info["loadavg_start"] = os.getloadavg()
+    cpu_start = cpu_times()
     tmp = Path(tempfile.mkdtemp(prefix="compare_runtimes_"))
     casetag = CasetagRunner(a.bench_bin, encoder, a.threads, tmp)
     info["casetag"] = casetag.call("info")["runtime"]
@@ -630,6 +649,7 @@ def main() -> None:
                        for r in RUNTIMES if name in e2e[r] and base}
     wall = time.perf_counter() - t_start
     info["loadavg_end"] = os.getloadavg()
+    info["steal_share"] = steal_share(cpu_start, cpu_times())
 
     cpu = info["cpu_flags"]
     print()
@@ -674,6 +694,9 @@ def main() -> None:
     print(f"load average (1/5/15 min) at start {la0[0]:.2f}/{la0[1]:.2f}/{la0[2]:.2f}, at end "
           f"{la1[0]:.2f}/{la1[1]:.2f}/{la1[2]:.2f} on {info['nproc']} CPUs (above ~{a.threads} "
           f"means other processes competed for the cores: timings are noisy)")
+    if info["steal_share"] is not None:
+        print(f"steal time: {info['steal_share']:.1%} of the CPU time during the comparison (time "
+              "the hypervisor gave to other machines; above ~1% the timings are noisy)")
     print(f"wall time of the comparison: {wall:.0f} s")
 
     result = {"system": info, "missing": missing, "checks": checks,
