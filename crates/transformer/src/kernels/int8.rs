@@ -1255,10 +1255,15 @@ unsafe fn product_to(
     let row_blocks = n.div_ceil(MC);
     // Each task writes rows `rb*MC..` × its column block of `out`, through
     // one shared pointer.
+    let mr = path.tile().0;
     let run = |t: usize| {
         let (rb, cb) = (t / col_blocks, t % col_blocks);
         let rows = rb * MC..((rb + 1) * MC).min(n);
         let panels = cb * cols..((cb + 1) * cols).min(o / NR);
+        // What the epilogue reads (`out` or the residual, `ldo` apart: a
+        // residual needs ldo = o), at row 0.
+        let ahead = epilogue_source(epi.start, dst.get().cast_const());
+        let cols_end = panels.end * NR;
         let mut emit = |r: usize, c0: usize, nr: usize, ldc: usize, acc: &[i32]| {
             let mut d: [&mut [f32]; MAX_R] = Default::default();
             let mut starts = [Start::Out; MAX_R];
@@ -1276,26 +1281,9 @@ unsafe fn product_to(
             if let Some(f) = epi.then {
                 d[..nr].iter_mut().for_each(|d| f(d));
             }
-            // The next tile's rows of what the epilogue reads (`out` or the
-            // residual) load while its sums are computed: for layers larger
-            // than L2 that read otherwise stalls the epilogue.
-            let ahead = match epi.start {
-                Start::ResidualBias(res, _) => res.as_ptr(),
-                Start::Out => dst.get().cast_const(),
-                Start::Zero | Start::Bias(_) => std::ptr::null(),
-            };
-            let stride = if matches!(epi.start, Start::Out) {
-                ldo
-            } else {
-                o
-            };
-            if !ahead.is_null() {
-                for row in r + 2 * nr..(r + 3 * nr).min(rows.end) {
-                    for line in (0..ldc).step_by(16) {
-                        prefetch(ahead.wrapping_add(row * stride + c0 + line));
-                    }
-                }
-            }
+            // For layers larger than L2 that read otherwise stalls the
+            // epilogue.
+            prefetch_ahead(ahead, ldo, (r, mr), &rows, (c0, ldc, cols_end));
         };
         if epi.then.is_none() {
             let into = (dst, 0, ldo);
@@ -1552,6 +1540,44 @@ fn prefetch(p: *const f32) {
     let _ = p;
 }
 
+/// What an epilogue from `start` reads besides the sums, at row 0: the
+/// residual, the output itself (`out_row0`, its row 0), or nothing (null).
+fn epilogue_source(start: Start, out_row0: *const f32) -> *const f32 {
+    match start {
+        Start::ResidualBias(res, _) => res.as_ptr(),
+        Start::Out => out_row0,
+        Start::Zero | Start::Bias(_) => std::ptr::null(),
+    }
+}
+
+/// Load what the epilogue of the tile two ahead of the tile at row `r`,
+/// column `c0` reads from `ahead` (row 0 of rows `ld` apart; null: nothing),
+/// while this tile's sums are computed. Tiles run `mr` rows at a time over
+/// `rows` within each block of columns `ldc` wide, blocks up to column
+/// `cols_end`: two ahead may be in the next block's columns.
+#[inline(always)]
+fn prefetch_ahead(
+    ahead: *const f32,
+    ld: usize,
+    (r, mr): (usize, usize),
+    rows: &Range<usize>,
+    (c0, ldc, cols_end): (usize, usize, usize),
+) {
+    if ahead.is_null() {
+        return;
+    }
+    let (mut ar, mut ac) = (r + 2 * mr, c0);
+    if ar >= rows.end {
+        (ar, ac) = (rows.start + (ar - rows.end), c0 + ldc);
+    }
+    let cols = ac..(ac + ldc).min(cols_end);
+    for row in ar..(ar + mr).min(rows.end) {
+        for line in cols.clone().step_by(16) {
+            prefetch(ahead.wrapping_add(row * ld + line));
+        }
+    }
+}
+
 /// Run `path`'s kernel over `rows` × `panels`, one tile at a time (panels
 /// outer, so the panel block stays in L1), and hand each tile's int32 sums
 /// to `emit(first row, first column, rows, columns, sums)` (row-major, stride
@@ -1614,29 +1640,11 @@ unsafe fn tiles_into(
             let base = start.at(c0);
             // What the epilogue reads, at row 0 (the residual has every row,
             // `dst` from `row0` on).
-            let ahead = match start {
-                Start::ResidualBias(res, _) => res.as_ptr(),
-                Start::Out => dst.get().cast_const().wrapping_sub(row0 * ldo),
-                Start::Zero | Start::Bias(_) => std::ptr::null(),
-            };
+            let ahead = epilogue_source(start, dst.get().cast_const().wrapping_sub(row0 * ldo));
             let mut r = rows.start;
             while r < rows.end {
                 let nr = (rows.end - r).min(mr);
-                // What the epilogue of the tile two ahead reads (in the next
-                // panels' columns once these rows run out) loads while this
-                // tile's sums are computed.
-                if !ahead.is_null() {
-                    let (mut ar, mut ac) = (r + 2 * mr, c0);
-                    if ar >= rows.end {
-                        (ar, ac) = (rows.start + (ar - rows.end), c0 + ldc);
-                    }
-                    let cols = ac..(ac + ldc).min(panels.end * NR);
-                    for row in ar..(ar + mr).min(rows.end) {
-                        for line in cols.clone().step_by(16) {
-                            prefetch(ahead.wrapping_add(row * ldo + line));
-                        }
-                    }
-                }
+                prefetch_ahead(ahead, ldo, (r, mr), &rows, (c0, ldc, panels.end * NR));
                 let x = &xq.q[r * xq.ld..(r + nr - 1) * xq.ld + w.groups * KG];
                 let into = vnni::Into {
                     // SAFETY: row r < n, column c0 < o of `dst` (caller); the
