@@ -134,18 +134,6 @@ fn tfidf(counts: &[(u32, u32)], idf: &[f32], dst: &mut Vec<(u32, f32)>) {
     }
 }
 
-/// A tiny deterministic generator (splitmix64) for the subsample shuffle.
-struct SplitMix(u64);
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// Row indices to fit on: all rows, or a per-class proportional sample of
 /// `max_rows` (every present class keeps at least one row), ascending.
 fn stratified_subsample(targets: &[usize], n_out: usize, max_rows: usize, seed: u64) -> Vec<usize> {
@@ -196,12 +184,12 @@ fn stratified_subsample(targets: &[usize], n_out: usize, max_rows: usize, seed: 
             break;
         }
     }
-    let mut rng = SplitMix(seed);
+    let mut rng = casetag_core::metrics::SplitMix::from_state(seed);
     let mut rows = Vec::with_capacity(total);
     for (c, idx) in by_class.iter_mut().enumerate() {
         // Partial Fisher–Yates: the first quota[c] entries become a uniform sample.
         for i in 0..quota[c] {
-            let j = i + (rng.next() % (idx.len() - i) as u64) as usize;
+            let j = i + (rng.next_u64() % (idx.len() - i) as u64) as usize;
             idx.swap(i, j);
         }
         rows.extend_from_slice(&idx[..quota[c]]);

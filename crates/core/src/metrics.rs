@@ -187,6 +187,66 @@ pub fn ece(conf: &[f64], correct: &[bool], n_bins: usize) -> f64 {
         .sum()
 }
 
+/// The ECE (`n_bins` equal-width bins) that a perfectly calibrated model
+/// with these confidences would show on as many rows: each row's outcome is
+/// drawn as correct with probability equal to its confidence, `draws`
+/// times. Returns the mean and the 90th percentile over the draws. An ECE
+/// near the mean is what sampling alone gives on a split of this size; one
+/// above the 90th percentile is unlikely to be noise.
+pub fn ece_floor(conf: &[f64], n_bins: usize, draws: usize, seed: u64) -> (f64, f64) {
+    if conf.is_empty() || draws == 0 {
+        return (0.0, 0.0);
+    }
+    let mut rng = SplitMix::new(seed);
+    let mut ok = vec![false; conf.len()];
+    let mut eces: Vec<f64> = (0..draws)
+        .map(|_| {
+            for (o, &c) in ok.iter_mut().zip(conf) {
+                *o = rng.unit() < c;
+            }
+            ece(conf, &ok, n_bins)
+        })
+        .collect();
+    eces.sort_by(f64::total_cmp);
+    let mean = eces.iter().sum::<f64>() / draws as f64;
+    let p90 = eces[((0.9 * (draws - 1) as f64).round() as usize).min(draws - 1)];
+    (mean, p90)
+}
+
+/// splitmix64: small, seedable, good enough for resampling and simulation.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// A generator whose state is `state` as given (its first output is
+    /// [`SplitMix::mix`] of `state`).
+    pub fn from_state(state: u64) -> Self {
+        Self(state)
+    }
+
+    /// One splitmix64 step of `x` as a stateless 64-bit hash.
+    pub fn mix(x: u64) -> u64 {
+        Self::from_state(x).next_u64()
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), 53 bits.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// Coverage–accuracy curve: answer only the most confident share of cases.
 /// Returns `(coverage, accuracy)` points at every distinct confidence.
 pub fn coverage_curve(conf: &[f64], correct: &[bool]) -> Vec<(f64, f64)> {
@@ -252,18 +312,12 @@ pub fn bootstrap_delta_ci(
         .zip(b_correct)
         .map(|(&a, &b)| b as i32 - a as i32)
         .collect();
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        // splitmix64: small, seedable, good enough for resampling.
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = SplitMix::new(seed);
     let mut deltas: Vec<f64> = (0..resamples)
         .map(|_| {
-            let s: i64 = (0..n).map(|_| d[(next() % n as u64) as usize] as i64).sum();
+            let s: i64 = (0..n)
+                .map(|_| d[(rng.next_u64() % n as u64) as usize] as i64)
+                .sum();
             s as f64 / n as f64
         })
         .collect();
@@ -377,6 +431,25 @@ mod tests {
         }
         assert!((mcnemar_exact(&a, &b) - 0.021484375).abs() < 1e-12);
         assert_eq!(mcnemar_exact(&a, &a), 1.0);
+    }
+
+    #[test]
+    fn ece_floor_is_what_calibrated_outcomes_give() {
+        // Confidences spread over the middle bins: a calibrated model's ECE
+        // on 300 rows is clearly above zero, and the floor says so.
+        let conf: Vec<f64> = (0..300)
+            .map(|i| 0.55 + 0.4 * (i % 10) as f64 / 10.0)
+            .collect();
+        let (mean, p90) = ece_floor(&conf, 15, 200, 7);
+        assert!(mean > 0.01 && mean < 0.08, "{mean}");
+        assert!(p90 >= mean);
+        // Same seed, same answer; more rows, a lower floor.
+        assert_eq!(ece_floor(&conf, 15, 200, 7), (mean, p90));
+        let many: Vec<f64> = conf.iter().cycle().take(30_000).copied().collect();
+        assert!(ece_floor(&many, 15, 50, 7).0 < mean / 4.0);
+        // Confidences of 1 are always right: no noise at all.
+        assert_eq!(ece_floor(&[1.0; 50], 15, 20, 1), (0.0, 0.0));
+        assert_eq!(ece_floor(&[], 15, 20, 1), (0.0, 0.0));
     }
 
     #[test]

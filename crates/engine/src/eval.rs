@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use casetag_core::metrics::{
-    accuracy, auroc, bootstrap_delta_ci, coverage_curve, ece, hierarchical_f1, macro_f1,
+    accuracy, auroc, bootstrap_delta_ci, coverage_curve, ece, ece_floor, hierarchical_f1, macro_f1,
     mcnemar_exact, micro_f1, per_class, reliability, ClassStats, ReliabilityBin,
 };
 use casetag_core::TagPath;
@@ -61,7 +61,17 @@ pub struct LevelMetrics {
     /// confidence at this level against its correctness at this level, on
     /// the in-scope rows labelled this deep.
     pub ece: f64,
+    /// The ECE a perfectly calibrated model with the same confidences would
+    /// show on as many rows (mean over 200 simulated draws of the outcomes):
+    /// what the split's size alone gives.
+    pub ece_floor: f64,
+    /// The 90th percentile of those draws: an `ece` above it is unlikely to
+    /// be sampling noise.
+    pub ece_floor_p90: f64,
 }
+
+/// Simulated draws behind [`LevelMetrics::ece_floor`].
+const ECE_FLOOR_DRAWS: usize = 200;
 
 /// The report.json entry for one model (SPEC keys; optional ones omitted).
 #[derive(Debug, Clone, Serialize)]
@@ -248,6 +258,7 @@ pub fn evaluate_decisions(
         conf.sort_by(|a, b| b.count.cmp(&a.count).then(a.truth.cmp(&b.truth)));
         conf.truncate(10);
         confusions.insert(lname(k), conf);
+        let (ece_floor, ece_floor_p90) = ece_floor(&level_conf, 15, ECE_FLOOR_DRAWS, k as u64);
         levels.insert(
             lname(k),
             LevelMetrics {
@@ -256,6 +267,8 @@ pub fn evaluate_decisions(
                 micro_f1: micro_f1(&t, &p),
                 n: t.len(),
                 ece: ece(&level_conf, &level_ok, 15),
+                ece_floor,
+                ece_floor_p90,
             },
         );
         correct.insert(lname(k), corr);

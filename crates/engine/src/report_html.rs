@@ -324,6 +324,29 @@ th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}.plots{{
          <span style=\"color:#f58518\">&#9632;</span> share of cases in the bin (&times;0.3), \
          dashed: perfect calibration.</p>",
     );
+    h.push_str(
+        "<h3>Calibration per level</h3><p class=\"legend\">ECE of each level's reported confidence \
+         (in-scope rows); the floor is what a perfectly calibrated model with the same confidences \
+         shows on as many rows (mean and 90th percentile of 200 simulated draws): an ECE near it \
+         is the split's size, not the model.</p><table><tr><th>model</th><th>level</th><th>n</th>\
+         <th>ECE</th><th>floor (mean / p90)</th></tr>",
+    );
+    for m in models {
+        for (l, v) in &m.summary.levels {
+            let cls = if v.ece > v.ece_floor_p90 { "bad" } else { "" };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{cls}\">{:.4}</td><td>{:.4} / {:.4}</td></tr>",
+                esc(&m.summary.id),
+                esc(l),
+                v.n,
+                v.ece,
+                v.ece_floor,
+                v.ece_floor_p90
+            );
+        }
+    }
+    h.push_str("</table>");
 
     for m in models {
         let _ = write!(

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 
+use casetag_core::metrics::SplitMix;
 use serde::Serialize;
 
 /// One tagged case as the queue sees it.
@@ -172,13 +173,6 @@ const ROWS: usize = 4;
 const HASHES: usize = BANDS * ROWS;
 const SHINGLE: usize = 5;
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 /// FNV-1a over the shingle's characters: stable across runs and platforms.
 fn fnv(chars: &[char]) -> u64 {
     use casetag_core::hash::{fnv1a, FNV_OFFSET};
@@ -205,7 +199,7 @@ fn signature(text: &str) -> [u64; HASHES] {
     for s in 0..=n.saturating_sub(k) {
         let base = fnv(&norm[s..(s + k).min(n)]);
         for (j, v) in sig.iter_mut().enumerate() {
-            let h = splitmix(base ^ (j as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+            let h = SplitMix::mix(base ^ (j as u64).wrapping_mul(0xA24B_AED4_963E_E407));
             if h < *v {
                 *v = h;
             }
