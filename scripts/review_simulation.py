@@ -91,7 +91,7 @@ def fit_and_score(tag, extra):
     if a.kind == "baseline":
         args += ["--features", a.features]
     else:
-        args += ["--encoder", a.encoder, "--fusion", "none", "--precision", "int8"]
+        args += ["--encoder", a.encoder, "--mode", "frozen", "--fusion", "none", "--precision", "int8"]
     if extra:
         args += ["--extra", extra]
     _, fit_s = ct(*args)

@@ -1231,12 +1231,38 @@ fn manifest(bundle: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap()
 }
 
+/// Without `--mode`, the transformer fine-tunes its encoder's top 2 layers
+/// for at most 3 epochs, reading buyer lines first; `--mode frozen` trains
+/// the head alone, and explicit flags override the defaults.
+#[test]
+fn the_default_recipe_fine_tunes_the_top_two_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = manifest(&tiny_transformer(tmp.path()));
+    let hp = &m["hyper_parameters"];
+    assert_eq!(hp["mode"]["fine_tune"]["top_layers"], 2, "{hp}");
+    assert_eq!(hp["epochs"], 1, "--epochs overrides: {hp}");
+    assert_eq!(hp["truncation"], "buyer_first", "{hp}");
+    assert_eq!(hp["linear_probe"], true, "{hp}");
+    let (frozen, o) = train_tiny_transformer(tmp.path(), "frozen", &["--mode", "frozen"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(manifest(&frozen)["hyper_parameters"]["mode"], "frozen");
+    let (one, o) = train_tiny_transformer(tmp.path(), "one", &["--top-layers", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        manifest(&one)["hyper_parameters"]["mode"]["fine_tune"]["top_layers"],
+        1
+    );
+}
+
 /// The default transformer pools its scores with a lexical model trained on
 /// the same rows; on a random encoder the lexical model carries the answer.
 #[test]
 fn transformer_pools_lexical_evidence() {
     let tmp = tempfile::tempdir().unwrap();
-    let fused = tiny_transformer(tmp.path());
+    // Frozen: the random encoder stays random (fine-tuned, it learns the
+    // four validation rows as well as the lexical model does).
+    let (fused, o) = train_tiny_transformer(tmp.path(), "transformer", &["--mode", "frozen"]);
+    assert!(o.status.success(), "train: {}", stderr(&o));
     assert!(fused.join("fusion.json").is_file());
     assert!(fused.join("baseline.safetensors").is_file());
     let m = manifest(&fused);

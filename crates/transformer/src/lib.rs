@@ -181,6 +181,9 @@ pub struct TransformerParams {
     /// encoder's `max_position_embeddings`, 512 for BERT; less the position
     /// offset for XLM-RoBERTa, 514 - 2 = 512).
     pub max_tokens: usize,
+    /// A bundle written without it read the head (the default before
+    /// buyer-first).
+    #[serde(default)]
     pub truncation: Truncation,
     /// Optional hidden layer (GELU) in the head.
     pub hidden: Option<usize>,
@@ -227,7 +230,11 @@ impl Default for TransformerParams {
             warmup_ratio: 0.05,
             patience: 20,
             max_tokens: 128,
-            truncation: Truncation::Head,
+            // Buyer lines first: the agent's boilerplate no longer fills
+            // the budget. Chosen on the aftersales development split
+            // (benches/README.md, "Buyer lines first"); text without
+            // `[buyer]` lines reads as with `Head`.
+            truncation: Truncation::BuyerFirst,
             hidden: None,
             dropout: 0.1,
             level_loss_weight: 0.5,
@@ -333,6 +340,22 @@ pub struct TrainInputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_models_read_buyer_lines_first_old_bundles_keep_the_head() {
+        assert_eq!(
+            TransformerParams::default().truncation,
+            Truncation::BuyerFirst
+        );
+        assert_eq!(
+            TransformerParams::fine_tune().truncation,
+            Truncation::BuyerFirst
+        );
+        let mut v = serde_json::to_value(TransformerParams::default()).unwrap();
+        v.as_object_mut().unwrap().remove("truncation");
+        let old: TransformerParams = serde_json::from_value(v).unwrap();
+        assert_eq!(old.truncation, Truncation::Head);
+    }
 
     #[test]
     fn params_check_names_the_field() {
