@@ -164,11 +164,17 @@ fn train_tag_eval_on_bundled_data() {
         let acc = m["levels"][l]["accuracy"].as_f64().unwrap();
         assert!(acc > 0.5, "{l} accuracy {acc} is implausibly low");
         assert!(m["levels"][l]["macro_f1"].is_number());
+        // Each level's ECE comes with the floor a calibrated model would
+        // show on as many rows: positive on a finite split, p90 above mean.
+        let floor = m["levels"][l]["ece_floor"].as_f64().unwrap();
+        let p90 = m["levels"][l]["ece_floor_p90"].as_f64().unwrap();
+        assert!(floor > 0.0 && floor <= p90, "{l}: floor {floor}, p90 {p90}");
     }
     // Levels are nested: L1 is at least as easy as L3.
     assert!(m["levels"]["l1"]["accuracy"].as_f64() >= m["levels"]["l3"]["accuracy"].as_f64());
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("Reliability"));
+    assert!(html.contains("Calibration per level") && html.contains("floor (mean / p90)"));
 
     // Tag the same file: rows in = rows out, prediction columns present.
     let out = tmp.path().join("tagged.csv");
