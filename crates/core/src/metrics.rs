@@ -209,8 +209,14 @@ pub fn ece_floor(conf: &[f64], n_bins: usize, draws: usize, seed: u64) -> (f64, 
         .collect();
     eces.sort_by(f64::total_cmp);
     let mean = eces.iter().sum::<f64>() / draws as f64;
-    let p90 = eces[((0.9 * (draws - 1) as f64).round() as usize).min(draws - 1)];
-    (mean, p90)
+    (mean, quantile_sorted(&eces, 0.9))
+}
+
+/// The `p` quantile (0 to 1) of ascending, non-empty `sorted`: the value at
+/// the nearest index to `p · (len − 1)`.
+fn quantile_sorted(sorted: &[f64], p: f64) -> f64 {
+    let last = sorted.len() - 1;
+    sorted[((p * last as f64).round() as usize).min(last)]
 }
 
 /// splitmix64: small, seedable, good enough for resampling and simulation.
@@ -322,8 +328,10 @@ pub fn bootstrap_delta_ci(
         })
         .collect();
     deltas.sort_by(f64::total_cmp);
-    let q = |p: f64| deltas[((p * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
-    (q(0.025), q(0.975))
+    (
+        quantile_sorted(&deltas, 0.025),
+        quantile_sorted(&deltas, 0.975),
+    )
 }
 
 #[cfg(test)]
