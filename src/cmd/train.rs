@@ -151,11 +151,6 @@ enum TrainMode {
     Finetune,
 }
 
-/// Fine-tuning's default depth and length when `--top-layers` / `--epochs`
-/// are not given (benches/README.md, "Fine-tuning on the transcripts").
-const FINETUNE_TOP_LAYERS: usize = 2;
-const FINETUNE_EPOCHS: usize = 3;
-
 pub fn run(a: Args) -> CmdResult {
     let labels = super::parse_label_columns(&a.label_columns)?;
     if let (Some(from), Some(add)) = (&a.from, &a.add) {
@@ -233,15 +228,14 @@ pub fn run(a: Args) -> CmdResult {
     match a.mode {
         TrainMode::Frozen => t.mode = casetag_transformer::Mode::Frozen,
         TrainMode::Finetune => {
-            // Fine-tuning has its own defaults (epochs, learning rates,
-            // linear probe first); the flags below override them.
-            *t = casetag_transformer::TransformerParams {
-                mode: casetag_transformer::Mode::FineTune {
-                    top_layers: Some(a.top_layers.unwrap_or(FINETUNE_TOP_LAYERS)),
-                },
-                epochs: FINETUNE_EPOCHS,
-                ..casetag_transformer::TransformerParams::fine_tune()
-            };
+            // Fine-tuning has its own defaults (top layers, epochs,
+            // learning rates, linear probe first); the flags override them.
+            *t = casetag_transformer::TransformerParams::fine_tune();
+            if let Some(n) = a.top_layers {
+                t.mode = casetag_transformer::Mode::FineTune {
+                    top_layers: Some(n),
+                };
+            }
         }
     }
     t.seed = a.seed;

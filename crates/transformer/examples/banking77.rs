@@ -105,9 +105,9 @@ fn main() {
     } else {
         TransformerParams::default()
     };
-    if finetune {
+    if let (true, Some(n)) = (finetune, arg("--top-layers")) {
         p.mode = Mode::FineTune {
-            top_layers: arg("--top-layers").map(|s| s.parse().unwrap()),
+            top_layers: Some(n.parse().unwrap()),
         };
     }
     if let Some(v) = arg("--epochs") {
