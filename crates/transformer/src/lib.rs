@@ -232,8 +232,9 @@ impl Default for TransformerParams {
             max_tokens: 128,
             // Buyer lines first: the agent's boilerplate no longer fills
             // the budget. Chosen on the aftersales development split
-            // (benches/README.md, "Buyer lines first"); text without
-            // `[buyer]` lines reads as with `Head`.
+            // (benches/README.md, "Fine-tuning on the transcripts, and
+            // buyer lines first"); text without `[buyer]` lines reads as
+            // with `Head`.
             truncation: Truncation::BuyerFirst,
             hidden: None,
             dropout: 0.1,
