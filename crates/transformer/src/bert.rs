@@ -679,6 +679,26 @@ impl Bert {
         Ok(x)
     }
 
+    /// The trained layers only: `x` (batch * seq, hidden) is the input of
+    /// layer `train.grad_from` (what [`FastBert::hidden_below`] gives for
+    /// the layers below, which have no dropout and no gradient), padded
+    /// like `mask_bias`. Returns the last hidden states as in
+    /// [`Self::forward`].
+    pub(crate) fn forward_top(
+        &self,
+        x: Tensor,
+        b: usize,
+        s: usize,
+        mask_bias: Option<&Tensor>,
+        train: &mut TrainCtx<'_>,
+    ) -> Result<Tensor> {
+        let mut x = x;
+        for layer in self.layers.iter().skip(train.grad_from) {
+            x = self.layer_forward(layer, &x, b, s, mask_bias, true, Some(&mut *train))?;
+        }
+        Ok(x)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,

@@ -213,6 +213,16 @@ impl Padded {
     }
 }
 
+/// Hidden states of a set of sequences below the first trained layer
+/// ([`Encoder::states_below`]): sequence `i`'s `lens[i]` rows start at row
+/// `starts[i]` of `data` (rows of `h`).
+pub(crate) struct StatesBelow {
+    data: Vec<f32>,
+    starts: Vec<usize>,
+    lens: Vec<usize>,
+    h: usize,
+}
+
 /// Tokens of real text the int8 forward is calibrated on: 4,096 (32
 /// sequences of 128 tokens; a few hundred short queries) brought the int8
 /// embeddings as close to fp32 as 13,500 on held-out training texts of both
@@ -486,6 +496,75 @@ impl Encoder {
         self.forward_pooled(&batch, None)
     }
 
+    /// Every sequence's hidden states below layer `layers` (the input of
+    /// the first trained layer), through the packed forward, once: the
+    /// layers below have no gradient and no dropout, so fine-tuning reads
+    /// these on every epoch instead of running those layers again.
+    /// `None` (nothing computed) when they would take more than
+    /// `max_bytes`; `None` as well off the CPU.
+    pub(crate) fn states_below(
+        &self,
+        seqs: &[Vec<u32>],
+        layers: usize,
+        batch_size: usize,
+        max_bytes: usize,
+    ) -> Result<Option<StatesBelow>> {
+        let h = self.hidden_size();
+        let max_pos = self.max_positions();
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len().min(max_pos)).collect();
+        let total: usize = lens.iter().sum();
+        if !self.bert.device().is_cpu() || total.saturating_mul(h * 4) > max_bytes {
+            return Ok(None);
+        }
+        let mut starts = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for &l in &lens {
+            starts.push(row);
+            row += l;
+        }
+        let mut data = vec![0f32; total * h];
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| lens[i]);
+        let fast = self.bert.fast()?;
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
+            let x = fast.hidden_below(&batch, layers);
+            let mut at = 0;
+            for &i in chunk {
+                let n = lens[i] * h;
+                data[starts[i] * h..starts[i] * h + n].copy_from_slice(&x[at..at + n]);
+                at += n;
+            }
+        }
+        Ok(Some(StatesBelow {
+            data,
+            starts,
+            lens,
+            h,
+        }))
+    }
+
+    /// [`Self::forward_pooled`] from stored states below the trained
+    /// layers: rows `idx` of `below`, whose token ids are `batch`.
+    pub(crate) fn forward_pooled_above(
+        &self,
+        batch: &[&[u32]],
+        idx: &[usize],
+        below: &StatesBelow,
+        train: &mut TrainCtx<'_>,
+    ) -> Result<Tensor> {
+        let p = Padded::new(batch, self.pad_id, self.bert.device())?;
+        let h = below.h;
+        let mut x = vec![0f32; p.b * p.s * h];
+        for (j, &i) in idx.iter().enumerate() {
+            let (start, len) = (below.starts[i] * h, below.lens[i] * h);
+            x[j * p.s * h..j * p.s * h + len].copy_from_slice(&below.data[start..start + len]);
+        }
+        let x = Tensor::from_vec(x, (p.b * p.s, h), self.bert.device())?;
+        let hidden = self.bert.forward_top(x, p.b, p.s, p.bias.as_ref(), train)?;
+        p.mean_pool(&hidden)
+    }
+
     /// Forward one padded batch and mean-pool it: (b, hidden).
     pub(crate) fn forward_pooled(
         &self,
@@ -558,6 +637,50 @@ mod tests {
         for (a, b) in fast.concat().iter().zip(slow.concat()) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn stored_states_below_give_the_same_trained_forward() {
+        use rand::SeedableRng;
+        let d = tempfile::tempdir().unwrap();
+        crate::fixtures::write_tiny_bert(d.path(), 9).unwrap();
+        let mut e = Encoder::load(d.path().to_str().unwrap(), &Device::Cpu).unwrap();
+        let layers = e.config().num_hidden_layers;
+        assert!(
+            layers >= 2,
+            "the fixture needs a frozen and a trained layer"
+        );
+        let texts = [
+            "the parcel never arrived",
+            "refund please",
+            "the seller sent the wrong colour and will not answer",
+        ];
+        let ids = e.tokenize(&texts, 32, Truncation::Head).unwrap();
+        let g = layers - 1;
+        e.bert.make_trainable(g).unwrap();
+        // Rows 2 and 0 in one batch of different lengths (padding).
+        let idx = [2usize, 0];
+        let batch: Vec<&[u32]> = idx.iter().map(|&i| ids[i].as_slice()).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut ctx = TrainCtx {
+            grad_from: g,
+            dropout: 0.0,
+            rng: &mut rng,
+        };
+        let want = e.forward_pooled(&batch, Some(&mut ctx)).unwrap();
+        let below = e.states_below(&ids, g, 2, usize::MAX).unwrap().unwrap();
+        let got = e
+            .forward_pooled_above(&batch, &idx, &below, &mut ctx)
+            .unwrap();
+        let (want, got) = (
+            want.to_vec2::<f32>().unwrap(),
+            got.to_vec2::<f32>().unwrap(),
+        );
+        for (w, g) in want.iter().flatten().zip(got.iter().flatten()) {
+            assert!((w - g).abs() < 1e-4, "{w} vs {g}");
+        }
+        // Over the budget nothing is stored.
+        assert!(e.states_below(&ids, g, 2, 64).unwrap().is_none());
     }
 
     #[test]

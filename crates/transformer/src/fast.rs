@@ -381,7 +381,7 @@ impl FastBert {
             maxima: Vec::new(),
             grams: texts.map(|_| Vec::new()),
         };
-        reference.hidden_impl(&refs, Some(&mut calib));
+        reference.hidden_impl(&refs, usize::MAX, Some(&mut calib));
         Self::build(cfg, act, t, precision, Some(&calib))
     }
 
@@ -465,12 +465,25 @@ impl FastBert {
     /// a two-core machine (1 × 16 tokens: 1.9 → 1.3 ms fp32, 0.8 → 0.4 ms
     /// int8; benches/README.md).
     pub fn hidden(&self, seqs: &[&[u32]]) -> Vec<f32> {
-        rayon::scope(|_| self.hidden_impl(seqs, None))
+        rayon::scope(|_| self.hidden_impl(seqs, usize::MAX, None))
     }
 
-    /// [`Self::hidden`], recording into `stats` (when given) each layer's
-    /// input maxima of QKV and FFN-in, and the Gram matrices it asks for.
-    fn hidden_impl(&self, seqs: &[&[u32]], mut stats: Option<&mut Calibration>) -> Vec<f32> {
+    /// The hidden states (tokens, hidden) after the first `layers` layers
+    /// (0: the embeddings' LayerNorm): the input of layer `layers`, which
+    /// fine-tuning computes once for the layers it does not train.
+    pub fn hidden_below(&self, seqs: &[&[u32]], layers: usize) -> Vec<f32> {
+        rayon::scope(|_| self.hidden_impl(seqs, layers, None))
+    }
+
+    /// [`Self::hidden`] through the first `layers` layers, recording into
+    /// `stats` (when given) each layer's input maxima of QKV and FFN-in,
+    /// and the Gram matrices it asks for.
+    fn hidden_impl(
+        &self,
+        seqs: &[&[u32]],
+        layers: usize,
+        mut stats: Option<&mut Calibration>,
+    ) -> Vec<f32> {
         let h = self.h;
         // The tokenizer never exceeds the positions; cut defensively anyway.
         let seqs: Vec<&[u32]> = seqs
@@ -526,7 +539,7 @@ impl FastBert {
             first.map(|inv| (inv, &mut *norm_codes)),
         );
         let act = |v: &mut [f32]| activate(v, self.act);
-        for (li, l) in self.layers.iter().enumerate() {
+        for (li, l) in self.layers.iter().enumerate().take(layers) {
             let qkv_max = stats.as_ref().map(|_| column_max(&x, h));
             if let Some(st) = stats.as_mut() {
                 st.record_gram(&x, n, h);
