@@ -1260,6 +1260,64 @@ fn the_default_recipe_fine_tunes_the_top_two_layers() {
     );
 }
 
+/// A report that evaluates a transformer breaks its metrics down by the
+/// texts' whole length in that model's tokens as well as in words; one
+/// without a transformer only by words.
+#[test]
+fn eval_slices_by_token_length_with_a_transformer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tiny_transformer(tmp.path());
+    let data = tmp.path().join("lengths.csv");
+    let mut body = String::from("text,l1\n");
+    for i in 1..=20 {
+        let (t, l) = if i % 2 == 0 {
+            ("refund my money", "refund")
+        } else {
+            ("where is my parcel", "logistics")
+        };
+        body.push_str(&format!("{} {t},{l}\n", "please ".repeat(i)));
+    }
+    std::fs::write(&data, body).unwrap();
+    let (o, r) = eval_model(&t, &data, &tmp.path().join("r"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = r.unwrap();
+    let slices = r["details"][0]["slices"].as_array().unwrap();
+    let of = |col: &str| -> Vec<(String, u64)> {
+        slices
+            .iter()
+            .filter(|s| s["column"] == col)
+            .map(|s| {
+                (
+                    s["value"].as_str().unwrap().to_string(),
+                    s["n"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let tokens = of("tokens");
+    assert_eq!(tokens.len(), 4, "{tokens:?}");
+    assert!(
+        tokens.iter().all(|(v, _)| v.ends_with(" tokens")),
+        "{tokens:?}"
+    );
+    assert_eq!(tokens.iter().map(|(_, n)| n).sum::<u64>(), 20);
+    assert_eq!(of("length").len(), 4);
+    // The baseline alone: words only.
+    let (o, r) = eval_fixture(&data, &tmp.path().join("b"), &["--unknown-labels", "wrong"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = r.unwrap();
+    let cols: Vec<&str> = r["details"][0]["slices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["column"].as_str().unwrap())
+        .collect();
+    assert!(
+        cols.contains(&"length") && !cols.contains(&"tokens"),
+        "{cols:?}"
+    );
+}
+
 /// The default transformer pools its scores with a lexical model trained on
 /// the same rows; on a random encoder the lexical model carries the answer.
 #[test]
@@ -1730,10 +1788,21 @@ fn sharded_tag_equals_one_run() {
 /// `eval` of the baseline fixture on `data` into `out` with `extra` flags:
 /// the output and the report, when one was written.
 fn eval_fixture(data: &Path, out: &Path, extra: &[&str]) -> (Output, Option<serde_json::Value>) {
+    eval_model(baseline(), data, out, extra)
+}
+
+/// `eval` of `model` on `data` into `out` with `extra` flags: the output
+/// and the report, when one was written.
+fn eval_model(
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (Output, Option<serde_json::Value>) {
     let mut args = vec![
         "eval",
         "--model",
-        baseline().to_str().unwrap(),
+        model.to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
         "--out",

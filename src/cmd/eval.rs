@@ -4,7 +4,8 @@ use std::time::Instant;
 use casetag_core::label_map::{LabelMap, MapReport};
 use casetag_core::{TagPath, Transcript};
 use casetag_engine::eval::{
-    compare, evaluate_logits, length_quartiles, report_json, EvalRow, ModelEval, LENGTH_SLICE,
+    compare, evaluate_logits, length_quartiles, quartiles, report_json, EvalRow, ModelEval,
+    LENGTH_SLICE, TOKENS_SLICE,
 };
 use casetag_engine::gate::{Gate, GateVerdict};
 use casetag_engine::load_model;
@@ -35,7 +36,8 @@ pub struct Args {
     out: PathBuf,
     /// Pass-through column to break every metric down by (repeatable). Every
     /// report also breaks metrics down by transcript length (`length`: word-
-    /// count quartiles).
+    /// count quartiles; `tokens`: quartiles of the whole text's length in
+    /// the first transformer model's tokens, when one is evaluated).
     #[arg(long = "slice")]
     slices: Vec<String>,
     /// Release gate YAML; exit 3 when any check fails.
@@ -227,6 +229,16 @@ pub fn run(a: Args) -> CmdResult {
             )));
         }
         loaded.push((mp, m));
+    }
+    // Lengths in the first transformer's tokens too: what its token limit
+    // cuts.
+    if let Some(counts) = loaded
+        .iter()
+        .find_map(|(_, m)| m.classifier.text_tokens(&cases))
+    {
+        for (row, q) in rows.iter_mut().zip(quartiles(&counts, "tokens")) {
+            row.slices.push((TOKENS_SLICE.to_string(), q));
+        }
     }
     // Labels a model's taxonomy does not know, checked before any
     // inference; with `error` the first such model stops the run.

@@ -237,6 +237,13 @@ pub trait Classifier: Send + Sync {
     fn tokens(&self, _cases: &[Transcript]) -> Option<Vec<usize>> {
         None
     }
+
+    /// Each case's whole text in the model's tokens, uncut (special
+    /// tokens included): how long the texts are for this model, whatever
+    /// part of them it reads. `None` for models that do not tokenize.
+    fn text_tokens(&self, _cases: &[Transcript]) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 /// Dot product with eight independent accumulators (vectorizes without a

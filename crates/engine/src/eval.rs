@@ -23,6 +23,10 @@ pub struct EvalRow {
 /// Name of the built-in slice by transcript length.
 pub const LENGTH_SLICE: &str = "length";
 
+/// Name of the slice by length in a transformer's tokens (reports that
+/// evaluate one).
+pub const TOKENS_SLICE: &str = "tokens";
+
 /// Each text's length quartile over `texts`, as a slice value: `q1 ≤ A
 /// words`, `q2 A+1-B words`, `q3 B+1-C words`, `q4 > C words`, where A, B
 /// and C are the 25th, 50th and 75th percentiles of the word counts
@@ -31,7 +35,13 @@ pub const LENGTH_SLICE: &str = "length";
 /// so every report breaks its metrics down this way.
 pub fn length_quartiles(texts: &[&str]) -> Vec<String> {
     let counts: Vec<usize> = texts.iter().map(|t| t.split_whitespace().count()).collect();
-    let mut sorted = counts.clone();
+    quartiles(&counts, "words")
+}
+
+/// Each count's quartile over `counts`, as a slice value naming `unit`
+/// (see [`length_quartiles`]).
+pub fn quartiles(counts: &[usize], unit: &str) -> Vec<String> {
+    let mut sorted = counts.to_vec();
     sorted.sort_unstable();
     let pct = |p: usize| {
         sorted
@@ -43,10 +53,10 @@ pub fn length_quartiles(texts: &[&str]) -> Vec<String> {
     counts
         .iter()
         .map(|&n| match n {
-            n if n <= a => format!("q1 ≤ {a} words"),
-            n if n <= b => format!("q2 {}-{b} words", a + 1),
-            n if n <= c => format!("q3 {}-{c} words", b + 1),
-            _ => format!("q4 > {c} words"),
+            n if n <= a => format!("q1 ≤ {a} {unit}"),
+            n if n <= b => format!("q2 {}-{b} {unit}", a + 1),
+            n if n <= c => format!("q3 {}-{c} {unit}", b + 1),
+            _ => format!("q4 > {c} {unit}"),
         })
         .collect()
 }

@@ -303,6 +303,10 @@ impl Classifier for TransformerClassifier {
     fn tokens(&self, cases: &[Transcript]) -> Option<Vec<usize>> {
         self.transformer.tokens(cases)
     }
+
+    fn text_tokens(&self, cases: &[Transcript]) -> Option<Vec<usize>> {
+        self.transformer.text_tokens(cases)
+    }
 }
 
 #[cfg(test)]

@@ -363,6 +363,10 @@ impl Classifier for TransformerModel {
     fn tokens(&self, cases: &[Transcript]) -> Option<Vec<usize>> {
         guarded(cases, |texts| self.token_counts(texts)).ok()
     }
+
+    fn text_tokens(&self, cases: &[Transcript]) -> Option<Vec<usize>> {
+        guarded(cases, |texts| self.encoder.text.whole_lengths(texts)).ok()
+    }
 }
 
 /// Run inference on the cases' texts with errors and (defensively) panics

@@ -187,6 +187,15 @@ impl TextEncoder {
             .collect())
     }
 
+    /// Each text's length in tokens, whole (special tokens included).
+    pub fn whole_lengths(&self, texts: &[&str]) -> Result<Vec<usize>> {
+        let encs = self
+            .tok
+            .encode_batch(texts.to_vec(), false)
+            .map_err(|e| TransformerError::Tokenizer(crate::error::one_line(&e.to_string())))?;
+        Ok(encs.iter().map(|e| e.len() + self.n_special()).collect())
+    }
+
     fn frame(&self, ids: &[u32], budget: usize, truncation: Truncation) -> Vec<u32> {
         let mut out = Vec::with_capacity(budget.min(ids.len()) + self.n_special());
         out.extend_from_slice(&self.prefix);
