@@ -101,7 +101,8 @@ pub struct Args {
     /// when fine-tuning, 100 frozen).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Transformer: maximum tokens per case (per window with `--truncation windows`).
+    /// Transformer: maximum tokens per case (per window with `--truncation
+    /// windows`); default 256.
     #[arg(long)]
     max_tokens: Option<usize>,
     /// Transformer: which tokens of a transcript longer than `--max-tokens`
