@@ -1400,6 +1400,19 @@ fn transformer_pools_lexical_evidence() {
         &["--fusion", "none", "--lexical-from", lex.to_str().unwrap()],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A bundle of another kind is refused before the transformer is fitted.
+    let (_, o) = train_tiny_transformer(
+        tmp.path(),
+        "other",
+        &["--lexical-from", reused.to_str().unwrap(), "--log", "info"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("a baseline bundle is needed"), "{e}");
+    assert!(
+        !e.contains("linear probe"),
+        "refused only after fitting: {e}"
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::path::Path;
 use casetag_core::{Classifier, LabelSpace, Taxonomy};
 
 use crate::fusion::TransformerClassifier;
-use crate::train::{level_maps, lexical_evidence, TrainConfig};
+use crate::train::{level_maps, lexical_evidence, lexical_from, TrainConfig};
 use crate::{EngineError, Result};
 
 /// What a backend is fitted on: the training rows' texts and targets
@@ -254,6 +254,10 @@ impl Backend for Transformer {
             .encoder
             .clone()
             .ok_or_else(|| EngineError::Input(ENCODER_REQUIRED.into()))?;
+        let given = match (&cfg.lexical_from, cfg.fusion) {
+            (Some(dir), crate::fusion::Fusion::Lexical) => Some(lexical_from(dir, data)?),
+            _ => None,
+        };
         let inputs = casetag_transformer::TrainInputs {
             texts: data.texts.iter().map(|s| s.to_string()).collect(),
             targets: data.targets.to_vec(),
@@ -274,7 +278,7 @@ impl Backend for Transformer {
         h["encoder"] = serde_json::Value::String(enc);
         let lexical = match cfg.fusion {
             crate::fusion::Fusion::None => None,
-            crate::fusion::Fusion::Lexical => lexical_evidence(cfg, &m, data, progress)?,
+            crate::fusion::Fusion::Lexical => lexical_evidence(cfg, given, &m, data, progress)?,
         };
         h["fusion"] = serde_json::to_value(cfg.fusion).unwrap_or_default();
         if let Some((b, info)) = &lexical {

@@ -209,12 +209,47 @@ pub fn level_maps(tax: &Taxonomy, ls: &LabelSpace) -> Vec<Vec<usize>> {
     maps
 }
 
+/// The baseline bundle `--lexical-from` names, checked to be a baseline
+/// trained on the same rows with the same taxonomy, with its id. Loaded
+/// before the transformer is fitted, so a wrong bundle is refused at once,
+/// not after the fit.
+pub(crate) fn lexical_from(
+    dir: &std::path::Path,
+    fit: &FitData<'_>,
+) -> Result<(casetag_baseline::BaselineModel, String)> {
+    let bundle = Bundle::open(dir)?;
+    let man = &bundle.manifest;
+    let refuse =
+        |why: String| EngineError::Input(format!("--lexical-from {}: {why}", dir.display()));
+    if man.kind != casetag_baseline::KIND {
+        return Err(refuse(format!(
+            "a baseline bundle is needed, this one is '{}'",
+            man.kind
+        )));
+    }
+    if man.training_data_hash != fit.data_hash {
+        return Err(refuse(
+            "trained on other rows (its training data hash differs); the lexical model must be trained on the same training rows"
+                .into(),
+        ));
+    }
+    if &man.label_space != fit.label_space || bundle.taxonomy.raw() != fit.taxonomy.raw() {
+        return Err(refuse(
+            "its taxonomy or label space differs from this training run's".into(),
+        ));
+    }
+    let b = casetag_baseline::BaselineModel::load(dir, fit.id)
+        .map_err(|e| EngineError::Baseline(format!("{}: {e}", dir.display())))?;
+    Ok((b, man.id.clone()))
+}
+
 /// The lexical model a transformer is pooled with ([`crate::fusion`]):
-/// fitted on the same rows, or taken from `--lexical-from` after checking
-/// it was trained on them; then the weight chosen on validation. `None`
-/// (with a note) when there are no validation rows to choose it on.
+/// `given` (from [`lexical_from`]) or fitted on the same rows; then the
+/// weight chosen on validation. `None` (with a note) when there are no
+/// validation rows to choose it on.
 pub(crate) fn lexical_evidence(
     cfg: &TrainConfig,
+    given: Option<(casetag_baseline::BaselineModel, String)>,
     m: &casetag_transformer::TransformerModel,
     fit: &FitData<'_>,
     progress: &dyn Fn(&str),
@@ -223,34 +258,8 @@ pub(crate) fn lexical_evidence(
         progress("lexical fusion skipped: no labelled validation rows to weigh the models on");
         return Ok(None);
     }
-    let (b, source) = match &cfg.lexical_from {
-        Some(dir) => {
-            let bundle = Bundle::open(dir)?;
-            let man = &bundle.manifest;
-            let refuse = |why: String| {
-                EngineError::Input(format!("--lexical-from {}: {why}", dir.display()))
-            };
-            if man.kind != casetag_baseline::KIND {
-                return Err(refuse(format!(
-                    "a baseline bundle is needed, this one is '{}'",
-                    man.kind
-                )));
-            }
-            if man.training_data_hash != fit.data_hash {
-                return Err(refuse(
-                    "trained on other rows (its training data hash differs); the lexical model must be trained on the same training rows"
-                        .into(),
-                ));
-            }
-            if &man.label_space != fit.label_space || bundle.taxonomy.raw() != fit.taxonomy.raw() {
-                return Err(refuse(
-                    "its taxonomy or label space differs from this training run's".into(),
-                ));
-            }
-            let b = casetag_baseline::BaselineModel::load(dir, fit.id)
-                .map_err(|e| EngineError::Baseline(format!("{}: {e}", dir.display())))?;
-            (b, man.id.clone())
-        }
+    let (b, source) = match given {
+        Some(g) => g,
         None => {
             // Its parameters were checked with the transformer's
             // (`Backend::check`), before anything was fitted.
