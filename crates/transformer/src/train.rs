@@ -193,6 +193,43 @@ fn check_inputs(inputs: &TrainInputs, n_out: usize) -> Result<()> {
     Ok(())
 }
 
+/// While it lives, glibc keeps the memory freed by the process instead of
+/// handing it back to the system. Each fine-tuning step allocates and frees
+/// tensors of tens of MiB (attention scores, FFN activations), above the
+/// size glibc maps separately, so each was mapped afresh and its pages
+/// faulted in again: 67 M page faults and 166 s of system time in a
+/// 5.5-minute epoch on the bundled transcripts, 20 s without
+/// (benches/README.md, "Whole transcripts: 256 tokens"). Dropping it
+/// restores glibc's documented defaults and hands the free memory back.
+struct KeepFreedMemory;
+
+impl KeepFreedMemory {
+    fn new() -> Self {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator parameters; glibc applies
+        // them under its own lock.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 0);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        }
+        Self
+    }
+}
+
+impl Drop for KeepFreedMemory {
+    fn drop(&mut self) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: as in `new`; malloc_trim releases free memory only.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_MAX, 65_536);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+            libc::mallopt(libc::M_TOP_PAD, 128 << 10);
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Hidden states below the trained layers are kept in memory up to this
 /// size (about 650 MiB for the 3,790 bundled training transcripts at 256
 /// tokens with MiniLM); a larger training set runs those layers on every
@@ -517,6 +554,7 @@ pub fn fit(
         ));
     }
 
+    let keep_freed = grad_from.map(|_| KeepFreedMemory::new());
     // The layers below the trained ones run once, not on every epoch.
     let below = match grad_from {
         Some(g) if g > 0 => {
@@ -654,6 +692,8 @@ pub fn fit(
             break;
         }
     }
+    drop(below);
+    drop(keep_freed);
     if let Some(s) = best_head {
         head.restore(&s);
     }
