@@ -671,19 +671,21 @@ impl Bert {
                 x = dropout(&x, t.dropout, t.rng)?;
             }
         }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let tracked = i >= grad_from;
-            let t = if tracked { train.as_deref_mut() } else { None };
-            x = self.layer_forward(layer, &x, b, s, mask_bias, tracked, t)?;
+        for layer in self.layers.iter().take(grad_from) {
+            x = self.layer_forward(layer, &x, b, s, mask_bias, false, None)?;
         }
-        Ok(x)
+        match train {
+            Some(t) => self.forward_top(x, b, s, mask_bias, t),
+            None => Ok(x),
+        }
     }
 
     /// The trained layers only: `x` (batch * seq, hidden) is the input of
-    /// layer `train.grad_from` (what [`FastBert::hidden_below`] gives for
-    /// the layers below, which have no dropout and no gradient), padded
-    /// like `mask_bias`. Returns the last hidden states as in
-    /// [`Self::forward`].
+    /// layer `train.grad_from` (from the untracked layers of
+    /// [`Self::forward`], or what [`FastBert::hidden_below`] gives for
+    /// them: they have no dropout and no gradient), padded like
+    /// `mask_bias`. Returns the last hidden states as [`Self::forward`]
+    /// does.
     pub(crate) fn forward_top(
         &self,
         x: Tensor,

@@ -213,6 +213,21 @@ impl Padded {
     }
 }
 
+/// `seqs` in sub-batches of at most `batch_size` sequences of similar
+/// length (sorted by length, so short texts never pay for long ones in a
+/// padded batch): each sub-batch's input indices with its token ids.
+fn length_batches(seqs: &[Vec<u32>], batch_size: usize) -> Vec<(Vec<usize>, Vec<&[u32]>)> {
+    let mut order: Vec<usize> = (0..seqs.len()).collect();
+    order.sort_by_key(|&i| seqs[i].len());
+    order
+        .chunks(batch_size.max(1))
+        .map(|chunk| {
+            let batch = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
+            (chunk.to_vec(), batch)
+        })
+        .collect()
+}
+
 /// Hidden states of a set of sequences below the first trained layer
 /// ([`Encoder::states_below`]): sequence `i`'s `lens[i]` rows start at row
 /// `starts[i]` of `data` (rows of `h`).
@@ -389,33 +404,31 @@ impl Encoder {
         if seqs.is_empty() {
             return Ok(Tensor::zeros((0, h), DType::F32, device)?);
         }
-        let mut order: Vec<usize> = (0..seqs.len()).collect();
-        order.sort_by_key(|&i| seqs[i].len());
+        let batches = length_batches(seqs, batch_size);
         if device.is_cpu() {
             // Packed hot path: no padding at all (see `fast`).
             let fast = self.bert.fast()?;
             let mut out = vec![0f32; seqs.len() * h];
-            for chunk in order.chunks(batch_size.max(1)) {
-                let batch: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
-                let pooled = fast.pooled(&batch);
+            for (chunk, batch) in &batches {
+                let pooled = fast.pooled(batch);
                 for (j, &i) in chunk.iter().enumerate() {
                     out[i * h..(i + 1) * h].copy_from_slice(&pooled[j * h..(j + 1) * h]);
                 }
             }
             return Ok(Tensor::from_vec(out, (seqs.len(), h), device)?);
         }
-        let mut parts = Vec::with_capacity(seqs.len().div_ceil(batch_size.max(1)));
-        for chunk in order.chunks(batch_size.max(1)) {
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
-            let pooled = self.forward_pooled(&batch, None)?;
+        let mut parts = Vec::with_capacity(batches.len());
+        for (_, batch) in &batches {
+            let pooled = self.forward_pooled(batch, None)?;
             // Detach: during fine-tuning the weights are variables and the
             // graph would keep every intermediate tensor alive.
             parts.push(pooled.detach());
         }
         let sorted = Tensor::cat(&parts, 0)?;
-        // Row j of `sorted` is input order[j]; invert the permutation.
+        // Row j of `sorted` is the j-th input index of the sub-batches in
+        // order; invert the permutation.
         let mut inv = vec![0u32; seqs.len()];
-        for (j, &i) in order.iter().enumerate() {
+        for (j, &i) in batches.iter().flat_map(|(chunk, _)| chunk).enumerate() {
             inv[i] = j as u32;
         }
         let inv = Tensor::from_vec(inv, seqs.len(), device)?;
@@ -523,14 +536,11 @@ impl Encoder {
             row += l;
         }
         let mut data = vec![0f32; total * h];
-        let mut order: Vec<usize> = (0..seqs.len()).collect();
-        order.sort_by_key(|&i| lens[i]);
         let fast = self.bert.fast()?;
-        for chunk in order.chunks(batch_size.max(1)) {
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
+        for (chunk, batch) in length_batches(seqs, batch_size) {
             let x = fast.hidden_below(&batch, layers);
             let mut at = 0;
-            for &i in chunk {
+            for i in chunk {
                 let n = lens[i] * h;
                 data[starts[i] * h..starts[i] * h + n].copy_from_slice(&x[at..at + n]);
                 at += n;
