@@ -264,12 +264,7 @@ fn synthetic_cases(n: usize, len: usize, n_classes: usize) -> Vec<(String, usize
         "sta", "fo", "gli", "mar", "tes", "wy",
     ];
     let mut state = 0x1234_5678_9abc_def0u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = move || casetag_core::xorshift64(&mut state);
     (0..n)
         .map(|_| {
             let c = (next() % n_classes as u64) as usize;

@@ -246,6 +246,16 @@ pub trait Classifier: Send + Sync {
     }
 }
 
+/// One step of the xorshift64 generator (Marsaglia): advances `state`
+/// (nonzero) and returns it. The workspace's one source of reproducible
+/// pseudo-random numbers: shuffles, samples and test data.
+pub fn xorshift64(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// Dot product with eight independent accumulators (vectorizes without a
 /// serial dependency on one sum).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

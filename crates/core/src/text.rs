@@ -677,12 +677,7 @@ mod tests {
             "\u{7}", "\u{7f}", "é", "ſ", "\u{200B}", "order ", "+1 ", "ab12", "no. ",
         ];
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = move || crate::xorshift64(&mut state);
         (0..n)
             .map(|_| {
                 let len = (next() % 40) as usize;

@@ -17,9 +17,7 @@ use casetag_engine::oos_meta::{MetaDetector, MetaInputs, MetaParams};
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
+        casetag_core::xorshift64(&mut self.0);
         (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     }
 }

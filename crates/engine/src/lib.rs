@@ -64,9 +64,7 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 /// state can run through several shuffles.
 pub(crate) fn shuffle<T>(v: &mut [T], state: &mut u64) {
     for i in (1..v.len()).rev() {
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        v.swap(i, (*state % (i as u64 + 1)) as usize);
+        let r = casetag_core::xorshift64(state);
+        v.swap(i, (r % (i as u64 + 1)) as usize);
     }
 }

@@ -1099,9 +1099,7 @@ mod tests {
     struct Rng(u64);
     impl Rng {
         fn u(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
+            casetag_core::xorshift64(&mut self.0);
             ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
         }
         fn gauss(&mut self) -> f32 {

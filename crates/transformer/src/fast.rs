@@ -340,10 +340,8 @@ fn calibration_ids(vocab: usize) -> Vec<Vec<u32>> {
         .map(|_| {
             (0..CALIBRATION_LEN)
                 .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (lo as u64 + state % (vocab - lo).max(1) as u64) as u32
+                    let r = casetag_core::xorshift64(&mut state);
+                    (lo as u64 + r % (vocab - lo).max(1) as u64) as u32
                 })
                 .collect()
         })
