@@ -201,24 +201,51 @@ fn check_inputs(inputs: &TrainInputs, n_out: usize) -> Result<()> {
 /// 5.5-minute epoch on the bundled transcripts, 20 s without
 /// (benches/README.md, "Whole transcripts: 256 tokens"). Dropping it
 /// restores glibc's documented defaults and hands the free memory back.
-struct KeepFreedMemory;
+/// A process started with its own settings of these parameters in the
+/// environment ([`user_tunes_malloc`]) keeps them: the allocator is then
+/// left alone, before, during and after the fit.
+struct KeepFreedMemory {
+    tuned: bool,
+}
 
 impl KeepFreedMemory {
     fn new() -> Self {
+        let tuned = !user_tunes_malloc(std::env::vars_os());
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only changes allocator parameters; glibc applies
-        // them under its own lock.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_MAX, 0);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-            libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+        if tuned {
+            // SAFETY: mallopt only changes allocator parameters; glibc
+            // applies them under its own lock.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_MAX, 0);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+                libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+            }
         }
-        Self
+        Self { tuned }
     }
+}
+
+/// Whether the environment sets one of the glibc malloc parameters the
+/// fit changes (mapping, trimming, top padding): the `MALLOC_..._`
+/// variables glibc reads at start-up, or their `GLIBC_TUNABLES` names.
+fn user_tunes_malloc(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> bool {
+    const PARAMS: [&str; 4] = ["mmap_max", "mmap_threshold", "trim_threshold", "top_pad"];
+    vars.into_iter().any(|(k, v)| {
+        let (k, v) = (k.to_string_lossy(), v.to_string_lossy());
+        PARAMS.iter().any(|p| {
+            k == format!("MALLOC_{}_", p.to_uppercase())
+                || (k == "GLIBC_TUNABLES" && v.contains(&format!("glibc.malloc.{p}")))
+        })
+    })
 }
 
 impl Drop for KeepFreedMemory {
     fn drop(&mut self) {
+        if !self.tuned {
+            return;
+        }
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: as in `new`; malloc_trim releases free memory only.
         unsafe {
@@ -555,6 +582,9 @@ pub fn fit(
     }
 
     let keep_freed = grad_from.map(|_| KeepFreedMemory::new());
+    if keep_freed.as_ref().is_some_and(|k| !k.tuned) {
+        progress("malloc settings come from the environment: the fit leaves the allocator as set");
+    }
     // The layers below the trained ones run once, not on every epoch.
     let below = match grad_from {
         Some(g) if g > 0 => {
@@ -729,6 +759,33 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malloc_settings_from_the_environment_are_recognised() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect::<Vec<(std::ffi::OsString, std::ffi::OsString)>>()
+        };
+        assert!(!user_tunes_malloc(env(&[
+            ("PATH", "/bin"),
+            ("HOME", "/root")
+        ])));
+        assert!(user_tunes_malloc(env(&[("MALLOC_MMAP_MAX_", "0")])));
+        assert!(user_tunes_malloc(env(&[("MALLOC_TRIM_THRESHOLD_", "1")])));
+        assert!(user_tunes_malloc(env(&[(
+            "GLIBC_TUNABLES",
+            "glibc.malloc.mmap_max=0"
+        )])));
+        // Not these: jemalloc's configuration, other parameters and tunables.
+        assert!(!user_tunes_malloc(env(&[("MALLOC_CONF", "x")])));
+        assert!(!user_tunes_malloc(env(&[("MALLOC_ARENA_MAX", "2")])));
+        assert!(!user_tunes_malloc(env(&[(
+            "GLIBC_TUNABLES",
+            "glibc.cpu.hwcaps=-AVX512F"
+        )])));
+    }
 
     #[test]
     fn schedule_warms_up_then_decays() {
