@@ -554,6 +554,36 @@ impl Encoder {
         }))
     }
 
+    /// What [`Self::embed_ids`] gives for the sequences of `below` (the
+    /// states [`Self::states_below`] stored below layer `from`), from those
+    /// states: the layers from `from` up through the packed forward, at a
+    /// fraction of the cost once the model is trained. `None` when that
+    /// forward's layer `from` is int8 (its input codes are not stored).
+    pub(crate) fn embed_from_states(
+        &self,
+        below: &StatesBelow,
+        from: usize,
+        batch_size: usize,
+    ) -> Result<Option<Tensor>> {
+        let (h, n) = (below.h, below.lens.len());
+        let fast = self.bert.fast()?;
+        let mut out = vec![0f32; n * h];
+        for first in (0..n).step_by(batch_size.max(1)) {
+            let rows = first..(first + batch_size.max(1)).min(n);
+            let lens = &below.lens[rows.clone()];
+            let (start, end) = (
+                below.starts[rows.start],
+                below.starts[rows.end - 1] + lens[lens.len() - 1],
+            );
+            let states = below.data[start * h..end * h].to_vec();
+            let Some(pooled) = fast.pooled_above(states, lens, from) else {
+                return Ok(None);
+            };
+            out[rows.start * h..rows.end * h].copy_from_slice(&pooled);
+        }
+        Ok(Some(Tensor::from_vec(out, (n, h), self.bert.device())?))
+    }
+
     /// [`Self::forward_pooled`] from stored states below the trained
     /// layers: rows `idx` of `below`, whose token ids are `batch`.
     pub(crate) fn forward_pooled_above(
@@ -691,6 +721,33 @@ mod tests {
         }
         // Over the budget nothing is stored.
         assert!(e.states_below(&ids, g, 2, 64).unwrap().is_none());
+    }
+
+    #[test]
+    fn embeddings_from_stored_states_are_the_inference_embeddings() {
+        let d = tempfile::tempdir().unwrap();
+        crate::fixtures::write_tiny_bert(d.path(), 11).unwrap();
+        let e = Encoder::load(d.path().to_str().unwrap(), &Device::Cpu).unwrap();
+        let texts = [
+            "the parcel never arrived",
+            "refund please",
+            "",
+            "the seller sent the wrong colour and will not answer",
+            "where is my order",
+        ];
+        let ids = e.tokenize(&texts, 32, Truncation::Head).unwrap();
+        let layers = e.config().num_hidden_layers;
+        for g in [0, layers - 1, layers] {
+            let below = e.states_below(&ids, g, 2, usize::MAX).unwrap().unwrap();
+            let want = e.embed_ids(&ids, 3).unwrap().to_vec2::<f32>().unwrap();
+            // Batches of 2 over 5 sequences: a short last one.
+            let got = e.embed_from_states(&below, g, 2).unwrap().unwrap();
+            let got = got.to_vec2::<f32>().unwrap();
+            assert_eq!(got.len(), texts.len());
+            for (w, v) in want.iter().flatten().zip(got.iter().flatten()) {
+                assert!((w - v).abs() < 1e-5, "from layer {g}: {w} vs {v}");
+            }
+        }
     }
 
     #[test]

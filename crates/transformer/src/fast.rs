@@ -480,7 +480,7 @@ impl FastBert {
         &self,
         seqs: &[&[u32]],
         layers: usize,
-        mut stats: Option<&mut Calibration>,
+        stats: Option<&mut Calibration>,
     ) -> Vec<f32> {
         let h = self.h;
         // The tokenizer never exceeds the positions; cut defensively anyway.
@@ -489,12 +489,10 @@ impl FastBert {
             .map(|s| &s[..s.len().min(self.max_pos)])
             .collect();
         let n: usize = seqs.iter().map(|s| s.len()).sum();
-        let mut starts = Vec::with_capacity(seqs.len());
         let mut x = vec![0f32; n * h];
         let mut row = 0;
         let vocab = self.word.len() / h;
         for s in &seqs {
-            starts.push(row);
             for (p, &id) in s.iter().enumerate() {
                 // Ids beyond the vocabulary cannot come from our tokenizer; map
                 // them to the padding token rather than read out of bounds.
@@ -514,6 +512,40 @@ impl FastBert {
         }
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let mut bufs = self.spare_buffers();
+        let first = self.layers.first().and_then(|l| l.qkv_in.as_deref());
+        layer_norm_next(
+            &mut x,
+            &self.ln_w,
+            &self.ln_b,
+            self.eps,
+            first.map(|inv| (inv, &mut bufs.norm_codes)),
+        );
+        let x = self.run_layers(x, &lens, 0..layers.min(self.layers.len()), &mut bufs, stats);
+        self.keep_buffers(bufs);
+        x
+    }
+
+    /// Layers `layers` over packed hidden states `x` (sequences of `lens`
+    /// rows, one after another): the input of the first of them, already
+    /// quantized into `bufs.norm_codes` when that layer is int8.
+    fn run_layers(
+        &self,
+        mut x: Vec<f32>,
+        lens: &[usize],
+        layers: std::ops::Range<usize>,
+        bufs: &mut Buffers,
+        mut stats: Option<&mut Calibration>,
+    ) -> Vec<f32> {
+        let h = self.h;
+        let n = x.len() / h;
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |row, &l| {
+                let start = *row;
+                *row += l;
+                Some(start)
+            })
+            .collect();
         let Buffers {
             qkv,
             ctx,
@@ -524,20 +556,13 @@ impl FastBert {
             queries,
             keys,
             values,
-        } = &mut bufs;
+        } = bufs;
         ctx.resize(n * h, 0.0);
         a.resize(n * h, 0.0);
         let (ctx, a) = (&mut ctx[..], &mut a[..]);
-        let first = self.layers.first().and_then(|l| l.qkv_in.as_deref());
-        layer_norm_next(
-            &mut x,
-            &self.ln_w,
-            &self.ln_b,
-            self.eps,
-            first.map(|inv| (inv, &mut *norm_codes)),
-        );
         let act = |v: &mut [f32]| activate(v, self.act);
-        for (li, l) in self.layers.iter().enumerate().take(layers) {
+        let (from, count) = (layers.start, layers.len());
+        for (li, l) in self.layers.iter().enumerate().skip(from).take(count) {
             let qkv_max = stats.as_ref().map(|_| column_max(&x, h));
             if let Some(st) = stats.as_mut() {
                 st.record_gram(&x, n, h);
@@ -559,7 +584,7 @@ impl FastBert {
                     Operands::F32(qkv)
                 }
             };
-            self.attention(ops, ctx, &starts, &lens);
+            self.attention(ops, ctx, &starts, lens);
             if let Some(st) = stats.as_mut() {
                 st.record_gram(ctx, n, h);
             }
@@ -626,7 +651,6 @@ impl FastBert {
                 }
             }
         }
-        self.keep_buffers(bufs);
         x
     }
 
@@ -646,12 +670,35 @@ impl FastBert {
 
     /// Mean-pooled embeddings (b, hidden) as one flat buffer.
     pub fn pooled(&self, seqs: &[&[u32]]) -> Vec<f32> {
-        let h = self.h;
         let x = self.hidden(seqs);
-        let mut out = vec![0f32; seqs.len() * h];
+        let lens: Vec<usize> = seqs.iter().map(|s| s.len().min(self.max_pos)).collect();
+        self.mean_pool(&x, &lens)
+    }
+
+    /// [`Self::pooled`] from hidden states below layer `from` (what
+    /// [`Self::hidden_below`] gave for sequences of `lens` tokens, packed):
+    /// the layers from `from` up, then the mean. `None` when layer `from`
+    /// is int8, whose input codes the states do not carry.
+    pub fn pooled_above(&self, states: Vec<f32>, lens: &[usize], from: usize) -> Option<Vec<f32>> {
+        if self.layers.get(from).is_some_and(|l| l.qkv_in.is_some()) {
+            return None;
+        }
+        let x = rayon::scope(|_| {
+            let mut bufs = self.spare_buffers();
+            let x = self.run_layers(states, lens, from..self.layers.len(), &mut bufs, None);
+            self.keep_buffers(bufs);
+            x
+        });
+        Some(self.mean_pool(&x, lens))
+    }
+
+    /// Each sequence's mean row of packed hidden states (sequences of
+    /// `lens` rows), as one flat (b, hidden) buffer.
+    fn mean_pool(&self, x: &[f32], lens: &[usize]) -> Vec<f32> {
+        let h = self.h;
+        let mut out = vec![0f32; lens.len() * h];
         let mut row = 0;
-        for (i, s) in seqs.iter().enumerate() {
-            let len = s.len().min(self.max_pos);
+        for (i, &len) in lens.iter().enumerate() {
             let o = &mut out[i * h..(i + 1) * h];
             for r in 0..len {
                 for (d, v) in o.iter_mut().zip(&x[(row + r) * h..(row + r + 1) * h]) {

@@ -234,7 +234,8 @@ impl TransformerModel {
 
     /// The embeddings `fit` computed for the given training rows (indices
     /// into `TrainInputs::texts`), row-major; `None` unless this model was
-    /// just trained in frozen mode (they are not saved). Saves embedding the
+    /// just trained, frozen or fine-tuned at f32 with the states below its
+    /// trained layers stored (they are not saved). Saves embedding the
     /// training set a second time.
     pub fn training_embeddings(&self, rows: &[usize]) -> Result<Option<Vec<f32>>> {
         let Some(x) = &self.fit_embeddings else {

@@ -26,7 +26,7 @@ use crate::encoder::{calibration_sample, l2_normalize, Encoder};
 use crate::error::{Result, TransformerError};
 use crate::head::Head;
 use crate::model::{ModelInfo, TrainSummary, TransformerModel};
-use crate::{Mode, TrainInputs, TransformerParams};
+use crate::{Mode, Precision, TrainInputs, TransformerParams};
 
 /// 0/1 aggregation matrices (output -> level node) and the maps behind them.
 struct Levels {
@@ -722,7 +722,6 @@ pub fn fit(
             break;
         }
     }
-    drop(below);
     drop(keep_freed);
     if let Some(s) = best_head {
         head.restore(&s);
@@ -733,6 +732,26 @@ pub fn fit(
     head.freeze();
     encoder.bert.freeze();
     encoder.set_precision(params.precision);
+    // The trained model's embeddings of the training texts, for whoever
+    // keeps them (the bundle's memory): from the stored states, only the
+    // trained layers run again. At f32 only, where they are what the
+    // model's own forward gives.
+    let fit_embeddings = match (frozen, &below, grad_from) {
+        (Some((xt, _)), _, _) => Some(xt),
+        (None, Some(b), Some(g)) if params.precision == Precision::F32 => {
+            let t = Instant::now();
+            let x = encoder.embed_from_states(b, g, params.infer_batch_size)?;
+            if x.is_some() {
+                progress(&format!(
+                    "trained embeddings of the training texts from the stored states ({:.1}s)",
+                    t.elapsed().as_secs_f64()
+                ));
+            }
+            x.map(norm).transpose()?
+        }
+        _ => None,
+    };
+    drop(below);
     summary.seconds = t_start.elapsed().as_secs_f64();
     let info = ModelInfo {
         format: 1,
@@ -752,7 +771,7 @@ pub fn fit(
         info,
         encoder,
         head,
-        fit_embeddings: frozen.map(|(xt, _)| xt),
+        fit_embeddings,
     })
 }
 

@@ -286,6 +286,17 @@ fn fine_tune_top_layer_learns_and_leaves_lower_layers_alone() {
         .filter(|(l, &t)| argmax(l) == t)
         .count();
     assert_eq!(correct, texts.len());
+    // It keeps its trained embeddings of the training texts (from the
+    // states stored below the trained layer), as its own forward gives them.
+    let rows: Vec<usize> = (0..texts.len()).rev().collect();
+    let kept = m
+        .training_embeddings(&rows)
+        .unwrap()
+        .expect("a fine-tuned fit at f32 keeps them");
+    let picked: Vec<&str> = rows.iter().map(|&r| texts[r]).collect();
+    let again = m.embed(&picked).unwrap().concat();
+    assert_eq!(kept.len(), again.len());
+    assert!(kept.iter().zip(&again).all(|(a, b)| (a - b).abs() < 1e-5));
 
     let out = tempfile::tempdir().unwrap();
     m.save(out.path()).unwrap();
