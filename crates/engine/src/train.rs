@@ -474,8 +474,10 @@ pub fn train(
                 &targets,
                 MetaParams::default().per_class(label_space.n_paths),
             );
-            // Frozen mode kept the training embeddings; fine-tuning changed
-            // the encoder, so its rows are embedded again.
+            // The fit kept the training embeddings (frozen), or the states
+            // below the layers it trained (fine-tuned at f32), and gives
+            // them; otherwise (int8, or states too large to keep) the kept
+            // rows are embedded again.
             let x = match m.training_embeddings(&keep)? {
                 Some(x) => x,
                 None => {
