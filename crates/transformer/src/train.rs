@@ -205,14 +205,15 @@ fn check_inputs(inputs: &TrainInputs, n_out: usize) -> Result<()> {
 /// environment ([`user_tunes_malloc`]) keeps them: the allocator is then
 /// left alone, before, during and after the fit.
 struct KeepFreedMemory {
-    tuned: bool,
+    /// Whether the fit set the parameters (the environment did not).
+    changed: bool,
 }
 
 impl KeepFreedMemory {
     fn new() -> Self {
-        let tuned = !user_tunes_malloc(std::env::vars_os());
+        let changed = !user_tunes_malloc(std::env::vars_os());
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        if tuned {
+        if changed {
             // SAFETY: mallopt only changes allocator parameters; glibc
             // applies them under its own lock.
             unsafe {
@@ -221,7 +222,7 @@ impl KeepFreedMemory {
                 libc::mallopt(libc::M_TOP_PAD, 256 << 20);
             }
         }
-        Self { tuned }
+        Self { changed }
     }
 }
 
@@ -243,7 +244,7 @@ fn user_tunes_malloc(
 
 impl Drop for KeepFreedMemory {
     fn drop(&mut self) {
-        if !self.tuned {
+        if !self.changed {
             return;
         }
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -582,7 +583,7 @@ pub fn fit(
     }
 
     let keep_freed = grad_from.map(|_| KeepFreedMemory::new());
-    if keep_freed.as_ref().is_some_and(|k| !k.tuned) {
+    if keep_freed.as_ref().is_some_and(|k| !k.changed) {
         progress("malloc settings come from the environment: the fit leaves the allocator as set");
     }
     // The layers below the trained ones run once, not on every epoch.
