@@ -238,6 +238,13 @@ pub(crate) struct StatesBelow {
     h: usize,
 }
 
+impl StatesBelow {
+    /// Memory the states take.
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
+    }
+}
+
 /// Tokens of real text the int8 forward is calibrated on: 4,096 (32
 /// sequences of 128 tokens; a few hundred short queries) brought the int8
 /// embeddings as close to fp32 as 13,500 on held-out training texts of both

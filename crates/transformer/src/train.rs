@@ -259,9 +259,9 @@ impl Drop for KeepFreedMemory {
 }
 
 /// Hidden states below the trained layers are kept in memory up to this
-/// size (about 650 MiB for the 3,790 bundled training transcripts at 256
-/// tokens with MiniLM); a larger training set runs those layers on every
-/// step.
+/// size, training texts first, then validation texts (about 650 MiB for
+/// the 3,790 bundled training transcripts at 256 tokens with MiniLM); a
+/// larger training set runs those layers on every step.
 const STATES_BELOW_BYTES: usize = 4 << 30;
 
 /// sha256 of a file, hex.
@@ -438,6 +438,29 @@ pub fn fit(
     id: &str,
     progress: &dyn Fn(&str),
 ) -> Result<TransformerModel> {
+    fit_given(
+        params,
+        encoder_spec,
+        inputs,
+        label_space,
+        id,
+        progress,
+        None,
+    )
+}
+
+/// [`fit`], where a frozen fit may be given the encoder's embeddings of the
+/// training and validation texts (`given`, not normalized): the linear probe
+/// of a fine-tuning run has them from the states that run stores.
+fn fit_given(
+    params: &TransformerParams,
+    encoder_spec: &str,
+    inputs: &TrainInputs,
+    label_space: &LabelSpace,
+    id: &str,
+    progress: &dyn Fn(&str),
+    given: Option<(Tensor, Tensor)>,
+) -> Result<TransformerModel> {
     let t_start = Instant::now();
     params.check()?;
     let n_out = label_space.n_outputs();
@@ -504,9 +527,10 @@ pub fn fit(
         }
     };
     // Frozen mode: embeddings once, normalized once.
-    let frozen = match grad_from {
-        Some(_) => None,
-        None => {
+    let frozen = match (grad_from, given) {
+        (Some(_), _) => None,
+        (None, Some((xt, xv))) => Some((norm(xt)?, norm(xv)?)),
+        (None, None) => {
             let mut cache = match &params.embedding_cache {
                 Some(d) => Some(EmbedCache::open(
                     d,
@@ -532,10 +556,74 @@ pub fn fit(
         }
     };
 
+    let keep_freed = grad_from.map(|_| KeepFreedMemory::new());
+    if keep_freed.as_ref().is_some_and(|k| !k.changed) {
+        progress("malloc settings come from the environment: the fit leaves the allocator as set");
+    }
+    // The layers below the trained ones run once, not on every epoch (nor
+    // in the linear probe, nor on every validation pass).
+    let (below, val_below) = match grad_from {
+        Some(g) if g > 0 => {
+            let t = Instant::now();
+            let bs = params.infer_batch_size;
+            let b = encoder.states_below(&train_ids, g, bs, STATES_BELOW_BYTES)?;
+            let v = match &b {
+                Some(b) => encoder.states_below(
+                    &val_ids,
+                    g,
+                    bs,
+                    STATES_BELOW_BYTES.saturating_sub(b.bytes()),
+                )?,
+                None => None,
+            };
+            let mib = lens.iter().sum::<usize>() * encoder.hidden_size() * 4 / (1 << 20);
+            progress(&match (&b, &v) {
+                (Some(b), v) => format!(
+                    "layers 0..{g}: hidden states of the training{} texts computed once ({} MiB, {:.1}s)",
+                    if v.is_some() { " and validation" } else { "" },
+                    (b.bytes() + v.as_ref().map_or(0, |v| v.bytes())) >> 20,
+                    t.elapsed().as_secs_f64()
+                ),
+                (None, _) => format!(
+                    "layers 0..{g} run on every step: their hidden states would take {mib} MiB"
+                ),
+            });
+            (b, v)
+        }
+        _ => (None, None),
+    };
+
     // LP-FT: the head starts from a linear probe on frozen embeddings.
     let probe = match (grad_from, params.linear_probe) {
-        (Some(_), true) => {
+        (Some(g), true) => {
             progress("linear probe: fitting the head on frozen embeddings first");
+            // From the stored states only the layers above them run, where
+            // that is the frozen fit's own embedding: every text fits one
+            // window, and no cache would give it for free.
+            let one_window = params.max_tokens.min(encoder.max_positions());
+            let given = match (&below, &val_below) {
+                (Some(b), Some(v))
+                    if params.embedding_cache.is_none()
+                        && train_ids
+                            .iter()
+                            .chain(&val_ids)
+                            .all(|s| s.len() <= one_window) =>
+                {
+                    let t = Instant::now();
+                    let bs = params.infer_batch_size;
+                    let x = encoder
+                        .embed_from_states(b, g, bs)?
+                        .zip(encoder.embed_from_states(v, g, bs)?);
+                    if x.is_some() {
+                        progress(&format!(
+                            "probe: embeddings from the stored states ({:.1}s)",
+                            t.elapsed().as_secs_f64()
+                        ));
+                    }
+                    x
+                }
+                _ => None,
+            };
             let p = TransformerParams {
                 mode: Mode::Frozen,
                 linear_probe: false,
@@ -551,9 +639,15 @@ pub fn fit(
                 embedding_cache: params.embedding_cache.clone(),
                 ..TransformerParams::default()
             };
-            let mut m = fit(&p, encoder_spec, inputs, label_space, id, &|m: &str| {
-                progress(&format!("probe: {m}"))
-            })?;
+            let mut m = fit_given(
+                &p,
+                encoder_spec,
+                inputs,
+                label_space,
+                id,
+                &|m: &str| progress(&format!("probe: {m}")),
+                given,
+            )?;
             Some(m.head.snapshot()?)
         }
         _ => None,
@@ -581,31 +675,6 @@ pub fn fit(
             grad_from.unwrap_or(0)
         ));
     }
-
-    let keep_freed = grad_from.map(|_| KeepFreedMemory::new());
-    if keep_freed.as_ref().is_some_and(|k| !k.changed) {
-        progress("malloc settings come from the environment: the fit leaves the allocator as set");
-    }
-    // The layers below the trained ones run once, not on every epoch.
-    let below = match grad_from {
-        Some(g) if g > 0 => {
-            let t = Instant::now();
-            let b =
-                encoder.states_below(&train_ids, g, params.infer_batch_size, STATES_BELOW_BYTES)?;
-            let mib = lens.iter().sum::<usize>() * encoder.hidden_size() * 4 / (1 << 20);
-            progress(&match &b {
-                Some(_) => format!(
-                    "layers 0..{g}: hidden states of the training texts computed once ({mib} MiB, {:.1}s)",
-                    t.elapsed().as_secs_f64()
-                ),
-                None => format!(
-                    "layers 0..{g} run on every step: their hidden states would take {mib} MiB"
-                ),
-            });
-            b
-        }
-        _ => None,
-    };
 
     let mut rng = StdRng::seed_from_u64(params.seed);
     let steps_per_epoch = texts.len().div_ceil(params.batch_size);
@@ -680,7 +749,15 @@ pub fn fit(
         if has_val {
             let xv = match &frozen {
                 Some((_, xv)) => xv.clone(),
-                None => norm(encoder.embed_ids(&val_ids, params.infer_batch_size)?)?,
+                None => norm(
+                    match (&val_below, grad_from) {
+                        (Some(v), Some(g)) => {
+                            encoder.embed_from_states(v, g, params.infer_batch_size)?
+                        }
+                        _ => None,
+                    }
+                    .map_or_else(|| encoder.embed_ids(&val_ids, params.infer_batch_size), Ok)?,
+                )?,
             };
             let logits = head.forward(&xv, None)?.detach();
             let (acc, vloss) = accuracy_and_loss(&logits, &inputs.val_targets)?;
@@ -752,7 +829,7 @@ pub fn fit(
         }
         _ => None,
     };
-    drop(below);
+    drop((below, val_below));
     summary.seconds = t_start.elapsed().as_secs_f64();
     let info = ModelInfo {
         format: 1,

@@ -91,6 +91,16 @@ fn train(dir: &Path, p: &TransformerParams) -> TransformerModel {
     fit(p, dir.to_str().unwrap(), &data(), &space(), "m1", &|_| {}).unwrap()
 }
 
+/// [`train`], with the progress lines the fit wrote.
+fn train_logged(dir: &Path, p: &TransformerParams) -> (TransformerModel, Vec<String>) {
+    let lines = std::cell::RefCell::new(Vec::new());
+    let m = fit(p, dir.to_str().unwrap(), &data(), &space(), "m1", &|s| {
+        lines.borrow_mut().push(s.to_string())
+    })
+    .unwrap();
+    (m, lines.into_inner())
+}
+
 fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
@@ -333,10 +343,10 @@ fn fine_tune_top_layer_learns_and_leaves_lower_layers_alone() {
 
 /// LP-FT: with learning rates too small to move anything during the
 /// fine-tuning epoch, what the model knows comes from the linear probe.
-#[test]
-fn linear_probe_initializes_the_fine_tuned_head() {
-    let d = tiny_dir();
-    let base = TransformerParams {
+/// Fine-tuning of the top layer that leaves the weights where they start
+/// (learning rates of 1e-12): the model is what its linear probe gives.
+fn probe_only_params() -> TransformerParams {
+    TransformerParams {
         mode: Mode::FineTune {
             top_layers: Some(1),
         },
@@ -346,7 +356,13 @@ fn linear_probe_initializes_the_fine_tuned_head() {
         batch_size: 6,
         dropout: 0.0,
         ..frozen_params()
-    };
+    }
+}
+
+#[test]
+fn linear_probe_initializes_the_fine_tuned_head() {
+    let d = tiny_dir();
+    let base = probe_only_params();
     let accuracy = |m: &TransformerModel| {
         let inputs = data();
         let texts: Vec<&str> = inputs.texts.iter().map(String::as_str).collect();
@@ -375,6 +391,56 @@ fn linear_probe_initializes_the_fine_tuned_head() {
     let (a, b) = (accuracy(&probed), accuracy(&cold));
     assert!(a >= 0.9, "probed head fits the training data: {a}");
     assert!(a > b, "probe {a} vs random head {b}");
+}
+
+/// A fine-tuning run stores the states below its trained layers; its
+/// linear probe and its validation passes run only the layers above them.
+/// Both must see what the full forward gives.
+#[test]
+fn probe_and_validation_from_stored_states_match_the_full_forward() {
+    let d = tiny_dir();
+    let cache = tempfile::tempdir().unwrap();
+    let p = TransformerParams {
+        linear_probe: true,
+        ..probe_only_params()
+    };
+    let run = |p: &TransformerParams| {
+        let (m, lines) = train_logged(d.path(), p);
+        let from_states = lines
+            .iter()
+            .any(|l| l.contains("probe: embeddings from the stored states"));
+        (m, from_states)
+    };
+    let (states, used) = run(&p);
+    assert!(used, "the probe embeds from the stored states");
+    // With a cache the probe embeds every text through the whole encoder.
+    let (full, used) = run(&TransformerParams {
+        embedding_cache: Some(cache.path().to_path_buf()),
+        ..p.clone()
+    });
+    assert!(!used);
+    let t = ["refund please", "where is my parcel", "broken item"];
+    let (a, b) = (states.logits(&t).unwrap(), full.logits(&t).unwrap());
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
+    // The validation loss the fit recorded (from the stored states) is
+    // the trained model's own on the validation texts.
+    let inputs = data();
+    let val: Vec<&str> = inputs.val_texts.iter().map(String::as_str).collect();
+    let logits = states.logits(&val).unwrap();
+    let nll = logits
+        .iter()
+        .zip(&inputs.val_targets)
+        .map(|(l, &t)| {
+            let m = l.iter().cloned().fold(f32::MIN, f32::max);
+            let z: f32 = l.iter().map(|v| (v - m).exp()).sum();
+            (m + z.ln() - l[t]) as f64
+        })
+        .sum::<f64>()
+        / val.len() as f64;
+    let recorded = states.info().train.val_loss.unwrap();
+    assert!((nll - recorded).abs() < 1e-4, "{nll} vs {recorded}");
 }
 
 #[test]
@@ -511,24 +577,11 @@ fn embedding_cache_gives_the_same_model() {
             ..p.clone()
         },
     );
-    let lines = std::cell::RefCell::new(Vec::<String>::new());
     let first = train(d.path(), &p);
-    let second = fit(
-        &p,
-        d.path().to_str().unwrap(),
-        &data(),
-        &space(),
-        "m1",
-        &|s| lines.borrow_mut().push(s.to_string()),
-    )
-    .unwrap();
+    let (second, lines) = train_logged(d.path(), &p);
     assert!(
-        lines
-            .borrow()
-            .iter()
-            .any(|l| l.contains("18 from the cache")),
-        "{:?}",
-        lines.borrow()
+        lines.iter().any(|l| l.contains("18 from the cache")),
+        "{lines:?}"
     );
     let t = ["refund", "where is my parcel"];
     assert_eq!(plain.logits(&t).unwrap(), first.logits(&t).unwrap());
