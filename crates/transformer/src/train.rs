@@ -576,7 +576,6 @@ fn fit_given(
                 )?,
                 None => None,
             };
-            let mib = lens.iter().sum::<usize>() * encoder.hidden_size() * 4 / (1 << 20);
             progress(&match (&b, &v) {
                 (Some(b), v) => format!(
                     "layers 0..{g}: hidden states of the training{} texts computed once ({} MiB, {:.1}s)",
@@ -585,7 +584,8 @@ fn fit_given(
                     t.elapsed().as_secs_f64()
                 ),
                 (None, _) => format!(
-                    "layers 0..{g} run on every step: their hidden states would take {mib} MiB"
+                    "layers 0..{g} run on every step: their hidden states would take {} MiB",
+                    (lens.iter().sum::<usize>() * encoder.hidden_size() * 4) >> 20
                 ),
             });
             (b, v)
@@ -749,15 +749,17 @@ fn fit_given(
         if has_val {
             let xv = match &frozen {
                 Some((_, xv)) => xv.clone(),
-                None => norm(
-                    match (&val_below, grad_from) {
-                        (Some(v), Some(g)) => {
-                            encoder.embed_from_states(v, g, params.infer_batch_size)?
-                        }
+                None => {
+                    let bs = params.infer_batch_size;
+                    let stored = match (&val_below, grad_from) {
+                        (Some(v), Some(g)) => encoder.embed_from_states(v, g, bs)?,
                         _ => None,
-                    }
-                    .map_or_else(|| encoder.embed_ids(&val_ids, params.infer_batch_size), Ok)?,
-                )?,
+                    };
+                    norm(match stored {
+                        Some(x) => x,
+                        None => encoder.embed_ids(&val_ids, bs)?,
+                    })?
+                }
             };
             let logits = head.forward(&xv, None)?.detach();
             let (acc, vloss) = accuracy_and_loss(&logits, &inputs.val_targets)?;

@@ -341,8 +341,6 @@ fn fine_tune_top_layer_learns_and_leaves_lower_layers_alone() {
     }
 }
 
-/// LP-FT: with learning rates too small to move anything during the
-/// fine-tuning epoch, what the model knows comes from the linear probe.
 /// Fine-tuning of the top layer that leaves the weights where they start
 /// (learning rates of 1e-12): the model is what its linear probe gives.
 fn probe_only_params() -> TransformerParams {
@@ -359,6 +357,8 @@ fn probe_only_params() -> TransformerParams {
     }
 }
 
+/// LP-FT: with learning rates too small to move anything during the
+/// fine-tuning epoch, what the model knows comes from the linear probe.
 #[test]
 fn linear_probe_initializes_the_fine_tuned_head() {
     let d = tiny_dir();
@@ -432,11 +432,7 @@ fn probe_and_validation_from_stored_states_match_the_full_forward() {
     let nll = logits
         .iter()
         .zip(&inputs.val_targets)
-        .map(|(l, &t)| {
-            let m = l.iter().cloned().fold(f32::MIN, f32::max);
-            let z: f32 = l.iter().map(|v| (v - m).exp()).sum();
-            (m + z.ln() - l[t]) as f64
-        })
+        .map(|(l, &t)| -(casetag_core::softmax(l, 1.0)[t] as f64).ln())
         .sum::<f64>()
         / val.len() as f64;
     let recorded = states.info().train.val_loss.unwrap();
