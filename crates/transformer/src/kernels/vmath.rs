@@ -58,9 +58,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     p * scale
 }
 
-/// GELU with the exact (erf) definition: 0.5·x·(1 + erf(x/√2)).
+/// erf(x/√2) and e^(-x²/2): the two parts of GELU and of its derivative.
 #[inline(always)]
-pub(crate) fn gelu_erf(x: f32) -> f32 {
+fn gelu_parts(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A1: f32 = 0.254_829_6;
     const A2: f32 = -0.284_496_74;
@@ -71,9 +71,33 @@ pub(crate) fn gelu_erf(x: f32) -> f32 {
     let a = z.abs();
     let t = 1.0 / P.mul_add(a, 1.0);
     let poly = t * horner(t, &[A5, A4, A3, A2, A1]);
-    let erf_abs = (-poly).mul_add(exp(-a * a), 1.0);
+    let gauss = exp(-a * a);
+    let erf_abs = (-poly).mul_add(gauss, 1.0);
+    (erf_abs.copysign(z), gauss)
+}
+
+/// GELU with the exact (erf) definition: 0.5·x·(1 + erf(x/√2)).
+#[inline(always)]
+pub(crate) fn gelu_erf(x: f32) -> f32 {
     let half_x = 0.5 * x;
-    half_x.mul_add(erf_abs.copysign(z), half_x)
+    half_x.mul_add(gelu_parts(x).0, half_x)
+}
+
+/// The derivative of [`gelu_erf`]: Φ(x) + x·φ(x), with Φ and φ the
+/// standard normal distribution and density.
+#[inline(always)]
+pub(crate) fn gelu_erf_grad(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let (erf, gauss) = gelu_parts(x);
+    0.5f32.mul_add(erf, 0.5) + x * gauss * INV_SQRT_2PI
+}
+
+/// GELU's backward: `dx = dy · gelu'(x)`.
+#[inline(always)]
+fn gelu_back_loop(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+        *d = g * gelu_erf_grad(x);
+    }
 }
 
 #[inline(always)]
@@ -145,6 +169,80 @@ fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     chunks.remainder().iter().map(|&x| f(x)).sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
+/// Softmax's backward for rows of `len` values: from each row's output `y`
+/// and its gradient `dy`, `dx = y · (dy − Σ y·dy)` (the sum in lanes).
+#[inline(always)]
+fn softmax_back_loop(y: &[f32], dy: &[f32], dx: &mut [f32], len: usize) {
+    for ((y, dy), dx) in y
+        .chunks_exact(len)
+        .zip(dy.chunks_exact(len))
+        .zip(dx.chunks_exact_mut(len))
+    {
+        let mut lanes = [0f32; LANES];
+        let mut cy = y.chunks_exact(LANES);
+        let mut cg = dy.chunks_exact(LANES);
+        for (a, b) in (&mut cy).zip(&mut cg) {
+            for ((s, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+                *s = a.mul_add(b, *s);
+            }
+        }
+        let rest = cy.remainder().iter().zip(cg.remainder());
+        let dot = rest.map(|(a, b)| a * b).sum::<f32>() + lanes.iter().sum::<f32>();
+        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *d = y * (g - dot);
+        }
+    }
+}
+
+/// LayerNorm's backward for rows of `w.len()` values: from each input row
+/// `x` and its output's gradient `dy`, `dx` (overwritten), and the rows'
+/// shares of the weight's and bias's gradients added to `dw` and `db`.
+#[inline(always)]
+fn layer_norm_back_loop(
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let h = w.len();
+    for ((x, dy), dx) in x
+        .chunks_exact(h)
+        .zip(dy.chunks_exact(h))
+        .zip(dx.chunks_exact_mut(h))
+    {
+        let n = h as f32;
+        let mean = lane_sum(x, |v| v) / n;
+        let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        // With x̂ = (x − mean)·inv and g = dy·w:
+        // dx = inv · (g − mean(g) − x̂ · mean(g·x̂)).
+        let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
+        for (j, (((&x, &dy), &w), (dw, db))) in x
+            .iter()
+            .zip(dy)
+            .zip(w)
+            .zip(dw.iter_mut().zip(db.iter_mut()))
+            .enumerate()
+        {
+            let xh = (x - mean) * inv;
+            let g = dy * w;
+            s1[j % LANES] += g;
+            s2[j % LANES] = g.mul_add(xh, s2[j % LANES]);
+            *dw = dy.mul_add(xh, *dw);
+            *db += dy;
+        }
+        let m1 = s1.iter().sum::<f32>() / n;
+        let m2 = s2.iter().sum::<f32>() / n;
+        for (((d, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+            let xh = (x - mean) * inv;
+            *d = inv * ((-xh).mul_add(m2, dy * w) - m1);
+        }
+    }
+}
+
 /// LayerNorm of one row in place (mean and variance summed in lanes), and,
 /// with `smooth = (inv, out)`, `out = row · inv` per channel.
 #[inline(always)]
@@ -172,6 +270,17 @@ fn layer_norm_loop(
 simd_builds!(gelu_loop => gelu_avx2: "avx2,fma", gelu_avx512: "avx512f,fma" (v: &mut [f32]));
 simd_builds!(softmax_loop => softmax_avx2: "avx2,fma", softmax_avx512: "avx512f,fma" (v: &mut [f32], scale: f32));
 simd_builds!(exp_loop => exp_avx2: "avx2,fma", exp_avx512: "avx512f,fma" (v: &mut [f32], scale: f32) -> f32);
+simd_builds!(gelu_back_loop => gelu_back_avx2: "avx2,fma", gelu_back_avx512: "avx512f,fma" (x: &[f32], dy: &[f32], dx: &mut [f32]));
+simd_builds!(softmax_back_loop => softmax_back_avx2: "avx2,fma", softmax_back_avx512: "avx512f,fma" (y: &[f32], dy: &[f32], dx: &mut [f32], len: usize));
+simd_builds!(layer_norm_back_loop => layer_norm_back_avx2: "avx2,fma", layer_norm_back_avx512: "avx512f,fma" (
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32]
+));
 simd_builds!(layer_norm_loop => layer_norm_avx2: "avx2,fma", layer_norm_avx512: "avx512f,fma" (
     r: &mut [f32],
     w: &[f32],
@@ -191,6 +300,53 @@ pub(crate) fn gelu_slice(v: &mut [f32]) {
         // SAFETY: the f32 path is AVX2+FMA only on a CPU with both.
         Path::Avx2 => unsafe { gelu_avx2(v) },
         _ => gelu_loop(v),
+    }
+}
+
+/// GELU's backward (see [`gelu_back_loop`]).
+pub(crate) fn gelu_back(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    match super::sgemm::dispatch().path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gelu_slice`.
+        Path::Avx512 => unsafe { gelu_back_avx512(x, dy, dx) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gelu_slice`.
+        Path::Avx2 => unsafe { gelu_back_avx2(x, dy, dx) },
+        _ => gelu_back_loop(x, dy, dx),
+    }
+}
+
+/// Softmax's backward over rows of `len` values (see [`softmax_back_loop`]).
+pub(crate) fn softmax_back(y: &[f32], dy: &[f32], dx: &mut [f32], len: usize) {
+    match super::sgemm::dispatch().path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gelu_slice`.
+        Path::Avx512 => unsafe { softmax_back_avx512(y, dy, dx, len) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gelu_slice`.
+        Path::Avx2 => unsafe { softmax_back_avx2(y, dy, dx, len) },
+        _ => softmax_back_loop(y, dy, dx, len),
+    }
+}
+
+/// LayerNorm's backward over rows (see [`layer_norm_back_loop`]).
+pub(crate) fn layer_norm_back(
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    match super::sgemm::dispatch().path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gelu_slice`.
+        Path::Avx512 => unsafe { layer_norm_back_avx512(x, dy, w, eps, dx, dw, db) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `gelu_slice`.
+        Path::Avx2 => unsafe { layer_norm_back_avx2(x, dy, w, eps, dx, dw, db) },
+        _ => layer_norm_back_loop(x, dy, w, eps, dx, dw, db),
     }
 }
 
@@ -341,6 +497,50 @@ mod tests {
             worst = worst.max((gelu_erf(x) - want).abs());
         }
         assert!(worst < 1e-6, "worst absolute error {worst}");
+    }
+
+    #[test]
+    fn backward_kernels_give_the_dispatched_and_the_portable_build_the_same_floats() {
+        let xs: Vec<f32> = grid().step_by(97).collect();
+        let dy: Vec<f32> = xs.iter().map(|&x| (x * 7.3).sin()).collect();
+        let n = xs.len();
+        let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+        gelu_back_loop(&xs, &dy, &mut want);
+        gelu_back(&xs, &dy, &mut got);
+        assert_eq!(got, want, "gelu");
+        // Rows of 77 (lane groups and a remainder), `y` a real softmax.
+        let m = n / 77 * 77;
+        let mut y = xs[..m].to_vec();
+        softmax_rows(&mut y, 77, 77, 0.5);
+        let (mut want, mut got) = (vec![0f32; m], vec![0f32; m]);
+        softmax_back_loop(&y, &dy[..m], &mut want, 77);
+        softmax_back(&y, &dy[..m], &mut got, 77);
+        assert_eq!(got, want, "softmax");
+        // Rows of 389.
+        let h = 389;
+        let m = n / h * h;
+        let w: Vec<f32> = (0..h).map(|i| 0.5 + (i % 5) as f32 * 0.25).collect();
+        let mut want = (vec![0f32; m], vec![0f32; h], vec![0f32; h]);
+        let mut got = want.clone();
+        layer_norm_back_loop(
+            &xs[..m],
+            &dy[..m],
+            &w,
+            1e-12,
+            &mut want.0,
+            &mut want.1,
+            &mut want.2,
+        );
+        layer_norm_back(
+            &xs[..m],
+            &dy[..m],
+            &w,
+            1e-12,
+            &mut got.0,
+            &mut got.1,
+            &mut got.2,
+        );
+        assert_eq!(got, want, "layer norm");
     }
 
     #[test]
