@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -297,12 +297,11 @@ pub(crate) fn dropout(x: &Tensor, p: f32, rng: &mut StdRng) -> Result<Tensor> {
     let mask: Vec<f32> = (0..n)
         .map(|_| if rng.random::<u32>() < thr { 0.0 } else { keep })
         .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-    Ok(x.mul(&mask)?)
+    Ok(crate::autograd::mask_mul(x, mask)?)
 }
 
 fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    x.matmul(&w.t()?)?.broadcast_add(b)
+    crate::autograd::add_bias(&x.matmul(&w.t()?)?, b)
 }
 
 impl Bert {
@@ -618,18 +617,14 @@ impl Bert {
         self.word.device()
     }
 
-    fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor, tracked: bool) -> Result<Tensor> {
+    fn layer_norm(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         let eps = self.cfg.layer_norm_eps as f32;
-        Ok(if tracked {
-            candle_nn::ops::layer_norm_slow(x, w, b, eps)?
-        } else {
-            candle_nn::ops::layer_norm(x, w, b, eps)?
-        })
+        Ok(crate::autograd::layer_norm(x, w, b, eps)?)
     }
 
     fn activation(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self.act {
-            Act::GeluErf => x.gelu_erf()?,
+            Act::GeluErf => crate::autograd::gelu_erf(x)?,
             Act::GeluTanh => x.gelu()?,
             Act::Relu => x.relu()?,
         })
@@ -665,14 +660,14 @@ impl Bert {
             .reshape((b, s, h))?
             .broadcast_add(&pos)?
             .reshape((b * s, h))?;
-        let mut x = self.layer_norm(&x, &self.ln_w, &self.ln_b, grad_from == 0)?;
+        let mut x = self.layer_norm(&x, &self.ln_w, &self.ln_b)?;
         if grad_from == 0 {
             if let Some(t) = train.as_deref_mut() {
                 x = dropout(&x, t.dropout, t.rng)?;
             }
         }
         for layer in self.layers.iter().take(grad_from) {
-            x = self.layer_forward(layer, &x, b, s, mask_bias, false, None)?;
+            x = self.layer_forward(layer, &x, b, s, mask_bias, None)?;
         }
         match train {
             Some(t) => self.forward_top(x, b, s, mask_bias, t),
@@ -696,12 +691,11 @@ impl Bert {
     ) -> Result<Tensor> {
         let mut x = x;
         for layer in self.layers.iter().skip(train.grad_from) {
-            x = self.layer_forward(layer, &x, b, s, mask_bias, true, Some(&mut *train))?;
+            x = self.layer_forward(layer, &x, b, s, mask_bias, Some(&mut *train))?;
         }
         Ok(x)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         l: &Layer,
@@ -709,7 +703,6 @@ impl Bert {
         b: usize,
         s: usize,
         mask_bias: Option<&Tensor>,
-        tracked: bool,
         mut train: Option<&mut TrainCtx<'_>>,
     ) -> Result<Tensor> {
         let h = self.cfg.hidden_size;
@@ -724,15 +717,7 @@ impl Bert {
         let q = (qkv.get(0)? * (1.0 / (dh as f64).sqrt()))?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
-        let mut att = q.matmul(&k.t()?)?;
-        if let Some(m) = mask_bias {
-            att = att.broadcast_add(m)?;
-        }
-        let att = if tracked {
-            candle_nn::ops::softmax(&att, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&att)?
-        };
+        let att = crate::autograd::key_softmax(&q.matmul(&k.t()?)?, mask_bias)?;
         let ctx = att
             .matmul(&v)?
             .transpose(1, 2)?
@@ -742,12 +727,12 @@ impl Bert {
         if let Some(t) = train.as_deref_mut() {
             a = dropout(&a, t.dropout, t.rng)?;
         }
-        let x = self.layer_norm(&(a + x)?, &l.ln1_w, &l.ln1_b, tracked)?;
+        let x = self.layer_norm(&(a + x)?, &l.ln1_w, &l.ln1_b)?;
         let inter = self.activation(&linear(&x, &l.i_w, &l.i_b)?)?;
         let mut f = linear(&inter, &l.f_w, &l.f_b)?;
         if let Some(t) = train {
             f = dropout(&f, t.dropout, t.rng)?;
         }
-        self.layer_norm(&(f + &x)?, &l.ln2_w, &l.ln2_b, tracked)
+        self.layer_norm(&(f + &x)?, &l.ln2_w, &l.ln2_b)
     }
 }

@@ -24,6 +24,7 @@
 //! after the other. Sub-batches are therefore processed sequentially: do not
 //! call `predict` from inside a rayon parallel loop; send larger batches.
 
+mod autograd;
 pub mod bert;
 mod encoder;
 mod error;
