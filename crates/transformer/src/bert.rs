@@ -300,10 +300,6 @@ pub(crate) fn dropout(x: &Tensor, p: f32, rng: &mut StdRng) -> Result<Tensor> {
     Ok(crate::autograd::mask_mul(x, mask)?)
 }
 
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    crate::autograd::add_bias(&x.matmul(&w.t()?)?, b)
-}
-
 impl Bert {
     /// Load weights from a Hugging Face BERT or (XLM-)RoBERTa safetensors
     /// file (with or without the `bert.`/`roberta.` prefix; pooler and MLM
@@ -705,31 +701,17 @@ impl Bert {
         mask_bias: Option<&Tensor>,
         mut train: Option<&mut TrainCtx<'_>>,
     ) -> Result<Tensor> {
-        let h = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
         let dh = self.cfg.head_dim();
-        let qkv = linear(x, &l.qkv_w, &l.qkv_b)?;
-        // (b, s, 3, nh, dh) -> (3, b, nh, s, dh): one copy for Q, K and V.
-        let qkv = qkv
-            .reshape((b, s, 3, nh, dh))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let q = (qkv.get(0)? * (1.0 / (dh as f64).sqrt()))?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
-        let att = crate::autograd::key_softmax(&q.matmul(&k.t()?)?, mask_bias)?;
-        let ctx = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * s, h))?;
-        let mut a = linear(&ctx, &l.o_w, &l.o_b)?;
+        let qkv = crate::autograd::linear(x, &l.qkv_w, &l.qkv_b)?;
+        let ctx = crate::autograd::attention(&qkv, mask_bias, b, s, nh, dh)?;
+        let mut a = crate::autograd::linear(&ctx, &l.o_w, &l.o_b)?;
         if let Some(t) = train.as_deref_mut() {
             a = dropout(&a, t.dropout, t.rng)?;
         }
         let x = self.layer_norm(&(a + x)?, &l.ln1_w, &l.ln1_b)?;
-        let inter = self.activation(&linear(&x, &l.i_w, &l.i_b)?)?;
-        let mut f = linear(&inter, &l.f_w, &l.f_b)?;
+        let inter = self.activation(&crate::autograd::linear(&x, &l.i_w, &l.i_b)?)?;
+        let mut f = crate::autograd::linear(&inter, &l.f_w, &l.f_b)?;
         if let Some(t) = train {
             f = dropout(&f, t.dropout, t.rng)?;
         }

@@ -1,6 +1,7 @@
-//! Element-wise math for the inference hot path, written so the compiler
-//! vectorizes it: `exp` by range reduction and a polynomial, exact-erf GELU
-//! by Abramowitz & Stegun 7.1.26 (|error of erf| ≤ 1.5e-7), softmax and
+//! Element-wise math of the inference forward and of fine-tuning's
+//! forward and backward passes, written so the compiler vectorizes it:
+//! `exp` by range reduction and a polynomial, exact-erf GELU by
+//! Abramowitz & Stegun 7.1.26 (|error of erf| ≤ 1.5e-7), softmax and
 //! LayerNorm with their sums in [`LANES`] partial lanes. libm's scalar
 //! `erff`/`expf` were about a fifth of the encoder's time; scalar sums and
 //! a float-to-int cast that did not vectorize cost another tenth. On x86-64 the
