@@ -81,6 +81,33 @@ pub struct TransformerModel {
     pub(crate) head: Head,
     /// Frozen-mode training embeddings kept from `fit` (never saved).
     pub(crate) fit_embeddings: Option<Tensor>,
+    /// The validation texts' embeddings `fit` computed with the weights it
+    /// kept (never saved).
+    pub(crate) fit_val: Option<KeptEmbeddings>,
+}
+
+/// Embeddings a fit already computed with the model's final weights, by
+/// text, as the model's own forward gives them: the engine's fusion weight
+/// and calibration predict on the validation texts right after the fit, and
+/// read these instead of running the encoder over those texts again.
+pub(crate) struct KeptEmbeddings {
+    rows: std::collections::HashMap<String, usize>,
+    x: Vec<f32>,
+}
+
+impl KeptEmbeddings {
+    /// `x` (texts, hidden): row `i` is the embedding of `texts[i]`.
+    pub(crate) fn new(texts: &[String], x: &Tensor) -> Result<Self> {
+        let rows = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i))
+            .collect();
+        Ok(Self {
+            rows,
+            x: x.flatten_all()?.to_vec1()?,
+        })
+    }
 }
 
 fn file_in(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -229,6 +256,7 @@ impl TransformerModel {
             encoder,
             head,
             fit_embeddings: None,
+            fit_val: None,
         })
     }
 
@@ -261,7 +289,48 @@ impl TransformerModel {
         Ok(self.embed_tensor(texts)?.to_vec2()?)
     }
 
+    /// [`Self::run_encoder`], reading what the fit kept for the texts it
+    /// has.
     fn embed_tensor(&self, texts: &[&str]) -> Result<Tensor> {
+        let Some(kept) = &self.fit_val else {
+            return self.run_encoder(texts);
+        };
+        let hits: Vec<Option<usize>> = texts.iter().map(|t| kept.rows.get(*t).copied()).collect();
+        if hits.iter().all(Option::is_none) {
+            return self.run_encoder(texts);
+        }
+        let missing: Vec<&str> = texts
+            .iter()
+            .zip(&hits)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(t, _)| *t)
+            .collect();
+        let fresh: Vec<f32> = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.run_encoder(&missing)?.flatten_all()?.to_vec1()?
+        };
+        let h = self.encoder.hidden_size();
+        let mut fresh = fresh.chunks_exact(h);
+        let mut out = Vec::with_capacity(texts.len() * h);
+        for hit in hits {
+            match hit {
+                Some(r) => out.extend_from_slice(&kept.x[r * h..(r + 1) * h]),
+                None => out.extend_from_slice(fresh.next().ok_or_else(|| {
+                    TransformerError::Tensor("fewer embeddings than texts".into())
+                })?),
+            }
+        }
+        Ok(Tensor::from_vec(
+            out,
+            (texts.len(), h),
+            self.encoder.bert.device(),
+        )?)
+    }
+
+    /// Pooled (and, where the model normalizes, normalized) embeddings from
+    /// the encoder, one row per text.
+    fn run_encoder(&self, texts: &[&str]) -> Result<Tensor> {
         let p = &self.info.params;
         let ids = self.encoder.tokenize(texts, p.max_tokens, p.truncation)?;
         let x = self

@@ -25,7 +25,7 @@ use crate::bert::TrainCtx;
 use crate::encoder::{calibration_sample, l2_normalize, Encoder};
 use crate::error::{Result, TransformerError};
 use crate::head::Head;
-use crate::model::{ModelInfo, TrainSummary, TransformerModel};
+use crate::model::{KeptEmbeddings, ModelInfo, TrainSummary, TransformerModel};
 use crate::{Mode, Precision, TrainInputs, TransformerParams};
 
 /// 0/1 aggregation matrices (output -> level node) and the maps behind them.
@@ -690,6 +690,14 @@ fn fit_given(
     let mut best: Option<(f64, f64)> = None;
     let mut best_head = None;
     let mut best_enc = None;
+    // The best epoch's validation embeddings are what the kept model gives
+    // those texts (`KeptEmbeddings`) at f32, where each validation text is
+    // one window (a fine-tuned pass embeds whole sequences; inference
+    // windows longer ones) or the embeddings are the frozen fit's own.
+    let one_window = params.max_tokens.min(encoder.max_positions());
+    let val_is_forward = params.precision == Precision::F32
+        && (frozen.is_some() || val_ids.iter().all(|s| s.len() <= one_window));
+    let mut best_val = None;
 
     for epoch in 1..=params.epochs {
         let t_epoch = Instant::now();
@@ -769,6 +777,9 @@ fn fit_given(
             };
             if improved {
                 best = Some((acc, vloss));
+                if val_is_forward {
+                    best_val = Some(xv);
+                }
             }
             let (ba, _) = best.unwrap_or((acc, vloss));
             line.push_str(&format!(
@@ -832,6 +843,10 @@ fn fit_given(
         _ => None,
     };
     drop((below, val_below));
+    let fit_val = match best_val {
+        Some(x) => Some(KeptEmbeddings::new(&inputs.val_texts, &x)?),
+        None => None,
+    };
     summary.seconds = t_start.elapsed().as_secs_f64();
     let info = ModelInfo {
         format: 1,
@@ -852,6 +867,7 @@ fn fit_given(
         encoder,
         head,
         fit_embeddings,
+        fit_val,
     })
 }
 

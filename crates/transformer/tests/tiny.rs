@@ -339,6 +339,24 @@ fn fine_tune_top_layer_learns_and_leaves_lower_layers_alone() {
     for (x, y) in a.concat().iter().zip(b.concat()) {
         assert!((x - y).abs() < 1e-5);
     }
+    // The fitted model reads the validation embeddings its fit kept, alone
+    // or among other texts, in any order: what the loaded bundle (which
+    // keeps none) computes.
+    let val: Vec<&str> = inputs.val_texts.iter().map(String::as_str).collect();
+    let mixed = [
+        val[2],
+        texts[0],
+        val[0],
+        "[buyer] a text never seen",
+        val[1],
+    ];
+    for t in [&mixed[..], &val[..]] {
+        let (a, b) = (m.logits(t).unwrap(), l.logits(t).unwrap());
+        assert_eq!(a.len(), t.len());
+        for (x, y) in a.concat().iter().zip(b.concat()) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
 }
 
 /// Fine-tuning of the top layer that leaves the weights where they start
@@ -425,10 +443,14 @@ fn probe_and_validation_from_stored_states_match_the_full_forward() {
         assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }
     // The validation loss the fit recorded (from the stored states) is
-    // the trained model's own on the validation texts.
+    // the trained model's own on the validation texts (the saved bundle's,
+    // which computes them: the fitted model reads the embeddings it kept).
     let inputs = data();
     let val: Vec<&str> = inputs.val_texts.iter().map(String::as_str).collect();
-    let logits = states.logits(&val).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    states.save(out.path()).unwrap();
+    let loaded = TransformerModel::load(out.path(), "m1").unwrap();
+    let logits = loaded.logits(&val).unwrap();
     let nll = logits
         .iter()
         .zip(&inputs.val_targets)
