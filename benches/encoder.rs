@@ -163,6 +163,14 @@ fn bench_dense(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("int8", &id), |b| {
                 b.iter(|| layer.int8(black_box(&mut out), black_box(&x), n))
             });
+            // Fine-tuning's product: candle's `gemm`, repacking both sides.
+            let (wt, xt) = (
+                Tensor::from_slice(&w, (o, k), &Device::Cpu).unwrap(),
+                Tensor::from_slice(&x, (n, k), &Device::Cpu).unwrap(),
+            );
+            g.bench_function(BenchmarkId::new("candle_f32", &id), |b| {
+                b.iter(|| black_box(xt.matmul(&wt.t().unwrap()).unwrap()))
+            });
         }
     }
     g.finish();
