@@ -17,7 +17,7 @@ echo "== train baseline =="
 $CT train --kind baseline --train "$OUT/prepared/train.parquet" --val "$OUT/prepared/val.parquet" \
   --taxonomy data/taxonomy.yaml --out "$OUT/models/baseline" --force >/dev/null
 echo "== train transformer (frozen encoder + hierarchical head, pooled with the baseline's lexical model) =="
-echo "   (the quick recipe, --mode frozen; the default, fine-tuning, scores higher in 9 min on 2 AVX-512 cores, about 17 on 2 AVX2-only ones: README, Results)"
+echo "   (the quick recipe, --mode frozen; the default, fine-tuning, scores higher in 9 min on 2 AVX-512 cores, 7 to 17 on 2 AVX2-only ones by the host's load: README, Results)"
 $CT train --kind transformer --mode frozen --encoder models/encoders/all-MiniLM-L6-v2 \
   --train "$OUT/prepared/train.parquet" --val "$OUT/prepared/val.parquet" \
   --taxonomy data/taxonomy.yaml --lexical-from "$OUT/models/baseline" \
