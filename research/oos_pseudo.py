@@ -343,14 +343,19 @@ def main():
               f"{time.time() - t0:.0f}s")
         report(res, a.budget)
     if len(a.seeds) > 1:
-        print(f"\nmean over seeds {a.seeds}")
-        mean = {}
-        for m in allres[a.seeds[0]]:
-            rs = [allres[sd][m] for sd in a.seeds]
-            mean[m] = {k: np.mean([r[k] for r in rs]) for k in ("raw", "auroc", "oracle_rec@2pt")}
-            for b in a.budget:
-                mean[m][b] = {k: np.mean([r[b][k] for r in rs]) for k in rs[0][b]}
-        report(mean, a.budget)
+        report_mean(allres, a.seeds, a.budget)
+
+
+def report_mean(allres, seeds, budgets):
+    """`report` of each method's mean over the seeds."""
+    print(f"\nmean over seeds {seeds}")
+    mean = {}
+    for m in allres[seeds[0]]:
+        rs = [allres[sd][m] for sd in seeds]
+        mean[m] = {k: np.mean([r[k] for r in rs]) for k in ("raw", "auroc", "oracle_rec@2pt")}
+        for b in budgets:
+            mean[m][b] = {k: np.mean([r[b][k] for r in rs]) for k in rs[0][b]}
+    report(mean, budgets)
 
 
 def report(res, budgets):

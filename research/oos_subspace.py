@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Subspace residuals as extra features of the leave-classes-out detector.
+
+Offline experiment (not part of the product), after ViM ("virtual logit
+matching", Wang et al. 2022): an embedding's distance from the subspace the
+training rows span says how much of it the classifier never had to explain.
+Features (higher = in scope, like every `oos_pseudo.py` feature), from the fit
+rows of the kept intents only:
+
+  resid_g     minus the norm of the residual off the top `--dg` principal
+              directions of all fit rows (after centring)
+  resid_c     minus the residual off the predicted class's centre and its top
+              `--dc` principal directions
+  resid_c_cn  resid_c minus the class's median over its own fit rows
+
+They join the 20 score features of `oos_pseudo.py`'s `meta` detector (same
+episodes, same detector). Choose on the dev seeds only:
+
+    python3 research/oos_subspace.py --seeds 1 2 3
+"""
+import argparse
+import time
+
+import numpy as np
+
+import oos_pseudo as op
+
+
+class SubspaceBase(op.Base):
+    dg, dc = 64, 8
+
+    def __init__(self, X, Y, K, C=10.0):
+        super().__init__(X, Y, K, C=C)
+        self.mu = X.mean(0)
+        self.P = np.linalg.svd(X - self.mu, full_matrices=False)[2][: self.dg]
+        self.cb = []
+        own = np.zeros(len(X))
+        for k in range(K):
+            Xk = X[Y == k]
+            ck = Xk.mean(0)
+            self.cb.append((ck, np.linalg.svd(Xk - ck, full_matrices=False)[2][: self.dc]))
+            own[Y == k] = self._rc(Xk, k)
+        self.q_rc = np.array([np.median(own[Y == k]) for k in range(K)])
+
+    def _rc(self, x, k):
+        ck, V = self.cb[k]
+        r = x - ck
+        return np.linalg.norm(r - (r @ V.T) @ V, axis=1)
+
+    def feats(self, x):
+        pred, f = super().feats(x)
+        r = x - self.mu
+        f["resid_g"] = -np.linalg.norm(r - (r @ self.P.T) @ self.P, axis=1)
+        rc = np.empty(len(x))
+        for k in np.unique(pred):
+            rc[pred == k] = self._rc(x[pred == k], k)
+        f["resid_c"] = -rc
+        f["resid_c_cn"] = -(rc - self.q_rc[pred])
+        return pred, f
+
+
+SETS = {
+    "meta": [],
+    "meta+resid": ["resid_g", "resid_c", "resid_c_cn"],
+    "meta+resid_g": ["resid_g"],
+    "meta+resid_c": ["resid_c"],
+    "meta+resid_g,c": ["resid_g", "resid_c"],
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dump", default=op.DEF_DUMP)
+    ap.add_argument("--src", default=op.DEF_SRC)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--budget", type=float, nargs="+", default=[0.0125, 0.02])
+    ap.add_argument("--dg", type=int, default=64)
+    ap.add_argument("--dc", type=int, default=8)
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    a = ap.parse_args()
+    SubspaceBase.dg, SubspaceBase.dc = a.dg, a.dc
+    op.Base = SubspaceBase  # the episodes build their bases through op.Base
+    d = op.load(a.dump, a.src)
+    agg = {}
+    for seed in a.seeds:
+        t0 = time.time()
+        s = op.split(d, seed)
+        base = SubspaceBase(s["Xf"], s["Yf"], s["K"])
+        pv, fv = base.feats(s["Xv"])
+        pt, ft = base.feats(s["Xt"])
+        cols = sorted(fv)
+        plain = [c for c in cols if not c.startswith("resid")]
+        F, kind, _ = op.episodes(s["Xf"], s["Yf"], s["Xv"], s["Yv"], s["K"], seed=100 + seed)
+        Fv, Ft = op.fmat(fv), op.fmat(ft)
+        res = {}
+        for name in a.sets:
+            ci, w, b = op.fit_detector(F, kind, plain + SETS[name], cols)
+            res[name] = op.evaluate(s, pv, -(Fv[:, ci] @ w + b), pt, -(Ft[:, ci] @ w + b), a.budget)
+        print(f"\nseed {seed}: held out {s['held']}; {time.time() - t0:.0f}s")
+        op.report(res, a.budget)
+        for m, r in res.items():
+            agg.setdefault(m, []).append([r["auroc"], r["oracle_rec@2pt"]] +
+                                         [r[b][k] for b in a.budget for k in ("rec", "drop")])
+    if len(a.seeds) > 1:
+        print(f"\nmean over seeds {a.seeds}: auroc, recall at 2 points (test-tuned), "
+              + ", ".join(f"recall/drop at {b:g}" for b in a.budget))
+        for m, v in agg.items():
+            print(f"{m:>16} " + " ".join(f"{x:6.3f}" for x in np.mean(v, 0)))
+
+
+if __name__ == "__main__":
+    main()
