@@ -220,11 +220,7 @@ impl Subspaces {
         let all: Vec<usize> = (0..n).collect();
         let mean = mean_of(&all);
         let global = principal_rows(mem, &all, &mean, d, d / GLOBAL_DIRS_PER_WIDTH);
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); k];
-        for (i, &c) in y.iter().enumerate() {
-            by_class[c as usize].push(i);
-        }
-        let per_class: Vec<(Vec<f32>, Vec<f32>)> = by_class
+        let per_class: Vec<(Vec<f32>, Vec<f32>)> = rows_by_class(y, k)
             .par_iter()
             .map(|idx| {
                 let c = mean_of(idx);
@@ -249,6 +245,15 @@ impl Subspaces {
             residual(x, &self.mean, &self.global, d),
         )
     }
+}
+
+/// The indices of each class's rows (`y` in `0..k`).
+fn rows_by_class(y: &[u32], k: usize) -> Vec<Vec<usize>> {
+    let mut by_class = vec![Vec::new(); k];
+    for (i, &c) in y.iter().enumerate() {
+        by_class[c as usize].push(i);
+    }
+    by_class
 }
 
 /// Length of `x - centre` once its components along the orthonormal rows
@@ -439,11 +444,7 @@ impl Base {
             vec![0f32; k],
             vec![1e-6f32; k],
         );
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); k];
-        for (i, &c) in y.iter().enumerate() {
-            by_class[c as usize].push(i);
-        }
-        for (c, rows) in by_class.iter().enumerate() {
+        for (c, rows) in rows_by_class(y, k).iter().enumerate() {
             if rows.is_empty() {
                 continue;
             }
@@ -1225,11 +1226,7 @@ impl MetaDetector {
                 .is_some_and(|r| r.w.len() != p || r.w.iter().any(|v| !v.is_finite()))
         };
         let bad_rule = misfit(&header.batch, nf + 1) || misfit(&header.smooth, 2);
-        if mem_y.iter().any(|&y| y as usize >= k)
-            || mem.len() != mem_y.len() * d
-            || w.iter().any(|v| !v.is_finite())
-            || bad_rule
-        {
+        if mem_y.iter().any(|&y| y as usize >= k) || w.iter().any(|v| !v.is_finite()) || bad_rule {
             return Err(bad("corrupt weights".into()));
         }
         let sub = Subspaces::fit(&mem, &mem_y, k, d);
@@ -1632,8 +1629,10 @@ mod tests {
         std::fs::write(&path, out).unwrap();
         let back = MetaDetector::load(dir.path()).unwrap().unwrap();
         assert_eq!(back, det);
-        let rows: Vec<Vec<f32>> = centres.clone();
-        assert_eq!(back.scores(&rows).unwrap(), det.scores(&rows).unwrap());
+        assert_eq!(
+            back.scores(&centres).unwrap(),
+            det.scores(&centres).unwrap()
+        );
     }
 
     #[test]
