@@ -28,19 +28,33 @@ import oos_pseudo as op
 
 class SubspaceBase(op.Base):
     dg, dc = 64, 8
+    shrink = None  # resid_c directions: None per class; L: class scatter + L rows of pooled; inf: pooled
 
     def __init__(self, X, Y, K, C=10.0):
         super().__init__(X, Y, K, C=C)
         self.mu = X.mean(0)
         self.P = np.linalg.svd(X - self.mu, full_matrices=False)[2][: self.dg]
-        self.cb = []
+        means = np.stack([X[Y == k].mean(0) for k in range(K)])
+        self.cb = list(zip(means, self._class_dirs(X, Y, K, means)))
         own = np.zeros(len(X))
         for k in range(K):
-            Xk = X[Y == k]
-            ck = Xk.mean(0)
-            self.cb.append((ck, np.linalg.svd(Xk - ck, full_matrices=False)[2][: self.dc]))
-            own[Y == k] = self._rc(Xk, k)
+            own[Y == k] = self._rc(X[Y == k], k)
         self.q_rc = np.array([np.median(own[Y == k]) for k in range(K)])
+
+    def _class_dirs(self, X, Y, K, means):
+        """Each class's top `dc` directions around its mean: of its own
+        scatter, or of that scatter plus `shrink` rows' worth of the pooled
+        within-class covariance (which new tags with few rows lean on)."""
+        R = X - means[Y]
+        if self.shrink is None:
+            return [np.linalg.svd(R[Y == k], full_matrices=False)[2][: self.dc] for k in range(K)]
+        S = R.T @ R / len(X)
+        out = []
+        for k in range(K):
+            Rk = R[Y == k]
+            M = S if np.isinf(self.shrink) else Rk.T @ Rk + self.shrink * S
+            out.append(np.linalg.eigh(M)[1][:, ::-1][:, : self.dc].T)
+        return out
 
     def _rc(self, x, k):
         ck, V = self.cb[k]
@@ -76,9 +90,12 @@ def main():
     ap.add_argument("--budget", type=float, nargs="+", default=[0.0125, 0.02])
     ap.add_argument("--dg", type=int, default=64)
     ap.add_argument("--dc", type=int, default=8)
+    ap.add_argument("--shrink", type=float, default=None,
+                    help="resid_c: add this many rows' worth of the pooled within-class covariance "
+                         "to each class's scatter (inf: the pooled directions only)")
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     a = ap.parse_args()
-    SubspaceBase.dg, SubspaceBase.dc = a.dg, a.dc
+    SubspaceBase.dg, SubspaceBase.dc, SubspaceBase.shrink = a.dg, a.dc, a.shrink
     op.Base = SubspaceBase  # the episodes build their bases through op.Base
     d = op.load(a.dump, a.src)
     agg = {}

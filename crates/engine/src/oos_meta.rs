@@ -81,6 +81,10 @@ const SMOOTH_K: usize = 5;
 /// development hold-outs (`research/oos_subspace.py`).
 const GLOBAL_DIRS_PER_WIDTH: usize = 3;
 const CLASS_DIRS_PER_WIDTH: usize = 24;
+/// [`MetaParams::class_shrink`] of newly trained detectors: chosen on the
+/// BANKING77 development hold-outs, with tags added from ten examples
+/// (`research/oos_addsim.py`) and without (`research/oos_subspace.py`).
+const CLASS_SHRINK: f32 = 30.0;
 /// Block power iterations for the principal directions.
 const POWER_STEPS: usize = 30;
 /// Batches larger than this take their neighbours from a fixed random
@@ -108,6 +112,13 @@ pub struct MetaParams {
     /// rows per class (never under 20), so training (a Gram matrix over the
     /// memory in every round) and per-request latency stay bounded.
     pub max_rows: usize,
+    /// Rows' worth of the memory's pooled within-class covariance added to
+    /// each class's own scatter before its principal directions (`resid_c`)
+    /// are found, so a tag added from a few examples gets directions as
+    /// well founded as its siblings'. 0 is each class's scatter alone (what
+    /// detector files without the field were trained with).
+    #[serde(default)]
+    pub class_shrink: f32,
 }
 
 impl MetaParams {
@@ -127,6 +138,7 @@ impl Default for MetaParams {
             seed: 107,
             max_per_class: 300,
             max_rows: 20_000,
+            class_shrink: CLASS_SHRINK,
         }
     }
 }
@@ -199,12 +211,14 @@ struct Subspaces {
     global: Vec<f32>,
     /// k x d class means.
     centre: Vec<f32>,
-    /// Each class's orthonormal rows (fewer for classes with few rows).
+    /// Each class's orthonormal rows (fewer for classes with few rows when
+    /// no pooled covariance is mixed in).
     class: Vec<Vec<f32>>,
 }
 
 impl Subspaces {
-    fn fit(mem: &[f32], y: &[u32], k: usize, d: usize) -> Self {
+    /// `shrink`: [`MetaParams::class_shrink`].
+    fn fit(mem: &[f32], y: &[u32], k: usize, d: usize, shrink: f32) -> Self {
         let n = y.len();
         let mean_of = |idx: &[usize]| -> Vec<f32> {
             let mut m = vec![0f32; d];
@@ -220,15 +234,33 @@ impl Subspaces {
         let all: Vec<usize> = (0..n).collect();
         let mean = mean_of(&all);
         let global = principal_rows(mem, &all, &mean, d, d / GLOBAL_DIRS_PER_WIDTH);
-        let per_class: Vec<(Vec<f32>, Vec<f32>)> = rows_by_class(y, k)
-            .par_iter()
-            .map(|idx| {
-                let c = mean_of(idx);
-                let b = principal_rows(mem, idx, &c, d, (d / CLASS_DIRS_PER_WIDTH).max(1));
-                (c, b)
-            })
-            .collect();
-        let (centre, class): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_class.into_iter().unzip();
+        let by_class = rows_by_class(y, k);
+        let centre: Vec<Vec<f32>> = by_class.iter().map(|idx| mean_of(idx)).collect();
+        let l = (d / CLASS_DIRS_PER_WIDTH).max(1);
+        let class: Vec<Vec<f32>> = if shrink > 0.0 && n > 0 {
+            // The pooled within-class covariance: every row around its
+            // class's mean.
+            let mut pooled = Array2::<f32>::zeros((d, d));
+            for (idx, c) in by_class.iter().zip(&centre) {
+                let a = centred(mem, idx, c, d);
+                pooled += &a.t().dot(&a);
+            }
+            pooled *= shrink / n as f32;
+            by_class
+                .par_iter()
+                .zip(&centre)
+                .map(|(idx, c)| {
+                    let a = centred(mem, idx, c, d);
+                    nonzero_rows(top_rows(&(a.t().dot(&a) + &pooled), l))
+                })
+                .collect()
+        } else {
+            by_class
+                .par_iter()
+                .zip(&centre)
+                .map(|(idx, c)| principal_rows(mem, idx, c, d, l))
+                .collect()
+        };
         Self {
             mean,
             global,
@@ -275,28 +307,46 @@ fn principal_rows(x: &[f32], idx: &[usize], centre: &[f32], d: usize, l: usize) 
     if l == 0 {
         return Vec::new();
     }
-    let mut a = Array2::<f32>::zeros((n, d));
+    let a = centred(x, idx, centre, d);
+    let gram = n < d;
+    let s = if gram { a.dot(&a.t()) } else { a.t().dot(&a) };
+    let mut q = top_rows(&s, l);
+    if gram {
+        q = q.dot(&a);
+        orthonormalise(&mut q);
+    }
+    nonzero_rows(q)
+}
+
+/// The rows `idx` of `x` (`d` wide) less `centre`, as an n x d matrix.
+fn centred(x: &[f32], idx: &[usize], centre: &[f32], d: usize) -> Array2<f32> {
+    let mut a = Array2::<f32>::zeros((idx.len(), d));
     for (mut row, &i) in a.outer_iter_mut().zip(idx) {
         for ((o, v), c) in row.iter_mut().zip(&x[i * d..(i + 1) * d]).zip(centre) {
             *o = v - c;
         }
     }
-    let gram = n < d;
-    let s = if gram { a.dot(&a.t()) } else { a.t().dot(&a) };
-    let m = s.nrows();
+    a
+}
+
+/// `l` orthonormal rows spanning the top eigenvectors of the symmetric
+/// positive semi-definite `s`, by block power iteration from a fixed start
+/// (so the same matrix always gives the same rows).
+fn top_rows(s: &Array2<f32>, l: usize) -> Array2<f32> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut q = Array2::from_shape_fn((l, m), |_| {
+    let mut q = Array2::from_shape_fn((l.min(s.nrows()), s.nrows()), |_| {
         (casetag_core::xorshift64(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     });
     orthonormalise(&mut q);
     for _ in 0..POWER_STEPS {
-        q = q.dot(&s);
+        q = q.dot(s);
         orthonormalise(&mut q);
     }
-    if gram {
-        q = q.dot(&a);
-        orthonormalise(&mut q);
-    }
+    q
+}
+
+/// The rows of `q` that are not zero, concatenated.
+fn nonzero_rows(q: Array2<f32>) -> Vec<f32> {
     q.outer_iter()
         .filter(|r| r.iter().any(|&v| v != 0.0))
         .flat_map(|r| r.to_vec())
@@ -381,8 +431,8 @@ fn fit_copies(mem_y: &[u32], new_y: &[u32]) -> Vec<usize> {
 }
 
 impl Base {
-    fn fit(x: &[f32], y: &[u32], k: usize, d: usize, c: f64) -> Result<Self> {
-        Self::fit_with(x, y, k, d, c, &[])
+    fn fit(x: &[f32], y: &[u32], k: usize, d: usize, p: &MetaParams) -> Result<Self> {
+        Self::fit_with(x, y, k, d, p, &[])
     }
 
     /// [`Self::fit`] where row `i` enters the multinomial fit `copies[i]`
@@ -393,9 +443,10 @@ impl Base {
         y: &[u32],
         k: usize,
         d: usize,
-        c: f64,
+        p: &MetaParams,
         copies: &[usize],
     ) -> Result<Self> {
+        let c = p.base_c;
         let mem = unit_rows(x, d);
         let (w, b) = if copies.iter().all(|&n| n == 1) {
             fit_multinomial(&mem, y, k, d, c)?
@@ -459,7 +510,7 @@ impl Base {
             s_cent[c] = var.sqrt() + 1e-6;
             q_cent[c] = median(&mut cc.clone());
         }
-        let sub = Subspaces::fit(&mem, y, k, d);
+        let sub = Subspaces::fit(&mem, y, k, d, p.class_shrink);
         Ok(Self {
             d,
             k,
@@ -951,7 +1002,7 @@ impl MetaDetector {
                 .iter()
                 .map(|&i| remap[inp.fit_y[i] as usize])
                 .collect();
-            let base = Base::fit(&rows(inp.fit_x, &keep_fit), &fy, k - hold, d, params.base_c)?;
+            let base = Base::fit(&rows(inp.fit_x, &keep_fit), &fy, k - hold, d, params)?;
             let vx = rows(inp.val_x, &keep_val);
             let fin = base.features(&vx);
             let wrong: Vec<bool> = fin
@@ -1013,7 +1064,7 @@ impl MetaDetector {
             sfeats.extend(s1.into_iter().zip(nb).map(|(a, b)| [a, b]));
         }
         let smooth = Some(fit_rule(&sfeats, &blabel, params.det_c));
-        let base = Base::fit(inp.fit_x, inp.fit_y, k, d, params.base_c)?;
+        let base = Base::fit(inp.fit_x, inp.fit_y, k, d, params)?;
         Ok(Self {
             base,
             rule,
@@ -1046,7 +1097,7 @@ impl MetaDetector {
             .collect();
         let copies = fit_copies(&self.base.mem_y, new_y);
         Ok(Self {
-            base: Base::fit_with(&x, &y, k, d, self.params.base_c, &copies)?,
+            base: Base::fit_with(&x, &y, k, d, &self.params, &copies)?,
             ..self.clone()
         })
     }
@@ -1229,7 +1280,7 @@ impl MetaDetector {
         if mem_y.iter().any(|&y| y as usize >= k) || w.iter().any(|v| !v.is_finite()) || bad_rule {
             return Err(bad("corrupt weights".into()));
         }
-        let sub = Subspaces::fit(&mem, &mem_y, k, d);
+        let sub = Subspaces::fit(&mem, &mem_y, k, d, header.params.class_shrink);
         let base = Base {
             d,
             k,
@@ -1480,10 +1531,10 @@ mod tests {
         x.extend_from_slice(&sx);
         y.extend(sy.iter().map(|_| 2u32));
         let (fresh, _) = blobs(&mut rng, &centres[2..], 50, 0.35);
-        let once = Base::fit(&x, &y, 3, d, 10.0).unwrap();
+        let once = Base::fit(&x, &y, 3, d, &MetaParams::default()).unwrap();
         let mut copies = vec![1; 120];
         copies.extend([15; 4]);
-        let weighed = Base::fit_with(&x, &y, 3, d, 10.0, &copies).unwrap();
+        let weighed = Base::fit_with(&x, &y, 3, d, &MetaParams::default(), &copies).unwrap();
         let p_small = |b: &Base| {
             let p: f32 = fresh
                 .chunks(d)
@@ -1509,7 +1560,7 @@ mod tests {
         assert_eq!(once.nn_loo, weighed.nn_loo);
         assert_eq!(once.q_nn, weighed.q_nn);
         // All ones is the plain fit.
-        let ones = Base::fit_with(&x, &y, 3, d, 10.0, &[1; 124]).unwrap();
+        let ones = Base::fit_with(&x, &y, 3, d, &MetaParams::default(), &[1; 124]).unwrap();
         assert_eq!((ones.w, ones.b), (once.w.clone(), once.b.clone()));
     }
 
@@ -1586,6 +1637,36 @@ mod tests {
         assert!(principal_rows(&x, &idx[..1], &zero, d, 5).is_empty());
     }
 
+    /// A class of three rows learns its direction from its siblings' when
+    /// the pooled covariance is mixed in: its own rows vary along one axis,
+    /// the other class's (and so the pooled) along another, which then wins.
+    #[test]
+    fn a_small_class_borrows_the_pooled_directions() {
+        let d = 12;
+        let mut rng = Rng(0x5A1);
+        let (mut mem, mut y) = (Vec::new(), Vec::new());
+        for i in 0..53 {
+            let mut row = vec![0.0f32; d];
+            let (axis, scale, class) = if i < 50 { (0, 3.0, 0) } else { (5, 1.0, 1) };
+            row[axis] = scale * rng.gauss();
+            row[9] = if class == 1 { 4.0 } else { 0.0 };
+            row.iter_mut().for_each(|v| *v += 1e-3 * rng.gauss());
+            mem.extend(row);
+            y.push(class);
+        }
+        let along_pooled = |sub: &Subspaces| {
+            let mut x = sub.centre[d..2 * d].to_vec();
+            x[0] += 2.0;
+            sub.residuals(&x, 1, d).0
+        };
+        let own = along_pooled(&Subspaces::fit(&mem, &y, 2, d, 0.0));
+        assert!((own - 2.0).abs() < 0.05, "{own}");
+        let shrunk = Subspaces::fit(&mem, &y, 2, d, 30.0);
+        assert_eq!(shrunk.class[1].len(), d);
+        let borrowed = along_pooled(&shrunk);
+        assert!(borrowed < 0.05, "{borrowed}");
+    }
+
     /// A detector file from before the residual features loads with zero
     /// weights on them and scores as it did.
     #[test]
@@ -1635,12 +1716,23 @@ mod tests {
         );
     }
 
+    /// Headers written before `max_rows` and `class_shrink` load with the
+    /// default bound, and with each class's own scatter, which those
+    /// detectors were trained with (new ones take [`CLASS_SHRINK`]).
     #[test]
     fn headers_from_before_max_rows_still_load() {
         let old =
             r#"{"episodes":6,"hold":10,"base_c":10.0,"det_c":0.1,"seed":107,"max_per_class":300}"#;
         let p: MetaParams = serde_json::from_str(old).unwrap();
-        assert_eq!(p, MetaParams::default());
+        let new = MetaParams::default();
+        assert_eq!(new.class_shrink, CLASS_SHRINK);
+        assert_eq!(
+            p,
+            MetaParams {
+                class_shrink: 0.0,
+                ..new
+            }
+        );
     }
 
     #[test]
