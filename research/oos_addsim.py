@@ -24,7 +24,6 @@ rows' worth. Choose on the dev seeds only:
 
     python3 research/oos_addsim.py --seeds 1 2 3
 """
-import argparse
 import time
 
 import numpy as np
@@ -103,10 +102,7 @@ def run(d, seed, budget, n_ex=10, n_new=10):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dump", default=op.DEF_DUMP)
-    ap.add_argument("--src", default=op.DEF_SRC)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap = op.dev_args(__doc__)
     ap.add_argument("--budget", type=float, default=0.02)
     ap.add_argument("--dg", type=int, default=128)
     ap.add_argument("--dc", type=int, default=16)

@@ -19,7 +19,6 @@ seeds only:
 
     python3 research/oos_lexnovel.py --seeds 1 2 3
 """
-import argparse
 import csv
 import os
 import re
@@ -106,10 +105,7 @@ def episodes(s, n_ep=6, n_hold=10, seed=0, C=10.0):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dump", default=op.DEF_DUMP)
-    ap.add_argument("--src", default=op.DEF_SRC)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap = op.dev_args(__doc__)
     ap.add_argument("--budget", type=float, nargs="+", default=[0.0125, 0.02])
     a = ap.parse_args()
     d = op.load(a.dump, a.src)

@@ -346,6 +346,16 @@ def main():
         report_mean(allres, a.seeds, a.budget)
 
 
+def dev_args(doc):
+    """The arguments every study on the development seeds takes: the dump,
+    the data set and the seeds (1-3 by default)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dump", default=DEF_DUMP)
+    ap.add_argument("--src", default=DEF_SRC)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    return ap
+
+
 def report_mean(allres, seeds, budgets):
     """`report` of each method's mean over the seeds."""
     print(f"\nmean over seeds {seeds}")

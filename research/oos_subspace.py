@@ -18,7 +18,6 @@ episodes, same detector). Choose on the dev seeds only:
 
     python3 research/oos_subspace.py --seeds 1 2 3
 """
-import argparse
 import time
 
 import numpy as np
@@ -83,10 +82,7 @@ SETS = {
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dump", default=op.DEF_DUMP)
-    ap.add_argument("--src", default=op.DEF_SRC)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap = op.dev_args(__doc__)
     ap.add_argument("--budget", type=float, nargs="+", default=[0.0125, 0.02])
     ap.add_argument("--dg", type=int, default=64)
     ap.add_argument("--dc", type=int, default=8)

@@ -217,25 +217,23 @@ struct Subspaces {
 }
 
 impl Subspaces {
-    /// `shrink`: [`MetaParams::class_shrink`].
-    fn fit(mem: &[f32], y: &[u32], k: usize, d: usize, shrink: f32) -> Self {
+    /// `sums`: [`class_sums`] of the memory; `shrink`:
+    /// [`MetaParams::class_shrink`].
+    fn fit(mem: &[f32], y: &[u32], k: usize, d: usize, sums: &[f32], shrink: f32) -> Self {
         let n = y.len();
-        let mean_of = |idx: &[usize]| -> Vec<f32> {
-            let mut m = vec![0f32; d];
-            for &i in idx {
-                m.iter_mut()
-                    .zip(&mem[i * d..(i + 1) * d])
-                    .for_each(|(a, v)| *a += v);
-            }
-            let c = idx.len().max(1) as f32;
-            m.iter_mut().for_each(|a| *a /= c);
-            m
+        let mean_of = |sum: &[f32], count: usize| -> Vec<f32> {
+            sum.iter().map(|a| a / count.max(1) as f32).collect()
         };
         let all: Vec<usize> = (0..n).collect();
-        let mean = mean_of(&all);
+        // All rows as one class.
+        let mean = mean_of(&class_sums(mem, &vec![0; n], 1, d), n);
         let global = principal_rows(mem, &all, &mean, d, d / GLOBAL_DIRS_PER_WIDTH);
         let by_class = rows_by_class(y, k);
-        let centre: Vec<Vec<f32>> = by_class.iter().map(|idx| mean_of(idx)).collect();
+        let centre: Vec<Vec<f32>> = by_class
+            .iter()
+            .zip(sums.chunks(d))
+            .map(|(idx, sum)| mean_of(sum, idx.len()))
+            .collect();
         let l = (d / CLASS_DIRS_PER_WIDTH).max(1);
         let class: Vec<Vec<f32>> = if shrink > 0.0 && n > 0 {
             // The pooled within-class covariance: every row around its
@@ -277,6 +275,20 @@ impl Subspaces {
             residual(x, &self.mean, &self.global, d),
         )
     }
+}
+
+/// k x d: the sum of each class's rows of `x` (`y` in `0..k`), in row order.
+fn class_sums(x: &[f32], y: &[u32], k: usize, d: usize) -> Vec<f32> {
+    let mut sums = vec![0f32; k * d];
+    for (row, &c) in x.chunks(d).zip(y) {
+        for (a, v) in sums[c as usize * d..(c as usize + 1) * d]
+            .iter_mut()
+            .zip(row)
+        {
+            *a += v;
+        }
+    }
+    sums
 }
 
 /// The indices of each class's rows (`y` in `0..k`).
@@ -479,16 +491,8 @@ impl Base {
             (any, inn, (top[0] + top[1] + top[2]) / 3.0)
         });
         let nn_loo = stats.iter().map(|s| s.0).collect();
-        let mut cent = vec![0f32; k * d];
-        for (row, &c) in mem.chunks(d).zip(y) {
-            for (a, v) in cent[c as usize * d..(c as usize + 1) * d]
-                .iter_mut()
-                .zip(row)
-            {
-                *a += v;
-            }
-        }
-        let cent = unit_rows(&cent, d);
+        let sums = class_sums(&mem, y, k, d);
+        let cent = unit_rows(&sums, d);
         let (mut q_nn, mut q_nn3, mut q_cent, mut s_cent) = (
             vec![0f32; k],
             vec![0f32; k],
@@ -510,7 +514,7 @@ impl Base {
             s_cent[c] = var.sqrt() + 1e-6;
             q_cent[c] = median(&mut cc.clone());
         }
-        let sub = Subspaces::fit(&mem, y, k, d, p.class_shrink);
+        let sub = Subspaces::fit(&mem, y, k, d, &sums, p.class_shrink);
         Ok(Self {
             d,
             k,
@@ -1280,7 +1284,8 @@ impl MetaDetector {
         if mem_y.iter().any(|&y| y as usize >= k) || w.iter().any(|v| !v.is_finite()) || bad_rule {
             return Err(bad("corrupt weights".into()));
         }
-        let sub = Subspaces::fit(&mem, &mem_y, k, d, header.params.class_shrink);
+        let sums = class_sums(&mem, &mem_y, k, d);
+        let sub = Subspaces::fit(&mem, &mem_y, k, d, &sums, header.params.class_shrink);
         let base = Base {
             d,
             k,
@@ -1659,9 +1664,10 @@ mod tests {
             x[0] += 2.0;
             sub.residuals(&x, 1, d).0
         };
-        let own = along_pooled(&Subspaces::fit(&mem, &y, 2, d, 0.0));
+        let sums = class_sums(&mem, &y, 2, d);
+        let own = along_pooled(&Subspaces::fit(&mem, &y, 2, d, &sums, 0.0));
         assert!((own - 2.0).abs() < 0.05, "{own}");
-        let shrunk = Subspaces::fit(&mem, &y, 2, d, 30.0);
+        let shrunk = Subspaces::fit(&mem, &y, 2, d, &sums, 30.0);
         assert_eq!(shrunk.class[1].len(), d);
         let borrowed = along_pooled(&shrunk);
         assert!(borrowed < 0.05, "{borrowed}");
