@@ -197,7 +197,8 @@ struct Base {
     q_nn3: Vec<f32>,
     q_cent: Vec<f32>,
     s_cent: Vec<f32>,
-    /// Where the memory's rows lie (derived from the memory, not stored).
+    /// Where the memory's rows lie (derived from the memory when fitted,
+    /// stored with it so that loading need not derive them again).
     sub: Subspaces,
 }
 
@@ -947,6 +948,18 @@ struct Header {
     batch: Option<Rule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     smooth: Option<Rule>,
+    /// The shape of the stored [`Subspaces`]. Detectors written before they
+    /// were stored lack it and derive them from the memory when loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subspaces: Option<SubspaceShape>,
+}
+
+/// How many `d`-wide directions the stored [`Subspaces`] hold.
+#[derive(Serialize, Deserialize)]
+struct SubspaceShape {
+    global: usize,
+    /// One count per class.
+    class: Vec<usize>,
 }
 
 impl MetaDetector {
@@ -1186,6 +1199,10 @@ impl MetaDetector {
             params: self.params.clone(),
             batch: self.batch.clone(),
             smooth: self.smooth.clone(),
+            subspaces: Some(SubspaceShape {
+                global: b.sub.global.len() / b.d,
+                class: b.sub.class.iter().map(|c| c.len() / b.d).collect(),
+            }),
         };
         let h = serde_json::to_vec(&header).expect("header serializes");
         let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(FILE)).map_err(io)?);
@@ -1205,7 +1222,13 @@ impl MetaDetector {
             &b.q_nn3,
             &b.q_cent,
             &b.s_cent,
-        ] {
+            &b.sub.mean,
+            &b.sub.global,
+            &b.sub.centre,
+        ]
+        .into_iter()
+        .chain(&b.sub.class)
+        {
             for v in arr.iter() {
                 f.write_all(&v.to_le_bytes()).map_err(io)?;
             }
@@ -1252,7 +1275,14 @@ impl MetaDetector {
         };
         let nf = header.features.len();
         let (d, k, n) = (header.d, header.k, header.n);
-        let sizes = [nf, d * k, k, n * d, n, n, k * d, k, k, k, k];
+        let mut sizes = vec![nf, d * k, k, n * d, n, n, k * d, k, k, k, k];
+        if let Some(shape) = &header.subspaces {
+            if shape.class.len() != k || shape.class.iter().chain([&shape.global]).any(|&l| l > d) {
+                return Err(bad("subspace shape does not fit the detector".into()));
+            }
+            sizes.extend([d, shape.global * d, k * d]);
+            sizes.extend(shape.class.iter().map(|l| l * d));
+        }
         let body = &bytes[12 + hl..];
         if body.len() != sizes.iter().sum::<usize>() * 4 {
             return Err(bad(format!(
@@ -1284,8 +1314,28 @@ impl MetaDetector {
         if mem_y.iter().any(|&y| y as usize >= k) || w.iter().any(|v| !v.is_finite()) || bad_rule {
             return Err(bad("corrupt weights".into()));
         }
-        let sums = class_sums(&mem, &mem_y, k, d);
-        let sub = Subspaces::fit(&mem, &mem_y, k, d, &sums, header.params.class_shrink);
+        let (nn_loo, cent, q_nn, q_nn3, q_cent, s_cent) =
+            (take(), take(), take(), take(), take(), take());
+        let sub = match &header.subspaces {
+            Some(_) => {
+                let (mean, global, centre) = (take(), take(), take());
+                let class: Vec<Vec<f32>> = (0..k).map(|_| take()).collect();
+                let all = [&mean, &global, &centre].into_iter().chain(&class);
+                if all.flatten().any(|v| !v.is_finite()) {
+                    return Err(bad("corrupt subspaces".into()));
+                }
+                Subspaces {
+                    mean,
+                    global,
+                    centre,
+                    class,
+                }
+            }
+            None => {
+                let sums = class_sums(&mem, &mem_y, k, d);
+                Subspaces::fit(&mem, &mem_y, k, d, &sums, header.params.class_shrink)
+            }
+        };
         let base = Base {
             d,
             k,
@@ -1293,12 +1343,12 @@ impl MetaDetector {
             b: bb,
             mem,
             mem_y,
-            nn_loo: take(),
-            cent: take(),
-            q_nn: take(),
-            q_nn3: take(),
-            q_cent: take(),
-            s_cent: take(),
+            nn_loo,
+            cent,
+            q_nn,
+            q_nn3,
+            q_cent,
+            s_cent,
             sub,
         };
         // The batch rule's last weight is the novelty's.
@@ -1694,9 +1744,7 @@ mod tests {
         det.save(dir.path()).unwrap();
         // Rewrite the file as it was written before: 20 features.
         let path = dir.path().join(FILE);
-        let bytes = std::fs::read(&path).unwrap();
-        let hl = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-        let mut h: serde_json::Value = serde_json::from_slice(&bytes[12..12 + hl]).unwrap();
+        let (mut h, body) = read_parts(&path);
         h["features"] = old.iter().map(|&j| FEATURES[j]).collect::<Vec<_>>().into();
         let bw: Vec<f32> = old
             .iter()
@@ -1704,22 +1752,75 @@ mod tests {
             .chain([det.batch.as_ref().unwrap().w[NF]])
             .collect();
         h["batch"]["w"] = bw.into();
-        let h = serde_json::to_vec(&h).unwrap();
-        let body = &bytes[12 + hl..];
-        let mut out = MAGIC.to_vec();
-        out.extend((h.len() as u32).to_le_bytes());
-        out.extend(&h);
+        let mut out = Vec::new();
         for &j in &old {
             out.extend(&body[4 * j..4 * j + 4]);
         }
         out.extend(&body[4 * NF..]);
-        std::fs::write(&path, out).unwrap();
+        write_parts(&path, &h, &out);
         let back = MetaDetector::load(dir.path()).unwrap().unwrap();
         assert_eq!(back, det);
         assert_eq!(
             back.scores(&centres).unwrap(),
             det.scores(&centres).unwrap()
         );
+    }
+
+    /// A detector file's header and body.
+    fn read_parts(path: &Path) -> (serde_json::Value, Vec<u8>) {
+        let bytes = std::fs::read(path).unwrap();
+        let hl = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let h = serde_json::from_slice(&bytes[12..12 + hl]).unwrap();
+        (h, bytes[12 + hl..].to_vec())
+    }
+
+    fn write_parts(path: &Path, h: &serde_json::Value, body: &[u8]) {
+        let h = serde_json::to_vec(h).unwrap();
+        let mut out = MAGIC.to_vec();
+        out.extend((h.len() as u32).to_le_bytes());
+        out.extend(&h);
+        out.extend(body);
+        std::fs::write(path, out).unwrap();
+    }
+
+    /// Loading reads the stored subspaces; a file written before they were
+    /// stored derives the same ones from its memory.
+    #[test]
+    fn subspaces_are_read_and_older_files_derive_them() {
+        let d = 24;
+        let mut rng = Rng(0x5B5);
+        let centres = random_centres(&mut rng, 8, d);
+        let det = fit_on_blobs(&mut rng, &centres, 0.12);
+        let sub = &det.base.sub;
+        assert!(!sub.global.is_empty() && sub.class.iter().all(|c| !c.is_empty()));
+        let dir = tempfile::tempdir().unwrap();
+        det.save(dir.path()).unwrap();
+        let path = dir.path().join(FILE);
+        let (mut h, body) = read_parts(&path);
+        let stored = [&sub.mean, &sub.global, &sub.centre]
+            .into_iter()
+            .chain(&sub.class)
+            .map(Vec::len)
+            .sum::<usize>();
+        let start = body.len() - 4 * stored;
+        // Zeroed global directions in the file are what loads.
+        let mut zeroed = body.clone();
+        let g = start + 4 * d;
+        zeroed[g..g + 4 * sub.global.len()].fill(0);
+        write_parts(&path, &h, &zeroed);
+        let back = MetaDetector::load(dir.path()).unwrap().unwrap();
+        assert!(back.base.sub.global.iter().all(|&v| v == 0.0));
+        assert_eq!(back.base.sub.class, sub.class);
+        // Without them (an older file) they are fitted again, alike.
+        h.as_object_mut().unwrap().remove("subspaces");
+        write_parts(&path, &h, &body[..start]);
+        let back = MetaDetector::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back, det);
+        // A shape that does not fit the detector is an error that says so.
+        h["subspaces"] = serde_json::json!({"global": d + 1, "class": []});
+        write_parts(&path, &h, &body);
+        let e = MetaDetector::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("subspace shape"), "{e}");
     }
 
     /// Headers written before `max_rows` and `class_shrink` load with the
