@@ -1284,11 +1284,17 @@ impl MetaDetector {
             sizes.extend(shape.class.iter().map(|l| l * d));
         }
         let body = &bytes[12 + hl..];
-        if body.len() != sizes.iter().sum::<usize>() * 4 {
+        let needed = sizes.iter().sum::<usize>() * 4;
+        if body.len() != needed {
+            // A later version may store more than this one reads.
+            let newer = if body.len() > needed {
+                " (written by a newer casetag?)"
+            } else {
+                ""
+            };
             return Err(bad(format!(
-                "{} bytes of weights where {d} x {k} x {n} needs {}",
-                body.len(),
-                sizes.iter().sum::<usize>() * 4
+                "{} bytes of weights where {d} x {k} x {n} needs {needed}{newer}",
+                body.len()
             )));
         }
         let mut arrays = Vec::with_capacity(sizes.len());
@@ -1463,7 +1469,13 @@ mod tests {
         let bytes = std::fs::read(dir.path().join(FILE)).unwrap();
         std::fs::write(dir.path().join(FILE), &bytes[..bytes.len() - 4]).unwrap();
         let e = MetaDetector::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("bytes of weights"), "{e}");
+        assert!(
+            e.contains("bytes of weights") && !e.contains("newer"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join(FILE), [&bytes[..], &[0; 4]].concat()).unwrap();
+        let e = MetaDetector::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("bytes of weights") && e.contains("newer"), "{e}");
         assert!(MetaDetector::load(&dir.path().join("none"))
             .unwrap()
             .is_none());
