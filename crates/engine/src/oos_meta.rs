@@ -218,6 +218,13 @@ struct Subspaces {
 }
 
 impl Subspaces {
+    /// Its arrays in the order the detector file stores them.
+    fn parts(&self) -> impl Iterator<Item = &Vec<f32>> {
+        [&self.mean, &self.global, &self.centre]
+            .into_iter()
+            .chain(&self.class)
+    }
+
     /// `sums`: [`class_sums`] of the memory; `shrink`:
     /// [`MetaParams::class_shrink`].
     fn fit(mem: &[f32], y: &[u32], k: usize, d: usize, sums: &[f32], shrink: f32) -> Self {
@@ -1222,12 +1229,9 @@ impl MetaDetector {
             &b.q_nn3,
             &b.q_cent,
             &b.s_cent,
-            &b.sub.mean,
-            &b.sub.global,
-            &b.sub.centre,
         ]
         .into_iter()
-        .chain(&b.sub.class)
+        .chain(b.sub.parts())
         {
             for v in arr.iter() {
                 f.write_all(&v.to_le_bytes()).map_err(io)?;
@@ -1326,16 +1330,16 @@ impl MetaDetector {
             Some(_) => {
                 let (mean, global, centre) = (take(), take(), take());
                 let class: Vec<Vec<f32>> = (0..k).map(|_| take()).collect();
-                let all = [&mean, &global, &centre].into_iter().chain(&class);
-                if all.flatten().any(|v| !v.is_finite()) {
-                    return Err(bad("corrupt subspaces".into()));
-                }
-                Subspaces {
+                let sub = Subspaces {
                     mean,
                     global,
                     centre,
                     class,
+                };
+                if sub.parts().flatten().any(|v| !v.is_finite()) {
+                    return Err(bad("corrupt subspaces".into()));
                 }
+                sub
             }
             None => {
                 let sums = class_sums(&mem, &mem_y, k, d);
@@ -1809,11 +1813,7 @@ mod tests {
         det.save(dir.path()).unwrap();
         let path = dir.path().join(FILE);
         let (mut h, body) = read_parts(&path);
-        let stored = [&sub.mean, &sub.global, &sub.centre]
-            .into_iter()
-            .chain(&sub.class)
-            .map(Vec::len)
-            .sum::<usize>();
+        let stored = sub.parts().map(Vec::len).sum::<usize>();
         let start = body.len() - 4 * stored;
         // Zeroed global directions in the file are what loads.
         let mut zeroed = body.clone();
