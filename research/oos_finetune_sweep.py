@@ -75,6 +75,19 @@ def read(src, name):
     return [r["text"] for r in rows], [r["category"] for r in rows]
 
 
+def pad_ids(ids_list, dev):
+    """Token id lists padded into (ids, attention mask) tensors on `dev`."""
+    import torch
+
+    n = max(len(x) for x in ids_list)
+    ids = torch.zeros(len(ids_list), n, dtype=torch.long)
+    mask = torch.zeros(len(ids_list), n, dtype=torch.long)
+    for i, x in enumerate(ids_list):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return ids.to(dev), mask.to(dev)
+
+
 def detector_eval(args):
     """Runs in a worker process: the meta detector of oos_pseudo.py."""
     key, seed, etr, ete, ltr, lte, ytr, yte, budgets = args
@@ -160,13 +173,7 @@ def main():
     enc_te = tok(Tte, truncation=True, max_length=64)["input_ids"]
 
     def collate(ids_list):
-        n = max(len(x) for x in ids_list)
-        ids = torch.zeros(len(ids_list), n, dtype=torch.long)
-        mask = torch.zeros(len(ids_list), n, dtype=torch.long)
-        for i, x in enumerate(ids_list):
-            ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
-        return ids.to(dev), mask.to(dev)
+        return pad_ids(ids_list, dev)
 
     def pooled(model, ids, mask):
         h = model(input_ids=ids, attention_mask=mask).last_hidden_state
