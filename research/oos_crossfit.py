@@ -68,42 +68,14 @@ import oos_pseudo as op  # noqa: E402
 import oos_finetune_sweep as ofs  # noqa: E402
 import oos_subspace as osub  # noqa: E402
 
-FEATS = None  # the product's 22 features, set from the first base
 EPISODES, HOLD, BUDGET = 6, 10, 0.02
 
 
-def make_base(X, Y, K):
+def use_base():
+    """The product's base model: `oos_pseudo`'s with the residual features
+    (128 / 16 directions, shrink 30), for every round `op.round_features` runs."""
     osub.SubspaceBase.dg, osub.SubspaceBase.dc, osub.SubspaceBase.shrink = 128, 16, 30.0
-    return osub.SubspaceBase(X, Y, K)
-
-
-def cols_of(f):
-    return sorted(c for c in f if c != "resid_c_cn")
-
-
-def fmat(f, cols):
-    return np.column_stack([f[c] for c in cols])
-
-
-def round_features(Xf, Yf, Xv, Yv, K, hold):
-    """One round: base on the kept fit rows; features of the kept validation
-    rows (kind 0 right / 1 wrong), of the hidden fit rows (2) and of the
-    hidden validation rows (3)."""
-    mf, mv = ~np.isin(Yf, hold), ~np.isin(Yv, hold)
-    remap = -np.ones(K, int)
-    remap[np.setdiff1d(np.arange(K), hold)] = np.arange(K - len(hold))
-    b = make_base(Xf[mf], remap[Yf[mf]], K - len(hold))
-    pin, fin = b.feats(Xv[mv])
-    _, ffit = b.feats(Xf[~mf])
-    _, fval = b.feats(Xv[~mv])
-    cols = cols_of(fin)
-    F = np.vstack([fmat(fin, cols), fmat(ffit, cols), fmat(fval, cols)])
-    kind = np.concatenate([
-        np.where(pin == remap[Yv[mv]], 0, 1),
-        np.full(len(ffit["msp"]), 2),
-        np.full(len(fval["msp"]), 3),
-    ])
-    return F, kind
+    op.Base = osub.SubspaceBase
 
 
 def evaluate_seed(job):
@@ -113,14 +85,16 @@ def evaluate_seed(job):
     d = {"ytr": Ytr_all, "yte": Yte_all, "etr": etr.astype(np.float64), "ete": ete.astype(np.float64)}
     s = op.split(d, seed)
     K = s["K"]
-    base = make_base(s["Xf"], s["Yf"], K)
+    use_base()
+    base = op.Base(s["Xf"], s["Yf"], K)
     pv, fv = base.feats(s["Xv"])
     pt, ft = base.feats(s["Xt"])
-    cols = cols_of(fv)
-    Fv, Ft = fmat(fv, cols), fmat(ft, cols)
+    cols = sorted(fv)
+    use = [c for c in cols if c != "resid_c_cn"]  # the product's 22
+    Fv, Ft = op.fmat(fv), op.fmat(ft)
     FA, kA = [], []
     for hold in holds:
-        F, kind = round_features(s["Xf"], s["Yf"], s["Xv"], s["Yv"], K, hold)
+        F, kind = op.round_features(s["Xf"], s["Yf"], s["Xv"], s["Yv"], K, hold)
         FA.append(F)
         kA.append(kind)
     # A and B on the rounds C has encoders for; A6 on all of them (the
@@ -138,13 +112,13 @@ def evaluate_seed(job):
         for hold, (etr_e,) in zip(holds, crossfit):
             de = dict(d, etr=etr_e.astype(np.float64))
             se = op.split(de, seed)
-            F, kind = round_features(se["Xf"], se["Yf"], se["Xv"], se["Yv"], K, hold)
+            F, kind = op.round_features(se["Xf"], se["Yf"], se["Xv"], se["Yv"], K, hold)
             FC.append(F)
             kC.append(kind)
         rules["C"] = (np.vstack(FC), np.concatenate(kC))
     out = {"raw": None}
     for name, (F, kind) in rules.items():
-        ci, w, b = op.fit_detector(F, kind, cols, cols, 0.1)
+        ci, w, b = op.fit_detector(F, kind, use, cols, 0.1)
         r = op.evaluate(s, pv, -(Fv[:, ci] @ w + b), pt, -(Ft[:, ci] @ w + b), [BUDGET])
         out["raw"] = float(r["raw"])
         out[name] = {
@@ -166,7 +140,8 @@ def main():
     ap.add_argument("--no-crossfit", action="store_true")
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds with their own encoder (C), and the rounds A and B learn from")
-    ap.add_argument("--deadline", type=float, default=480)
+    ap.add_argument("--deadline", type=float, default=float("inf"),
+                    help="seconds; seeds not started by then are skipped (none by default)")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args()

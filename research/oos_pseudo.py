@@ -237,17 +237,26 @@ def episodes(Xf, Yf, Xv, Yv, K, n_ep=6, n_hold=10, seed=0, C=10.0):
     rng = np.random.default_rng(seed)
     F, kind, epi = [], [], []
     for e in range(n_ep):
-        hold = rng.choice(K, n_hold, replace=False)
-        mf, mv = ~np.isin(Yf, hold), ~np.isin(Yv, hold)
-        remap = -np.ones(K, int)
-        remap[np.setdiff1d(np.arange(K), hold)] = np.arange(K - n_hold)
-        b = Base(Xf[mf], remap[Yf[mf]], K - n_hold, C=C)
-        pin, fin = b.feats(Xv[mv])
-        _, fout = b.feats(np.vstack([Xf[~mf], Xv[~mv]]))
-        F += [fmat(fin), fmat(fout)]
-        kind += [np.where(pin == remap[Yv[mv]], 0, 1), np.full(len(fout["msp"]), 2)]
-        epi.append(np.full(len(fin["msp"]) + len(fout["msp"]), e))
+        f, k = round_features(Xf, Yf, Xv, Yv, K, rng.choice(K, n_hold, replace=False), C)
+        F.append(f)
+        kind.append(np.minimum(k, 2))
+        epi.append(np.full(len(k), e))
     return np.vstack(F), np.concatenate(kind), np.concatenate(epi)
+
+
+def round_features(Xf, Yf, Xv, Yv, K, hold, C=10.0):
+    """One leave-classes-out round hiding the intents `hold`: Base on the
+    others' fit rows, then features of their validation rows (kind 0 right,
+    1 wrong), of the hidden intents' fit rows (2) and validation rows (3)."""
+    mf, mv = ~np.isin(Yf, hold), ~np.isin(Yv, hold)
+    remap = -np.ones(K, int)
+    remap[np.setdiff1d(np.arange(K), hold)] = np.arange(K - len(hold))
+    b = Base(Xf[mf], remap[Yf[mf]], K - len(hold), C=C)
+    pin, fin = b.feats(Xv[mv])
+    _, ffit = b.feats(Xf[~mf])
+    _, fval = b.feats(Xv[~mv])
+    kind = [np.where(pin == remap[Yv[mv]], 0, 1), np.full(len(ffit["msp"]), 2), np.full(len(fval["msp"]), 3)]
+    return np.vstack([fmat(fin), fmat(ffit), fmat(fval)]), np.concatenate(kind)
 
 
 # ----------------------------------------------------------------------------
