@@ -57,6 +57,56 @@ def nbr_mean(X, s1, k):
     return s1[np.argsort(S, 1)[:, -k:]].mean(1)
 
 
+class Rules:
+    """The batch rule and the smoothing rule, learned on a split's stand-in
+    batches: `s1` is the batch rule's logit (higher = more out of scope) of a
+    feature dict with `nov`, `smoothed` the smoothing rule's score (higher =
+    more in scope) of logits `s1` and their rows' `nbr` (mean s1 of nearest
+    batch rows)."""
+
+    def __init__(self, s, k=3, episodes=6, smooth=5, seed=0):
+        rng = np.random.default_rng(100 + seed)
+        K, Xf, Yf, Xv, Yv = s["K"], s["Xf"], s["Yf"], s["Xv"], s["Yv"]
+        F, kind, B = [], [], []
+        per = max(1, int(round(len(Xv) / K)))
+        for _ in range(episodes):
+            hold = rng.choice(K, 10, replace=False)
+            mf, mv = ~np.isin(Yf, hold), ~np.isin(Yv, hold)
+            remap = -np.ones(K, int)
+            remap[np.setdiff1d(np.arange(K), hold)] = np.arange(K - 10)
+            b = op.Base(Xf[mf], remap[Yf[mf]], K - 10)
+            Xout = np.vstack([Xf[~mf], Xv[~mv]])
+            Yout = np.concatenate([Yf[~mf], Yv[~mv]])
+            samp = np.concatenate([rng.choice(np.where(Yout == h)[0], per, replace=False) for h in hold])
+            batch = np.vstack([Xv[mv], Xout[samp]])
+            pb, fb = b.feats(batch)
+            fb["nov"] = nov_dm(batch, pb, Xf[mf], remap[Yf[mf]], rng, k)
+            nin = mv.sum()
+            F.append(op.fmat(fb))
+            B.append(batch)
+            kind.append(np.concatenate([np.where(pb[:nin] == remap[Yv[mv]], 0, 1), np.full(len(samp), 2)]))
+        self.rng, self.k, self.smooth = rng, k, smooth
+        self.base = op.Base(Xf, Yf, K)
+        self.Fe, self.B = F, B
+        F, kind = np.vstack(F), np.concatenate(kind)
+        _, fv = self.base.feats(Xv[:2])
+        fv["nov"] = np.zeros(2)
+        self.cols = sorted(fv)
+        self.ci, self.w, self.bb = op.fit_detector(F, kind, self.cols, self.cols, 0.1)
+        G = np.vstack([np.column_stack([f[:, self.ci] @ self.w + self.bb,
+                                        nbr_mean(x, f[:, self.ci] @ self.w + self.bb, smooth)])
+                       for f, x in zip(self.Fe, B)])
+        self.mu, self.sd = G.mean(0), G.std(0) + 1e-12
+        self.det = LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced").fit((G - self.mu) / self.sd, kind >= 1)
+
+    def s1(self, f):
+        return op.fmat(f)[:, self.ci] @ self.w + self.bb
+
+    def smoothed(self, s1, nbr):
+        A = (np.column_stack([s1, nbr]) - self.mu) / self.sd
+        return -(A @ self.det.coef_[0] + self.det.intercept_[0])
+
+
 def run(d, seed, k=3, episodes=6, budgets=(0.0125, 0.02), smooth=5, oos_per=None):
     s = op.split(d, seed)
     if oos_per is not None:  # keep only `oos_per` test rows of each held-out intent
@@ -65,49 +115,17 @@ def run(d, seed, k=3, episodes=6, budgets=(0.0125, 0.02), smooth=5, oos_per=None
         for h in s["held"]:
             keep[r0.choice(np.where(names == h)[0], oos_per, replace=False)] = True
         s["Xt"], s["Yt"] = s["Xt"][keep], s["Yt"][keep]
-    rng = np.random.default_rng(100 + seed)
-    K, Xf, Yf, Xv, Yv = s["K"], s["Xf"], s["Yf"], s["Xv"], s["Yv"]
-    F, kind, B = [], [], []
-    per = max(1, int(round(len(Xv) / K)))
-    for _ in range(episodes):
-        hold = rng.choice(K, 10, replace=False)
-        mf, mv = ~np.isin(Yf, hold), ~np.isin(Yv, hold)
-        remap = -np.ones(K, int)
-        remap[np.setdiff1d(np.arange(K), hold)] = np.arange(K - 10)
-        b = op.Base(Xf[mf], remap[Yf[mf]], K - 10)
-        Xout = np.vstack([Xf[~mf], Xv[~mv]])
-        Yout = np.concatenate([Yf[~mf], Yv[~mv]])
-        samp = np.concatenate([rng.choice(np.where(Yout == h)[0], per, replace=False) for h in hold])
-        batch = np.vstack([Xv[mv], Xout[samp]])
-        pb, fb = b.feats(batch)
-        fb["nov"] = nov_dm(batch, pb, Xf[mf], remap[Yf[mf]], rng, k)
-        nin = mv.sum()
-        F.append(op.fmat(fb))
-        B.append(batch)
-        kind.append(np.concatenate([np.where(pb[:nin] == remap[Yv[mv]], 0, 1), np.full(len(samp), 2)]))
-    Fe, ke = F, kind
-    F, kind = np.vstack(F), np.concatenate(kind)
-    base = op.Base(Xf, Yf, K)
-    pv, fv = base.feats(Xv)
-    pt, ft = base.feats(s["Xt"])
-    fv["nov"] = nov_dm(Xv, pv, Xf, Yf, rng, k)
-    ft["nov"] = nov_dm(s["Xt"], pt, Xf, Yf, rng, k)
-    cols = sorted(fv)
-    ci, w, bb = op.fit_detector(F, kind, cols, cols, 0.1)
-    s1v, s1t = op.fmat(fv)[:, ci] @ w + bb, op.fmat(ft)[:, ci] @ w + bb
-    # the smoothing rule, on the stand-in batches
-    G = np.vstack([np.column_stack([f[:, ci] @ w + bb, nbr_mean(x, f[:, ci] @ w + bb, smooth)])
-                   for f, x in zip(Fe, B)])
-    mu, sd = G.mean(0), G.std(0) + 1e-12
-    det = LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced").fit((G - mu) / sd, kind >= 1)
-
-    def smoothed(s1, X):
-        A = (np.column_stack([s1, nbr_mean(X, s1, smooth)]) - mu) / sd
-        return -(A @ det.coef_[0] + det.intercept_[0])
-
+    r = Rules(s, k, episodes, smooth, seed)
+    Xf, Yf, Xv = s["Xf"], s["Yf"], s["Xv"]
+    pv, fv = r.base.feats(Xv)
+    pt, ft = r.base.feats(s["Xt"])
+    fv["nov"] = nov_dm(Xv, pv, Xf, Yf, r.rng, k)
+    ft["nov"] = nov_dm(s["Xt"], pt, Xf, Yf, r.rng, k)
+    s1v, s1t = r.s1(fv), r.s1(ft)
     return {
         "meta+nov": op.evaluate(s, pv, -s1v, pt, -s1t, list(budgets)),
-        "+smooth": op.evaluate(s, pv, smoothed(s1v, Xv), pt, smoothed(s1t, s["Xt"]), list(budgets)),
+        "+smooth": op.evaluate(s, pv, r.smoothed(s1v, nbr_mean(Xv, s1v, smooth)), pt,
+                               r.smoothed(s1t, nbr_mean(s["Xt"], s1t, smooth)), list(budgets)),
         "nov": op.evaluate(s, pv, -fv["nov"], pt, -ft["nov"], list(budgets)),
     }
 
