@@ -9,7 +9,10 @@ the test split with empty labels, so they count as out of scope at test time.
                                      [--add 10] [--add-intents K] [--dev]
 
 Writes OUT/train.csv (67 intents) and OUT/test.csv (all 3,080 test rows; the
-held-out intents have an empty l1) with columns text,l1.
+held-out intents have an empty l1) with columns text,l1, and
+OUT/test_stream.csv, the same rows in a random arrival order (seeded), for
+`casetag eval --stream-novelty`, which judges each row against the rows
+before it.
 
 With --add N it also writes OUT/add.csv, N training rows of each held-out
 intent (drawn with the seed; what `casetag train --from M --add` learns the
@@ -82,6 +85,11 @@ if a.dev:
 os.makedirs(a.out, exist_ok=True)
 write("train.csv", old)
 write("test.csv", [(t, "" if c in held else c) for t, c in test])
+# The same rows in a random arrival order, for `eval --stream-novelty`
+# (the split's files are grouped by intent, an order no service sees).
+arrival = [(t, "" if c in held else c) for t, c in test]
+random.Random(a.seed + 2000).shuffle(arrival)
+write("test_stream.csv", arrival)
 if a.add:
     write("add.csv", add)
     write("retrain.csv", old + add)

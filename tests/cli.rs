@@ -36,6 +36,20 @@ fn tag(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
     run(&args)
 }
 
+fn eval(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 /// `casetag train --kind baseline` on the bundled corpus with `features`
 /// selected hashed features.
 fn train_baseline(out: &Path, features: usize, id: Option<&str>) -> Output {
@@ -585,6 +599,43 @@ fn batch_novelty_needs_a_model_with_a_batch_rule() {
     assert!(e.contains("--batch-novelty"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
     assert!(!out.exists());
+}
+
+#[test]
+fn stream_novelty_needs_a_model_with_a_batch_rule() {
+    let model = baseline();
+    let tmp = tempfile::tempdir().unwrap();
+    let test = self::root().join("data/aftersales/test.csv");
+    let report_dir = tmp.path().join("r");
+    let eval = |extra: &[&str]| eval(model, &test, &report_dir, extra);
+    // eval judges such a model case by case, says so, and the report says how.
+    let o = eval(&["--stream-novelty", "--stream-window", "50"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--stream-novelty"), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["models"][0]["oos_judging"], "per_case", "{report}");
+    // One way of judging at a time, and a window of at least one case.
+    for extra in [
+        &["--stream-novelty", "--batch-novelty"][..],
+        &["--stream-novelty", "--stream-window", "0"][..],
+    ] {
+        let o = eval(extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+    }
+    // serve refuses to start rather than serve without what was asked.
+    let o = run(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--model",
+        model.to_str().unwrap(),
+        "--stream-novelty",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("--stream-novelty"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
 }
 
 #[test]

@@ -48,9 +48,20 @@ pub struct Args {
     label_columns: Vec<String>,
     /// Judge out of scope over the whole table at once (up to 50,000 rows a
     /// batch), as `tag --batch-novelty` does; models without a batch rule
-    /// are judged case by case (with a note).
+    /// are judged case by case (with a warning).
     #[arg(long)]
     batch_novelty: bool,
+    /// Judge out of scope one case at a time against the cases before it
+    /// in the file (the last `--stream-window`), as `serve
+    /// --stream-novelty` does for its requests: the table's row order is
+    /// the arrival order. Models without a batch rule are judged case by
+    /// case (with a warning).
+    #[arg(long, conflicts_with = "batch_novelty")]
+    stream_novelty: bool,
+    /// Recent cases each case is judged against under `--stream-novelty`.
+    #[arg(long, default_value_t = casetag_engine::oos_meta::STREAM_WINDOW, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    stream_window: u32,
     /// Bootstrap resamples for the comparison intervals.
     #[arg(long, default_value_t = 2000)]
     resamples: usize,
@@ -328,7 +339,12 @@ pub fn run(a: Args) -> CmdResult {
         let rows = model_rows.as_ref().unwrap_or(&rows);
         if a.batch_novelty {
             if let Err(e) = m.enable_batch_novelty() {
-                progress::note(&format!("{e}; judged case by case"));
+                progress::warn(&format!("{e}; judged case by case"));
+            }
+        }
+        if a.stream_novelty {
+            if let Err(e) = m.enable_stream_novelty(a.stream_window as usize) {
+                progress::warn(&format!("{e}; judged case by case"));
             }
         }
         progress::note(&format!("evaluating {} on {} rows", m.id(), cases.len()));

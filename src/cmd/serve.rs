@@ -21,6 +21,19 @@ pub struct Args {
     registry: super::models::Registry,
     #[command(flatten)]
     limits: casetag_server::Limits,
+    /// Judge out of scope for each case against the recent cases before it
+    /// (the last `--stream-window` this server answered, embeddings only,
+    /// never texts): a new kind of case that recurs in the traffic is then
+    /// declared out of scope far more often, one request at a time. Needs a
+    /// transformer trained without out-of-scope rows (learned detector); an
+    /// answer then depends on the traffic before it. The window starts empty
+    /// at startup and at each reload.
+    #[arg(long)]
+    stream_novelty: bool,
+    /// Recent cases each case is judged against under `--stream-novelty`.
+    #[arg(long, default_value_t = casetag_engine::oos_meta::STREAM_WINDOW, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    stream_window: u32,
 }
 
 pub fn run(a: Args) -> CmdResult {
@@ -36,6 +49,7 @@ pub fn run(a: Args) -> CmdResult {
         fallback,
         models_root: a.registry.models_root,
         limits: a.limits,
+        stream_window: a.stream_novelty.then_some(a.stream_window as usize),
     };
     casetag_server::serve_blocking(cfg).map_err(|e| {
         if e.is_input() {

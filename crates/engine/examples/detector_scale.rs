@@ -4,7 +4,9 @@
 //! would keep for them (`MetaParams::per_class`), 8 validation rows per class.
 //! Also times one batch of 50,000 rows judged as a whole (`scores_batch`:
 //! features, batch novelty and the smoothing rule; `tag`'s default chunk)
-//! against the same rows judged case by case.
+//! against the same rows judged case by case, and one request judged
+//! against a full window of recent cases (`scores_stream`, `serve
+//! --stream-novelty`).
 //!
 //!     cargo run --release -p casetag-engine --example detector_scale -- [K ...]
 //!
@@ -12,7 +14,7 @@
 
 use std::time::Instant;
 
-use casetag_engine::oos_meta::{MetaDetector, MetaInputs, MetaParams};
+use casetag_engine::oos_meta::{MetaDetector, MetaInputs, MetaParams, StreamWindow, STREAM_WINDOW};
 
 struct Rng(u64);
 impl Rng {
@@ -76,9 +78,19 @@ fn main() {
         let t = Instant::now();
         std::hint::black_box(det.scores_batch(&batch).expect("score"));
         let batch_s = t.elapsed().as_secs_f64();
+        let cap = STREAM_WINDOW as usize;
+        let mut window = StreamWindow::new(cap, d);
+        det.scores_stream(&mut window, &batch[..cap])
+            .expect("score");
+        let t = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(det.scores_stream(&mut window, &one).expect("score"));
+        }
+        let per_req_stream = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
         println!(
-            "K {k}: {per} rows per class ({} in memory), fit {fit_s:.1} s, one request {per_req:.2} ms, \
-             {} rows case by case {case_s:.1} s, as one batch {batch_s:.1} s",
+            "K {k}: {per} rows per class ({} in memory), fit {fit_s:.1} s, one request {per_req:.2} ms \
+             ({per_req_stream:.2} ms against {cap} recent cases), {} rows case by case {case_s:.1} s, \
+             as one batch {batch_s:.1} s",
             fit_y.len(),
             batch.len()
         );

@@ -144,13 +144,17 @@ impl Scores {
 }
 
 /// How out of scope is judged: each case on its own (serving, and batch
-/// jobs by default), or each batch as a whole (`--batch-novelty`), where
-/// the detector's batch rule scored the case and its own cut applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// jobs by default), each batch as a whole (`--batch-novelty`), where
+/// the detector's batch rule scored the case and its own cut applies, or
+/// each case against the recent cases before it (`--stream-novelty`): the
+/// batch rule over a window of the stream, with the batch rule's cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Judging {
     #[default]
     PerCase,
     Batch,
+    Stream,
 }
 
 /// Precomputed structure for fast decoding.
@@ -323,7 +327,7 @@ impl Decider {
         } else if let Some(z) = det {
             let cut = match judging {
                 Judging::PerCase => self.thresholds.oos_detector_cut,
-                Judging::Batch => self.thresholds.oos_batch_cut,
+                Judging::Batch | Judging::Stream => self.thresholds.oos_batch_cut,
             };
             (cut.is_some_and(|c| z > c), 1.0 / (1.0 + (-z).exp()))
         } else {

@@ -104,6 +104,9 @@ pub struct Summary {
     /// ones), independent of where the cut lies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oos_auroc: Option<f64>,
+    /// How out of scope was judged: `per_case`, `batch` (`--batch-novelty`)
+    /// or `stream` (`--stream-novelty`).
+    pub oos_judging: Judging,
     pub coverage: f64,
     pub selective_accuracy: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,7 +201,7 @@ pub fn evaluate_logits(
                 .unwrap() as f64
         })
         .collect();
-    evaluate_decisions(
+    let mut e = evaluate_decisions(
         decider,
         id,
         kind,
@@ -206,7 +209,9 @@ pub fn evaluate_logits(
         Some(&raw_conf),
         rows,
         throughput,
-    )
+    );
+    e.summary.oos_judging = judging;
+    e
 }
 
 /// Evaluate already-made decisions.
@@ -376,6 +381,7 @@ pub fn evaluate_decisions(
         oos_recall,
         oos_precision,
         oos_auroc,
+        oos_judging: Judging::PerCase,
         coverage: covered as f64 / n_in,
         selective_accuracy: if covered > 0 {
             covered_ok as f64 / covered as f64

@@ -75,6 +75,9 @@ const NF: usize = FEATURES.len();
 const NB: usize = NF + 1;
 /// Batch neighbours whose batch-rule logits the smoothing rule averages.
 const SMOOTH_K: usize = 5;
+/// Recent cases a stream judges each case against by default
+/// ([`MetaDetector::scores_stream`]).
+pub const STREAM_WINDOW: u32 = 2000;
 /// Principal directions the residual features project out, as a share of
 /// the embedding width: all memory rows (`resid_g`: 128 of 384) and each
 /// class's rows (`resid_c`: 16 of 384). Chosen on the BANKING77
@@ -778,16 +781,6 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
     for (i, &c) in pred.iter().enumerate() {
         rows_of[c].push(i);
     }
-    let top3_mean = |x: &[f32], others: &mut dyn Iterator<Item = &[f32]>| -> f32 {
-        let mut t = [-2.0f32; 3];
-        let mut n = 0;
-        for o in others {
-            push_top3(&mut t, dot(x, o));
-            n += 1;
-        }
-        let k = n.min(3);
-        t[3 - k..].iter().sum::<f32>() / k.max(1) as f32
-    };
     // Rows of a class are listed in batch order.
     let per_class: Vec<Vec<(usize, f32)>> = rows_of
         .into_par_iter()
@@ -811,14 +804,12 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
                     let x = &xu[r * d..(r + 1) * d];
                     let kb = top3_mean(
                         x,
-                        &mut side
-                            .iter()
+                        side.iter()
                             .filter(|&&o| o != r)
                             .take(s)
                             .map(|&o| &xu[o * d..(o + 1) * d]),
                     );
-                    let kt =
-                        top3_mean(x, &mut train.iter().map(|&o| &base.mem[o * d..(o + 1) * d]));
+                    let kt = top3_mean(x, train.iter().map(|&o| &base.mem[o * d..(o + 1) * d]));
                     (r, kt - kb)
                 })
                 .collect()
@@ -831,6 +822,19 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
         }
     }
     nov
+}
+
+/// The mean cosine of unit row `x` to its three nearest of `others` (to
+/// all of them when fewer; 0 when none).
+fn top3_mean<'a>(x: &[f32], others: impl Iterator<Item = &'a [f32]>) -> f32 {
+    let mut t = [-2.0f32; 3];
+    let mut n = 0;
+    for o in others {
+        push_top3(&mut t, dot(x, o));
+        n += 1;
+    }
+    let k = n.min(3);
+    t[3 - k..].iter().sum::<f32>() / k.max(1) as f32
 }
 
 /// For each row of a batch (unit rows `xu`, `d` wide): the mean of `s` over
@@ -851,26 +855,30 @@ fn neighbour_mean(xu: &[f32], d: usize, s: &[f32], k: usize, pool: usize, seed: 
         .flat_map(|&i| xu[i * d..(i + 1) * d].iter().copied())
         .collect();
     map_gram(xu, &px, d, |i, sims| {
-        // (cosine, row), ascending; the first entry is the one to replace.
-        let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-        for (&sim, &j) in sims.iter().zip(&idx) {
-            if j == i {
-                continue;
-            }
-            if top.len() < k {
-                top.push((sim, j));
-                top.sort_by(|a, b| a.0.total_cmp(&b.0));
-            } else if sim > top[0].0 {
-                top[0] = (sim, j);
-                top.sort_by(|a, b| a.0.total_cmp(&b.0));
-            }
-        }
-        if top.is_empty() {
-            s[i]
-        } else {
-            top.iter().map(|&(_, j)| s[j]).sum::<f32>() / top.len() as f32
-        }
+        let others = sims.iter().zip(&idx).filter(|&(_, &j)| j != i);
+        mean_of_nearest(others.map(|(&sim, &j)| (sim, j)), k, |j| s[j]).unwrap_or(s[i])
     })
+}
+
+/// The mean of `s` over the `k` candidates (cosine, row) of highest
+/// cosine; `None` when there is no candidate.
+fn mean_of_nearest(
+    candidates: impl Iterator<Item = (f32, usize)>,
+    k: usize,
+    s: impl Fn(usize) -> f32,
+) -> Option<f32> {
+    // (cosine, row), ascending; the first entry is the one to replace.
+    let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    for (sim, j) in candidates {
+        if top.len() < k {
+            top.push((sim, j));
+            top.sort_by(|a, b| a.0.total_cmp(&b.0));
+        } else if sim > top[0].0 {
+            top[0] = (sim, j);
+            top.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+    (!top.is_empty()).then(|| top.iter().map(|&(_, j)| s(j)).sum::<f32>() / top.len() as f32)
 }
 
 /// Solve h x = g (h symmetric positive definite) by Gaussian elimination
@@ -922,6 +930,85 @@ pub struct MetaInputs<'a> {
     pub fit_y: &'a [u32],
     pub val_x: &'a [f32],
     pub val_y: &'a [u32],
+}
+
+/// A window case at least this close (cosine) to a new one is the same
+/// text again, a client's retry or a template sent many times: it is one
+/// case, not a recurring new kind of case, so the stream skips it.
+const SAME_CASE_COS: f32 = 0.9999;
+
+/// The recent cases of a stream ([`MetaDetector::scores_stream`]): the
+/// unit embedding, predicted class and batch-rule logit of each of the
+/// last `cap` cases, oldest dropped first. Embeddings only, no texts.
+#[derive(Debug, Clone)]
+pub struct StreamWindow {
+    cap: usize,
+    d: usize,
+    /// `cap` x `d`, a ring: slot `seen % cap` is written next.
+    xu: Vec<f32>,
+    pred: Vec<usize>,
+    s1: Vec<f32>,
+    /// Cases pushed so far.
+    seen: u64,
+}
+
+impl StreamWindow {
+    /// An empty window of `cap` cases (at least 1) of width `d`.
+    pub fn new(cap: usize, d: usize) -> Self {
+        let cap = cap.max(1);
+        Self {
+            cap,
+            d,
+            xu: vec![0.0; cap * d],
+            pred: vec![0; cap],
+            s1: vec![0.0; cap],
+            seen: 0,
+        }
+    }
+
+    /// Cases held now.
+    pub fn len(&self) -> usize {
+        (self.seen as usize).min(self.cap)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+
+    fn row(&self, slot: usize) -> &[f32] {
+        &self.xu[slot * self.d..(slot + 1) * self.d]
+    }
+
+    fn push(&mut self, x: &[f32], pred: usize, s1: f32) {
+        let slot = (self.seen % self.cap as u64) as usize;
+        self.xu[slot * self.d..(slot + 1) * self.d].copy_from_slice(x);
+        self.pred[slot] = pred;
+        self.s1[slot] = s1;
+        self.seen += 1;
+    }
+
+    /// Slots of the window's cases, newest first.
+    fn newest_first(&self) -> impl Iterator<Item = usize> + '_ {
+        let (cap, seen) = (self.cap as u64, self.seen);
+        (1..=self.len() as u64).map(move |back| ((seen - back) % cap) as usize)
+    }
+
+    /// The slots of the newest `at_most` cases predicted as `c`, but for
+    /// repeats of unit row `x` ([`SAME_CASE_COS`]).
+    fn recent_of(&self, c: usize, at_most: usize, x: &[f32]) -> Vec<usize> {
+        self.newest_first()
+            .filter(|&j| self.pred[j] == c && dot(x, self.row(j)) < SAME_CASE_COS)
+            .take(at_most)
+            .collect()
+    }
+
+    /// The mean stored logit of the `k` cases nearest to unit row `x` by
+    /// cosine, repeats of `x` left out; `None` when there is none.
+    fn neighbour_mean(&self, x: &[f32], k: usize) -> Option<f32> {
+        let sims = (0..self.len()).map(|j| (dot(x, self.row(j)), j));
+        let others = sims.filter(|&(sim, _)| sim < SAME_CASE_COS);
+        mean_of_nearest(others, k, |j| self.s1[j])
+    }
 }
 
 /// A fitted detector: the base model on every known class plus a linear
@@ -1168,6 +1255,67 @@ impl MetaDetector {
             .map(|(&a, b)| smooth.logit(&[a, b]))
             .collect();
         Ok((per_case, whole))
+    }
+
+    /// Detector logits for cases judged one at a time against the cases
+    /// that came before them (`window`, the stream's recent cases; each
+    /// scored case joins it, in order): the batch rule with the case's
+    /// novelty among the window's cases of its predicted class, then the
+    /// smoothing rule over the logits the window's nearest cases got when
+    /// they came. No case's score depends on a later case. Falls back to
+    /// [`Self::scores`] for detectors without a batch rule.
+    pub fn scores_stream(
+        &self,
+        window: &mut StreamWindow,
+        embeddings: &[Vec<f32>],
+    ) -> Result<Vec<f32>> {
+        let Some(rule) = &self.batch else {
+            return self.scores(embeddings);
+        };
+        let d = self.base.d;
+        let xu = unit_rows(&self.flatten(embeddings)?, d);
+        let feats = self.base.features_unit(&xu);
+        if window.d != d {
+            *window = StreamWindow::new(window.cap, d);
+        }
+        let mut out = Vec::with_capacity(feats.len());
+        for (x, (c, f)) in xu.chunks(d).zip(&feats) {
+            let nov = self.stream_novelty(window, x, *c);
+            let s1 = rule.logit(&with_novelty(f, nov));
+            let z = match &self.smooth {
+                None => s1,
+                Some(smooth) => {
+                    smooth.logit(&[s1, window.neighbour_mean(x, SMOOTH_K).unwrap_or(s1)])
+                }
+            };
+            window.push(x, *c, s1);
+            out.push(z);
+        }
+        Ok(out)
+    }
+
+    /// [`batch_novelty`] of one case (unit row `x`, predicted class `c`)
+    /// among the window's cases of class c: the mean cosine to its three
+    /// nearest of the window's most recent `s` cases of c, subtracted from
+    /// the same against `s` of c's memory rows drawn at random, `s` being
+    /// as many as the window has (at most the memory's count for c).
+    fn stream_novelty(&self, window: &StreamWindow, x: &[f32], c: usize) -> f32 {
+        let b = &self.base;
+        let d = b.d;
+        let mem: Vec<usize> = (0..b.mem_y.len())
+            .filter(|&i| b.mem_y[i] as usize == c)
+            .collect();
+        let side = window.recent_of(c, mem.len(), x);
+        if side.is_empty() {
+            return 0.0;
+        }
+        let kb = top3_mean(x, side.iter().map(|&j| window.row(j)));
+        let mut rng = (self.params.seed ^ window.seen.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
+        let mut train = mem;
+        crate::shuffle(&mut train, &mut rng);
+        train.truncate(side.len());
+        let kt = top3_mean(x, train.iter().map(|&o| &b.mem[o * d..(o + 1) * d]));
+        kt - kb
     }
 
     fn flatten(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
@@ -1485,12 +1633,13 @@ mod tests {
             .is_none());
     }
 
-    #[test]
-    fn batch_rule_finds_a_new_kind_of_case_that_recurs() {
+    /// A detector on 10 known classes (24 dimensions) and 30 cases of each
+    /// known class and of 3 near-topic newcomers, each hidden centre
+    /// beside a known one: (detector, known cases, new cases).
+    fn newcomers(seed: u64) -> (MetaDetector, Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let d = 24;
-        let mut rng = Rng(0xBA7C);
+        let mut rng = Rng(seed);
         let known = random_centres(&mut rng, 10, d);
-        // Near-topic newcomers: each hidden centre sits beside a known one.
         let hidden: Vec<Vec<f32>> = known[..3]
             .iter()
             .map(|c| {
@@ -1502,13 +1651,20 @@ mod tests {
             })
             .collect();
         let det = fit_on_blobs(&mut rng, &known, 0.1);
-        assert!(det.has_batch_rule());
         let rows = |x: &[f32]| x.chunks(d).map(<[f32]>::to_vec).collect::<Vec<_>>();
         let (in_x, _) = blobs(&mut rng, &known, 30, 0.1);
         let (out_x, _) = blobs(&mut rng, &hidden, 30, 0.1);
-        let mut batch = rows(&in_x);
-        batch.extend(rows(&out_x));
-        let n_in = in_x.len() / d;
+        (det, rows(&in_x), rows(&out_x))
+    }
+
+    #[test]
+    fn batch_rule_finds_a_new_kind_of_case_that_recurs() {
+        let d = 24;
+        let (det, in_rows, out_rows) = newcomers(0xBA7C);
+        assert!(det.has_batch_rule());
+        let n_in = in_rows.len();
+        let mut batch = in_rows;
+        batch.extend(out_rows);
         let per_case = det.scores(&batch).unwrap();
         let whole = det.scores_batch(&batch).unwrap();
         let a_case = auroc(&per_case[n_in..], &per_case[..n_in]);
@@ -1569,6 +1725,99 @@ mod tests {
         let old = MetaDetector::load(dir.path()).unwrap().unwrap();
         assert!(!old.has_batch_rule());
         assert_eq!(old.scores_batch(&batch).unwrap(), per_case);
+    }
+
+    #[test]
+    fn a_stream_finds_recurring_newcomers_without_looking_ahead() {
+        let d = 24;
+        let (det, in_rows, out_rows) = newcomers(0x57EA);
+        // Arrival order: known and new cases interleaved at random.
+        let mut arrivals: Vec<(bool, Vec<f32>)> = in_rows
+            .into_iter()
+            .map(|r| (false, r))
+            .chain(out_rows.into_iter().map(|r| (true, r)))
+            .collect();
+        let mut st = 0x0DE7u64;
+        crate::shuffle(&mut arrivals, &mut st);
+        let stream: Vec<Vec<f32>> = arrivals.iter().map(|(_, r)| r.clone()).collect();
+        let is_new: Vec<bool> = arrivals.iter().map(|(n, _)| *n).collect();
+        let split = |z: &[f32]| {
+            let (mut o, mut i) = (Vec::new(), Vec::new());
+            for (&v, &n) in z.iter().zip(&is_new) {
+                if n {
+                    o.push(v)
+                } else {
+                    i.push(v)
+                }
+            }
+            (o, i)
+        };
+        let per_case = det.scores(&stream).unwrap();
+        let mut w = StreamWindow::new(1000, d);
+        let z = det.scores_stream(&mut w, &stream).unwrap();
+        assert_eq!(w.len(), stream.len());
+        let (o, i) = split(&per_case);
+        let a_case = auroc(&o, &i);
+        let (o, i) = split(&z);
+        let a_stream = auroc(&o, &i);
+        assert!(
+            a_stream > 0.95 && a_stream > a_case,
+            "stream AUROC {a_stream} vs per case {a_case}"
+        );
+        // The novelty: about 0 for known cases, clearly below for the
+        // newcomers once some of their kind came before them.
+        let xu = unit_rows(&stream.concat(), d);
+        let pred: Vec<usize> = det.base.features(&xu).iter().map(|(p, _)| *p).collect();
+        let mut wn = StreamWindow::new(1000, d);
+        let nov: Vec<f32> = xu
+            .chunks(d)
+            .zip(&pred)
+            .map(|(x, &c)| {
+                let v = det.stream_novelty(&wn, x, c);
+                wn.push(x, c, 0.0);
+                v
+            })
+            .collect();
+        let (o, i) = split(&nov[..]);
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        let (m_out, m_in) = (mean(&o[o.len() / 2..]), mean(&i[i.len() / 2..]));
+        assert!(m_in.abs() < 0.05 && m_out < m_in - 0.05, "{m_in} {m_out}");
+        // No case's score depends on a later one, nor on how the stream
+        // was cut into requests.
+        let mut w2 = StreamWindow::new(1000, d);
+        let head = det.scores_stream(&mut w2, &stream[..50]).unwrap();
+        assert_eq!(head, z[..50]);
+        let tail = det.scores_stream(&mut w2, &stream[50..]).unwrap();
+        assert_eq!(tail, z[50..]);
+        // The first case has nothing before it: no novelty, and its own
+        // logit stands in for its neighbours'.
+        let batch = det.batch.as_ref().unwrap();
+        let f = det.base.features_unit(&unit_rows(&stream[0], d))[0].1;
+        let s1 = batch.logit(&with_novelty(&f, 0.0));
+        let first = det.smooth.as_ref().unwrap().logit(&[s1, s1]);
+        assert!((z[0] - first).abs() < 1e-5, "{} vs {first}", z[0]);
+        // The same text again is one case: a repeat scores as if the
+        // window did not hold it.
+        let mut wr = StreamWindow::new(1000, d);
+        det.scores_stream(&mut wr, &stream[..40]).unwrap();
+        let mut twice = wr.clone();
+        let once = det.scores_stream(&mut wr, &stream[40..41]).unwrap();
+        let again: Vec<Vec<f32>> = vec![stream[40].clone(), stream[40].clone()];
+        let z2 = det.scores_stream(&mut twice, &again).unwrap();
+        assert_eq!(z2, [once[0], once[0]]);
+        // A window keeps its newest cases only.
+        let mut small = StreamWindow::new(7, d);
+        det.scores_stream(&mut small, &stream[..20]).unwrap();
+        assert_eq!(small.len(), 7);
+        let kept: Vec<usize> = small.newest_first().collect();
+        assert_eq!(kept, [5, 4, 3, 2, 1, 0, 6], "slots, newest first");
+        // Detectors without a batch rule judge each case alone.
+        let mut old = det.clone();
+        old.batch = None;
+        old.smooth = None;
+        let mut w3 = StreamWindow::new(10, d);
+        assert_eq!(old.scores_stream(&mut w3, &stream).unwrap(), per_case);
+        assert!(w3.is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Loading bundles into ready-to-use models and the fallback chain.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use casetag_core::bundle::Bundle;
 use casetag_core::lang::Coverage;
@@ -9,7 +10,7 @@ use casetag_core::{Classifier, Transcript};
 use serde::Serialize;
 
 use crate::decide::{Decider, Decision, Judging, Scores, Thresholds};
-use crate::oos_meta::MetaDetector;
+use crate::oos_meta::{MetaDetector, StreamWindow};
 use crate::{EngineError, Result};
 
 /// A verified bundle with its classifier and decision layer.
@@ -20,8 +21,11 @@ pub struct LoadedModel {
     /// The learned out-of-scope detector, when the bundle has one.
     pub detector: Option<MetaDetector>,
     /// How out of scope is judged ([`Self::enable_batch_novelty`] for
-    /// [`Judging::Batch`]); the thresholds are the bundle's either way.
+    /// [`Judging::Batch`], [`Self::enable_stream_novelty`] for
+    /// [`Judging::Stream`]); the thresholds are the bundle's either way.
     pub judging: Judging,
+    /// The stream's recent cases under [`Judging::Stream`].
+    pub stream: Option<Mutex<StreamWindow>>,
     /// The languages the model was trained on (from the manifest).
     pub coverage: Coverage,
 }
@@ -53,18 +57,34 @@ impl LoadedModel {
     /// recurs in the batch is declared out of scope far more often. For
     /// batch jobs over whole files; answers then depend on the batch.
     pub fn enable_batch_novelty(&mut self) -> Result<()> {
+        self.check_batch_rule("--batch-novelty", "judge batches as a whole")?;
+        self.judging = Judging::Batch;
+        Ok(())
+    }
+
+    /// Judge each case against the `window` cases scored before it (by
+    /// this model, in order): the batch rule of
+    /// [`Self::enable_batch_novelty`] without looking ahead, so a new kind
+    /// of case that recurs in recent traffic is declared out of scope, one
+    /// case at a time. Keeps the window's embeddings (no texts) in memory.
+    pub fn enable_stream_novelty(&mut self, window: usize) -> Result<()> {
+        self.check_batch_rule("--stream-novelty", "judge cases against recent ones")?;
+        // Sized to the embeddings on first use.
+        self.stream = Some(Mutex::new(StreamWindow::new(window, 0)));
+        self.judging = Judging::Stream;
+        Ok(())
+    }
+
+    fn check_batch_rule(&self, flag: &str, what: &str) -> Result<()> {
         let rule = self
             .detector
             .as_ref()
             .is_some_and(MetaDetector::has_batch_rule);
         match (rule, self.decider.thresholds.oos_batch_cut) {
-            (true, Some(_)) => {
-                self.judging = Judging::Batch;
-                Ok(())
-            }
+            (true, Some(_)) => Ok(()),
             _ => Err(EngineError::Input(format!(
-                "model '{}' cannot judge batches as a whole: --batch-novelty needs a transformer \
-                 trained without out-of-scope rows by this version (learned detector with a batch rule)",
+                "model '{}' cannot {what}: {flag} needs a transformer trained without \
+                 out-of-scope rows by this version (learned detector with a batch rule)",
                 self.id()
             ))),
         }
@@ -116,7 +136,7 @@ impl LoadedModel {
     ) -> Result<Vec<Scores>> {
         let batch = match self.judging {
             Judging::Batch => CHUNK_ROWS,
-            Judging::PerCase => 1024,
+            Judging::PerCase | Judging::Stream => 1024,
         };
         let mut out = Vec::with_capacity(cases.len());
         for chunk in cases.chunks(batch) {
@@ -141,6 +161,12 @@ impl LoadedModel {
                 let z = match self.judging {
                     Judging::Batch => d.scores_batch(&emb),
                     Judging::PerCase => d.scores(&emb),
+                    Judging::Stream => match &self.stream {
+                        Some(w) => {
+                            d.scores_stream(&mut w.lock().unwrap_or_else(|p| p.into_inner()), &emb)
+                        }
+                        None => d.scores(&emb),
+                    },
                 };
                 (s, Some(z.map_err(|e| fail(&e))?))
             }
@@ -232,6 +258,7 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
         decider,
         detector,
         judging: Judging::PerCase,
+        stream: None,
         coverage,
     })
 }
@@ -287,6 +314,17 @@ impl Tagger {
             Some(p) => p.enable_batch_novelty(),
             None => Err(EngineError::Input(
                 "--batch-novelty: the primary model did not load".into(),
+            )),
+        }
+    }
+
+    /// Judge each case against the recent ones with the primary model
+    /// ([`LoadedModel::enable_stream_novelty`]); the fallback stays per case.
+    pub fn enable_stream_novelty(&mut self, window: usize) -> Result<()> {
+        match &mut self.primary {
+            Some(p) => p.enable_stream_novelty(window),
+            None => Err(EngineError::Input(
+                "--stream-novelty: the primary model did not load".into(),
             )),
         }
     }

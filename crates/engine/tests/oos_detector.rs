@@ -128,6 +128,21 @@ fn transformer_bundle_carries_the_detector_and_decisions_use_it() {
     for (d, z) in whole.decide(&cases, 2).unwrap().iter().zip(&zb) {
         assert_eq!(d.out_of_scope, *z > batch_cut);
     }
+    // Judged against the stream before each case: the detector's stream
+    // scores, in order across calls, against the batch rule's cut.
+    let mut streamed = load_model(&dir).unwrap();
+    streamed.enable_stream_novelty(16).unwrap();
+    assert_eq!(streamed.judging, Judging::Stream);
+    let mut window = casetag_engine::oos_meta::StreamWindow::new(16, 0);
+    let det = loaded.detector.as_ref().unwrap();
+    let zs = det.scores_stream(&mut window, &emb).unwrap();
+    let again = det.scores_stream(&mut window, &emb[..1]).unwrap();
+    let first = streamed.decide(&cases, 2).unwrap();
+    let next = streamed.decide(&cases[..1], 2).unwrap();
+    for (d, z) in first.iter().chain(&next).zip(zs.iter().chain(&again)) {
+        assert!((d.oos_score - 1.0 / (1.0 + (-z).exp())).abs() < 1e-6);
+        assert_eq!(d.out_of_scope, *z > batch_cut);
+    }
     let mut tagger = Tagger::load(&dir, None).unwrap();
     tagger.enable_batch_novelty().unwrap();
     assert_eq!(tagger.active().judging, Judging::Batch);
@@ -191,6 +206,8 @@ fn msp_and_the_baseline_keep_the_confidence_cut() {
         let mut loaded = loaded;
         let e = loaded.enable_batch_novelty().unwrap_err().to_string();
         assert!(e.contains("--batch-novelty"), "{name}: {e}");
+        let e = loaded.enable_stream_novelty(100).unwrap_err().to_string();
+        assert!(e.contains("--stream-novelty"), "{name}: {e}");
         assert_eq!(loaded.judging, Judging::PerCase);
     }
 }

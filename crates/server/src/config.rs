@@ -129,6 +129,9 @@ pub struct ServerConfig {
     /// Registry root for `NAME`-style specs.
     pub models_root: PathBuf,
     pub limits: Limits,
+    /// Judge each request's cases against this many recent cases
+    /// (`--stream-novelty`; see [`casetag_engine::LoadedModel::enable_stream_novelty`]).
+    pub stream_window: Option<usize>,
 }
 
 impl ServerConfig {
@@ -142,6 +145,7 @@ impl ServerConfig {
             fallback: None,
             models_root: PathBuf::from(casetag_core::bundle::DEFAULT_REGISTRY),
             limits: Limits::default(),
+            stream_window: None,
         }
     }
 }

@@ -138,8 +138,9 @@ async fn serve(cfg: ServerConfig) -> Result<(), ServerError> {
         let cfg = cfg.clone();
         tokio::spawn(async move {
             let (model, fallback) = (cfg.model.clone(), cfg.fallback.clone());
+            let stream = cfg.stream_window;
             let r = tokio::task::spawn_blocking(move || {
-                models::load_initial(&model, fallback.as_deref())
+                models::load_initial(&model, fallback.as_deref(), stream)
             })
             .await
             .unwrap_or_else(|e| Err(ServerError::Internal(format!("model loading failed: {e}"))));

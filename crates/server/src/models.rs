@@ -88,9 +88,10 @@ fn load_fallback(what: &str, dir: &Path) -> Result<LoadedModel, ServerError> {
 pub fn load_initial(
     primary: &Path,
     fallback: Option<&Path>,
+    stream_window: Option<usize>,
 ) -> Result<(Tagger, Option<ServerError>), ServerError> {
     let Some(fb) = fallback else {
-        let p = guarded("startup load", || load_model(primary))?;
+        let p = load_primary("startup load", primary, stream_window)?;
         return Ok((
             Tagger {
                 primary: Some(p),
@@ -100,7 +101,7 @@ pub fn load_initial(
         ));
     };
     let f = load_fallback("startup load", fb)?;
-    let (p, failed) = match guarded("startup load", || load_model(primary)) {
+    let (p, failed) = match load_primary("startup load", primary, stream_window) {
         Ok(p) => (Some(p), None),
         Err(e) => (None, Some(e)),
     };
@@ -114,9 +115,14 @@ pub fn load_initial(
 }
 
 /// Reload: strict. A bad primary is refused (the running model stays), not
-/// silently replaced by the fallback alone.
-pub fn load_strict(primary: &Path, fallback: Option<&Path>) -> Result<Tagger, ServerError> {
-    let p = guarded("reload", || load_model(primary))?;
+/// silently replaced by the fallback alone. The stream's window starts
+/// empty with the new model.
+pub fn load_strict(
+    primary: &Path,
+    fallback: Option<&Path>,
+    stream_window: Option<usize>,
+) -> Result<Tagger, ServerError> {
+    let p = load_primary("reload", primary, stream_window)?;
     let f = match fallback {
         Some(fb) => Some(load_fallback("reload", fb)?),
         None => None,
@@ -125,6 +131,21 @@ pub fn load_strict(primary: &Path, fallback: Option<&Path>) -> Result<Tagger, Se
         primary: Some(p),
         fallback: f,
     })
+}
+
+/// Load the primary; with `stream_window`, it judges each case against
+/// that many recent ones (a model that cannot is refused).
+fn load_primary(
+    what: &str,
+    dir: &Path,
+    stream_window: Option<usize>,
+) -> Result<LoadedModel, ServerError> {
+    let mut p = guarded(what, || load_model(dir))?;
+    if let Some(w) = stream_window {
+        p.enable_stream_novelty(w)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+    }
+    Ok(p)
 }
 
 /// A panic payload as text, with quoted values masked (they may be case
@@ -184,6 +205,7 @@ pub fn manifest_summary(m: &LoadedModel, with_paths: bool) -> Value {
         "thresholds": man.thresholds,
         "validation_metrics": man.validation_metrics,
         "hyper_parameters": man.hyper_parameters,
+        "oos_judging": m.judging,
     });
     if with_paths {
         v["dir"] = json!(m.bundle.dir.display().to_string());

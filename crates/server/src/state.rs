@@ -56,7 +56,8 @@ impl AppState {
     /// runtime, or from a blocking thread.
     pub fn new(cfg: &ServerConfig) -> Result<AppState, ServerError> {
         let state = Self::unloaded(cfg)?;
-        let (tagger, primary_failed) = models::load_initial(&cfg.model, cfg.fallback.as_deref())?;
+        let (tagger, primary_failed) =
+            models::load_initial(&cfg.model, cfg.fallback.as_deref(), cfg.stream_window)?;
         if let Some(e) = primary_failed {
             tracing::warn!(
                 "the primary model failed to load; the fallback serves alone (degraded): {}",
@@ -182,7 +183,7 @@ impl AppState {
         let started = Instant::now();
         let loaded = tokio::task::spawn_blocking(move || {
             let path = models::resolve_model(&cfg.models_root, &cfg.model_spec)?;
-            let t = models::load_strict(&path, cfg.fallback.as_deref())?;
+            let t = models::load_strict(&path, cfg.fallback.as_deref(), cfg.stream_window)?;
             Ok::<_, ServerError>((path, t))
         })
         .await

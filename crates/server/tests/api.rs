@@ -137,6 +137,7 @@ async fn read_only_endpoints() {
     assert_eq!(v["active"]["kind"], "baseline");
     assert!(v["active"]["calibration"]["temperature"].is_number());
     assert!(v["active"]["training_data_hash"].is_string());
+    assert_eq!(v["active"]["oos_judging"], "per_case");
     assert!(v["fallback"].is_null());
 
     let (st, v) = s.get("/v1/taxonomy").await;

@@ -251,6 +251,7 @@ pub fn wrapped(dir: &Path, gate: Option<Arc<Gate>>) -> LoadedModel {
         decider: m.decider,
         detector: m.detector,
         judging: m.judging,
+        stream: m.stream,
         coverage: m.coverage,
     }
 }
