@@ -623,19 +623,40 @@ fn stream_novelty_needs_a_model_with_a_batch_rule() {
         let o = eval(extra);
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
     }
-    // serve refuses to start rather than serve without what was asked.
-    let o = run(&[
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--model",
-        model.to_str().unwrap(),
-        "--stream-novelty",
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let e = stderr(&o);
-    assert!(e.contains("--stream-novelty"), "{e}");
-    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    // serve refuses to start rather than serve without what was asked,
+    // with a fallback too (the primary loaded; it cannot do what was asked).
+    let m = model.to_str().unwrap();
+    for extra in [&[][..], &["--fallback", m][..]] {
+        let mut args = vec![
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+            m,
+            "--stream-novelty",
+        ];
+        args.extend_from_slice(extra);
+        // A server that starts anyway would never exit: stop it after a minute.
+        let mut child = bin()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().unwrap();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("--stream-novelty"), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
 }
 
 #[test]

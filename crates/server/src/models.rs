@@ -101,8 +101,10 @@ pub fn load_initial(
         ));
     };
     let f = load_fallback("startup load", fb)?;
-    let (p, failed) = match load_primary("startup load", primary, stream_window) {
-        Ok(p) => (Some(p), None),
+    // A primary that fails to load leaves the fallback serving; one that
+    // loads but cannot do what the flags ask is a configuration error.
+    let (p, failed) = match guarded("startup load", || load_model(primary)) {
+        Ok(p) => (Some(with_stream(p, stream_window)?), None),
         Err(e) => (None, Some(e)),
     };
     Ok((
@@ -133,14 +135,21 @@ pub fn load_strict(
     })
 }
 
-/// Load the primary; with `stream_window`, it judges each case against
-/// that many recent ones (a model that cannot is refused).
+/// Load the primary ([`with_stream`]).
 fn load_primary(
     what: &str,
     dir: &Path,
     stream_window: Option<usize>,
 ) -> Result<LoadedModel, ServerError> {
-    let mut p = guarded(what, || load_model(dir))?;
+    with_stream(guarded(what, || load_model(dir))?, stream_window)
+}
+
+/// With `stream_window`, the primary judges each case against that many
+/// recent ones; a model that cannot is refused.
+fn with_stream(
+    mut p: LoadedModel,
+    stream_window: Option<usize>,
+) -> Result<LoadedModel, ServerError> {
     if let Some(w) = stream_window {
         p.enable_stream_novelty(w)
             .map_err(|e| ServerError::Config(e.to_string()))?;
