@@ -773,10 +773,7 @@ fn with_novelty(f: &[f32; NF], nov: f32) -> [f32; NB] {
 /// for one row only gives 0 (no evidence).
 fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32> {
     let d = base.d;
-    let mut mem_of: Vec<Vec<usize>> = vec![Vec::new(); base.k];
-    for (i, &c) in base.mem_y.iter().enumerate() {
-        mem_of[c as usize].push(i);
-    }
+    let mem_of = rows_by_class(&base.mem_y, base.k);
     let mut rows_of: Vec<Vec<usize>> = vec![Vec::new(); base.k];
     for (i, &c) in pred.iter().enumerate() {
         rows_of[c].push(i);
@@ -1278,9 +1275,10 @@ impl MetaDetector {
         if window.d != d {
             *window = StreamWindow::new(window.cap, d);
         }
+        let mem_of = rows_by_class(&self.base.mem_y, self.base.k);
         let mut out = Vec::with_capacity(feats.len());
         for (x, (c, f)) in xu.chunks(d).zip(&feats) {
-            let nov = self.stream_novelty(window, x, *c);
+            let nov = self.stream_novelty(window, x, *c, &mem_of[*c]);
             let s1 = rule.logit(&with_novelty(f, nov));
             let z = match &self.smooth {
                 None => s1,
@@ -1298,20 +1296,18 @@ impl MetaDetector {
     /// among the window's cases of class c: the mean cosine to its three
     /// nearest of the window's most recent `s` cases of c, subtracted from
     /// the same against `s` of c's memory rows drawn at random, `s` being
-    /// as many as the window has (at most the memory's count for c).
-    fn stream_novelty(&self, window: &StreamWindow, x: &[f32], c: usize) -> f32 {
+    /// as many as the window has (at most the memory's count for c; `mem`
+    /// lists c's memory rows).
+    fn stream_novelty(&self, window: &StreamWindow, x: &[f32], c: usize, mem: &[usize]) -> f32 {
         let b = &self.base;
         let d = b.d;
-        let mem: Vec<usize> = (0..b.mem_y.len())
-            .filter(|&i| b.mem_y[i] as usize == c)
-            .collect();
         let side = window.recent_of(c, mem.len(), x);
         if side.is_empty() {
             return 0.0;
         }
         let kb = top3_mean(x, side.iter().map(|&j| window.row(j)));
         let mut rng = (self.params.seed ^ window.seen.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
-        let mut train = mem;
+        let mut train = mem.to_vec();
         crate::shuffle(&mut train, &mut rng);
         train.truncate(side.len());
         let kt = top3_mean(x, train.iter().map(|&o| &b.mem[o * d..(o + 1) * d]));
@@ -1769,11 +1765,12 @@ mod tests {
         let xu = unit_rows(&stream.concat(), d);
         let pred: Vec<usize> = det.base.features(&xu).iter().map(|(p, _)| *p).collect();
         let mut wn = StreamWindow::new(1000, d);
+        let mem_of = rows_by_class(&det.base.mem_y, det.base.k);
         let nov: Vec<f32> = xu
             .chunks(d)
             .zip(&pred)
             .map(|(x, &c)| {
-                let v = det.stream_novelty(&wn, x, c);
+                let v = det.stream_novelty(&wn, x, c, &mem_of[c]);
                 wn.push(x, c, 0.0);
                 v
             })

@@ -318,17 +318,6 @@ impl Tagger {
         }
     }
 
-    /// Judge each case against the recent ones with the primary model
-    /// ([`LoadedModel::enable_stream_novelty`]); the fallback stays per case.
-    pub fn enable_stream_novelty(&mut self, window: usize) -> Result<()> {
-        match &mut self.primary {
-            Some(p) => p.enable_stream_novelty(window),
-            None => Err(EngineError::Input(
-                "--stream-novelty: the primary model did not load".into(),
-            )),
-        }
-    }
-
     /// The model answering by default.
     pub fn active(&self) -> &LoadedModel {
         self.primary
