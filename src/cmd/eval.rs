@@ -58,10 +58,8 @@ pub struct Args {
     /// case (with a warning).
     #[arg(long, conflicts_with = "batch_novelty")]
     stream_novelty: bool,
-    /// Recent cases each case is judged against under `--stream-novelty`.
-    #[arg(long, default_value_t = casetag_engine::oos_meta::STREAM_WINDOW, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    stream_window: u32,
+    #[command(flatten)]
+    window: super::serve::StreamWindowArg,
     /// Bootstrap resamples for the comparison intervals.
     #[arg(long, default_value_t = 2000)]
     resamples: usize,
@@ -343,7 +341,7 @@ pub fn run(a: Args) -> CmdResult {
             }
         }
         if a.stream_novelty {
-            if let Err(e) = m.enable_stream_novelty(a.stream_window as usize) {
+            if let Err(e) = m.enable_stream_novelty(a.window.stream_window as usize) {
                 progress::warn(&format!("{e}; judged case by case"));
             }
         }

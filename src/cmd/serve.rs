@@ -30,10 +30,17 @@ pub struct Args {
     /// at startup and at each reload.
     #[arg(long)]
     stream_novelty: bool,
+    #[command(flatten)]
+    window: StreamWindowArg,
+}
+
+/// The window of `serve` and `eval --stream-novelty`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StreamWindowArg {
     /// Recent cases each case is judged against under `--stream-novelty`.
     #[arg(long, default_value_t = casetag_engine::oos_meta::STREAM_WINDOW, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    stream_window: u32,
+    pub stream_window: u32,
 }
 
 pub fn run(a: Args) -> CmdResult {
@@ -49,7 +56,7 @@ pub fn run(a: Args) -> CmdResult {
         fallback,
         models_root: a.registry.models_root,
         limits: a.limits,
-        stream_window: a.stream_novelty.then_some(a.stream_window as usize),
+        stream_window: a.stream_novelty.then_some(a.window.stream_window as usize),
     };
     casetag_server::serve_blocking(cfg).map_err(|e| {
         if e.is_input() {
