@@ -160,11 +160,7 @@ def main():
     Tte, Yte = ofs.read(a.src, "test.csv")
     global EPISODES
     if a.tiny:
-        keep = set(sorted(set(Ytr))[:40])
-        itr = [i for i, y in enumerate(Ytr) if y in keep][::8]
-        ite = [i for i, y in enumerate(Yte) if y in keep][::8]
-        Ttr, Ytr = [Ttr[i] for i in itr], [Ytr[i] for i in itr]
-        Tte, Yte = [Tte[i] for i in ite], [Yte[i] for i in ite]
+        Ttr, Ytr, Tte, Yte = ofs.tiny_subset(Ttr, Ytr, Tte, Yte, 40, 8, 8)
         EPISODES = 2
         a.rounds = 2
     pool = ProcessPoolExecutor(max_workers=a.workers)  # before torch touches CUDA

@@ -75,6 +75,16 @@ def read(src, name):
     return [r["text"] for r in rows], [r["category"] for r in rows]
 
 
+def tiny_subset(Ttr, Ytr, Tte, Yte, n_classes, step_tr, step_te):
+    """The `--tiny` smoke data: the first `n_classes` intents by name, every
+    `step_tr`-th of their training rows and `step_te`-th of their test rows."""
+    keep = set(sorted(set(Ytr))[:n_classes])
+    itr = [i for i, y in enumerate(Ytr) if y in keep][::step_tr]
+    ite = [i for i, y in enumerate(Yte) if y in keep][::step_te]
+    return ([Ttr[i] for i in itr], [Ytr[i] for i in itr],
+            [Tte[i] for i in ite], [Yte[i] for i in ite])
+
+
 def pad_ids(ids_list, dev):
     """Token id lists padded into (ids, attention mask) tensors on `dev`."""
     import torch
@@ -153,11 +163,7 @@ def main():
     Ttr, Ytr = read(a.src, "train.csv")
     Tte, Yte = read(a.src, "test.csv")
     if a.tiny:
-        keep = set(sorted(set(Ytr))[:30])
-        itr = [i for i, y in enumerate(Ytr) if y in keep][::6]
-        ite = [i for i, y in enumerate(Yte) if y in keep][::4]
-        Ttr, Ytr = [Ttr[i] for i in itr], [Ytr[i] for i in itr]
-        Tte, Yte = [Tte[i] for i in ite], [Yte[i] for i in ite]
+        Ttr, Ytr, Tte, Yte = tiny_subset(Ttr, Ytr, Tte, Yte, 30, 6, 4)
 
     pool = ProcessPoolExecutor(max_workers=a.workers)  # before torch touches CUDA
 
