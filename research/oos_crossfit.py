@@ -54,12 +54,14 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 import argparse
+import inspect
 import json
 import math
 import random
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -76,6 +78,21 @@ def use_base():
     (128 / 16 directions, shrink 30), for every round `op.round_features` runs."""
     osub.SubspaceBase.dg, osub.SubspaceBase.dc, osub.SubspaceBase.shrink = 128, 16, 30.0
     op.Base = osub.SubspaceBase
+
+
+def seed_split(Ytr, seed):
+    """A hold-out seed's kept intents (as `oos_pseudo.split`): their number K,
+    the fit rows (indices into the training texts) and their classes, and the
+    leave-classes-out rounds' hidden classes (as `oos_pseudo.episodes`)."""
+    intents = sorted(set(Ytr))
+    held = set(random.Random(seed).sample(intents, 10))
+    cid = {c: i for i, c in enumerate(c for c in intents if c not in held)}
+    K = len(cid)
+    fit_rows = [i for i, c in enumerate(Ytr) if c in cid and i % 10 != 9]
+    fit_y = np.array([cid[Ytr[i]] for i in fit_rows])
+    rng = np.random.default_rng(100 + seed)
+    holds = [rng.choice(K, min(HOLD, K // 3), replace=False) for _ in range(EPISODES)]
+    return K, fit_rows, fit_y, holds
 
 
 def evaluate_seed(job):
@@ -131,47 +148,18 @@ def evaluate_seed(job):
     return seed, out, time.time() - t0
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--src", default=op.DEF_SRC)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 7])
-    ap.add_argument("--no-crossfit", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds with their own encoder (C), and the rounds A and B learn from")
-    ap.add_argument("--deadline", type=float, default=float("inf"),
-                    help="seconds; seeds not started by then are skipped (none by default)")
-    ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--tiny", action="store_true")
-    a = ap.parse_args()
-    t_start = time.time()
-    os.makedirs(a.out, exist_ok=True)
-    logf = open(os.path.join(a.out, "crossfit.log"), "a")
-
-    def log(msg, quiet=False):
-        line = f"[{time.time() - t_start:6.1f}s] {msg}"
-        if not quiet:
-            print(line, flush=True)
-        logf.write(line + "\n")
-        logf.flush()
-
-    Ttr, Ytr = ofs.read(a.src, "train.csv")
-    Tte, Yte = ofs.read(a.src, "test.csv")
-    global EPISODES
-    if a.tiny:
-        Ttr, Ytr, Tte, Yte = ofs.tiny_subset(Ttr, Ytr, Tte, Yte, 40, 8, 8)
-        EPISODES = 2
-        a.rounds = 2
-    pool = ProcessPoolExecutor(max_workers=a.workers)  # before torch touches CUDA
-
+def make_tuner(model_dir, Ttr, Tte, log):
+    """The default recipe's fine-tune of the top two layers on `Ttr`, and
+    embeddings of both text lists: `finetune(rows, labels, K, seed)` gives
+    (model, last loss, steps), `embed(model, states)` unit embeddings of
+    `st_tr` or `st_te` (the lower layers' output, computed once)."""
     import torch
     import torch.nn.functional as Fn
     from transformers import AutoModel, AutoTokenizer
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     log(f"device {dev}, {len(Ttr)} train / {len(Tte)} test rows")
-    tok = AutoTokenizer.from_pretrained(a.model)
+    tok = AutoTokenizer.from_pretrained(model_dir)
     enc_tr = tok(Ttr, truncation=True, max_length=64)["input_ids"]
     enc_te = tok(Tte, truncation=True, max_length=64)["input_ids"]
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
@@ -181,7 +169,7 @@ def main():
 
     # Only the top two layers train, so every fine-tune starts from the same
     # input to them: the pretrained lower layers' output, computed once.
-    pretrained = AutoModel.from_pretrained(a.model).float().to(dev).eval()
+    pretrained = AutoModel.from_pretrained(model_dir).float().to(dev).eval()
     n_layers = pretrained.config.num_hidden_layers
     first = n_layers - 2
 
@@ -211,9 +199,17 @@ def main():
         return h.to(dev), mask.to(dev)
 
     def top(model, h, mask):
-        am, _ = model._create_attention_masks(
-            attention_mask=mask, encoder_attention_mask=None, embedding_output=h,
-            encoder_hidden_states=None, cache=None, position_ids=None)
+        # the mask the model itself builds, with the arguments this
+        # transformers version takes
+        make = model._create_attention_masks
+        kw = dict(attention_mask=mask, encoder_attention_mask=None, embedding_output=h,
+                  encoder_hidden_states=None, cache=None, past_key_values=None,
+                  position_ids=None, cache_position=None)
+        try:
+            am = make(**{k: v for k, v in kw.items() if k in inspect.signature(make).parameters})
+            am = am[0] if isinstance(am, tuple) else am
+        except TypeError:  # an additive mask (the check in make_tuner compares)
+            am = (1.0 - mask[:, None, None, :].to(h.dtype)) * -1e4
         for layer in model.encoder.layer[first:]:
             h = layer(h, attention_mask=am)
             h = h[0] if isinstance(h, tuple) else h
@@ -237,14 +233,17 @@ def main():
         m = mask.unsqueeze(-1).to(h.dtype)
         full = Fn.normalize((h * m).sum(1) / m.sum(1), dim=-1).cpu().numpy()
     cached = embed(pretrained, st_tr[:8])
-    log(f"cached path against the whole model: min cosine {(full * cached).sum(1).min():.6f}")
+    agree = float((full * cached).sum(1).min())
+    log(f"cached path against the whole model: min cosine {agree:.6f}")
+    if agree < 0.999:
+        raise SystemExit("the cached lower layers do not reproduce the whole model")
     frozen_tr = embed(pretrained, st_tr)
 
     def finetune(rows, labels, K, seed):
         """The default recipe on `rows` (indices into the training texts)."""
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        model = AutoModel.from_pretrained(a.model).float().to(dev)
+        model = AutoModel.from_pretrained(model_dir).float().to(dev)
         for n, p in model.named_parameters():
             p.requires_grad = any(f"encoder.layer.{i}." in n for i in range(first, n_layers))
         # linear probe on the frozen embeddings (full batch, Adam)
@@ -287,7 +286,69 @@ def main():
             opt.step()
         return model, float(loss.item()), len(plan)
 
-    intents = sorted(set(Ytr))
+    return SimpleNamespace(finetune=finetune, embed=embed, st_tr=st_tr, st_te=st_te)
+
+
+def open_log(path):
+    """A log that prints and appends to `path`, each line stamped with the
+    seconds since it was opened; `quiet` lines go to the file only."""
+    t_start = time.time()
+    f = open(path, "a")
+
+    def log(msg, quiet=False):
+        line = f"[{time.time() - t_start:6.1f}s] {msg}"
+        if not quiet:
+            print(line, flush=True)
+        f.write(line + "\n")
+        f.flush()
+
+    return log
+
+
+def read_banking77(src, tiny):
+    """BANKING77's train and test texts and intents (`--tiny`: a few hundred
+    rows for a smoke test)."""
+    Ttr, Ytr = ofs.read(src, "train.csv")
+    Tte, Yte = ofs.read(src, "test.csv")
+    if tiny:
+        return ofs.tiny_subset(Ttr, Ytr, Tte, Yte, 40, 8, 8)
+    return Ttr, Ytr, Tte, Yte
+
+
+def study_args(doc):
+    """The arguments every fine-tuning study takes: the encoder, BANKING77,
+    the output folder and the hold-out seeds."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--src", default=op.DEF_SRC)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 7])
+    return ap
+
+
+def main():
+    ap = study_args(__doc__)
+    ap.add_argument("--no-crossfit", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds with their own encoder (C), and the rounds A and B learn from")
+    ap.add_argument("--deadline", type=float, default=float("inf"),
+                    help="seconds; seeds not started by then are skipped (none by default)")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--tiny", action="store_true")
+    a = ap.parse_args()
+    t_start = time.time()
+    os.makedirs(a.out, exist_ok=True)
+    log = open_log(os.path.join(a.out, "crossfit.log"))
+    Ttr, Ytr, Tte, Yte = read_banking77(a.src, a.tiny)
+    global EPISODES
+    if a.tiny:
+        EPISODES = 2
+        a.rounds = 2
+    pool = ProcessPoolExecutor(max_workers=a.workers)  # before torch touches CUDA
+
+    t = make_tuner(a.model, Ttr, Tte, log)
+    finetune, embed, st_tr, st_te = t.finetune, t.embed, t.st_tr, t.st_te
+
     futures = []
     results = {}
     for seed in a.seeds:
@@ -295,19 +356,12 @@ def main():
             log(f"deadline: seed {seed} skipped")
             continue
         t0 = time.time()
-        held = set(random.Random(seed).sample(intents, 10))  # as oos_pseudo.split
-        known = [c for c in intents if c not in held]
-        cid = {c: i for i, c in enumerate(known)}
-        K = len(known)
-        fit_rows = [i for i, c in enumerate(Ytr) if c in cid and i % 10 != 9]
-        fit_y = np.array([cid[Ytr[i]] for i in fit_rows])
+        K, fit_rows, fit_y, holds = seed_split(Ytr, seed)
         model, last, steps = finetune(fit_rows, fit_y, K, seed)
         etr, ete = embed(model, st_tr), embed(model, st_te)
         del model
         log(f"seed {seed}: E fine-tuned, {steps} steps, last loss {last:.3f}, {time.time() - t0:.1f}s",
             quiet=seed == 7)
-        rng = np.random.default_rng(100 + seed)  # as oos_pseudo.episodes
-        holds = [rng.choice(K, min(HOLD, K // 3), replace=False) for _ in range(EPISODES)]
         crossfit = []
         if not a.no_crossfit:
             for e, hold in enumerate(holds[: a.rounds]):

@@ -244,19 +244,23 @@ def episodes(Xf, Yf, Xv, Yv, K, n_ep=6, n_hold=10, seed=0, C=10.0):
     return np.vstack(F), np.concatenate(kind), np.concatenate(epi)
 
 
-def round_features(Xf, Yf, Xv, Yv, K, hold, C=10.0):
+def round_features(Xf, Yf, Xv, Yv, K, hold, C=10.0, with_pred=False):
     """One leave-classes-out round hiding the intents `hold`: Base on the
     others' fit rows, then features of their validation rows (kind 0 right,
-    1 wrong), of the hidden intents' fit rows (2) and validation rows (3)."""
+    1 wrong), of the hidden intents' fit rows (2) and validation rows (3).
+    `with_pred` also returns the round's predicted class of every row."""
     mf, mv = ~np.isin(Yf, hold), ~np.isin(Yv, hold)
     remap = -np.ones(K, int)
     remap[np.setdiff1d(np.arange(K), hold)] = np.arange(K - len(hold))
     b = Base(Xf[mf], remap[Yf[mf]], K - len(hold), C=C)
     pin, fin = b.feats(Xv[mv])
-    _, ffit = b.feats(Xf[~mf])
-    _, fval = b.feats(Xv[~mv])
+    pfit, ffit = b.feats(Xf[~mf])
+    pval, fval = b.feats(Xv[~mv])
     kind = [np.where(pin == remap[Yv[mv]], 0, 1), np.full(len(ffit["msp"]), 2), np.full(len(fval["msp"]), 3)]
-    return np.vstack([fmat(fin), fmat(ffit), fmat(fval)]), np.concatenate(kind)
+    F, kind = np.vstack([fmat(fin), fmat(ffit), fmat(fval)]), np.concatenate(kind)
+    if with_pred:
+        return F, kind, np.concatenate([pin, pfit, pval])
+    return F, kind
 
 
 # ----------------------------------------------------------------------------
