@@ -140,6 +140,9 @@ pub struct Gauges {
     /// The primary model is not loaded and the fallback serves alone.
     pub degraded: bool,
     pub model_generation: u64,
+    /// Cases in the primary's `--stream-novelty` window (`None`: the
+    /// primary does not judge cases against the stream).
+    pub stream_window: Option<usize>,
 }
 
 /// Counts a connection as open while it lives.
@@ -354,6 +357,13 @@ impl Metrics {
             "Models installed so far (1 after startup, +1 per successful reload)",
             gauge_of(g.model_generation),
         );
+        if let Some(n) = g.stream_window {
+            r.register(
+                "casetag_stream_window_cases",
+                "Recent cases the primary judges each new case against (--stream-novelty; empty after startup and each reload)",
+                gauge_of(n),
+            );
+        }
         more(&mut r);
         let mut o = String::with_capacity(8192);
         // Writing into a String cannot fail.
@@ -379,6 +389,7 @@ mod tests {
             ready: true,
             degraded: false,
             model_generation: 1,
+            stream_window: None,
         };
         let t = m.render(&g, |_| {});
         assert!(
@@ -418,9 +429,12 @@ mod tests {
             ready: true,
             degraded: false,
             model_generation: 1,
+            stream_window: None,
         };
         let t = m.render(&g, |_| {});
         assert!(t.contains("casetag_http_requests_total{endpoint=\"/v1/tag\",status=\"200\"} 2\n"));
+        // Only a primary that judges against the stream has a window.
+        assert!(!t.contains("casetag_stream_window"), "{t}");
         assert!(t.contains(
             "casetag_http_request_duration_seconds_bucket{endpoint=\"/v1/tag\",le=\"0.005\"} 3\n"
         ));
@@ -444,6 +458,7 @@ mod tests {
             ready: true,
             degraded: false,
             model_generation: 2,
+            stream_window: Some(7),
         };
         let t = m.render(&g, |r| {
             let f = Family::<Labels, FloatGauge>::default();
@@ -479,6 +494,7 @@ mod tests {
             "casetag_queue_depth_cases 3",
             "casetag_in_flight_cases 4",
             "casetag_model_generation 2",
+            "casetag_stream_window_cases 7",
             "casetag_connections_open 1",
             "casetag_cases_by_language_total{lang=\"th\"} 1",
             "casetag_cases_language_noted_total 1",

@@ -158,6 +158,14 @@ impl AppState {
         self.inner.batcher.queue_depth()
     }
 
+    /// Cases in the primary's stream window, when it judges against one.
+    fn stream_window_len(&self) -> Option<usize> {
+        let t = self.inner.models.get()?;
+        let w = t.primary.as_ref()?.stream.as_ref()?;
+        let len = w.lock().unwrap_or_else(|p| p.into_inner()).len();
+        Some(len)
+    }
+
     /// The Prometheus exposition.
     pub fn render_metrics(&self) -> String {
         let b = &self.inner.batcher;
@@ -168,6 +176,7 @@ impl AppState {
             ready: self.is_ready(),
             degraded: self.is_degraded(),
             model_generation: self.inner.models.generation(),
+            stream_window: self.stream_window_len(),
         };
         self.inner
             .metrics

@@ -241,6 +241,46 @@ async fn drift_gauges_flag_a_one_sided_traffic_mix() {
     off.shutdown().await;
 }
 
+/// Under `--stream-novelty` the window's size is a gauge: empty at start,
+/// one more per case judged, never past the window; a primary judging case
+/// by case has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_window_gauge_counts_the_cases_judged() {
+    let gauge = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("casetag_stream_window_cases "))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    let mut cfg = config(&common::stream_bundle());
+    cfg.stream_window = Some(5);
+    let s = TestServer::start(AppState::new(&cfg).unwrap()).await;
+    assert_eq!(
+        s.get("/v1/model").await.1["active"]["oos_judging"],
+        "stream"
+    );
+    assert_eq!(gauge(&s.get_text("/metrics").await.1), Some(0));
+    let (status, v) = s
+        .tag(&["[buyer] give my money back", "[buyer] parcel lost", "hello"])
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(gauge(&s.get_text("/metrics").await.1), Some(3));
+    let more = [
+        "[buyer] late",
+        "[buyer] smashed",
+        "[buyer] rate",
+        "[buyer] why",
+    ];
+    assert_eq!(s.tag(&more).await.0, 200);
+    assert_eq!(gauge(&s.get_text("/metrics").await.1), Some(5));
+    s.shutdown().await;
+
+    cfg.stream_window = None;
+    let per_case = TestServer::start(AppState::new(&cfg).unwrap()).await;
+    assert_eq!(per_case.tag(&more).await.0, 200);
+    assert_eq!(gauge(&per_case.get_text("/metrics").await.1), None);
+    per_case.shutdown().await;
+}
+
 /// Every response, errors included, carries a request id (the caller's
 /// when it sent a usable one) and the time spent in the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use casetag_core::{
     Classifier, ClassifierError, LabelSpace, LevelScores, TagPath, Taxonomy, Transcript,
 };
+use casetag_engine::calibrate::OosDetector;
 use casetag_engine::{load_model, Example, LoadedModel, Tagger, TrainConfig};
 use casetag_server::{AppState, Limits, ServerConfig};
 use serde_json::{json, Value};
@@ -132,6 +133,55 @@ pub fn fixture() -> &'static Fixture {
             fallback,
         }
     })
+}
+
+/// A transformer bundle (a tiny random BERT built in code) whose learned
+/// out-of-scope detector has the batch rule `--stream-novelty` needs;
+/// trained once per test binary.
+pub fn stream_bundle() -> PathBuf {
+    static B: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = B.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let enc = dir.path().join("encoder");
+        casetag_transformer::fixtures::write_tiny_bert(&enc, 5).unwrap();
+        let intents = [
+            ("refund", "give my money back"),
+            ("broken", "it came smashed to pieces"),
+            ("late", "the courier is days late"),
+            ("lost", "my parcel went missing in transit"),
+            ("review", "how do i rate the seller"),
+        ];
+        let mut rows = Vec::new();
+        for (label, text) in intents {
+            for i in 0..16 {
+                rows.push(Example {
+                    text: format!("[buyer] {text} ticket {i}"),
+                    label: Some(TagPath::new(label, None, None)),
+                    row: rows.len() + 2,
+                });
+            }
+        }
+        let nodes: Vec<String> = intents
+            .iter()
+            .map(|(c, _)| format!("{{id: {c}}}"))
+            .collect();
+        let mut cfg = TrainConfig {
+            kind: "transformer".into(),
+            taxonomy: Some(
+                Taxonomy::from_yaml_str(&format!("nodes: [{}]", nodes.join(", "))).unwrap(),
+            ),
+            encoder: Some(enc.display().to_string()),
+            val_fraction: 0.25,
+            ..Default::default()
+        };
+        cfg.transformer.epochs = 15;
+        cfg.baseline.n_features = 256;
+        cfg.decision.oos_detector = OosDetector::Meta;
+        let out = dir.path().join("model");
+        casetag_engine::train(&cfg, rows, None, &out, &|_| {}).expect("train the stream bundle");
+        dir
+    });
+    dir.path().join("model")
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
