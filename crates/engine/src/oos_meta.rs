@@ -769,8 +769,9 @@ fn with_novelty(f: &[f32; NF], nov: f32) -> [f32; NB] {
 /// sides hold the same number of rows (at most the memory's count for c),
 /// so a batch that is just more of the known cases scores about 0 whatever
 /// its size, while a new kind of case that recurs in the batch has closer
-/// neighbours in the batch than in training: negative. A class predicted
-/// for one row only gives 0 (no evidence).
+/// neighbours in the batch than in training: negative. Repeats of a row
+/// ([`SAME_CASE_COS`]) are not its neighbours; a row with no other row of
+/// its class gives 0 (no evidence).
 fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32> {
     let d = base.d;
     let mem_of = rows_by_class(&base.mem_y, base.k);
@@ -799,14 +800,24 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
             rows.iter()
                 .map(|&r| {
                     let x = &xu[r * d..(r + 1) * d];
-                    let kb = top3_mean(
+                    // The same text again counts once (`SAME_CASE_COS`).
+                    let near: Vec<&[f32]> = side
+                        .iter()
+                        .filter(|&&o| o != r)
+                        .map(|&o| &xu[o * d..(o + 1) * d])
+                        .filter(|o| dot(x, o) < SAME_CASE_COS)
+                        .take(s)
+                        .collect();
+                    if near.is_empty() {
+                        return (r, 0.0);
+                    }
+                    let kb = top3_mean(x, near.iter().copied());
+                    let kt = top3_mean(
                         x,
-                        side.iter()
-                            .filter(|&&o| o != r)
-                            .take(s)
-                            .map(|&o| &xu[o * d..(o + 1) * d]),
+                        train[..near.len()]
+                            .iter()
+                            .map(|&o| &base.mem[o * d..(o + 1) * d]),
                     );
-                    let kt = top3_mean(x, train.iter().map(|&o| &base.mem[o * d..(o + 1) * d]));
                     (r, kt - kb)
                 })
                 .collect()
@@ -852,7 +863,10 @@ fn neighbour_mean(xu: &[f32], d: usize, s: &[f32], k: usize, pool: usize, seed: 
         .flat_map(|&i| xu[i * d..(i + 1) * d].iter().copied())
         .collect();
     map_gram(xu, &px, d, |i, sims| {
-        let others = sims.iter().zip(&idx).filter(|&(_, &j)| j != i);
+        let others = sims
+            .iter()
+            .zip(&idx)
+            .filter(|&(&sim, &j)| j != i && sim < SAME_CASE_COS);
         mean_of_nearest(others.map(|(&sim, &j)| (sim, j)), k, |j| s[j]).unwrap_or(s[i])
     })
 }
@@ -929,9 +943,10 @@ pub struct MetaInputs<'a> {
     pub val_y: &'a [u32],
 }
 
-/// A window case at least this close (cosine) to a new one is the same
-/// text again, a client's retry or a template sent many times: it is one
-/// case, not a recurring new kind of case, so the stream skips it.
+/// A case at least this close (cosine) to another is the same text again,
+/// a client's retry or a template sent many times: it is one case, not a
+/// recurring new kind of case, so neither the batch rule, the smoothing
+/// rule nor the stream counts it as the other's neighbour.
 const SAME_CASE_COS: f32 = 0.9999;
 
 /// The recent cases of a stream ([`MetaDetector::scores_stream`]): the
@@ -1579,6 +1594,14 @@ mod tests {
         (x, y)
     }
 
+    /// Largest minus smallest of `v`.
+    fn in_range(v: &[f32]) -> f32 {
+        let (lo, hi) = v
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+        hi - lo
+    }
+
     fn auroc(pos: &[f32], neg: &[f32]) -> f64 {
         let f = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
         casetag_core::metrics::auroc(&f(pos), &f(neg)).unwrap()
@@ -1702,6 +1725,21 @@ mod tests {
         );
         // A batch of one case has no batch evidence.
         assert_eq!(batch_novelty(&det.base, &xu[..d], &pred[..1], 1), vec![0.0]);
+        // A known case sent many times (a template, retries) is one case, not
+        // a new kind of case recurring: its copies score as it does once,
+        // within what the batch's other draws move.
+        let mut many = batch.clone();
+        many.extend(std::iter::repeat_n(batch[0].clone(), 30));
+        let z_many = det.scores_batch(&many).unwrap();
+        let copies = &z_many[batch.len()..];
+        assert!(copies.iter().all(|&z| z == copies[0]), "{copies:?}");
+        let spread = in_range(&whole[..n_in]);
+        assert!(
+            (copies[0] - whole[0]).abs() < 0.1 * spread,
+            "copies {} against once {} (known cases span {spread})",
+            copies[0],
+            whole[0]
+        );
 
         let dir = tempfile::tempdir().unwrap();
         det.save(dir.path()).unwrap();
