@@ -21,33 +21,41 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-/// `casetag tag --model M --input I --output O`, then `extra` arguments.
-fn tag(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+/// `casetag CMD --model M IN_FLAG IN OUT_FLAG OUT`, then `extra` arguments.
+fn model_run(
+    cmd: &str,
+    model: &Path,
+    (in_flag, input): (&str, &Path),
+    (out_flag, output): (&str, &Path),
+    extra: &[&str],
+) -> Output {
     let mut args = vec![
-        "tag",
+        cmd,
         "--model",
         model.to_str().unwrap(),
-        "--input",
+        in_flag,
         input.to_str().unwrap(),
-        "--output",
+        out_flag,
         output.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     run(&args)
 }
 
+/// `casetag tag --model M --input I --output O`, then `extra` arguments.
+fn tag(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    model_run(
+        "tag",
+        model,
+        ("--input", input),
+        ("--output", output),
+        extra,
+    )
+}
+
+/// `casetag eval --model M --data D --out O`, then `extra` arguments.
 fn eval(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    model_run("eval", model, ("--data", data), ("--out", out), extra)
 }
 
 /// `casetag train --kind baseline` on the bundled corpus with `features`
@@ -146,17 +154,7 @@ fn train_tag_eval_on_bundled_data() {
     let tmp = tempfile::tempdir().unwrap();
     let test = self::root().join("data/aftersales/test.csv");
     let report = tmp.path().join("report");
-    let o = run(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        test.to_str().unwrap(),
-        "--out",
-        report.to_str().unwrap(),
-        "--slice",
-        "region",
-    ]);
+    let o = eval(model, &test, &report, &["--slice", "region"]);
     assert!(o.status.success(), "eval: {}", stderr(&o));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
@@ -719,17 +717,12 @@ fn eval_gate_fails_with_exit_3() {
     .unwrap();
     let test = self::root().join("data/aftersales/test.csv");
     let args = |g: &Path| {
-        run(&[
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            test.to_str().unwrap(),
-            "--out",
-            tmp.path().join("r").to_str().unwrap(),
-            "--gate",
-            g.to_str().unwrap(),
-        ])
+        eval(
+            model,
+            &test,
+            &tmp.path().join("r"),
+            &["--gate", g.to_str().unwrap()],
+        )
     };
     let o = args(&gate);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
@@ -1236,15 +1229,7 @@ fn eval_refuses_data_without_labels() {
     let data = tmp.path().join("unlabelled.csv");
     std::fs::write(&data, "id,text\n1,where is my parcel\n2,refund please\n").unwrap();
     let report = tmp.path().join("r");
-    let o = run(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        report.to_str().unwrap(),
-    ]);
+    let o = eval(model, &data, &report, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert_eq!(e.trim().lines().count(), 1, "{e}");
@@ -1776,19 +1761,7 @@ fn sharded_tag_equals_one_run() {
     .unwrap();
     std::fs::write(input.join("README.txt"), "not a table").unwrap();
     let m = baseline().to_str().unwrap();
-    let tag_dir = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "tag",
-            "--model",
-            m,
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        run(&args)
-    };
+    let tag_dir = |out: &Path, extra: &[&str]| tag(baseline(), &input, out, extra);
     let one = tmp.path().join("one");
     let o = tag_dir(&one, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1884,19 +1857,7 @@ fn eval_model(
     out: &Path,
     extra: &[&str],
 ) -> (Output, Option<serde_json::Value>) {
-    let mut args = vec![
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--resamples",
-        "10",
-    ];
-    args.extend_from_slice(extra);
-    let o = run(&args);
+    let o = eval(model, data, out, &[&["--resamples", "10"], extra].concat());
     let report = std::fs::read_to_string(out.join("report.json"))
         .ok()
         .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
@@ -2400,15 +2361,7 @@ fn new_tags_are_added_from_a_few_examples() {
     let data = tmp.path().join("test.csv");
     std::fs::write(&data, format!("{body}refund my money back please,refund\n")).unwrap();
     let out = tmp.path().join("report");
-    let o = run(&[
-        "eval",
-        "--model",
-        child.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = eval(&child, &data, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
