@@ -808,17 +808,7 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
                         .filter(|o| dot(x, o) < SAME_CASE_COS)
                         .take(s)
                         .collect();
-                    if near.is_empty() {
-                        return (r, 0.0);
-                    }
-                    let kb = top3_mean(x, near.iter().copied());
-                    let kt = top3_mean(
-                        x,
-                        train[..near.len()]
-                            .iter()
-                            .map(|&o| &base.mem[o * d..(o + 1) * d]),
-                    );
-                    (r, kt - kb)
+                    (r, novelty(base, x, &near, &train))
                 })
                 .collect()
         })
@@ -830,6 +820,25 @@ fn batch_novelty(base: &Base, xu: &[f32], pred: &[usize], seed: u64) -> Vec<f32>
         }
     }
     nov
+}
+
+/// The novelty of unit row `x` among its batch (or window) neighbours
+/// `near` of its predicted class: the mean cosine to its three nearest of
+/// as many of the class's memory rows (the first `near.len()` of `train`,
+/// drawn at random), minus the same against `near`; 0 without neighbours.
+fn novelty(base: &Base, x: &[f32], near: &[&[f32]], train: &[usize]) -> f32 {
+    if near.is_empty() {
+        return 0.0;
+    }
+    let d = base.d;
+    let kb = top3_mean(x, near.iter().copied());
+    let kt = top3_mean(
+        x,
+        train[..near.len()]
+            .iter()
+            .map(|&o| &base.mem[o * d..(o + 1) * d]),
+    );
+    kt - kb
 }
 
 /// The mean cosine of unit row `x` to its three nearest of `others` (to
@@ -1314,19 +1323,15 @@ impl MetaDetector {
     /// as many as the window has (at most the memory's count for c; `mem`
     /// lists c's memory rows).
     fn stream_novelty(&self, window: &StreamWindow, x: &[f32], c: usize, mem: &[usize]) -> f32 {
-        let b = &self.base;
-        let d = b.d;
-        let side = window.recent_of(c, mem.len(), x);
-        if side.is_empty() {
-            return 0.0;
-        }
-        let kb = top3_mean(x, side.iter().map(|&j| window.row(j)));
+        let near: Vec<&[f32]> = window
+            .recent_of(c, mem.len(), x)
+            .into_iter()
+            .map(|j| window.row(j))
+            .collect();
         let mut rng = (self.params.seed ^ window.seen.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
         let mut train = mem.to_vec();
         crate::shuffle(&mut train, &mut rng);
-        train.truncate(side.len());
-        let kt = top3_mean(x, train.iter().map(|&o| &b.mem[o * d..(o + 1) * d]));
-        kt - kb
+        novelty(&self.base, x, &near, &train)
     }
 
     fn flatten(&self, embeddings: &[Vec<f32>]) -> Result<Vec<f32>> {
