@@ -2,9 +2,9 @@
 //! it (`benches/README.md`, "Share of the peak").
 //!
 //! Each probe is a register-only loop in assembly: independent
-//! accumulators (24 `zmm`, 12 `ymm`: more than an FMA's latency × its issue
-//! width, so the loop is bound by issue, not by dependency chains), no
-//! loads in the loop, best of 30 timed runs,
+//! accumulators (24 `zmm`, 12 `ymm`, 4 AMX tiles: more than an FMA's
+//! latency × its issue width, so the loop is bound by issue, not by
+//! dependency chains), no loads in the loop, best of 30 timed runs,
 //! on one thread and then on every rayon thread at once. Only the paths the
 //! CPU has are run.
 //!
@@ -122,6 +122,44 @@ mod probes {
         "avx512f,avx512vnni",
         "vpdpbusd"
     );
+
+    /// Iterations of the AMX probe: a `tdpbusd` does 256 times a
+    /// `vpdpbusd`'s work.
+    pub const AMX_ITERS: u64 = ITERS / 8;
+
+    /// u8 × i8 tiles of 16 × 64 into 16 × 16 i32 (`tdpbusd`), 4
+    /// independent accumulators (tmm0–tmm3, sources tmm4 and tmm5),
+    /// [`AMX_ITERS`] times. Configures this thread's tiles and releases
+    /// them after.
+    ///
+    /// # Safety
+    /// The CPU has AMX-TILE and AMX-INT8 and the OS granted the tiles.
+    pub unsafe fn amx_tdpbusd() {
+        #[repr(C, align(64))]
+        struct Config([u8; 16], [u16; 16], [u8; 16]);
+        let mut c = Config([0; 16], [0; 16], [0; 16]);
+        c.0[0] = 1;
+        for t in 0..6 {
+            c.1[t] = 64;
+            c.2[t] = 16;
+        }
+        asm!(
+            "ldtilecfg [{cfg}]",
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "2:",
+            "tdpbusd tmm0, tmm4, tmm5",
+            "tdpbusd tmm1, tmm4, tmm5",
+            "tdpbusd tmm2, tmm4, tmm5",
+            "tdpbusd tmm3, tmm4, tmm5",
+            "dec {n}",
+            "jnz 2b",
+            "tilerelease",
+            cfg = in(reg) &c,
+            n = inout(reg) AMX_ITERS => _,
+            options(nostack),
+        );
+    }
 
     /// 12 independent `vfmadd231ps` chains, `ITERS` times.
     #[target_feature(enable = "avx2,fma")]
@@ -248,6 +286,18 @@ fn main() {
                 "int8 vpdpbusd zmm",
                 "GOP/s",
                 best(fl(64, 24), || unsafe { probes::vnni512() }),
+            );
+        }
+        // The encoder's int8 path is AMX only where the CPU has it and the
+        // OS granted the tiles to this process (it asked when choosing).
+        if casetag_transformer::int8_kernel() == "amx" {
+            let ops = (probes::AMX_ITERS * 4 * 16 * 16 * 64 * 2) as f64;
+            // SAFETY: the int8 path is AMX (just above), so the CPU has it
+            // and the OS granted the tiles.
+            show(
+                "int8 tdpbusd (AMX)",
+                "GOP/s",
+                best(ops, || unsafe { probes::amx_tdpbusd() }),
             );
         }
     }

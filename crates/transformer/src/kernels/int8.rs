@@ -45,6 +45,13 @@
 //! two ymm for vpmaddubsw + vpmaddwd. Activation rows are quantized once per
 //! call into a row-major u8 matrix padded to the same `4⌈k/4⌉`; the kernels
 //! broadcast four bytes of a row per line.
+//! * AMX (Intel's tile unit, with AMX-INT8): 16 rows × 4 panels in four
+//!   int32 tiles of 16 × 16; per 16 lines (64 inputs) one load of the
+//!   rows' codes, 4 of weights and 4 `tdpbusd` ([`amx`]); two row blocks ×
+//!   two panels (each load feeding two products) measured 5–10% slower.
+//!   Products of fewer than [`AMX_MIN_ROWS`] rows, or whose `k` is not a
+//!   multiple of 64 (attention's keys, 32 wide in MiniLM), run on the
+//!   AVX-512 VNNI tiles instead ([`Path::for_product`]).
 //! * AVX-512 VNNI: 6 rows × 4 panels (64 columns) in 24 zmm accumulators;
 //!   per line 4 weight loads, 6 broadcasts, 24 vpdpbusd.
 //! * AVX2 (with FMA, as [`super::missing_avx2_fma`] checks): 4 rows × 1 panel in 8 ymm
@@ -57,8 +64,9 @@
 //! operations (no fused multiply-add, `minps`-exact selects), so they too are
 //! bit-identical across paths. On AVX-512 VNNI the epilogue runs on the
 //! kernel's accumulators in registers (no int32 tile in memory); elsewhere
-//! on the tile the kernel stored. It prefetches the rows it reads two tiles
-//! ahead: on layers larger than L2 reading the residual stalled it.
+//! (AMX included, with the AVX-512 build) on the tile the kernel stored. It
+//! prefetches the rows it reads two tiles ahead: on layers larger than L2
+//! reading the residual stalled it.
 //!
 //! # Activations between products
 //! [`Codes`] are a product's quantized input rows, kept by the caller and
@@ -80,8 +88,8 @@
 //! Work is split into tasks of [`MC`] rows × one kernel-width column block,
 //! run on rayon when the product is large enough. The kernel is chosen once
 //! per process: the best the CPU has, or `CASETAG_INT8_PATH=scalar|avx2|
-//! avx512vnni`; a requested path the CPU lacks falls back to the best one
-//! below it, with the reason (the rule of [`crate::kernels`]).
+//! avx512vnni|amx`; a requested path the CPU lacks falls back to the best
+//! one below it, with the reason (the rule of [`crate::kernels`]).
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -90,6 +98,11 @@ use rayon::prelude::*;
 
 use super::vmath::ROUND;
 use super::{Dispatch, Epilogue, KernelPath, SendPtr, Start, Then};
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(amx::ROWS == 16 && amx::PANELS == 4 && MC.is_multiple_of(amx::ROWS));
 
 /// Output columns per panel (one zmm of int32 sums).
 pub(crate) const NR: usize = 16;
@@ -110,7 +123,7 @@ const MAX_K: usize = (i32::MAX / (2 * A_MAX * W_MAX)) as usize;
 /// Rows per parallel task (a multiple of every kernel's row count).
 const MC: usize = 96;
 /// Largest kernel tile, rows × panels.
-const MAX_R: usize = 6;
+const MAX_R: usize = 16;
 const MAX_P: usize = 4;
 
 /// One group of 4 inputs for a panel's 16 columns: 64 bytes, aligned to a
@@ -993,8 +1006,9 @@ unsafe fn quantize_row_on(path: Path, x: &[f32], q: &mut [u8], a_max: i32) -> (f
         // SAFETY: the CPU has AVX2 and FMA (caller).
         Path::Avx2 => unsafe { simd_build::quantize_row_avx2(x, q, a_max) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
-        Path::Avx512Vnni => unsafe { simd_build::quantize_row_avx512(x, q, a_max) },
+        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both,
+        // and AMX's path needs VNNI).
+        Path::Avx512Vnni | Path::Amx => unsafe { simd_build::quantize_row_avx512(x, q, a_max) },
         _ => quantize_row(x, q, a_max),
     }
 }
@@ -1019,8 +1033,11 @@ unsafe fn dequant_tile_on(
         // SAFETY: the CPU has AVX2 and FMA (caller).
         Path::Avx2 => unsafe { dequant_tile_avx2(out, acc, colsum, scale, s, z, start) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
-        Path::Avx512Vnni => unsafe { dequant_tile_avx512(out, acc, colsum, scale, s, z, start) },
+        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both,
+        // and AMX's path needs VNNI).
+        Path::Avx512Vnni | Path::Amx => unsafe {
+            dequant_tile_avx512(out, acc, colsum, scale, s, z, start)
+        },
         _ => dequant_tile(out, acc, colsum, scale, s, z, start),
     }
 }
@@ -1042,8 +1059,9 @@ unsafe fn symmetric_row_on(path: Path, x: &[f32], q: &mut [i8]) -> f32 {
         // SAFETY: the CPU has AVX2 and FMA (caller).
         Path::Avx2 => unsafe { symmetric_row_avx2(x, q) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
-        Path::Avx512Vnni => unsafe { symmetric_row_avx512(x, q) },
+        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both,
+        // and AMX's path needs VNNI).
+        Path::Avx512Vnni | Path::Amx => unsafe { symmetric_row_avx512(x, q) },
         _ => symmetric_row(x, q),
     }
 }
@@ -1058,8 +1076,9 @@ unsafe fn probability_codes_on(path: Path, e: &[f32], w: &[f32], q: &mut [u8], t
         // SAFETY: the CPU has AVX2 and FMA (caller).
         Path::Avx2 => unsafe { probability_codes_avx2(e, w, q, top) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both).
-        Path::Avx512Vnni => unsafe { probability_codes_avx512(e, w, q, top) },
+        // SAFETY: the CPU has AVX-512 F and BW (caller: VNNI implies both,
+        // and AMX's path needs VNNI).
+        Path::Avx512Vnni | Path::Amx => unsafe { probability_codes_avx512(e, w, q, top) },
         _ => probability_codes(e, w, q, top),
     }
 }
@@ -1070,10 +1089,11 @@ pub(crate) enum Path {
     Scalar,
     Avx2,
     Avx512Vnni,
+    Amx,
 }
 
 impl KernelPath for Path {
-    const ALL: &'static [Self] = &[Path::Scalar, Path::Avx2, Path::Avx512Vnni];
+    const ALL: &'static [Self] = &[Path::Scalar, Path::Avx2, Path::Avx512Vnni, Path::Amx];
     const ENV: &'static str = "CASETAG_INT8_PATH";
 
     fn name(self) -> &'static str {
@@ -1081,6 +1101,7 @@ impl KernelPath for Path {
             Path::Scalar => "scalar",
             Path::Avx2 => "avx2",
             Path::Avx512Vnni => "avx512vnni",
+            Path::Amx => "amx",
         }
     }
 
@@ -1089,6 +1110,7 @@ impl KernelPath for Path {
             Path::Scalar => None,
             Path::Avx2 => super::missing_avx2_fma(),
             Path::Avx512Vnni => super::missing_avx512_vnni(),
+            Path::Amx => super::missing_amx(),
         }
     }
 }
@@ -1099,7 +1121,7 @@ impl Path {
     fn a_max(self) -> i32 {
         match self {
             Path::Avx2 => A_MAX_AVX2,
-            Path::Scalar | Path::Avx512Vnni => A_MAX,
+            Path::Scalar | Path::Avx512Vnni | Path::Amx => A_MAX,
         }
     }
 
@@ -1109,9 +1131,32 @@ impl Path {
             Path::Scalar => (4, 1),
             Path::Avx2 => (4, 1),
             Path::Avx512Vnni => (6, 4),
+            Path::Amx => (16, 4),
         }
     }
+
+    /// The path a product of `n` rows and `groups` lines a panel runs:
+    /// AMX's for large enough products whose inputs fill whole tiles,
+    /// AVX-512 VNNI's for the others (the same sums: AMX's codes are
+    /// VNNI's). Small products are faster on VNNI: the tile unit wakes up
+    /// slowly from idle (about 2,000 cycles) and its stored tiles go
+    /// through memory, where VNNI dequantizes in registers.
+    fn for_product(self, n: usize, groups: usize) -> Path {
+        #[cfg(target_arch = "x86_64")]
+        if self == Path::Amx && (n < AMX_MIN_ROWS || !groups.is_multiple_of(amx::GROUPS_PER_TILE)) {
+            return Path::Avx512Vnni;
+        }
+        let _ = (n, groups);
+        self
+    }
 }
+
+/// Fewest rows of a product that runs on AMX: two tiles. Chosen on the
+/// runtime benchmark (Intel Xeon, 2 threads; benches/README.md): with 16
+/// a 16-token text ran 1.07 ms against VNNI's 0.77, with 64 a 32-token one
+/// gained nothing (1.25–1.30 ms against 1.22–1.29), with 32 both gained or
+/// held (0.82, 1.03–1.09).
+const AMX_MIN_ROWS: usize = 32;
 
 /// The int8 path this process runs.
 pub(crate) fn dispatch() -> &'static Dispatch<Path> {
@@ -1243,7 +1288,7 @@ unsafe fn product_to(
     epi: &Epilogue,
     parallel: bool,
 ) {
-    let (path, n, o) = (xq.path, xq.n, w.o);
+    let (path, n, o) = (xq.path.for_product(xq.n, w.groups), xq.n, w.o);
     let residual = matches!(epi.start, Start::ResidualBias(..));
     assert!(
         xq.k == w.k && ldo >= o && !(residual && ldo != o),
@@ -1436,7 +1481,7 @@ fn row_block(xq: &Codes, w: &QuantW) -> usize {
     if !parallel_product(xq.n, w) {
         return MC;
     }
-    let (n, mr) = (xq.n, xq.path.tile().0);
+    let (n, mr) = (xq.n, xq.path.for_product(xq.n, w.groups).tile().0);
     let threads = rayon::current_num_threads();
     let blocks = if n < threads * mr {
         n.div_ceil(mr)
@@ -1591,7 +1636,7 @@ fn for_each_tile(
     panels: Range<usize>,
     emit: &mut impl FnMut(usize, usize, usize, usize, &[i32]),
 ) {
-    let path = xq.path;
+    let path = xq.path.for_product(xq.n, w.groups);
     let (mr, mp) = path.tile();
     let mut buf = [0i32; MAX_R * MAX_P * NR];
     let mut p = panels.start;
@@ -1610,6 +1655,12 @@ fn for_each_tile(
             r += nr;
         }
         p += np;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx {
+        // SAFETY: the CPU has AMX with the OS's permission (`path` is
+        // available).
+        unsafe { amx::release() };
     }
 }
 
@@ -1631,8 +1682,8 @@ unsafe fn tiles_into(
     start: Start,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if xq.path == Path::Avx512Vnni {
-        let (mr, mp) = xq.path.tile();
+    if xq.path.for_product(xq.n, w.groups) == Path::Avx512Vnni {
+        let (mr, mp) = Path::Avx512Vnni.tile();
         let mut p = panels.start;
         while p < panels.end {
             let np = (panels.end - p).min(mp);
@@ -1730,6 +1781,28 @@ unsafe fn kernel(
                     2 => vnni::tiles::<2>(np, cp, ldc, xp, ldx, wp, groups),
                     _ => vnni::tiles::<1>(np, cp, ldc, xp, ldx, wp, groups),
                 }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Path::Amx => {
+            assert!(
+                groups.is_multiple_of(amx::GROUPS_PER_TILE),
+                "AMX takes whole tiles of inputs (see Path::for_product)"
+            );
+            // SAFETY: the CPU has AMX-TILE/INT8 and the OS's permission
+            // (caller); the bounds were asserted above (rows ≤ 16, np ≤
+            // 4), and `groups` is a multiple of a tile's lines.
+            unsafe {
+                amx::tiles(
+                    rows,
+                    np,
+                    c.as_mut_ptr(),
+                    ldc,
+                    x.as_ptr(),
+                    ldx,
+                    w.as_ptr(),
+                    groups,
+                )
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -2052,7 +2125,7 @@ mod tests {
 
     /// The SIMD paths this CPU has; prints why the others are skipped.
     fn simd_paths() -> Vec<Path> {
-        [Path::Avx2, Path::Avx512Vnni]
+        [Path::Avx2, Path::Avx512Vnni, Path::Amx]
             .into_iter()
             .filter(|p| match p.missing() {
                 None => true,
@@ -2215,6 +2288,50 @@ mod tests {
             let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
             assert_eq!(kk.scale[0], amax / W_MAX as f32);
             assert!(kk.q[..h].iter().any(|&c| c.unsigned_abs() as i32 == W_MAX));
+        }
+    }
+
+    /// The AMX kernel at every tile shape it takes (1 to 16 rows, 1 to 4
+    /// panels, one and three tiles of inputs), rows apart by more than
+    /// they hold, against the scalar sums; and which products it gets.
+    #[test]
+    fn amx_tiles_equal_the_scalar_sums_at_every_shape() {
+        let (n, o) = (Path::Amx.tile().0, 4 * NR);
+        assert_eq!(Path::Amx.for_product(AMX_MIN_ROWS, 16), Path::Amx);
+        assert_eq!(
+            Path::Amx.for_product(AMX_MIN_ROWS - 1, 16),
+            Path::Avx512Vnni
+        );
+        assert_eq!(Path::Amx.for_product(4096, 8), Path::Avx512Vnni);
+        assert_eq!(Path::Avx2.for_product(4096, 16), Path::Avx2);
+        if let Some(why) = Path::Amx.missing() {
+            eprintln!("SKIPPED int8 path amx: {why}");
+            return;
+        }
+        for k in [64, 192] {
+            let w = QuantW::new(&values(o * k, 3 + k as u32), o, k);
+            let ldx = k + 24;
+            let x: Vec<u8> = (0..n * ldx).map(|i| (i * 37 % 256) as u8).collect();
+            for rows in 1..=n {
+                for np in 1..=Path::Amx.tile().1 {
+                    let ldc = np * NR + 3;
+                    let mut want = vec![0i32; rows * ldc];
+                    let mut got = vec![i32::MIN; rows * ldc];
+                    let wp = w.panels(0, np);
+                    scalar_tile(&mut want, ldc, &x, ldx, wp, w.groups, rows, np);
+                    // SAFETY: the CPU has AMX (checked above); the kernel
+                    // asserts the bounds.
+                    unsafe { kernel(Path::Amx, &mut got, ldc, &x, ldx, wp, w.groups, rows, np) };
+                    for i in 0..rows {
+                        let cols = i * ldc..i * ldc + np * NR;
+                        assert_eq!(
+                            got[cols.clone()],
+                            want[cols],
+                            "k={k} rows={rows} np={np} row {i}"
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -2399,17 +2516,23 @@ mod tests {
     #[test]
     fn dispatch_falls_back_with_a_reason() {
         use super::super::choose;
-        let no_vnni = |p: Path| (p == Path::Avx512Vnni).then_some("no VNNI here");
+        // AMX's path needs VNNI too.
+        let no_vnni = |p: Path| (p >= Path::Avx512Vnni).then_some("no VNNI here");
         let d = choose(Some("avx512vnni"), no_vnni);
         assert_eq!(d.path, Path::Avx2);
         assert!(d.note.unwrap().contains("no VNNI here"));
         assert_eq!(choose(None, no_vnni).path, Path::Avx2);
+        let no_amx = |p: Path| (p == Path::Amx).then_some("no AMX here");
+        let d = choose(Some("amx"), no_amx);
+        assert_eq!(d.path, Path::Avx512Vnni);
+        assert!(d.note.unwrap().contains("no AMX here"));
+        assert_eq!(choose(None, no_amx).path, Path::Avx512Vnni);
         let bare = |p: Path| (p != Path::Scalar).then_some("no SIMD here");
-        for req in [None, Some("avx2"), Some("avx512vnni")] {
+        for req in [None, Some("avx2"), Some("avx512vnni"), Some("amx")] {
             assert_eq!(choose(req, bare).path, Path::Scalar);
         }
         let d = choose(Some("sse9"), Path::missing);
-        assert!(d.note.unwrap().contains("scalar|avx2|avx512vnni"));
+        assert!(d.note.unwrap().contains("scalar|avx2|avx512vnni|amx"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! * [`sgemm`]: f32 dense layers on weights packed once at load (AVX-512F,
 //!   AVX2+FMA, portable);
 //! * [`int8`]: int8 dense layers, weights per output channel, activations
-//!   per row (AVX-512 VNNI, AVX2, scalar);
+//!   per row (AMX, AVX-512 VNNI, AVX2, scalar);
 //! * [`vmath`]: element-wise exp and exact-erf GELU (an AVX2 build of the
 //!   portable loops);
 //! * [`Dense`]: a dense layer in whichever of those forms its width and
@@ -16,8 +16,8 @@
 //! has it, else the best one below it that the CPU has, and keeps the
 //! reason in a note (shown by `casetag eval` and the runtime benchmark):
 //! `CASETAG_F32_PATH=portable|avx2|avx512` for [`sgemm`] (and [`vmath`],
-//! which follows it), `CASETAG_INT8_PATH=scalar|avx2|avx512vnni` for
-//! [`int8`]. The CPU is asked in one place, the `missing_*` functions
+//! which follows it), `CASETAG_INT8_PATH=scalar|avx2|avx512vnni|amx`
+//! for [`int8`]. The CPU is asked in one place, the `missing_*` functions
 //! below.
 //!
 //! **Safety.** The SIMD builds are `unsafe fn`s with `#[target_feature]`;
@@ -179,6 +179,44 @@ pub(crate) fn missing_avx512_vnni() -> Option<&'static str> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     Some("not an x86_64 build")
+}
+
+/// Why this process cannot run the AMX int8 kernel (AMX-TILE and AMX-INT8
+/// tiles, with the AVX-512 VNNI path's epilogue and short-product kernel),
+/// if it cannot. On Linux the tiles are the process's only once it has
+/// asked for them (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`),
+/// which this does, once. The answer is kept: the int8 path's buffers ask
+/// on every product, and `cpuid` traps to the hypervisor in a VM (asking
+/// each time took 17% of a 16-token forward).
+pub(crate) fn missing_amx() -> Option<&'static str> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        static ANSWER: OnceLock<Option<&'static str>> = OnceLock::new();
+        *ANSWER.get_or_init(|| {
+            if let Some(why) = missing_avx512_vnni() {
+                return Some(why);
+            }
+            // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            if edx & (1 << 24) == 0 || edx & (1 << 25) == 0 {
+                return Some("the CPU lacks AMX-INT8");
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: arch_prctl with these arguments only changes which
+            // register state the kernel lets this process use.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            };
+            (r != 0).then_some("the OS did not grant the AMX tiles (arch_prctl)")
+        })
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    Some("AMX is used on x86_64 Linux only")
 }
 
 /// Raw pointer that may cross into rayon tasks writing disjoint regions.
