@@ -95,10 +95,11 @@ unsafe fn configure(rows: usize) {
 }
 
 /// Return this thread's tiles to their initial state (`tilerelease`), as
-/// each product's task does when its tiles are done. Tiles left in use cost
-/// every later context switch of the thread 8 KB more to save and restore:
-/// with them in use, the rayon threads' many short waits made a batch of
-/// one 16-token text run 1.3 ms instead of 0.8 (measured at 1 × 16).
+/// each product's task does when its tiles are done: no tile data then
+/// outlives the task (a context switch need not save it), and the next
+/// task configures the tiles afresh, so [`LOADED_ROWS`] cannot go stale
+/// across code that runs between tasks. It costs nothing measurable
+/// (benches/README.md, "AMX tiles for the int8 products").
 ///
 /// # Safety
 /// The CPU has AMX-TILE and the OS let this process use it.
