@@ -101,8 +101,6 @@ use super::{Dispatch, Epilogue, KernelPath, SendPtr, Start, Then};
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
-#[cfg(target_arch = "x86_64")]
-const _: () = assert!(amx::ROWS == 16 && amx::PANELS == 4 && MC.is_multiple_of(amx::ROWS));
 
 /// Output columns per panel (one zmm of int32 sums).
 pub(crate) const NR: usize = 16;
@@ -122,8 +120,12 @@ const _: () = assert!(2 * A_MAX_AVX2 * W_MAX <= i16::MAX as i32);
 const MAX_K: usize = (i32::MAX / (2 * A_MAX * W_MAX)) as usize;
 /// Rows per parallel task (a multiple of every kernel's row count).
 const MC: usize = 96;
+/// The AMX kernel's tile: one tile of rows × four accumulator tiles.
+const AMX_ROWS: usize = 16;
+const AMX_PANELS: usize = 4;
+const _: () = assert!(MC.is_multiple_of(AMX_ROWS));
 /// Largest kernel tile, rows × panels.
-const MAX_R: usize = 16;
+const MAX_R: usize = AMX_ROWS;
 const MAX_P: usize = 4;
 
 /// One group of 4 inputs for a panel's 16 columns: 64 bytes, aligned to a
@@ -1131,7 +1133,7 @@ impl Path {
             Path::Scalar => (4, 1),
             Path::Avx2 => (4, 1),
             Path::Avx512Vnni => (6, 4),
-            Path::Amx => (16, 4),
+            Path::Amx => (AMX_ROWS, AMX_PANELS),
         }
     }
 

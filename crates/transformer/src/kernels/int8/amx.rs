@@ -19,16 +19,12 @@
 use std::arch::asm;
 use std::cell::Cell;
 
-use super::{Line, KG, NR};
+use super::{Line, AMX_PANELS as PANELS, AMX_ROWS as ROWS, KG, NR};
 
 /// Inputs per tile row: one 64-byte row of codes.
 const TILE_K: usize = 64;
 /// Packed lines per B tile.
 pub(super) const GROUPS_PER_TILE: usize = TILE_K / KG;
-/// Rows per A (and accumulator) tile.
-pub(super) const ROWS: usize = 16;
-/// Panels per call: the accumulator tiles.
-pub(super) const PANELS: usize = 4;
 
 /// The 64-byte operand of `ldtilecfg` (palette 1).
 #[repr(C, align(64))]
