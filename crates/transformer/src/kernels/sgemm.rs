@@ -15,8 +15,8 @@
 //! registers: per `k`, three weight loads, eight broadcasts and twenty-four
 //! FMAs (about 90% of the measured FMA peak on full layers; blocks of one or
 //! two panels, at the end of a layer or in attention, take 14 or 12 rows).
-//! Blocks of panels are split across rayon's threads; each thread writes
-//! its own columns of every output row. Without either, a portable loop
+//! Blocks of panels, and on large batches blocks of rows, are split across
+//! rayon's threads; each task writes its own rows of its panels' columns. Without either, a portable loop
 //! computes the same sums in the same order, so every path gives the same
 //! floats. The path is chosen once per process by the rule in
 //! [`crate::kernels`]: the best the CPU has, or
@@ -224,32 +224,54 @@ pub(crate) fn matmul(out: &mut [f32], x: &[f32], w: &PackedW, n: usize, epi: &Ep
     epi.check(n, o);
     let panels = o / NR;
     let path = dispatch().path;
-    // The tasks write disjoint columns through one shared pointer.
+    // The tasks write disjoint blocks through one shared pointer.
     let dst = SendPtr(out.as_mut_ptr());
-    // Task `t`: panels MAX_P·t.. (up to MAX_P of them), every row.
+    let (rows, col_blocks) = (row_block(n, k), panels.div_ceil(MAX_P));
+    // Task `t`: rows `rows · (t / col_blocks)..` (up to `rows` of them) of
+    // panels `MAX_P · (t % col_blocks)..` (up to MAX_P). Consecutive tasks
+    // share their rows, so a thread taking a run of tasks keeps one row
+    // block's inputs in its L2 while the panels pass over them.
     let run = |t: usize| {
-        let first = t * MAX_P;
-        let count = MAX_P.min(panels - first);
+        let (r0, first) = ((t / col_blocks) * rows, (t % col_blocks) * MAX_P);
+        let (nr, count) = (rows.min(n - r0), MAX_P.min(panels - first));
         let block = Block::new(count, |i| {
-            (w.panel(first + i), epi.start.at((first + i) * NR))
+            let base = epi.start.at((first + i) * NR);
+            // SAFETY: r0 < n, and a residual is n × o (checked above).
+            (w.panel(first + i), unsafe { base.down(r0 * o) })
         });
-        // SAFETY: `out` is n × o, this task writes only columns of its
-        // panels in each row, and no other task writes them; the epilogue's
-        // operands were checked to be as large.
+        // SAFETY: `out` is n × o and `x` n × k, so the block's rows
+        // r0..r0 + nr lie inside both, as do its bases' (checked above);
+        // this task alone writes these rows of its panels' columns.
         unsafe {
-            let c = dst.get().add(first * NR);
-            panel_rows(c, o, x.as_ptr(), k, k, &block, n, path, epi.then);
+            let c = dst.get().add(r0 * o + first * NR);
+            let xr = x.as_ptr().add(r0 * k);
+            panel_rows(c, o, xr, k, k, &block, nr, path, epi.then);
         }
     };
-    let tasks = panels.div_ceil(MAX_P);
-    // Below ~1 MFLOP a thread hand-off costs more than it saves. (Blocking
-    // the rows so a block's inputs stay in L2 across panels measured the
-    // same, 2026-12-01: the kernel, not the input stream, is the limit.)
+    let tasks = n.div_ceil(rows) * col_blocks;
+    // Below ~1 MFLOP a thread hand-off costs more than it saves.
     if rayon::current_num_threads() > 1 && n * o * k >= 1 << 20 {
         (0..tasks).into_par_iter().for_each(run);
     } else {
         (0..tasks).for_each(run);
     }
+}
+
+/// The most input bytes of one row block of [`matmul`]: three quarters of
+/// a 2 MB L2, so the block stays there, next to one block of panels, while
+/// every panel of the layer passes over it. (Blocks of 512 KB measured
+/// faster alone but slowed the forward; on an AMD EPYC no block size from
+/// 28 to 168 rows changed anything, 2026-12-01.)
+const ROW_BLOCK_BYTES: usize = 1536 << 10;
+
+/// Rows per task of [`matmul`]: all `n` when their inputs fit in
+/// [`ROW_BLOCK_BYTES`] (every serving batch), else equal blocks that fit,
+/// in whole 8-row tiles. With a batch's inputs (6 MB at 32 × 128 tokens)
+/// read from L3 by every block of panels instead, the layers with 384
+/// inputs ran 2–8% slower on an Intel Xeon (benches/README.md).
+fn row_block(n: usize, k: usize) -> usize {
+    let most = (ROW_BLOCK_BYTES / (4 * k.max(1))).max(8);
+    n.div_ceil(n.div_ceil(most).max(1)).next_multiple_of(8)
 }
 
 /// How many inputs (cache lines of a panel) ahead a kernel tile that
@@ -338,6 +360,7 @@ unsafe fn panel_rows(
                                 std::array::from_fn(|i| ps[i]),
                                 std::array::from_fn(|i| bases[i]),
                                 r == 0,
+                                r + rows < n,
                             ),)*
                             _ => unreachable!("{rows} rows of {} panels", $p),
                         }
@@ -492,6 +515,14 @@ mod avx512 {
     /// panel's line [`AHEAD`] inputs on is prefetched: for a batch of one
     /// short text the weights (42 MB at fp32, more than L3) stream from
     /// DRAM, and the hardware prefetcher alone left the kernel waiting.
+    ///
+    /// With `next` (more rows follow this tile's), the next tile's `R` rows
+    /// of `x` are prefetched, a cache line of each per 16 inputs, while
+    /// this tile runs. A batch's inputs (6 MB at 32 × 128 tokens) outgrow
+    /// L2, and a row of 384 inputs is a stream of only 24 lines, too short
+    /// for the hardware prefetcher to get ahead of: on an Intel Xeon this
+    /// made the 384-input layers 5–10% faster and the fp32 forward at
+    /// 32 × 128 about 10% faster (benches/README.md).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile<const R: usize, const P: usize>(
@@ -503,9 +534,13 @@ mod avx512 {
         panels: [*const f32; P],
         bases: [Base; P],
         stream: bool,
+        next: bool,
     ) {
         debug_assert!(panels.iter().all(|p| p.cast::<u8>().align_offset(64) == 0));
         let mut acc = [[_mm512_setzero_ps(); P]; R];
+        // Without a next tile this re-touches the tile's own rows, which
+        // costs less than a branch in the loop.
+        let ahead = if next { xp.wrapping_add(R * ldx) } else { xp };
         for j in 0..k {
             if stream {
                 for p in panels {
@@ -513,6 +548,13 @@ mod avx512 {
                     // (past the panel's end near its last inputs), and
                     // `wrapping_add` stays defined there.
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add((j + AHEAD) * NR).cast());
+                }
+            }
+            if j % 16 == 0 {
+                for i in 0..R {
+                    // SAFETY: as above (past the last row of `x` when the
+                    // next tile is shorter).
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(i * ldx + j).cast());
                 }
             }
             // Aligned: each input's weights are one cache line per panel.
@@ -612,6 +654,49 @@ mod tests {
                     assert_eq!(run(path, np), want, "{} n={n} panels={np}", path.name());
                 }
             }
+        }
+    }
+
+    /// A product large enough to be split into row blocks gives exactly the
+    /// floats of the same product done a few rows at a time (one block
+    /// each), for every start and with an epilogue after it.
+    #[test]
+    fn row_blocks_give_the_floats_of_one_block() {
+        use super::super::{Epilogue, Start};
+        let (n, k, o) = (1100, 384, 48);
+        assert!(
+            row_block(n, k) < n && row_block(40, k) >= 40,
+            "the shapes split"
+        );
+        let x = values(n * k, 21);
+        let w = PackedW::new(&values(o * k, 22), o, k);
+        let (res, bias) = (values(n * o, 23), values(o, 24));
+        let then = |v: &mut [f32]| v.iter_mut().for_each(|v| *v = v.mul_add(0.5, 1.0));
+        for which in 0..4 {
+            let start = |rows: std::ops::Range<usize>| match which {
+                0 => Start::Zero,
+                1 => Start::Out,
+                2 => Start::Bias(&bias),
+                _ => Start::ResidualBias(&res[rows.start * o..rows.end * o], &bias),
+            };
+            let init = values(n * o, 25);
+            let mut whole = init.clone();
+            let epi = Epilogue {
+                start: start(0..n),
+                then: Some(&then),
+            };
+            matmul(&mut whole, &x, &w, n, &epi);
+            let mut parts = init;
+            for r in (0..n).step_by(40) {
+                let rows = r..(r + 40).min(n);
+                let epi = Epilogue {
+                    start: start(rows.clone()),
+                    then: Some(&then),
+                };
+                let out = &mut parts[rows.start * o..rows.end * o];
+                matmul(out, &x[rows.start * k..rows.end * k], &w, rows.len(), &epi);
+            }
+            assert!(whole == parts, "start {which}");
         }
     }
 
