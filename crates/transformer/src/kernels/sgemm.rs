@@ -16,9 +16,10 @@
 //! FMAs (about 90% of the measured FMA peak on full layers; blocks of one or
 //! two panels, at the end of a layer or in attention, take 14 or 12 rows).
 //! Blocks of panels, and on large batches blocks of rows, are split across
-//! rayon's threads; each task writes its own rows of its panels' columns. Without either, a portable loop
-//! computes the same sums in the same order, so every path gives the same
-//! floats. The path is chosen once per process by the rule in
+//! rayon's threads; each task writes its own rows of its panels' columns.
+//! Without AVX2 or AVX-512, a portable loop computes the same sums in the
+//! same order, so every path gives the same floats. The path is chosen
+//! once per process by the rule in
 //! [`crate::kernels`]: the best the CPU has, or
 //! `CASETAG_F32_PATH=portable|avx2|avx512` where the CPU has it.
 
@@ -259,19 +260,21 @@ pub(crate) fn matmul(out: &mut [f32], x: &[f32], w: &PackedW, n: usize, epi: &Ep
 
 /// The most input bytes of one row block of [`matmul`]: three quarters of
 /// a 2 MB L2, so the block stays there, next to one block of panels, while
-/// every panel of the layer passes over it. (Blocks of 512 KB measured
-/// faster alone but slowed the forward; on an AMD EPYC no block size from
-/// 28 to 168 rows changed anything, 2026-12-01.)
+/// every panel of the layer passes over it. (Blocks of 512 KB made the
+/// layers faster alone but not the forward; on an AMD EPYC no block size
+/// from 28 to 168 rows changed anything, 2026-12-01.)
 const ROW_BLOCK_BYTES: usize = 1536 << 10;
 
 /// Rows per task of [`matmul`]: all `n` when their inputs fit in
-/// [`ROW_BLOCK_BYTES`] (every serving batch), else equal blocks that fit,
-/// in whole 8-row tiles. With a batch's inputs (6 MB at 32 × 128 tokens)
+/// [`ROW_BLOCK_BYTES`] (a serving batch of the default 256 tokens), else
+/// equal blocks that fit, in whole 8-row tiles; never 0. With a batch's inputs (6 MB at 32 × 128 tokens)
 /// read from L3 by every block of panels instead, the layers with 384
 /// inputs ran 2–8% slower on an Intel Xeon (benches/README.md).
 fn row_block(n: usize, k: usize) -> usize {
     let most = (ROW_BLOCK_BYTES / (4 * k.max(1))).max(8);
-    n.div_ceil(n.div_ceil(most).max(1)).next_multiple_of(8)
+    n.div_ceil(n.div_ceil(most).max(1))
+        .next_multiple_of(8)
+        .max(8)
 }
 
 /// How many inputs (cache lines of a panel) ahead a kernel tile that
@@ -668,6 +671,9 @@ mod tests {
             row_block(n, k) < n && row_block(40, k) >= 40,
             "the shapes split"
         );
+        // No rows: nothing to do, and no task.
+        let empty = PackedW::new(&values(o * k, 20), o, k);
+        matmul(&mut [], &[], &empty, 0, &Epilogue::ZERO);
         let x = values(n * k, 21);
         let w = PackedW::new(&values(o * k, 22), o, k);
         let (res, bias) = (values(n * o, 23), values(o, 24));
