@@ -19,9 +19,8 @@
 //! rayon's threads; each task writes its own rows of its panels' columns.
 //! Without AVX2 or AVX-512, a portable loop computes the same sums in the
 //! same order, so every path gives the same floats. The path is chosen
-//! once per process by the rule in
-//! [`crate::kernels`]: the best the CPU has, or
-//! `CASETAG_F32_PATH=portable|avx2|avx512` where the CPU has it.
+//! once per process by the rule in [`crate::kernels`]: the best the CPU
+//! has, or `CASETAG_F32_PATH=portable|avx2|avx512` where the CPU has it.
 
 use std::sync::OnceLock;
 
@@ -267,9 +266,10 @@ const ROW_BLOCK_BYTES: usize = 1536 << 10;
 
 /// Rows per task of [`matmul`]: all `n` when their inputs fit in
 /// [`ROW_BLOCK_BYTES`] (a serving batch of the default 256 tokens), else
-/// equal blocks that fit, in whole 8-row tiles; never 0. With a batch's inputs (6 MB at 32 × 128 tokens)
-/// read from L3 by every block of panels instead, the layers with 384
-/// inputs ran 2–8% slower on an Intel Xeon (benches/README.md).
+/// equal blocks that fit, in whole 8-row tiles; never 0. With a batch's
+/// inputs (6 MB at 32 × 128 tokens) read from L3 by every block of panels
+/// instead, the layers with 384 inputs ran 2–8% slower on an Intel Xeon
+/// (benches/README.md).
 fn row_block(n: usize, k: usize) -> usize {
     let most = (ROW_BLOCK_BYTES / (4 * k.max(1))).max(8);
     n.div_ceil(n.div_ceil(most).max(1))
@@ -723,11 +723,10 @@ mod tests {
             row_block(n, k) < n && row_block(40, k) >= 40,
             "the shapes split"
         );
-        // No rows: nothing to do, and no task.
-        let empty = PackedW::new(&values(o * k, 20), o, k);
-        matmul(&mut [], &[], &empty, 0, &Epilogue::ZERO);
         let x = values(n * k, 21);
         let w = PackedW::new(&values(o * k, 22), o, k);
+        // No rows: nothing to do, and no task.
+        matmul(&mut [], &[], &w, 0, &Epilogue::ZERO);
         let (res, bias) = (values(n * o, 23), values(o, 24));
         let then = |v: &mut [f32]| v.iter_mut().for_each(|v| *v = v.mul_add(0.5, 1.0));
         for which in 0..4 {
