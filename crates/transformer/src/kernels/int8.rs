@@ -185,12 +185,41 @@ impl QuantW {
                 (s, codes)
             })
             .collect();
+        let (scale, codes): (Vec<f32>, Vec<Vec<i8>>) = rows.into_iter().unzip();
+        Self::from_codes(&codes.concat(), &scale, o, k)
+    }
+
+    /// A matrix from its codes (`o × k`, row-major) and each output
+    /// channel's step, as [`QuantW::codes`] gives them back.
+    pub fn from_codes(codes: &[i8], scale: &[f32], o: usize, k: usize) -> Self {
+        assert!(
+            Self::fits(o) && k > 0 && codes.len() == o * k && scale.len() == o,
+            "int8 codes shape {o}×{k}"
+        );
         let mut w = Self::default();
         w.reset(o, k);
-        for (c, (s, codes)) in rows.into_iter().enumerate() {
-            w.put_channel(c, s, &codes);
+        for (c, (row, &s)) in codes.chunks_exact(k).zip(scale).enumerate() {
+            w.put_channel(c, s, row);
         }
         w
+    }
+
+    /// The codes (`o × k`, row-major) and each output channel's step.
+    pub fn codes(&self) -> (Vec<i8>, Vec<f32>) {
+        let mut codes = vec![0i8; self.o * self.k];
+        for (c, row) in codes.chunks_exact_mut(self.k).enumerate() {
+            let (p, l) = (c / NR, c % NR);
+            let panel = &self.lines[p * self.groups..(p + 1) * self.groups];
+            for (j, q) in row.iter_mut().enumerate() {
+                *q = panel[j / KG].0[l * KG + j % KG];
+            }
+        }
+        (codes, self.scale.clone())
+    }
+
+    /// Output channels and inputs.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.o, self.k)
     }
 
     /// Empty, `o` channels of `k` inputs (all codes and scales 0; `o` a
@@ -2193,6 +2222,39 @@ mod tests {
                     p.name()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn codes_given_back_rebuild_the_same_matrix() {
+        for &(_, k, o) in &SHAPES {
+            let wf = values(o * k, 11 + k as u32);
+            let w = QuantW::new(&wf, o, k);
+            let (codes, scale) = w.codes();
+            assert_eq!((w.dims(), codes.len(), scale.len()), ((o, k), o * k, o));
+            // Each channel's codes are its weights at its step.
+            for (c, row) in codes.chunks_exact(k).enumerate() {
+                let (_, inv) = step(
+                    wf[c * k..(c + 1) * k]
+                        .iter()
+                        .fold(0f32, |m, v| m.max(v.abs())),
+                );
+                let want: Vec<i8> = wf[c * k..(c + 1) * k]
+                    .iter()
+                    .map(|&v| nearest(v, inv))
+                    .collect();
+                assert_eq!(row, want.as_slice(), "channel {c} at k={k} o={o}");
+            }
+            let back = QuantW::from_codes(&codes, &scale, o, k);
+            let same = back.lines.iter().zip(&w.lines).all(|(a, b)| a.0 == b.0);
+            assert!(
+                same && back.lines.len() == w.lines.len(),
+                "packed codes at k={k} o={o}"
+            );
+            assert_eq!(
+                (back.scale, back.colsum),
+                (w.scale.clone(), w.colsum.clone())
+            );
         }
     }
 
