@@ -29,7 +29,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TransformerError};
-use crate::fast::FastBert;
+use crate::fast::{FastBert, Int8Layer};
 
 /// The fields of a Hugging Face BERT `config.json` that the forward pass needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +272,9 @@ pub struct Bert {
     precision: crate::Precision,
     /// Token ids of the texts the int8 forward is calibrated on.
     calibration: Option<Vec<Vec<u32>>>,
+    /// What calibrating these weights on those texts made, when known (a
+    /// loaded bundle's): the int8 forward is built from it instead.
+    int8_layers: Option<Arc<Vec<Int8Layer>>>,
 }
 
 /// Borrowed view of all weights, layer parameters in [`Layer::params_mut`]
@@ -394,6 +397,7 @@ impl Bert {
             fast: OnceLock::new(),
             precision: crate::Precision::F32,
             calibration: None,
+            int8_layers: None,
             training: false,
         })
     }
@@ -402,8 +406,34 @@ impl Bert {
     pub(crate) fn set_precision(&mut self, p: crate::Precision) {
         if self.precision != p {
             self.precision = p;
-            self.fast = OnceLock::new();
+            self.rebuild();
         }
+    }
+
+    /// Build the packed forward again on next use, calibrating again: the
+    /// weights, precision or calibration changed.
+    fn rebuild(&mut self) {
+        self.fast = OnceLock::new();
+        self.int8_layers = None;
+    }
+
+    /// Build the int8 forward from what calibrating the current weights
+    /// on the current texts made ([`Self::int8_layers`]), rebuilt on next
+    /// use.
+    pub(crate) fn set_int8_layers(&mut self, layers: Vec<Int8Layer>) {
+        self.fast = OnceLock::new();
+        self.int8_layers = Some(Arc::new(layers));
+    }
+
+    /// The int8 forward's calibrated layers (`None` at fp32).
+    pub(crate) fn int8_layers(&self) -> Result<Option<Vec<Int8Layer>>> {
+        if self.precision != crate::Precision::Int8 {
+            return Ok(None);
+        }
+        if let Some(l) = &self.int8_layers {
+            return Ok(Some(l.as_ref().clone()));
+        }
+        Ok(self.fast()?.int8_layers())
     }
 
     /// The int8 forward's calibration texts (token ids; see
@@ -411,7 +441,7 @@ impl Bert {
     pub(crate) fn set_calibration(&mut self, ids: Option<Vec<Vec<u32>>>) {
         if self.calibration != ids {
             self.calibration = ids;
-            self.fast = OnceLock::new();
+            self.rebuild();
         }
     }
 
@@ -446,6 +476,7 @@ impl Bert {
                 &view,
                 self.precision,
                 self.calibration.as_deref(),
+                self.int8_layers.as_deref().map(Vec::as_slice),
             )?))
         };
         if self.training {
@@ -529,7 +560,7 @@ impl Bert {
     /// cannot usefully move a 30k-token vocabulary.
     pub(crate) fn make_trainable(&mut self, grad_from: usize) -> Result<Vec<(String, Var)>> {
         self.training = true;
-        self.fast = OnceLock::new();
+        self.rebuild();
         let mut vars = Vec::new();
         let mut wrap = |name: String, t: &mut Tensor| -> Result<()> {
             let v = Var::from_tensor(t)?;
@@ -555,7 +586,7 @@ impl Bert {
     /// inference never records a graph.
     pub(crate) fn freeze(&mut self) {
         self.training = false;
-        self.fast = OnceLock::new();
+        self.rebuild();
         for t in [
             &mut self.word,
             &mut self.pos,
@@ -594,7 +625,7 @@ impl Bert {
 
     /// Replace all weights by a snapshot (as plain tensors).
     pub(crate) fn restore(&mut self, snap: &[Tensor]) {
-        self.fast = OnceLock::new();
+        self.rebuild();
         let mut it = snap.iter().cloned();
         let mut next = || it.next().expect("snapshot matches the model");
         self.word = next();

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::bert::{Bert, BertConfig, TrainCtx};
 use crate::error::{Result, TransformerError};
+use crate::fast::Int8Layer;
 use crate::text::{TextEncoder, Truncation};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -316,6 +317,19 @@ impl Encoder {
     /// precision now rather than on first use.
     pub fn prepare(&self) -> Result<()> {
         self.bert.fast().map(|_| ())
+    }
+
+    /// What calibrating the int8 forward made (`None` at fp32), for a
+    /// bundle to keep.
+    pub(crate) fn int8_layers(&self) -> Result<Option<Vec<Int8Layer>>> {
+        self.bert.int8_layers()
+    }
+
+    /// Build the int8 forward from [`Self::int8_layers`] of these weights
+    /// and calibration texts instead of calibrating again (set after the
+    /// precision and the calibration texts, which discard it).
+    pub(crate) fn set_int8_layers(&mut self, layers: Vec<Int8Layer>) {
+        self.bert.set_int8_layers(layers);
     }
 
     /// The int8 calibration ids set by [`Self::set_int8_calibration`].
@@ -665,6 +679,46 @@ mod tests {
         let mut got = calibration_sample(&few, 8);
         got.sort();
         assert_eq!(got, vec![vec![1, 2], vec![3]]);
+    }
+
+    #[test]
+    fn kept_int8_layers_serve_only_the_weights_and_texts_they_came_from() {
+        let d = tempfile::tempdir().unwrap();
+        crate::fixtures::write_tiny_bert(d.path(), 5).unwrap();
+        let mut e = Encoder::load(d.path().to_str().unwrap(), &Device::Cpu).unwrap();
+        assert!(
+            e.int8_layers().unwrap().is_none(),
+            "fp32 has no int8 layers"
+        );
+        e.set_precision(crate::Precision::Int8);
+        let texts = ["where is my parcel", "refund the broken item please"];
+        let ids = e.tokenize(&texts, 32, Truncation::Head).unwrap();
+        e.set_int8_calibration(Some(ids.clone()));
+        let made = e.int8_layers().unwrap().unwrap();
+        let want = e.embed_ids(&ids, 2).unwrap().to_vec2::<f32>().unwrap();
+        // Layers of other codes, set by hand, are what the forward runs...
+        let mut other = made.clone();
+        for c in other.iter_mut().flat_map(|l| l.dense.iter_mut().flatten()) {
+            c.codes.iter_mut().for_each(|q| *q /= 2);
+        }
+        e.set_int8_layers(other.clone());
+        assert_eq!(e.int8_layers().unwrap().unwrap(), other);
+        assert_ne!(
+            e.embed_ids(&ids, 2).unwrap().to_vec2::<f32>().unwrap(),
+            want
+        );
+        // ...until the calibration texts change: then it calibrates again.
+        e.set_int8_calibration(Some(ids[..1].to_vec()));
+        e.set_int8_calibration(Some(ids.clone()));
+        assert_eq!(e.int8_layers().unwrap().unwrap(), made);
+        assert_eq!(
+            e.embed_ids(&ids, 2).unwrap().to_vec2::<f32>().unwrap(),
+            want
+        );
+        // Weights that may have changed (training) discard them too.
+        e.set_int8_layers(other);
+        e.bert.freeze();
+        assert_eq!(e.int8_layers().unwrap().unwrap(), made);
     }
 
     #[test]

@@ -46,9 +46,10 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::bert::Act;
-use crate::error::Result;
+use crate::error::{Result, TransformerError};
 use crate::kernels::int8::{self, Codes, QuantW, SymRows};
 use crate::kernels::{gptq, sgemm, vmath, Dense, Epilogue, SendPtr, Start};
+use crate::model::INT8_LAYERS_FILE;
 use crate::Precision;
 
 struct FastLayer {
@@ -70,6 +71,30 @@ struct FastLayer {
     ln2_w: Vec<f32>,
     ln2_b: Vec<f32>,
 }
+
+/// What an int8 forward's calibration made of one layer: the smoothing
+/// of the QKV and FFN-in inputs (`1 / s` per channel) and the codes of its
+/// dense layers (QKV, output, FFN-in, FFN-out; `None` for one that stays
+/// fp32). A bundle keeps them so that a load need not calibrate again.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Int8Layer {
+    pub qkv_in: Option<Vec<f32>>,
+    pub i_in: Option<Vec<f32>>,
+    pub dense: [Option<Int8Codes>; 4],
+}
+
+/// A dense layer's int8 codes (`o × k`, row-major) and each output
+/// channel's step.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Int8Codes {
+    pub o: usize,
+    pub k: usize,
+    pub codes: Vec<i8>,
+    pub steps: Vec<f32>,
+}
+
+/// The names of [`Int8Layer::dense`]'s layers, in its order.
+pub(crate) const INT8_DENSE: [&str; 4] = ["qkv", "output", "ffn_in", "ffn_out"];
 
 /// A snapshot of the encoder weights as flat buffers.
 pub(crate) struct FastBert {
@@ -259,6 +284,47 @@ impl Calibration {
     }
 }
 
+/// Where [`FastBert::build`]'s int8 layers come from.
+enum Layers<'a> {
+    /// A calibration forward on these weights.
+    Calibrated(&'a Calibration),
+    /// An earlier calibration's result.
+    Saved(&'a [Int8Layer]),
+}
+
+/// Dense layer `i` of layer `li` (weights `w`, `o × k`) from its saved
+/// codes; one saved without codes stays as [`smoothed`] builds it
+/// unsmoothed. The codes must be of a matrix of `w`'s shape.
+fn saved_dense(
+    li: usize,
+    i: usize,
+    w: &Tensor,
+    saved: &Option<Int8Codes>,
+    precision: Precision,
+) -> Result<Dense> {
+    let (o, k) = w.dims2()?;
+    match saved {
+        None if !QuantW::fits(o) => Ok(Dense::from_rows(flat(w)?, o, k, precision)),
+        Some(c)
+            if QuantW::fits(o)
+                && k > 0
+                && (c.o, c.k) == (o, k)
+                && c.codes.len() == o * k
+                && c.steps.len() == o =>
+        {
+            Ok(Dense::Quant(QuantW::from_codes(&c.codes, &c.steps, o, k)))
+        }
+        _ => Err(TransformerError::Model(format!(
+            "{INT8_LAYERS_FILE}: layer {li} {}: {} for a {o}×{k} weight",
+            INT8_DENSE[i],
+            match saved {
+                Some(c) => format!("codes of {}×{}", c.o, c.k),
+                None => "no codes".to_string(),
+            }
+        ))),
+    }
+}
+
 /// Smoothing strength: an int8 layer's input channel `j` is divided by
 /// `s_j = max|x_j|^α / max_c |W[c][j]|^(1−α)` and its weights' column
 /// multiplied by it (SmoothQuant). 0.6 gave the int8 embeddings closest to
@@ -357,16 +423,22 @@ impl FastBert {
     /// and then every dense layer's codes are also chosen by
     /// error-compensating rounding against its inputs there
     /// ([`crate::kernels::gptq`]); without it, pseudo-random ids and
-    /// rounding to the nearest step.
+    /// rounding to the nearest step. `saved`: what an earlier calibration
+    /// of these weights made ([`Self::int8_layers`]), used instead of
+    /// calibrating again.
     pub fn new(
         cfg: &crate::bert::BertConfig,
         act: Act,
         t: &crate::bert::BertTensors<'_>,
         precision: Precision,
         calibration: Option<&[Vec<u32>]>,
+        saved: Option<&[Int8Layer]>,
     ) -> Result<Self> {
         if precision == Precision::F32 {
             return Self::build(cfg, act, t, precision, None);
+        }
+        if let Some(saved) = saved {
+            return Self::build(cfg, act, t, precision, Some(&Layers::Saved(saved)));
         }
         let reference = Self::build(cfg, act, t, Precision::F32, None)?;
         let texts = calibration.filter(|c| !c.is_empty());
@@ -380,7 +452,30 @@ impl FastBert {
             grams: texts.map(|_| Vec::new()),
         };
         reference.hidden_impl(&refs, usize::MAX, Some(&mut calib));
-        Self::build(cfg, act, t, precision, Some(&calib))
+        Self::build(cfg, act, t, precision, Some(&Layers::Calibrated(&calib)))
+    }
+
+    /// What [`Self::new`] calibrated, to be handed back to it (`None` for
+    /// an fp32 forward).
+    pub fn int8_layers(&self) -> Option<Vec<Int8Layer>> {
+        let codes = |d: &Dense| match d {
+            Dense::Quant(q) => {
+                let ((o, k), (codes, steps)) = (q.dims(), q.codes());
+                Some(Int8Codes { o, k, codes, steps })
+            }
+            _ => None,
+        };
+        let layers: Vec<Int8Layer> = self
+            .layers
+            .iter()
+            .map(|l| Int8Layer {
+                qkv_in: l.qkv_in.clone(),
+                i_in: l.i_in.clone(),
+                dense: [&l.qkv_w, &l.o_w, &l.i_w, &l.f_w].map(codes),
+            })
+            .collect();
+        let int8 = layers.iter().any(|l| l.dense.iter().any(Option::is_some));
+        int8.then_some(layers)
     }
 
     fn build(
@@ -388,8 +483,21 @@ impl FastBert {
         act: Act,
         t: &crate::bert::BertTensors<'_>,
         precision: Precision,
-        calib: Option<&Calibration>,
+        from: Option<&Layers>,
     ) -> Result<Self> {
+        let calib = match from {
+            Some(Layers::Calibrated(c)) => Some(*c),
+            _ => None,
+        };
+        if let Some(Layers::Saved(saved)) = from {
+            if saved.len() != t.layers.len() {
+                return Err(TransformerError::Model(format!(
+                    "{INT8_LAYERS_FILE}: {} layers for an encoder of {}",
+                    saved.len(),
+                    t.layers.len()
+                )));
+            }
+        }
         // Row p of `pos_type` is what token p reads: position row
         // `offset + p` (RoBERTa numbering; `p` for BERT) plus token type 0.
         let pos = t
@@ -402,11 +510,35 @@ impl FastBert {
             let maxima = calib.map(|c| &c.maxima[li]);
             let grams = calib.and_then(|c| c.layer_grams(li));
             let gram = |i: usize| grams.map(|g| g[i].as_slice());
-            let (qkv_in, qkv_w) =
-                smoothed(l[0], maxima.map(|m| m.0.as_slice()), gram(0), precision)?;
-            let (i_in, i_w) = smoothed(l[6], maxima.map(|m| m.1.as_slice()), gram(2), precision)?;
-            let (_, o_w) = smoothed(l[2], None, gram(1), precision)?;
-            let (_, f_w) = smoothed(l[8], None, gram(3), precision)?;
+            let ((qkv_in, qkv_w), (i_in, i_w), o_w, f_w) = match from {
+                Some(Layers::Saved(saved)) => {
+                    let s = &saved[li];
+                    let dense =
+                        |i: usize, w: &Tensor| saved_dense(li, i, w, &s.dense[i], precision);
+                    // Smoothing goes with the codes (they are of the
+                    // smoothed weights).
+                    let smooth = |v: &Option<Vec<f32>>, i: usize| match (v, &s.dense[i]) {
+                        (Some(v), Some(c)) if v.len() == c.k => Ok(Some(v.clone())),
+                        (None, _) => Ok(None),
+                        _ => Err(TransformerError::Model(format!(
+                            "{INT8_LAYERS_FILE}: layer {li} {}: smoothing does not fit its codes",
+                            INT8_DENSE[i]
+                        ))),
+                    };
+                    (
+                        (smooth(&s.qkv_in, 0)?, dense(0, l[0])?),
+                        (smooth(&s.i_in, 2)?, dense(2, l[6])?),
+                        dense(1, l[2])?,
+                        dense(3, l[8])?,
+                    )
+                }
+                _ => (
+                    smoothed(l[0], maxima.map(|m| m.0.as_slice()), gram(0), precision)?,
+                    smoothed(l[6], maxima.map(|m| m.1.as_slice()), gram(2), precision)?,
+                    smoothed(l[2], None, gram(1), precision)?.1,
+                    smoothed(l[8], None, gram(3), precision)?.1,
+                ),
+            };
             Ok(FastLayer {
                 qkv_in,
                 i_in,

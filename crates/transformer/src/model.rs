@@ -10,7 +10,8 @@
 //! Files: `transformer.json` (params, label space, id, pooling, provenance,
 //! training summary), `head.safetensors`, `encoder.safetensors` (Hugging Face
 //! BERT names), `encoder_config.json` (the encoder's `config.json`),
-//! `tokenizer.json`. The engine writes the manifest beside them.
+//! `tokenizer.json`, and for int8 [`CALIBRATION_FILE`] and
+//! [`INT8_LAYERS_FILE`]. The engine writes the manifest beside them.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoder::{l2_normalize, Encoder, EncoderFiles};
 use crate::error::{Result, TransformerError};
+use crate::fast::{Int8Codes, Int8Layer, INT8_DENSE};
 use crate::head::Head;
 use crate::TransformerParams;
 
@@ -35,6 +37,12 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// (written by a bundle trained with `--precision int8`; a JSON array of
 /// arrays). Bundles without it calibrate on pseudo-random ids.
 pub const CALIBRATION_FILE: &str = "int8_calibration.json";
+/// What calibrating the int8 forward on [`CALIBRATION_FILE`]'s texts made:
+/// per layer, the smoothing of the QKV and FFN-in inputs and every dense
+/// layer's codes and steps (written by a bundle trained with `--precision
+/// int8`). A load builds the int8 forward from it instead of calibrating
+/// again, and so runs the codes the bundle was fitted with on any CPU.
+pub const INT8_LAYERS_FILE: &str = "int8_layers.safetensors";
 const FORMAT: u32 = 1;
 
 /// What happened during training (for the manifest's validation metrics).
@@ -130,6 +138,95 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         .map_err(|e| TransformerError::Model(format!("{}: corrupt: {e}", path.display())))
 }
 
+/// Remove a file an earlier save of another model left in the directory.
+fn remove_stale(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TransformerError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Tensor names of [`INT8_LAYERS_FILE`]: `layer.{i}.qkv_smooth` and
+/// `layer.{i}.ffn_in_smooth` (F32, one per input channel, absent where not
+/// smoothed), `layer.{i}.{qkv|output|ffn_in|ffn_out}.codes` (U8 holding
+/// the two's-complement i8 codes, `o × k`) and `.steps` (F32, `o`).
+fn write_int8_layers(path: &Path, layers: &[Int8Layer]) -> Result<()> {
+    let dev = Device::Cpu;
+    let mut map = std::collections::HashMap::new();
+    for (li, l) in layers.iter().enumerate() {
+        for (name, v) in [("qkv_smooth", &l.qkv_in), ("ffn_in_smooth", &l.i_in)] {
+            if let Some(v) = v {
+                map.insert(
+                    format!("layer.{li}.{name}"),
+                    Tensor::from_slice(v, v.len(), &dev)?,
+                );
+            }
+        }
+        for (name, c) in INT8_DENSE.iter().zip(&l.dense) {
+            if let Some(c) = c {
+                let bytes: Vec<u8> = c.codes.iter().map(|&q| q as u8).collect();
+                let codes = Tensor::from_vec(bytes, (c.o, c.k), &dev)?;
+                map.insert(format!("layer.{li}.{name}.codes"), codes);
+                let steps = Tensor::from_slice(&c.steps, c.o, &dev)?;
+                map.insert(format!("layer.{li}.{name}.steps"), steps);
+            }
+        }
+    }
+    crate::error::save_safetensors(&map, path)
+}
+
+/// [`write_int8_layers`]' file, for an encoder of `n_layers` layers
+/// (whether it fits the weights is checked when the forward is built).
+fn read_int8_layers(path: &Path, n_layers: usize) -> Result<Vec<Int8Layer>> {
+    let bad = |m: String| TransformerError::Model(format!("{}: {m}", path.display()));
+    let mut ts = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| bad(crate::error::one_line(&e.to_string())))?;
+    let mut layers = Vec::with_capacity(n_layers);
+    for li in 0..n_layers {
+        let mut floats = |name: String| -> Result<Option<Vec<f32>>> {
+            let Some(t) = ts.remove(&name) else {
+                return Ok(None);
+            };
+            let v = t
+                .to_vec1::<f32>()
+                .map_err(|e| bad(format!("{name}: {e}")))?;
+            Ok(Some(v))
+        };
+        let qkv_in = floats(format!("layer.{li}.qkv_smooth"))?;
+        let i_in = floats(format!("layer.{li}.ffn_in_smooth"))?;
+        let mut dense: [Option<Int8Codes>; 4] = Default::default();
+        for (d, name) in dense.iter_mut().zip(INT8_DENSE) {
+            let (codes, steps) = (
+                format!("layer.{li}.{name}.codes"),
+                format!("layer.{li}.{name}.steps"),
+            );
+            let (Some(c), Some(s)) = (ts.remove(&codes), ts.remove(&steps)) else {
+                continue;
+            };
+            let ((o, k), codes) = c
+                .dims2()
+                .and_then(|dims| Ok((dims, c.flatten_all()?.to_vec1::<u8>()?)))
+                .map_err(|e| bad(format!("{codes}: {e}")))?;
+            let steps = s
+                .to_vec1::<f32>()
+                .map_err(|e| bad(format!("{steps}: {e}")))?;
+            let codes = codes.into_iter().map(|q| q as i8).collect();
+            *d = Some(Int8Codes { o, k, codes, steps });
+        }
+        layers.push(Int8Layer {
+            qkv_in,
+            i_in,
+            dense,
+        });
+    }
+    if let Some(name) = ts.keys().min() {
+        return Err(bad(format!(
+            "unexpected tensor '{name}' for an encoder of {n_layers} layers"
+        )));
+    }
+    Ok(layers)
+}
+
 /// Copy unless source and destination are the same file (saving a model
 /// into the directory it was loaded from must not truncate it).
 fn copy_file(src: &Path, dst: &Path) -> Result<()> {
@@ -187,10 +284,12 @@ impl TransformerModel {
                     .map_err(|e| TransformerError::Model(format!("{}: {e}", c.display())))?;
                 std::fs::write(&c, json).map_err(|e| TransformerError::io(&c, e))?;
             }
-            None if c.exists() => {
-                std::fs::remove_file(&c).map_err(|e| TransformerError::io(&c, e))?
-            }
-            None => {}
+            None => remove_stale(&c)?,
+        }
+        let l = dir.join(INT8_LAYERS_FILE);
+        match self.encoder.int8_layers()? {
+            Some(layers) => write_int8_layers(&l, &layers)?,
+            None => remove_stale(&l)?,
         }
         let p = dir.join(INFO_FILE);
         let json = serde_json::to_string_pretty(&self.info)
@@ -230,6 +329,11 @@ impl TransformerModel {
             encoder.set_int8_calibration(Some(read_json(&c)?));
         }
         encoder.set_precision(info.params.precision);
+        let l = dir.join(INT8_LAYERS_FILE);
+        if info.params.precision == crate::Precision::Int8 && l.is_file() {
+            let layers = read_int8_layers(&l, encoder.config().num_hidden_layers)?;
+            encoder.set_int8_layers(layers);
+        }
         let head = Head::load(&file_in(dir, HEAD_FILE)?, info.params.dropout, &device)?;
         if head.input_dim() != encoder.hidden_size() {
             return Err(TransformerError::Model(format!(

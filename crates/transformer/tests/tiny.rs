@@ -606,13 +606,16 @@ fn embedding_cache_gives_the_same_model() {
     assert_eq!(first.logits(&t).unwrap(), second.logits(&t).unwrap());
 }
 
-/// Whether saving `m` writes an int8 calibration file.
-fn f32_bundle_has_calibration(m: &TransformerModel) -> bool {
+/// Whether saving `m` writes an int8 calibration or int8 layers file.
+fn bundle_has_int8_files(m: &TransformerModel) -> bool {
     let out = tempfile::tempdir().unwrap();
     m.save(out.path()).unwrap();
-    out.path()
-        .join(casetag_transformer::CALIBRATION_FILE)
-        .exists()
+    [
+        casetag_transformer::CALIBRATION_FILE,
+        casetag_transformer::INT8_LAYERS_FILE,
+    ]
+    .iter()
+    .any(|f| out.path().join(f).exists())
 }
 
 #[test]
@@ -656,16 +659,48 @@ fn int8_bundles_record_their_precision_and_stay_close_to_fp32() {
     let l = TransformerModel::load(&dir, "q").unwrap();
     assert_eq!(l.params().precision, Precision::Int8);
     assert_eq!(l.logits(&texts).unwrap(), q.logits(&texts).unwrap());
+    // It keeps what calibrating made, and a load runs that instead of
+    // calibrating again: the same codes as calibrating here...
+    let layers = dir.join(casetag_transformer::INT8_LAYERS_FILE);
+    let kept = std::fs::read(&layers).unwrap();
+    std::fs::remove_file(&layers).unwrap();
+    let again = TransformerModel::load(&dir, "again").unwrap();
+    assert_eq!(again.logits(&texts).unwrap(), q.logits(&texts).unwrap());
+    again.save(&dir).unwrap();
+    assert_eq!(std::fs::read(&layers).unwrap(), kept);
+    // ...and the file is what runs: other steps answer otherwise, and
+    // codes of another shape are refused, naming the file and the layer.
+    let dev = candle_core::Device::Cpu;
+    let mut ts = candle_core::safetensors::load(&layers, &dev).unwrap();
+    let steps = ts["layer.0.ffn_out.steps"].clone();
+    ts.insert("layer.0.ffn_out.steps".into(), (steps * 1.5).unwrap());
+    candle_core::safetensors::save(&ts, &layers).unwrap();
+    let other = TransformerModel::load(&dir, "other").unwrap();
+    assert_ne!(other.logits(&texts).unwrap(), q.logits(&texts).unwrap());
+    let codes = ts["layer.1.output.codes"].narrow(1, 0, 8).unwrap();
+    ts.insert("layer.1.output.codes".into(), codes);
+    candle_core::safetensors::save(&ts, &layers).unwrap();
+    let e = TransformerModel::load(&dir, "bad")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("int8_layers.safetensors: layer 1 output: codes of"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1);
     // The int8 forward is calibrated on training texts the bundle keeps;
-    // without them (an older bundle) it calibrates on pseudo-random ids
-    // and rounds to the nearest step, which answers differently.
+    // without them (an older bundle, which has neither file) it calibrates
+    // on pseudo-random ids and rounds to the nearest step, which answers
+    // differently.
+    std::fs::remove_file(&layers).unwrap();
     let cal = dir.join(casetag_transformer::CALIBRATION_FILE);
     let ids: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
     assert!(!ids.is_empty() && ids.iter().all(|s| !s.is_empty()));
     std::fs::remove_file(&cal).unwrap();
     let old = TransformerModel::load(&dir, "old").unwrap();
     assert_ne!(old.logits(&texts).unwrap(), q.logits(&texts).unwrap());
-    assert!(!f32_bundle_has_calibration(&f));
+    assert!(!bundle_has_int8_files(&f));
     // Quantized after training: the same head as the fp32 bundle's.
     let fdir = out.path().join("f32");
     f.save(&fdir).unwrap();
