@@ -516,10 +516,10 @@ impl FastBert {
                     let dense =
                         |i: usize, w: &Tensor| saved_dense(li, i, w, &s.dense[i], precision);
                     // Smoothing goes with the codes (they are of the
-                    // smoothed weights).
+                    // smoothed weights): both or neither.
                     let smooth = |v: &Option<Vec<f32>>, i: usize| match (v, &s.dense[i]) {
                         (Some(v), Some(c)) if v.len() == c.k => Ok(Some(v.clone())),
-                        (None, _) => Ok(None),
+                        (None, None) => Ok(None),
                         _ => Err(TransformerError::Model(format!(
                             "{INT8_LAYERS_FILE}: layer {li} {}: smoothing does not fit its codes",
                             INT8_DENSE[i]

@@ -178,38 +178,35 @@ fn write_int8_layers(path: &Path, layers: &[Int8Layer]) -> Result<()> {
 /// [`write_int8_layers`]' file, for an encoder of `n_layers` layers
 /// (whether it fits the weights is checked when the forward is built).
 fn read_int8_layers(path: &Path, n_layers: usize) -> Result<Vec<Int8Layer>> {
-    let bad = |m: String| TransformerError::Model(format!("{}: {m}", path.display()));
-    let mut ts = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| bad(crate::error::one_line(&e.to_string())))?;
+    // One line naming the file and, where known, the tensor.
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        let e = crate::error::one_line(&e.to_string());
+        TransformerError::Model(format!("{}: {what}{e}", path.display()))
+    };
+    let mut ts = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad("", &e))?;
+    let mut take = |name: &str| ts.remove(name).map(|t| (format!("{name}: "), t));
     let mut layers = Vec::with_capacity(n_layers);
     for li in 0..n_layers {
         let mut floats = |name: String| -> Result<Option<Vec<f32>>> {
-            let Some(t) = ts.remove(&name) else {
+            let Some((at, t)) = take(&name) else {
                 return Ok(None);
             };
-            let v = t
-                .to_vec1::<f32>()
-                .map_err(|e| bad(format!("{name}: {e}")))?;
-            Ok(Some(v))
+            Ok(Some(t.to_vec1::<f32>().map_err(|e| bad(&at, &e))?))
         };
         let qkv_in = floats(format!("layer.{li}.qkv_smooth"))?;
         let i_in = floats(format!("layer.{li}.ffn_in_smooth"))?;
         let mut dense: [Option<Int8Codes>; 4] = Default::default();
         for (d, name) in dense.iter_mut().zip(INT8_DENSE) {
-            let (codes, steps) = (
-                format!("layer.{li}.{name}.codes"),
-                format!("layer.{li}.{name}.steps"),
-            );
-            let (Some(c), Some(s)) = (ts.remove(&codes), ts.remove(&steps)) else {
+            let codes = take(&format!("layer.{li}.{name}.codes"));
+            let steps = take(&format!("layer.{li}.{name}.steps"));
+            let (Some((at_c, c)), Some((at_s, s))) = (codes, steps) else {
                 continue;
             };
             let ((o, k), codes) = c
                 .dims2()
                 .and_then(|dims| Ok((dims, c.flatten_all()?.to_vec1::<u8>()?)))
-                .map_err(|e| bad(format!("{codes}: {e}")))?;
-            let steps = s
-                .to_vec1::<f32>()
-                .map_err(|e| bad(format!("{steps}: {e}")))?;
+                .map_err(|e| bad(&at_c, &e))?;
+            let steps = s.to_vec1::<f32>().map_err(|e| bad(&at_s, &e))?;
             let codes = codes.into_iter().map(|q| q as i8).collect();
             *d = Some(Int8Codes { o, k, codes, steps });
         }
@@ -220,9 +217,8 @@ fn read_int8_layers(path: &Path, n_layers: usize) -> Result<Vec<Int8Layer>> {
         });
     }
     if let Some(name) = ts.keys().min() {
-        return Err(bad(format!(
-            "unexpected tensor '{name}' for an encoder of {n_layers} layers"
-        )));
+        let why = format!("for an encoder of {n_layers} layers");
+        return Err(bad(&format!("unexpected tensor '{name}' "), &why));
     }
     Ok(layers)
 }

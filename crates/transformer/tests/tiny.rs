@@ -689,6 +689,30 @@ fn int8_bundles_record_their_precision_and_stay_close_to_fp32() {
         "{e}"
     );
     assert_eq!(e.lines().count(), 1);
+    // Codes without the smoothing they were made with are refused too.
+    std::fs::write(&layers, &kept).unwrap();
+    let mut ts = candle_core::safetensors::load(&layers, &dev).unwrap();
+    ts.remove("layer.0.qkv_smooth").unwrap();
+    candle_core::safetensors::save(&ts, &layers).unwrap();
+    let e = TransformerModel::load(&dir, "bad")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("layer 0 qkv: smoothing does not fit"), "{e}");
+    // A layer the encoder does not have is named.
+    std::fs::write(&layers, &kept).unwrap();
+    let mut ts = candle_core::safetensors::load(&layers, &dev).unwrap();
+    let extra = ts["layer.0.qkv.steps"].clone();
+    ts.insert("layer.9.qkv.steps".into(), extra);
+    candle_core::safetensors::save(&ts, &layers).unwrap();
+    let e = TransformerModel::load(&dir, "bad")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("unexpected tensor 'layer.9.qkv.steps' for an encoder of"),
+        "{e}"
+    );
     // The int8 forward is calibrated on training texts the bundle keeps;
     // without them (an older bundle, which has neither file) it calibrates
     // on pseudo-random ids and rounds to the nearest step, which answers
