@@ -41,7 +41,7 @@ pub const CALIBRATION_FILE: &str = "int8_calibration.json";
 /// per layer, the smoothing of the QKV and FFN-in inputs and every dense
 /// layer's codes and steps (written by a bundle trained with `--precision
 /// int8`). A load builds the int8 forward from it instead of calibrating
-/// again, and so runs the codes the bundle was fitted with on any CPU.
+/// again (which gives the same codes: every f32 path sums alike).
 pub const INT8_LAYERS_FILE: &str = "int8_layers.safetensors";
 const FORMAT: u32 = 1;
 
