@@ -677,38 +677,38 @@ fn int8_bundles_record_their_precision_and_stay_close_to_fp32() {
     candle_core::safetensors::save(&ts, &layers).unwrap();
     let other = TransformerModel::load(&dir, "other").unwrap();
     assert_ne!(other.logits(&texts).unwrap(), q.logits(&texts).unwrap());
-    let codes = ts["layer.1.output.codes"].narrow(1, 0, 8).unwrap();
-    ts.insert("layer.1.output.codes".into(), codes);
-    candle_core::safetensors::save(&ts, &layers).unwrap();
-    let e = TransformerModel::load(&dir, "bad")
-        .err()
-        .unwrap()
-        .to_string();
+    // Each edit of the kept file below is refused in one line that names
+    // what does not fit.
+    let refused = |edit: &dyn Fn(&mut std::collections::HashMap<String, candle_core::Tensor>)| {
+        std::fs::write(&layers, &kept).unwrap();
+        let mut ts = candle_core::safetensors::load(&layers, &dev).unwrap();
+        edit(&mut ts);
+        candle_core::safetensors::save(&ts, &layers).unwrap();
+        let e = TransformerModel::load(&dir, "bad")
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    };
+    let e = refused(&|ts| {
+        let codes = ts["layer.1.output.codes"].narrow(1, 0, 8).unwrap();
+        ts.insert("layer.1.output.codes".into(), codes);
+    });
     assert!(
         e.contains("int8_layers.safetensors: layer 1 output: codes of"),
         "{e}"
     );
-    assert_eq!(e.lines().count(), 1);
-    // Codes without the smoothing they were made with are refused too.
-    std::fs::write(&layers, &kept).unwrap();
-    let mut ts = candle_core::safetensors::load(&layers, &dev).unwrap();
-    ts.remove("layer.0.qkv_smooth").unwrap();
-    candle_core::safetensors::save(&ts, &layers).unwrap();
-    let e = TransformerModel::load(&dir, "bad")
-        .err()
-        .unwrap()
-        .to_string();
+    // Codes without the smoothing they were made with.
+    let e = refused(&|ts| {
+        ts.remove("layer.0.qkv_smooth").unwrap();
+    });
     assert!(e.contains("layer 0 qkv: smoothing does not fit"), "{e}");
-    // A layer the encoder does not have is named.
-    std::fs::write(&layers, &kept).unwrap();
-    let mut ts = candle_core::safetensors::load(&layers, &dev).unwrap();
-    let extra = ts["layer.0.qkv.steps"].clone();
-    ts.insert("layer.9.qkv.steps".into(), extra);
-    candle_core::safetensors::save(&ts, &layers).unwrap();
-    let e = TransformerModel::load(&dir, "bad")
-        .err()
-        .unwrap()
-        .to_string();
+    // A layer the encoder does not have.
+    let e = refused(&|ts| {
+        let extra = ts["layer.0.qkv.steps"].clone();
+        ts.insert("layer.9.qkv.steps".into(), extra);
+    });
     assert!(
         e.contains("unexpected tensor 'layer.9.qkv.steps' for an encoder of"),
         "{e}"
