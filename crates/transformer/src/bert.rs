@@ -425,13 +425,11 @@ impl Bert {
         self.int8_layers = Some(Arc::new(layers));
     }
 
-    /// The int8 forward's calibrated layers (`None` at fp32).
+    /// The int8 forward's calibrated layers (`None` at fp32), read back
+    /// from the forward, however it was built.
     pub(crate) fn int8_layers(&self) -> Result<Option<Vec<Int8Layer>>> {
         if self.precision != crate::Precision::Int8 {
             return Ok(None);
-        }
-        if let Some(l) = &self.int8_layers {
-            return Ok(Some(l.as_ref().clone()));
         }
         Ok(self.fast()?.int8_layers())
     }
