@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Turn CLINC150 (Larson et al., 2019: 150 intents and out-of-scope queries)
+into casetag's tables, to check the default recipe on a public intent set that
+no method or setting was chosen on.
+
+    python3 scripts/clinc150.py --src PATH/data_full.json [--out out/clinc150] [--seed 7]
+
+PATH/data_full.json is the file `data/data_full.json` of the public
+repository github.com/clinc/oos-eval (CC BY 3.0); obtain it yourself, this
+script reads it and never copies it into the repository.
+
+Writes, with columns text,l1:
+  OUT/train.csv        the 15,000 training queries (150 intents)
+  OUT/val.csv          the 3,000 validation queries (for `train --val`)
+  OUT/test.csv         the 4,500 in-scope test queries and the 1,000
+                       out-of-scope ones, the latter with an empty l1
+  OUT/test_stream.csv  the same rows in a random arrival order (seeded), for
+                       `casetag eval --stream-novelty`
+
+The out-of-scope training and validation queries are not written: casetag's
+detector is fitted without out-of-scope rows.
+"""
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+
+
+def fail(msg):
+    print(f"clinc150.py: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--src", required=True, help="CLINC150's data_full.json")
+ap.add_argument("--out", default="out/clinc150")
+ap.add_argument("--seed", type=int, default=7, help="arrival order of test_stream.csv")
+a = ap.parse_args()
+
+try:
+    with open(a.src, encoding="utf-8") as f:
+        data = json.load(f)
+except (OSError, ValueError) as e:
+    fail(f"cannot read {a.src}: {e}")
+need = ("train", "val", "test", "oos_test")
+missing = [k for k in need if k not in data]
+if missing:
+    fail(f"{a.src} lacks the split(s) {', '.join(missing)}; is it data_full.json?")
+for k in need:
+    for i, row in enumerate(data[k]):
+        if not (isinstance(row, list) and len(row) == 2 and all(isinstance(x, str) for x in row)):
+            fail(f"{a.src}: {k}[{i}] is not a [text, intent] pair: {str(row)[:80]}")
+
+
+def write(name, rows):
+    with open(os.path.join(a.out, name), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(("text", "l1"))
+        w.writerows(rows)
+
+
+os.makedirs(a.out, exist_ok=True)
+train = [(t, c) for t, c in data["train"]]
+val = [(t, c) for t, c in data["val"]]
+test = [(t, c) for t, c in data["test"]] + [(t, "") for t, _ in data["oos_test"]]
+stream = test[:]
+random.Random(a.seed).shuffle(stream)
+write("train.csv", train)
+write("val.csv", val)
+write("test.csv", test)
+write("test_stream.csv", stream)
+print(
+    f"{a.out}: train {len(train)} ({len({c for _, c in train})} intents), val {len(val)}, "
+    f"test {len(test) - len(data['oos_test'])} in scope + {len(data['oos_test'])} out of scope"
+)
