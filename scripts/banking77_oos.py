@@ -35,6 +35,8 @@ import csv
 import os
 import random
 
+from intent_tables import write, write_test
+
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--src", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "banking77"))
 ap.add_argument("--out", default="out/banking77_oos")
@@ -50,13 +52,6 @@ a = ap.parse_args()
 def read(name):
     with open(os.path.join(a.src, name), newline="", encoding="utf-8") as f:
         return [(r["text"], r["category"]) for r in csv.DictReader(f)]
-
-
-def write(name, rows, header=("text", "l1")):
-    with open(os.path.join(a.out, name), "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
 
 
 train, test = read("train.csv"), read("test.csv")
@@ -83,16 +78,11 @@ if a.dev:
     taken = set(add)
     test = dev + [r for r in train if r[1] in held and r not in taken]
 os.makedirs(a.out, exist_ok=True)
-write("train.csv", old)
-write("test.csv", [(t, "" if c in held else c) for t, c in test])
-# The same rows in a random arrival order, for `eval --stream-novelty`
-# (the split's files are grouped by intent, an order no service sees).
-arrival = [(t, "" if c in held else c) for t, c in test]
-random.Random(a.seed + 2000).shuffle(arrival)
-write("test_stream.csv", arrival)
+write(a.out, "train.csv", old)
+write_test(a.out, [(t, "" if c in held else c) for t, c in test], a.seed + 2000)
 if a.add:
-    write("add.csv", add)
-    write("retrain.csv", old + add)
+    write(a.out, "add.csv", add)
+    write(a.out, "retrain.csv", old + add)
     kind = lambda c: "old" if c not in held else "new" if c in added else "oos"
-    write("test_all.csv", [(t, "" if kind(c) == "oos" else c, kind(c)) for t, c in test], ("text", "l1", "set"))
+    write(a.out, "test_all.csv", [(t, "" if kind(c) == "oos" else c, kind(c)) for t, c in test], ("text", "l1", "set"))
 print("held out:", ", ".join(sorted(held)))

@@ -21,11 +21,11 @@ The out-of-scope training and validation queries are not written: casetag's
 detector is fitted without out-of-scope rows.
 """
 import argparse
-import csv
 import json
 import os
-import random
 import sys
+
+from intent_tables import write, write_test
 
 
 def fail(msg):
@@ -53,24 +53,13 @@ for k in need:
         if not (isinstance(row, list) and len(row) == 2 and all(isinstance(x, str) for x in row)):
             fail(f"{a.src}: {k}[{i}] is not a [text, intent] pair: {str(row)[:80]}")
 
-
-def write(name, rows):
-    with open(os.path.join(a.out, name), "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(("text", "l1"))
-        w.writerows(rows)
-
-
 os.makedirs(a.out, exist_ok=True)
 train = [(t, c) for t, c in data["train"]]
 val = [(t, c) for t, c in data["val"]]
 test = [(t, c) for t, c in data["test"]] + [(t, "") for t, _ in data["oos_test"]]
-stream = test[:]
-random.Random(a.seed).shuffle(stream)
-write("train.csv", train)
-write("val.csv", val)
-write("test.csv", test)
-write("test_stream.csv", stream)
+write(a.out, "train.csv", train)
+write(a.out, "val.csv", val)
+write_test(a.out, test, a.seed)
 print(
     f"{a.out}: train {len(train)} ({len({c for _, c in train})} intents), val {len(val)}, "
     f"test {len(test) - len(data['oos_test'])} in scope + {len(data['oos_test'])} out of scope"
