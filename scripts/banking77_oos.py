@@ -33,9 +33,8 @@ repository.
 import argparse
 import csv
 import os
-import random
 
-from intent_tables import write, write_test
+from intent_tables import fail, hold_out
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--src", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "banking77"))
@@ -50,39 +49,17 @@ a = ap.parse_args()
 
 
 def read(name):
-    with open(os.path.join(a.src, name), newline="", encoding="utf-8") as f:
-        return [(r["text"], r["category"]) for r in csv.DictReader(f)]
+    path = os.path.join(a.src, name)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = csv.DictReader(f)
+            if not {"text", "category"} <= set(rows.fieldnames or ()):
+                fail(f"{path} needs the columns text and category (BANKING77's CSV); it has {rows.fieldnames}")
+            return [(r["text"], r["category"]) for r in rows]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        fail(f"cannot read {path}: {e}")
 
 
 train, test = read("train.csv"), read("test.csv")
-intents = sorted({c for _, c in train})
-held = set(random.Random(a.seed).sample(intents, a.held_out))
-rng = random.Random(a.seed + 1000)
-added = set(sorted(held)[: a.add_intents]) if a.add_intents is not None else held
-add = []
-for c in sorted(added):
-    rows = [r for r in train if r[1] == c]
-    add.extend(rng.sample(rows, min(a.add, len(rows))))
-old = [r for r in train if r[1] not in held]
-if a.dev:
-    by = {}
-    for r in old:
-        by.setdefault(r[1], []).append(r)
-    dev = []
-    for c in sorted(by):
-        rows = by[c][:]
-        rng.shuffle(rows)
-        dev.extend(rows[: round(0.15 * len(rows))])
-    dev_set = set(map(id, dev))
-    old = [r for r in old if id(r) not in dev_set]
-    taken = set(add)
-    test = dev + [r for r in train if r[1] in held and r not in taken]
-os.makedirs(a.out, exist_ok=True)
-write(a.out, "train.csv", old)
-write_test(a.out, [(t, "" if c in held else c) for t, c in test], a.seed + 2000)
-if a.add:
-    write(a.out, "add.csv", add)
-    write(a.out, "retrain.csv", old + add)
-    kind = lambda c: "old" if c not in held else "new" if c in added else "oos"
-    write(a.out, "test_all.csv", [(t, "" if kind(c) == "oos" else c, kind(c)) for t, c in test], ("text", "l1", "set"))
-print("held out:", ", ".join(sorted(held)))
+held = hold_out(a.out, train, test, a.seed, a.held_out, a.add, a.add_intents, a.dev)
+print("held out:", ", ".join(held))

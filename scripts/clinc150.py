@@ -19,25 +19,32 @@ Writes, with columns text,l1:
 
 The out-of-scope training and validation queries are not written: casetag's
 detector is fitted without out-of-scope rows.
+
+With --held-out K, K of the 150 intents (drawn with --seed) are also held out
+of train.csv and val.csv, as scripts/banking77_oos.py does for BANKING77:
+their test queries join the out-of-scope ones with an empty l1. With --add N
+as well, OUT/add.csv holds N training queries of each held-out intent (for
+`casetag train --from M --add`), OUT/retrain.csv is train.csv plus add.csv,
+and OUT/test_all.csv has every test query with its true intent and a column
+`set`: `old`, `new` (a held-out intent) or `oos` (CLINC150's out-of-scope
+queries, empty l1).
 """
 import argparse
 import json
 import os
-import sys
 
-from intent_tables import write, write_test
-
-
-def fail(msg):
-    print(f"clinc150.py: {msg}", file=sys.stderr)
-    sys.exit(2)
+from intent_tables import fail, hold_out, write, write_test
 
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--src", required=True, help="CLINC150's data_full.json")
 ap.add_argument("--out", default="out/clinc150")
-ap.add_argument("--seed", type=int, default=7, help="arrival order of test_stream.csv")
+ap.add_argument("--seed", type=int, default=7, help="arrival order of test_stream.csv, and the held-out intents")
+ap.add_argument("--held-out", type=int, default=0, metavar="K", help="intents held out of training (default: none)")
+ap.add_argument("--add", type=int, default=0, metavar="N", help="with --held-out: examples per held-out intent for add.csv")
 a = ap.parse_args()
+if a.add and not a.held_out:
+    fail("--add needs --held-out: the examples are drawn from the held-out intents")
 
 try:
     with open(a.src, encoding="utf-8") as f:
@@ -53,14 +60,20 @@ for k in need:
         if not (isinstance(row, list) and len(row) == 2 and all(isinstance(x, str) for x in row)):
             fail(f"{a.src}: {k}[{i}] is not a [text, intent] pair: {str(row)[:80]}")
 
-os.makedirs(a.out, exist_ok=True)
 train = [(t, c) for t, c in data["train"]]
 val = [(t, c) for t, c in data["val"]]
-test = [(t, c) for t, c in data["test"]] + [(t, "") for t, _ in data["oos_test"]]
-write(a.out, "train.csv", train)
-write(a.out, "val.csv", val)
-write_test(a.out, test, a.seed)
-print(
-    f"{a.out}: train {len(train)} ({len({c for _, c in train})} intents), val {len(val)}, "
-    f"test {len(test) - len(data['oos_test'])} in scope + {len(data['oos_test'])} out of scope"
-)
+if a.held_out:
+    in_scope = [(t, c) for t, c in data["test"]]
+    oos = [t for t, _ in data["oos_test"]]
+    held = hold_out(a.out, train, in_scope, a.seed, a.held_out, a.add, oos=oos, val=val)
+    print(f"{a.out}: held out {len(held)} intents: {', '.join(held)}")
+else:
+    os.makedirs(a.out, exist_ok=True)
+    test = [(t, c) for t, c in data["test"]] + [(t, "") for t, _ in data["oos_test"]]
+    write(a.out, "train.csv", train)
+    write(a.out, "val.csv", val)
+    write_test(a.out, test, a.seed)
+    print(
+        f"{a.out}: train {len(train)} ({len({c for _, c in train})} intents), val {len(val)}, "
+        f"test {len(test) - len(data['oos_test'])} in scope + {len(data['oos_test'])} out of scope"
+    )

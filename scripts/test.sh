@@ -3,7 +3,7 @@
 # git-ignored), run every test in the workspace with the release profile
 # (one build serves tests, quickstart and benches), then build the Python
 # wheel into a git-ignored venv and run its tests (pytest, a local Ray
-# cluster included).
+# cluster included) and those of the data scripts (scripts/tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch_encoder.sh
@@ -14,5 +14,5 @@ else
   cargo test --release --workspace --no-fail-fast "$@" || status=$?
 fi
 bash scripts/python_env.sh
-CASETAG_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/casetag" .venv/bin/python -m pytest -q -p no:cacheprovider crates/python/tests || status=$?
+CASETAG_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/casetag" .venv/bin/python -m pytest -q -p no:cacheprovider crates/python/tests scripts/tests || status=$?
 exit $status
