@@ -27,7 +27,9 @@ as well, OUT/add.csv holds N training queries of each held-out intent (for
 `casetag train --from M --add`), OUT/retrain.csv is train.csv plus add.csv,
 and OUT/test_all.csv has every test query with its true intent and a column
 `set`: `old`, `new` (a held-out intent) or `oos` (CLINC150's out-of-scope
-queries, empty l1).
+queries, empty l1). With --without-oos the out-of-scope queries are left out
+of the test tables, so that the held-out intents are the only out-of-scope
+cases, as in scripts/banking77_oos.py.
 """
 import argparse
 import json
@@ -42,9 +44,11 @@ ap.add_argument("--out", default="out/clinc150")
 ap.add_argument("--seed", type=int, default=7, help="arrival order of test_stream.csv, and the held-out intents")
 ap.add_argument("--held-out", type=int, default=0, metavar="K", help="intents held out of training (default: none)")
 ap.add_argument("--add", type=int, default=0, metavar="N", help="with --held-out: examples per held-out intent for add.csv")
+ap.add_argument("--without-oos", action="store_true",
+                help="with --held-out: leave the out-of-scope queries out of the test tables")
 a = ap.parse_args()
-if a.add and not a.held_out:
-    fail("--add needs --held-out: the examples are drawn from the held-out intents")
+if (a.add or a.without_oos) and not a.held_out:
+    fail("--add and --without-oos need --held-out: they are about the held-out intents")
 
 try:
     with open(a.src, encoding="utf-8") as f:
@@ -64,7 +68,7 @@ train = [(t, c) for t, c in data["train"]]
 val = [(t, c) for t, c in data["val"]]
 if a.held_out:
     in_scope = [(t, c) for t, c in data["test"]]
-    oos = [t for t, _ in data["oos_test"]]
+    oos = [] if a.without_oos else [t for t, _ in data["oos_test"]]
     held = hold_out(a.out, train, in_scope, a.seed, a.held_out, a.add, oos=oos, val=val)
     print(f"{a.out}: held out {len(held)} intents: {', '.join(held)}")
 else:

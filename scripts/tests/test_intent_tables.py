@@ -87,9 +87,15 @@ def test_clinc150_tables_and_one_line_errors(tmp_path):
     sets = [r["set"] for r in rows(tmp_path / "h" / "test_all.csv")]
     assert (sets.count("old"), sets.count("new"), sets.count("oos")) == (12, 6, 2)
     assert len(rows(tmp_path / "h" / "add.csv")) == 10
+    p = run("clinc150.py", "--src", str(src), "--held-out", "2", "--without-oos", "--out", str(tmp_path / "w"))
+    assert p.returncode == 0, p.stderr
+    test = rows(tmp_path / "w" / "test.csv")
+    assert len(test) == 18 and sum(r["l1"] == "" for r in test) == 6
+    assert rows(tmp_path / "w" / "train.csv") == rows(tmp_path / "h" / "train.csv")
     del data["oos_test"]
     src.write_text(json.dumps(data))
-    for args in (["--src", str(src)], ["--src", str(tmp_path / "none.json")], ["--src", str(src), "--add", "3"]):
+    for args in (["--src", str(src)], ["--src", str(tmp_path / "none.json")], ["--src", str(src), "--add", "3"],
+                 ["--src", str(src), "--without-oos"]):
         p = run("clinc150.py", *args, "--out", str(tmp_path / "bad"))
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
