@@ -66,18 +66,17 @@ for k in need:
 
 train = [(t, c) for t, c in data["train"]]
 val = [(t, c) for t, c in data["val"]]
+in_scope = [(t, c) for t, c in data["test"]]
+oos = [t for t, _ in data["oos_test"]]
 if a.held_out:
-    in_scope = [(t, c) for t, c in data["test"]]
-    oos = [] if a.without_oos else [t for t, _ in data["oos_test"]]
-    held = hold_out(a.out, train, in_scope, a.seed, a.held_out, a.add, oos=oos, val=val)
+    held = hold_out(a.out, train, in_scope, a.seed, a.held_out, a.add, oos=[] if a.without_oos else oos, val=val)
     print(f"{a.out}: held out {len(held)} intents: {', '.join(held)}")
 else:
     os.makedirs(a.out, exist_ok=True)
-    test = [(t, c) for t, c in data["test"]] + [(t, "") for t, _ in data["oos_test"]]
     write(a.out, "train.csv", train)
     write(a.out, "val.csv", val)
-    write_test(a.out, test, a.seed)
+    write_test(a.out, in_scope + [(t, "") for t in oos], a.seed)
     print(
         f"{a.out}: train {len(train)} ({len({c for _, c in train})} intents), val {len(val)}, "
-        f"test {len(test) - len(data['oos_test'])} in scope + {len(data['oos_test'])} out of scope"
+        f"test {len(in_scope)} in scope + {len(oos)} out of scope"
     )
