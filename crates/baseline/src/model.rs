@@ -778,7 +778,7 @@ impl Classifier for BaselineModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use casetag_core::softmax;
+    use casetag_core::{argmax, softmax};
 
     fn toy() -> (Vec<String>, Vec<usize>) {
         let stems = [
@@ -820,10 +820,6 @@ mod tests {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let m = fit(&small(), &refs, &y, space, "toy", &|_| {}).unwrap();
         (m, texts, y)
-    }
-
-    fn argmax(v: &[f32]) -> usize {
-        (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
     }
 
     #[test]

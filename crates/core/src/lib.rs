@@ -275,6 +275,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Index of the largest value (the first of equals; 0 for an empty slice).
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |(i, m), (j, &x)| {
+                if x > m {
+                    (j, x)
+                } else {
+                    (i, m)
+                }
+            },
+        )
+        .0
+}
+
 /// Numerically stable softmax with a temperature.
 pub fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
     let t = temperature.max(1e-3);
@@ -315,6 +332,13 @@ pub fn has_avx2_fma() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_of_equals() {
+        assert_eq!(argmax(&[0.5, 2.0, -1.0, 2.0]), 1);
+        assert_eq!(argmax(&[-3.0, -1.0]), 1);
+        assert_eq!(argmax(&[]), 0);
+    }
 
     #[test]
     fn columns_to_path() {

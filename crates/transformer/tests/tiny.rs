@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use casetag_core::{Classifier, LabelSpace, Transcript};
+use casetag_core::{argmax, Classifier, LabelSpace, Transcript};
 use casetag_transformer::fixtures::{write_tiny_bert, TINY_HIDDEN};
 use casetag_transformer::{
     fit, Encoder, Mode, TrainInputs, TransformerModel, TransformerParams, Truncation,
@@ -99,14 +99,6 @@ fn train_logged(dir: &Path, p: &TransformerParams) -> (TransformerModel, Vec<Str
     })
     .unwrap();
     (m, lines.into_inner())
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0
 }
 
 #[test]
