@@ -2355,6 +2355,28 @@ fn new_tags_are_added_from_a_few_examples() {
     assert_eq!(m["parent"]["id"], manifest(&parent)["id"]);
     assert_eq!(m["parent"]["added"], serde_json::json!(["damaged"]));
     assert_eq!(summary(&o)["parent"]["examples"]["damaged"], 6);
+    // Where the parent answered most examples with one old tag, a warning
+    // names it; otherwise there is none.
+    let answers = m["parent"]["overlap"]["damaged"]["parent_answers"]
+        .as_object()
+        .unwrap();
+    let counts: Vec<u64> = answers.values().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 6, "{answers:?}");
+    let e = stderr(&o);
+    let top = counts.iter().max().unwrap();
+    let tag = answers
+        .iter()
+        .find(|(_, v)| v.as_u64() == Some(*top))
+        .unwrap()
+        .0;
+    if *top >= 3 && tag != "out_of_scope" {
+        assert!(
+            e.contains(&format!("warning: new tag 'damaged' looks like '{tag}'")),
+            "{e}"
+        );
+    } else {
+        assert!(!e.contains("looks like"), "{e}");
+    }
     let o = run(&["models", "show", child.to_str().unwrap()]);
     assert!(stdout(&o).contains("\"added\""), "{}", stdout(&o));
 

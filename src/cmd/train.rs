@@ -164,6 +164,14 @@ pub fn run(a: Args) -> CmdResult {
         let m = casetag_engine::add::add_tags(&parent, rows, &cfg, &a.out, &|s: &str| {
             progress::note(s)
         })?;
+        if let Some(p) = &m.parent {
+            for (tag, o) in &p.overlap {
+                let n = p.examples.get(tag).copied().unwrap_or(0);
+                if let Some(w) = casetag_engine::add::confusion_note(tag, o, n) {
+                    progress::warn(&w);
+                }
+            }
+        }
         return say_trained(&m, &a.out);
     }
     let (Some(kind), Some(train_path)) = (a.kind, &a.train) else {

@@ -118,6 +118,38 @@ pub struct Parent {
     pub added: Vec<String>,
     /// Training examples per added leaf tag.
     pub examples: BTreeMap<String, usize>,
+    /// Per added leaf tag: how it sits among the parent's tags. Empty in
+    /// bundles written before it was recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overlap: BTreeMap<String, TagOverlap>,
+}
+
+/// Where an added tag meets the parent's tags: a tag the parent already
+/// answers its examples with is one its cases will be confused with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TagOverlap {
+    /// The parent's answers on the tag's examples (tag, or `out_of_scope`,
+    /// to number of examples).
+    pub parent_answers: BTreeMap<String, usize>,
+    /// Training rows of the parent's tags (those its memory keeps) that the
+    /// new model answers with this tag. The model knows its training rows
+    /// better than unseen cases, so unseen cases of those tags go to the
+    /// new one more often than this says.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub memory_taken: BTreeMap<String, usize>,
+}
+
+impl TagOverlap {
+    /// The parent's most frequent answer on the examples and its count
+    /// (the first in name order among equals).
+    pub fn nearest(&self) -> Option<(&str, usize)> {
+        self.parent_answers
+            .iter()
+            .fold(None, |best: Option<(&str, usize)>, (t, &n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((t.as_str(), n)),
+            })
+    }
 }
 
 /// sha256 of a file, streamed.
@@ -541,6 +573,29 @@ mod tests {
             languages: BTreeMap::new(),
             parent: None,
         }
+    }
+
+    /// A parent recorded before `overlap` existed still reads; the
+    /// nearest old tag is the most frequent answer, the first by name
+    /// among equals.
+    #[test]
+    fn parent_overlap_reads_old_manifests_and_names_the_nearest_tag() {
+        let p: Parent = serde_json::from_str(
+            r#"{"id": "p", "manifest_sha256": "x", "added": ["a/n"], "examples": {"a/n": 5}}"#,
+        )
+        .unwrap();
+        assert!(p.overlap.is_empty());
+        assert!(!serde_json::to_string(&p).unwrap().contains("overlap"));
+        let o = |pairs: &[(&str, usize)]| TagOverlap {
+            parent_answers: pairs.iter().map(|&(t, n)| (t.to_string(), n)).collect(),
+            memory_taken: BTreeMap::new(),
+        };
+        assert_eq!(o(&[]).nearest(), None);
+        assert_eq!(
+            o(&[("a/x", 1), ("b/y", 3), ("c/z", 1)]).nearest(),
+            Some(("b/y", 3))
+        );
+        assert_eq!(o(&[("b/y", 2), ("a/x", 2)]).nearest(), Some(("a/x", 2)));
     }
 
     #[test]

@@ -23,9 +23,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 
-use casetag_core::bundle::{now_rfc3339, Bundle, BundleWriter, DataHasher, Manifest, Parent};
-use casetag_core::{LabelSpace, TagPath};
-use casetag_transformer::{Memory, Output};
+use casetag_core::bundle::{
+    now_rfc3339, Bundle, BundleWriter, DataHasher, Manifest, Parent, TagOverlap,
+};
+use casetag_core::{LabelSpace, TagPath, Taxonomy};
+use casetag_transformer::{Memory, Output, Overlap};
 
 use crate::fusion::TransformerClassifier;
 use crate::oos_meta::MetaDetector;
@@ -168,10 +170,11 @@ pub fn add_tags(
         "fitting the new tags' head rows against a memory of {} training rows",
         memory.len()
     ));
-    let memory = model
+    let (memory, fitted) = model
         .transformer
         .add_outputs(&outputs, label_space.clone(), &memory, &new_x, &new_y)
         .map_err(tf)?;
+    let overlap = tag_overlap(&fitted, &new_tags, &taxonomy, old_tax, old_ls.n_paths);
     let before: Vec<Option<usize>> = outputs
         .iter()
         .map(|o| match o {
@@ -234,6 +237,7 @@ pub fn add_tags(
             manifest_sha256: parent_sha,
             added: added.iter().map(|p| p.to_string()).collect(),
             examples,
+            overlap,
         }),
         ..pm.clone()
     };
@@ -245,4 +249,90 @@ pub fn add_tags(
         started,
         progress,
     )
+}
+
+/// Share of a new tag's examples the parent answers with one old tag at
+/// which `train --from --add` warns that the two will be confused.
+pub const CONFUSION_SHARE: f64 = 0.5;
+
+/// The fit's [`Overlap`] by tag name: new tag `i` is class `new_tags[i]`
+/// of `taxonomy`; the parent's outputs are classes of `old_tax` (below
+/// `n_old_paths`) or its out-of-scope class.
+fn tag_overlap(
+    fitted: &Overlap,
+    new_tags: &[usize],
+    taxonomy: &Taxonomy,
+    old_tax: &Taxonomy,
+    n_old_paths: usize,
+) -> BTreeMap<String, TagOverlap> {
+    let name = |c: usize| {
+        if c < n_old_paths {
+            old_tax.path_of(c).to_string()
+        } else {
+            "out_of_scope".to_string()
+        }
+    };
+    let named = |m: &BTreeMap<usize, usize>| m.iter().map(|(&c, &n)| (name(c), n)).collect();
+    new_tags
+        .iter()
+        .enumerate()
+        .map(|(i, &j)| {
+            let o = TagOverlap {
+                parent_answers: fitted.examples_as.get(i).map(named).unwrap_or_default(),
+                memory_taken: fitted.memory_taken.get(i).map(named).unwrap_or_default(),
+            };
+            (taxonomy.path_of(j).to_string(), o)
+        })
+        .collect()
+}
+
+/// A one-line warning for a new tag whose examples the parent mostly
+/// answered with one old tag ([`CONFUSION_SHARE`] or more of its `n`
+/// examples; `train --from --add` prints it); `None` otherwise.
+pub fn confusion_note(tag: &str, o: &TagOverlap, n: usize) -> Option<String> {
+    let (old, k) = o.nearest()?;
+    if old == "out_of_scope" || n == 0 || (k as f64) < CONFUSION_SHARE * n as f64 {
+        return None;
+    }
+    let taken = o.memory_taken.get(old).copied().unwrap_or(0);
+    Some(format!(
+        "new tag '{tag}' looks like '{old}' to the parent ({k} of its {n} examples; \
+         the new model gives '{tag}' {taken} of the training rows of '{old}' it keeps): \
+         expect the two to be confused; if '{tag}' is a part of '{old}', split '{old}' \
+         in a new taxonomy version and retrain"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlap(answers: &[(&str, usize)], taken: &[(&str, usize)]) -> TagOverlap {
+        let map = |v: &[(&str, usize)]| v.iter().map(|&(t, n)| (t.to_string(), n)).collect();
+        TagOverlap {
+            parent_answers: map(answers),
+            memory_taken: map(taken),
+        }
+    }
+
+    #[test]
+    fn a_note_only_where_most_examples_look_like_one_old_tag() {
+        let o = overlap(&[("a/late", 6), ("a/lost", 4)], &[("a/late", 3)]);
+        let note = confusion_note("a/delayed", &o, 10).unwrap();
+        assert!(
+            note.starts_with("new tag 'a/delayed' looks like 'a/late'"),
+            "{note}"
+        );
+        assert!(
+            note.contains("6 of its 10 examples") && note.contains(" 3 of the training rows"),
+            "{note}"
+        );
+        assert!(!note.contains('\n'), "{note}");
+        // Spread over old tags, or unknown to the parent: nothing to say.
+        let spread = overlap(&[("a/late", 4), ("a/lost", 3), ("b/x", 3)], &[]);
+        assert_eq!(confusion_note("a/delayed", &spread, 10), None);
+        let unknown = overlap(&[("out_of_scope", 8), ("a/late", 2)], &[]);
+        assert_eq!(confusion_note("a/delayed", &unknown, 10), None);
+        assert_eq!(confusion_note("a/delayed", &overlap(&[], &[]), 0), None);
+    }
 }

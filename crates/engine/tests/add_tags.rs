@@ -3,13 +3,13 @@
 //! answers its examples with it, keeps the old answers, records its parent
 //! and the taxonomy diff, and bad additions are refused in one line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 mod common;
 
 use casetag_core::bundle::Bundle;
 use casetag_core::{TagPath, Taxonomy, Transcript};
-use casetag_engine::add::{add_tags, AddConfig};
+use casetag_engine::add::{add_tags, confusion_note, AddConfig};
 use casetag_engine::{load_model, Example, TrainConfig};
 use casetag_transformer::fixtures::write_tiny_bert;
 
@@ -34,6 +34,17 @@ fn rows(l1: &str, l2: &str, text: &str, n: usize) -> Vec<Example> {
             row: i + 2,
         })
         .collect()
+}
+
+/// A transformer parent on a tiny encoder, in a temporary directory (the
+/// bundle at `parent`, the encoder beside it).
+fn transformer_parent() -> (tempfile::TempDir, PathBuf) {
+    let out = tempfile::tempdir().unwrap();
+    let enc = out.path().join("enc");
+    write_tiny_bert(&enc, 3).unwrap();
+    let parent = out.path().join("parent");
+    train_parent(&enc, &parent, "transformer");
+    (out, parent)
 }
 
 fn train_parent(encoder: &Path, dir: &Path, kind: &str) {
@@ -64,13 +75,42 @@ fn leaf(m: &casetag_engine::LoadedModel, text: &str) -> TagPath {
         .clone()
 }
 
+/// A new tag whose examples read like an old tag's cases is recorded as
+/// meeting that tag, with a warning to print.
+#[test]
+fn a_new_tag_like_an_old_one_is_reported() {
+    let (out, parent) = transformer_parent();
+    let pb = Bundle::open(&parent).unwrap();
+    let old = load_model(&parent).unwrap();
+    let new = rows("delivery", "delayed", "delivery is late still waiting", 6);
+    assert!(
+        new.iter()
+            .all(|r| leaf(&old, &r.text) == TagPath::new("delivery", Some("late"), None)),
+        "the parent answers the examples with the old tag"
+    );
+    let m = add_tags(
+        &parent,
+        new,
+        &AddConfig::default(),
+        &out.path().join("child"),
+        &|_| {},
+    )
+    .unwrap();
+    let p = m.parent.as_ref().unwrap();
+    let o = &p.overlap["delivery/delayed"];
+    assert_eq!(o.parent_answers["delivery/late"], 6, "{o:?}");
+    let warning = confusion_note("delivery/delayed", o, p.examples["delivery/delayed"]);
+    assert!(
+        warning.is_some_and(|w| w.contains("'delivery/delayed' looks like 'delivery/late'")),
+        "{o:?}"
+    );
+    // The parent's manifest is not touched.
+    assert_eq!(Bundle::open(&parent).unwrap().manifest, pb.manifest);
+}
+
 #[test]
 fn added_tag_is_learned_and_old_answers_stay() {
-    let enc = tempfile::tempdir().unwrap();
-    write_tiny_bert(enc.path(), 3).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let parent = out.path().join("parent");
-    train_parent(enc.path(), &parent, "transformer");
+    let (out, parent) = transformer_parent();
     assert!(parent.join(casetag_transformer::MEMORY_FILE).is_file());
 
     let child = out.path().join("child");
@@ -90,6 +130,15 @@ fn added_tag_is_learned_and_old_answers_stay() {
     assert_eq!(p.id, pb.manifest.id);
     assert_eq!(p.added, vec!["delivery/damaged".to_string()]);
     assert_eq!(p.examples["delivery/damaged"], 6);
+    // The parent's answers on the examples are recorded, one per example,
+    // each an old tag.
+    let o = &p.overlap["delivery/damaged"];
+    assert_eq!(o.parent_answers.values().sum::<usize>(), 6, "{o:?}");
+    let old_tags: Vec<String> = (0..4).map(|c| pb.taxonomy.path_of(c).to_string()).collect();
+    assert!(
+        o.parent_answers.keys().all(|t| old_tags.contains(t)),
+        "{o:?}"
+    );
     assert_ne!(m.id, pb.manifest.id);
     assert_eq!(m.label_space.n_paths, 5);
     assert_eq!(m.taxonomy_version, Some(2));
@@ -134,11 +183,7 @@ fn added_tag_is_learned_and_old_answers_stay() {
 
 #[test]
 fn bad_additions_are_refused_in_one_line() {
-    let enc = tempfile::tempdir().unwrap();
-    write_tiny_bert(enc.path(), 3).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let parent = out.path().join("parent");
-    train_parent(enc.path(), &parent, "transformer");
+    let (out, parent) = transformer_parent();
     let err = |rows: Vec<Example>| {
         add_tags(
             &parent,
@@ -180,7 +225,7 @@ fn bad_additions_are_refused_in_one_line() {
     assert!(!out.path().join("x").exists(), "nothing written");
 
     let base = out.path().join("baseline");
-    train_parent(enc.path(), &base, "baseline");
+    train_parent(&out.path().join("enc"), &base, "baseline");
     let e = add_tags(
         &base,
         rows("delivery", "damaged", "broken", 6),

@@ -43,7 +43,7 @@ use kernels::KernelPath;
 
 pub use encoder::{calibration_sample, hf_cache_dir, Encoder, EncoderFiles};
 pub use error::{Result, TransformerError};
-pub use memory::{Memory, Output, MEMORY_FILE};
+pub use memory::{Memory, Output, Overlap, MEMORY_FILE};
 pub use model::{ModelInfo, TrainSummary, TransformerModel, CALIBRATION_FILE, INT8_LAYERS_FILE};
 pub use text::{buyer_first, TextEncoder, Truncation};
 pub use train::fit;

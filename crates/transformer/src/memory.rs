@@ -11,11 +11,11 @@
 //! now scores higher than every old one, which is what the new rows learn
 //! to avoid on the memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use casetag_core::{dot, LabelSpace};
+use casetag_core::{argmax, dot, LabelSpace};
 
 use crate::error::{Result, TransformerError};
 use crate::model::TransformerModel;
@@ -93,6 +93,21 @@ impl Memory {
     }
 }
 
+/// How the new tags sit among the parent's outputs, from the memory and
+/// the examples `add_outputs` fitted on. Indices are the parent's outputs
+/// (the first map level of each new tag).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overlap {
+    /// Per new tag: the parent's answers on its examples (parent output to
+    /// number of examples), before the tag existed.
+    pub examples_as: Vec<BTreeMap<usize, usize>>,
+    /// Per new tag: memory rows of each parent output that the extended
+    /// head now answers with the new tag. The memory holds training rows,
+    /// which the head knows better than unseen cases, so this is a floor on
+    /// what the tag takes from the old ones, not an estimate of it.
+    pub memory_taken: Vec<BTreeMap<usize, usize>>,
+}
+
 /// Where each output of an extended head comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -107,7 +122,8 @@ impl TransformerModel {
     /// old rows are kept, new rows are fitted on `memory` (outputs of this
     /// model) and the new examples (`new_x`, embeddings as [`Self::embed`]
     /// gives them, `new_y`, indices of new tags). Returns the memory in
-    /// the new output space, with the new examples in it.
+    /// the new output space, with the new examples in it, and how the new
+    /// tags overlap the old outputs ([`Overlap`]).
     pub fn add_outputs(
         &mut self,
         outputs: &[Output],
@@ -115,7 +131,7 @@ impl TransformerModel {
         memory: &Memory,
         new_x: &[f32],
         new_y: &[usize],
-    ) -> Result<Memory> {
+    ) -> Result<(Memory, Overlap)> {
         let d = self.encoder.hidden_size();
         let n_old = self.head.n_outputs();
         let n_new = outputs
@@ -168,6 +184,7 @@ impl TransformerModel {
         let phi: Vec<Vec<f32>> = feats.to_vec2()?;
         let (w_old, b_old): (Vec<Vec<f32>>, Vec<f32>) = self.head.output_layer()?;
         let (w, b) = fit_new_rows(&phi, &old_logits, &t, n_old, n_new, &w_old, &b_old);
+        let overlap = overlap(&phi, &old_logits, &t, n_old, &w, &b);
         // The extended output layer in the new order.
         let mut rows = vec![Vec::new(); outputs.len()];
         let mut bias = vec![0f32; outputs.len()];
@@ -191,12 +208,43 @@ impl TransformerModel {
                 }
             })
             .collect();
-        Ok(Memory {
+        let memory = Memory {
             dim: d,
             x: xt.flatten_all()?.to_vec1()?,
             y,
-        })
+        };
+        Ok((memory, overlap))
     }
+}
+
+/// [`Overlap`] of the fitted new rows `w`, `b` over the rows of
+/// `fit_new_rows` (targets `t`: old outputs below `n_old`, then new tags).
+fn overlap(
+    phi: &[Vec<f32>],
+    old_logits: &[Vec<f32>],
+    t: &[usize],
+    n_old: usize,
+    w: &[Vec<f32>],
+    b: &[f32],
+) -> Overlap {
+    let n_new = w.len();
+    let mut o = Overlap {
+        examples_as: vec![BTreeMap::new(); n_new],
+        memory_taken: vec![BTreeMap::new(); n_new],
+    };
+    for ((row, z), &c) in phi.iter().zip(old_logits).zip(t) {
+        let parent = argmax(z);
+        if c >= n_old {
+            *o.examples_as[c - n_old].entry(parent).or_default() += 1;
+            continue;
+        }
+        let new: Vec<f32> = w.iter().zip(b).map(|(r, bi)| dot(r, row) + bi).collect();
+        let j = argmax(&new);
+        if new[j] > z[parent] {
+            *o.memory_taken[j].entry(c).or_default() += 1;
+        }
+    }
+    o
 }
 
 /// The new rows: each new tag's weights start as the direction of its
@@ -346,11 +394,38 @@ mod tests {
         let answer = |x: &[f32]| {
             let mut z = logits(x);
             z.push(dot(&w[0], x) + b[0]);
-            (0..3).max_by(|&i, &j| z[i].total_cmp(&z[j])).unwrap()
+            argmax(&z)
         };
         assert_eq!(answer(&[0.1, 0.1, 1.0]), 2, "an unseen case of the new tag");
         assert_eq!(answer(&[1.0, 0.1, 0.1]), 0);
         assert_eq!(answer(&[0.1, 1.0, 0.1]), 1);
+    }
+
+    /// The parent's answers on the new examples, and the old rows a new
+    /// row outscores, are counted per old output.
+    #[test]
+    fn overlap_counts_the_examples_answers_and_the_rows_taken() {
+        let phi = vec![
+            vec![1.0, 0.0],
+            vec![0.9, 0.1],
+            vec![0.0, 1.0],
+            vec![0.8, 0.3],
+            vec![0.7, 0.2],
+        ];
+        let t = vec![0, 0, 1, 2, 2];
+        let w_old = [vec![4.0, 0.0], vec![0.0, 4.0]];
+        let old: Vec<Vec<f32>> = phi
+            .iter()
+            .map(|x| w_old.iter().map(|w| dot(w, x)).collect())
+            .collect();
+        // The new row copies old output 0's and scores one higher: it takes
+        // both of its rows, none of output 1's.
+        let o = overlap(&phi, &old, &t, 2, &[vec![4.0, 0.0]], &[1.0]);
+        assert_eq!(o.examples_as, vec![BTreeMap::from([(0, 2)])]);
+        assert_eq!(o.memory_taken, vec![BTreeMap::from([(0, 2)])]);
+        // Scoring lower than every old row it takes nothing.
+        let o = overlap(&phi, &old, &t, 2, &[vec![4.0, 0.0]], &[-1.0]);
+        assert!(o.memory_taken[0].is_empty(), "{o:?}");
     }
 
     #[test]
