@@ -35,7 +35,9 @@ pub struct Args {
     from: Option<String>,
     /// With `--from`: examples of the new tags (at least 5 each; labels in
     /// l1/l2/l3 as for training, each row's path ending at a tag the bundle
-    /// does not have, under a tag that is not a leaf).
+    /// does not have, under a tag that is not a leaf). A warning names the
+    /// old tag a new one looks like where the bundle answered half or more
+    /// of its examples with it (the manifest's `parent.overlap`).
     #[arg(long, value_name = "FILE", requires = "from")]
     add: Option<PathBuf>,
     /// Validation table; when omitted, 10% of train is held out (stratified).
