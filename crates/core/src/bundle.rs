@@ -124,11 +124,14 @@ pub struct Parent {
     pub overlap: BTreeMap<String, TagOverlap>,
 }
 
+/// The name [`TagOverlap`] gives the parent's out-of-scope output.
+pub const OUT_OF_SCOPE: &str = "out_of_scope";
+
 /// Where an added tag meets the parent's tags: a tag the parent already
 /// answers its examples with is one its cases will be confused with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TagOverlap {
-    /// The parent's answers on the tag's examples (tag, or `out_of_scope`,
+    /// The parent's answers on the tag's examples (tag, or [`OUT_OF_SCOPE`],
     /// to number of examples).
     pub parent_answers: BTreeMap<String, usize>,
     /// Training rows of the parent's tags (those its memory keeps) that the

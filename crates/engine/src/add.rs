@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use casetag_core::bundle::{
-    now_rfc3339, Bundle, BundleWriter, DataHasher, Manifest, Parent, TagOverlap,
+    now_rfc3339, Bundle, BundleWriter, DataHasher, Manifest, Parent, TagOverlap, OUT_OF_SCOPE,
 };
 use casetag_core::{LabelSpace, TagPath, Taxonomy};
 use casetag_transformer::{Memory, Output, Overlap};
@@ -269,7 +269,7 @@ fn tag_overlap(
         if c < n_old_paths {
             old_tax.path_of(c).to_string()
         } else {
-            "out_of_scope".to_string()
+            OUT_OF_SCOPE.to_string()
         }
     };
     let named = |m: &BTreeMap<usize, usize>| m.iter().map(|(&c, &n)| (name(c), n)).collect();
@@ -291,7 +291,7 @@ fn tag_overlap(
 /// examples; `train --from --add` prints it); `None` otherwise.
 pub fn confusion_note(tag: &str, o: &TagOverlap, n: usize) -> Option<String> {
     let (old, k) = o.nearest()?;
-    if old == "out_of_scope" || n == 0 || (k as f64) < CONFUSION_SHARE * n as f64 {
+    if old == OUT_OF_SCOPE || n == 0 || (k as f64) < CONFUSION_SHARE * n as f64 {
         return None;
     }
     let taken = o.memory_taken.get(old).copied().unwrap_or(0);
