@@ -607,6 +607,15 @@ fn stream_novelty_needs_a_model_with_a_batch_rule() {
     let report_dir = tmp.path().join("r");
     let eval = |extra: &[&str]| eval(model, &test, &report_dir, extra);
     // eval judges such a model case by case, says so, and the report says how.
+    // tag refuses, in one line, before writing anything.
+    let input = tmp.path().join("in.csv");
+    std::fs::write(&input, "text\nwhere is my parcel\n").unwrap();
+    let out = tmp.path().join("o.csv");
+    let o = tag(model, &input, &out, &["--stream-novelty"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--stream-novelty"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    assert!(!out.exists());
     let o = eval(&["--stream-novelty", "--stream-window", "50"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("--stream-novelty"), "{}", stderr(&o));
@@ -1259,11 +1268,21 @@ fn tiny_train_csv(dir: &Path) -> PathBuf {
 /// Train a transformer on a tiny random encoder through the CLI into
 /// `dir/NAME`, with extra flags.
 fn train_tiny_transformer(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, Output) {
+    let train = tiny_train_csv(dir);
+    train_tiny_transformer_on(dir, name, &train, extra)
+}
+
+/// [`train_tiny_transformer`] on the rows of `train`.
+fn train_tiny_transformer_on(
+    dir: &Path,
+    name: &str,
+    train: &Path,
+    extra: &[&str],
+) -> (PathBuf, Output) {
     let enc = dir.join("enc");
     if !enc.exists() {
         casetag_transformer::fixtures::write_tiny_bert(&enc, 7).unwrap();
     }
-    let train = tiny_train_csv(dir);
     let m = dir.join(name);
     let mut args = vec![
         "train",
@@ -1653,6 +1672,145 @@ fn killed_tag_resumes_to_identical_output() {
             .filter(|n| n.starts_with('.'))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+}
+
+/// `tag --stream-novelty` judges each row against the rows before it: its
+/// answers do not depend on how the input is chunked, differ from those
+/// judged case by case, and a killed job resumed with `--resume` carries
+/// its window on, writing the same bytes as a job never interrupted.
+#[test]
+fn stream_tag_is_chunk_free_and_resumes_its_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Five intents, so the detector can learn from hiding some of them.
+    let train = tmp.path().join("train.csv");
+    let mut body = String::from("text,l1\n");
+    let intents = [
+        ("refund my money back", "refund"),
+        ("the item arrived broken", "broken"),
+        ("delivery is late again", "late"),
+        ("tracking says parcel lost", "lost"),
+        ("i want to leave a review", "review"),
+    ];
+    for i in 0..120 {
+        let (t, l) = intents[i % intents.len()];
+        body.push_str(&format!(
+            "{t} {} {},{l}\n",
+            ["please", "now", "thanks"][i % 3],
+            i / 5
+        ));
+    }
+    std::fs::write(&train, body).unwrap();
+    let (model, o) = train_tiny_transformer_on(tmp.path(), "m", &train, &["--mode", "frozen"]);
+    assert!(o.status.success(), "train: {}", stderr(&o));
+    let input = tmp.path().join("in.csv");
+    let mut body = String::from("text\n");
+    let words = [
+        "refund", "parcel", "late", "voucher", "broken", "seller", "zzz", "colour",
+    ];
+    for i in 0..300usize {
+        let (a, b) = (words[i % words.len()], words[(i * 7 / 3) % words.len()]);
+        body.push_str(&format!("{a} {b} my order {} please\n", i % 23));
+    }
+    std::fs::write(&input, body).unwrap();
+    let stream = ["--stream-novelty", "--stream-window", "40"];
+    let run_tag = |out: &Path, chunk: &str, extra: &[&str]| {
+        let mut args = vec!["--chunk-rows", chunk];
+        args.extend_from_slice(extra);
+        let o = tag(&model, &input, out, &args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        o
+    };
+    let reference = tmp.path().join("reference.jsonl");
+    let o = run_tag(&reference, "37", &stream);
+    assert_eq!(summary(&o)["stream_novelty"], true, "{}", stdout(&o));
+    assert_eq!(summary(&o)["batch_novelty"], false);
+    let want = std::fs::read(&reference).unwrap();
+    let scores = |p: &Path| -> Vec<f64> {
+        jsonl_rows(p)
+            .iter()
+            .map(|r| r["oos_score"].as_f64().unwrap())
+            .collect()
+    };
+    // The encoder's floats move in their last digits with the batch's
+    // padding, as they do case by case; the stream itself is chunk-free.
+    let whole = tmp.path().join("whole.jsonl");
+    run_tag(&whole, "100000", &stream);
+    for (i, (a, b)) in scores(&whole).iter().zip(scores(&reference)).enumerate() {
+        assert!(
+            (a - b).abs() < 1e-3,
+            "row {i}: {a} vs {b}: chunking changed answers"
+        );
+    }
+    let per_case = tmp.path().join("per_case.jsonl");
+    let o = run_tag(&per_case, "37", &[]);
+    assert_eq!(summary(&o)["stream_novelty"], false);
+    let moved = scores(&per_case)
+        .iter()
+        .zip(scores(&reference))
+        .filter(|(a, b)| (*a - b).abs() > 1e-3)
+        .count();
+    assert!(
+        moved > 100,
+        "the stream is not used: {moved} of 300 rows moved"
+    );
+
+    let mut chunk_stream = vec!["--chunk-rows", "37"];
+    chunk_stream.extend_from_slice(&stream);
+    // Each file of a directory is a stream of its own: two copies tag alike.
+    let dir = tmp.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["a.csv", "b.csv"] {
+        std::fs::copy(&input, dir.join(f)).unwrap();
+    }
+    let mut args = chunk_stream.clone();
+    args.extend(["--output-format", "jsonl"]);
+    let o = tag(&model, &dir, &tmp.path().join("dir_out"), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["a.jsonl", "b.jsonl"] {
+        let got = std::fs::read(tmp.path().join("dir_out").join(f)).unwrap();
+        assert!(got == want, "{f} differs from the file tagged alone");
+    }
+
+    let out = tmp.path().join("resumed.jsonl");
+    let job = tmp.path().join(".resumed.jsonl.casetag-job");
+    let kill_at = |point| {
+        kill_tag(
+            &model,
+            &input,
+            &out,
+            &chunk_stream,
+            Some(point),
+            Default::default(),
+        )
+    };
+    let resume = |extra: &[&str]| {
+        let mut args = extra.to_vec();
+        args.push("--resume");
+        tag(&model, &input, &out, &args)
+    };
+    for point in ["1:part", "3:commit", "5:part", "8:commit"] {
+        kill_at(point);
+        if point == "3:commit" {
+            // Another window would give other answers: refused.
+            let o = resume(&["--chunk-rows", "37", "--stream-novelty"]);
+            assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+            kill_at(point);
+            // A damaged window is named, not silently restarted.
+            std::fs::write(job.join("carry-00000003.bin"), b"junk").unwrap();
+            let o = resume(&chunk_stream);
+            assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+            assert!(stderr(&o).contains("stream window"), "{}", stderr(&o));
+            kill_at(point);
+        }
+        let o = resume(&chunk_stream);
+        assert!(o.status.success(), "{point}: {}", stderr(&o));
+        assert!(
+            std::fs::read(&out).unwrap() == want,
+            "{point}: output differs"
+        );
+        assert!(!job.exists());
+        std::fs::remove_file(&out).unwrap();
     }
 }
 

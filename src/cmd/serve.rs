@@ -34,7 +34,7 @@ pub struct Args {
     window: StreamWindowArg,
 }
 
-/// The window of `serve` and `eval --stream-novelty`.
+/// The window of `serve`, `tag` and `eval --stream-novelty`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StreamWindowArg {
     /// Recent cases each case is judged against under `--stream-novelty`.

@@ -87,6 +87,18 @@ pub struct Args {
     /// depend on the other rows of the chunk.
     #[arg(long)]
     batch_novelty: bool,
+    /// Judge out of scope for each row against the rows before it in the
+    /// input (the last `--stream-window`), as `serve --stream-novelty`
+    /// judges each request against the traffic before it: the row order is
+    /// the arrival order, no row's answer depends on later rows, and a
+    /// kind of case that recurs is declared out of scope far more often.
+    /// Each input file is a stream of its own. The window is committed
+    /// with each chunk, so `--resume` gives the same output. Needs a
+    /// transformer trained without out-of-scope rows.
+    #[arg(long, conflicts_with = "batch_novelty")]
+    stream_novelty: bool,
+    #[command(flatten)]
+    window: super::serve::StreamWindowArg,
     /// Also write, per level, the K most likely nodes of that level with
     /// their probabilities (columns top_l1, top_l2, top_l3), for reviewers
     /// and routing: lists of {node, probability} in Parquet and JSONL,
@@ -105,6 +117,7 @@ pub fn run(a: Args) -> CmdResult {
         chunk_rows: a.chunk_rows,
         text_column: a.text_column.clone(),
         batch_novelty: a.batch_novelty,
+        stream_window: a.stream_novelty.then_some(a.window.stream_window as usize),
         top_k: usize::from(a.top_k),
         resume: a.resume,
     };
@@ -124,7 +137,12 @@ pub fn run(a: Args) -> CmdResult {
         .as_deref()
         .map(|f| a.registry.resolve(f))
         .transpose()?;
-    let tagger = load_tagger(&model, fallback.as_deref(), a.batch_novelty)?;
+    let tagger = load_tagger(
+        &model,
+        fallback.as_deref(),
+        options.batch_novelty,
+        options.stream_window,
+    )?;
     if tagger.primary.is_none() {
         progress::warn(&format!(
             "{}: the model did not load; every row is tagged by the fallback",
@@ -137,8 +155,7 @@ pub fn run(a: Args) -> CmdResult {
         // On stdout, like every other command's result; progress and
         // warnings stay on stderr.
         super::say(printable(
-            &serde_json::to_string(&done.summary(&tagger, a.batch_novelty, output))
-                .unwrap_or_default(),
+            &serde_json::to_string(&done.summary(&tagger, output)).unwrap_or_default(),
         ));
         return Ok(());
     }
@@ -173,7 +190,7 @@ pub fn run(a: Args) -> CmdResult {
         total.add(&done);
     }
     total.secs = t0.elapsed().as_secs_f64();
-    let mut summary = total.summary(&tagger, a.batch_novelty, &a.output);
+    let mut summary = total.summary(&tagger, &a.output);
     summary["shard"] = serde_json::json!(a.shard);
     summary["shards"] = serde_json::json!(a.shards);
     summary["files"] = serde_json::json!(files);

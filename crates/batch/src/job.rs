@@ -16,6 +16,7 @@ use std::time::Instant;
 use casetag_data::{
     check_case_columns, chunk_texts, Chunk, ChunkReader, ChunkWriter, DataError, Format, Position,
 };
+use casetag_engine::decide::Judging;
 use casetag_engine::{EngineError, LoadedModel, Tagger};
 use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,10 @@ pub struct JobOptions {
     pub text_column: String,
     /// Judge out of scope over each chunk as a whole.
     pub batch_novelty: bool,
+    /// Judge out of scope for each row against this many rows before it
+    /// (the window is committed with each chunk, so `resume` goes on with
+    /// it).
+    pub stream_window: Option<usize>,
     /// Per-level alternatives to write (`top_l1..top_l3`; 0 for none).
     pub top_k: usize,
     /// Continue an interrupted job on the same output.
@@ -105,13 +110,9 @@ impl FileDone {
 
     /// The job's result line (`casetag tag` prints it; the Python package
     /// returns it per file): rows by outcome and by model, speed, output.
-    pub fn summary(
-        &self,
-        tagger: &Tagger,
-        batch_novelty: bool,
-        output: &Path,
-    ) -> serde_json::Value {
+    pub fn summary(&self, tagger: &Tagger, output: &Path) -> serde_json::Value {
         let counts = &self.counts;
+        let judging = tagger.primary.as_ref().map(|p| p.judging);
         let untagged = counts.untagged();
         serde_json::json!({
             "rows": counts.rows,
@@ -124,7 +125,8 @@ impl FileDone {
             "model": tagger.active().id(),
             "primary_loaded": tagger.primary.is_some(),
             "resumed_rows": self.resumed_rows,
-            "batch_novelty": batch_novelty,
+            "batch_novelty": judging == Some(Judging::Batch),
+            "stream_novelty": judging == Some(Judging::Stream),
             "seconds": self.secs,
             "cases_per_s": (counts.rows - self.resumed_rows) as f64 / self.secs.max(1e-9),
             "output": output,
@@ -164,6 +166,7 @@ fn job_identity(o: &JobOptions, input_path: &Path, tagger: &Tagger) -> Result<se
         "chunk_rows": o.chunk_rows,
         "text_column": o.text_column,
         "batch_novelty": o.batch_novelty,
+        "stream_window": o.stream_window,
         "top_k": o.top_k,
     }))
 }
@@ -242,6 +245,11 @@ pub fn tag_file(
     // A turn-level table is joined now, so its progress counts cases.
     reader.join_pending()?;
 
+    // Each file is a stream of its own (so shards split a directory as one
+    // process would); a resumed job puts its window back below.
+    if let Some(p) = &tagger.primary {
+        p.reset_stream();
+    }
     let mut counts = Counts::default();
     let mut writer = None;
     if o.resume {
@@ -261,6 +269,21 @@ pub fn tag_file(
                          run without --resume to start over",
                         dir.display()
                     )));
+                }
+                if o.stream_window.is_some() {
+                    let restored = done.carry.as_deref().map(|b| {
+                        tagger
+                            .primary
+                            .as_ref()
+                            .map_or(Ok(()), |p| p.restore_stream_state(b))
+                    });
+                    if !matches!(restored, Some(Ok(()))) {
+                        return Err(JobError::Input(format!(
+                            "--resume: {}: the interrupted job's stream window is missing or \
+                             unreadable; run without --resume to start over",
+                            dir.display()
+                        )));
+                    }
                 }
                 reader.seek(state.position)?;
                 first = None;
@@ -321,6 +344,8 @@ pub fn tag_file(
         df: DataFrame,
         tags: Option<TaggedChunk>,
         state: serde_json::Value,
+        /// The stream window after this chunk, under `stream_window`.
+        carry: Option<Vec<u8>>,
     }
     let (wtx, wrx) = std::sync::mpsc::sync_channel::<Done>(1);
     let writer_thread = std::thread::spawn(move || -> Result<ChunkWriter> {
@@ -331,7 +356,10 @@ pub fn tag_file(
             tags.attach(&mut d.df, shape)?;
             writer.write_part(&mut d.df)?;
             failpoint(writer.chunks() + 1, "part");
-            writer.commit(&d.state)?;
+            match &d.carry {
+                Some(c) => writer.commit_carrying(&d.state, c)?,
+                None => writer.commit(&d.state)?,
+            }
             failpoint(writer.chunks(), "commit");
         }
         Ok(writer)
@@ -362,6 +390,7 @@ pub fn tag_file(
                 df,
                 tags: Some(tags),
                 state: state(end, &counts)?,
+                carry: tagger.primary.as_ref().and_then(|p| p.stream_state()),
             };
             if wtx.send(done).is_err() {
                 // The writer stopped on an error; it is reported below.
@@ -381,6 +410,7 @@ pub fn tag_file(
             df: empty,
             tags: None,
             state: state(Position::default(), &counts)?,
+            carry: tagger.primary.as_ref().and_then(|p| p.stream_state()),
         });
     }
     drop(wtx);

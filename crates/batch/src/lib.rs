@@ -27,14 +27,23 @@ pub const EMPTY_TEXT: &str = "empty or missing text";
 
 /// Load the model chain a batch job tags with: `model`, and `fallback`
 /// (a baseline) when it fails to load or fails on a chunk; with
-/// `batch_novelty`, each chunk is judged as a whole for out of scope.
-pub fn load_tagger(model: &Path, fallback: Option<&Path>, batch_novelty: bool) -> Result<Tagger> {
+/// `batch_novelty`, each chunk is judged as a whole for out of scope; with
+/// `stream_window`, each row against that many rows before it.
+pub fn load_tagger(
+    model: &Path,
+    fallback: Option<&Path>,
+    batch_novelty: bool,
+    stream_window: Option<usize>,
+) -> Result<Tagger> {
     let mut tagger = Tagger::load(model, fallback)?;
     if let (Some(p), Some(f)) = (fallback, &tagger.fallback) {
         casetag_engine::backend::check_fallback(p, f.id(), f.kind())?;
     }
     if batch_novelty {
         tagger.enable_batch_novelty()?;
+    }
+    if let Some(w) = stream_window {
+        tagger.enable_stream_novelty(w)?;
     }
     Ok(tagger)
 }

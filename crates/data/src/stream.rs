@@ -1096,6 +1096,11 @@ struct JobManifest {
 
 const JOB_MANIFEST: &str = "job.json";
 
+/// The file carried with the job's `chunks`-th commit.
+fn carry_name(chunks: usize) -> String {
+    format!("carry-{chunks:08}.bin")
+}
+
 /// The job directory of an output file: `.NAME.casetag-job` beside it.
 pub fn job_dir(path: &Path) -> PathBuf {
     let name = path
@@ -1111,6 +1116,9 @@ pub struct Committed {
     pub chunks: usize,
     /// The state given with the last committed chunk.
     pub state: serde_json::Value,
+    /// The bytes carried with the last committed chunk
+    /// ([`ChunkWriter::commit_carrying`]), if it carried any.
+    pub carry: Option<Vec<u8>>,
 }
 
 /// Writes a table chunk by chunk, crash-safe: each chunk becomes a part
@@ -1189,6 +1197,7 @@ impl ChunkWriter {
             let e = e.map_err(|e| bad_output(&dir, e))?;
             let name = e.file_name().to_string_lossy().to_string();
             let keep = name == JOB_MANIFEST
+                || name == carry_name(m.chunks)
                 || part_index(&name).is_some_and(|k| k < m.chunks && !name.ends_with(".tmp"));
             if !keep {
                 let _ = std::fs::remove_file(e.path());
@@ -1199,11 +1208,13 @@ impl ChunkWriter {
                 return Ok(None);
             }
         }
+        let carry = std::fs::read(dir.join(carry_name(m.chunks))).ok();
         Ok(Some((
             w,
             Committed {
                 chunks: m.chunks,
                 state: m.state,
+                carry,
             },
         )))
     }
@@ -1318,6 +1329,22 @@ impl ChunkWriter {
         self.pending = false;
         self.chunks += 1;
         self.save_manifest(state)
+    }
+
+    /// [`Self::commit`], with `carry` kept beside the chunk (synced before
+    /// the commit is recorded): what the job needs to go on from this chunk
+    /// that its `state` cannot hold, handed back by [`Self::resume`]. Only
+    /// the last committed chunk's is kept.
+    pub fn commit_carrying(&mut self, state: &serde_json::Value, carry: &[u8]) -> Result<()> {
+        let path = self.dir.join(carry_name(self.chunks + 1));
+        let tmp = path.with_extension("tmp");
+        write_synced(&tmp, carry).map_err(|e| DataError::write(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| DataError::write(&self.path, e))?;
+        self.commit(state)?;
+        if self.chunks > 1 {
+            let _ = std::fs::remove_file(self.dir.join(carry_name(self.chunks - 1)));
+        }
+        Ok(())
     }
 
     /// Join the committed parts into the output (atomically) and remove the
@@ -1497,6 +1524,36 @@ pub fn column_texts(col: &Column) -> Result<Vec<Option<String>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes carried with a commit come back with the last committed
+    /// chunk on resume; earlier ones and uncommitted ones are dropped.
+    #[test]
+    fn the_last_commits_carry_comes_back_on_resume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("o.csv");
+        let mut w = ChunkWriter::create(&out, Format::Csv).unwrap();
+        let mut df = df!("a" => [1i64, 2]).unwrap();
+        for k in 1..=3u8 {
+            w.write_part(&mut df).unwrap();
+            w.commit_carrying(&serde_json::json!(k), &[k; 5]).unwrap();
+        }
+        // A fourth part written and carried, never committed.
+        w.write_part(&mut df).unwrap();
+        std::fs::write(job_dir(&out).join(carry_name(4)), [4u8; 5]).unwrap();
+        drop(w);
+        let (w, done) = ChunkWriter::resume(&out, Format::Csv).unwrap().unwrap();
+        assert_eq!((done.chunks, done.state.clone()), (3, serde_json::json!(3)));
+        assert_eq!(done.carry, Some(vec![3u8; 5]));
+        let mut carried: Vec<String> = std::fs::read_dir(job_dir(&out))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("carry-"))
+            .collect();
+        carried.sort();
+        assert_eq!(carried, [carry_name(3)]);
+        w.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 7);
+    }
 
     #[test]
     fn big_integers_are_widened_outside_strings_only() {

@@ -992,6 +992,11 @@ impl StreamWindow {
         (self.seen as usize).min(self.cap)
     }
 
+    /// Cases the window holds at most.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
     pub fn is_empty(&self) -> bool {
         self.seen == 0
     }
@@ -1030,7 +1035,71 @@ impl StreamWindow {
         let others = sims.filter(|&(sim, _)| sim < SAME_CASE_COS);
         mean_of_nearest(others, k, |j| self.s1[j])
     }
+
+    /// The window as bytes (little-endian: a magic, `cap`, `d` and `seen`
+    /// as u64, then the embeddings, predicted classes and logits), so a
+    /// batch job can carry its stream across `--resume`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + 4 * (self.xu.len() + 2 * self.cap));
+        out.extend_from_slice(STREAM_MAGIC);
+        for v in [self.cap as u64, self.d as u64, self.seen] {
+            out.extend(v.to_le_bytes());
+        }
+        out.extend(self.xu.iter().flat_map(|v| v.to_le_bytes()));
+        out.extend(self.pred.iter().flat_map(|&c| (c as u32).to_le_bytes()));
+        out.extend(self.s1.iter().flat_map(|v| v.to_le_bytes()));
+        out
+    }
+
+    /// A window written by [`Self::to_bytes`], checked to be one of `cap`
+    /// cases for a detector of width `d` and `k` classes (an empty window
+    /// may still have width 0).
+    pub fn from_bytes(bytes: &[u8], cap: usize, d: usize, k: usize) -> Result<Self> {
+        let bad = |m: &str| EngineError::Input(format!("stream window: {m}"));
+        if bytes.len() < 32 || &bytes[..8] != STREAM_MAGIC {
+            return Err(bad("not a stream window"));
+        }
+        let word = |i: usize| u64::from_le_bytes(bytes[8 + 8 * i..16 + 8 * i].try_into().unwrap());
+        let (got_cap, got_d, seen) = (word(0) as usize, word(1) as usize, word(2));
+        if got_cap != cap || (got_d != d && !(got_d == 0 && seen == 0)) {
+            return Err(bad(&format!(
+                "holds {got_cap} cases {got_d} wide where {cap} cases {d} wide are expected"
+            )));
+        }
+        if bytes.len() != 32 + 4 * (got_cap * got_d + 2 * got_cap) {
+            return Err(bad("truncated or corrupt"));
+        }
+        let words = |from: usize, n: usize| {
+            bytes[from..from + 4 * n]
+                .chunks_exact(4)
+                .map(|c| <[u8; 4]>::try_from(c).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let nx = got_cap * got_d;
+        let xu: Vec<f32> = words(32, nx).into_iter().map(f32::from_le_bytes).collect();
+        let pred: Vec<usize> = words(32 + 4 * nx, cap)
+            .into_iter()
+            .map(|b| u32::from_le_bytes(b) as usize)
+            .collect();
+        let s1: Vec<f32> = words(32 + 4 * (nx + cap), cap)
+            .into_iter()
+            .map(f32::from_le_bytes)
+            .collect();
+        if pred.iter().any(|&c| c >= k.max(1)) || xu.iter().chain(&s1).any(|v| !v.is_finite()) {
+            return Err(bad("truncated or corrupt"));
+        }
+        Ok(Self {
+            cap,
+            d: got_d,
+            xu,
+            pred,
+            s1,
+            seen,
+        })
+    }
 }
+
+const STREAM_MAGIC: &[u8; 8] = b"CTSTRM01";
 
 /// A fitted detector: the base model on every known class plus a linear
 /// rule over standardised features.
@@ -1314,6 +1383,12 @@ impl MetaDetector {
             out.push(z);
         }
         Ok(out)
+    }
+
+    /// A window of `cap` cases written by [`StreamWindow::to_bytes`] for
+    /// this detector, checked against its width and classes.
+    pub fn stream_window_from(&self, bytes: &[u8], cap: usize) -> Result<StreamWindow> {
+        StreamWindow::from_bytes(bytes, cap, self.base.d, self.base.k)
     }
 
     /// [`batch_novelty`] of one case (unit row `x`, predicted class `c`)

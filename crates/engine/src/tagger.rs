@@ -75,6 +75,35 @@ impl LoadedModel {
         Ok(())
     }
 
+    /// The stream's window as bytes under [`Judging::Stream`] (for a batch
+    /// job to commit with each chunk), else `None`.
+    pub fn stream_state(&self) -> Option<Vec<u8>> {
+        let w = self.stream.as_ref()?;
+        Some(w.lock().unwrap_or_else(|p| p.into_inner()).to_bytes())
+    }
+
+    /// Empty the stream's window: what comes next starts a new stream.
+    pub fn reset_stream(&self) {
+        if let Some(w) = &self.stream {
+            let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+            *w = StreamWindow::new(w.capacity(), 0);
+        }
+    }
+
+    /// Put back a window saved by [`Self::stream_state`], so the stream
+    /// goes on as if it had never stopped.
+    pub fn restore_stream_state(&self, bytes: &[u8]) -> Result<()> {
+        let (Some(w), Some(d)) = (&self.stream, &self.detector) else {
+            return Err(EngineError::Input(format!(
+                "model '{}' does not judge cases against recent ones",
+                self.id()
+            )));
+        };
+        let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+        *w = d.stream_window_from(bytes, w.capacity())?;
+        Ok(())
+    }
+
     fn check_batch_rule(&self, flag: &str, what: &str) -> Result<()> {
         let rule = self
             .detector
@@ -310,12 +339,21 @@ impl Tagger {
     /// Judge batches as a whole with the primary model
     /// ([`LoadedModel::enable_batch_novelty`]); the fallback stays per case.
     pub fn enable_batch_novelty(&mut self) -> Result<()> {
-        match &mut self.primary {
-            Some(p) => p.enable_batch_novelty(),
-            None => Err(EngineError::Input(
-                "--batch-novelty: the primary model did not load".into(),
-            )),
-        }
+        self.primary_for("--batch-novelty")?.enable_batch_novelty()
+    }
+
+    /// Judge each case against the `window` cases before it with the
+    /// primary model ([`LoadedModel::enable_stream_novelty`]); the
+    /// fallback stays per case.
+    pub fn enable_stream_novelty(&mut self, window: usize) -> Result<()> {
+        self.primary_for("--stream-novelty")?
+            .enable_stream_novelty(window)
+    }
+
+    fn primary_for(&mut self, flag: &str) -> Result<&mut LoadedModel> {
+        self.primary
+            .as_mut()
+            .ok_or_else(|| EngineError::Input(format!("{flag}: the primary model did not load")))
     }
 
     /// The model answering by default.

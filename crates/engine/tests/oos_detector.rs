@@ -143,6 +143,31 @@ fn transformer_bundle_carries_the_detector_and_decisions_use_it() {
         assert!((d.oos_score - 1.0 / (1.0 + (-z).exp())).abs() < 1e-6);
         assert_eq!(d.out_of_scope, *z > batch_cut);
     }
+    // The window outlives the model: saved after one batch and put back
+    // into a freshly loaded model, it gives the answers and the window of a
+    // model that never stopped.
+    let saved = streamed.stream_state().expect("a window");
+    let went_on = streamed.decide(&cases, 2).unwrap();
+    let mut restarted = load_model(&dir).unwrap();
+    restarted.enable_stream_novelty(16).unwrap();
+    restarted.restore_stream_state(&saved).unwrap();
+    let after = restarted.decide(&cases, 2).unwrap();
+    for (a, b) in after.iter().zip(&went_on) {
+        assert_eq!(a.oos_score, b.oos_score);
+    }
+    assert_eq!(restarted.stream_state(), streamed.stream_state());
+    // A window of another size, damaged bytes, or a model judging case by
+    // case are refused.
+    let mut other = load_model(&dir).unwrap();
+    other.enable_stream_novelty(8).unwrap();
+    let e = other.restore_stream_state(&saved).unwrap_err().to_string();
+    assert!(e.contains("16 cases"), "{e}");
+    let mut cut = saved.clone();
+    cut.pop();
+    assert!(restarted.restore_stream_state(&cut).is_err());
+    assert!(restarted.restore_stream_state(b"CTSTRM01").is_err());
+    assert!(loaded.restore_stream_state(&saved).is_err());
+    assert!(loaded.stream_state().is_none());
     let mut tagger = Tagger::load(&dir, None).unwrap();
     tagger.enable_batch_novelty().unwrap();
     assert_eq!(tagger.active().judging, Judging::Batch);

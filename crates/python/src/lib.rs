@@ -69,6 +69,7 @@ fn plan_files(
             chunk_rows: casetag_engine::tagger::CHUNK_ROWS,
             text_column: text_column.to_string(),
             batch_novelty: false,
+            stream_window: None,
             top_k: 0,
             resume: false,
         };
@@ -215,7 +216,7 @@ impl Model {
         let path = resolve(&path)?;
         let fallback = fallback.as_ref().map(resolve).transpose()?;
         let tagger = py
-            .detach(|| load_tagger(&path, fallback.as_deref(), batch_novelty))
+            .detach(|| load_tagger(&path, fallback.as_deref(), batch_novelty, None))
             .map_err(engine_err)?;
         Ok(Self {
             tagger,
@@ -262,15 +263,14 @@ impl Model {
             chunk_rows,
             text_column: text_column.to_string(),
             batch_novelty: self.batch_novelty,
+            stream_window: None,
             top_k,
             resume: false,
         };
         py.detach(|| {
             let opened = open_input(&input, &options)?;
             let done = tag_file(&options, &self.tagger, opened, &output, &mut |_| {})?;
-            Ok(done
-                .summary(&self.tagger, self.batch_novelty, &output)
-                .to_string())
+            Ok(done.summary(&self.tagger, &output).to_string())
         })
         .map_err(job_err)
     }
