@@ -1,5 +1,6 @@
 """Writing casetag's tables from public intent sets: one piece of code for
-scripts/banking77_oos.py and scripts/clinc150.py (imported, not run)."""
+scripts/banking77_oos.py, scripts/clinc150.py and scripts/hwu64.py
+(imported, not run)."""
 import csv
 import os
 import random

@@ -1,5 +1,5 @@
 """Tests of the scripts that turn public intent sets into casetag's tables
-(scripts/intent_tables.py, banking77_oos.py, clinc150.py)."""
+(scripts/intent_tables.py, banking77_oos.py, clinc150.py, hwu64.py)."""
 import csv
 import json
 import os
@@ -98,6 +98,39 @@ def test_clinc150_tables_and_one_line_errors(tmp_path):
                  ["--src", str(src), "--without-oos"]):
         p = run("clinc150.py", *args, "--out", str(tmp_path / "bad"))
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def hwu_folder(root, splits):
+    """A KFold_1-like folder: SPLITS maps trainset / testset/csv to
+    {(scenario, intent): [texts]}."""
+    for split, by in splits.items():
+        d = root / split
+        d.mkdir(parents=True)
+        for (scenario, intent), texts in by.items():
+            lines = ["answerid;scenario;intent;answer_annotation;answer_from_anno;answer_from_user"]
+            lines += [f'{i};{scenario};{intent};"{t}";"{t}";"{t}"' for i, t in enumerate(texts)]
+            (d / f"{scenario}_{intent}.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_hwu64_tables_are_two_levels_and_errors_one_line(tmp_path):
+    train = {("alarm", "set"): ["wake me at six", "set an alarm", ""], ("alarm", "query"): ["which alarms"],
+             ("music", "query"): ["what song is this"]}
+    test = {("alarm", "set"): ["alarm for  seven"], ("music", "query"): ["who sings this"]}
+    hwu_folder(tmp_path / "k", {"trainset": train, "testset/csv": test})
+    p = run("hwu64.py", "--src", str(tmp_path / "k"), "--out", str(tmp_path / "o"))
+    assert p.returncode == 0, p.stderr
+    assert "1 rows without text left out" in p.stdout
+    got = rows(tmp_path / "o" / "train.csv")
+    assert len(got) == 4 and set(got[0]) == {"text", "l1", "l2"}
+    assert {(r["l1"], r["l2"]) for r in got} == {("alarm", "alarm_set"), ("alarm", "alarm_query"),
+                                                  ("music", "music_query")}
+    assert rows(tmp_path / "o" / "test.csv")[0] == {"text": "alarm for seven", "l1": "alarm", "l2": "alarm_set"}
+    # A test intent never trained on, a folder without tables: one line, exit 2.
+    hwu_folder(tmp_path / "u", {"trainset": train, "testset/csv": {("iot", "coffee"): ["make coffee"]}})
+    for src in ("u", "missing"):
+        p = run("hwu64.py", "--src", str(tmp_path / src), "--out", str(tmp_path / "bad"))
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "iot_coffee" in run("hwu64.py", "--src", str(tmp_path / "u"), "--out", str(tmp_path / "bad")).stderr
 
 
 def test_banking77_oos_errors_in_one_line(tmp_path):
