@@ -20,6 +20,12 @@ intent accuracy):
   OUT/train.csv   the training queries
   OUT/test.csv    the test queries
 
+With --held-out K, K of the 64 intents (drawn with --seed) are held out of
+training as scripts/banking77_oos.py does for BANKING77, in one level (l1 the
+intent): train.csv, test.csv and test_stream.csv (the held-out intents' test
+queries with an empty l1, the out-of-scope cases), and with --add N also
+add.csv, retrain.csv and test_all.csv (see scripts/intent_tables.py).
+
 Rows with an empty text are left out and counted.
 """
 import argparse
@@ -27,7 +33,7 @@ import csv
 import glob
 import os
 
-from intent_tables import fail, write
+from intent_tables import fail, hold_out, write
 
 
 def read_split(folder):
@@ -58,13 +64,23 @@ def read_split(folder):
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--src", required=True, help="the KFold_1 folder of NLU-Evaluation-Data")
 ap.add_argument("--out", default="out/hwu64")
+ap.add_argument("--seed", type=int, default=7, help="with --held-out: the held-out intents and the arrival order")
+ap.add_argument("--held-out", type=int, default=0, metavar="K", help="intents held out of training (default: none)")
+ap.add_argument("--add", type=int, default=0, metavar="N", help="with --held-out: examples per held-out intent for add.csv")
 a = ap.parse_args()
+if a.add and not a.held_out:
+    fail("--add needs --held-out: it is about the held-out intents")
 
 train, empty_train = read_split(os.path.join(a.src, "trainset"))
 test, empty_test = read_split(os.path.join(a.src, "testset", "csv"))
 unseen = sorted({r[2] for r in test} - {r[2] for r in train})
 if unseen:
     fail(f"{a.src}: test intent(s) absent from training: {', '.join(unseen)}")
+if a.held_out:
+    flat = lambda rows: [(t, intent) for t, _, intent in rows]
+    held = hold_out(a.out, flat(train), flat(test), a.seed, a.held_out, a.add)
+    print(f"{a.out}: held out {len(held)} intents: {', '.join(held)}")
+    raise SystemExit(0)
 os.makedirs(a.out, exist_ok=True)
 header = ("text", "l1", "l2")
 write(a.out, "train.csv", train, header)

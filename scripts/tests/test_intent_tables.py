@@ -131,6 +131,15 @@ def test_hwu64_tables_are_two_levels_and_errors_one_line(tmp_path):
         p = run("hwu64.py", "--src", str(tmp_path / src), "--out", str(tmp_path / "bad"))
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "iot_coffee" in run("hwu64.py", "--src", str(tmp_path / "u"), "--out", str(tmp_path / "bad")).stderr
+    # Intents held out, in one level: the held intent's test rows are out of scope.
+    p = run("hwu64.py", "--src", str(tmp_path / "k"), "--held-out", "1", "--add", "1", "--out", str(tmp_path / "h"))
+    assert p.returncode == 0, p.stderr
+    held = p.stdout.split("intents: ")[1].strip()
+    assert set(rows(tmp_path / "h" / "train.csv")[0]) == {"text", "l1"}
+    assert held not in {r["l1"] for r in rows(tmp_path / "h" / "train.csv")}
+    assert [r["l1"] for r in rows(tmp_path / "h" / "add.csv")] == [held]
+    p = run("hwu64.py", "--src", str(tmp_path / "k"), "--add", "1", "--out", str(tmp_path / "bad"))
+    assert p.returncode == 2 and "--held-out" in p.stderr
 
 
 def test_banking77_oos_errors_in_one_line(tmp_path):
