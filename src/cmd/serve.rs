@@ -27,7 +27,7 @@ pub struct Args {
     /// declared out of scope far more often, one request at a time. Needs a
     /// transformer trained without out-of-scope rows (learned detector); an
     /// answer then depends on the traffic before it. The window starts empty
-    /// at startup and at each reload.
+    /// at startup and at each reload that brings another bundle.
     #[arg(long)]
     stream_novelty: bool,
     #[command(flatten)]

@@ -360,7 +360,7 @@ impl Metrics {
         if let Some(n) = g.stream_window {
             r.register(
                 "casetag_stream_window_cases",
-                "Recent cases the primary judges each new case against (--stream-novelty; empty after startup and each reload)",
+                "Recent cases the primary judges each new case against (--stream-novelty; empty after startup and each reload to another bundle)",
                 gauge_of(n),
             );
         }

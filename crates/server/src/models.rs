@@ -118,7 +118,7 @@ pub fn load_initial(
 
 /// Reload: strict. A bad primary is refused (the running model stays), not
 /// silently replaced by the fallback alone. The stream's window starts
-/// empty with the new model.
+/// empty ([`crate::AppState::reload`] carries it over to the same bundle).
 pub fn load_strict(
     primary: &Path,
     fallback: Option<&Path>,

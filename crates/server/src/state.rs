@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use casetag_engine::Tagger;
+use casetag_engine::{LoadedModel, Tagger};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -129,6 +129,11 @@ impl AppState {
         self.inner.models.install(Arc::new(tagger));
     }
 
+    /// The models answering now (`None` before one is loaded).
+    pub fn tagger(&self) -> Option<Arc<Tagger>> {
+        self.inner.models.get()
+    }
+
     pub fn config(&self) -> &ServerConfig {
         &self.inner.cfg
     }
@@ -215,6 +220,21 @@ impl AppState {
             .map(|m| manifest_summary(m, true))
             .unwrap_or(Value::Null);
         let fallback = tagger.fallback.as_ref().map(|m| manifest_summary(m, true));
+        // The same bundle again (a reload that changed nothing): its stream
+        // goes on with the recent cases (but those answered while the
+        // window is copied); another bundle starts with an empty window.
+        if let (Some(old), Some(new)) = (self.inner.models.get(), tagger.primary.as_ref()) {
+            if let Some(bytes) = old
+                .primary
+                .as_ref()
+                .filter(|o| same_bundle(o, new))
+                .and_then(|o| o.stream_state())
+            {
+                if let Err(e) = new.restore_stream_state(&bytes) {
+                    tracing::warn!("the stream window starts empty: {e}");
+                }
+            }
+        }
         let previous = self
             .inner
             .models
@@ -254,4 +274,10 @@ impl AppState {
         }
         Some(v)
     }
+}
+
+/// Whether two loaded models are the same bundle (id and creation time).
+fn same_bundle(a: &LoadedModel, b: &LoadedModel) -> bool {
+    let (a, b) = (&a.bundle.manifest, &b.bundle.manifest);
+    a.id == b.id && a.created == b.created
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use casetag_server::{AppState, Limits};
 use common::{config, err_type, fixture, TestServer};
 use serde_json::{json, Value};
@@ -271,6 +273,15 @@ async fn stream_window_gauge_counts_the_cases_judged() {
         "[buyer] why",
     ];
     assert_eq!(s.tag(&more).await.0, 200);
+    assert_eq!(gauge(&s.get_text("/metrics").await.1), Some(5));
+    // A reload that brings the same bundle keeps the window; answers go on
+    // as if nothing had happened.
+    let before = s.state.tagger().unwrap();
+    let window = before.primary.as_ref().unwrap().stream_state();
+    s.state.reload().await.unwrap();
+    let after = s.state.tagger().unwrap();
+    assert!(!Arc::ptr_eq(&before, &after), "a new model was installed");
+    assert_eq!(after.primary.as_ref().unwrap().stream_state(), window);
     assert_eq!(gauge(&s.get_text("/metrics").await.1), Some(5));
     s.shutdown().await;
 
