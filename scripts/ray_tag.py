@@ -38,13 +38,20 @@ def main() -> int:
     ap.add_argument("--text-column", default="text")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)")
+    ap.add_argument("--stream-novelty", action="store_true",
+                    help="judge out of scope for each row against the rows before it in its file "
+                         "(as casetag tag --stream-novelty; not with --rows)")
+    ap.add_argument("--stream-window", type=int, default=2000, help="with --stream-novelty: rows judged against")
     a = ap.parse_args()
+    if a.stream_novelty and a.rows:
+        print("error: --stream-novelty follows each file's row order; --rows has none", file=sys.stderr)
+        return 2
 
     import ray
     import casetag.ray
 
     try:
-        casetag.Model(a.model, fallback=a.fallback)
+        casetag.Model(a.model, fallback=a.fallback, stream_novelty=a.stream_novelty, stream_window=a.stream_window)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -63,7 +70,8 @@ def main() -> int:
         try:
             done = casetag.ray.tag_files(a.input, a.output, a.model, fallback=a.fallback,
                                          concurrency=a.concurrency, text_column=a.text_column,
-                                         num_cpus=a.actor_cpus)
+                                         num_cpus=a.actor_cpus, stream_novelty=a.stream_novelty,
+                                         stream_window=a.stream_window)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -89,6 +89,10 @@ fn plan_files(
 struct Model {
     tagger: Tagger,
     batch_novelty: bool,
+    /// With `stream_novelty`: the window each row is judged against.
+    stream_window: Option<usize>,
+    /// One file at a time through the stream's window.
+    stream_file: std::sync::Mutex<()>,
 }
 
 /// A C data interface struct that may travel inside a capsule. The structs
@@ -199,13 +203,22 @@ fn export_column(c: Column) -> ArrowColumn {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path, fallback=None, batch_novelty=false))]
+    #[pyo3(signature = (path, fallback=None, batch_novelty=false, stream_window=None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         fallback: Option<PathBuf>,
         batch_novelty: bool,
+        stream_window: Option<usize>,
     ) -> PyResult<Self> {
+        if batch_novelty && stream_window.is_some() {
+            return Err(PyValueError::new_err(
+                "batch_novelty and stream_novelty: judge out of scope one way at a time",
+            ));
+        }
+        if stream_window == Some(0) {
+            return Err(PyValueError::new_err("stream_window must be at least 1"));
+        }
         // Registry names resolve as the CLI's do (root: CASETAG_MODELS,
         // else `models`).
         let root = casetag_core::bundle::registry_root();
@@ -216,11 +229,13 @@ impl Model {
         let path = resolve(&path)?;
         let fallback = fallback.as_ref().map(resolve).transpose()?;
         let tagger = py
-            .detach(|| load_tagger(&path, fallback.as_deref(), batch_novelty, None))
+            .detach(|| load_tagger(&path, fallback.as_deref(), batch_novelty, stream_window))
             .map_err(engine_err)?;
         Ok(Self {
             tagger,
             batch_novelty,
+            stream_window,
+            stream_file: std::sync::Mutex::new(()),
         })
     }
 
@@ -263,11 +278,16 @@ impl Model {
             chunk_rows,
             text_column: text_column.to_string(),
             batch_novelty: self.batch_novelty,
-            stream_window: None,
+            stream_window: self.stream_window,
             top_k,
             resume: false,
         };
         py.detach(|| {
+            // Each file is a stream of its own: two at once would share
+            // the window.
+            let _one_file = self
+                .stream_window
+                .map(|_| self.stream_file.lock().unwrap_or_else(|p| p.into_inner()));
             let opened = open_input(&input, &options)?;
             let done = tag_file(&options, &self.tagger, opened, &output, &mut |_| {})?;
             Ok(done.summary(&self.tagger, &output).to_string())
@@ -294,6 +314,12 @@ impl Model {
             return Err(PyValueError::new_err(format!(
                 "top_k: {top_k} is more than 50"
             )));
+        }
+        if self.stream_window.is_some() {
+            return Err(PyValueError::new_err(
+                "stream_novelty judges a file's rows in order: tag files with tag_file \
+                 (or casetag.ray.tag_files), not batches",
+            ));
         }
         let names: Vec<&str> = input_names.iter().map(String::as_str).collect();
         for c in std::iter::once(text_column).chain(id_column) {

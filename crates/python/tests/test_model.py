@@ -184,6 +184,34 @@ def test_tag_file_writes_the_clis_file(casetag_bin, baseline, data_dir, tmp_path
     assert casetag.Model(baseline).tag_file(turns, tmp_path / "turns.jsonl")["rows"] == 2
 
 
+def test_stream_novelty_tags_files_as_the_cli(casetag_bin, baseline, stream_model, query_files, tmp_path):
+    src = query_files / "q0.csv"
+    r = run_cli(casetag_bin, "tag", "--model", stream_model, "--input", src, "--output", tmp_path / "cli.jsonl",
+                "--stream-novelty", "--stream-window", "40")
+    assert r.returncode == 0, r.stderr
+    m = casetag.Model(stream_model, stream_novelty=True, stream_window=40)
+    done = m.tag_file(src, tmp_path / "ours.jsonl")
+    assert done["stream_novelty"] is True and done["rows"] == 150
+    assert (tmp_path / "ours.jsonl").read_bytes() == (tmp_path / "cli.jsonl").read_bytes()
+    # Each file its own stream: the same file again gives the same bytes.
+    m.tag_file(src, tmp_path / "again.jsonl")
+    assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "cli.jsonl").read_bytes()
+    # Judged case by case, the scores differ.
+    casetag.Model(stream_model).tag_file(src, tmp_path / "per_case.jsonl")
+    assert (tmp_path / "per_case.jsonl").read_bytes() != (tmp_path / "cli.jsonl").read_bytes()
+    # Shipped to a worker, it still judges against the stream.
+    clone = pickle.loads(pickle.dumps(m))
+    assert (clone.stream_novelty, clone.stream_window) == (True, 40)
+    # Batches have no order to follow; one way of judging at a time.
+    with pytest.raises(ValueError, match="tag_file"):
+        m.tag(["where is my parcel"])
+    with pytest.raises(ValueError, match="one way"):
+        casetag.Model(stream_model, batch_novelty=True, stream_novelty=True)
+    # A model without the detector's batch rule cannot, in the CLI's words.
+    with pytest.raises(ValueError, match="--stream-novelty"):
+        casetag.Model(baseline, stream_novelty=True)
+
+
 def test_tag_file_errors_are_the_clis(casetag_bin, baseline, tmp_path):
     src = tmp_path / "in.csv"
     src.write_text("id,body\n1,where is my parcel\n")

@@ -107,6 +107,17 @@ def test_file_job_writes_the_clis_files(cluster, shards, baseline, casetag_bin, 
     check(out, n, expected)
 
 
+def test_a_stream_file_job_writes_the_clis_files(cluster, stream_model, query_files, casetag_bin, tmp_path):
+    r = run_cli(casetag_bin, "tag", "--model", stream_model, "--input", query_files, "--output", tmp_path / "cli",
+                "--stream-novelty", "--stream-window", "40")
+    assert r.returncode == 0, r.stderr
+    done = casetag.ray.tag_files(query_files, tmp_path / "ray", stream_model, concurrency=2,
+                                 stream_novelty=True, stream_window=40)
+    assert len(done) == 3
+    for p in sorted((tmp_path / "cli").iterdir()):
+        assert (tmp_path / "ray" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
 def test_an_actor_dying_mid_file_job_loses_no_row(cluster, shards, baseline, casetag_bin, tmp_path):
     in_dir, n = shards
     arm(cluster)

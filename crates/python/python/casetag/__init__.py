@@ -95,21 +95,29 @@ class Model:
             or fails on a batch (as ``casetag tag --fallback``).
         batch_novelty: judge out of scope over each batch as a whole (as
             ``casetag tag --batch-novelty``); answers then depend on the batch.
+        stream_novelty: judge out of scope for each row of a file against
+            the ``stream_window`` rows before it (as ``casetag tag
+            --stream-novelty``; each file its own stream). For
+            :meth:`tag_file` only: batches have no order to follow.
 
     Raises:
         ValueError: the bundle is missing, damaged or not a casetag bundle,
             with the CLI's one-line message.
     """
 
-    def __init__(self, path: Union[str, "os.PathLike[str]"], fallback: Optional[Union[str, "os.PathLike[str]"]] = None, batch_novelty: bool = False) -> None:
+    def __init__(self, path: Union[str, "os.PathLike[str]"], fallback: Optional[Union[str, "os.PathLike[str]"]] = None, batch_novelty: bool = False,
+                 stream_novelty: bool = False, stream_window: int = 2000) -> None:
         self.path = str(path)
         self.fallback = None if fallback is None else str(fallback)
         self.batch_novelty = bool(batch_novelty)
-        self._inner = _casetag.Model(self.path, self.fallback, self.batch_novelty)
+        self.stream_novelty = bool(stream_novelty)
+        self.stream_window = int(stream_window)
+        window = self.stream_window if self.stream_novelty else None
+        self._inner = _casetag.Model(self.path, self.fallback, self.batch_novelty, window)
 
     def __reduce__(self):
         # Picklable by path, so a Model can be shipped to workers (Ray, Spark).
-        return (Model, (self.path, self.fallback, self.batch_novelty))
+        return (Model, (self.path, self.fallback, self.batch_novelty, self.stream_novelty, self.stream_window))
 
     def __repr__(self) -> str:
         info = self.info()

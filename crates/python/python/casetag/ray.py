@@ -62,10 +62,10 @@ class CasetagFileTagger:
     (input, output) file pair it is handed with :meth:`casetag.Model.tag_file`."""
 
     def __init__(self, model_path: str, fallback: Optional[str] = None, text_column: str = "text", top_k: int = 0,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, stream_novelty: bool = False, stream_window: int = 2000) -> None:
         if threads:
             set_threads(threads)
-        self.model = Model(model_path, fallback=fallback)
+        self.model = Model(model_path, fallback=fallback, stream_novelty=stream_novelty, stream_window=stream_window)
         self.text_column = text_column
         self.top_k = top_k
         self._die_marker = os.environ.get("CASETAG_TEST_ACTOR_DIES_ONCE")
@@ -183,6 +183,8 @@ def tag_files(
     output_format: Optional[str] = None,
     top_k: int = 0,
     num_cpus: Optional[float] = None,
+    stream_novelty: bool = False,
+    stream_window: int = 2000,
 ) -> List[Dict[str, Any]]:
     """Tag every table of a directory or glob into a directory, one output
     file per input (``OUTPUT/STEM.EXT``, the names ``casetag tag`` gives),
@@ -206,6 +208,10 @@ def tag_files(
         num_cpus: CPUs reserved per actor, and the threads of its compute
             pool; by default the cluster's CPUs shared by the actors (nothing
             else in the job needs a CPU).
+        stream_novelty: judge out of scope for each row against the
+            ``stream_window`` rows before it in its file, as ``casetag tag
+            --stream-novelty`` (each file its own stream, so the outputs do
+            not depend on which actor tags which file).
 
     Raises:
         ValueError: no tables at ``input``, an input without the text
@@ -216,13 +222,14 @@ def tag_files(
     from ray.data import ActorPoolStrategy
 
     pairs = plan_files(input, output, output_format, text_column=text_column)
-    Model(model_path, fallback=fallback)
+    Model(model_path, fallback=fallback, stream_novelty=stream_novelty, stream_window=stream_window)
     if num_cpus is None:
         num_cpus = max(0.25, _cluster_cpus() / max(1, concurrency))
     ds = ray.data.from_items([{"input": i, "output": o} for i, o in pairs], override_num_blocks=len(pairs))
     done = ds.map_batches(
         CasetagFileTagger,
-        fn_constructor_kwargs=_actor_kwargs(model_path, fallback, text_column, num_cpus, top_k=top_k),
+        fn_constructor_kwargs=_actor_kwargs(model_path, fallback, text_column, num_cpus, top_k=top_k,
+                                            stream_novelty=stream_novelty, stream_window=stream_window),
         batch_size=1,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=concurrency),
