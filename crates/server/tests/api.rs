@@ -253,7 +253,11 @@ async fn stream_window_gauge_counts_the_cases_judged() {
             .find_map(|l| l.strip_prefix("casetag_stream_window_cases "))
             .map(|v| v.parse::<u64>().unwrap())
     };
-    let mut cfg = config(&common::stream_bundle());
+    // Served from a directory of its own, so a reload can find another bundle there.
+    let tmp = tempfile::tempdir().unwrap();
+    let served = tmp.path().join("m");
+    common::copy_dir(&common::stream_bundle(), &served);
+    let mut cfg = config(&served);
     cfg.stream_window = Some(5);
     let s = TestServer::start(AppState::new(&cfg).unwrap()).await;
     assert_eq!(
@@ -283,6 +287,15 @@ async fn stream_window_gauge_counts_the_cases_judged() {
     assert!(!Arc::ptr_eq(&before, &after), "a new model was installed");
     assert_eq!(after.primary.as_ref().unwrap().stream_state(), window);
     assert_eq!(gauge(&s.get_text("/metrics").await.1), Some(5));
+    // Another bundle's embeddings are not comparable: its window starts empty.
+    let other = tmp.path().join("other");
+    common::train_stream_bundle(&other, 14);
+    std::fs::remove_dir_all(&served).unwrap();
+    common::copy_dir(&other, &served);
+    s.state.reload().await.unwrap();
+    let now = s.state.tagger().unwrap();
+    assert_ne!(now.active().id(), after.active().id());
+    assert_eq!(gauge(&s.get_text("/metrics").await.1), Some(0));
     s.shutdown().await;
 
     cfg.stream_window = None;

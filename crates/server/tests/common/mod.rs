@@ -142,46 +142,49 @@ pub fn stream_bundle() -> PathBuf {
     static B: OnceLock<tempfile::TempDir> = OnceLock::new();
     let dir = B.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let enc = dir.path().join("encoder");
-        casetag_transformer::fixtures::write_tiny_bert(&enc, 5).unwrap();
-        let intents = [
-            ("refund", "give my money back"),
-            ("broken", "it came smashed to pieces"),
-            ("late", "the courier is days late"),
-            ("lost", "my parcel went missing in transit"),
-            ("review", "how do i rate the seller"),
-        ];
-        let mut rows = Vec::new();
-        for (label, text) in intents {
-            for i in 0..16 {
-                rows.push(Example {
-                    text: format!("[buyer] {text} ticket {i}"),
-                    label: Some(TagPath::new(label, None, None)),
-                    row: rows.len() + 2,
-                });
-            }
-        }
-        let nodes: Vec<String> = intents
-            .iter()
-            .map(|(c, _)| format!("{{id: {c}}}"))
-            .collect();
-        let mut cfg = TrainConfig {
-            kind: "transformer".into(),
-            taxonomy: Some(
-                Taxonomy::from_yaml_str(&format!("nodes: [{}]", nodes.join(", "))).unwrap(),
-            ),
-            encoder: Some(enc.display().to_string()),
-            val_fraction: 0.25,
-            ..Default::default()
-        };
-        cfg.transformer.epochs = 15;
-        cfg.baseline.n_features = 256;
-        cfg.decision.oos_detector = OosDetector::Meta;
-        let out = dir.path().join("model");
-        casetag_engine::train(&cfg, rows, None, &out, &|_| {}).expect("train the stream bundle");
+        train_stream_bundle(&dir.path().join("model"), 15);
         dir
     });
     dir.path().join("model")
+}
+
+/// Train a bundle like [`stream_bundle`]'s into `out` (its encoder beside
+/// it), its head for `epochs` epochs: another number gives another bundle.
+pub fn train_stream_bundle(out: &Path, epochs: usize) {
+    let enc = out.with_extension("encoder");
+    casetag_transformer::fixtures::write_tiny_bert(&enc, 5).unwrap();
+    let intents = [
+        ("refund", "give my money back"),
+        ("broken", "it came smashed to pieces"),
+        ("late", "the courier is days late"),
+        ("lost", "my parcel went missing in transit"),
+        ("review", "how do i rate the seller"),
+    ];
+    let mut rows = Vec::new();
+    for (label, text) in intents {
+        for i in 0..16 {
+            rows.push(Example {
+                text: format!("[buyer] {text} ticket {i}"),
+                label: Some(TagPath::new(label, None, None)),
+                row: rows.len() + 2,
+            });
+        }
+    }
+    let nodes: Vec<String> = intents
+        .iter()
+        .map(|(c, _)| format!("{{id: {c}}}"))
+        .collect();
+    let mut cfg = TrainConfig {
+        kind: "transformer".into(),
+        taxonomy: Some(Taxonomy::from_yaml_str(&format!("nodes: [{}]", nodes.join(", "))).unwrap()),
+        encoder: Some(enc.display().to_string()),
+        val_fraction: 0.25,
+        ..Default::default()
+    };
+    cfg.transformer.epochs = epochs;
+    cfg.baseline.n_features = 256;
+    cfg.decision.oos_detector = OosDetector::Meta;
+    casetag_engine::train(&cfg, rows, None, out, &|_| {}).expect("train the stream bundle");
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
