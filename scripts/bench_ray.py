@@ -11,6 +11,13 @@ and idle, as on a running cluster.
 
     .venv/bin/python scripts/bench_ray.py --model out/quickstart/models/baseline --rows 1000000
     .venv/bin/python scripts/bench_ray.py --model out/quickstart/models/transformer --rows 3000
+    .venv/bin/python scripts/bench_ray.py --model M --startup
+
+With --startup it times instead what a job pays before its first case: the
+CLI tagging one row, `import casetag` and `casetag.Model(M)` in a fresh
+Python process, a local Ray cluster coming up, and a `tag_files` job of one
+one-row file (the actor's start and its load of the bundle), the medians of
+--repeats runs.
 
 The cases are the bundled test split repeated (ids made unique) into
 --shards Parquet files. Peak memory per actor is the largest resident set
@@ -79,6 +86,51 @@ class RssWatch:
         self._t.join()
 
 
+def startup(a) -> None:
+    """Medians of --repeats runs of each fixed cost, one JSON line each."""
+    import statistics
+    import sys
+
+    work = Path(tempfile.mkdtemp(prefix="casetag-bench-start-"))
+    try:
+        (work / "in").mkdir()
+        (work / "in" / "one.csv").write_text("text\nwhere is my parcel, it is two weeks late\n")
+
+        def timed(f):
+            runs = []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                f()
+                runs.append(time.perf_counter() - t0)
+            return round(statistics.median(runs), 3)
+
+        def cli():
+            subprocess.run([a.bin, "tag", "--model", a.model, "--input", str(work / "in" / "one.csv"),
+                            "--output", str(work / "cli.csv")], check=True, capture_output=True)
+
+        def py(code):
+            return lambda: subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+        out = {"model": a.model,
+               "cli_one_row_s": timed(cli),
+               "python_import_s": timed(py("import casetag")),
+               "python_import_and_load_s": timed(py(f"import casetag; casetag.Model({a.model!r})"))}
+        import ray
+        import casetag.ray
+
+        t0 = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.get(ray.remote(lambda: 0).remote())
+        out["ray_init_s"] = round(time.perf_counter() - t0, 3)
+        k = iter(range(a.repeats))
+        out["ray_tag_files_one_row_s"] = timed(
+            lambda: casetag.ray.tag_files(work / "in", work / f"ray-{next(k)}", a.model, concurrency=1))
+        ray.shutdown()
+        print(json.dumps(out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -89,7 +141,12 @@ def main() -> int:
     ap.add_argument("--full-actor", action="store_true",
                     help="also run 1 actor holding every core (the cluster then gets one extra "
                          "logical CPU so Ray's reads and writes can be scheduled beside it)")
+    ap.add_argument("--startup", action="store_true", help="time the fixed costs before the first case instead")
+    ap.add_argument("--repeats", type=int, default=5, help="with --startup: runs of each, the median reported")
     a = ap.parse_args()
+    if a.startup:
+        startup(a)
+        return 0
 
     import ray
     import casetag.ray
