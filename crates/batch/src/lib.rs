@@ -28,13 +28,24 @@ pub const EMPTY_TEXT: &str = "empty or missing text";
 /// Load the model chain a batch job tags with: `model`, and `fallback`
 /// (a baseline) when it fails to load or fails on a chunk; with
 /// `batch_novelty`, each chunk is judged as a whole for out of scope; with
-/// `stream_window`, each row against that many rows before it.
+/// `stream_window`, each row against that many rows before it (one way at
+/// a time, a window of at least one row).
 pub fn load_tagger(
     model: &Path,
     fallback: Option<&Path>,
     batch_novelty: bool,
     stream_window: Option<usize>,
 ) -> Result<Tagger> {
+    if batch_novelty && stream_window.is_some() {
+        return Err(EngineError::Input(
+            "batch_novelty and stream_novelty: judge out of scope one way at a time".into(),
+        ));
+    }
+    if stream_window == Some(0) {
+        return Err(EngineError::Input(
+            "stream_window must be at least 1".into(),
+        ));
+    }
     let mut tagger = Tagger::load(model, fallback)?;
     if let (Some(p), Some(f)) = (fallback, &tagger.fallback) {
         casetag_engine::backend::check_fallback(p, f.id(), f.kind())?;

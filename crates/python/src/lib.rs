@@ -211,14 +211,6 @@ impl Model {
         batch_novelty: bool,
         stream_window: Option<usize>,
     ) -> PyResult<Self> {
-        if batch_novelty && stream_window.is_some() {
-            return Err(PyValueError::new_err(
-                "batch_novelty and stream_novelty: judge out of scope one way at a time",
-            ));
-        }
-        if stream_window == Some(0) {
-            return Err(PyValueError::new_err("stream_window must be at least 1"));
-        }
         // Registry names resolve as the CLI's do (root: CASETAG_MODELS,
         // else `models`).
         let root = casetag_core::bundle::registry_root();
