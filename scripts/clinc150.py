@@ -35,15 +35,13 @@ import argparse
 import json
 import os
 
-from intent_tables import fail, hold_out, write, write_test
+from intent_tables import fail, hold_out, hold_out_args, write, write_test
 
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--src", required=True, help="CLINC150's data_full.json")
 ap.add_argument("--out", default="out/clinc150")
-ap.add_argument("--seed", type=int, default=7, help="arrival order of test_stream.csv, and the held-out intents")
-ap.add_argument("--held-out", type=int, default=0, metavar="K", help="intents held out of training (default: none)")
-ap.add_argument("--add", type=int, default=0, metavar="N", help="with --held-out: examples per held-out intent for add.csv")
+hold_out_args(ap)
 ap.add_argument("--without-oos", action="store_true",
                 help="with --held-out: leave the out-of-scope queries out of the test tables")
 a = ap.parse_args()

@@ -33,7 +33,7 @@ import csv
 import glob
 import os
 
-from intent_tables import fail, hold_out, write
+from intent_tables import fail, hold_out, hold_out_args, write
 
 
 def read_split(folder):
@@ -64,9 +64,7 @@ def read_split(folder):
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--src", required=True, help="the KFold_1 folder of NLU-Evaluation-Data")
 ap.add_argument("--out", default="out/hwu64")
-ap.add_argument("--seed", type=int, default=7, help="with --held-out: the held-out intents and the arrival order")
-ap.add_argument("--held-out", type=int, default=0, metavar="K", help="intents held out of training (default: none)")
-ap.add_argument("--add", type=int, default=0, metavar="N", help="with --held-out: examples per held-out intent for add.csv")
+hold_out_args(ap)
 a = ap.parse_args()
 if a.add and not a.held_out:
     fail("--add needs --held-out: it is about the held-out intents")

@@ -13,6 +13,15 @@ def fail(msg):
     sys.exit(2)
 
 
+def hold_out_args(ap):
+    """The options of a script whose hold-out is optional (scripts/clinc150.py,
+    scripts/hwu64.py): --seed, --held-out K and --add N."""
+    ap.add_argument("--seed", type=int, default=7,
+                    help="the held-out intents, and the arrival order of test_stream.csv")
+    ap.add_argument("--held-out", type=int, default=0, metavar="K", help="intents held out of training (default: none)")
+    ap.add_argument("--add", type=int, default=0, metavar="N", help="with --held-out: examples per held-out intent for add.csv")
+
+
 def write(out, name, rows, header=("text", "l1")):
     """OUT/NAME as CSV with HEADER, then ROWS."""
     with open(os.path.join(out, name), "w", newline="", encoding="utf-8") as f:
