@@ -12,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 
 
+def pytest_configure(config):
+    # Ray Data's own context reads its deprecated fields when it is copied to
+    # the workers; the warning is about Ray's code, not casetag's.
+    config.addinivalue_line("filterwarnings", r"ignore:.*is deprecated.*:DeprecationWarning:ray\.data\.context")
+
+
 @pytest.fixture(scope="session")
 def casetag_bin() -> Path:
     b = Path(os.environ.get("CASETAG_BIN", ROOT / "target" / "release" / "casetag"))

@@ -61,7 +61,9 @@ def check(out: pa.Table, n_rows, expected):
 
 
 def run_job(baseline, in_dir):
-    ds = ray.data.read_parquet(str(in_dir))
+    # One block per shard, so both actors get work: Ray reads these small
+    # files as one block, which would leave the second actor idle.
+    ds = ray.data.read_parquet(str(in_dir)).repartition(SHARDS)
     # By default two actors on this 2-CPU cluster get half a CPU each, the
     # other CPU is left to the reads (all of it to actors would hang the job).
     assert casetag.ray.default_actor_cpus(2) == 0.5
