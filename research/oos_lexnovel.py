@@ -83,7 +83,20 @@ class LexBase(op.Base):
         return pred, f
 
 
-def episodes(s, n_ep=6, n_hold=10, seed=0, C=10.0):
+def add_texts(s, d, ttr):
+    """The fit and validation texts (`Tf`, `Tv`) of split `s`, row for row
+    with its `Xf` and `Xv` (`ttr`: the training file's texts)."""
+    held = set(s["held"])
+    cid = {c: i for i, c in enumerate(c for c in sorted(set(d["ytr"])) if c not in held)}
+    ytr = np.array([cid.get(c, -1) for c in d["ytr"]])
+    is_val = np.arange(len(ytr)) % 10 == 9
+    s["Tf"] = [t for t, y, v in zip(ttr, ytr, is_val) if y >= 0 and not v]
+    s["Tv"] = [t for t, y, v in zip(ttr, ytr, is_val) if y >= 0 and v]
+
+
+def episodes(s, n_ep=6, n_hold=10, seed=0, C=10.0, make_base=LexBase):
+    """The leave-classes-out rounds of `oos_pseudo.episodes`, with texts:
+    `make_base(X, Y, K, texts, C=C)` builds each round's base."""
     rng = np.random.default_rng(seed)
     Xf, Yf, Xv, Yv, K = s["Xf"], s["Yf"], s["Xv"], s["Yv"], s["K"]
     Tf, Tv = s["Tf"], s["Tv"]
@@ -94,7 +107,7 @@ def episodes(s, n_ep=6, n_hold=10, seed=0, C=10.0):
         mf, mv = ~np.isin(Yf, hold), ~np.isin(Yv, hold)
         remap = -np.ones(K, int)
         remap[np.setdiff1d(np.arange(K), hold)] = np.arange(K - n_hold)
-        b = LexBase(Xf[mf], remap[Yf[mf]], K - n_hold, [t for t, m in zip(Tf, mf) if m], C=C)
+        b = make_base(Xf[mf], remap[Yf[mf]], K - n_hold, [t for t, m in zip(Tf, mf) if m], C=C)
         pin, fin = b.feats_t(Xv[mv], [t for t, m in zip(Tv, mv) if m])
         out_t = [t for t, m in zip(Tf, mf) if not m] + [t for t, m in zip(Tv, mv) if not m]
         _, fout = b.feats_t(np.vstack([Xf[~mf], Xv[~mv]]), out_t)
@@ -115,19 +128,12 @@ def main():
     for seed in a.seeds:
         t0 = time.time()
         s = op.split(d, seed)
-        intents = sorted(set(d["ytr"]))
-        held = set(s["held"])
-        cid = {c: i for i, c in enumerate(c for c in intents if c not in held)}
-        ytr = np.array([cid.get(c, -1) for c in d["ytr"]])
-        is_val = np.arange(len(ytr)) % 10 == 9
-        s["Tf"] = [t for t, y, v in zip(ttr, ytr, is_val) if y >= 0 and not v]
-        s["Tv"] = [t for t, y, v in zip(ttr, ytr, is_val) if y >= 0 and v]
+        add_texts(s, d, ttr)
         base = LexBase(s["Xf"], s["Yf"], s["K"], s["Tf"])
         pv, fv = base.feats_t(s["Xv"], s["Tv"])
         pt, ft = base.feats_t(s["Xt"], tte)
         F, kind, cols = episodes(s, seed=100 + seed)
         Fv, Ft = op.fmat(fv), op.fmat(ft)
-        lex = [c for c in cols if c.startswith("lex_")]
         plain = [c for c in cols if not c.startswith("lex_")]
         res = {"msp": op.evaluate(s, pv, fv["msp"], pt, ft["msp"], a.budget)}
         for name, use in (("meta", plain), ("meta+lex", cols), ("meta+lexcn", plain + ["lex_unseen_pred_cn"]),

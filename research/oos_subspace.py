@@ -111,14 +111,24 @@ def main():
             res[name] = op.evaluate(s, pv, -(Fv[:, ci] @ w + b), pt, -(Ft[:, ci] @ w + b), a.budget)
         print(f"\nseed {seed}: held out {s['held']}; {time.time() - t0:.0f}s")
         op.report(res, a.budget)
-        for m, r in res.items():
-            agg.setdefault(m, []).append([r["auroc"], r["oracle_rec@2pt"]] +
-                                         [r[b][k] for b in a.budget for k in ("rec", "drop")])
+        collect(agg, res, a.budget)
     if len(a.seeds) > 1:
-        print(f"\nmean over seeds {a.seeds}: auroc, recall at 2 points (test-tuned), "
-              + ", ".join(f"recall/drop at {b:g}" for b in a.budget))
-        for m, v in agg.items():
-            print(f"{m:>16} " + " ".join(f"{x:6.3f}" for x in np.mean(v, 0)))
+        report_means(agg, a.seeds, a.budget)
+
+
+def collect(agg, res, budgets):
+    """Add one seed's results to `agg`: per method, AUROC, the test-tuned
+    recall at 2 points, then recall and drop at each budget."""
+    for m, r in res.items():
+        agg.setdefault(m, []).append([r["auroc"], r["oracle_rec@2pt"]] +
+                                     [r[b][k] for b in budgets for k in ("rec", "drop")])
+
+
+def report_means(agg, seeds, budgets):
+    print(f"\nmean over seeds {seeds}: auroc, recall at 2 points (test-tuned), "
+          + ", ".join(f"recall/drop at {b:g}" for b in budgets))
+    for m, v in agg.items():
+        print(f"{m:>16} " + " ".join(f"{x:6.3f}" for x in np.mean(v, 0)))
 
 
 if __name__ == "__main__":
