@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def pytest_configure(config):
-    # Ray Data's own context reads its deprecated fields when it is copied to
-    # the workers; the warning is about Ray's code, not casetag's.
+    # Ray Data's context warns in its own __setattr__ when it copies itself
+    # (its deprecated fields are set too); the warning is about Ray's code,
+    # not casetag's.
     config.addinivalue_line("filterwarnings", r"ignore:.*is deprecated.*:DeprecationWarning:ray\.data\.context")
 
 
