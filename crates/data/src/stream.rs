@@ -1252,10 +1252,15 @@ impl ChunkWriter {
             state: state.clone(),
         };
         let text = serde_json::to_vec(&m).map_err(DataError::internal)?;
-        let tmp = self.dir.join(format!("{JOB_MANIFEST}.tmp"));
-        write_synced(&tmp, &text).map_err(|e| DataError::write(&tmp, e))?;
-        std::fs::rename(&tmp, self.dir.join(JOB_MANIFEST))
-            .map_err(|e| DataError::write(&self.path, e))
+        self.replace_synced(JOB_MANIFEST, &text)
+    }
+
+    /// Put `bytes` in the job directory as `name`, whole or not at all:
+    /// written and synced as `name.tmp`, then renamed over it.
+    fn replace_synced(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        write_synced(&tmp, bytes).map_err(|e| DataError::write(&tmp, e))?;
+        std::fs::rename(&tmp, self.dir.join(name)).map_err(|e| DataError::write(&self.path, e))
     }
 
     /// Committed chunks.
@@ -1336,10 +1341,7 @@ impl ChunkWriter {
     /// that its `state` cannot hold, handed back by [`Self::resume`]. Only
     /// the last committed chunk's is kept.
     pub fn commit_carrying(&mut self, state: &serde_json::Value, carry: &[u8]) -> Result<()> {
-        let path = self.dir.join(carry_name(self.chunks + 1));
-        let tmp = path.with_extension("tmp");
-        write_synced(&tmp, carry).map_err(|e| DataError::write(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| DataError::write(&self.path, e))?;
+        self.replace_synced(&carry_name(self.chunks + 1), carry)?;
         self.commit(state)?;
         if self.chunks > 1 {
             let _ = std::fs::remove_file(self.dir.join(carry_name(self.chunks - 1)));
