@@ -2512,6 +2512,7 @@ fn new_tags_are_added_from_a_few_examples() {
     let m = manifest(&child);
     assert_eq!(m["parent"]["id"], manifest(&parent)["id"]);
     assert_eq!(m["parent"]["added"], serde_json::json!(["damaged"]));
+    assert_eq!(m["parent"]["guard_margin"], 0.15, "the default check");
     assert_eq!(summary(&o)["parent"]["examples"]["damaged"], 6);
     // Where the parent answered most examples with one old tag, a warning
     // names it; otherwise there is none.
@@ -2572,4 +2573,37 @@ fn new_tags_are_added_from_a_few_examples() {
         "{e}"
     );
     assert!(!Path::new("y").exists());
+    // `--guard-margin off` records no check; a margin out of range is a
+    // usage error.
+    let plain = tmp.path().join("plain");
+    let o = run(&[
+        "train",
+        "--from",
+        p,
+        "--add",
+        a,
+        "--out",
+        plain.to_str().unwrap(),
+        "--guard-margin",
+        "off",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(manifest(&plain)["parent"].get("guard_margin").is_none());
+    let o = run(&[
+        "train",
+        "--from",
+        p,
+        "--add",
+        a,
+        "--out",
+        "z",
+        "--guard-margin",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("--guard-margin") && e.contains("'3'") && e.trim().lines().count() == 1,
+        "{e}"
+    );
 }

@@ -122,6 +122,28 @@ pub struct Parent {
     /// bundles written before it was recorded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub overlap: BTreeMap<String, TagOverlap>,
+    /// Leaf tags the parent's own adds (and theirs, back to a full
+    /// training) brought in from a few examples. Empty where the parent
+    /// was trained in full, and in bundles written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<String>,
+    /// How much nearer (cosine) the best old tag's nearest memory row must
+    /// be than an added tag's nearest example for the added tag to give way
+    /// (`train --from --add --guard-margin`). `None`: answers are not
+    /// checked (`off`, or bundles written before the check existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_margin: Option<f32>,
+}
+
+impl Parent {
+    /// Every leaf tag of this bundle's lineage added from a few examples:
+    /// this add's and [`Self::earlier`].
+    pub fn few_shot_tags(&self) -> impl Iterator<Item = &str> {
+        self.examples
+            .keys()
+            .map(String::as_str)
+            .chain(self.earlier.iter().map(String::as_str))
+    }
 }
 
 /// The name [`TagOverlap`] gives the parent's out-of-scope output.

@@ -38,11 +38,25 @@ use crate::{EngineError, Result};
 pub const MIN_EXAMPLES: usize = 5;
 
 /// What `add_tags` needs besides the parent and the rows.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AddConfig {
     /// Bundle id; defaults to `<kind>-<digest of the parent and the rows>`.
     pub id: Option<String>,
     pub overwrite: bool,
+    /// [`Parent::guard_margin`] of the new bundle
+    /// ([`crate::few_shot::DEFAULT_MARGIN`] unless the operator says
+    /// otherwise; `None` turns the check off).
+    pub guard_margin: Option<f32>,
+}
+
+impl Default for AddConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            overwrite: false,
+            guard_margin: Some(crate::few_shot::DEFAULT_MARGIN),
+        }
+    }
 }
 
 /// Add the tags of `rows` (every row labelled with a tag the parent does
@@ -154,6 +168,8 @@ pub fn add_tags(
         h.update(&parent_sha);
         h.update(&data_hash);
         h.update(BUILD);
+        // The margin changes the answers, so two margins are two models.
+        h.update(&format!("{:?}", cfg.guard_margin));
         format!("{}-{}", pm.kind, &h.finish()[..12])
     });
     progress(&format!(
@@ -238,6 +254,12 @@ pub fn add_tags(
             added: added.iter().map(|p| p.to_string()).collect(),
             examples,
             overlap,
+            earlier: pm
+                .parent
+                .as_ref()
+                .map(|p| p.few_shot_tags().map(str::to_string).collect())
+                .unwrap_or_default(),
+            guard_margin: cfg.guard_margin,
         }),
         ..pm.clone()
     };

@@ -14,6 +14,7 @@ pub mod calibrate;
 pub mod decide;
 pub mod drift;
 pub mod eval;
+pub mod few_shot;
 pub mod fusion;
 pub mod gate;
 pub mod oos_meta;

@@ -10,6 +10,7 @@ use casetag_core::{Classifier, Transcript};
 use serde::Serialize;
 
 use crate::decide::{Decider, Decision, Judging, Scores, Thresholds};
+use crate::few_shot::AddedGuard;
 use crate::oos_meta::{MetaDetector, StreamWindow};
 use crate::{EngineError, Result};
 
@@ -20,6 +21,9 @@ pub struct LoadedModel {
     pub decider: Decider,
     /// The learned out-of-scope detector, when the bundle has one.
     pub detector: Option<MetaDetector>,
+    /// For a bundle with tags added from a few examples: their answers
+    /// checked against the nearest rows ([`crate::few_shot`]).
+    pub guard: Option<AddedGuard>,
     /// How out of scope is judged ([`Self::enable_batch_novelty`] for
     /// [`Judging::Batch`], [`Self::enable_stream_novelty`] for
     /// [`Judging::Stream`]); the thresholds are the bundle's either way.
@@ -179,26 +183,38 @@ impl LoadedModel {
         let fail = |e: &dyn std::fmt::Display| {
             EngineError::Internal(format!("model '{}': {e}", self.id()))
         };
-        let (scores, det) = match &self.detector {
-            None => (self.classifier.predict(cases).map_err(|e| fail(&e))?, None),
-            Some(d) => {
-                let (s, emb) = self
-                    .classifier
-                    .predict_embedded(cases)
-                    .map_err(|e| fail(&e))?
-                    .ok_or_else(|| fail(&"the bundle has an out-of-scope detector but the model gives no embeddings"))?;
+        let (mut scores, emb) = if self.detector.is_none() && self.guard.is_none() {
+            (self.classifier.predict(cases).map_err(|e| fail(&e))?, None)
+        } else {
+            let (s, emb) = self
+                .classifier
+                .predict_embedded(cases)
+                .map_err(|e| fail(&e))?
+                .ok_or_else(|| {
+                    fail(&"the bundle has an out-of-scope detector or added tags but the model gives no embeddings")
+                })?;
+            (s, Some(emb))
+        };
+        if let (Some(g), Some(emb)) = (&self.guard, &emb) {
+            for (s, e) in scores.iter_mut().zip(emb) {
+                g.apply(&mut s.logits, e);
+            }
+        }
+        let det = match (&self.detector, &emb) {
+            (Some(d), Some(emb)) => {
                 let z = match self.judging {
-                    Judging::Batch => d.scores_batch(&emb),
-                    Judging::PerCase => d.scores(&emb),
+                    Judging::Batch => d.scores_batch(emb),
+                    Judging::PerCase => d.scores(emb),
                     Judging::Stream => match &self.stream {
                         Some(w) => {
-                            d.scores_stream(&mut w.lock().unwrap_or_else(|p| p.into_inner()), &emb)
+                            d.scores_stream(&mut w.lock().unwrap_or_else(|p| p.into_inner()), emb)
                         }
-                        None => d.scores(&emb),
+                        None => d.scores(emb),
                     },
                 };
-                (s, Some(z.map_err(|e| fail(&e))?))
+                Some(z.map_err(|e| fail(&e))?)
             }
+            _ => None,
         };
         let want = self.decider.label_space.n_outputs();
         let rows: Vec<Vec<f32>> = scores
@@ -273,6 +289,7 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
         EngineError::Input(format!("{}: thresholds in manifest: {e}", dir.display()))
     })?;
     let detector = MetaDetector::load(dir)?;
+    let guard = AddedGuard::load(&bundle)?;
     let mut decider = Decider::new(
         bundle.taxonomy.clone(),
         m.label_space.clone(),
@@ -286,6 +303,7 @@ pub fn load_model(dir: &Path) -> Result<LoadedModel> {
         classifier,
         decider,
         detector,
+        guard,
         judging: Judging::PerCase,
         stream: None,
         coverage,

@@ -130,6 +130,11 @@ fn added_tag_is_learned_and_old_answers_stay() {
     assert_eq!(p.id, pb.manifest.id);
     assert_eq!(p.added, vec!["delivery/damaged".to_string()]);
     assert_eq!(p.examples["delivery/damaged"], 6);
+    assert_eq!(
+        p.guard_margin,
+        Some(casetag_engine::few_shot::DEFAULT_MARGIN)
+    );
+    assert!(p.earlier.is_empty(), "the parent was trained in full");
     // The parent's answers on the examples are recorded, one per example,
     // each an old tag.
     let o = &p.overlap["delivery/damaged"];
@@ -148,6 +153,11 @@ fn added_tag_is_learned_and_old_answers_stay() {
     let old = load_model(&parent).unwrap();
     let grown = load_model(&child).unwrap();
     assert!(grown.detector.is_some(), "the detector comes along");
+    assert!(
+        grown.guard.is_some(),
+        "answers with the added tag are checked"
+    );
+    assert!(old.guard.is_none());
     let new_tag = TagPath::new("delivery", Some("damaged"), None);
     for r in &new {
         assert_eq!(leaf(&grown, &r.text), new_tag, "{}", r.text);
@@ -167,6 +177,11 @@ fn added_tag_is_learned_and_old_answers_stay() {
     let more = rows("refund", "dispute", "cancel dispute with seller system", 5);
     let m2 = add_tags(&child, more.clone(), &AddConfig::default(), &again, &|_| {}).unwrap();
     assert_eq!(m2.parent.as_ref().unwrap().id, m.id);
+    // The first add's tag is still one added from a few examples.
+    assert_eq!(
+        m2.parent.as_ref().unwrap().earlier,
+        vec!["delivery/damaged".to_string()]
+    );
     assert_eq!(m2.label_space.n_paths, 6);
     let twice = load_model(&again).unwrap();
     let dispute = TagPath::new("refund", Some("dispute"), None);
@@ -179,6 +194,30 @@ fn added_tag_is_learned_and_old_answers_stay() {
         "{hits} of 5 examples answered with the second new tag"
     );
     assert_eq!(leaf(&twice, &new[0].text), new_tag);
+
+    // Without the check: the same tag, no guard, another id.
+    let plain = out.path().join("plain");
+    let cfg = AddConfig {
+        guard_margin: None,
+        ..AddConfig::default()
+    };
+    let m3 = add_tags(&parent, new.clone(), &cfg, &plain, &|_| {}).unwrap();
+    assert_eq!(m3.parent.as_ref().unwrap().guard_margin, None);
+    assert_ne!(m3.id, m.id, "a margin is part of the model");
+    assert!(load_model(&plain).unwrap().guard.is_none());
+    // A margin below every cosine gap: each answer with the added tag
+    // gives way to the best old tag, so the check runs on every answer.
+    let always = out.path().join("always");
+    let cfg = AddConfig {
+        guard_margin: Some(-2.0),
+        ..AddConfig::default()
+    };
+    add_tags(&parent, new.clone(), &cfg, &always, &|_| {}).unwrap();
+    let gives_way = load_model(&always).unwrap();
+    for r in &new {
+        let l = leaf(&gives_way, &r.text);
+        assert!(old_tags.contains(&l.to_string()), "{}: {l}", r.text);
+    }
 }
 
 #[test]

@@ -303,6 +303,7 @@ pub fn wrapped(dir: &Path, gate: Option<Arc<Gate>>) -> LoadedModel {
         }),
         decider: m.decider,
         detector: m.detector,
+        guard: m.guard,
         judging: m.judging,
         stream: m.stream,
         coverage: m.coverage,
