@@ -8,8 +8,8 @@
 //! memory keeps of the best old tag: when the old tag's row is closer by
 //! more than the bundle's margin (cosine; [`DEFAULT_MARGIN`] unless set
 //! otherwise when the tags were added), the added tag gives way and the
-//! next answer stands. The head's linear rows rest on ten examples; the nearest
-//! rows are what a case actually resembles.
+//! next answer stands. The head's new row is linear and rests on a few
+//! examples; the nearest rows say what the case resembles.
 
 use casetag_core::bundle::Bundle;
 use casetag_core::{argmax, dot};
@@ -19,10 +19,12 @@ use crate::{EngineError, Result};
 
 /// How much closer (cosine) the best old tag's nearest memory row must be
 /// than the added tag's nearest example for the added tag to give way, by
-/// default. Chosen on the BANKING77 development hold-outs (`scripts/banking77_oos.py
-/// --seed S --add 10 --dev`, S = 1, 2, 3) with the default recipe: the
-/// grid value that kept both the new intents' accuracy (≥ 0.80) and the
-/// old ones' (a drop ≤ 0.5 points) on all three (`docs/training.md`).
+/// default. Chosen on the BANKING77 development hold-outs
+/// (`scripts/banking77_oos.py --seed S --add 10 --dev`, S = 1, 2, 3) with
+/// the default recipe: of the grid values that kept both the new intents'
+/// accuracy (≥ 0.80) and the old ones' (a drop ≤ 0.5 points) on all
+/// three, the one with the most new-intent accuracy
+/// (`research/add_nearest.py`, `benches/README.md`).
 pub const DEFAULT_MARGIN: f32 = 0.15;
 
 /// What a score below every other becomes when its tag gives way (finite,
