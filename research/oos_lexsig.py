@@ -88,6 +88,34 @@ SETS = {
 }
 
 
+def compare(a, d, ttr, tte, make_base, sets, prefix):
+    """The study loop shared with `oos_align.py`: per seed, `make_base` (a
+    `SubspaceBase` with `feats_t(x, texts)`) on the fit rows with their
+    `ttr` items, the leave-classes-out rounds, and one detector per entry of
+    `sets` (extra feature columns, all starting with `prefix`); the report of
+    each seed and, over several, their means."""
+    agg = {}
+    for seed in a.seeds:
+        t0 = time.time()
+        s = op.split(d, seed)
+        lx.add_texts(s, d, ttr)
+        base = make_base(s["Xf"], s["Yf"], s["K"], s["Tf"])
+        pv, fv = base.feats_t(s["Xv"], s["Tv"])
+        pt, ft = base.feats_t(s["Xt"], tte)
+        F, kind, cols = lx.episodes(s, seed=100 + seed, make_base=make_base)
+        Fv, Ft = op.fmat(fv), op.fmat(ft)
+        plain = [c for c in cols if not c.startswith(prefix) and c != "resid_c_cn"]
+        res = {}
+        for name, extra in sets.items():
+            ci, w, b = op.fit_detector(F, kind, plain + extra, cols)
+            res[name] = op.evaluate(s, pv, -(Fv[:, ci] @ w + b), pt, -(Ft[:, ci] @ w + b), a.budget)
+        print(f"\nseed {seed}: held out {s['held']}; {time.time() - t0:.0f}s")
+        op.report(res, a.budget)
+        ss.collect(agg, res, a.budget)
+    if len(a.seeds) > 1:
+        ss.report_means(agg, a.seeds, a.budget)
+
+
 def main():
     ap = op.dev_args(__doc__)
     ap.add_argument("--budget", type=float, nargs="+", default=[0.0125, 0.02])
@@ -98,27 +126,7 @@ def main():
     d = op.load(a.dump, a.src)
     ttr, tte = lx.read_texts(a.src, "train.csv"), lx.read_texts(a.src, "test.csv")
     assert len(ttr) == len(d["etr"]) and len(tte) == len(d["ete"]), "dump rows != csv rows"
-    agg = {}
-    for seed in a.seeds:
-        t0 = time.time()
-        s = op.split(d, seed)
-        lx.add_texts(s, d, ttr)
-        base = SigBase(s["Xf"], s["Yf"], s["K"], s["Tf"])
-        pv, fv = base.feats_t(s["Xv"], s["Tv"])
-        pt, ft = base.feats_t(s["Xt"], tte)
-        F, kind, cols = lx.episodes(s, seed=100 + seed, make_base=SigBase)
-        Fv, Ft = op.fmat(fv), op.fmat(ft)
-        plain = [c for c in cols if not c.startswith("sig_") and c != "resid_c_cn"]
-        res = {}
-        for name, extra in SETS.items():
-            ci, w, b = op.fit_detector(F, kind, plain + extra, cols)
-            res[name] = op.evaluate(s, pv, -(Fv[:, ci] @ w + b), pt, -(Ft[:, ci] @ w + b), a.budget)
-        print(f"\nseed {seed}: held out {s['held']}; {time.time() - t0:.0f}s")
-        op.report(res, a.budget)
-        ss.collect(agg, res, a.budget)
-    if len(a.seeds) > 1:
-        ss.report_means(agg, a.seeds, a.budget)
-
+    compare(a, d, ttr, tte, SigBase, SETS, "sig_")
 
 if __name__ == "__main__":
     main()
