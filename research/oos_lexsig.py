@@ -128,5 +128,6 @@ def main():
     assert len(ttr) == len(d["etr"]) and len(tte) == len(d["ete"]), "dump rows != csv rows"
     compare(a, d, ttr, tte, SigBase, SETS, "sig_")
 
+
 if __name__ == "__main__":
     main()
