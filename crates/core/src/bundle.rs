@@ -377,6 +377,7 @@ fn verify_files(dir: &Path, manifest: &Manifest) -> Result<()> {
             )));
         }
     }
+    let mut paths = Vec::with_capacity(manifest.files.len());
     let mut sizes = Vec::with_capacity(manifest.files.len());
     for name in manifest.files.keys() {
         let p = dir.join(name);
@@ -388,8 +389,8 @@ fn verify_files(dir: &Path, manifest: &Manifest) -> Result<()> {
                 )))
             }
         }
+        paths.push(p);
     }
-    let paths: Vec<PathBuf> = manifest.files.keys().map(|n| dir.join(n)).collect();
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let digests = sha256_files(&paths, &sizes, threads);
     // Reported in the manifest's order, whichever thread finished first.
