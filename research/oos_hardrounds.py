@@ -15,7 +15,6 @@ temperature `--tau`). Features and detector are those of the shipped one
 
     python3 research/oos_hardrounds.py --seeds 1 2 3 --rounds random near nearest
 """
-import time
 
 import numpy as np
 
@@ -67,10 +66,8 @@ def main():
     osub.SubspaceBase.dg, osub.SubspaceBase.dc, osub.SubspaceBase.shrink = 128, 16, 30.0
     op.Base = osub.SubspaceBase
     d = op.load(a.dump, a.src)
-    agg = {}
-    for seed in a.seeds:
-        t0 = time.time()
-        s = op.split(d, seed)
+
+    def study(s, seed):
         base = osub.SubspaceBase(s["Xf"], s["Yf"], s["K"])
         pv, fv = base.feats(s["Xv"])
         pt, ft = base.feats(s["Xt"])
@@ -82,11 +79,9 @@ def main():
             F, k = episodes(s["Xf"], s["Yf"], s["Xv"], s["Yv"], s["K"], kind, a.tau, seed=100 + seed)
             ci, w, b = op.fit_detector(F, k, use, cols)
             res[kind] = op.evaluate(s, pv, -(Fv[:, ci] @ w + b), pt, -(Ft[:, ci] @ w + b), a.budget)
-        print(f"\nseed {seed}: held out {s['held']}; {time.time() - t0:.0f}s")
-        op.report(res, a.budget)
-        osub.collect(agg, res, a.budget)
-    if len(a.seeds) > 1:
-        osub.report_means(agg, a.seeds, a.budget)
+        return res
+
+    osub.per_seed(a, d, study)
 
 
 if __name__ == "__main__":

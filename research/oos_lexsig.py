@@ -23,7 +23,6 @@ seeds only:
 
     python3 research/oos_lexsig.py --seeds 1 2 3
 """
-import time
 from collections import Counter
 
 import numpy as np
@@ -89,15 +88,12 @@ SETS = {
 
 
 def compare(a, d, ttr, tte, make_base, sets, prefix):
-    """The study loop shared with `oos_align.py`: per seed, `make_base` (a
-    `SubspaceBase` with `feats_t(x, texts)`) on the fit rows with their
-    `ttr` items, the leave-classes-out rounds, and one detector per entry of
-    `sets` (extra feature columns, all starting with `prefix`); the report of
-    each seed and, over several, their means."""
-    agg = {}
-    for seed in a.seeds:
-        t0 = time.time()
-        s = op.split(d, seed)
+    """The study shared with `oos_align.py`, on each of `a.seeds`:
+    `make_base` (a `SubspaceBase` with `feats_t(x, texts)`) on the fit rows
+    with their `ttr` items, the leave-classes-out rounds, and one detector per
+    entry of `sets` (extra feature columns, all starting with `prefix`)."""
+
+    def study(s, seed):
         lx.add_texts(s, d, ttr)
         base = make_base(s["Xf"], s["Yf"], s["K"], s["Tf"])
         pv, fv = base.feats_t(s["Xv"], s["Tv"])
@@ -109,11 +105,9 @@ def compare(a, d, ttr, tte, make_base, sets, prefix):
         for name, extra in sets.items():
             ci, w, b = op.fit_detector(F, kind, plain + extra, cols)
             res[name] = op.evaluate(s, pv, -(Fv[:, ci] @ w + b), pt, -(Ft[:, ci] @ w + b), a.budget)
-        print(f"\nseed {seed}: held out {s['held']}; {time.time() - t0:.0f}s")
-        op.report(res, a.budget)
-        ss.collect(agg, res, a.budget)
-    if len(a.seeds) > 1:
-        ss.report_means(agg, a.seeds, a.budget)
+        return res
+
+    ss.per_seed(a, d, study)
 
 
 def main():

@@ -94,10 +94,8 @@ def main():
     SubspaceBase.dg, SubspaceBase.dc, SubspaceBase.shrink = a.dg, a.dc, a.shrink
     op.Base = SubspaceBase  # the episodes build their bases through op.Base
     d = op.load(a.dump, a.src)
-    agg = {}
-    for seed in a.seeds:
-        t0 = time.time()
-        s = op.split(d, seed)
+
+    def study(s, seed):
         base = SubspaceBase(s["Xf"], s["Yf"], s["K"])
         pv, fv = base.feats(s["Xv"])
         pt, ft = base.feats(s["Xt"])
@@ -109,6 +107,21 @@ def main():
         for name in a.sets:
             ci, w, b = op.fit_detector(F, kind, plain + SETS[name], cols)
             res[name] = op.evaluate(s, pv, -(Fv[:, ci] @ w + b), pt, -(Ft[:, ci] @ w + b), a.budget)
+        return res
+
+    per_seed(a, d, study)
+
+
+def per_seed(a, d, study):
+    """The loop of the studies on the development seeds: for each of
+    `a.seeds`, `study(split, seed)` gives the results per method, which are
+    reported with the seed's held-out intents and time; over several seeds,
+    their means follow."""
+    agg = {}
+    for seed in a.seeds:
+        t0 = time.time()
+        s = op.split(d, seed)
+        res = study(s, seed)
         print(f"\nseed {seed}: held out {s['held']}; {time.time() - t0:.0f}s")
         op.report(res, a.budget)
         collect(agg, res, a.budget)
